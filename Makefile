@@ -1,0 +1,41 @@
+# banditd: every job has one entry point here. `make run` and `make test` bootstrap
+# .venv from pyproject.toml on a fresh machine; nothing needs installing by hand.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PROTO_SRC := proto/decision/v1/decision.proto
+
+.PHONY: run test proto proto-check lint bench docker-lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## Start the server on its embedded default (127.0.0.1:50051, ./data).
+run: $(STAMP)
+	$(BIN)/banditd serve
+
+## Whole test suite (includes the proto drift check, buf lint and hadolint).
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+## Regenerate the checked-in Python code (+ .pyi) from proto/.
+proto: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -I proto --python_out=proto --pyi_out=proto \
+		--grpc_python_out=proto $(PROTO_SRC)
+
+lint: $(STAMP)
+	cd proto && ../$(BIN)/buf lint
+	$(BIN)/hadolint Dockerfile
+	$(BIN)/ruff check server kernels clients benchmarks tests
+	$(BIN)/mypy server kernels clients
+
+## Kernel micro-benchmarks; results go to benchmarks/results/*.json.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/kernel_bench.py --out benchmarks/results/kernels.json
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,96 @@
+"""Request builders shared by the sync and asyncio clients (plain Python in, proto out)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from decision.v1 import decision_pb2 as pb
+
+REWARD_TYPES = {
+    "binary": pb.REWARD_TYPE_BINARY,
+    "value": pb.REWARD_TYPE_VALUE,
+    "continuous": pb.REWARD_TYPE_CONTINUOUS,
+}
+POLICY_MESSAGES = {
+    "thompson": pb.Policy.Thompson,
+    "ucb1": pb.Policy.Ucb1,
+    "epsilon_greedy": pb.Policy.EpsilonGreedy,
+    "lin_ucb": pb.Policy.LinUcb,
+    "lin_thompson": pb.Policy.LinThompson,
+}
+
+
+def policy(name: str, **params: float) -> pb.Policy:
+    """``policy("thompson", alpha=1, beta=1)``; unset parameters take server defaults."""
+    if name not in POLICY_MESSAGES:
+        raise ValueError(f"unknown policy {name!r}; one of {', '.join(POLICY_MESSAGES)}")
+    return pb.Policy(**{name: POLICY_MESSAGES[name](**params)})
+
+
+def create_experiment(
+    experiment_id: str,
+    arm_ids: Iterable[str],
+    policy_name: str = "thompson",
+    *,
+    reward_type: str = "binary",
+    context_dim: int = 0,
+    seed: int | None = None,
+    exploration_floor: float = 0.0,
+    min_selections: int = 0,
+    discount: float | None = None,
+    **params: float,
+) -> pb.CreateExperimentRequest:
+    if reward_type not in REWARD_TYPES:
+        raise ValueError(f"unknown reward_type {reward_type!r}; one of {', '.join(REWARD_TYPES)}")
+    experiment = pb.Experiment(
+        experiment_id=experiment_id,
+        arms=[pb.Arm(arm_id=a) for a in arm_ids],
+        policy=policy(policy_name, **params),
+        context_dim=context_dim,
+        reward_type=REWARD_TYPES[reward_type],
+        exploration_floor=exploration_floor,
+        min_selections=min_selections,
+    )
+    if seed is not None:
+        experiment.seed = seed
+    if discount is not None:
+        experiment.discount = discount
+    return pb.CreateExperimentRequest(experiment=experiment)
+
+
+def select_arm(
+    experiment_id: str,
+    eligible_arm_ids: Sequence[str] = (),
+    context: Sequence[float] = (),
+    num_arms: int = 0,
+) -> pb.SelectArmRequest:
+    return pb.SelectArmRequest(
+        experiment_id=experiment_id,
+        eligible_arm_ids=eligible_arm_ids,
+        context=context,
+        num_arms=num_arms,
+    )
+
+
+def record_reward(
+    experiment_id: str,
+    reward: float,
+    decision_id: str = "",
+    arm_id: str = "",
+    context: Sequence[float] = (),
+) -> pb.RecordRewardRequest:
+    return pb.RecordRewardRequest(
+        experiment_id=experiment_id,
+        decision_id=decision_id,
+        arm_id=arm_id,
+        context=context,
+        reward=reward,
+    )
+
+
+def update_arms(
+    experiment_id: str, add: Sequence[str] = (), remove: Sequence[str] = ()
+) -> pb.UpdateArmsRequest:
+    return pb.UpdateArmsRequest(
+        experiment_id=experiment_id, add_arm_ids=add, remove_arm_ids=remove
+    )

@@ -1,0 +1,216 @@
+"""Typed Python clients for banditd: ``BanditClient`` (sync) and ``AsyncBanditClient``.
+
+Retries happen only where they are safe: reads (Get/List/Stats) and rewards that
+carry a ``decision_id`` (the server counts a decision's reward once and answers a
+retry with ``duplicate=True``). ``SelectArm``, ``CreateExperiment`` and rewards by
+explicit arm are never retried: a retry could count twice.
+
+Example::
+
+    with BanditClient("127.0.0.1:50051") as bandit:
+        bandit.create_experiment("homepage-hero", ["a", "b", "c"], "thompson", seed=7)
+        decision = bandit.select_arm("homepage-hero")
+        bandit.record_reward("homepage-hero", 1.0, decision_id=decision.decision_id)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+
+from clients import builders as build
+from decision.v1 import decision_pb2 as pb
+from decision.v1 import decision_pb2_grpc as pb_grpc
+
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+class RetryPolicy:
+    """Exponential backoff: ``attempts`` tries, first pause ``backoff`` seconds, doubling."""
+
+    def __init__(self, attempts: int = 3, backoff: float = 0.05) -> None:
+        self.attempts = max(1, attempts)
+        self.backoff = backoff
+
+    def pause(self, attempt: int) -> float:
+        return self.backoff * (2**attempt)
+
+
+def _safe_to_retry(method: str, request: Any) -> bool:
+    if method in ("GetExperiment", "ListExperiments", "GetArmStats"):
+        return True
+    if method == "RecordReward":
+        return bool(request.decision_id)
+    if method == "BatchRecordRewards":
+        return all(r.decision_id for r in request.requests)
+    return False
+
+
+class _Methods:
+    """The RPCs as typed methods; subclasses provide ``_invoke``."""
+
+    def _invoke(self, method: str, request: Any) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def create_experiment(
+        self, experiment_id: str, arm_ids: Sequence[str], policy: str = "thompson", **kw: Any
+    ) -> pb.Experiment:
+        """Create an experiment; ``kw``: reward_type, context_dim, seed, exploration_floor,
+        min_selections, discount and the policy's parameters (alpha, beta, c, epsilon, ...)."""
+        return self._invoke(
+            "CreateExperiment", build.create_experiment(experiment_id, arm_ids, policy, **kw)
+        )
+
+    def get_experiment(self, experiment_id: str) -> pb.Experiment:
+        return self._invoke("GetExperiment", pb.GetExperimentRequest(experiment_id=experiment_id))
+
+    def list_experiments(self, page_size: int = 0, page_token: str = "") -> pb.ListExperimentsResponse:
+        return self._invoke(
+            "ListExperiments", pb.ListExperimentsRequest(page_size=page_size, page_token=page_token)
+        )
+
+    def delete_experiment(self, experiment_id: str) -> pb.DeleteExperimentResponse:
+        return self._invoke(
+            "DeleteExperiment", pb.DeleteExperimentRequest(experiment_id=experiment_id)
+        )
+
+    def update_arms(
+        self, experiment_id: str, add: Sequence[str] = (), remove: Sequence[str] = ()
+    ) -> pb.UpdateArmsResponse:
+        return self._invoke("UpdateArms", build.update_arms(experiment_id, add, remove))
+
+    def reset_experiment(self, experiment_id: str) -> pb.ResetExperimentResponse:
+        return self._invoke(
+            "ResetExperiment", pb.ResetExperimentRequest(experiment_id=experiment_id)
+        )
+
+    def select_arm(
+        self,
+        experiment_id: str,
+        eligible_arm_ids: Sequence[str] = (),
+        context: Sequence[float] = (),
+        num_arms: int = 0,
+    ) -> pb.SelectArmResponse:
+        return self._invoke(
+            "SelectArm", build.select_arm(experiment_id, eligible_arm_ids, context, num_arms)
+        )
+
+    def batch_select_arms(self, requests: Sequence[pb.SelectArmRequest]) -> pb.BatchSelectArmsResponse:
+        return self._invoke("BatchSelectArms", pb.BatchSelectArmsRequest(requests=requests))
+
+    def record_reward(
+        self,
+        experiment_id: str,
+        reward: float,
+        decision_id: str = "",
+        arm_id: str = "",
+        context: Sequence[float] = (),
+    ) -> pb.RecordRewardResponse:
+        return self._invoke(
+            "RecordReward", build.record_reward(experiment_id, reward, decision_id, arm_id, context)
+        )
+
+    def batch_record_rewards(
+        self, requests: Sequence[pb.RecordRewardRequest]
+    ) -> pb.BatchRecordRewardsResponse:
+        return self._invoke("BatchRecordRewards", pb.BatchRecordRewardsRequest(requests=requests))
+
+    def get_arm_stats(self, experiment_id: str) -> pb.GetArmStatsResponse:
+        return self._invoke("GetArmStats", pb.GetArmStatsRequest(experiment_id=experiment_id))
+
+
+def _channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
+
+
+class BanditClient(_Methods):
+    """Blocking client. ``timeout`` is the per-call deadline in seconds."""
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        *,
+        timeout: float = 2.0,
+        retry: RetryPolicy | None = None,
+        channel: grpc.Channel | None = None,
+        max_message_bytes: int = 16 * 1024 * 1024,
+    ) -> None:
+        self._own_channel = channel is None
+        self.channel = channel or grpc.insecure_channel(
+            target, options=_channel_options(max_message_bytes)
+        )
+        self.stub = pb_grpc.DecisionServiceStub(self.channel)
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+
+    def _invoke(self, method: str, request: Any) -> Any:
+        call = getattr(self.stub, method)
+        attempts = self.retry.attempts if _safe_to_retry(method, request) else 1
+        for attempt in range(attempts):
+            try:
+                return call(request, timeout=self.timeout)
+            except grpc.RpcError as exc:
+                if attempt + 1 >= attempts or exc.code() not in RETRYABLE:
+                    raise
+                time.sleep(self.retry.pause(attempt))
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self._own_channel:
+            self.channel.close()
+
+    def __enter__(self) -> BanditClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncBanditClient(_Methods):
+    """asyncio client (grpc.aio); every method returns an awaitable of the same type."""
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        *,
+        timeout: float = 2.0,
+        retry: RetryPolicy | None = None,
+        channel: grpc.aio.Channel | None = None,
+        max_message_bytes: int = 16 * 1024 * 1024,
+    ) -> None:
+        self._own_channel = channel is None
+        self.channel = channel or grpc.aio.insecure_channel(
+            target, options=_channel_options(max_message_bytes)
+        )
+        self.stub = pb_grpc.DecisionServiceStub(self.channel)
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+
+    async def _invoke(self, method: str, request: Any) -> Any:  # type: ignore[override]
+        call = getattr(self.stub, method)
+        attempts = self.retry.attempts if _safe_to_retry(method, request) else 1
+        for attempt in range(attempts):
+            try:
+                return await call(request, timeout=self.timeout)
+            except grpc.aio.AioRpcError as exc:
+                if attempt + 1 >= attempts or exc.code() not in RETRYABLE:
+                    raise
+                await asyncio.sleep(self.retry.pause(attempt))
+        raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        if self._own_channel:
+            await self.channel.close()
+
+    async def __aenter__(self) -> AsyncBanditClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

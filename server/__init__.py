@@ -1,0 +1,1 @@
+"""banditd server: grpc.aio service, experiment registry, decision store, settings, CLI."""

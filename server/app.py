@@ -1,0 +1,92 @@
+"""``create_server``: the one factory used by the CLI, the tests and the benchmarks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from decision.v1 import decision_pb2 as pb
+from decision.v1 import decision_pb2_grpc as pb_grpc
+from server.service import DecisionServicer
+from server.settings import Settings
+
+log = logging.getLogger("banditd")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DecisionService"].full_name
+
+
+class BanditServer:
+    """A started grpc.aio server plus what is needed to warm it up and stop it."""
+
+    def __init__(self, server: grpc.aio.Server, servicer: DecisionServicer, port: int) -> None:
+        self.grpc_server = server
+        self.servicer = servicer
+        self.port = port
+        self.health = health.aio.HealthServicer()
+        self._warmup: asyncio.Task | None = None
+
+    async def _set_health(self, status: int) -> None:
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+    async def _warm_up(self) -> None:
+        from kernels.warmup import warm_up
+
+        # Compile (or load from numba's on-disk cache) and run every kernel before
+        # reporting SERVING, so no request pays JIT time. Runs in a thread so the
+        # health service keeps answering NOT_SERVING meanwhile.
+        seconds = await asyncio.to_thread(warm_up)
+        self.servicer.ready = True
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info("kernels ready in %.2f s; SERVING on port %d", seconds, self.port)
+
+    async def wait_ready(self) -> None:
+        """Wait until health is SERVING (re-raises a warm-up failure)."""
+        assert self._warmup is not None
+        await asyncio.shield(self._warmup)
+
+    async def stop(self, grace: float | None) -> None:
+        await self.health.enter_graceful_shutdown()
+        if self._warmup is not None and not self._warmup.done():
+            self._warmup.cancel()
+        await self.grpc_server.stop(grace)
+
+    async def wait_for_termination(self) -> None:
+        await self.grpc_server.wait_for_termination()
+
+
+async def create_server(settings: Settings) -> tuple[BanditServer, int]:
+    """Build, bind and start the server; health turns SERVING once kernels are warm.
+
+    Returns the server and the port it listens on (useful with ``port=0``).
+    """
+    options = [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        # Only requests are bounded: a response is built after state changed, so it
+        # must never be refused for size (the batch-size limit bounds it instead).
+        ("grpc.max_send_message_length", -1),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.aio.server(options=options)
+    servicer = DecisionServicer(settings)
+    pb_grpc.add_DecisionServiceServicer_to_server(servicer, server)
+    address = f"{settings.host}:{settings.port}"
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:  # grpc reports a failed bind this way
+        raise OSError(f"could not listen on {address}: {exc}") from None
+    if port == 0:
+        raise OSError(f"could not listen on {address}")
+    app = BanditServer(server, servicer, port)
+    health_pb2_grpc.add_HealthServicer_to_server(app.health, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    await app._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+    await server.start()
+    app._warmup = asyncio.create_task(app._warm_up())
+    return app, port

@@ -1,0 +1,118 @@
+"""``banditd`` command line: ``banditd serve [--port N ...]`` (also ``python -m server``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from server.settings import Settings
+
+log = logging.getLogger("banditd")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="banditd", description="gRPC bandit decision server")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the server (settings from BANDITD_* and flags)")
+    serve.add_argument("--host", help="listen address (BANDITD_HOST)")
+    serve.add_argument("--port", type=int, help="gRPC port, 0 = any free port (BANDITD_PORT)")
+    serve.add_argument("--data-dir", type=Path, help="data directory (BANDITD_DATA_DIR)")
+    serve.add_argument("--log-level", help="DEBUG, INFO, WARNING, ... (BANDITD_LOG_LEVEL)")
+    serve.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="any other setting, e.g. --set max_arms=500 (repeatable)",
+    )
+    serve.add_argument(
+        "--port-file", type=Path, help="write the bound port to this file once listening"
+    )
+    sub.add_parser("check-health", help="exit 0 if the local server reports SERVING")
+    return parser
+
+
+def load_settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, object] = {}
+    for name in ("host", "port", "data_dir", "log_level"):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
+    for item in getattr(args, "set", []):
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"banditd: --set expects NAME=VALUE, got {item!r}")
+        overrides[name.strip()] = value
+    return Settings(**overrides)
+
+
+async def _serve(settings: Settings, port_file: Path | None) -> None:
+    from server.app import create_server
+
+    app, port = await create_server(settings)
+    log.info("listening on %s:%d (NOT_SERVING until kernels are warm)", settings.host, port)
+    if port_file is not None:
+        port_file.write_text(f"{port}\n")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    waiter = asyncio.create_task(stop.wait())
+    ready = asyncio.create_task(app.wait_ready())
+    await asyncio.wait({waiter, ready}, return_when=asyncio.FIRST_COMPLETED)
+    if ready.done() and ready.exception() is not None:
+        await app.stop(0)
+        raise ready.exception()  # type: ignore[misc]
+    await waiter
+    log.info("shutting down (grace %.1f s)", settings.grace_seconds)
+    await app.stop(settings.grace_seconds)
+    log.info("stopped")
+
+
+def _check_health(settings: Settings) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    try:
+        with grpc.insecure_channel(f"{host}:{settings.port}") as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=3
+            )
+    except grpc.RpcError as exc:
+        print(f"unhealthy: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    name = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(name)
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(args)
+    except ValidationError as exc:
+        print(f"banditd: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command == "check-health":
+        return _check_health(settings)
+    try:
+        asyncio.run(_serve(settings, args.port_file))
+    except OSError as exc:
+        print(f"banditd: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

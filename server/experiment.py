@@ -1,0 +1,172 @@
+"""One experiment: its arms, learned state arrays and the select / reward operations.
+
+Arms live in contiguous arrays indexed by position; ``arm_index`` maps arm_id to
+position. Every method either validates everything and then changes state, or
+raises a DomainError having changed nothing.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from decision.v1 import decision_pb2 as pb
+from kernels.rng import seed_state
+from server.errors import InvalidArgument, NotFound
+from server.policies import PolicySpec
+
+_EMPTY_CONTEXT = np.empty(0, dtype=np.float64)
+
+
+class Experiment:
+    """Configuration + learned statistics of one experiment."""
+
+    def __init__(self, config: pb.Experiment, spec: PolicySpec, uid: int) -> None:
+        self.config = config  # normalised proto (defaults filled in); arms kept in sync
+        self.spec = spec
+        self.uid = uid  # changes on reset, so decisions made before it no longer match
+        self.experiment_id = config.experiment_id
+        self.context_dim = int(config.context_dim)
+        self.reward_type = int(config.reward_type)
+        self.floor = float(config.exploration_floor)
+        self.burn_in = int(config.min_selections)
+        self.discount = float(config.discount) if config.HasField("discount") else 1.0
+        self.arm_ids: list[str] = [arm.arm_id for arm in config.arms]
+        self._reindex()
+        self._reset_state()
+
+    # -- state -----------------------------------------------------------------
+    def _reindex(self) -> None:
+        self.arm_index = {arm_id: i for i, arm_id in enumerate(self.arm_ids)}
+        self.all_arms = np.arange(len(self.arm_ids), dtype=np.int64)
+
+    def _reset_state(self) -> None:
+        k = len(self.arm_ids)
+        self.state = self.spec.kernel.new_state(k, self.context_dim, self.spec.params)
+        self.selections = np.zeros(k, dtype=np.int64)
+        self.rewards = np.zeros(k, dtype=np.int64)
+        self.reward_sum = np.zeros(k, dtype=np.float64)
+        self.rng = seed_state(int(self.config.seed))
+        self.version = 0
+
+    def reset(self, uid: int) -> None:
+        self.uid = uid
+        self._reset_state()
+
+    @property
+    def num_arms(self) -> int:
+        return len(self.arm_ids)
+
+    def update_arms(self, add: list[str], remove: list[str]) -> None:
+        """Remove then add arms; the remaining arms keep their state. Validated by the caller."""
+        if remove:
+            drop = np.array([self.arm_index[a] for a in remove], dtype=np.int64)
+            self.state = tuple(np.ascontiguousarray(np.delete(a, drop, axis=0)) for a in self.state)
+            self.selections = np.delete(self.selections, drop)
+            self.rewards = np.delete(self.rewards, drop)
+            self.reward_sum = np.delete(self.reward_sum, drop)
+            gone = set(remove)
+            self.arm_ids = [a for a in self.arm_ids if a not in gone]
+        if add:
+            fresh = self.spec.kernel.new_state(len(add), self.context_dim, self.spec.params)
+            self.state = tuple(
+                np.ascontiguousarray(np.concatenate([old, new], axis=0))
+                for old, new in zip(self.state, fresh, strict=True)
+            )
+            self.selections = np.concatenate([self.selections, np.zeros(len(add), np.int64)])
+            self.rewards = np.concatenate([self.rewards, np.zeros(len(add), np.int64)])
+            self.reward_sum = np.concatenate([self.reward_sum, np.zeros(len(add), np.float64)])
+            self.arm_ids.extend(add)
+        self._reindex()
+        del self.config.arms[:]
+        self.config.arms.extend(pb.Arm(arm_id=a) for a in self.arm_ids)
+
+    # -- validation ------------------------------------------------------------
+    def context_array(self, values, field: str = "context") -> np.ndarray:
+        """``values`` as a float64 context vector, or InvalidArgument naming ``field``."""
+        n = len(values)
+        if n != self.context_dim:
+            if self.context_dim == 0:
+                raise InvalidArgument(
+                    f"{field} has {n} values, experiment '{self.experiment_id}' is not "
+                    "contextual (expects none)"
+                )
+            raise InvalidArgument(
+                f"{field} has {n} values, experiment '{self.experiment_id}' expects "
+                f"{self.context_dim}"
+            )
+        if n == 0:
+            return _EMPTY_CONTEXT
+        ctx = np.array(values, dtype=np.float64)
+        if not np.isfinite(ctx).all():
+            bad = int(np.flatnonzero(~np.isfinite(ctx))[0])
+            raise InvalidArgument(f"{field}[{bad}] is {ctx[bad]}, context values must be finite")
+        return ctx
+
+    def eligible_array(self, arm_ids, field: str = "eligible_arm_ids") -> np.ndarray:
+        """Positions of ``arm_ids`` (empty = every arm)."""
+        if not arm_ids:
+            return self.all_arms
+        index = self.arm_index
+        out = []
+        for i, arm_id in enumerate(arm_ids):
+            pos = index.get(arm_id)
+            if pos is None:
+                raise NotFound(
+                    f"{field}[{i}]: arm '{arm_id}' not found in experiment '{self.experiment_id}'"
+                )
+            out.append(pos)
+        if len(set(out)) != len(out):
+            raise InvalidArgument(f"{field} contains duplicate arm ids")
+        return np.array(out, dtype=np.int64)
+
+    def check_reward(self, reward: float, field: str = "reward") -> float:
+        if not math.isfinite(reward):
+            raise InvalidArgument(f"{field} is {reward}, rewards must be finite")
+        if self.reward_type == pb.REWARD_TYPE_BINARY and reward not in (0.0, 1.0):
+            raise InvalidArgument(
+                f"{field} is {reward}, experiment '{self.experiment_id}' has binary rewards "
+                "(exactly 0 or 1)"
+            )
+        if self.reward_type == pb.REWARD_TYPE_VALUE and reward < 0:
+            raise InvalidArgument(
+                f"{field} is {reward}, experiment '{self.experiment_id}' has value rewards (>= 0)"
+            )
+        return reward
+
+    def slate_size(self, num_arms: int, eligible: int) -> int:
+        n = num_arms if num_arms > 0 else 1
+        if n > eligible:
+            raise InvalidArgument(f"num_arms is {num_arms}, but only {eligible} arms are eligible")
+        return n
+
+    # -- operations ------------------------------------------------------------
+    def select(self, eligible: np.ndarray, context: np.ndarray, n: int, draws: int):
+        """Choose ``n`` ranked arms among ``eligible``; returns (positions, propensity)."""
+        out = np.empty(n, dtype=np.int64)
+        propensity = self.spec.kernel.select(
+            self.state,
+            self.spec.params,
+            eligible,
+            context,
+            self.version,
+            self.selections,
+            self.floor,
+            self.burn_in,
+            draws,
+            self.rng,
+            out,
+        )
+        if n == 1:
+            self.selections[out[0]] += 1
+        else:
+            self.selections[out] += 1
+        return out, float(propensity)
+
+    def reward(self, arm: int, reward: float, context: np.ndarray) -> None:
+        """Learn from one reward of the arm at position ``arm`` (validated by the caller)."""
+        self.spec.kernel.update(self.state, self.spec.params, arm, reward, context, self.discount)
+        self.rewards[arm] += 1
+        self.reward_sum[arm] += reward
+        self.version += 1

@@ -1,0 +1,159 @@
+"""All experiments held by this server, with their limits and lifecycle."""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+from decision.v1 import decision_pb2 as pb
+from server.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
+from server.experiment import Experiment
+from server.policies import resolve_policy
+from server.settings import Settings
+
+EXPERIMENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+MAX_ARM_ID_LENGTH = 256
+
+
+def check_experiment_id(experiment_id: str, field: str = "experiment_id") -> None:
+    if not EXPERIMENT_ID.fullmatch(experiment_id):
+        raise InvalidArgument(
+            f"{field} {experiment_id!r} must be 1-128 characters of letters, digits and ._:-"
+        )
+
+
+def check_new_arm_ids(arm_ids, field: str) -> None:
+    seen: set[str] = set()
+    for i, arm_id in enumerate(arm_ids):
+        if not arm_id:
+            raise InvalidArgument(f"{field}[{i}] is empty")
+        if len(arm_id) > MAX_ARM_ID_LENGTH:
+            raise InvalidArgument(f"{field}[{i}] is longer than {MAX_ARM_ID_LENGTH} characters")
+        if arm_id in seen:
+            raise InvalidArgument(f"{field}[{i}]: duplicate arm id '{arm_id}'")
+        seen.add(arm_id)
+
+
+class ExperimentRegistry:
+    """experiment_id -> Experiment, enforcing the configured limits."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._experiments: dict[str, Experiment] = {}
+        self._next_uid = 1
+
+    def _uid(self) -> int:
+        uid = self._next_uid
+        self._next_uid += 1
+        return uid
+
+    def __len__(self) -> int:
+        return len(self._experiments)
+
+    def get(self, experiment_id: str) -> Experiment:
+        experiment = self._experiments.get(experiment_id)
+        if experiment is None:
+            raise NotFound(f"experiment '{experiment_id}' not found")
+        return experiment
+
+    def create(self, request: pb.Experiment) -> Experiment:
+        config = pb.Experiment()
+        config.CopyFrom(request)
+        check_experiment_id(config.experiment_id, "experiment.experiment_id")
+        if config.experiment_id in self._experiments:
+            raise AlreadyExists(f"experiment '{config.experiment_id}' already exists")
+        if len(self._experiments) >= self.settings.max_experiments:
+            raise ResourceExhausted(
+                f"server holds its maximum of {self.settings.max_experiments} experiments"
+            )
+        arm_ids = [arm.arm_id for arm in config.arms]
+        if not arm_ids:
+            raise InvalidArgument("experiment.arms is empty: give at least one arm")
+        if len(arm_ids) > self.settings.max_arms:
+            raise ResourceExhausted(
+                f"experiment.arms has {len(arm_ids)} arms, the limit is {self.settings.max_arms}"
+            )
+        check_new_arm_ids(arm_ids, "experiment.arms")
+        if config.reward_type not in (
+            pb.REWARD_TYPE_BINARY,
+            pb.REWARD_TYPE_VALUE,
+            pb.REWARD_TYPE_CONTINUOUS,
+        ):
+            raise InvalidArgument(
+                "experiment.reward_type must be REWARD_TYPE_BINARY, REWARD_TYPE_VALUE or "
+                f"REWARD_TYPE_CONTINUOUS, got {config.reward_type}"
+            )
+        if config.context_dim > self.settings.max_context_dim:
+            raise InvalidArgument(
+                f"experiment.context_dim is {config.context_dim}, the limit is "
+                f"{self.settings.max_context_dim}"
+            )
+        spec = resolve_policy(config.policy, config.reward_type, config.context_dim)
+        self._check_floor(config.exploration_floor, len(arm_ids), "experiment.exploration_floor")
+        if config.HasField("discount"):
+            d = config.discount
+            if not (0.0 < d <= 1.0):
+                raise InvalidArgument(f"experiment.discount must be in (0, 1], got {d}")
+            if spec.contextual and d != 1.0:
+                raise InvalidArgument(
+                    "experiment.discount is supported for non-contextual policies only"
+                )
+        else:
+            config.discount = 1.0
+        if not config.HasField("seed"):
+            config.seed = secrets.randbits(63)
+        experiment = Experiment(config, spec, self._uid())
+        self._experiments[config.experiment_id] = experiment
+        return experiment
+
+    @staticmethod
+    def _check_floor(floor: float, num_arms: int, field: str) -> None:
+        if not (floor >= 0.0) or floor * num_arms > 1.0 + 1e-12:
+            raise InvalidArgument(
+                f"{field} is {floor}: it must be >= 0 and floor x arms ({num_arms}) <= 1"
+            )
+
+    def delete(self, experiment_id: str) -> None:
+        self.get(experiment_id)
+        del self._experiments[experiment_id]
+
+    def reset(self, experiment_id: str) -> Experiment:
+        experiment = self.get(experiment_id)
+        experiment.reset(self._uid())
+        return experiment
+
+    def list(self, page_size: int, page_token: str) -> tuple[list[Experiment], str]:
+        size = min(page_size or 1000, 1000)
+        ids = sorted(i for i in self._experiments if i > page_token)
+        page = ids[:size]
+        next_token = page[-1] if len(ids) > size else ""
+        return [self._experiments[i] for i in page], next_token
+
+    def update_arms(self, experiment_id: str, add: list[str], remove: list[str]) -> Experiment:
+        experiment = self.get(experiment_id)
+        if not add and not remove:
+            raise InvalidArgument("add_arm_ids and remove_arm_ids are both empty")
+        check_new_arm_ids(add, "add_arm_ids")
+        check_new_arm_ids(remove, "remove_arm_ids")
+        for i, arm_id in enumerate(remove):
+            if arm_id not in experiment.arm_index:
+                raise NotFound(
+                    f"remove_arm_ids[{i}]: arm '{arm_id}' not found in experiment '{experiment_id}'"
+                )
+        removing = set(remove)
+        for i, arm_id in enumerate(add):
+            if arm_id in experiment.arm_index and arm_id not in removing:
+                raise AlreadyExists(
+                    f"add_arm_ids[{i}]: arm '{arm_id}' already exists in experiment "
+                    f"'{experiment_id}'"
+                )
+        remaining = experiment.num_arms - len(remove) + len(add)
+        if remaining < 1:
+            raise InvalidArgument("an experiment must keep at least one arm")
+        if remaining > self.settings.max_arms:
+            raise ResourceExhausted(
+                f"experiment would have {remaining} arms, the limit is {self.settings.max_arms}"
+            )
+        self._check_floor(experiment.floor, remaining, "experiment.exploration_floor")
+        experiment.update_arms(add, remove)
+        return experiment

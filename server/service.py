@@ -1,0 +1,274 @@
+"""The DecisionService servicer: proto in, validation, one kernel call, proto out.
+
+Everything runs on the grpc.aio event loop thread; kernels are microseconds long
+and never await, so each request's validate-then-apply is atomic without locks.
+"""
+
+from __future__ import annotations
+
+import time
+
+from decision.v1 import decision_pb2 as pb
+from decision.v1 import decision_pb2_grpc as pb_grpc
+from server.decision_store import DecisionRecord, DecisionStore
+from server.errors import (
+    DomainError,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+    grpc_errors,
+)
+from server.experiment import Experiment
+from server.registry import ExperimentRegistry
+from server.settings import Settings
+
+
+class _PreparedSelect:
+    __slots__ = ("experiment", "eligible", "context", "n")
+
+    def __init__(self, experiment: Experiment, eligible, context, n: int) -> None:
+        self.experiment = experiment
+        self.eligible = eligible
+        self.context = context
+        self.n = n
+
+
+class _PreparedReward:
+    __slots__ = ("experiment", "arm", "reward", "context", "decision_id", "record")
+
+    def __init__(self, experiment, arm, reward, context, decision_id, record) -> None:
+        self.experiment = experiment
+        self.arm = arm
+        self.reward = reward
+        self.context = context
+        self.decision_id = decision_id
+        self.record = record
+
+
+def _in_batch(index: int, exc: DomainError) -> DomainError:
+    """The same error, its message prefixed with the batch index it came from."""
+    return type(exc)(f"requests[{index}]: {exc}")
+
+
+@grpc_errors
+class DecisionServicer(pb_grpc.DecisionServiceServicer):
+    """Implements decision.v1.DecisionService over the registry and decision store."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.registry = ExperimentRegistry(settings)
+        self.decisions = DecisionStore(settings.decision_capacity, settings.decision_ttl_seconds)
+        self.ready = False  # set once kernels are compiled and warmed
+
+    def _check_ready(self) -> None:
+        if not self.ready:
+            raise Unavailable("server is starting (compiling kernels); retry shortly")
+
+    # -- experiments -------------------------------------------------------------
+    async def CreateExperiment(self, request, context):
+        self._check_ready()
+        if not request.HasField("experiment"):
+            raise InvalidArgument("experiment is required")
+        return self.registry.create(request.experiment).config
+
+    async def GetExperiment(self, request, context):
+        self._check_ready()
+        return self.registry.get(request.experiment_id).config
+
+    async def ListExperiments(self, request, context):
+        self._check_ready()
+        experiments, token = self.registry.list(request.page_size, request.page_token)
+        return pb.ListExperimentsResponse(
+            experiments=[e.config for e in experiments], next_page_token=token
+        )
+
+    async def DeleteExperiment(self, request, context):
+        self._check_ready()
+        self.registry.delete(request.experiment_id)
+        return pb.DeleteExperimentResponse()
+
+    async def UpdateArms(self, request, context):
+        self._check_ready()
+        experiment = self.registry.update_arms(
+            request.experiment_id, list(request.add_arm_ids), list(request.remove_arm_ids)
+        )
+        return pb.UpdateArmsResponse(experiment=experiment.config)
+
+    async def ResetExperiment(self, request, context):
+        self._check_ready()
+        return pb.ResetExperimentResponse(
+            experiment=self.registry.reset(request.experiment_id).config
+        )
+
+    async def GetArmStats(self, request, context):
+        self._check_ready()
+        e = self.registry.get(request.experiment_id)
+        arms = []
+        for i, arm_id in enumerate(e.arm_ids):
+            n = int(e.rewards[i])
+            total = float(e.reward_sum[i])
+            arms.append(
+                pb.ArmStats(
+                    arm_id=arm_id,
+                    selections=int(e.selections[i]),
+                    rewards=n,
+                    reward_sum=total,
+                    mean_reward=total / n if n else 0.0,
+                )
+            )
+        return pb.GetArmStatsResponse(arms=arms, model_version=e.version)
+
+    # -- decisions ---------------------------------------------------------------
+    def _prepare_select(self, request) -> _PreparedSelect:
+        experiment = self.registry.get(request.experiment_id)
+        eligible = experiment.eligible_array(request.eligible_arm_ids)
+        context = experiment.context_array(request.context)
+        n = experiment.slate_size(request.num_arms, len(eligible))
+        return _PreparedSelect(experiment, eligible, context, n)
+
+    def _apply_select(self, p: _PreparedSelect, now: float) -> pb.SelectArmResponse:
+        experiment = p.experiment
+        ranked, propensity = experiment.select(
+            p.eligible, p.context, p.n, self.settings.propensity_draws
+        )
+        ids = experiment.arm_ids
+        if p.n == 1:
+            slate: tuple[str, ...] = (ids[ranked[0]],)
+        else:
+            slate = tuple(ids[i] for i in ranked)
+        decisions = self.decisions
+        decision_id = decisions.new_id()
+        decisions.put(
+            decision_id,
+            DecisionRecord(
+                experiment.uid,
+                slate,
+                p.context if experiment.context_dim else None,
+                propensity,
+                experiment.version,
+                now,
+            ),
+        )
+        response = pb.SelectArmResponse(
+            decision_id=decision_id,
+            arm_id=slate[0],
+            propensity=propensity,
+            model_version=experiment.version,
+        )
+        if p.n > 1:
+            response.ranked_arm_ids.extend(slate)
+        return response
+
+    async def SelectArm(self, request, context):
+        self._check_ready()
+        return self._apply_select(self._prepare_select(request), time.time())
+
+    async def BatchSelectArms(self, request, context):
+        self._check_ready()
+        items = request.requests
+        self._check_batch(len(items))
+        prepared = []
+        for i, item in enumerate(items):
+            try:
+                prepared.append(self._prepare_select(item))
+            except DomainError as exc:
+                raise _in_batch(i, exc) from None
+        now = time.time()
+        return pb.BatchSelectArmsResponse(responses=[self._apply_select(p, now) for p in prepared])
+
+    # -- rewards -----------------------------------------------------------------
+    def _prepare_reward(self, request, now: float) -> _PreparedReward:
+        experiment = self.registry.get(request.experiment_id)
+        reward = experiment.check_reward(request.reward)
+        decision_id = request.decision_id
+        record = self.decisions.get(decision_id, now) if decision_id else None
+        if record is not None and record.experiment_uid != experiment.uid:
+            record = None  # made before a reset, or for another experiment
+        if record is not None:
+            slate = record.arm_ids
+            arm_id = request.arm_id or slate[0]
+            if arm_id not in slate:
+                raise InvalidArgument(
+                    f"arm_id '{arm_id}' is not part of decision '{decision_id}' "
+                    f"(it returned {', '.join(slate)})"
+                )
+            arm = experiment.arm_index.get(arm_id)
+            if arm is None:  # the arm was removed since the decision
+                raise NotFound(
+                    f"arm '{arm_id}' of decision '{decision_id}' no longer exists in experiment "
+                    f"'{experiment.experiment_id}'"
+                )
+            context = record.context if record.context is not None else experiment.context_array(())
+            return _PreparedReward(experiment, arm, reward, context, decision_id, record)
+        if not request.arm_id:
+            if decision_id:
+                raise NotFound(
+                    f"decision '{decision_id}' not found in experiment "
+                    f"'{experiment.experiment_id}' (unknown or expired); send arm_id (and "
+                    "context) to record the reward without it"
+                )
+            raise InvalidArgument("set decision_id, or arm_id (and context) for an explicit arm")
+        arm = experiment.arm_index.get(request.arm_id)
+        if arm is None:
+            raise NotFound(
+                f"arm '{request.arm_id}' not found in experiment '{experiment.experiment_id}'"
+            )
+        context = experiment.context_array(request.context)
+        return _PreparedReward(experiment, arm, reward, context, decision_id, None)
+
+    def _apply_reward(self, p: _PreparedReward, now: float) -> pb.RecordRewardResponse:
+        record = p.record
+        if record is None and p.decision_id:
+            # An unknown decision rewarded by explicit arm: remember it (as already
+            # rewarded) so that a retry of the same request is not counted twice.
+            earlier = self.decisions.get(p.decision_id, now)
+            if earlier is not None and earlier.rewarded:
+                return pb.RecordRewardResponse(duplicate=True)
+            self.decisions.discard(p.decision_id)
+            self.decisions.put(
+                p.decision_id,
+                DecisionRecord(
+                    p.experiment.uid,
+                    (p.experiment.arm_ids[p.arm],),
+                    None,
+                    0.0,
+                    p.experiment.version,
+                    now,
+                    rewarded=True,
+                ),
+            )
+        elif record is not None:
+            if record.rewarded:
+                return pb.RecordRewardResponse(duplicate=True)
+            record.rewarded = True
+        p.experiment.reward(p.arm, p.reward, p.context)
+        return pb.RecordRewardResponse(duplicate=False)
+
+    async def RecordReward(self, request, context):
+        self._check_ready()
+        now = time.time()
+        return self._apply_reward(self._prepare_reward(request, now), now)
+
+    async def BatchRecordRewards(self, request, context):
+        self._check_ready()
+        items = request.requests
+        self._check_batch(len(items))
+        now = time.time()
+        prepared = []
+        for i, item in enumerate(items):
+            try:
+                prepared.append(self._prepare_reward(item, now))
+            except DomainError as exc:
+                raise _in_batch(i, exc) from None
+        return pb.BatchRecordRewardsResponse(
+            responses=[self._apply_reward(p, now) for p in prepared]
+        )
+
+    def _check_batch(self, size: int) -> None:
+        if size == 0:
+            raise InvalidArgument("requests is empty")
+        if size > self.settings.max_batch_size:
+            raise ResourceExhausted(
+                f"requests has {size} items, the limit is {self.settings.max_batch_size}"
+            )

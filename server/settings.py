@@ -1,0 +1,48 @@
+"""The one settings object: environment (BANDITD_*), overridable by CLI flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Server configuration. Every field can be set as ``BANDITD_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="BANDITD_", extra="forbid", frozen=True)
+
+    host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 in the container).")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 = pick a free one.")
+    data_dir: Path = Field(Path("./data"), description="Directory for logs and snapshots.")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Prometheus metrics port; unset = no endpoint."
+    )
+
+    # Limits: requests beyond them get RESOURCE_EXHAUSTED / INVALID_ARGUMENT.
+    max_experiments: int = Field(10_000, ge=1, description="Experiments held at once.")
+    max_arms: int = Field(10_000, ge=1, description="Arms per experiment.")
+    max_context_dim: int = Field(256, ge=1, description="Context features per experiment.")
+    max_batch_size: int = Field(10_000, ge=1, description="Items per Batch* request.")
+    max_message_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Largest gRPC message accepted or sent, in bytes."
+    )
+
+    # Decisions kept so that a late reward needs only its decision_id.
+    decision_capacity: int = Field(1_000_000, ge=1, description="Decisions kept (oldest go).")
+    decision_ttl_seconds: float = Field(
+        7 * 24 * 3600.0, gt=0, description="Seconds a decision accepts its reward."
+    )
+
+    propensity_draws: int = Field(
+        32, ge=1, le=100_000, description="Monte-Carlo draws estimating Thompson propensities."
+    )
+    grace_seconds: float = Field(5.0, ge=0, description="Graceful-shutdown grace period, s.")
+    log_level: str = Field("INFO", description="Python logging level.")
+
+    @model_validator(mode="after")
+    def _check_log_level(self) -> Settings:
+        if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError(f"log_level must be DEBUG/INFO/WARNING/ERROR/CRITICAL, got {self.log_level!r}")
+        return self

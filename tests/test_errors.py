@@ -1,0 +1,272 @@
+"""Bad input gets the right status code and a message naming the field; state never changes."""
+
+from __future__ import annotations
+
+import math
+
+import grpc
+import pytest
+from conftest import create, make_experiment
+
+from decision.v1 import decision_pb2 as pb
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+NOT_FOUND = grpc.StatusCode.NOT_FOUND
+
+
+def snapshot(stub, eid):
+    """Everything observable about an experiment."""
+    return (
+        stub.GetExperiment(pb.GetExperimentRequest(experiment_id=eid)),
+        stub.GetArmStats(pb.GetArmStatsRequest(experiment_id=eid)),
+    )
+
+
+def expect(code, call, *args, contains=""):
+    with pytest.raises(grpc.RpcError) as err:
+        call(*args)
+    assert err.value.code() == code, err.value.details()
+    assert contains in err.value.details(), err.value.details()
+    return err.value.details()
+
+
+@pytest.fixture
+def binary(stub, new_id):
+    eid = new_id("bin")
+    create(stub, eid, arms=("a", "b", "c"))
+    d = stub.SelectArm(pb.SelectArmRequest(experiment_id=eid))
+    stub.RecordReward(pb.RecordRewardRequest(experiment_id=eid, arm_id="b", reward=1))
+    return eid, d
+
+
+@pytest.fixture
+def contextual(stub, new_id):
+    eid = new_id("ctx")
+    create(stub, eid, arms=("a", "b"), policy=pb.Policy(lin_ucb=pb.Policy.LinUcb()),
+           context_dim=4, reward_type=pb.REWARD_TYPE_CONTINUOUS)
+    return eid
+
+
+@pytest.mark.parametrize(
+    "reward,contains",
+    [(math.nan, "finite"), (math.inf, "finite"), (-math.inf, "finite"), (0.5, "binary"),
+     (-1.0, "binary"), (2.0, "binary")],
+)
+def test_bad_binary_reward(stub, binary, reward, contains):
+    eid, d = binary
+    before = snapshot(stub, eid)
+    expect(INVALID, stub.RecordReward,
+           pb.RecordRewardRequest(experiment_id=eid, decision_id=d.decision_id, reward=reward),
+           contains=contains)
+    assert snapshot(stub, eid) == before
+    # the decision still accepts its (valid) reward afterwards
+    assert not stub.RecordReward(
+        pb.RecordRewardRequest(experiment_id=eid, decision_id=d.decision_id, reward=1)).duplicate
+
+
+def test_negative_value_reward(stub, new_id):
+    eid = new_id()
+    create(stub, eid, reward_type=pb.REWARD_TYPE_VALUE)
+    before = snapshot(stub, eid)
+    expect(INVALID, stub.RecordReward,
+           pb.RecordRewardRequest(experiment_id=eid, arm_id="a", reward=-3.0), contains=">= 0")
+    assert snapshot(stub, eid) == before
+
+
+@pytest.mark.parametrize("ctx", [[1.0, 2.0, 3.0], [1.0] * 5, [], [1.0, math.nan, 0.0, 0.0],
+                                 [math.inf, 0.0, 0.0, 0.0]])
+def test_bad_context_on_select_and_reward(stub, contextual, ctx):
+    eid = contextual
+    before = snapshot(stub, eid)
+    msg = expect(INVALID, stub.SelectArm, pb.SelectArmRequest(experiment_id=eid, context=ctx),
+                 contains="context")
+    if len(ctx) != 4:
+        assert f"has {len(ctx)} values" in msg and "expects 4" in msg
+    expect(INVALID, stub.RecordReward,
+           pb.RecordRewardRequest(experiment_id=eid, arm_id="a", context=ctx, reward=1.0),
+           contains="context")
+    assert snapshot(stub, eid) == before
+
+
+def test_context_for_non_contextual_experiment(stub, binary):
+    eid, _ = binary
+    before = snapshot(stub, eid)
+    expect(INVALID, stub.SelectArm, pb.SelectArmRequest(experiment_id=eid, context=[1.0]),
+           contains="not contextual")
+    assert snapshot(stub, eid) == before
+
+
+def test_unknown_ids(stub, binary):
+    eid, d = binary
+    before = snapshot(stub, eid)
+    expect(NOT_FOUND, stub.SelectArm, pb.SelectArmRequest(experiment_id="nope"), contains="'nope'")
+    expect(NOT_FOUND, stub.GetExperiment, pb.GetExperimentRequest(experiment_id="nope"))
+    expect(NOT_FOUND, stub.GetArmStats, pb.GetArmStatsRequest(experiment_id="nope"))
+    expect(NOT_FOUND, stub.DeleteExperiment, pb.DeleteExperimentRequest(experiment_id="nope"))
+    expect(NOT_FOUND, stub.ResetExperiment, pb.ResetExperimentRequest(experiment_id="nope"))
+    expect(NOT_FOUND, stub.SelectArm,
+           pb.SelectArmRequest(experiment_id=eid, eligible_arm_ids=["a", "zz"]),
+           contains="eligible_arm_ids[1]")
+    expect(NOT_FOUND, stub.RecordReward,
+           pb.RecordRewardRequest(experiment_id=eid, decision_id="no-such-decision", reward=1),
+           contains="no-such-decision")
+    expect(NOT_FOUND, stub.RecordReward,
+           pb.RecordRewardRequest(experiment_id=eid, arm_id="zz", reward=1), contains="'zz'")
+    expect(NOT_FOUND, stub.UpdateArms,
+           pb.UpdateArmsRequest(experiment_id=eid, remove_arm_ids=["zz"]), contains="zz")
+    assert snapshot(stub, eid) == before
+
+
+def test_decision_of_other_experiment_is_not_found(stub, binary, new_id):
+    eid, d = binary
+    other = new_id()
+    create(stub, other)
+    expect(NOT_FOUND, stub.RecordReward,
+           pb.RecordRewardRequest(experiment_id=other, decision_id=d.decision_id, reward=1))
+
+
+def test_reward_arm_outside_decision(stub, binary):
+    eid, d = binary
+    before = snapshot(stub, eid)
+    other = next(a for a in ("a", "b", "c") if a != d.arm_id)
+    expect(INVALID, stub.RecordReward,
+           pb.RecordRewardRequest(experiment_id=eid, decision_id=d.decision_id, arm_id=other, reward=1),
+           contains="not part of decision")
+    assert snapshot(stub, eid) == before
+
+
+def test_reward_without_decision_or_arm(stub, binary):
+    eid, _ = binary
+    expect(INVALID, stub.RecordReward, pb.RecordRewardRequest(experiment_id=eid, reward=1),
+           contains="decision_id")
+
+
+def test_duplicate_ids(stub, binary, new_id):
+    eid, _ = binary
+    before = snapshot(stub, eid)
+    expect(INVALID, stub.SelectArm,
+           pb.SelectArmRequest(experiment_id=eid, eligible_arm_ids=["a", "a"]), contains="duplicate")
+    expect(INVALID, stub.UpdateArms,
+           pb.UpdateArmsRequest(experiment_id=eid, add_arm_ids=["n", "n"]), contains="duplicate")
+    expect(grpc.StatusCode.ALREADY_EXISTS, stub.UpdateArms,
+           pb.UpdateArmsRequest(experiment_id=eid, add_arm_ids=["a"]), contains="'a'")
+    expect(INVALID, stub.CreateExperiment,
+           pb.CreateExperimentRequest(experiment=make_experiment(new_id(), arms=("x", "y", "x"))),
+           contains="duplicate")
+    expect(grpc.StatusCode.ALREADY_EXISTS, stub.CreateExperiment,
+           pb.CreateExperimentRequest(experiment=make_experiment(eid)))
+    assert snapshot(stub, eid) == before
+
+
+@pytest.mark.parametrize(
+    "fields,contains",
+    [
+        (dict(arms=()), "arms is empty"),
+        (dict(arms=("a", "")), "arms[1] is empty"),
+        (dict(reward_type=pb.REWARD_TYPE_UNSPECIFIED), "reward_type"),
+        (dict(reward_type=7), "reward_type"),
+        (dict(policy=pb.Policy()), "policy"),
+        (dict(policy=pb.Policy(thompson=pb.Policy.Thompson(alpha=0))), "alpha must be > 0"),
+        (dict(policy=pb.Policy(thompson=pb.Policy.Thompson(beta=math.nan))), "beta"),
+        (dict(policy=pb.Policy(ucb1=pb.Policy.Ucb1(c=-1))), "c must be >= 0"),
+        (dict(policy=pb.Policy(epsilon_greedy=pb.Policy.EpsilonGreedy(epsilon=1.5))), "epsilon"),
+        (dict(policy=pb.Policy(lin_ucb=pb.Policy.LinUcb(ridge=0)), context_dim=3), "ridge"),
+        (dict(policy=pb.Policy(lin_ucb=pb.Policy.LinUcb())), "context_dim must be > 0"),
+        (dict(context_dim=3), "context_dim must be 0"),
+        (dict(context_dim=100_000, policy=pb.Policy(lin_ucb=pb.Policy.LinUcb())), "limit"),
+        (dict(reward_type=pb.REWARD_TYPE_CONTINUOUS), "thompson supports"),
+        (dict(exploration_floor=0.5), "floor"),
+        (dict(exploration_floor=-0.1), "floor"),
+        (dict(exploration_floor=math.nan), "floor"),
+        (dict(discount=0.0), "discount"),
+        (dict(discount=1.5), "discount"),
+        (dict(discount=0.9, policy=pb.Policy(lin_ucb=pb.Policy.LinUcb()), context_dim=2), "discount"),
+    ],
+)
+def test_bad_experiment_is_rejected_and_not_created(stub, new_id, fields, contains):
+    eid = new_id("bad")
+    expect(INVALID, stub.CreateExperiment,
+           pb.CreateExperimentRequest(experiment=make_experiment(eid, **fields)), contains=contains)
+    expect(NOT_FOUND, stub.GetExperiment, pb.GetExperimentRequest(experiment_id=eid))
+
+
+@pytest.mark.parametrize("eid", ["", "has space", "x" * 129, "slash/no"])
+def test_bad_experiment_id(stub, eid):
+    expect(INVALID, stub.CreateExperiment,
+           pb.CreateExperimentRequest(experiment=make_experiment(eid)), contains="experiment_id")
+
+
+def test_missing_experiment_message(stub):
+    expect(INVALID, stub.CreateExperiment, pb.CreateExperimentRequest(), contains="experiment")
+
+
+def test_slate_larger_than_eligible(stub, binary):
+    eid, _ = binary
+    before = snapshot(stub, eid)
+    expect(INVALID, stub.SelectArm,
+           pb.SelectArmRequest(experiment_id=eid, eligible_arm_ids=["a", "b"], num_arms=3),
+           contains="num_arms")
+    assert snapshot(stub, eid) == before
+
+
+def test_update_arms_cannot_empty_experiment(stub, binary):
+    eid, _ = binary
+    before = snapshot(stub, eid)
+    expect(INVALID, stub.UpdateArms,
+           pb.UpdateArmsRequest(experiment_id=eid, remove_arm_ids=["a", "b", "c"]), contains="at least one")
+    expect(INVALID, stub.UpdateArms, pb.UpdateArmsRequest(experiment_id=eid), contains="empty")
+    assert snapshot(stub, eid) == before
+
+
+def test_batch_with_one_bad_item_applies_nothing(stub, binary):
+    eid, _ = binary
+    before = snapshot(stub, eid)
+    good = pb.RecordRewardRequest(experiment_id=eid, arm_id="a", reward=1)
+    bad = pb.RecordRewardRequest(experiment_id=eid, arm_id="a", reward=math.nan)
+    msg = expect(INVALID, stub.BatchRecordRewards,
+                 pb.BatchRecordRewardsRequest(requests=[good, good, bad, good]),
+                 contains="requests[2]")
+    assert "finite" in msg
+    sel_good = pb.SelectArmRequest(experiment_id=eid)
+    sel_bad = pb.SelectArmRequest(experiment_id=eid, eligible_arm_ids=["a", "a"])
+    expect(INVALID, stub.BatchSelectArms,
+           pb.BatchSelectArmsRequest(requests=[sel_good, sel_bad]), contains="requests[1]")
+    expect(NOT_FOUND, stub.BatchSelectArms,
+           pb.BatchSelectArmsRequest(requests=[sel_good, pb.SelectArmRequest(experiment_id="nope")]),
+           contains="requests[1]")
+    assert snapshot(stub, eid) == before
+
+
+def test_oversize_and_empty_batch(stub, binary):
+    eid, _ = binary
+    before = snapshot(stub, eid)
+    items = [pb.SelectArmRequest(experiment_id=eid)] * 1001  # session server limit: 1000
+    expect(grpc.StatusCode.RESOURCE_EXHAUSTED, stub.BatchSelectArms,
+           pb.BatchSelectArmsRequest(requests=items), contains="limit is 1000")
+    expect(INVALID, stub.BatchRecordRewards, pb.BatchRecordRewardsRequest(), contains="empty")
+    assert snapshot(stub, eid) == before
+
+
+def test_limits(tmp_path):
+    from conftest import running_server
+
+    from decision.v1 import decision_pb2_grpc as pb_grpc
+
+    with running_server(tmp_path, max_experiments=2, max_arms=3, max_message_bytes=4096) as srv, \
+            grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+        stub = pb_grpc.DecisionServiceStub(ch)
+        create(stub, "one")
+        expect(grpc.StatusCode.RESOURCE_EXHAUSTED, stub.CreateExperiment,
+               pb.CreateExperimentRequest(experiment=make_experiment("big", arms=("a", "b", "c", "d"))),
+               contains="limit is 3")
+        expect(grpc.StatusCode.RESOURCE_EXHAUSTED, stub.UpdateArms,
+               pb.UpdateArmsRequest(experiment_id="one", add_arm_ids=["d"]), contains="limit is 3")
+        create(stub, "two")
+        expect(grpc.StatusCode.RESOURCE_EXHAUSTED, stub.CreateExperiment,
+               pb.CreateExperimentRequest(experiment=make_experiment("three")), contains="maximum")
+        huge = pb.BatchSelectArmsRequest(requests=[pb.SelectArmRequest(experiment_id="one")] * 1000)
+        expect(grpc.StatusCode.RESOURCE_EXHAUSTED, stub.BatchSelectArms, huge)
+        # the server is still healthy and its state intact
+        assert len(stub.ListExperiments(pb.ListExperimentsRequest()).experiments) == 2
+        assert sum(a.selections for a in stub.GetArmStats(
+            pb.GetArmStatsRequest(experiment_id="one")).arms) == 0

@@ -1,0 +1,155 @@
+"""Health, reflection, warm-up (no JIT on the request path), CLI and graceful shutdown."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from conftest import create
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+import kernels
+from decision.v1 import decision_pb2 as pb
+
+BIN = Path(sys.executable).parent
+
+
+def test_health_serving_for_both_names(channel):
+    health = health_pb2_grpc.HealthStub(channel)
+    for name in ("", "decision.v1.DecisionService"):
+        reply = health.Check(health_pb2.HealthCheckRequest(service=name))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_reflection_lists_the_service(channel):
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    names = {s.name for r in replies for s in r.list_services_response.service}
+    assert {"decision.v1.DecisionService", "grpc.health.v1.Health"} <= names
+
+
+def _compiled_signatures() -> dict[str, int]:
+    out = {}
+    for name, module in kernels.POLICIES.items():
+        for attr in dir(module):
+            fn = getattr(module, attr)
+            if hasattr(fn, "signatures") and hasattr(fn, "py_func"):
+                out[f"{name}.{attr}"] = len(fn.signatures)
+    return out
+
+
+def test_no_compilation_on_the_request_path(stub, new_id):
+    """After SERVING, requests of every policy and shape compile nothing new."""
+    before = _compiled_signatures()
+    assert before and all(n >= 1 for k, n in before.items() if k.endswith("_select")), before
+    cases = [
+        (pb.Policy(thompson=pb.Policy.Thompson()), pb.REWARD_TYPE_BINARY, 0),
+        (pb.Policy(thompson=pb.Policy.Thompson()), pb.REWARD_TYPE_VALUE, 0),
+        (pb.Policy(ucb1=pb.Policy.Ucb1()), pb.REWARD_TYPE_CONTINUOUS, 0),
+        (pb.Policy(epsilon_greedy=pb.Policy.EpsilonGreedy()), pb.REWARD_TYPE_BINARY, 0),
+        (pb.Policy(lin_ucb=pb.Policy.LinUcb()), pb.REWARD_TYPE_CONTINUOUS, 3),
+        (pb.Policy(lin_thompson=pb.Policy.LinThompson()), pb.REWARD_TYPE_BINARY, 3),
+    ]
+    for policy, rtype, dim in cases:
+        for floor, burn in ((0.0, 0), (0.05, 2)):
+            eid = new_id()
+            create(stub, eid, arms=["a", "b", "c"], policy=policy, reward_type=rtype,
+                   context_dim=dim, exploration_floor=floor, min_selections=burn,
+                   discount=0.99 if dim == 0 else None)
+            for n in (1, 2):
+                d = stub.SelectArm(pb.SelectArmRequest(experiment_id=eid, context=[0.1] * dim, num_arms=n))
+                stub.SelectArm(pb.SelectArmRequest(experiment_id=eid, context=[0.1] * dim,
+                                                   eligible_arm_ids=["b", "c"], num_arms=n))
+                stub.RecordReward(pb.RecordRewardRequest(experiment_id=eid, decision_id=d.decision_id, reward=1))
+                stub.RecordReward(pb.RecordRewardRequest(experiment_id=eid, arm_id="a",
+                                                         context=[0.2] * dim, reward=0))
+    assert _compiled_signatures() == before
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_serving(port: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        health = health_pb2_grpc.HealthStub(ch)
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else "exited"
+            try:
+                if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    raise TimeoutError("server did not become SERVING")
+
+
+@pytest.mark.parametrize("entry", [["banditd"], ["python", "-m", "server"]])
+def test_cli_serves_checks_health_and_stops_gracefully_on_sigterm(tmp_path, entry):
+    port = _free_port()
+    cmd = [str(BIN / "banditd")] if entry == ["banditd"] else [sys.executable, "-m", "server"]
+    env = dict(os.environ, BANDITD_HOST="127.0.0.1", BANDITD_DATA_DIR=str(tmp_path))
+    proc = subprocess.Popen(cmd + ["serve", "--port", str(port), "--set", "grace_seconds=2"],
+                            env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_serving(port, proc)
+        check = subprocess.run([str(BIN / "banditd"), "check-health"],
+                               env=dict(env, BANDITD_PORT=str(port)), capture_output=True, text=True,
+                               timeout=30)
+        assert check.returncode == 0 and check.stdout.strip() == "SERVING", check
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            from decision.v1 import decision_pb2_grpc as pb_grpc
+
+            create(pb_grpc.DecisionServiceStub(ch), "cli-check")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert "stopped" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_check_health_fails_when_nothing_listens():
+    check = subprocess.run([str(BIN / "banditd"), "check-health"],
+                           env=dict(os.environ, BANDITD_PORT=str(_free_port())),
+                           capture_output=True, text=True, timeout=30)
+    assert check.returncode == 1 and "UNAVAILABLE" in check.stderr
+
+
+@pytest.mark.parametrize(
+    "args,env,contains",
+    [
+        (["--port", "70000"], {}, "port"),
+        (["--set", "max_arms=0"], {}, "max_arms"),
+        (["--set", "no_such_setting=1"], {}, "no_such_setting"),
+        ([], {"BANDITD_DECISION_TTL_SECONDS": "-5"}, "decision_ttl_seconds"),
+        ([], {"BANDITD_LOG_LEVEL": "LOUD"}, "log_level"),
+    ],
+)
+def test_invalid_settings_fail_at_start_with_clear_message(args, env, contains):
+    proc = subprocess.run([str(BIN / "banditd"), "serve", *args], env=dict(os.environ, **env),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "invalid settings" in proc.stderr and contains in proc.stderr
+
+
+def test_port_in_use_is_reported_not_a_traceback(server, tmp_path):
+    proc = subprocess.run([str(BIN / "banditd"), "serve", "--port", str(server.port)],
+                          env=dict(os.environ, BANDITD_DATA_DIR=str(tmp_path)),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr and str(server.port) in proc.stderr
+
