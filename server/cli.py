@@ -35,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
         "--port-file", type=Path, help="write the bound port to this file once listening"
     )
     sub.add_parser("check-health", help="exit 0 if the local server reports SERVING")
+    sub.add_parser("warmup", help="compile every kernel into the Numba on-disk cache")
     return parser
 
 
@@ -106,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.command == "check-health":
         return _check_health(settings)
+    if args.command == "warmup":
+        from kernels.warmup import warm_up
+
+        print(f"kernels compiled and cached in {warm_up():.2f} s")
+        return 0
     try:
         asyncio.run(_serve(settings, args.port_file))
     except OSError as exc:

@@ -1,0 +1,109 @@
+"""First request after SERVING vs steady state: shows that no request pays JIT time.
+
+Starts ``banditd serve`` as a fresh subprocess (new Python process, so nothing is
+compiled in memory; the Numba on-disk cache may or may not exist), waits for health
+SERVING, then for each policy creates an experiment and times its very first
+SelectArm and RecordReward against the median of the following calls, all through
+the generated stub over loopback.
+
+    python benchmarks/first_request.py [--out benchmarks/results/first_request.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from decision.v1 import decision_pb2 as pb
+from decision.v1 import decision_pb2_grpc as pb_grpc
+
+POLICIES = {
+    "thompson": (pb.Policy(thompson=pb.Policy.Thompson()), pb.REWARD_TYPE_BINARY, 0),
+    "thompson_value": (pb.Policy(thompson=pb.Policy.Thompson()), pb.REWARD_TYPE_VALUE, 0),
+    "ucb1": (pb.Policy(ucb1=pb.Policy.Ucb1()), pb.REWARD_TYPE_BINARY, 0),
+    "epsilon_greedy": (pb.Policy(epsilon_greedy=pb.Policy.EpsilonGreedy()), pb.REWARD_TYPE_BINARY, 0),
+    "lin_ucb": (pb.Policy(lin_ucb=pb.Policy.LinUcb()), pb.REWARD_TYPE_CONTINUOUS, 8),
+    "lin_thompson": (pb.Policy(lin_thompson=pb.Policy.LinThompson()), pb.REWARD_TYPE_CONTINUOUS, 8),
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _us(fn) -> float:
+    t = time.perf_counter_ns()
+    fn()
+    return (time.perf_counter_ns() - t) / 1000.0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="benchmarks/results/first_request.json")
+    ap.add_argument("--calls", type=int, default=1000, help="steady-state calls per policy")
+    args = ap.parse_args()
+    port = _free_port()
+    data = tempfile.mkdtemp(prefix="banditd-bench-")
+    env = dict(os.environ, BANDITD_HOST="127.0.0.1", BANDITD_PORT=str(port), BANDITD_DATA_DIR=data)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "server", "serve"], env=env,
+                            stderr=subprocess.DEVNULL)
+    results = {}
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            health = health_pb2_grpc.HealthStub(ch)
+            while True:
+                try:
+                    if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                        break
+                except grpc.RpcError:
+                    pass
+                if time.perf_counter() - t0 > 600:
+                    raise TimeoutError("server did not become SERVING")
+                time.sleep(0.05)
+            ready_s = time.perf_counter() - t0
+            print(f"SERVING after {ready_s:.2f} s", flush=True)
+            stub = pb_grpc.DecisionServiceStub(ch)
+            for name, (policy, rtype, dim) in POLICIES.items():
+                stub.CreateExperiment(pb.CreateExperimentRequest(experiment=pb.Experiment(
+                    experiment_id=name, arms=[pb.Arm(arm_id=f"a{i}") for i in range(10)],
+                    policy=policy, reward_type=rtype, context_dim=dim, seed=1)))
+                sel = pb.SelectArmRequest(experiment_id=name, context=[0.5] * dim)
+                rew = pb.RecordRewardRequest(experiment_id=name, arm_id="a0", context=[0.5] * dim, reward=1)
+                first_select = _us(lambda: stub.SelectArm(sel))
+                first_reward = _us(lambda: stub.RecordReward(rew))
+                selects = [_us(lambda: stub.SelectArm(sel)) for _ in range(args.calls)]
+                rewards = [_us(lambda: stub.RecordReward(rew)) for _ in range(args.calls)]
+                results[name] = {
+                    "first_select_us": round(first_select, 1),
+                    "steady_select_p50_us": round(statistics.median(selects), 1),
+                    "steady_select_p99_us": round(sorted(selects)[int(0.99 * len(selects))], 1),
+                    "first_reward_us": round(first_reward, 1),
+                    "steady_reward_p50_us": round(statistics.median(rewards), 1),
+                    "steady_reward_p99_us": round(sorted(rewards)[int(0.99 * len(rewards))], 1),
+                }
+                print(name, results[name], flush=True)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"serving_after_s": round(ready_s, 2), "policies": results}, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
