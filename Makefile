@@ -39,3 +39,4 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	find kernels -name '*.nb[ic]' -delete

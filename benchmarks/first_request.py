@@ -33,7 +33,9 @@ POLICIES = {
     "thompson": (pb.Policy(thompson=pb.Policy.Thompson()), pb.REWARD_TYPE_BINARY, 0),
     "thompson_value": (pb.Policy(thompson=pb.Policy.Thompson()), pb.REWARD_TYPE_VALUE, 0),
     "ucb1": (pb.Policy(ucb1=pb.Policy.Ucb1()), pb.REWARD_TYPE_BINARY, 0),
-    "epsilon_greedy": (pb.Policy(epsilon_greedy=pb.Policy.EpsilonGreedy()), pb.REWARD_TYPE_BINARY, 0),
+    "epsilon_greedy": (
+        pb.Policy(epsilon_greedy=pb.Policy.EpsilonGreedy()), pb.REWARD_TYPE_BINARY, 0
+    ),
     "lin_ucb": (pb.Policy(lin_ucb=pb.Policy.LinUcb()), pb.REWARD_TYPE_CONTINUOUS, 8),
     "lin_thompson": (pb.Policy(lin_thompson=pb.Policy.LinThompson()), pb.REWARD_TYPE_CONTINUOUS, 8),
 }
@@ -45,9 +47,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _us(fn) -> float:
+def _us(fn, request) -> float:
+    """Wall time of one blocking call, microseconds."""
     t = time.perf_counter_ns()
-    fn()
+    fn(request)
     return (time.perf_counter_ns() - t) / 1000.0
 
 
@@ -83,11 +86,13 @@ def main() -> None:
                     experiment_id=name, arms=[pb.Arm(arm_id=f"a{i}") for i in range(10)],
                     policy=policy, reward_type=rtype, context_dim=dim, seed=1)))
                 sel = pb.SelectArmRequest(experiment_id=name, context=[0.5] * dim)
-                rew = pb.RecordRewardRequest(experiment_id=name, arm_id="a0", context=[0.5] * dim, reward=1)
-                first_select = _us(lambda: stub.SelectArm(sel))
-                first_reward = _us(lambda: stub.RecordReward(rew))
-                selects = [_us(lambda: stub.SelectArm(sel)) for _ in range(args.calls)]
-                rewards = [_us(lambda: stub.RecordReward(rew)) for _ in range(args.calls)]
+                rew = pb.RecordRewardRequest(
+                    experiment_id=name, arm_id="a0", context=[0.5] * dim, reward=1
+                )
+                first_select = _us(stub.SelectArm, sel)
+                first_reward = _us(stub.RecordReward, rew)
+                selects = [_us(stub.SelectArm, sel) for _ in range(args.calls)]
+                rewards = [_us(stub.RecordReward, rew) for _ in range(args.calls)]
                 results[name] = {
                     "first_select_us": round(first_select, 1),
                     "steady_select_p50_us": round(statistics.median(selects), 1),
@@ -101,7 +106,8 @@ def main() -> None:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"serving_after_s": round(ready_s, 2), "policies": results}, indent=2))
+    report = {"serving_after_s": round(ready_s, 2), "policies": results}
+    Path(args.out).write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out}")
 
 

@@ -68,7 +68,9 @@ class _Methods:
     def get_experiment(self, experiment_id: str) -> pb.Experiment:
         return self._invoke("GetExperiment", pb.GetExperimentRequest(experiment_id=experiment_id))
 
-    def list_experiments(self, page_size: int = 0, page_token: str = "") -> pb.ListExperimentsResponse:
+    def list_experiments(
+        self, page_size: int = 0, page_token: str = ""
+    ) -> pb.ListExperimentsResponse:
         return self._invoke(
             "ListExperiments", pb.ListExperimentsRequest(page_size=page_size, page_token=page_token)
         )
@@ -99,7 +101,9 @@ class _Methods:
             "SelectArm", build.select_arm(experiment_id, eligible_arm_ids, context, num_arms)
         )
 
-    def batch_select_arms(self, requests: Sequence[pb.SelectArmRequest]) -> pb.BatchSelectArmsResponse:
+    def batch_select_arms(
+        self, requests: Sequence[pb.SelectArmRequest]
+    ) -> pb.BatchSelectArmsResponse:
         return self._invoke("BatchSelectArms", pb.BatchSelectArmsRequest(requests=requests))
 
     def record_reward(

@@ -26,6 +26,7 @@ class BanditServer:
         self.grpc_server = server
         self.servicer = servicer
         self.port = port
+        self.metrics_port: int | None = None
         self.health = health.aio.HealthServicer()
         self._warmup: asyncio.Task | None = None
 
@@ -54,6 +55,7 @@ class BanditServer:
         if self._warmup is not None and not self._warmup.done():
             self._warmup.cancel()
         await self.grpc_server.stop(grace)
+        self.servicer.metrics.close()
 
     async def wait_for_termination(self) -> None:
         await self.grpc_server.wait_for_termination()
@@ -87,6 +89,9 @@ async def create_server(settings: Settings) -> tuple[BanditServer, int]:
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
     await app._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+    if settings.metrics_port is not None:
+        app.metrics_port = servicer.metrics.serve(settings.host, settings.metrics_port)
+        log.info("metrics on http://%s:%d/metrics", settings.host, app.metrics_port)
     await server.start()
     app._warmup = asyncio.create_task(app._warm_up())
     return app, port

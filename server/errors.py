@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -52,17 +53,25 @@ T = TypeVar("T")
 
 
 def _wrap(method: Callable[..., Any]) -> Callable[..., Any]:
+    name = method.__name__
+
     @functools.wraps(method)
     async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        start = time.perf_counter()
+        code = "OK"
         try:
             return await method(self, request, context)
         except DomainError as exc:
+            code = exc.code.name
             await context.abort(exc.code, str(exc))
         except grpc.aio.AbortError:
             raise
         except Exception:
-            log.exception("internal error in %s", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}")
+            code = "INTERNAL"
+            log.exception("internal error in %s", name)
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {name}")
+        finally:
+            self.metrics.observe(name, code, time.perf_counter() - start)
 
     return handler
 

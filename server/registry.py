@@ -122,7 +122,7 @@ class ExperimentRegistry:
         experiment.reset(self._uid())
         return experiment
 
-    def list(self, page_size: int, page_token: str) -> tuple[list[Experiment], str]:
+    def list_page(self, page_size: int, page_token: str) -> tuple[list[Experiment], str]:
         size = min(page_size or 1000, 1000)
         ids = sorted(i for i in self._experiments if i > page_token)
         page = ids[:size]

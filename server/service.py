@@ -20,6 +20,7 @@ from server.errors import (
     grpc_errors,
 )
 from server.experiment import Experiment
+from server.metrics import Metrics
 from server.registry import ExperimentRegistry
 from server.settings import Settings
 
@@ -60,6 +61,8 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         self.registry = ExperimentRegistry(settings)
         self.decisions = DecisionStore(settings.decision_capacity, settings.decision_ttl_seconds)
         self.ready = False  # set once kernels are compiled and warmed
+        self.metrics = Metrics()
+        self.metrics.track(lambda: len(self.registry), lambda: len(self.decisions))
 
     def _check_ready(self) -> None:
         if not self.ready:
@@ -78,7 +81,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
 
     async def ListExperiments(self, request, context):
         self._check_ready()
-        experiments, token = self.registry.list(request.page_size, request.page_token)
+        experiments, token = self.registry.list_page(request.page_size, request.page_token)
         return pb.ListExperimentsResponse(
             experiments=[e.config for e in experiments], next_page_token=token
         )

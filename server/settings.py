@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     max_context_dim: int = Field(256, ge=1, description="Context features per experiment.")
     max_batch_size: int = Field(10_000, ge=1, description="Items per Batch* request.")
     max_message_bytes: int = Field(
-        16 * 1024 * 1024, ge=1024, description="Largest gRPC message accepted or sent, in bytes."
+        16 * 1024 * 1024, ge=1024, description="Largest gRPC request accepted, in bytes."
     )
 
     # Decisions kept so that a late reward needs only its decision_id.
@@ -44,5 +44,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_log_level(self) -> Settings:
         if self.log_level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
-            raise ValueError(f"log_level must be DEBUG/INFO/WARNING/ERROR/CRITICAL, got {self.log_level!r}")
+            raise ValueError(
+                f"log_level must be DEBUG/INFO/WARNING/ERROR/CRITICAL, got {self.log_level!r}"
+            )
         return self

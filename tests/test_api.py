@@ -5,8 +5,8 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
-from conftest import create
 
+from conftest import create
 from decision.v1 import decision_pb2 as pb
 
 

@@ -6,8 +6,8 @@ import asyncio
 import random
 
 import grpc
-from conftest import create
 
+from conftest import create
 from decision.v1 import decision_pb2 as pb
 from decision.v1 import decision_pb2_grpc as pb_grpc
 

@@ -15,8 +15,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ROOT
 from test_serving import _free_port, _wait_serving
+
+from conftest import ROOT
 
 BIN = Path(sys.executable).parent
 DOCKERFILE = ROOT / "Dockerfile"

@@ -6,8 +6,8 @@ import math
 
 import grpc
 import pytest
-from conftest import create, make_experiment
 
+from conftest import create, make_experiment
 from decision.v1 import decision_pb2 as pb
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -249,7 +249,6 @@ def test_oversize_and_empty_batch(stub, binary):
 
 def test_limits(tmp_path):
     from conftest import running_server
-
     from decision.v1 import decision_pb2_grpc as pb_grpc
 
     with running_server(tmp_path, max_experiments=2, max_arms=3, max_message_bytes=4096) as srv, \

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import create
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 import kernels
+from conftest import create
 from decision.v1 import decision_pb2 as pb
 
 BIN = Path(sys.executable).parent
@@ -153,3 +153,30 @@ def test_port_in_use_is_reported_not_a_traceback(server, tmp_path):
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr and str(server.port) in proc.stderr
 
+
+
+def test_prometheus_metrics_count_requests_by_code(tmp_path):
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from conftest import running_server
+    from decision.v1 import decision_pb2_grpc as pb_grpc
+
+    with running_server(tmp_path, metrics_port=0) as srv, \
+            grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+        stub = pb_grpc.DecisionServiceStub(ch)
+        create(stub, "m")
+        for _ in range(3):
+            stub.SelectArm(pb.SelectArmRequest(experiment_id="m"))
+        with pytest.raises(grpc.RpcError):
+            stub.SelectArm(pb.SelectArmRequest(experiment_id="missing"))
+        url = f"http://127.0.0.1:{srv.app.metrics_port}/metrics"
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(text) for s in f.samples}
+    assert samples[("banditd_requests_total", (("code", "OK"), ("method", "SelectArm")))] == 3
+    assert samples[("banditd_requests_total", (("code", "NOT_FOUND"), ("method", "SelectArm")))] == 1
+    assert samples[("banditd_handler_seconds_count", (("method", "SelectArm"),))] == 4
+    assert samples[("banditd_experiments", ())] == 1
+    assert samples[("banditd_decisions_stored", ())] == 3
