@@ -22,10 +22,11 @@ _EMPTY_CONTEXT = np.empty(0, dtype=np.float64)
 class Experiment:
     """Configuration + learned statistics of one experiment."""
 
-    def __init__(self, config: pb.Experiment, spec: PolicySpec, uid: int) -> None:
+    def __init__(self, config: pb.Experiment, spec: PolicySpec, uid: int, draws: int) -> None:
         self.config = config  # normalised proto (defaults filled in); arms kept in sync
         self.spec = spec
         self.uid = uid  # changes on reset, so decisions made before it no longer match
+        self.draws = draws  # Monte-Carlo rounds of estimated propensities
         self.experiment_id = config.experiment_id
         self.context_dim = int(config.context_dim)
         self.reward_type = int(config.reward_type)
@@ -43,7 +44,7 @@ class Experiment:
 
     def _reset_state(self) -> None:
         k = len(self.arm_ids)
-        self.state = self.spec.kernel.new_state(k, self.context_dim, self.spec.params)
+        self.state = self.spec.kernel.new_state(k, self.context_dim, self.spec.params, self.draws)
         self.selections = np.zeros(k, dtype=np.int64)
         self.rewards = np.zeros(k, dtype=np.int64)
         self.reward_sum = np.zeros(k, dtype=np.float64)
@@ -69,7 +70,9 @@ class Experiment:
             gone = set(remove)
             self.arm_ids = [a for a in self.arm_ids if a not in gone]
         if add:
-            fresh = self.spec.kernel.new_state(len(add), self.context_dim, self.spec.params)
+            fresh = self.spec.kernel.new_state(
+                len(add), self.context_dim, self.spec.params, self.draws
+            )
             self.state = tuple(
                 np.ascontiguousarray(np.concatenate([old, new], axis=0))
                 for old, new in zip(self.state, fresh, strict=True)
@@ -142,7 +145,7 @@ class Experiment:
         return n
 
     # -- operations ------------------------------------------------------------
-    def select(self, eligible: np.ndarray, context: np.ndarray, n: int, draws: int):
+    def select(self, eligible: np.ndarray, context: np.ndarray, n: int):
         """Choose ``n`` ranked arms among ``eligible``; returns (positions, propensity)."""
         out = np.empty(n, dtype=np.int64)
         propensity = self.spec.kernel.select(
@@ -154,7 +157,7 @@ class Experiment:
             self.selections,
             self.floor,
             self.burn_in,
-            draws,
+            self.draws,
             self.rng,
             out,
         )

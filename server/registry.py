@@ -102,7 +102,7 @@ class ExperimentRegistry:
             config.discount = 1.0
         if not config.HasField("seed"):
             config.seed = secrets.randbits(63)
-        experiment = Experiment(config, spec, self._uid())
+        experiment = Experiment(config, spec, self._uid(), self.settings.propensity_draws)
         self._experiments[config.experiment_id] = experiment
         return experiment
 

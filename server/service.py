@@ -10,6 +10,7 @@ import time
 
 from decision.v1 import decision_pb2 as pb
 from decision.v1 import decision_pb2_grpc as pb_grpc
+from server.budget import allocate_budget
 from server.decision_store import DecisionRecord, DecisionStore
 from server.errors import (
     DomainError,
@@ -132,9 +133,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
 
     def _apply_select(self, p: _PreparedSelect, now: float) -> pb.SelectArmResponse:
         experiment = p.experiment
-        ranked, propensity = experiment.select(
-            p.eligible, p.context, p.n, self.settings.propensity_draws
-        )
+        ranked, propensity = experiment.select(p.eligible, p.context, p.n)
         ids = experiment.arm_ids
         if p.n == 1:
             slate: tuple[str, ...] = (ids[ranked[0]],)
@@ -266,6 +265,19 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                 raise _in_batch(i, exc) from None
         return pb.BatchRecordRewardsResponse(
             responses=[self._apply_reward(p, now) for p in prepared]
+        )
+
+    # -- analyst RPCs ------------------------------------------------------------
+    async def AllocateBudget(self, request, context):
+        self._check_ready()
+        split = allocate_budget(
+            request, self.settings.budget_min_allocation, self.settings.budget_max_allocation
+        )
+        return pb.AllocateBudgetResponse(
+            allocations=[
+                pb.GroupAllocation(id=i, amount=a, share=float(s))
+                for i, a, s in zip(split.ids, split.amounts, split.shares, strict=True)
+            ]
         )
 
     def _check_batch(self, size: int) -> None:

@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     propensity_draws: int = Field(
         32, ge=1, le=100_000, description="Monte-Carlo draws estimating Thompson propensities."
     )
+    budget_min_allocation: float = Field(
+        10.0, ge=0, description="AllocateBudget minimum per ad group when the request has none."
+    )
+    budget_max_allocation: float = Field(
+        1000.0, ge=0, description="AllocateBudget maximum per ad group when the request has none."
+    )
     grace_seconds: float = Field(5.0, ge=0, description="Graceful-shutdown grace period, s.")
     log_level: str = Field("INFO", description="Python logging level.")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,7 +15,6 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-import kernels
 from conftest import create
 from decision.v1 import decision_pb2 as pb
 
@@ -35,7 +35,15 @@ def test_reflection_lists_the_service(channel):
     assert {"decision.v1.DecisionService", "grpc.health.v1.Health"} <= names
 
 
-def _compiled_signatures() -> dict[str, int]:
+_NO_JIT_SCRIPT = r"""
+import asyncio, json, sys
+import grpc
+import kernels
+from decision.v1 import decision_pb2 as pb, decision_pb2_grpc as pb_grpc
+from server.app import create_server
+from server.settings import Settings
+
+def signatures():
     out = {}
     for name, module in kernels.POLICIES.items():
         for attr in dir(module):
@@ -44,33 +52,58 @@ def _compiled_signatures() -> dict[str, int]:
                 out[f"{name}.{attr}"] = len(fn.signatures)
     return out
 
+CASES = [
+    (pb.Policy(thompson=pb.Policy.Thompson()), pb.REWARD_TYPE_BINARY, 0),
+    (pb.Policy(thompson=pb.Policy.Thompson()), pb.REWARD_TYPE_VALUE, 0),
+    (pb.Policy(ucb1=pb.Policy.Ucb1()), pb.REWARD_TYPE_CONTINUOUS, 0),
+    (pb.Policy(epsilon_greedy=pb.Policy.EpsilonGreedy()), pb.REWARD_TYPE_BINARY, 0),
+    (pb.Policy(lin_ucb=pb.Policy.LinUcb()), pb.REWARD_TYPE_CONTINUOUS, 3),
+    (pb.Policy(lin_thompson=pb.Policy.LinThompson()), pb.REWARD_TYPE_BINARY, 3),
+]
 
-def test_no_compilation_on_the_request_path(stub, new_id):
-    """After SERVING, requests of every policy and shape compile nothing new."""
-    before = _compiled_signatures()
-    assert before and all(n >= 1 for k, n in before.items() if k.endswith("_select")), before
-    cases = [
-        (pb.Policy(thompson=pb.Policy.Thompson()), pb.REWARD_TYPE_BINARY, 0),
-        (pb.Policy(thompson=pb.Policy.Thompson()), pb.REWARD_TYPE_VALUE, 0),
-        (pb.Policy(ucb1=pb.Policy.Ucb1()), pb.REWARD_TYPE_CONTINUOUS, 0),
-        (pb.Policy(epsilon_greedy=pb.Policy.EpsilonGreedy()), pb.REWARD_TYPE_BINARY, 0),
-        (pb.Policy(lin_ucb=pb.Policy.LinUcb()), pb.REWARD_TYPE_CONTINUOUS, 3),
-        (pb.Policy(lin_thompson=pb.Policy.LinThompson()), pb.REWARD_TYPE_BINARY, 3),
-    ]
-    for policy, rtype, dim in cases:
-        for floor, burn in ((0.0, 0), (0.05, 2)):
-            eid = new_id()
-            create(stub, eid, arms=["a", "b", "c"], policy=policy, reward_type=rtype,
-                   context_dim=dim, exploration_floor=floor, min_selections=burn,
-                   discount=0.99 if dim == 0 else None)
-            for n in (1, 2):
-                d = stub.SelectArm(pb.SelectArmRequest(experiment_id=eid, context=[0.1] * dim, num_arms=n))
-                stub.SelectArm(pb.SelectArmRequest(experiment_id=eid, context=[0.1] * dim,
-                                                   eligible_arm_ids=["b", "c"], num_arms=n))
-                stub.RecordReward(pb.RecordRewardRequest(experiment_id=eid, decision_id=d.decision_id, reward=1))
-                stub.RecordReward(pb.RecordRewardRequest(experiment_id=eid, arm_id="a",
-                                                         context=[0.2] * dim, reward=0))
-    assert _compiled_signatures() == before
+async def main():
+    app, port = await create_server(Settings(host="127.0.0.1", port=0, data_dir=sys.argv[1]))
+    await app.wait_ready()
+    before = signatures()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        stub = pb_grpc.DecisionServiceStub(ch)
+        n = 0
+        for policy, rtype, dim in CASES:
+            for floor, burn, discount in ((0.0, 0, None), (0.05, 2, 0.99 if dim == 0 else None)):
+                n += 1
+                e = pb.Experiment(experiment_id=f"e{n}", arms=[pb.Arm(arm_id=a) for a in "abc"],
+                                  policy=policy, reward_type=rtype, context_dim=dim, seed=n,
+                                  exploration_floor=floor, min_selections=burn)
+                if discount is not None:
+                    e.discount = discount
+                await stub.CreateExperiment(pb.CreateExperimentRequest(experiment=e))
+                ctx = [0.1] * dim
+                for k in (1, 2):
+                    d = await stub.SelectArm(pb.SelectArmRequest(experiment_id=e.experiment_id, context=ctx, num_arms=k))
+                    await stub.SelectArm(pb.SelectArmRequest(experiment_id=e.experiment_id, context=ctx, eligible_arm_ids=["b", "c"], num_arms=k))
+                    await stub.SelectArm(pb.SelectArmRequest(experiment_id=e.experiment_id, context=ctx, eligible_arm_ids=["c"]))
+                    await stub.RecordReward(pb.RecordRewardRequest(experiment_id=e.experiment_id, decision_id=d.decision_id, reward=1))
+                    await stub.RecordReward(pb.RecordRewardRequest(experiment_id=e.experiment_id, arm_id="a", context=[0.2] * dim, reward=0))
+                await stub.UpdateArms(pb.UpdateArmsRequest(experiment_id=e.experiment_id, add_arm_ids=["d"]))
+                await stub.BatchSelectArms(pb.BatchSelectArmsRequest(requests=[pb.SelectArmRequest(experiment_id=e.experiment_id, context=ctx)] * 3))
+                await stub.GetArmStats(pb.GetArmStatsRequest(experiment_id=e.experiment_id))
+    after = signatures()
+    await app.stop(None)
+    print(json.dumps({"before": before, "after": after}))
+
+asyncio.run(main())
+"""
+
+
+def test_no_compilation_on_the_request_path(tmp_path):
+    """In a fresh process: after SERVING, requests of every policy and shape compile nothing."""
+    proc = subprocess.run([sys.executable, "-c", _NO_JIT_SCRIPT, str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["before"], "no kernels found"
+    assert all(n >= 1 for k, n in result["before"].items() if k.endswith("._select")), result
+    assert result["after"] == result["before"]
 
 
 def _free_port() -> int:

@@ -1,0 +1,15 @@
+"""Numba bandit kernels: one module per policy, each with the same small API.
+
+Every policy module exposes ``NAME``, ``PARAM_NAMES``, ``CONTEXTUAL``, ``ESTIMATED_PROPENSITY``,
+``new_state``, ``select``, ``update``, ``select_reference`` and ``update_reference``.
+"""
+
+from types import ModuleType
+
+from . import epsilon_greedy, lin_thompson, lin_ucb, thompson, thompson_value, ucb1
+
+POLICIES: dict[str, ModuleType] = {
+    m.NAME: m for m in (thompson, thompson_value, ucb1, epsilon_greedy, lin_ucb, lin_thompson)
+}
+
+__all__ = ["POLICIES"]

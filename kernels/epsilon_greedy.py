@@ -1,0 +1,82 @@
+"""ε-greedy with optional decay: ``eps_t = epsilon / (1 + decay * t)``, t = updates so far.
+
+Random-number order: one ``uniform()`` coin first (always drawn); if it is ``< eps_t`` the
+scores are ``m`` uniform draws (eligible order), i.e. a uniformly random ranking; otherwise the
+scores are the empirical means (0 for untried arms). Then ``_finalize``.
+
+The propensity is exact: ``eps_t/m + (1 - eps_t) * [arm is a greedy argmax] / (greedy ties)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from .common import _finalize, _max_tie_probs, finalize_reference, max_tie_probs_reference
+from .config import JIT
+from .rng import _uniform
+from .ucb1 import _update
+from .ucb1 import update_reference as _ucb1_update_reference
+
+NAME = "epsilon_greedy"
+PARAM_NAMES = ("epsilon", "decay")
+CONTEXTUAL = False
+ESTIMATED_PROPENSITY = False
+
+
+def new_state(
+    num_arms: int, dim: int, params: np.ndarray, draws: int = 32
+) -> tuple[np.ndarray, ...]:
+    """Zero counts and reward sums (``dim`` and ``draws`` are unused)."""
+    return (np.zeros(num_arms), np.zeros(num_arms))
+
+
+@njit(**JIT)
+def _select(counts, reward_sum, params, eligible, t, selections, floor, burn_in, rng, out):
+    m = eligible.shape[0]
+    eps = params[0] / (1.0 + params[1] * t)
+    explore = _uniform(rng) < eps
+    scores = np.empty(m)
+    probs = np.empty(m)
+    for j in range(m):
+        arm = eligible[j]
+        n = counts[arm]
+        scores[j] = reward_sum[arm] / n if n > 0.0 else 0.0
+    _max_tie_probs(scores, probs)
+    for j in range(m):
+        probs[j] = eps / m + (1.0 - eps) * probs[j]
+    if explore:
+        for j in range(m):
+            scores[j] = _uniform(rng)
+    return _finalize(scores, probs, eligible, selections, floor, burn_in, rng, out)
+
+
+def select(state, params, eligible, context, t, selections, floor, burn_in, draws, rng, out):
+    """Fill ``out`` (arm positions, best first) and return the propensity of ``out[0]``.
+
+    Scalars are passed through as given (the server's types: ``t`` and ``burn_in`` int,
+    ``floor`` float).
+    """
+    return _select(state[0], state[1], params, eligible, t, selections, floor, burn_in, rng, out)
+
+
+def update(state, params, arm, reward, context, discount) -> None:
+    _update(state[0], state[1], arm, reward, discount)
+
+
+def update_reference(state, params, arm, reward, context, discount) -> None:
+    _ucb1_update_reference(state, params, arm, reward, context, discount)
+
+
+def select_reference(
+    state, params, eligible, context, t, selections, floor, burn_in, draws, source, out
+) -> float:
+    counts, reward_sum = state
+    m = len(eligible)
+    eps = params[0] / (1.0 + params[1] * t)
+    explore = source.uniform() < eps
+    n = counts[eligible]
+    means = np.divide(reward_sum[eligible], n, out=np.zeros(m), where=n > 0.0)
+    probs = eps / m + (1.0 - eps) * max_tie_probs_reference(means)
+    scores = source.uniforms(m) if explore else means
+    return finalize_reference(scores, probs, eligible, selections, floor, burn_in, source, out)

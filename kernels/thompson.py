@@ -1,0 +1,134 @@
+"""Beta–Bernoulli Thompson sampling (binary rewards: click / no click).
+
+State (first axis = arm, all float64): ``(successes[K], failures[K], mc[K, R], mc_valid[K])``.
+``successes``/``failures`` are the learned counts (float so that discounting can shrink them).
+``mc[arm]`` caches ``R`` posterior draws of the arm for the Monte-Carlo propensity and
+``mc_valid[arm]`` is 1.0 while they are i.i.d. draws from the arm's *current* posterior:
+:func:`update` clears it for the updated arm (for every arm when ``discount < 1``, since every
+posterior then changes), and new arms start at 0. ``R`` is fixed by ``new_state(..., draws)``;
+:func:`select` ignores its ``draws`` argument.
+
+Select, random-number order: when more than one arm is eligible, every eligible arm whose
+column is not valid (eligible order) gets ``R`` fresh ``Beta(alpha + s, beta + f)`` draws (in
+column order) and is marked valid. Then the decision round: one Beta draw per eligible arm
+(eligible order) gives the scores. ``probs[j]`` = (cached rounds in which ``j`` is the first
+argmax among the eligible arms + ``j``'s share of the decision round's maximum) / ``(R + 1)``
+(see :mod:`kernels.common`): unbiased, and the chosen arm's propensity is >= ``1/(R+1)``. With a
+single eligible arm probs = 1 and no column is touched. Then ``_finalize``.
+
+So a decision costs one Beta draw per eligible arm plus ``R·m`` comparisons, and ``R`` draws more
+per arm updated since its column was last drawn.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from .common import _finalize, _round_probs, finalize_reference, round_probs_reference
+from .config import JIT
+from .rng import _beta
+
+NAME = "thompson"
+PARAM_NAMES = ("alpha", "beta")
+CONTEXTUAL = False
+ESTIMATED_PROPENSITY = True
+
+
+def new_state(
+    num_arms: int, dim: int, params: np.ndarray, draws: int = 32
+) -> tuple[np.ndarray, ...]:
+    """Zero counts; ``draws`` (R >= 1) Monte-Carlo rounds cached per arm, all invalid."""
+    if draws < 1:
+        raise ValueError(f"draws is {draws}, the Monte-Carlo propensity needs at least 1")
+    return (np.zeros(num_arms), np.zeros(num_arms), np.zeros((num_arms, draws)),
+            np.zeros(num_arms))
+
+
+@njit(**JIT)
+def _select(successes, failures, mc, mc_valid, params, eligible, selections, floor, burn_in,
+            rng, out):
+    m = eligible.shape[0]
+    rounds = mc.shape[1]
+    alpha = params[0]
+    beta = params[1]
+    buf = np.empty(2 * m + rounds)
+    scores = buf[:m]
+    probs = buf[m:2 * m]
+    if m > 1:
+        for j in range(m):
+            arm = eligible[j]
+            if mc_valid[arm] != 1.0:
+                a = alpha + successes[arm]
+                b = beta + failures[arm]
+                for r in range(rounds):
+                    mc[arm, r] = _beta(rng, a, b)
+                mc_valid[arm] = 1.0
+    for j in range(m):
+        arm = eligible[j]
+        scores[j] = _beta(rng, alpha + successes[arm], beta + failures[arm])
+    if m == 1:
+        probs[0] = 1.0
+    else:
+        best_j = np.empty(rounds, dtype=np.int64)
+        _round_probs(mc, eligible, scores, buf[2 * m:], best_j, probs)
+    return _finalize(scores, probs, eligible, selections, floor, burn_in, rng, out)
+
+
+@njit(**JIT)
+def _update(successes, failures, mc_valid, arm, reward, discount):
+    if discount < 1.0:
+        for i in range(successes.shape[0]):
+            successes[i] *= discount
+            failures[i] *= discount
+            mc_valid[i] = 0.0
+    successes[arm] += reward
+    failures[arm] += 1.0 - reward
+    mc_valid[arm] = 0.0
+
+
+def select(state, params, eligible, context, t, selections, floor, burn_in, draws, rng, out):
+    """Fill ``out`` (arm positions, best first) and return the propensity of ``out[0]``.
+
+    Scalars are passed through as given (the server's types: ``floor`` float, ``burn_in`` int);
+    other scalar types compile another specialisation. ``draws`` is ignored: ``R`` is the
+    state's ``mc.shape[1]``.
+    """
+    return _select(state[0], state[1], state[2], state[3], params, eligible, selections, floor,
+                   burn_in, rng, out)
+
+
+def update(state, params, arm, reward, context, discount) -> None:
+    """Add one 0/1 reward for ``arm`` (after discounting every arm when ``discount < 1``)."""
+    _update(state[0], state[1], state[3], arm, reward, discount)
+
+
+def select_reference(
+    state, params, eligible, context, t, selections, floor, burn_in, draws, source, out
+) -> float:
+    s, f, mc, valid = state
+    a = params[0] + s[eligible]
+    b = params[1] + f[eligible]
+    m = len(eligible)
+    if m > 1:
+        stale = valid[eligible] != 1.0
+        if stale.any():
+            shp = (int(stale.sum()), mc.shape[1])
+            rows = eligible[stale]
+            mc[rows] = source.betas(np.broadcast_to(a[stale, None], shp),
+                                    np.broadcast_to(b[stale, None], shp))
+            valid[rows] = 1.0
+    scores = source.betas(a, b)
+    probs = np.ones(1) if m == 1 else round_probs_reference(mc[eligible].T, scores)
+    return finalize_reference(scores, probs, eligible, selections, floor, burn_in, source, out)
+
+
+def update_reference(state, params, arm, reward, context, discount) -> None:
+    s, f, _, valid = state
+    if discount < 1.0:
+        s *= discount
+        f *= discount
+        valid[:] = 0.0
+    s[arm] += reward
+    f[arm] += 1.0 - reward
+    valid[arm] = 0.0

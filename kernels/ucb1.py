@@ -1,0 +1,95 @@
+"""UCB1: score = mean + c * sqrt(ln N / n), N = sum of n over all arms; untried arms first.
+
+Untried arms (``n == 0``) score +inf, so ``_finalize`` tries them first in random order. When
+discounting makes ``N < 1``, ``ln N`` is clamped at 0. The policy is deterministic given the
+state, so probs = ``1 / ties`` for the arms sharing the maximum score and 0 otherwise (exact).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from .common import _finalize, _max_tie_probs, finalize_reference, max_tie_probs_reference
+from .config import JIT
+
+NAME = "ucb1"
+PARAM_NAMES = ("c",)
+CONTEXTUAL = False
+ESTIMATED_PROPENSITY = False
+
+
+def new_state(
+    num_arms: int, dim: int, params: np.ndarray, draws: int = 32
+) -> tuple[np.ndarray, ...]:
+    """Zero counts and reward sums (``dim`` and ``draws`` are unused)."""
+    return (np.zeros(num_arms), np.zeros(num_arms))
+
+
+@njit(**JIT)
+def _select(counts, reward_sum, params, eligible, selections, floor, burn_in, rng, out):
+    m = eligible.shape[0]
+    c = params[0]
+    total = 0.0
+    for i in range(counts.shape[0]):
+        total += counts[i]
+    log_total = math.log(total) if total > 1.0 else 0.0
+    scores = np.empty(m)
+    probs = np.empty(m)
+    for j in range(m):
+        arm = eligible[j]
+        n = counts[arm]
+        if n > 0.0:
+            scores[j] = reward_sum[arm] / n + c * math.sqrt(log_total / n)
+        else:
+            scores[j] = np.inf
+    _max_tie_probs(scores, probs)
+    return _finalize(scores, probs, eligible, selections, floor, burn_in, rng, out)
+
+
+@njit(**JIT)
+def _update(counts, reward_sum, arm, reward, discount):
+    if discount < 1.0:
+        for i in range(counts.shape[0]):
+            counts[i] *= discount
+            reward_sum[i] *= discount
+    counts[arm] += 1.0
+    reward_sum[arm] += reward
+
+
+def select(state, params, eligible, context, t, selections, floor, burn_in, draws, rng, out):
+    """Fill ``out`` (arm positions, best first) and return the propensity of ``out[0]``.
+
+    Scalars are passed through as given (the server's types: ``floor`` float, ``burn_in`` int).
+    """
+    return _select(state[0], state[1], params, eligible, selections, floor, burn_in, rng, out)
+
+
+def update(state, params, arm, reward, context, discount) -> None:
+    _update(state[0], state[1], arm, reward, discount)
+
+
+def select_reference(
+    state, params, eligible, context, t, selections, floor, burn_in, draws, source, out
+) -> float:
+    counts, reward_sum = state
+    total = counts.sum()
+    log_total = math.log(total) if total > 1.0 else 0.0
+    n = counts[eligible]
+    tried = n > 0.0
+    scores = np.full(len(eligible), np.inf)
+    nt = n[tried]
+    scores[tried] = reward_sum[eligible][tried] / nt + params[0] * np.sqrt(log_total / nt)
+    probs = max_tie_probs_reference(scores)
+    return finalize_reference(scores, probs, eligible, selections, floor, burn_in, source, out)
+
+
+def update_reference(state, params, arm, reward, context, discount) -> None:
+    counts, reward_sum = state
+    if discount < 1.0:
+        counts *= discount
+        reward_sum *= discount
+    counts[arm] += 1.0
+    reward_sum[arm] += reward

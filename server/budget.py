@@ -1,0 +1,262 @@
+"""AllocateBudget: split a total budget across ad groups. A pure computation.
+
+Strategy scores -> shares -> amounts inside the per-group [min, max] box that sum exactly
+to the total, in integer cents:
+
+1. Scores (higher = more budget), from each group's metrics:
+   - EQUAL: 1 for every group.
+   - ROAS_OPTIMIZED: ROAS = revenue / spend (the ``roas`` field when spend is 0).
+   - CPA_OPTIMIZED: 1 / CPA = conversions / spend.
+   - PERFORMANCE_BASED: 0.5 x ROAS / mean ROAS + 0.25 x CTR / mean CTR
+     + 0.25 x CVR / mean CVR (CTR = clicks / impressions, CVR = conversions / clicks, or the
+     ``ctr`` / ``conversion_rate`` fields when the denominator is 0). A term whose mean is 0
+     is dropped and the weights renormalised.
+   - THOMPSON: the probability that the group's conversion-rate posterior
+     Beta(1 + conversions, 1 + clicks - conversions) is the best (Monte-Carlo, seeded).
+   Missing metrics are explicit, not accidental: a group whose metric cannot be computed
+   (no spend, no impressions, no clicks and no derived field) gets the mean of that metric
+   over the groups that have it — a new group is treated as an average performer. If no
+   group has the metric, every group scores the same on it. Shares = score / sum of scores
+   (equal shares when every score is 0).
+2. Projection: amount_i = clip(lambda x share_i x total, min, max) with lambda >= 0 found
+   by bisection so that the amounts sum to the total. Scaling (not shifting) keeps the
+   proportions of the groups inside the box, and the order of the groups by score. Groups
+   whose share is 0 stay at min unless the others all reach max.
+3. Cents: amounts are floored to integer cents and the missing cents go one by one to the
+   groups with the largest remainders (ties: higher score, then request order) that still
+   have room below max, so the sum equals round(total x 100) cents exactly.
+
+Infeasible bounds (min > max, groups x min > total, groups x max < total) are
+INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from decision.v1 import decision_pb2 as pb
+from kernels.allocation import prob_best_beta
+from kernels.rng import seed_state
+from server.errors import InvalidArgument
+
+MAX_GROUPS = 10_000
+MAX_DRAWS = 1_000_000
+_METRIC_FIELDS = ("spend", "impressions", "clicks", "conversions", "revenue", "roas", "ctr",
+                  "conversion_rate")
+
+
+@dataclass(frozen=True)
+class BudgetSplit:
+    ids: list[str]
+    amounts: list[float]  # currency units, whole cents
+    shares: np.ndarray
+
+
+def _column(groups, name: str) -> np.ndarray:
+    return np.array([getattr(g, name) for g in groups], dtype=np.float64)
+
+
+def _validate(request: pb.AllocateBudgetRequest) -> None:
+    total = request.total_budget
+    if not math.isfinite(total) or total <= 0:
+        raise InvalidArgument(f"total_budget must be a finite number > 0, got {total}")
+    n = len(request.ad_groups)
+    if n == 0:
+        raise InvalidArgument("ad_groups is empty")
+    if n > MAX_GROUPS:
+        raise InvalidArgument(f"ad_groups has {n} groups, the limit is {MAX_GROUPS}")
+    seen: set[str] = set()
+    for i, g in enumerate(request.ad_groups):
+        if not g.id:
+            raise InvalidArgument(f"ad_groups[{i}].id is empty")
+        if g.id in seen:
+            raise InvalidArgument(f"ad_groups[{i}].id: duplicate id '{g.id}'")
+        seen.add(g.id)
+        for name in _METRIC_FIELDS:
+            value = getattr(g, name)
+            if not math.isfinite(value) or value < 0:
+                raise InvalidArgument(
+                    f"ad_groups[{i}].{name} must be finite and >= 0, got {value}"
+                )
+        for name in ("ctr", "conversion_rate"):
+            if getattr(g, name) > 1:
+                value = getattr(g, name)
+                raise InvalidArgument(f"ad_groups[{i}].{name} must be <= 1, got {value}")
+        if g.impressions > 0 and g.clicks > g.impressions:
+            raise InvalidArgument(
+                f"ad_groups[{i}]: clicks ({g.clicks}) exceed impressions ({g.impressions})"
+            )
+
+
+def _ratio(num: np.ndarray, den: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    """num / den where den > 0, else the fallback field where > 0, else NaN (missing)."""
+    out = np.full(num.shape, np.nan)
+    has = den > 0
+    out[has] = num[has] / den[has]
+    use_field = ~has & (fallback > 0)
+    out[use_field] = fallback[use_field]
+    return out
+
+
+def _impute(metric: np.ndarray) -> np.ndarray:
+    """Missing (NaN) -> mean of the present values; all missing -> ones (no information)."""
+    present = ~np.isnan(metric)
+    if not present.any():
+        return np.ones_like(metric)
+    filled = metric.copy()
+    filled[~present] = metric[present].mean()
+    return filled
+
+
+def strategy_scores(request: pb.AllocateBudgetRequest) -> np.ndarray:
+    """Per-group scores of the request's strategy (see the module docstring)."""
+    groups = request.ad_groups
+    spend, impressions, clicks, conversions, revenue = (
+        _column(groups, f) for f in ("spend", "impressions", "clicks", "conversions", "revenue")
+    )
+    strategy = request.strategy
+    if strategy == pb.ALLOCATION_STRATEGY_EQUAL:
+        return np.ones(len(groups))
+    if strategy == pb.ALLOCATION_STRATEGY_ROAS_OPTIMIZED:
+        return _impute(_ratio(revenue, spend, _column(groups, "roas")))
+    if strategy == pb.ALLOCATION_STRATEGY_CPA_OPTIMIZED:
+        return _impute(_ratio(conversions, spend, np.zeros(len(groups))))
+    if strategy == pb.ALLOCATION_STRATEGY_PERFORMANCE_BASED:
+        terms = (
+            (0.5, _impute(_ratio(revenue, spend, _column(groups, "roas")))),
+            (0.25, _impute(_ratio(clicks, impressions, _column(groups, "ctr")))),
+            (0.25, _impute(_ratio(conversions, clicks, _column(groups, "conversion_rate")))),
+        )
+        score = np.zeros(len(groups))
+        weight = 0.0
+        for w, metric in terms:
+            mean = metric.mean()
+            if mean > 0:
+                score += w * metric / mean
+                weight += w
+        return score / weight if weight > 0 else np.ones(len(groups))
+    if strategy == pb.ALLOCATION_STRATEGY_THOMPSON:
+        bad = np.flatnonzero(conversions > clicks)
+        if bad.size:
+            i = int(bad[0])
+            raise InvalidArgument(
+                f"ad_groups[{i}]: conversions ({conversions[i]}) exceed clicks ({clicks[i]}); "
+                "the THOMPSON strategy models conversions per click"
+            )
+        draws = request.num_draws if request.HasField("num_draws") else 10_000
+        if not 1 <= draws <= MAX_DRAWS:
+            raise InvalidArgument(f"num_draws must be in [1, {MAX_DRAWS}], got {draws}")
+        seed = request.seed if request.HasField("seed") else 0
+        a, b = 1.0 + conversions, 1.0 + clicks - conversions
+        return prob_best_beta(a, b, draws, seed_state(seed))
+    raise InvalidArgument(
+        "strategy must be one of ALLOCATION_STRATEGY_EQUAL, _PERFORMANCE_BASED, _ROAS_OPTIMIZED, "
+        f"_CPA_OPTIMIZED, _THOMPSON; got {strategy}"
+    )
+
+
+def _project(shares: np.ndarray, total: float, lo: float, hi: float) -> np.ndarray:
+    """clip(lambda * shares * total, lo, hi) summing to total (see the module docstring)."""
+    n = shares.shape[0]
+    positive = shares > 0
+    if not positive.any():
+        return np.full(n, total / n)
+    # If the positive-share groups cannot absorb the total even at max, they get max and
+    # the zero-share groups split the rest equally.
+    ceiling = np.where(positive, hi, lo)
+    if float(ceiling.sum()) <= total:
+        rest = total - float(ceiling.sum())
+        if rest > 0 and (~positive).any():
+            ceiling[~positive] += rest / (~positive).sum()
+        return ceiling
+    target = shares * total
+
+    def spent(lam: float) -> float:
+        return float(np.clip(lam * target, lo, hi).sum())
+
+    # spent() rises from n*lo to ceiling.sum() > total: bracket, then bisect. Every
+    # positive-share group reaches hi once lam * target >= hi.
+    low, high = 0.0, max(1.0, hi / float(target[positive].min()))
+    for _ in range(200):
+        mid = 0.5 * (low + high)
+        if spent(mid) < total:
+            low = mid
+        else:
+            high = mid
+    return np.clip(high * target, lo, hi)
+
+
+def _to_cents(
+    amounts: np.ndarray, scores: np.ndarray, total_c: int, lo_c: int, hi_c: int
+) -> np.ndarray:
+    scaled = amounts * 100.0
+    cents = np.clip(np.floor(scaled + 1e-7).astype(np.int64), lo_c, hi_c)
+    remainder = scaled - cents
+    n = cents.shape[0]
+    # Give missing cents to the largest remainders first (ties: higher score, then order).
+    give = sorted(range(n), key=lambda i: (-remainder[i], -scores[i], i))
+    diff = total_c - int(cents.sum())
+    while diff > 0:
+        moved = False
+        for i in give:
+            if diff == 0:
+                break
+            if cents[i] < hi_c:
+                cents[i] += 1
+                diff -= 1
+                moved = True
+        if not moved:
+            break
+    while diff < 0:
+        moved = False
+        for i in reversed(give):
+            if diff == 0:
+                break
+            if cents[i] > lo_c:
+                cents[i] -= 1
+                diff += 1
+                moved = True
+        if not moved:
+            break
+    return cents
+
+
+def allocate_budget(
+    request: pb.AllocateBudgetRequest, default_min: float, default_max: float
+) -> BudgetSplit:
+    """Validate the request and split its budget (amounts in currency units, whole cents)."""
+    _validate(request)
+    lo = request.min_allocation if request.HasField("min_allocation") else default_min
+    hi = request.max_allocation if request.HasField("max_allocation") else default_max
+    for name, value in (("min_allocation", lo), ("max_allocation", hi)):
+        if not math.isfinite(value) or value < 0:
+            raise InvalidArgument(f"{name} must be finite and >= 0, got {value}")
+    if lo > hi:
+        raise InvalidArgument(f"min_allocation ({lo}) is above max_allocation ({hi})")
+    n = len(request.ad_groups)
+    total_c = round(request.total_budget * 100)
+    lo_c = math.ceil(lo * 100 - 1e-7)
+    hi_c = math.floor(hi * 100 + 1e-7)
+    if n * lo_c > total_c:
+        raise InvalidArgument(
+            f"infeasible bounds: {n} groups x min_allocation {lo} = {n * lo_c / 100:.2f} "
+            f"exceeds total_budget {total_c / 100:.2f}"
+        )
+    if n * hi_c < total_c:
+        raise InvalidArgument(
+            f"infeasible bounds: {n} groups x max_allocation {hi} = {n * hi_c / 100:.2f} "
+            f"is below total_budget {total_c / 100:.2f}"
+        )
+    scores = strategy_scores(request)
+    total_score = float(scores.sum())
+    shares = scores / total_score if total_score > 0 else np.full(n, 1.0 / n)
+    amounts = _project(shares, total_c / 100.0, lo_c / 100.0, hi_c / 100.0)
+    cents = _to_cents(amounts, scores, total_c, lo_c, hi_c)
+    return BudgetSplit(
+        ids=[g.id for g in request.ad_groups],
+        amounts=[int(c) / 100.0 for c in cents],
+        shares=shares,
+    )
