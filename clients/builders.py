@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from decision.v1 import decision_pb2 as pb
 
@@ -94,3 +94,64 @@ def update_arms(
     return pb.UpdateArmsRequest(
         experiment_id=experiment_id, add_arm_ids=add, remove_arm_ids=remove
     )
+
+
+STRATEGIES = {
+    "equal": pb.ALLOCATION_STRATEGY_EQUAL,
+    "performance_based": pb.ALLOCATION_STRATEGY_PERFORMANCE_BASED,
+    "roas_optimized": pb.ALLOCATION_STRATEGY_ROAS_OPTIMIZED,
+    "cpa_optimized": pb.ALLOCATION_STRATEGY_CPA_OPTIMIZED,
+    "thompson": pb.ALLOCATION_STRATEGY_THOMPSON,
+}
+
+
+def ingest_metrics(
+    experiment_id: str, period: str, metrics: Mapping[str, Sequence[float]]
+) -> pb.IngestMetricsRequest:
+    """``metrics``: arm_id -> (trials, successes) or (trials, successes, value)."""
+    rows = []
+    for arm_id, values in metrics.items():
+        trials, successes, *rest = values
+        rows.append(pb.ArmMetrics(arm_id=arm_id, trials=trials, successes=successes,
+                                  value=rest[0] if rest else 0.0))
+    return pb.IngestMetricsRequest(experiment_id=experiment_id, period=period, metrics=rows)
+
+
+def get_allocation(
+    experiment_id: str,
+    num_draws: int | None = None,
+    seed: int | None = None,
+    min_percentage: float = 0.0,
+) -> pb.GetAllocationRequest:
+    request = pb.GetAllocationRequest(experiment_id=experiment_id, min_percentage=min_percentage)
+    if num_draws is not None:
+        request.num_draws = num_draws
+    if seed is not None:
+        request.seed = seed
+    return request
+
+
+def allocate_budget(
+    total_budget: float,
+    ad_groups: Sequence[Mapping[str, float | str]],
+    strategy: str,
+    *,
+    min_allocation: float | None = None,
+    max_allocation: float | None = None,
+    seed: int | None = None,
+    num_draws: int | None = None,
+) -> pb.AllocateBudgetRequest:
+    """``ad_groups``: dicts with ``id`` and any of spend, impressions, clicks, conversions,
+    revenue, roas, ctr, conversion_rate."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {strategy!r}; one of {', '.join(STRATEGIES)}")
+    request = pb.AllocateBudgetRequest(
+        total_budget=total_budget,
+        ad_groups=[pb.AdGroup(**g) for g in ad_groups],
+        strategy=STRATEGIES[strategy],
+    )
+    for name, value in (("min_allocation", min_allocation), ("max_allocation", max_allocation),
+                        ("seed", seed), ("num_draws", num_draws)):
+        if value is not None:
+            setattr(request, name, value)
+    return request

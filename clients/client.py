@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -41,7 +41,8 @@ class RetryPolicy:
 
 
 def _safe_to_retry(method: str, request: Any) -> bool:
-    if method in ("GetExperiment", "ListExperiments", "GetArmStats"):
+    if method in ("GetExperiment", "ListExperiments", "GetArmStats", "GetAllocation",
+                  "AllocateBudget", "IngestMetrics"):  # reads, pure, or idempotent per period
         return True
     if method == "RecordReward":
         return bool(request.decision_id)
@@ -125,6 +126,28 @@ class _Methods:
 
     def get_arm_stats(self, experiment_id: str) -> pb.GetArmStatsResponse:
         return self._invoke("GetArmStats", pb.GetArmStatsRequest(experiment_id=experiment_id))
+
+    def ingest_metrics(
+        self, experiment_id: str, period: str, metrics: Mapping[str, Sequence[float]]
+    ) -> pb.IngestMetricsResponse:
+        """``metrics``: arm_id -> (trials, successes[, value]) for one period (e.g. a date)."""
+        return self._invoke("IngestMetrics", build.ingest_metrics(experiment_id, period, metrics))
+
+    def get_allocation(self, experiment_id: str, **kw: Any) -> pb.GetAllocationResponse:
+        """``kw``: num_draws, seed, min_percentage."""
+        return self._invoke("GetAllocation", build.get_allocation(experiment_id, **kw))
+
+    def allocate_budget(
+        self,
+        total_budget: float,
+        ad_groups: Sequence[Mapping[str, Any]],
+        strategy: str = "performance_based",
+        **kw: Any,
+    ) -> pb.AllocateBudgetResponse:
+        """``kw``: min_allocation, max_allocation, seed, num_draws."""
+        return self._invoke(
+            "AllocateBudget", build.allocate_budget(total_budget, ad_groups, strategy, **kw)
+        )
 
 
 def _channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:

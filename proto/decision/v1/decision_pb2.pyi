@@ -13,10 +13,25 @@ class RewardType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REWARD_TYPE_BINARY: _ClassVar[RewardType]
     REWARD_TYPE_VALUE: _ClassVar[RewardType]
     REWARD_TYPE_CONTINUOUS: _ClassVar[RewardType]
+
+class AllocationStrategy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ALLOCATION_STRATEGY_UNSPECIFIED: _ClassVar[AllocationStrategy]
+    ALLOCATION_STRATEGY_EQUAL: _ClassVar[AllocationStrategy]
+    ALLOCATION_STRATEGY_PERFORMANCE_BASED: _ClassVar[AllocationStrategy]
+    ALLOCATION_STRATEGY_ROAS_OPTIMIZED: _ClassVar[AllocationStrategy]
+    ALLOCATION_STRATEGY_CPA_OPTIMIZED: _ClassVar[AllocationStrategy]
+    ALLOCATION_STRATEGY_THOMPSON: _ClassVar[AllocationStrategy]
 REWARD_TYPE_UNSPECIFIED: RewardType
 REWARD_TYPE_BINARY: RewardType
 REWARD_TYPE_VALUE: RewardType
 REWARD_TYPE_CONTINUOUS: RewardType
+ALLOCATION_STRATEGY_UNSPECIFIED: AllocationStrategy
+ALLOCATION_STRATEGY_EQUAL: AllocationStrategy
+ALLOCATION_STRATEGY_PERFORMANCE_BASED: AllocationStrategy
+ALLOCATION_STRATEGY_ROAS_OPTIMIZED: AllocationStrategy
+ALLOCATION_STRATEGY_CPA_OPTIMIZED: AllocationStrategy
+ALLOCATION_STRATEGY_THOMPSON: AllocationStrategy
 
 class Arm(_message.Message):
     __slots__ = ("arm_id",)
@@ -228,18 +243,38 @@ class GetArmStatsRequest(_message.Message):
     def __init__(self, experiment_id: _Optional[str] = ...) -> None: ...
 
 class ArmStats(_message.Message):
-    __slots__ = ("arm_id", "selections", "rewards", "reward_sum", "mean_reward")
+    __slots__ = ("arm_id", "selections", "rewards", "reward_sum", "mean_reward", "trials", "successes", "conversion_rate", "revenue_per_event", "posterior_alpha", "posterior_beta", "value_posterior_shape", "value_posterior_rate", "score", "probability_best")
     ARM_ID_FIELD_NUMBER: _ClassVar[int]
     SELECTIONS_FIELD_NUMBER: _ClassVar[int]
     REWARDS_FIELD_NUMBER: _ClassVar[int]
     REWARD_SUM_FIELD_NUMBER: _ClassVar[int]
     MEAN_REWARD_FIELD_NUMBER: _ClassVar[int]
+    TRIALS_FIELD_NUMBER: _ClassVar[int]
+    SUCCESSES_FIELD_NUMBER: _ClassVar[int]
+    CONVERSION_RATE_FIELD_NUMBER: _ClassVar[int]
+    REVENUE_PER_EVENT_FIELD_NUMBER: _ClassVar[int]
+    POSTERIOR_ALPHA_FIELD_NUMBER: _ClassVar[int]
+    POSTERIOR_BETA_FIELD_NUMBER: _ClassVar[int]
+    VALUE_POSTERIOR_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_POSTERIOR_RATE_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_BEST_FIELD_NUMBER: _ClassVar[int]
     arm_id: str
     selections: int
     rewards: int
     reward_sum: float
     mean_reward: float
-    def __init__(self, arm_id: _Optional[str] = ..., selections: _Optional[int] = ..., rewards: _Optional[int] = ..., reward_sum: _Optional[float] = ..., mean_reward: _Optional[float] = ...) -> None: ...
+    trials: float
+    successes: float
+    conversion_rate: float
+    revenue_per_event: float
+    posterior_alpha: float
+    posterior_beta: float
+    value_posterior_shape: float
+    value_posterior_rate: float
+    score: float
+    probability_best: float
+    def __init__(self, arm_id: _Optional[str] = ..., selections: _Optional[int] = ..., rewards: _Optional[int] = ..., reward_sum: _Optional[float] = ..., mean_reward: _Optional[float] = ..., trials: _Optional[float] = ..., successes: _Optional[float] = ..., conversion_rate: _Optional[float] = ..., revenue_per_event: _Optional[float] = ..., posterior_alpha: _Optional[float] = ..., posterior_beta: _Optional[float] = ..., value_posterior_shape: _Optional[float] = ..., value_posterior_rate: _Optional[float] = ..., score: _Optional[float] = ..., probability_best: _Optional[float] = ...) -> None: ...
 
 class GetArmStatsResponse(_message.Message):
     __slots__ = ("arms", "model_version")
@@ -260,3 +295,117 @@ class ResetExperimentResponse(_message.Message):
     EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
     experiment: Experiment
     def __init__(self, experiment: _Optional[_Union[Experiment, _Mapping]] = ...) -> None: ...
+
+class ArmMetrics(_message.Message):
+    __slots__ = ("arm_id", "trials", "successes", "value")
+    ARM_ID_FIELD_NUMBER: _ClassVar[int]
+    TRIALS_FIELD_NUMBER: _ClassVar[int]
+    SUCCESSES_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    arm_id: str
+    trials: float
+    successes: float
+    value: float
+    def __init__(self, arm_id: _Optional[str] = ..., trials: _Optional[float] = ..., successes: _Optional[float] = ..., value: _Optional[float] = ...) -> None: ...
+
+class IngestMetricsRequest(_message.Message):
+    __slots__ = ("experiment_id", "period", "metrics")
+    EXPERIMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    experiment_id: str
+    period: str
+    metrics: _containers.RepeatedCompositeFieldContainer[ArmMetrics]
+    def __init__(self, experiment_id: _Optional[str] = ..., period: _Optional[str] = ..., metrics: _Optional[_Iterable[_Union[ArmMetrics, _Mapping]]] = ...) -> None: ...
+
+class IngestMetricsResponse(_message.Message):
+    __slots__ = ("replaced_arms", "new_arms")
+    REPLACED_ARMS_FIELD_NUMBER: _ClassVar[int]
+    NEW_ARMS_FIELD_NUMBER: _ClassVar[int]
+    replaced_arms: int
+    new_arms: int
+    def __init__(self, replaced_arms: _Optional[int] = ..., new_arms: _Optional[int] = ...) -> None: ...
+
+class GetAllocationRequest(_message.Message):
+    __slots__ = ("experiment_id", "num_draws", "seed", "min_percentage")
+    EXPERIMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    NUM_DRAWS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    MIN_PERCENTAGE_FIELD_NUMBER: _ClassVar[int]
+    experiment_id: str
+    num_draws: int
+    seed: int
+    min_percentage: float
+    def __init__(self, experiment_id: _Optional[str] = ..., num_draws: _Optional[int] = ..., seed: _Optional[int] = ..., min_percentage: _Optional[float] = ...) -> None: ...
+
+class ArmAllocation(_message.Message):
+    __slots__ = ("arm_id", "percentage")
+    ARM_ID_FIELD_NUMBER: _ClassVar[int]
+    PERCENTAGE_FIELD_NUMBER: _ClassVar[int]
+    arm_id: str
+    percentage: float
+    def __init__(self, arm_id: _Optional[str] = ..., percentage: _Optional[float] = ...) -> None: ...
+
+class GetAllocationResponse(_message.Message):
+    __slots__ = ("allocations", "next_period")
+    ALLOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PERIOD_FIELD_NUMBER: _ClassVar[int]
+    allocations: _containers.RepeatedCompositeFieldContainer[ArmAllocation]
+    next_period: str
+    def __init__(self, allocations: _Optional[_Iterable[_Union[ArmAllocation, _Mapping]]] = ..., next_period: _Optional[str] = ...) -> None: ...
+
+class AdGroup(_message.Message):
+    __slots__ = ("id", "spend", "impressions", "clicks", "conversions", "revenue", "roas", "ctr", "conversion_rate")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SPEND_FIELD_NUMBER: _ClassVar[int]
+    IMPRESSIONS_FIELD_NUMBER: _ClassVar[int]
+    CLICKS_FIELD_NUMBER: _ClassVar[int]
+    CONVERSIONS_FIELD_NUMBER: _ClassVar[int]
+    REVENUE_FIELD_NUMBER: _ClassVar[int]
+    ROAS_FIELD_NUMBER: _ClassVar[int]
+    CTR_FIELD_NUMBER: _ClassVar[int]
+    CONVERSION_RATE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    spend: float
+    impressions: float
+    clicks: float
+    conversions: float
+    revenue: float
+    roas: float
+    ctr: float
+    conversion_rate: float
+    def __init__(self, id: _Optional[str] = ..., spend: _Optional[float] = ..., impressions: _Optional[float] = ..., clicks: _Optional[float] = ..., conversions: _Optional[float] = ..., revenue: _Optional[float] = ..., roas: _Optional[float] = ..., ctr: _Optional[float] = ..., conversion_rate: _Optional[float] = ...) -> None: ...
+
+class AllocateBudgetRequest(_message.Message):
+    __slots__ = ("total_budget", "ad_groups", "strategy", "min_allocation", "max_allocation", "seed", "num_draws")
+    TOTAL_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    AD_GROUPS_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    MIN_ALLOCATION_FIELD_NUMBER: _ClassVar[int]
+    MAX_ALLOCATION_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    NUM_DRAWS_FIELD_NUMBER: _ClassVar[int]
+    total_budget: float
+    ad_groups: _containers.RepeatedCompositeFieldContainer[AdGroup]
+    strategy: AllocationStrategy
+    min_allocation: float
+    max_allocation: float
+    seed: int
+    num_draws: int
+    def __init__(self, total_budget: _Optional[float] = ..., ad_groups: _Optional[_Iterable[_Union[AdGroup, _Mapping]]] = ..., strategy: _Optional[_Union[AllocationStrategy, str]] = ..., min_allocation: _Optional[float] = ..., max_allocation: _Optional[float] = ..., seed: _Optional[int] = ..., num_draws: _Optional[int] = ...) -> None: ...
+
+class GroupAllocation(_message.Message):
+    __slots__ = ("id", "amount", "share")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    amount: float
+    share: float
+    def __init__(self, id: _Optional[str] = ..., amount: _Optional[float] = ..., share: _Optional[float] = ...) -> None: ...
+
+class AllocateBudgetResponse(_message.Message):
+    __slots__ = ("allocations",)
+    ALLOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    allocations: _containers.RepeatedCompositeFieldContainer[GroupAllocation]
+    def __init__(self, allocations: _Optional[_Iterable[_Union[GroupAllocation, _Mapping]]] = ...) -> None: ...

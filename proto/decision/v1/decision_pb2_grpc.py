@@ -91,6 +91,21 @@ class DecisionServiceStub:
                 request_serializer=decision_dot_v1_dot_decision__pb2.ResetExperimentRequest.SerializeToString,
                 response_deserializer=decision_dot_v1_dot_decision__pb2.ResetExperimentResponse.FromString,
                 _registered_method=True)
+        self.IngestMetrics = channel.unary_unary(
+                '/decision.v1.DecisionService/IngestMetrics',
+                request_serializer=decision_dot_v1_dot_decision__pb2.IngestMetricsRequest.SerializeToString,
+                response_deserializer=decision_dot_v1_dot_decision__pb2.IngestMetricsResponse.FromString,
+                _registered_method=True)
+        self.GetAllocation = channel.unary_unary(
+                '/decision.v1.DecisionService/GetAllocation',
+                request_serializer=decision_dot_v1_dot_decision__pb2.GetAllocationRequest.SerializeToString,
+                response_deserializer=decision_dot_v1_dot_decision__pb2.GetAllocationResponse.FromString,
+                _registered_method=True)
+        self.AllocateBudget = channel.unary_unary(
+                '/decision.v1.DecisionService/AllocateBudget',
+                request_serializer=decision_dot_v1_dot_decision__pb2.AllocateBudgetRequest.SerializeToString,
+                response_deserializer=decision_dot_v1_dot_decision__pb2.AllocateBudgetResponse.FromString,
+                _registered_method=True)
 
 
 class DecisionServiceServicer:
@@ -180,6 +195,35 @@ class DecisionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def IngestMetrics(self, request, context):
+        """Adds aggregated per-arm counts for a period (e.g. yesterday's impressions and
+        clicks). Idempotent per (experiment, period, arm): re-sending a period replaces
+        that period's earlier contribution for the arms in the request. Atomic.
+        Errors: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION (contextual or
+        discounted experiment).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAllocation(self, request, context):
+        """Next-period traffic allocation: the percentage of traffic per arm equals the
+        Monte-Carlo probability that the arm is best under the current posterior.
+        Errors: NOT_FOUND, FAILED_PRECONDITION (no posterior: contextual policies,
+        ucb1 / epsilon_greedy with non-binary rewards).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AllocateBudget(self, request, context):
+        """Splits a total budget across ad groups by a strategy, within per-group
+        bounds; amounts sum exactly to the total (to the cent). Pure computation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DecisionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -237,6 +281,21 @@ def add_DecisionServiceServicer_to_server(servicer, server):
                     servicer.ResetExperiment,
                     request_deserializer=decision_dot_v1_dot_decision__pb2.ResetExperimentRequest.FromString,
                     response_serializer=decision_dot_v1_dot_decision__pb2.ResetExperimentResponse.SerializeToString,
+            ),
+            'IngestMetrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.IngestMetrics,
+                    request_deserializer=decision_dot_v1_dot_decision__pb2.IngestMetricsRequest.FromString,
+                    response_serializer=decision_dot_v1_dot_decision__pb2.IngestMetricsResponse.SerializeToString,
+            ),
+            'GetAllocation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAllocation,
+                    request_deserializer=decision_dot_v1_dot_decision__pb2.GetAllocationRequest.FromString,
+                    response_serializer=decision_dot_v1_dot_decision__pb2.GetAllocationResponse.SerializeToString,
+            ),
+            'AllocateBudget': grpc.unary_unary_rpc_method_handler(
+                    servicer.AllocateBudget,
+                    request_deserializer=decision_dot_v1_dot_decision__pb2.AllocateBudgetRequest.FromString,
+                    response_serializer=decision_dot_v1_dot_decision__pb2.AllocateBudgetResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -538,6 +597,87 @@ class DecisionService:
             '/decision.v1.DecisionService/ResetExperiment',
             decision_dot_v1_dot_decision__pb2.ResetExperimentRequest.SerializeToString,
             decision_dot_v1_dot_decision__pb2.ResetExperimentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IngestMetrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/decision.v1.DecisionService/IngestMetrics',
+            decision_dot_v1_dot_decision__pb2.IngestMetricsRequest.SerializeToString,
+            decision_dot_v1_dot_decision__pb2.IngestMetricsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAllocation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/decision.v1.DecisionService/GetAllocation',
+            decision_dot_v1_dot_decision__pb2.GetAllocationRequest.SerializeToString,
+            decision_dot_v1_dot_decision__pb2.GetAllocationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AllocateBudget(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/decision.v1.DecisionService/AllocateBudget',
+            decision_dot_v1_dot_decision__pb2.AllocateBudgetRequest.SerializeToString,
+            decision_dot_v1_dot_decision__pb2.AllocateBudgetResponse.FromString,
             options,
             channel_credentials,
             insecure,
