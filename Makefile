@@ -33,9 +33,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check server kernels clients benchmarks tests
 	$(BIN)/mypy server kernels clients
 
-## Kernel micro-benchmarks; results go to benchmarks/results/*.json.
+## Benchmarks (bounded, loopback only); results go to benchmarks/results/*.json.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/kernel_bench.py --out benchmarks/results/kernels.json
+	$(BIN)/python benchmarks/first_request.py --out benchmarks/results/first_request.json
+	$(BIN)/python benchmarks/analytics_bench.py --out benchmarks/results/analytics.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

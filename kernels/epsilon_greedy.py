@@ -15,7 +15,8 @@ from numba import njit
 from .common import _finalize, _max_tie_probs, finalize_reference, max_tie_probs_reference
 from .config import JIT
 from .rng import _uniform
-from .ucb1 import _update
+from .ucb1 import _count_summary, _update
+from .ucb1 import add_aggregate as add_aggregate  # same state layout (n, reward_sum)
 from .ucb1 import update_reference as _ucb1_update_reference
 
 NAME = "epsilon_greedy"
@@ -80,3 +81,14 @@ def select_reference(
     probs = eps / m + (1.0 - eps) * max_tie_probs_reference(means)
     scores = source.uniforms(m) if explore else means
     return finalize_reference(scores, probs, eligible, selections, floor, burn_in, source, out)
+
+
+
+def summary(state, params, binary: bool) -> dict[str, np.ndarray]:
+    """Greedy score (empirical mean) per arm, plus the binary posterior of :mod:`kernels.ucb1`."""
+    n, total = state
+    return _count_summary(n, total, _scores_reference(n, total, params), binary)
+
+def _scores_reference(n: np.ndarray, total: np.ndarray, params: np.ndarray) -> np.ndarray:
+    """Empirical mean reward (0 for untried arms), the greedy score."""
+    return np.divide(total, n, out=np.zeros_like(total), where=n > 0)

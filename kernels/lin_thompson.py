@@ -20,7 +20,19 @@ from numba import njit
 
 from .common import _finalize, _round_probs, finalize_reference, round_probs_reference
 from .config import JIT
-from .lin_ucb import _means_widths, _update, mean_width_reference, new_state, update_reference
+from .lin_ucb import (  # same state, update and (absent) aggregates as LinUCB
+    _means_widths,
+    _update,
+    mean_width_reference,
+    new_state,
+    update_reference,
+)
+from .lin_ucb import (
+    add_aggregate as add_aggregate,
+)
+from .lin_ucb import (
+    summary as summary,
+)
 from .rng import _normal, _normals_into
 
 NAME = "lin_thompson"
@@ -92,3 +104,4 @@ def select_reference(
         rounds = mu[:, None] + sd[:, None] * source.normals((m, draws))  # arm-major
         probs = round_probs_reference(rounds.T, scores)
     return finalize_reference(scores, probs, eligible, selections, floor, burn_in, source, out)
+

@@ -137,3 +137,13 @@ def update_reference(state, params, arm, reward, context, discount) -> None:
     a_inv[arm] -= np.outer(u, u) / (1.0 + x @ u)
     b[arm] += reward * x
     theta[arm] = a_inv[arm] @ b[arm]
+
+
+def add_aggregate(state, arm: int, trials: float, successes: float, total: float) -> None:
+    """Aggregates carry no context: contextual policies cannot learn from them."""
+    raise NotImplementedError(f"{NAME} learns from (context, reward) pairs only")
+
+
+def summary(state, params, binary: bool) -> dict[str, np.ndarray]:
+    """No per-arm score without a context."""
+    return {}

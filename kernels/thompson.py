@@ -132,3 +132,18 @@ def update_reference(state, params, arm, reward, context, discount) -> None:
     s[arm] += reward
     f[arm] += 1.0 - reward
     valid[arm] = 0.0
+
+
+def add_aggregate(state, arm: int, trials: float, successes: float, total: float) -> None:
+    """Add (or, with negative values, remove) aggregated counts of ``arm`` (IngestMetrics)."""
+    s, f, _, valid = state
+    s[arm] += successes
+    f[arm] += trials - successes
+    valid[arm] = 0.0
+
+
+def summary(state, params, binary: bool) -> dict[str, np.ndarray]:
+    """Beta posterior of each arm's success rate and its mean (the arm's score)."""
+    a = params[0] + state[0]
+    b = params[1] + state[1]
+    return {"posterior_alpha": a, "posterior_beta": b, "score": a / (a + b)}

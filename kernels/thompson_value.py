@@ -152,3 +152,23 @@ def update_reference(state, params, arm, reward, context, discount) -> None:
         rev[arm] += reward
         sq[arm] += reward * reward
     valid[arm] = 0.0
+
+
+def add_aggregate(state, arm: int, trials: float, successes: float, total: float) -> None:
+    """Add (or remove, negative) aggregated trials, conversions and revenue ``total``."""
+    state[0][arm] += trials
+    state[1][arm] += successes
+    state[2][arm] += total
+    state[5][arm] = 0.0
+
+
+def summary(state, params, binary: bool) -> dict[str, np.ndarray]:
+    """Posteriors: CR ~ Beta(alpha, beta); revenue per conversion = rate / Gamma(shape); score =
+    posterior mean CR x posterior mean revenue per conversion."""
+    trials, conv, revenue = state[0], state[1], state[2]
+    a = params[0] + conv
+    b = params[1] + trials - conv
+    shape = params[3] + 1.0 + conv
+    rate = params[3] * params[2] + revenue
+    return {"posterior_alpha": a, "posterior_beta": b, "value_posterior_shape": shape,
+            "value_posterior_rate": rate, "score": a / (a + b) * rate / (shape - 1.0)}

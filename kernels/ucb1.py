@@ -93,3 +93,33 @@ def update_reference(state, params, arm, reward, context, discount) -> None:
         reward_sum *= discount
     counts[arm] += 1.0
     reward_sum[arm] += reward
+
+
+def add_aggregate(state, arm: int, trials: float, successes: float, total: float) -> None:
+    """Add (or remove, negative) ``trials`` events whose rewards sum to ``total``."""
+    state[0][arm] += trials
+    state[1][arm] += total
+
+
+def summary(state, params, binary: bool) -> dict[str, np.ndarray]:
+    """The policy's score per arm; with binary rewards also a Beta(1 + sum, 1 + n - sum)
+    posterior (uniform prior) so that allocation and probability-best are defined."""
+    n, total = state
+    return _count_summary(n, total, _scores_reference(n, total, params), binary)
+
+
+def _count_summary(n, total, score, binary: bool) -> dict[str, np.ndarray]:
+    out = {"score": score}
+    if binary:
+        out["posterior_alpha"] = 1.0 + total
+        out["posterior_beta"] = 1.0 + n - total
+    return out
+
+
+def _scores_reference(n: np.ndarray, total: np.ndarray, params: np.ndarray) -> np.ndarray:
+    """mean + c * sqrt(ln N / n); +inf for untried arms (as :func:`_select`)."""
+    big_n = n.sum()
+    log_total = math.log(big_n) if big_n > 1.0 else 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        score = total / n + params[0] * np.sqrt(log_total / n)
+    return np.where(n > 0, score, np.inf)

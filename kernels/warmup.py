@@ -13,6 +13,7 @@ import time
 import numpy as np
 
 from . import POLICIES
+from .allocation import prob_best_beta, prob_best_value
 from .rng import seed_state
 
 
@@ -44,4 +45,7 @@ def warm_up() -> float:
                 state, params, eligible[:1], context, 3, selections, 0.0, 0, 2, rng,
                 np.empty(1, dtype=np.int64),
             )
+    ones = np.ones(num_arms)
+    prob_best_beta(ones, ones, 2, rng)
+    prob_best_value(ones, ones, ones + 1.0, ones, 2, rng)
     return time.perf_counter() - start

@@ -158,7 +158,7 @@ def strategy_scores(request: pb.AllocateBudgetRequest) -> np.ndarray:
     )
 
 
-def _project(shares: np.ndarray, total: float, lo: float, hi: float) -> np.ndarray:
+def project_to_box(shares: np.ndarray, total: float, lo: float, hi: float) -> np.ndarray:
     """clip(lambda * shares * total, lo, hi) summing to total (see the module docstring)."""
     n = shares.shape[0]
     positive = shares > 0
@@ -189,9 +189,10 @@ def _project(shares: np.ndarray, total: float, lo: float, hi: float) -> np.ndarr
     return np.clip(high * target, lo, hi)
 
 
-def _to_cents(
+def round_to_units(
     amounts: np.ndarray, scores: np.ndarray, total_c: int, lo_c: int, hi_c: int
 ) -> np.ndarray:
+    """Hundredths (cents, or 0.01 %) summing exactly to ``total_c`` within [lo_c, hi_c]."""
     scaled = amounts * 100.0
     cents = np.clip(np.floor(scaled + 1e-7).astype(np.int64), lo_c, hi_c)
     remainder = scaled - cents
@@ -253,8 +254,8 @@ def allocate_budget(
     scores = strategy_scores(request)
     total_score = float(scores.sum())
     shares = scores / total_score if total_score > 0 else np.full(n, 1.0 / n)
-    amounts = _project(shares, total_c / 100.0, lo_c / 100.0, hi_c / 100.0)
-    cents = _to_cents(amounts, scores, total_c, lo_c, hi_c)
+    amounts = project_to_box(shares, total_c / 100.0, lo_c / 100.0, hi_c / 100.0)
+    cents = round_to_units(amounts, scores, total_c, lo_c, hi_c)
     return BudgetSplit(
         ids=[g.id for g in request.ad_groups],
         amounts=[int(c) / 100.0 for c in cents],

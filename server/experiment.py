@@ -48,6 +48,11 @@ class Experiment:
         self.selections = np.zeros(k, dtype=np.int64)
         self.rewards = np.zeros(k, dtype=np.int64)
         self.reward_sum = np.zeros(k, dtype=np.float64)
+        self.positives = np.zeros(k, dtype=np.int64)  # live rewards > 0 (conversions)
+        # Ingested aggregates: period -> arm_id -> (trials, successes, value), and their
+        # per-arm totals (trials, successes, value), re-summed exactly on every ingest.
+        self.periods: dict[str, dict[str, tuple[float, float, float]]] = {}
+        self.ingested = np.zeros((k, 3), dtype=np.float64)
         self.rng = seed_state(int(self.config.seed))
         self.version = 0
 
@@ -67,7 +72,12 @@ class Experiment:
             self.selections = np.delete(self.selections, drop)
             self.rewards = np.delete(self.rewards, drop)
             self.reward_sum = np.delete(self.reward_sum, drop)
+            self.positives = np.delete(self.positives, drop)
+            self.ingested = np.delete(self.ingested, drop, axis=0)
             gone = set(remove)
+            for period in self.periods.values():  # a re-added arm starts from the prior
+                for arm_id in gone:
+                    period.pop(arm_id, None)
             self.arm_ids = [a for a in self.arm_ids if a not in gone]
         if add:
             fresh = self.spec.kernel.new_state(
@@ -80,6 +90,8 @@ class Experiment:
             self.selections = np.concatenate([self.selections, np.zeros(len(add), np.int64)])
             self.rewards = np.concatenate([self.rewards, np.zeros(len(add), np.int64)])
             self.reward_sum = np.concatenate([self.reward_sum, np.zeros(len(add), np.float64)])
+            self.positives = np.concatenate([self.positives, np.zeros(len(add), np.int64)])
+            self.ingested = np.concatenate([self.ingested, np.zeros((len(add), 3))])
             self.arm_ids.extend(add)
         self._reindex()
         del self.config.arms[:]
@@ -172,4 +184,40 @@ class Experiment:
         self.spec.kernel.update(self.state, self.spec.params, arm, reward, context, self.discount)
         self.rewards[arm] += 1
         self.reward_sum[arm] += reward
+        if reward > 0:
+            self.positives[arm] += 1
         self.version += 1
+
+    def ingest(self, period: str, rows: list[tuple[int, float, float, float]]) -> tuple[int, int]:
+        """Replace ``period``'s aggregates for the given arms (validated by the caller).
+
+        ``rows``: (arm position, trials, successes, value). Returns (replaced, new) arm counts.
+        Re-sending identical numbers changes nothing at all, so repeats are exact no-ops.
+        """
+        book = self.periods.setdefault(period, {})
+        value_rewards = self.reward_type != pb.REWARD_TYPE_BINARY
+        replaced = new = 0
+        changed = False
+        for arm, trials, successes, value in rows:
+            arm_id = self.arm_ids[arm]
+            old = book.get(arm_id)
+            if old is None:
+                new += 1
+                old = (0.0, 0.0, 0.0)
+            else:
+                replaced += 1
+            fresh = (trials, successes, value)
+            if fresh == old:
+                continue
+            book[arm_id] = fresh
+            changed = True
+            d_trials, d_successes, d_value = (f - o for f, o in zip(fresh, old, strict=True))
+            total = d_value if value_rewards else d_successes
+            self.spec.kernel.add_aggregate(self.state, arm, d_trials, d_successes, total)
+            for column in range(3):  # exact totals, independent of the ingest history
+                self.ingested[arm, column] = math.fsum(
+                    p[arm_id][column] for p in self.periods.values() if arm_id in p
+                )
+        if changed:
+            self.version += 1
+        return replaced, new

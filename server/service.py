@@ -6,10 +6,12 @@ and never await, so each request's validate-then-apply is atomic without locks.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from decision.v1 import decision_pb2 as pb
 from decision.v1 import decision_pb2_grpc as pb_grpc
+from server import analytics
 from server.budget import allocate_budget
 from server.decision_store import DecisionRecord, DecisionStore
 from server.errors import (
@@ -107,21 +109,8 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
 
     async def GetArmStats(self, request, context):
         self._check_ready()
-        e = self.registry.get(request.experiment_id)
-        arms = []
-        for i, arm_id in enumerate(e.arm_ids):
-            n = int(e.rewards[i])
-            total = float(e.reward_sum[i])
-            arms.append(
-                pb.ArmStats(
-                    arm_id=arm_id,
-                    selections=int(e.selections[i]),
-                    rewards=n,
-                    reward_sum=total,
-                    mean_reward=total / n if n else 0.0,
-                )
-            )
-        return pb.GetArmStatsResponse(arms=arms, model_version=e.version)
+        job = analytics.arm_stats_job(self.registry.get(request.experiment_id))
+        return await asyncio.to_thread(job)  # Monte-Carlo off the event loop
 
     # -- decisions ---------------------------------------------------------------
     def _prepare_select(self, request) -> _PreparedSelect:
@@ -268,10 +257,22 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         )
 
     # -- analyst RPCs ------------------------------------------------------------
+    async def IngestMetrics(self, request, context):
+        self._check_ready()
+        return analytics.ingest(self.registry.get(request.experiment_id), request)
+
+    async def GetAllocation(self, request, context):
+        self._check_ready()
+        job = analytics.allocation_job(self.registry.get(request.experiment_id), request)
+        return await asyncio.to_thread(job)  # Monte-Carlo off the event loop
+
     async def AllocateBudget(self, request, context):
         self._check_ready()
-        split = allocate_budget(
-            request, self.settings.budget_min_allocation, self.settings.budget_max_allocation
+        split = await asyncio.to_thread(  # pure; THOMPSON runs Monte-Carlo
+            allocate_budget,
+            request,
+            self.settings.budget_min_allocation,
+            self.settings.budget_max_allocation,
         )
         return pb.AllocateBudgetResponse(
             allocations=[

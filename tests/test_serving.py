@@ -39,13 +39,14 @@ _NO_JIT_SCRIPT = r"""
 import asyncio, json, sys
 import grpc
 import kernels
+import kernels.allocation
 from decision.v1 import decision_pb2 as pb, decision_pb2_grpc as pb_grpc
 from server.app import create_server
 from server.settings import Settings
 
 def signatures():
     out = {}
-    for name, module in kernels.POLICIES.items():
+    for name, module in [*kernels.POLICIES.items(), ("allocation", kernels.allocation)]:
         for attr in dir(module):
             fn = getattr(module, attr)
             if hasattr(fn, "signatures") and hasattr(fn, "py_func"):
@@ -87,6 +88,10 @@ async def main():
                 await stub.UpdateArms(pb.UpdateArmsRequest(experiment_id=e.experiment_id, add_arm_ids=["d"]))
                 await stub.BatchSelectArms(pb.BatchSelectArmsRequest(requests=[pb.SelectArmRequest(experiment_id=e.experiment_id, context=ctx)] * 3))
                 await stub.GetArmStats(pb.GetArmStatsRequest(experiment_id=e.experiment_id))
+                if dim == 0 and discount is None:
+                    await stub.IngestMetrics(pb.IngestMetricsRequest(experiment_id=e.experiment_id, period="2025-01-01", metrics=[pb.ArmMetrics(arm_id="a", trials=10, successes=1, value=5)]))
+                    if rtype != pb.REWARD_TYPE_CONTINUOUS:
+                        await stub.GetAllocation(pb.GetAllocationRequest(experiment_id=e.experiment_id, min_percentage=1))
     after = signatures()
     await app.stop(None)
     print(json.dumps({"before": before, "after": after}))

@@ -34,8 +34,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=3)
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
-    theta = rng.normal(scale=1.2, size=(len(CREATIVES), DIM))
-    theta[:, 0] = -2.5  # base CTR around 8%
+    theta = rng.normal(scale=0.6, size=(len(CREATIVES), DIM))
+    theta[:, 0] = -3.0  # base CTR of a few percent; user features move it up to ~10x
     eid = "example-targeting"
     with BanditClient(args.target, timeout=30) as bandit:
         with contextlib.suppress(grpc.RpcError):  # start from a clean experiment
