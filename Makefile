@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-PROTO_SRC := proto/decision/v1/decision.proto
+PROTO_SRC := proto/decision/v1/decision.proto proto/banditd/storage/v1/storage.proto
 
 .PHONY: run test proto proto-check lint bench docker-lint clean
 

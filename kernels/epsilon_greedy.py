@@ -23,6 +23,7 @@ NAME = "epsilon_greedy"
 PARAM_NAMES = ("epsilon", "decay")
 CONTEXTUAL = False
 ESTIMATED_PROPENSITY = False
+CACHE_ARRAYS: tuple[int, ...] = ()  # no derived caches in the state
 
 
 def new_state(

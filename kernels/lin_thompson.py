@@ -39,6 +39,7 @@ NAME = "lin_thompson"
 PARAM_NAMES = ("v", "ridge")
 CONTEXTUAL = True
 ESTIMATED_PROPENSITY = True
+CACHE_ARRAYS: tuple[int, ...] = ()  # no derived caches in the state (contexts differ)
 
 __all__ = ["new_state", "select", "update", "select_reference", "update_reference"]
 

@@ -23,6 +23,7 @@ NAME = "lin_ucb"
 PARAM_NAMES = ("alpha", "ridge")
 CONTEXTUAL = True
 ESTIMATED_PROPENSITY = False
+CACHE_ARRAYS: tuple[int, ...] = ()  # no derived caches in the state
 
 
 def new_state(

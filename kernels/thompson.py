@@ -33,6 +33,9 @@ NAME = "thompson"
 PARAM_NAMES = ("alpha", "beta")
 CONTEXTUAL = False
 ESTIMATED_PROPENSITY = True
+# State arrays that only cache derived values (Monte-Carlo rounds and their validity flags):
+# snapshots leave them out and a restored state recomputes them lazily.
+CACHE_ARRAYS = (2, 3)
 
 
 def new_state(

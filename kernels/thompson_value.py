@@ -29,6 +29,9 @@ NAME = "thompson_value"
 PARAM_NAMES = ("alpha", "beta", "value_prior_mean", "value_prior_strength")
 CONTEXTUAL = False
 ESTIMATED_PROPENSITY = True
+# State arrays that only cache derived values (Monte-Carlo rounds and their validity flags):
+# snapshots leave them out and a restored state recomputes them lazily.
+CACHE_ARRAYS = (4, 5)
 
 
 def new_state(

@@ -19,6 +19,7 @@ NAME = "ucb1"
 PARAM_NAMES = ("c",)
 CONTEXTUAL = False
 ESTIMATED_PROPENSITY = False
+CACHE_ARRAYS: tuple[int, ...] = ()  # no derived caches in the state
 
 
 def new_state(

@@ -29,6 +29,7 @@ class BanditServer:
         self.metrics_port: int | None = None
         self.health = health.aio.HealthServicer()
         self._warmup: asyncio.Task | None = None
+        self.restore_report = None
 
     async def _set_health(self, status: int) -> None:
         for name in ("", SERVICE_NAME):
@@ -41,9 +42,23 @@ class BanditServer:
         # reporting SERVING, so no request pays JIT time. Runs in a thread so the
         # health service keeps answering NOT_SERVING meanwhile.
         seconds = await asyncio.to_thread(warm_up)
+        log.info("kernels ready in %.2f s", seconds)
+        # Restore before serving: nothing else touches the state until `ready`.
+        durability = self.servicer.durability
+        report = await asyncio.to_thread(durability.restore)
+        for problem in report.problems:
+            log.error("restore: %s", problem)
+        log.info(
+            "restored %s (lsn %d) + %d log records -> lsn %d in %.2f s: %d experiments, "
+            "%d decisions", report.snapshot or "no snapshot", report.snapshot_lsn,
+            report.replayed, report.last_lsn, report.seconds, len(self.servicer.registry),
+            len(self.servicer.decisions),
+        )
+        self.restore_report = report
+        await durability.start()
         self.servicer.ready = True
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        log.info("kernels ready in %.2f s; SERVING on port %d", seconds, self.port)
+        log.info("SERVING on port %d (durability: %s)", self.port, durability.mode)
 
     async def wait_ready(self) -> None:
         """Wait until health is SERVING (re-raises a warm-up failure)."""
@@ -51,10 +66,16 @@ class BanditServer:
         await asyncio.shield(self._warmup)
 
     async def stop(self, grace: float | None) -> None:
+        """Graceful stop: drain in-flight RPCs, then a final snapshot and close the log."""
         await self.health.enter_graceful_shutdown()
+        started = self._warmup is not None and self._warmup.done() and \
+            self._warmup.exception() is None
         if self._warmup is not None and not self._warmup.done():
             self._warmup.cancel()
         await self.grpc_server.stop(grace)
+        if started:
+            self.servicer.ready = False
+            await self.servicer.durability.close()
         self.servicer.metrics.close()
 
     async def wait_for_termination(self) -> None:

@@ -37,6 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub.add_parser("check-health", help="exit 0 if the local server reports SERVING")
     sub.add_parser("warmup", help="compile every kernel into the Numba on-disk cache")
+    snap = sub.add_parser("snapshot", help="snapshot tools")
+    snap_sub = snap.add_subparsers(dest="snapshot_command", required=True)
+    inspect = snap_sub.add_parser("inspect", help="print what a snapshot file contains")
+    inspect.add_argument("path", type=Path)
     return parser
 
 
@@ -108,6 +112,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.command == "check-health":
         return _check_health(settings)
+    if args.command == "snapshot":
+        from server.snapshot import SnapshotError, describe
+
+        try:
+            print(describe(args.path))
+        except (SnapshotError, OSError) as exc:
+            print(f"banditd: {exc}", file=sys.stderr)
+            return 1
+        return 0
     if args.command == "warmup":
         from kernels.warmup import warm_up
 

@@ -66,12 +66,17 @@ class DecisionStore:
         self._counter += 1
         return f"{self._prefix}-{self._counter:x}"
 
-    def put(self, decision_id: str, record: DecisionRecord) -> None:
+    def put(self, decision_id: str, record: DecisionRecord, expire: bool = True) -> None:
         records = self._records
         records[decision_id] = record
         if len(records) > self.capacity:
             records.popitem(last=False)
-        self._expire(record.created)
+        if expire:
+            self._expire(record.created)
+
+    def items(self) -> list[tuple[str, DecisionRecord]]:
+        """The records, oldest first (a copy of the references, taken at once)."""
+        return list(self._records.items())
 
     def get(self, decision_id: str, now: float | None = None) -> DecisionRecord | None:
         """The live record of ``decision_id``, or None if unknown or expired."""

@@ -40,15 +40,32 @@ class ExperimentRegistry:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._experiments: dict[str, Experiment] = {}
-        self._next_uid = 1
+        self.next_uid = 1
 
     def _uid(self) -> int:
-        uid = self._next_uid
-        self._next_uid += 1
+        uid = self.next_uid
+        self.next_uid += 1
         return uid
 
     def __len__(self) -> int:
         return len(self._experiments)
+
+    def experiments(self) -> list[Experiment]:
+        return list(self._experiments.values())
+
+    def clear(self) -> None:
+        self._experiments.clear()
+
+    def restore(self, config: pb.Experiment, uid: int) -> Experiment:
+        """Re-create a logged or snapshotted experiment as it was (no limit checks: it was
+        accepted once, and lowering a limit must not lose data on restart)."""
+        copy = pb.Experiment()
+        copy.CopyFrom(config)
+        spec = resolve_policy(copy.policy, copy.reward_type, copy.context_dim)
+        experiment = Experiment(copy, spec, uid, self.settings.propensity_draws)
+        self._experiments[copy.experiment_id] = experiment
+        self.next_uid = max(self.next_uid, uid + 1)
+        return experiment
 
     def get(self, experiment_id: str) -> Experiment:
         experiment = self._experiments.get(experiment_id)
@@ -129,7 +146,9 @@ class ExperimentRegistry:
         next_token = page[-1] if len(ids) > size else ""
         return [self._experiments[i] for i in page], next_token
 
-    def update_arms(self, experiment_id: str, add: list[str], remove: list[str]) -> Experiment:
+    def update_arms(
+        self, experiment_id: str, add: list[str], remove: list[str], enforce_limits: bool = True
+    ) -> Experiment:
         experiment = self.get(experiment_id)
         if not add and not remove:
             raise InvalidArgument("add_arm_ids and remove_arm_ids are both empty")
@@ -150,7 +169,7 @@ class ExperimentRegistry:
         remaining = experiment.num_arms - len(remove) + len(add)
         if remaining < 1:
             raise InvalidArgument("an experiment must keep at least one arm")
-        if remaining > self.settings.max_arms:
+        if enforce_limits and remaining > self.settings.max_arms:
             raise ResourceExhausted(
                 f"experiment would have {remaining} arms, the limit is {self.settings.max_arms}"
             )

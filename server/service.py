@@ -9,11 +9,14 @@ from __future__ import annotations
 import asyncio
 import time
 
+from banditd.storage.v1 import storage_pb2 as st
+
 from decision.v1 import decision_pb2 as pb
 from decision.v1 import decision_pb2_grpc as pb_grpc
 from server import analytics
 from server.budget import allocate_budget
 from server.decision_store import DecisionRecord, DecisionStore
+from server.durability import Durability
 from server.errors import (
     DomainError,
     InvalidArgument,
@@ -63,6 +66,8 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         self.settings = settings
         self.registry = ExperimentRegistry(settings)
         self.decisions = DecisionStore(settings.decision_capacity, settings.decision_ttl_seconds)
+        self.durability = Durability(settings, self.registry, self.decisions)
+        self.logging = settings.durability != "snapshot"  # build log records at all?
         self.ready = False  # set once kernels are compiled and warmed
         self.metrics = Metrics()
         self.metrics.track(lambda: len(self.registry), lambda: len(self.decisions))
@@ -76,7 +81,9 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         self._check_ready()
         if not request.HasField("experiment"):
             raise InvalidArgument("experiment is required")
-        return self.registry.create(request.experiment).config
+        config = self.registry.create(request.experiment).config
+        await self._log(st.WalRecord(create_experiment=config))
+        return config
 
     async def GetExperiment(self, request, context):
         self._check_ready()
@@ -92,6 +99,8 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
     async def DeleteExperiment(self, request, context):
         self._check_ready()
         self.registry.delete(request.experiment_id)
+        await self._log(st.WalRecord(
+            delete_experiment=st.DeleteExperiment(experiment_id=request.experiment_id)))
         return pb.DeleteExperimentResponse()
 
     async def UpdateArms(self, request, context):
@@ -99,13 +108,15 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         experiment = self.registry.update_arms(
             request.experiment_id, list(request.add_arm_ids), list(request.remove_arm_ids)
         )
+        await self._log(st.WalRecord(update_arms=request))
         return pb.UpdateArmsResponse(experiment=experiment.config)
 
     async def ResetExperiment(self, request, context):
         self._check_ready()
-        return pb.ResetExperimentResponse(
-            experiment=self.registry.reset(request.experiment_id).config
-        )
+        experiment = self.registry.reset(request.experiment_id)
+        await self._log(st.WalRecord(
+            reset_experiment=st.ResetExperiment(experiment_id=request.experiment_id)))
+        return pb.ResetExperimentResponse(experiment=experiment.config)
 
     async def GetArmStats(self, request, context):
         self._check_ready()
@@ -120,7 +131,9 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         n = experiment.slate_size(request.num_arms, len(eligible))
         return _PreparedSelect(experiment, eligible, context, n)
 
-    def _apply_select(self, p: _PreparedSelect, now: float) -> pb.SelectArmResponse:
+    def _apply_select(
+        self, p: _PreparedSelect, now: float, log: list | None
+    ) -> pb.SelectArmResponse:
         experiment = p.experiment
         ranked, propensity = experiment.select(p.eligible, p.context, p.n)
         ids = experiment.arm_ids
@@ -130,17 +143,19 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             slate = tuple(ids[i] for i in ranked)
         decisions = self.decisions
         decision_id = decisions.new_id()
+        context = p.context if experiment.context_dim else None
         decisions.put(
             decision_id,
-            DecisionRecord(
-                experiment.uid,
-                slate,
-                p.context if experiment.context_dim else None,
-                propensity,
-                experiment.version,
-                now,
-            ),
+            DecisionRecord(experiment.uid, slate, context, propensity, experiment.version, now),
         )
+        if log is not None:
+            log.append(st.Decision(
+                decision_id=decision_id, experiment_id=experiment.experiment_id,
+                experiment_uid=experiment.uid, arm_ids=slate,
+                context=context.tolist() if context is not None else (),
+                has_context=context is not None, propensity=propensity,
+                model_version=experiment.version, created=now,
+            ))
         response = pb.SelectArmResponse(
             decision_id=decision_id,
             arm_id=slate[0],
@@ -153,7 +168,11 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
 
     async def SelectArm(self, request, context):
         self._check_ready()
-        return self._apply_select(self._prepare_select(request), time.time())
+        log: list | None = [] if self.logging else None
+        response = self._apply_select(self._prepare_select(request), time.time(), log)
+        if log:
+            self.durability.log_decisions(st.WalRecord(decisions=st.Decisions(items=log)))
+        return response
 
     async def BatchSelectArms(self, request, context):
         self._check_ready()
@@ -166,7 +185,13 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             except DomainError as exc:
                 raise _in_batch(i, exc) from None
         now = time.time()
-        return pb.BatchSelectArmsResponse(responses=[self._apply_select(p, now) for p in prepared])
+        log: list | None = [] if self.logging else None
+        response = pb.BatchSelectArmsResponse(
+            responses=[self._apply_select(p, now, log) for p in prepared]
+        )
+        if log:
+            self.durability.log_decisions(st.WalRecord(decisions=st.Decisions(items=log)))
+        return response
 
     # -- rewards -----------------------------------------------------------------
     def _prepare_reward(self, request, now: float) -> _PreparedReward:
@@ -208,7 +233,9 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         context = experiment.context_array(request.context)
         return _PreparedReward(experiment, arm, reward, context, decision_id, None)
 
-    def _apply_reward(self, p: _PreparedReward, now: float) -> pb.RecordRewardResponse:
+    def _apply_reward(
+        self, p: _PreparedReward, now: float, log: list | None
+    ) -> pb.RecordRewardResponse:
         record = p.record
         if record is None and p.decision_id:
             # An unknown decision rewarded by explicit arm: remember it (as already
@@ -234,12 +261,24 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                 return pb.RecordRewardResponse(duplicate=True)
             record.rewarded = True
         p.experiment.reward(p.arm, p.reward, p.context)
+        if log is not None:
+            log.append(st.Reward(
+                experiment_id=p.experiment.experiment_id, arm_id=p.experiment.arm_ids[p.arm],
+                reward=p.reward, context=p.context.tolist(), decision_id=p.decision_id,
+                tombstone=record is None and bool(p.decision_id),
+            ))
         return pb.RecordRewardResponse(duplicate=False)
 
     async def RecordReward(self, request, context):
         self._check_ready()
         now = time.time()
-        return self._apply_reward(self._prepare_reward(request, now), now)
+        log: list | None = [] if self.logging else None
+        response = self._apply_reward(self._prepare_reward(request, now), now, log)
+        if log:
+            self.durability.log(st.WalRecord(rewards=st.Rewards(items=log)))
+        # also for a duplicate: its original may still be on its way to the disk
+        await self.durability.commit()
+        return response
 
     async def BatchRecordRewards(self, request, context):
         self._check_ready()
@@ -252,14 +291,21 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                 prepared.append(self._prepare_reward(item, now))
             except DomainError as exc:
                 raise _in_batch(i, exc) from None
-        return pb.BatchRecordRewardsResponse(
-            responses=[self._apply_reward(p, now) for p in prepared]
+        log: list | None = [] if self.logging else None
+        response = pb.BatchRecordRewardsResponse(
+            responses=[self._apply_reward(p, now, log) for p in prepared]
         )
+        if log:
+            self.durability.log(st.WalRecord(rewards=st.Rewards(items=log)))
+        await self.durability.commit()
+        return response
 
     # -- analyst RPCs ------------------------------------------------------------
     async def IngestMetrics(self, request, context):
         self._check_ready()
-        return analytics.ingest(self.registry.get(request.experiment_id), request)
+        response = analytics.ingest(self.registry.get(request.experiment_id), request)
+        await self._log(st.WalRecord(ingest_metrics=request))
+        return response
 
     async def GetAllocation(self, request, context):
         self._check_ready()
@@ -280,6 +326,12 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                 for i, a, s in zip(split.ids, split.amounts, split.shares, strict=True)
             ]
         )
+
+    async def _log(self, record: st.WalRecord) -> None:
+        """Log an applied configuration change and wait until it is durable."""
+        if self.logging:
+            self.durability.log(record)
+            await self.durability.commit()
 
     def _check_batch(self, size: int) -> None:
         if size == 0:

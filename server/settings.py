@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -16,6 +17,14 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 in the container).")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 = pick a free one.")
     data_dir: Path = Field(Path("./data"), description="Directory for logs and snapshots.")
+    durability: Literal["os", "fsync", "snapshot"] = Field(
+        "os",
+        description="os: log written before acking (survives kill -9); fsync: and fsynced "
+        "(survives power loss); snapshot: periodic snapshots only.",
+    )
+    snapshot_interval_seconds: float = Field(
+        300.0, ge=0, description="Seconds between snapshots; 0 = only on graceful shutdown."
+    )
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="Prometheus metrics port; unset = no endpoint."
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,8 +59,28 @@ class RunningServer:
         return self
 
     def stop(self) -> None:
-        if self._stop is not None:
+        if self._stop is not None and not self._stop.is_set():
             self.loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=30)
+
+    def crash(self) -> None:
+        """Stop like a killed process: no final snapshot, the log left as it is on disk."""
+        assert self.app is not None
+        app = self.app
+
+        async def die() -> None:
+            await app.grpc_server.stop(0)
+            durability = app.servicer.durability
+            if durability._timer is not None:
+                durability._timer.cancel()
+            if durability.wal is not None and durability.wal._fd >= 0:
+                os.close(durability.wal._fd)  # buffered, unflushed records are lost
+                durability.wal._fd = -1
+                durability.wal._closed = True
+            app.servicer.metrics.close()
+
+        asyncio.run_coroutine_threadsafe(die(), self.loop).result(timeout=30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=30)
 
     def call(self, fn):

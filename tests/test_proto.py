@@ -9,19 +9,27 @@ from pathlib import Path
 
 from conftest import ROOT
 
-GENERATED = ("decision_pb2.py", "decision_pb2.pyi", "decision_pb2_grpc.py")
+GENERATED = (
+    "decision/v1/decision_pb2.py",
+    "decision/v1/decision_pb2.pyi",
+    "decision/v1/decision_pb2_grpc.py",
+    "banditd/storage/v1/storage_pb2.py",
+    "banditd/storage/v1/storage_pb2.pyi",
+    "banditd/storage/v1/storage_pb2_grpc.py",
+)
+SOURCES = ("proto/decision/v1/decision.proto", "proto/banditd/storage/v1/storage.proto")
 
 
 def test_generated_code_is_current(tmp_path):
     subprocess.run(
         [sys.executable, "-m", "grpc_tools.protoc", "-I", "proto", f"--python_out={tmp_path}",
-         f"--pyi_out={tmp_path}", f"--grpc_python_out={tmp_path}", "proto/decision/v1/decision.proto"],
+         f"--pyi_out={tmp_path}", f"--grpc_python_out={tmp_path}", *SOURCES],
         cwd=ROOT, check=True,
     )
     for name in GENERATED:
-        fresh = (tmp_path / "decision" / "v1" / name).read_bytes()
-        checked_in = (ROOT / "proto" / "decision" / "v1" / name).read_bytes()
-        assert fresh == checked_in, f"proto/decision/v1/{name} is stale: run `make proto`"
+        fresh = (tmp_path / name).read_bytes()
+        checked_in = (ROOT / "proto" / name).read_bytes()
+        assert fresh == checked_in, f"proto/{name} is stale: run `make proto`"
 
 
 def test_buf_lint_clean():
@@ -33,7 +41,13 @@ def test_buf_lint_clean():
 
 def test_every_field_and_rpc_is_documented():
     """The proto is the API reference: each field, message, enum value and RPC has a comment."""
-    lines = (ROOT / "proto" / "decision" / "v1" / "decision.proto").read_text().splitlines()
+    undocumented = []
+    for source in SOURCES:
+        undocumented += _undocumented((ROOT / source).read_text().splitlines())
+    assert not undocumented, "\n".join(undocumented)
+
+
+def _undocumented(lines: list[str]) -> list[str]:
     undocumented = []
     for i, line in enumerate(lines):
         s = line.strip()
@@ -41,4 +55,4 @@ def test_every_field_and_rpc_is_documented():
                     (s.endswith(";") and "=" in s and not s.startswith(("syntax", "option"))))
         if declares and not lines[i - 1].strip().startswith("//"):
             undocumented.append(f"{i + 1}: {s}")
-    assert not undocumented, "\n".join(undocumented)
+    return undocumented

@@ -1,0 +1,150 @@
+from decision.v1 import decision_pb2 as _decision_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class WalRecord(_message.Message):
+    __slots__ = ("create_experiment", "delete_experiment", "update_arms", "reset_experiment", "ingest_metrics", "rewards", "decisions")
+    CREATE_EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    DELETE_EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_ARMS_FIELD_NUMBER: _ClassVar[int]
+    RESET_EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    INGEST_METRICS_FIELD_NUMBER: _ClassVar[int]
+    REWARDS_FIELD_NUMBER: _ClassVar[int]
+    DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    create_experiment: _decision_pb2.Experiment
+    delete_experiment: DeleteExperiment
+    update_arms: _decision_pb2.UpdateArmsRequest
+    reset_experiment: ResetExperiment
+    ingest_metrics: _decision_pb2.IngestMetricsRequest
+    rewards: Rewards
+    decisions: Decisions
+    def __init__(self, create_experiment: _Optional[_Union[_decision_pb2.Experiment, _Mapping]] = ..., delete_experiment: _Optional[_Union[DeleteExperiment, _Mapping]] = ..., update_arms: _Optional[_Union[_decision_pb2.UpdateArmsRequest, _Mapping]] = ..., reset_experiment: _Optional[_Union[ResetExperiment, _Mapping]] = ..., ingest_metrics: _Optional[_Union[_decision_pb2.IngestMetricsRequest, _Mapping]] = ..., rewards: _Optional[_Union[Rewards, _Mapping]] = ..., decisions: _Optional[_Union[Decisions, _Mapping]] = ...) -> None: ...
+
+class DeleteExperiment(_message.Message):
+    __slots__ = ("experiment_id",)
+    EXPERIMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    experiment_id: str
+    def __init__(self, experiment_id: _Optional[str] = ...) -> None: ...
+
+class ResetExperiment(_message.Message):
+    __slots__ = ("experiment_id",)
+    EXPERIMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    experiment_id: str
+    def __init__(self, experiment_id: _Optional[str] = ...) -> None: ...
+
+class Reward(_message.Message):
+    __slots__ = ("experiment_id", "arm_id", "reward", "context", "decision_id", "tombstone")
+    EXPERIMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ARM_ID_FIELD_NUMBER: _ClassVar[int]
+    REWARD_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    TOMBSTONE_FIELD_NUMBER: _ClassVar[int]
+    experiment_id: str
+    arm_id: str
+    reward: float
+    context: _containers.RepeatedScalarFieldContainer[float]
+    decision_id: str
+    tombstone: bool
+    def __init__(self, experiment_id: _Optional[str] = ..., arm_id: _Optional[str] = ..., reward: _Optional[float] = ..., context: _Optional[_Iterable[float]] = ..., decision_id: _Optional[str] = ..., tombstone: _Optional[bool] = ...) -> None: ...
+
+class Rewards(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[Reward]
+    def __init__(self, items: _Optional[_Iterable[_Union[Reward, _Mapping]]] = ...) -> None: ...
+
+class Decision(_message.Message):
+    __slots__ = ("decision_id", "experiment_uid", "arm_ids", "context", "propensity", "model_version", "created", "rewarded", "has_context", "experiment_id")
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_UID_FIELD_NUMBER: _ClassVar[int]
+    ARM_IDS_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    PROPENSITY_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    REWARDED_FIELD_NUMBER: _ClassVar[int]
+    HAS_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    decision_id: str
+    experiment_uid: int
+    arm_ids: _containers.RepeatedScalarFieldContainer[str]
+    context: _containers.RepeatedScalarFieldContainer[float]
+    propensity: float
+    model_version: int
+    created: float
+    rewarded: bool
+    has_context: bool
+    experiment_id: str
+    def __init__(self, decision_id: _Optional[str] = ..., experiment_uid: _Optional[int] = ..., arm_ids: _Optional[_Iterable[str]] = ..., context: _Optional[_Iterable[float]] = ..., propensity: _Optional[float] = ..., model_version: _Optional[int] = ..., created: _Optional[float] = ..., rewarded: _Optional[bool] = ..., has_context: _Optional[bool] = ..., experiment_id: _Optional[str] = ...) -> None: ...
+
+class Decisions(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[Decision]
+    def __init__(self, items: _Optional[_Iterable[_Union[Decision, _Mapping]]] = ...) -> None: ...
+
+class Array(_message.Message):
+    __slots__ = ("shape", "dtype", "data")
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    dtype: str
+    data: bytes
+    def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class PeriodMetrics(_message.Message):
+    __slots__ = ("period", "metrics")
+    PERIOD_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    period: str
+    metrics: _containers.RepeatedCompositeFieldContainer[_decision_pb2.ArmMetrics]
+    def __init__(self, period: _Optional[str] = ..., metrics: _Optional[_Iterable[_Union[_decision_pb2.ArmMetrics, _Mapping]]] = ...) -> None: ...
+
+class ExperimentState(_message.Message):
+    __slots__ = ("config", "uid", "version", "state", "selections", "rewards", "reward_sum", "positives", "ingested", "rng", "periods")
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    SELECTIONS_FIELD_NUMBER: _ClassVar[int]
+    REWARDS_FIELD_NUMBER: _ClassVar[int]
+    REWARD_SUM_FIELD_NUMBER: _ClassVar[int]
+    POSITIVES_FIELD_NUMBER: _ClassVar[int]
+    INGESTED_FIELD_NUMBER: _ClassVar[int]
+    RNG_FIELD_NUMBER: _ClassVar[int]
+    PERIODS_FIELD_NUMBER: _ClassVar[int]
+    config: _decision_pb2.Experiment
+    uid: int
+    version: int
+    state: _containers.RepeatedCompositeFieldContainer[Array]
+    selections: Array
+    rewards: Array
+    reward_sum: Array
+    positives: Array
+    ingested: Array
+    rng: Array
+    periods: _containers.RepeatedCompositeFieldContainer[PeriodMetrics]
+    def __init__(self, config: _Optional[_Union[_decision_pb2.Experiment, _Mapping]] = ..., uid: _Optional[int] = ..., version: _Optional[int] = ..., state: _Optional[_Iterable[_Union[Array, _Mapping]]] = ..., selections: _Optional[_Union[Array, _Mapping]] = ..., rewards: _Optional[_Union[Array, _Mapping]] = ..., reward_sum: _Optional[_Union[Array, _Mapping]] = ..., positives: _Optional[_Union[Array, _Mapping]] = ..., ingested: _Optional[_Union[Array, _Mapping]] = ..., rng: _Optional[_Union[Array, _Mapping]] = ..., periods: _Optional[_Iterable[_Union[PeriodMetrics, _Mapping]]] = ...) -> None: ...
+
+class Snapshot(_message.Message):
+    __slots__ = ("format_version", "lsn", "created", "next_uid", "experiments", "decisions")
+    FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LSN_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    NEXT_UID_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENTS_FIELD_NUMBER: _ClassVar[int]
+    DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    format_version: int
+    lsn: int
+    created: float
+    next_uid: int
+    experiments: _containers.RepeatedCompositeFieldContainer[ExperimentState]
+    decisions: Decisions
+    def __init__(self, format_version: _Optional[int] = ..., lsn: _Optional[int] = ..., created: _Optional[float] = ..., next_uid: _Optional[int] = ..., experiments: _Optional[_Iterable[_Union[ExperimentState, _Mapping]]] = ..., decisions: _Optional[_Union[Decisions, _Mapping]] = ...) -> None: ...

@@ -1,0 +1,267 @@
+"""Durability: write-ahead log + periodic snapshots + restore (``BANDITD_DURABILITY``).
+
+Modes and what an acknowledged write survives:
+
+* ``os`` (default): every state change is written to the log (``write(2)``, group-committed)
+  before the RPC answers: survives a crash or ``kill -9`` of the process; a power loss can
+  lose what the OS had not flushed yet.
+* ``fsync``: the log is also ``fsync``-ed before the RPC answers (one fsync per group of
+  concurrent requests): survives power loss.
+* ``snapshot``: no log; state is saved every ``BANDITD_SNAPSHOT_INTERVAL_SECONDS`` and on
+  graceful shutdown: a crash loses the changes since the last snapshot.
+
+Decision records (SelectArm) are logged without waiting for the disk: after a crash a
+decision from the last moments may be unknown, and its reward then needs ``arm_id``. A reward
+is written after its decision record, so an acknowledged reward's decision always survives.
+
+The log is replayed through the same registry / experiment / decision-store code that
+served the requests, so a restore reproduces the learned state exactly (the random
+streams are restored as of the snapshot). Restore = newest valid snapshot + the log after
+its lsn; a damaged snapshot falls back to the previous one (the log is kept back to it); a
+damaged log record ends the replay there: the rest of that segment is moved aside to
+``<data_dir>/damaged/`` and reported, and later appends start after the last good record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from banditd.storage.v1 import storage_pb2 as st
+
+from server import analytics, snapshot
+from server.decision_store import DecisionRecord, DecisionStore
+from server.registry import ExperimentRegistry
+from server.settings import Settings
+from server.wal import WriteAheadLog, list_segments, read_segment
+
+log = logging.getLogger("banditd")
+
+_EMPTY = np.empty(0, dtype=np.float64)
+
+
+@dataclass
+class RestoreReport:
+    snapshot: str = ""
+    snapshot_lsn: int = 0
+    replayed: int = 0
+    last_lsn: int = 0
+    problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class Durability:
+    """Owns the data directory: log, snapshots, restore."""
+
+    def __init__(self, settings: Settings, registry: ExperimentRegistry,
+                 decisions: DecisionStore) -> None:
+        self.settings = settings
+        self.mode = settings.durability
+        self.directory = Path(settings.data_dir)
+        self.registry = registry
+        self.decisions = decisions
+        self.wal: WriteAheadLog | None = None
+        self.last_lsn = 0  # lsn of the last record applied (restored or appended)
+        self._snapshot_lock = asyncio.Lock()
+        self._timer: asyncio.Task | None = None
+        self.snapshots_taken = 0
+
+    # -- restore (before serving; runs in a worker thread, nothing else touches state) ---------
+    def restore(self) -> RestoreReport:
+        start = time.perf_counter()
+        report = RestoreReport()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for tmp in self.directory.glob("*.tmp"):  # an interrupted snapshot write
+            tmp.unlink()
+        for _lsn, path in snapshot.list_snapshots(self.directory):
+            try:
+                snap = snapshot.read(path)
+            except snapshot.SnapshotError as exc:
+                report.problems.append(f"ignored snapshot {exc}")
+                continue
+            snapshot.load(snap, self.registry, self.decisions)
+            report.snapshot, report.snapshot_lsn = path.name, snap.lsn
+            break
+        last = report.snapshot_lsn
+        for first, path in list_segments(self.directory):
+            scan = read_segment(path)
+            for i, payload in enumerate(scan.records):
+                lsn = first + i
+                if lsn <= last:
+                    continue
+                if lsn != last + 1:
+                    report.problems.append(
+                        f"log gap: record {last + 1} missing before {path.name}; replay stops"
+                    )
+                    self._set_aside(path, 0, report)
+                    break
+                record = st.WalRecord()
+                try:
+                    record.ParseFromString(payload)
+                    self.apply(record)
+                except Exception as exc:  # a record that cannot be applied: stop here
+                    report.problems.append(f"{path.name}: record {lsn} not applied ({exc})")
+                    self._set_aside(path, sum(8 + len(r) for r in scan.records[:i]), report)
+                    break
+                last = lsn
+                report.replayed += 1
+            else:
+                if scan.problem:
+                    report.problems.append(f"{path.name}: {scan.problem}; "
+                                           f"{scan.total_bytes - scan.valid_bytes} bytes ignored")
+                    self._set_aside(path, scan.valid_bytes, report)
+                    break
+                continue
+            break
+        # segments after a damaged one cannot be replayed in order: move them aside too
+        for first, path in list_segments(self.directory):
+            if first > last + 1:
+                self._set_aside(path, 0, report)
+        self.last_lsn = report.last_lsn = last
+        report.seconds = time.perf_counter() - start
+        return report
+
+    def _set_aside(self, path: Path, keep_bytes: int, report: RestoreReport) -> None:
+        """Keep the first ``keep_bytes`` of a segment; move the original to damaged/."""
+        damaged = self.directory / "damaged"
+        damaged.mkdir(exist_ok=True)
+        data = path.read_bytes()
+        (damaged / f"{path.name}.{int(time.time())}").write_bytes(data)
+        if keep_bytes:
+            path.write_bytes(data[:keep_bytes])
+        else:
+            path.unlink()
+        report.problems.append(f"{path.name}: damaged part kept in {damaged.name}/")
+
+    def apply(self, record: st.WalRecord) -> None:
+        """Apply one logged change (replay)."""
+        op = record.WhichOneof("op")
+        reg = self.registry
+        if op == "create_experiment":
+            reg.restore(record.create_experiment, reg.next_uid)
+        elif op == "delete_experiment":
+            reg.delete(record.delete_experiment.experiment_id)
+        elif op == "update_arms":
+            u = record.update_arms
+            reg.update_arms(u.experiment_id, list(u.add_arm_ids), list(u.remove_arm_ids),
+                            enforce_limits=False)
+        elif op == "reset_experiment":
+            reg.reset(record.reset_experiment.experiment_id)
+        elif op == "ingest_metrics":
+            analytics.ingest(reg.get(record.ingest_metrics.experiment_id), record.ingest_metrics)
+        elif op == "rewards":
+            for r in record.rewards.items:
+                self._replay_reward(r)
+        elif op == "decisions":
+            for d in record.decisions.items:
+                self._replay_decision(d)
+        else:
+            raise ValueError(f"unknown log record {op!r}")
+
+    def _replay_reward(self, r: st.Reward) -> None:
+        e = self.registry.get(r.experiment_id)
+        arm = e.arm_index[r.arm_id]
+        context = np.array(r.context, dtype=np.float64) if r.context else _EMPTY
+        e.reward(arm, r.reward, context)
+        if r.decision_id:
+            existing = self.decisions.get(r.decision_id, now=0.0)
+            if existing is not None and not r.tombstone:
+                existing.rewarded = True
+            else:
+                self.decisions.discard(r.decision_id)
+                self.decisions.put(r.decision_id, DecisionRecord(
+                    e.uid, (r.arm_id,), None, 0.0, e.version, time.time(), rewarded=True),
+                    expire=False)
+
+    def _replay_decision(self, d: st.Decision) -> None:
+        context = np.array(d.context, dtype=np.float64) if d.has_context else None
+        self.decisions.put(d.decision_id, DecisionRecord(
+            d.experiment_uid, tuple(d.arm_ids), context, d.propensity, d.model_version,
+            d.created, d.rewarded), expire=False)
+        try:
+            e = self.registry.get(d.experiment_id)
+        except Exception:
+            return  # deleted since: its counters went with it
+        if e.uid == d.experiment_uid:
+            for arm_id in d.arm_ids:
+                pos = e.arm_index.get(arm_id)
+                if pos is not None:
+                    e.selections[pos] += 1
+
+    # -- logging (event loop) ----------------------------------------------------------------
+    async def start(self) -> None:
+        if self.mode != "snapshot":
+            self.wal = WriteAheadLog(self.directory, self.last_lsn + 1, self.mode)
+            self.wal.start()
+        if self.settings.snapshot_interval_seconds > 0:
+            self._timer = asyncio.get_running_loop().create_task(self._periodic())
+
+    def log(self, record: st.WalRecord) -> None:
+        """Append a change that was just applied (no wait)."""
+        if self.wal is not None:
+            self.last_lsn = self.wal.append(record.SerializeToString())
+
+    def log_decisions(self, record: st.WalRecord) -> None:
+        """Append decision records, written soon, never waited for."""
+        if self.wal is not None:
+            self.last_lsn = self.wal.append(record.SerializeToString())
+            self.wal.nudge()
+
+    async def commit(self) -> None:
+        """Return once everything logged so far is as durable as the mode promises."""
+        if self.wal is not None:
+            await self.wal.commit()
+
+    # -- snapshots ---------------------------------------------------------------------------
+    async def take_snapshot(self) -> Path:
+        async with self._snapshot_lock:
+            if self.wal is not None:
+                cap = await self.wal.rotate(
+                    lambda last: snapshot.capture(last, self.registry, self.decisions))
+            else:
+                cap = snapshot.capture(self.last_lsn, self.registry, self.decisions)
+                self.last_lsn += 1  # snapshot-only mode: lsn just numbers the snapshots
+                cap.lsn = self.last_lsn
+            data = await asyncio.to_thread(snapshot.encode, cap)
+            path = await asyncio.to_thread(snapshot.write, self.directory, cap.lsn, data)
+            self.snapshots_taken += 1
+            self._prune(cap.lsn)
+            log.info("snapshot %s: %d experiments, %d decisions, %.1f MB", path.name,
+                     len(cap.experiments), len(cap.decisions), len(data) / 1e6)
+            return path
+
+    def _prune(self, newest_lsn: int) -> None:
+        """Keep the newest two snapshots and the log back to the older one of them."""
+        snaps = snapshot.list_snapshots(self.directory)
+        keep = snaps[:2]
+        for _, path in snaps[2:]:
+            path.unlink(missing_ok=True)
+        floor = keep[-1][0] if keep else 0
+        segments = list_segments(self.directory)
+        for (_, path), (next_first, _) in zip(segments, segments[1:], strict=False):
+            # a segment whose records all precede the older kept snapshot is not needed
+            if next_first - 1 <= floor:
+                path.unlink(missing_ok=True)
+
+    async def _periodic(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.snapshot_interval_seconds)
+            try:
+                await self.take_snapshot()
+            except Exception:
+                log.exception("periodic snapshot failed; the log keeps everything")
+
+    async def close(self) -> None:
+        """Graceful shutdown: final snapshot, then close the log."""
+        if self._timer is not None:
+            self._timer.cancel()
+        try:
+            await self.take_snapshot()
+        except Exception:
+            log.exception("final snapshot failed; the log keeps everything")
+        if self.wal is not None:
+            await self.wal.close()
