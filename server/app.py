@@ -11,6 +11,7 @@ from grpc_reflection.v1alpha import reflection
 
 from decision.v1 import decision_pb2 as pb
 from decision.v1 import decision_pb2_grpc as pb_grpc
+from server.durability import RestoreReport
 from server.service import DecisionServicer
 from server.settings import Settings
 
@@ -29,7 +30,7 @@ class BanditServer:
         self.metrics_port: int | None = None
         self.health = health.aio.HealthServicer()
         self._warmup: asyncio.Task | None = None
-        self.restore_report = None
+        self.restore_report: RestoreReport | None = None
 
     async def _set_health(self, status: int) -> None:
         for name in ("", SERVICE_NAME):
