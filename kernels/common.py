@@ -2,18 +2,21 @@
 
 Random-number consumption of :func:`_finalize` (the references reproduce it exactly):
 
-1. Burn-in (``burn_in > 0``): ``U`` = eligible arms with ``selections[arm] < burn_in``. If ``U``
-   is non-empty, the work list is ``U`` (eligible order) followed by the other arms (eligible
-   order); slots ``0 .. min(n, |U|)-1`` are a partial Fisher–Yates shuffle of ``U`` — slot ``i``
-   draws ``randint(|U| - i)`` — and any later slots are ranked (step 3). No floor coin is drawn.
-   Propensity of ``out[0]`` = ``1/|U|``.
-2. Floor: only when ``floor > 0`` one ``uniform()`` is drawn; if it is ``< m*floor`` the slate is
-   a partial Fisher–Yates shuffle of all eligible arms (slot ``i`` draws ``randint(m - i)``).
+1. Floor first: only when ``floor > 0`` one ``uniform()`` is drawn; if it is ``< m*floor`` the
+   slate is a partial Fisher–Yates shuffle of all eligible arms (slot ``i`` draws
+   ``randint(m - i)``), so every eligible arm keeps probability >= ``floor`` even during
+   burn-in.
+2. Burn-in (``burn_in > 0``), otherwise: ``U`` = eligible arms with ``selections[arm] <
+   burn_in``. If ``U`` is non-empty, the work list is ``U`` (eligible order) followed by the
+   other arms (eligible order); slots ``0 .. min(n, |U|)-1`` are a partial Fisher–Yates shuffle
+   of ``U`` — slot ``i`` draws ``randint(|U| - i)`` — and any later slots are ranked (step 3).
 3. Ranking: for slot ``i`` the candidates are the work list ``perm[i:]``; the maximum score is
    found and, only when several candidates share it exactly, one ``randint(ties)`` picks among
    them (in work-list order). The chosen entry is swapped into ``perm[i]``.
 
-Propensity of ``out[0]`` (outside burn-in) = ``floor + (1 - m*floor) * probs[pos of out[0]]``.
+Propensity of ``out[0]`` = ``floor + (1 - m*floor) * own``, where ``own`` is the probability of
+that arm under burn-in (``1/|U|`` for arms in ``U``, 0 for the others) while ``U`` is non-empty,
+else under the policy (``probs``).
 
 Monte-Carlo propensities (the Thompson family): with ``R`` rounds of posterior draws besides the
 decision round (the draws that give the scores), ``probs[j] = (rounds won by j + share of j in
@@ -159,17 +162,24 @@ def _finalize(scores, probs, eligible, selections, floor, burn_in, rng, out):
             if selections[eligible[j]] >= burn_in:
                 perm[w] = j
                 w += 1
+    else:
+        for j in range(m):
+            perm[j] = j
+    keep = 1.0 - m * floor  # probability of the policy's (or burn-in's) own choice
+    if floor > 0.0 and _uniform(rng) < m * floor:
+        _shuffle(perm, m, n, eligible, rng, out)
+        if nu > 0:
+            own = 1.0 / nu if selections[out[0]] < burn_in else 0.0
+        else:
+            own = probs[perm[0]]
+        return floor + keep * own
+    if nu > 0:
         _shuffle(perm, nu, n, eligible, rng, out)
         if n > nu:
             _rank(scores, perm, nu, n, eligible, rng, out)
-        return 1.0 / nu
-    for j in range(m):
-        perm[j] = j
-    if floor > 0.0 and _uniform(rng) < m * floor:
-        _shuffle(perm, m, n, eligible, rng, out)
-    else:
-        _rank(scores, perm, 0, n, eligible, rng, out)
-    return floor + (1.0 - m * floor) * probs[perm[0]]
+        return floor + keep / nu
+    _rank(scores, perm, 0, n, eligible, rng, out)
+    return floor + keep * probs[perm[0]]
 
 
 def finalize_reference(scores, probs, eligible, selections, floor, burn_in, source, out) -> float:
@@ -192,21 +202,24 @@ def finalize_reference(scores, probs, eligible, selections, floor, burn_in, sour
             perm[i], perm[k] = perm[k], perm[i]
             out[i] = eligible[perm[i]]
 
-    if burn_in > 0:
-        cold = np.asarray(selections)[eligible] < burn_in
-        if cold.any():
-            perm = np.concatenate([np.flatnonzero(cold), np.flatnonzero(~cold)])
-            nu = int(cold.sum())
-            shuffle(perm, nu)
-            if n > nu:
-                rank(perm, nu)
-            return 1.0 / nu
-    perm = np.arange(m)
+    cold = np.asarray(selections)[eligible] < burn_in if burn_in > 0 else np.zeros(m, bool)
+    nu = int(cold.sum())
+    perm = np.concatenate([np.flatnonzero(cold), np.flatnonzero(~cold)]) if nu else np.arange(m)
+    keep = 1.0 - m * floor
     if floor > 0.0 and source.uniform() < m * floor:
         shuffle(perm, m)
-    else:
-        rank(perm, 0)
-    return floor + (1.0 - m * floor) * float(probs[perm[0]])
+        if nu:
+            own = 1.0 / nu if selections[out[0]] < burn_in else 0.0
+        else:
+            own = float(probs[perm[0]])
+        return floor + keep * own
+    if nu:
+        shuffle(perm, nu)
+        if n > nu:
+            rank(perm, nu)
+        return floor + keep / nu
+    rank(perm, 0)
+    return floor + keep * float(probs[perm[0]])
 
 
 def max_tie_probs_reference(scores: np.ndarray) -> np.ndarray:

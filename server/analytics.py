@@ -17,7 +17,7 @@ from decision.v1 import decision_pb2 as pb
 from kernels.allocation import prob_best_beta, prob_best_value
 from kernels.rng import seed_state
 from server.budget import project_to_box, round_to_units
-from server.errors import FailedPrecondition, InvalidArgument, NotFound
+from server.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from server.experiment import Experiment
 
 DEFAULT_DRAWS = 10_000
@@ -57,8 +57,10 @@ def ingest(experiment: Experiment, request: pb.IngestMetricsRequest) -> pb.Inges
         seen.add(m.arm_id)
         for name in ("trials", "successes", "value"):
             value = getattr(m, name)
-            if not math.isfinite(value) or value < 0:
-                raise InvalidArgument(f"{field}.{name} must be finite and >= 0, got {value}")
+            if not math.isfinite(value) or value < 0 or value > experiment.max_abs:
+                raise InvalidArgument(
+                    f"{field}.{name} must be in [0, {experiment.max_abs:g}], got {value}"
+                )
         if m.successes > m.trials:
             raise InvalidArgument(
                 f"{field}: successes ({m.successes}) exceed trials ({m.trials})"
@@ -104,13 +106,18 @@ def probability_best_job(
 
 
 def allocation_job(
-    experiment: Experiment, request: pb.GetAllocationRequest
+    experiment: Experiment, request: pb.GetAllocationRequest, max_samples: int = 20_000_000
 ) -> Callable[[], pb.GetAllocationResponse]:
     """Validate now; the returned job computes the allocation (safe off the event loop)."""
     draws = request.num_draws if request.HasField("num_draws") else DEFAULT_DRAWS
     if not 1 <= draws <= MAX_DRAWS:
         raise InvalidArgument(f"num_draws must be in [1, {MAX_DRAWS}], got {draws}")
     k = experiment.num_arms
+    if draws * k > max_samples:
+        raise ResourceExhausted(
+            f"num_draws ({draws}) x arms ({k}) exceeds the server's limit of {max_samples:,} "
+            "Monte-Carlo samples per request"
+        )
     floor = request.min_percentage
     if not math.isfinite(floor) or floor < 0 or floor * k > 100.0 + 1e-9:
         raise InvalidArgument(

@@ -40,10 +40,11 @@ import numpy as np
 from decision.v1 import decision_pb2 as pb
 from kernels.allocation import prob_best_beta
 from kernels.rng import seed_state
-from server.errors import InvalidArgument
+from server.errors import InvalidArgument, ResourceExhausted
 
 MAX_GROUPS = 10_000
 MAX_DRAWS = 1_000_000
+MAX_MONEY = 1e13  # currency units: exact in integer cents within int64 and float64
 _METRIC_FIELDS = ("spend", "impressions", "clicks", "conversions", "revenue", "roas", "ctr",
                   "conversion_rate")
 
@@ -61,13 +62,15 @@ def _column(groups, name: str) -> np.ndarray:
 
 def _validate(request: pb.AllocateBudgetRequest) -> None:
     total = request.total_budget
-    if not math.isfinite(total) or total <= 0:
-        raise InvalidArgument(f"total_budget must be a finite number > 0, got {total}")
+    if not math.isfinite(total) or total <= 0 or total > MAX_MONEY:
+        raise InvalidArgument(f"total_budget must be in (0, {MAX_MONEY:g}], got {total}")
+    if round(total * 100) == 0:
+        raise InvalidArgument(f"total_budget {total} is less than half a cent")
     n = len(request.ad_groups)
     if n == 0:
         raise InvalidArgument("ad_groups is empty")
     if n > MAX_GROUPS:
-        raise InvalidArgument(f"ad_groups has {n} groups, the limit is {MAX_GROUPS}")
+        raise ResourceExhausted(f"ad_groups has {n} groups, the limit is {MAX_GROUPS}")
     seen: set[str] = set()
     for i, g in enumerate(request.ad_groups):
         if not g.id:
@@ -77,9 +80,9 @@ def _validate(request: pb.AllocateBudgetRequest) -> None:
         seen.add(g.id)
         for name in _METRIC_FIELDS:
             value = getattr(g, name)
-            if not math.isfinite(value) or value < 0:
+            if not math.isfinite(value) or value < 0 or value > MAX_MONEY:
                 raise InvalidArgument(
-                    f"ad_groups[{i}].{name} must be finite and >= 0, got {value}"
+                    f"ad_groups[{i}].{name} must be in [0, {MAX_MONEY:g}], got {value}"
                 )
         for name in ("ctr", "conversion_rate"):
             if getattr(g, name) > 1:
@@ -111,7 +114,7 @@ def _impute(metric: np.ndarray) -> np.ndarray:
     return filled
 
 
-def strategy_scores(request: pb.AllocateBudgetRequest) -> np.ndarray:
+def strategy_scores(request: pb.AllocateBudgetRequest, max_samples: int = 20_000_000) -> np.ndarray:
     """Per-group scores of the request's strategy (see the module docstring)."""
     groups = request.ad_groups
     spend, impressions, clicks, conversions, revenue = (
@@ -149,6 +152,11 @@ def strategy_scores(request: pb.AllocateBudgetRequest) -> np.ndarray:
         draws = request.num_draws if request.HasField("num_draws") else 10_000
         if not 1 <= draws <= MAX_DRAWS:
             raise InvalidArgument(f"num_draws must be in [1, {MAX_DRAWS}], got {draws}")
+        if draws * len(groups) > max_samples:
+            raise ResourceExhausted(
+                f"num_draws ({draws}) x ad groups ({len(groups)}) exceeds the server's limit of "
+                f"{max_samples:,} Monte-Carlo samples per request"
+            )
         seed = request.seed if request.HasField("seed") else 0
         a, b = 1.0 + conversions, 1.0 + clicks - conversions
         return prob_best_beta(a, b, draws, seed_state(seed))
@@ -200,6 +208,8 @@ def round_to_units(
     # Give missing cents to the largest remainders first (ties: higher score, then order).
     give = sorted(range(n), key=lambda i: (-remainder[i], -scores[i], i))
     diff = total_c - int(cents.sum())
+    if abs(diff) > 2 * n + 2:  # flooring loses < 1 cent per group: anything else is a bug
+        raise AssertionError(f"rounding is off by {diff} units for {n} groups")
     while diff > 0:
         moved = False
         for i in give:
@@ -226,7 +236,8 @@ def round_to_units(
 
 
 def allocate_budget(
-    request: pb.AllocateBudgetRequest, default_min: float, default_max: float
+    request: pb.AllocateBudgetRequest, default_min: float, default_max: float,
+    max_samples: int = 20_000_000,
 ) -> BudgetSplit:
     """Validate the request and split its budget (amounts in currency units, whole cents)."""
     _validate(request)
@@ -235,6 +246,7 @@ def allocate_budget(
     for name, value in (("min_allocation", lo), ("max_allocation", hi)):
         if not math.isfinite(value) or value < 0:
             raise InvalidArgument(f"{name} must be finite and >= 0, got {value}")
+    hi = min(hi, request.total_budget)  # no group can get more than the total anyway
     if lo > hi:
         raise InvalidArgument(f"min_allocation ({lo}) is above max_allocation ({hi})")
     n = len(request.ad_groups)
@@ -251,7 +263,7 @@ def allocate_budget(
             f"infeasible bounds: {n} groups x max_allocation {hi} = {n * hi_c / 100:.2f} "
             f"is below total_budget {total_c / 100:.2f}"
         )
-    scores = strategy_scores(request)
+    scores = strategy_scores(request, max_samples)
     total_score = float(scores.sum())
     shares = scores / total_score if total_score > 0 else np.full(n, 1.0 / n)
     amounts = project_to_box(shares, total_c / 100.0, lo_c / 100.0, hi_c / 100.0)

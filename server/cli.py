@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -100,6 +101,9 @@ def _check_health(settings: Settings) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Snapshots are written by a forked child that never touches gRPC; gRPC's own fork
+    # handlers are not needed (and only log noise when other threads are busy).
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     args = _parser().parse_args(argv)
     try:
         settings = load_settings(args)

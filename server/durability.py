@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,6 +71,8 @@ class Durability:
         self._snapshot_lock = asyncio.Lock()
         self._timer: asyncio.Task | None = None
         self.snapshots_taken = 0
+        self.last_fork_seconds = 0.0
+        self.snapshot_lsn = -1  # lsn of the newest snapshot written by this process
 
     # -- restore (before serving; runs in a worker thread, nothing else touches state) ---------
     def restore(self) -> RestoreReport:
@@ -169,13 +173,13 @@ class Durability:
         e.reward(arm, r.reward, context)
         if r.decision_id:
             existing = self.decisions.get(r.decision_id, now=0.0)
-            if existing is not None and not r.tombstone:
+            if existing is None:
+                if r.tombstone:
+                    self.decisions.put(r.decision_id, DecisionRecord(
+                        e.uid, (r.arm_id,), None, 0.0, e.version, time.time(), rewarded=True),
+                        expire=False)
+            elif existing.experiment_uid == e.uid:
                 existing.rewarded = True
-            else:
-                self.decisions.discard(r.decision_id)
-                self.decisions.put(r.decision_id, DecisionRecord(
-                    e.uid, (r.arm_id,), None, 0.0, e.version, time.time(), rewarded=True),
-                    expire=False)
 
     def _replay_decision(self, d: st.Decision) -> None:
         context = np.array(d.context, dtype=np.float64) if d.has_context else None
@@ -218,21 +222,51 @@ class Durability:
 
     # -- snapshots ---------------------------------------------------------------------------
     async def take_snapshot(self) -> Path:
+        """Write a snapshot without stalling the event loop.
+
+        Like Redis' BGSAVE: at the log rotation instant the server forks; the child process
+        sees the state exactly as of that instant (copy-on-write memory), serialises and
+        writes it, and exits, while the parent keeps serving. The only pause on the event
+        loop is the fork itself.
+        """
         async with self._snapshot_lock:
             if self.wal is not None:
-                cap = await self.wal.rotate(
-                    lambda last: snapshot.capture(last, self.registry, self.decisions))
+                lsn, pid = await self.wal.rotate(lambda last: (last, self._fork_writer(last)))
             else:
-                cap = snapshot.capture(self.last_lsn, self.registry, self.decisions)
                 self.last_lsn += 1  # snapshot-only mode: lsn just numbers the snapshots
-                cap.lsn = self.last_lsn
-            data = await asyncio.to_thread(snapshot.encode, cap)
-            path = await asyncio.to_thread(snapshot.write, self.directory, cap.lsn, data)
+                lsn, pid = self.last_lsn, self._fork_writer(self.last_lsn)
+            _, status = await asyncio.to_thread(os.waitpid, pid, 0)
+            code = os.waitstatus_to_exitcode(status)
+            if code != 0:
+                raise RuntimeError(f"snapshot writer exited with {code}")
             self.snapshots_taken += 1
-            self._prune(cap.lsn)
-            log.info("snapshot %s: %d experiments, %d decisions, %.1f MB", path.name,
-                     len(cap.experiments), len(cap.decisions), len(data) / 1e6)
+            self.snapshot_lsn = lsn
+            path = self.directory / snapshot.snapshot_name(lsn)
+            self._prune(lsn)
+            log.info("snapshot %s: %d experiments, %d decisions, %.1f MB (fork %.1f ms)",
+                     path.name, len(self.registry), len(self.decisions),
+                     path.stat().st_size / 1e6, self.last_fork_seconds * 1000)
             return path
+
+    def _fork_writer(self, lsn: int) -> int:
+        """Fork a child that writes the snapshot of the current state; returns its pid."""
+        started = time.perf_counter()
+        pid = os.fork()
+        if pid:
+            self.last_fork_seconds = time.perf_counter() - started
+            return pid
+        # Child: only snapshot code runs here (no gRPC, no event loop), then _exit. It runs
+        # at the lowest CPU priority so that serving keeps its core on a small machine.
+        code = 1
+        try:
+            os.nice(19)
+            cap = snapshot.capture(lsn, self.registry, self.decisions, copy=False)
+            snapshot.write(self.directory, lsn, snapshot.encode(cap))
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
 
     def _prune(self, newest_lsn: int) -> None:
         """Keep the newest two snapshots and the log back to the older one of them."""
@@ -250,6 +284,8 @@ class Durability:
     async def _periodic(self) -> None:
         while True:
             await asyncio.sleep(self.settings.snapshot_interval_seconds)
+            if self.wal is not None and self.wal.next_lsn - 1 == self.snapshot_lsn:
+                continue  # nothing logged since the last snapshot
             try:
                 await self.take_snapshot()
             except Exception:

@@ -22,11 +22,15 @@ _EMPTY_CONTEXT = np.empty(0, dtype=np.float64)
 class Experiment:
     """Configuration + learned statistics of one experiment."""
 
-    def __init__(self, config: pb.Experiment, spec: PolicySpec, uid: int, draws: int) -> None:
+    def __init__(
+        self, config: pb.Experiment, spec: PolicySpec, uid: int, draws: int,
+        max_abs: float = 1e12,
+    ) -> None:
         self.config = config  # normalised proto (defaults filled in); arms kept in sync
         self.spec = spec
         self.uid = uid  # changes on reset, so decisions made before it no longer match
         self.draws = draws  # Monte-Carlo rounds of estimated propensities
+        self.max_abs = max_abs  # bound on |context value| and |reward|: keeps sums finite
         self.experiment_id = config.experiment_id
         self.context_dim = int(config.context_dim)
         self.reward_type = int(config.reward_type)
@@ -114,9 +118,13 @@ class Experiment:
         if n == 0:
             return _EMPTY_CONTEXT
         ctx = np.array(values, dtype=np.float64)
-        if not np.isfinite(ctx).all():
-            bad = int(np.flatnonzero(~np.isfinite(ctx))[0])
-            raise InvalidArgument(f"{field}[{bad}] is {ctx[bad]}, context values must be finite")
+        ok = np.abs(ctx) <= self.max_abs  # False for NaN and inf too
+        if not ok.all():
+            bad = int(np.flatnonzero(~ok)[0])
+            raise InvalidArgument(
+                f"{field}[{bad}] is {ctx[bad]}, context values must be finite with "
+                f"|value| <= {self.max_abs:g}"
+            )
         return ctx
 
     def eligible_array(self, arm_ids, field: str = "eligible_arm_ids") -> np.ndarray:
@@ -128,6 +136,8 @@ class Experiment:
         for i, arm_id in enumerate(arm_ids):
             pos = index.get(arm_id)
             if pos is None:
+                if not arm_id:
+                    raise InvalidArgument(f"{field}[{i}] is empty")
                 raise NotFound(
                     f"{field}[{i}]: arm '{arm_id}' not found in experiment '{self.experiment_id}'"
                 )
@@ -139,6 +149,8 @@ class Experiment:
     def check_reward(self, reward: float, field: str = "reward") -> float:
         if not math.isfinite(reward):
             raise InvalidArgument(f"{field} is {reward}, rewards must be finite")
+        if abs(reward) > self.max_abs:
+            raise InvalidArgument(f"{field} is {reward}, |reward| must be <= {self.max_abs:g}")
         if self.reward_type == pb.REWARD_TYPE_BINARY and reward not in (0.0, 1.0):
             raise InvalidArgument(
                 f"{field} is {reward}, experiment '{self.experiment_id}' has binary rewards "

@@ -62,7 +62,8 @@ class ExperimentRegistry:
         copy = pb.Experiment()
         copy.CopyFrom(config)
         spec = resolve_policy(copy.policy, copy.reward_type, copy.context_dim)
-        experiment = Experiment(copy, spec, uid, self.settings.propensity_draws)
+        experiment = Experiment(copy, spec, uid, self.settings.propensity_draws,
+                                self.settings.max_abs_value)
         self._experiments[copy.experiment_id] = experiment
         self.next_uid = max(self.next_uid, uid + 1)
         return experiment
@@ -70,6 +71,7 @@ class ExperimentRegistry:
     def get(self, experiment_id: str) -> Experiment:
         experiment = self._experiments.get(experiment_id)
         if experiment is None:
+            check_experiment_id(experiment_id)  # a malformed id is INVALID_ARGUMENT
             raise NotFound(f"experiment '{experiment_id}' not found")
         return experiment
 
@@ -119,7 +121,8 @@ class ExperimentRegistry:
             config.discount = 1.0
         if not config.HasField("seed"):
             config.seed = secrets.randbits(63)
-        experiment = Experiment(config, spec, self._uid(), self.settings.propensity_draws)
+        experiment = Experiment(config, spec, self._uid(), self.settings.propensity_draws,
+                                self.settings.max_abs_value)
         self._experiments[config.experiment_id] = experiment
         return experiment
 

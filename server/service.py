@@ -202,6 +202,8 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         if record is not None and record.experiment_uid != experiment.uid:
             record = None  # made before a reset, or for another experiment
         if record is not None:
+            if record.rewarded:  # a retry: acknowledged as such even if the arm is gone now
+                return _PreparedReward(experiment, -1, reward, None, decision_id, record)
             slate = record.arm_ids
             arm_id = request.arm_id or slate[0]
             if arm_id not in slate:
@@ -237,25 +239,19 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         self, p: _PreparedReward, now: float, log: list | None
     ) -> pb.RecordRewardResponse:
         record = p.record
+        tombstone = False
         if record is None and p.decision_id:
             # An unknown decision rewarded by explicit arm: remember it (as already
-            # rewarded) so that a retry of the same request is not counted twice.
+            # rewarded) so that a retry of the same request is not counted twice. A record
+            # of that id owned by another experiment (or incarnation) is left alone.
             earlier = self.decisions.get(p.decision_id, now)
-            if earlier is not None and earlier.rewarded:
+            if earlier is None:
+                tombstone = True
+                self.decisions.put(p.decision_id, DecisionRecord(
+                    p.experiment.uid, (p.experiment.arm_ids[p.arm],), None, 0.0,
+                    p.experiment.version, now, rewarded=True))
+            elif earlier.experiment_uid == p.experiment.uid and earlier.rewarded:
                 return pb.RecordRewardResponse(duplicate=True)
-            self.decisions.discard(p.decision_id)
-            self.decisions.put(
-                p.decision_id,
-                DecisionRecord(
-                    p.experiment.uid,
-                    (p.experiment.arm_ids[p.arm],),
-                    None,
-                    0.0,
-                    p.experiment.version,
-                    now,
-                    rewarded=True,
-                ),
-            )
         elif record is not None:
             if record.rewarded:
                 return pb.RecordRewardResponse(duplicate=True)
@@ -265,7 +261,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             log.append(st.Reward(
                 experiment_id=p.experiment.experiment_id, arm_id=p.experiment.arm_ids[p.arm],
                 reward=p.reward, context=p.context.tolist(), decision_id=p.decision_id,
-                tombstone=record is None and bool(p.decision_id),
+                tombstone=tombstone,
             ))
         return pb.RecordRewardResponse(duplicate=False)
 
@@ -309,7 +305,10 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
 
     async def GetAllocation(self, request, context):
         self._check_ready()
-        job = analytics.allocation_job(self.registry.get(request.experiment_id), request)
+        job = analytics.allocation_job(
+            self.registry.get(request.experiment_id), request,
+            self.settings.max_monte_carlo_samples,
+        )
         return await asyncio.to_thread(job)  # Monte-Carlo off the event loop
 
     async def AllocateBudget(self, request, context):
@@ -319,6 +318,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             request,
             self.settings.budget_min_allocation,
             self.settings.budget_max_allocation,
+            self.settings.max_monte_carlo_samples,
         )
         return pb.AllocateBudgetResponse(
             allocations=[

@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     max_arms: int = Field(10_000, ge=1, description="Arms per experiment.")
     max_context_dim: int = Field(256, ge=1, description="Context features per experiment.")
     max_batch_size: int = Field(10_000, ge=1, description="Items per Batch* request.")
+    max_abs_value: float = Field(
+        1e12, gt=0, description="Largest |value| accepted for context features, rewards, metrics."
+    )
+    max_monte_carlo_samples: int = Field(
+        20_000_000, ge=1, description="num_draws x arms allowed per GetAllocation/AllocateBudget."
+    )
     max_message_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Largest gRPC request accepted, in bytes."
     )

@@ -9,12 +9,10 @@ file, fsynced, atomically renamed, then the directory is fsynced; the previous g
 snapshot is kept. A file whose magic, version, length or checksum is wrong is reported and
 never loaded.
 
-Capturing is split in two so the event loop never waits for serialisation: ``capture``
-(on the loop, at the WAL rotation instant) copies the arrays — memcpy, milliseconds even
-for a million arms — and takes references to the decision records; ``encode`` (in a worker
-thread) builds and serialises the message. Decision flags read during ``encode`` may be newer
-than the capture instant; replaying the log from the snapshot's lsn re-applies those changes
-idempotently, so the restored state is exact.
+The server writes snapshots from a forked child process (see
+:meth:`server.durability.Durability.take_snapshot`): the child's memory is a copy-on-write
+image of the state at the log rotation instant, so ``capture`` + ``encode`` + ``write`` run
+there at leisure and the serving process never waits for serialisation.
 """
 
 from __future__ import annotations
@@ -91,15 +89,18 @@ class Capture:
 _COUNTERS = ("selections", "rewards", "reward_sum", "positives", "ingested", "rng")
 
 
-def capture(lsn: int, registry: ExperimentRegistry, decisions: DecisionStore) -> Capture:
-    """Copy the state (on the event loop; no serialisation here)."""
+def capture(
+    lsn: int, registry: ExperimentRegistry, decisions: DecisionStore, copy: bool = True
+) -> Capture:
+    """Take the state's arrays (copies, unless the caller is a forked child whose memory
+    is already a private image) and references to the decision records."""
     cap = Capture(lsn=lsn, next_uid=registry.next_uid)
     for e in registry.experiments():
         config = pb.Experiment()
         config.CopyFrom(e.config)
         cache = set(e.spec.kernel.CACHE_ARRAYS)
-        state = [None if i in cache else a.copy() for i, a in enumerate(e.state)]
-        counters = {name: getattr(e, name).copy() for name in _COUNTERS}
+        state = [None if i in cache else (a.copy() if copy else a) for i, a in enumerate(e.state)]
+        counters = {n: (getattr(e, n).copy() if copy else getattr(e, n)) for n in _COUNTERS}
         periods = {p: dict(arms) for p, arms in e.periods.items()}
         cap.experiments.append(_ExperimentImage(config, e.uid, e.version, state, counters, periods))
         cap.uid_to_id[e.uid] = e.experiment_id

@@ -275,3 +275,25 @@ def test_reset_clears_ingested_metrics(stub, new_id):
     a = arm_stats(stub, eid).arms[0]
     assert (a.trials, a.posterior_alpha) == (0, 1)
     assert allocation(stub, eid)[1] == ""
+
+
+def test_replacing_a_period_then_restoring_it_is_exact(stub, new_id):
+    """The delta arithmetic: A, then B replacing A, then A again == A once."""
+    a = [("a", 1000, 31, 0), ("b", 800, 40, 0)]
+    b = [("a", 7, 2, 0), ("b", 123, 99, 0)]
+    once, replaced = new_id(), new_id()
+    for eid in (once, replaced):
+        create(stub, eid, seed=5, reward_type=pb.REWARD_TYPE_VALUE)
+        stub.RecordReward(pb.RecordRewardRequest(experiment_id=eid, arm_id="a", reward=12.25))
+        ingest(stub, eid, "2025-12-20", [(x, t, s, s * 3.1) for x, t, s, _ in a])
+    ingest(stub, replaced, "2025-12-20", [(x, t, s, s * 7.7) for x, t, s, _ in b])
+    ingest(stub, replaced, "2025-12-20", [(x, t, s, s * 3.1) for x, t, s, _ in a])
+
+    def learned(eid):
+        return [(x.trials, x.successes, x.revenue_per_event, x.posterior_alpha, x.posterior_beta,
+                 x.value_posterior_shape, x.value_posterior_rate) for x in arm_stats(stub, eid).arms]
+
+    got, want = learned(replaced), learned(once)
+    assert [g[:2] for g in got] == [w[:2] for w in want]
+    for g, w in zip(got, want, strict=True):
+        assert g == pytest.approx(w, rel=1e-12)

@@ -334,3 +334,17 @@ def test_every_policy_serves_and_learns(stub, new_id, policy, reward_type, dim):
     assert sum(a.rewards for a in s.values()) == 30
     assert sum(a.selections for a in s.values()) == 60
 
+
+
+def test_exploration_floor_holds_during_burn_in(stub, new_id):
+    eid = new_id()
+    create(stub, eid, arms=("a", "b"), exploration_floor=0.2, min_selections=1_000_000, seed=3)
+    stub.BatchSelectArms(pb.BatchSelectArmsRequest(
+        requests=[pb.SelectArmRequest(experiment_id=eid, eligible_arm_ids=["b"])] * 5))
+    # both arms are still in burn-in; b keeps >= 20% whatever burn-in prefers
+    got = stub.BatchSelectArms(pb.BatchSelectArmsRequest(
+        requests=[pb.SelectArmRequest(experiment_id=eid)] * 1000)).responses
+    for r in got:
+        assert r.propensity >= 0.2 - 1e-12
+    share_b = sum(r.arm_id == "b" for r in got) / len(got)
+    assert 0.4 <= share_b <= 0.6  # burn-in is uniform over the two cold arms here

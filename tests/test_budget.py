@@ -183,3 +183,44 @@ def test_rpc_end_to_end(stub):
         min_allocation=0, max_allocation=100))
     assert [(a.id, a.amount) for a in reply.allocations] == [("x", 75.0), ("y", 25.0)]
     assert [a.share for a in reply.allocations] == pytest.approx([0.75, 0.25])
+
+
+@pytest.mark.parametrize("total,contains", [(1e17, "total_budget"), (0.004, "half a cent")])
+def test_extreme_totals_are_rejected_quickly(total, contains):
+    request = pb.AllocateBudgetRequest(total_budget=total, ad_groups=[pb.AdGroup(id="a")],
+                                       strategy=pb.ALLOCATION_STRATEGY_EQUAL, min_allocation=0,
+                                       max_allocation=1e17)
+    with pytest.raises(InvalidArgument, match=contains):
+        allocate_budget(request, 10, 1000)
+
+
+def test_monte_carlo_budget_is_enforced(stub):
+    groups = [pb.AdGroup(id=f"g{i}", clicks=10, conversions=1) for i in range(100)]
+    with pytest.raises(grpc.RpcError) as err:
+        stub.AllocateBudget(pb.AllocateBudgetRequest(
+            total_budget=10_000, ad_groups=groups, strategy=pb.ALLOCATION_STRATEGY_THOMPSON,
+            num_draws=1_000_000, min_allocation=0, max_allocation=10_000))
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 10_000), st.integers(0, 500), st.floats(0, 1e4)),
+                min_size=2, max_size=8),
+       st.sampled_from([pb.ALLOCATION_STRATEGY_PERFORMANCE_BASED, pb.ALLOCATION_STRATEGY_THOMPSON]),
+       st.floats(0, 50), st.floats(60, 400))
+def test_composite_and_thompson_keep_score_order_within_binding_bounds(rows, strategy, lo, hi):
+    from server.budget import strategy_scores
+
+    groups = [pb.AdGroup(id=f"g{i}", spend=100.0, impressions=10.0 * c + 10, clicks=float(c),
+                         conversions=float(min(c, k % (c + 1))), revenue=round(r, 2))
+              for i, (c, k, r) in enumerate(rows)]
+    total = round((lo + hi) / 2 * len(groups), 2)
+    request = pb.AllocateBudgetRequest(total_budget=total, ad_groups=groups, strategy=strategy,
+                                       min_allocation=round(lo, 2), max_allocation=round(hi, 2),
+                                       seed=7, num_draws=3000)
+    amounts = allocate_budget(request, 10, 1000).amounts
+    scores = strategy_scores(request)
+    for i in range(len(groups)):
+        for j in range(len(groups)):
+            if scores[i] > scores[j]:
+                assert amounts[i] >= amounts[j], (scores, amounts)

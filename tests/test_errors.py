@@ -269,3 +269,56 @@ def test_limits(tmp_path):
         assert len(stub.ListExperiments(pb.ListExperimentsRequest()).experiments) == 2
         assert sum(a.selections for a in stub.GetArmStats(
             pb.GetArmStatsRequest(experiment_id="one")).arms) == 0
+
+
+@pytest.mark.parametrize("value", [1e200, -1e13, 1.5e12])
+def test_huge_finite_values_are_rejected_not_learned(stub, contextual, new_id, value):
+    """Finite but huge inputs would overflow the sums (inf / NaN state): refused."""
+    eid = contextual
+    before = snapshot(stub, eid)
+    expect(INVALID, stub.RecordReward,
+           pb.RecordRewardRequest(experiment_id=eid, arm_id="a", context=[value, 1, 0, 0], reward=1.0),
+           contains="context[0]")
+    expect(INVALID, stub.SelectArm, pb.SelectArmRequest(experiment_id=eid, context=[0, 0, value, 0]),
+           contains="context[2]")
+    expect(INVALID, stub.RecordReward,
+           pb.RecordRewardRequest(experiment_id=eid, arm_id="a", context=[1, 0, 0, 0], reward=value),
+           contains="|reward|")
+    assert snapshot(stub, eid) == before
+    d = stub.SelectArm(pb.SelectArmRequest(experiment_id=eid, context=[1, 0, 0, 0]))
+    assert d.propensity > 0  # still a healthy model
+
+
+def test_malformed_ids_are_invalid_argument(stub, binary):
+    eid, _ = binary
+    expect(INVALID, stub.SelectArm, pb.SelectArmRequest(experiment_id=""), contains="experiment_id")
+    expect(INVALID, stub.GetExperiment, pb.GetExperimentRequest(experiment_id="bad id!"),
+           contains="experiment_id")
+    expect(INVALID, stub.SelectArm, pb.SelectArmRequest(experiment_id=eid, eligible_arm_ids=["a", ""]),
+           contains="eligible_arm_ids[1] is empty")
+
+
+def test_retry_is_duplicate_even_after_its_arm_was_removed(stub, new_id):
+    eid = new_id()
+    create(stub, eid, arms=("a", "b"))
+    d = stub.SelectArm(pb.SelectArmRequest(experiment_id=eid, eligible_arm_ids=["a"]))
+    req = pb.RecordRewardRequest(experiment_id=eid, decision_id=d.decision_id, reward=1)
+    assert not stub.RecordReward(req).duplicate
+    stub.UpdateArms(pb.UpdateArmsRequest(experiment_id=eid, remove_arm_ids=["a"]))
+    assert stub.RecordReward(req).duplicate
+
+
+def test_explicit_arm_reward_never_touches_another_experiments_decision(stub, new_id):
+    one, two = new_id(), new_id()
+    create(stub, one)
+    create(stub, two)
+    d1 = stub.SelectArm(pb.SelectArmRequest(experiment_id=one))
+    # a client mistakenly sends d1's id to experiment two, with an explicit arm
+    r = stub.RecordReward(pb.RecordRewardRequest(experiment_id=two, decision_id=d1.decision_id,
+                                                 arm_id="a", reward=1))
+    assert not r.duplicate
+    assert sum(a.rewards for a in stub.GetArmStats(pb.GetArmStatsRequest(experiment_id=two)).arms) == 1
+    # d1 still takes its own reward, once
+    req = pb.RecordRewardRequest(experiment_id=one, decision_id=d1.decision_id, reward=1)
+    assert not stub.RecordReward(req).duplicate
+    assert stub.RecordReward(req).duplicate

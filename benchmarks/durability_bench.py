@@ -1,0 +1,236 @@
+"""Durability benchmark: reward throughput per mode, SelectArm p99 during a big snapshot, restore.
+
+1. Rewards/s acknowledged through ``BatchRecordRewards`` in each durability mode (os, fsync,
+   snapshot), against a real ``banditd serve`` subprocess on 127.0.0.1, with ``--writers``
+   concurrent asyncio writers (one channel each) sending batches of ``--batch`` rewards for a
+   bounded ``--seconds``.
+2. SelectArm latency (p50/p99, one closed-loop sync client) on a 10-arm experiment while the
+   server also holds a 1,000,000-arm experiment, without and during snapshots of it.
+3. Restore time of a data directory holding a 1,000,000-arm experiment and 1,000,000 stored
+   decisions (server start to health SERVING, minus the start time of an empty server).
+
+    python benchmarks/durability_bench.py [--out benchmarks/results/durability.json] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from decision.v1 import decision_pb2 as pb
+from decision.v1 import decision_pb2_grpc as pb_grpc
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """``banditd serve`` in a subprocess; bounded lifetime, stopped by SIGTERM (or SIGKILL)."""
+
+    def __init__(self, data_dir: Path, **settings: object) -> None:
+        self.port = _free_port()
+        args = [sys.executable, "-m", "server", "serve", "--port", str(self.port),
+                "--data-dir", str(data_dir)]
+        for k, v in settings.items():
+            args += ["--set", f"{k}={v}"]
+        self.started = time.perf_counter()
+        self.log = data_dir.parent / f"{data_dir.name}.server.log"
+        self.proc = subprocess.Popen(args, stderr=open(self.log, "a"))  # noqa: SIM115
+        with grpc.insecure_channel(f"127.0.0.1:{self.port}") as ch:
+            health = health_pb2_grpc.HealthStub(ch)
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError("server exited during start")
+                try:
+                    if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                        break
+                except grpc.RpcError:
+                    pass
+                if time.perf_counter() - self.started > 600:
+                    raise TimeoutError("server did not become SERVING")
+                time.sleep(0.02)
+        self.ready_s = time.perf_counter() - self.started
+
+    def stop(self, kill: bool = False) -> None:
+        self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        self.proc.wait(timeout=600)
+
+
+def _channel(port: int) -> grpc.Channel:
+    """A channel that accepts the 1M-arm experiment in replies (~11 MB)."""
+    return grpc.insecure_channel(f"127.0.0.1:{port}", options=[
+        ("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)])
+
+
+def _experiment(eid: str, k: int) -> pb.CreateExperimentRequest:
+    return pb.CreateExperimentRequest(experiment=pb.Experiment(
+        experiment_id=eid, arms=[pb.Arm(arm_id=f"a{i}") for i in range(k)],
+        policy=pb.Policy(thompson=pb.Policy.Thompson()), reward_type=pb.REWARD_TYPE_BINARY,
+        seed=1))
+
+
+async def _writers(port: int, writers: int, batch: int, seconds: float) -> tuple[int, float]:
+    request = pb.BatchRecordRewardsRequest(requests=[
+        pb.RecordRewardRequest(experiment_id="bench", arm_id=f"a{i % 10}", reward=float(i % 2))
+        for i in range(batch)])
+    acked = 0
+    deadline = time.perf_counter() + seconds
+
+    async def writer() -> None:
+        nonlocal acked
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = pb_grpc.DecisionServiceStub(ch)
+            while time.perf_counter() < deadline:
+                await stub.BatchRecordRewards(request, timeout=60)
+                acked += batch
+
+    start = time.perf_counter()
+    await asyncio.gather(*(writer() for _ in range(writers)))
+    return acked, time.perf_counter() - start
+
+
+def reward_throughput(mode: str, writers: int, batch: int, seconds: float) -> dict:
+    data = Path(tempfile.mkdtemp(prefix="banditd-bench-"))
+    server = Server(data, durability=mode, snapshot_interval_seconds=0,
+                    max_batch_size=max(batch, 1000))
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+            stub = pb_grpc.DecisionServiceStub(ch)
+            stub.CreateExperiment(_experiment("bench", 10))
+            acked, elapsed = asyncio.run(_writers(server.port, writers, batch, seconds))
+            total = sum(a.rewards for a in stub.GetArmStats(
+                pb.GetArmStatsRequest(experiment_id="bench")).arms)
+        assert total == acked, f"server counted {total}, clients were acknowledged {acked}"
+    finally:
+        server.stop()
+        shutil.rmtree(data, ignore_errors=True)
+    return {"mode": mode, "writers": writers, "batch": batch, "seconds": round(elapsed, 2),
+            "rewards_acknowledged": acked, "rewards_per_s": round(acked / elapsed)}
+
+
+def _latencies(stub, n: int) -> list[float]:
+    req = pb.SelectArmRequest(experiment_id="small")
+    out = []
+    for _ in range(n):
+        t = time.perf_counter_ns()
+        stub.SelectArm(req)
+        out.append((time.perf_counter_ns() - t) / 1000.0)
+    return out
+
+
+def _pct(values: list[float], q: float) -> float:
+    return round(sorted(values)[min(len(values) - 1, int(q * len(values)))], 1)
+
+
+def snapshot_latency(arms: int, calls: int) -> dict:
+    data = Path(tempfile.mkdtemp(prefix="banditd-bench-"))
+    server = Server(data, durability="os", snapshot_interval_seconds=0, max_arms=arms,
+                    max_message_bytes=256 * 1024 * 1024, decision_capacity=arms)
+    try:
+        with _channel(server.port) as ch:
+            stub = pb_grpc.DecisionServiceStub(ch)
+            stub.CreateExperiment(_experiment("big", arms), timeout=600)
+            stub.CreateExperiment(_experiment("small", 10))
+            _latencies(stub, 2000)  # warm
+            baseline = _latencies(stub, calls)
+        server.stop()
+        # The same state restored by a server that snapshots every 50 ms: snapshots of the
+        # big experiment run back to back during the whole measurement.
+        server = Server(data, durability="os", snapshot_interval_seconds=0.05, max_arms=arms,
+                        max_message_bytes=256 * 1024 * 1024, decision_capacity=arms)
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+            stub = pb_grpc.DecisionServiceStub(ch)
+            _latencies(stub, 2000)
+            t = time.perf_counter()
+            during = _latencies(stub, calls)
+            elapsed = time.perf_counter() - t
+        size = max((p.stat().st_size for p in data.glob("snapshot-*.snap")), default=0)
+    finally:
+        server.stop()
+        shutil.rmtree(data, ignore_errors=True)
+    return {
+        "big_experiment_arms": arms, "calls": calls,
+        "p50_us_without_snapshot": _pct(baseline, 0.5),
+        "p99_us_without_snapshot": _pct(baseline, 0.99),
+        "p50_us_during_snapshots": _pct(during, 0.5), "p99_us_during_snapshots": _pct(during, 0.99),
+        "p99_ratio": round(_pct(during, 0.99) / _pct(baseline, 0.99), 2),
+        "snapshot_bytes": size, "measurement_seconds": round(elapsed, 2),
+    }
+
+
+def restore_time(arms: int, decisions: int) -> dict:
+    data = Path(tempfile.mkdtemp(prefix="banditd-bench-"))
+    empty = Path(tempfile.mkdtemp(prefix="banditd-bench-"))
+    settings = dict(durability="os", snapshot_interval_seconds=0, max_arms=arms,
+                    decision_capacity=decisions, max_batch_size=10_000,
+                    max_message_bytes=256 * 1024 * 1024)
+    server = Server(data, **settings)
+    try:
+        with _channel(server.port) as ch:
+            stub = pb_grpc.DecisionServiceStub(ch)
+            stub.CreateExperiment(_experiment("big", arms), timeout=600)
+            stub.CreateExperiment(_experiment("small", 10))
+            batch = pb.BatchSelectArmsRequest(requests=[pb.SelectArmRequest(experiment_id="small")]
+                                              * 10_000)
+            for i in range(decisions // 10_000):
+                stub.BatchSelectArms(batch, timeout=600)
+                if i % 20 == 0:
+                    print(f"  {(i + 1) * 10_000:,} decisions stored", flush=True)
+        server.stop()  # graceful: the final snapshot holds everything
+        size = sum(p.stat().st_size for p in data.iterdir() if p.is_file())
+        base = Server(empty, **settings)
+        base.stop()
+        server = Server(data, **settings)
+        restored = server.ready_s
+        server.stop(kill=True)
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+        shutil.rmtree(empty, ignore_errors=True)
+    return {"arms": arms, "decisions": decisions, "data_bytes": size,
+            "start_to_serving_s": round(restored, 2),
+            "empty_start_to_serving_s": round(base.ready_s, 2),
+            "restore_s": round(restored - base.ready_s, 2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="benchmarks/results/durability.json")
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--batch", type=int, default=1000)
+    ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    args = ap.parse_args()
+    big = 100_000 if args.quick else 1_000_000
+    report: dict = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                                "python": platform.python_version()}, "throughput": []}
+    for mode, writers in (("os", 4), ("fsync", 64), ("snapshot", 4)):
+        row = reward_throughput(mode, writers, args.batch, args.seconds)
+        report["throughput"].append(row)
+        print(row, flush=True)
+    report["select_during_snapshot"] = snapshot_latency(big, 3000 if args.quick else 20_000)
+    print(report["select_during_snapshot"], flush=True)
+    report["restore"] = restore_time(big, big)
+    print(report["restore"], flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
