@@ -168,7 +168,7 @@ def _finalize(scores, probs, eligible, selections, floor, burn_in, rng, out):
     keep = 1.0 - m * floor  # probability of the policy's (or burn-in's) own choice
     if floor > 0.0 and _uniform(rng) < m * floor:
         _shuffle(perm, m, n, eligible, rng, out)
-        if nu > 0:
+        if nu > 0:  # noqa: SIM108 (clearer as a block)
             own = 1.0 / nu if selections[out[0]] < burn_in else 0.0
         else:
             own = probs[perm[0]]
@@ -208,7 +208,7 @@ def finalize_reference(scores, probs, eligible, selections, floor, burn_in, sour
     keep = 1.0 - m * floor
     if floor > 0.0 and source.uniform() < m * floor:
         shuffle(perm, m)
-        if nu:
+        if nu:  # noqa: SIM108 (mirrors the kernel)
             own = 1.0 / nu if selections[out[0]] < burn_in else 0.0
         else:
             own = float(probs[perm[0]])

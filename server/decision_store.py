@@ -97,6 +97,12 @@ class DecisionStore:
                 break
             records.popitem(last=False)
 
+    def load(self, pairs) -> None:
+        """Replace the contents with (decision_id, record) pairs, oldest first (restore)."""
+        self._records = OrderedDict(pairs)
+        while len(self._records) > self.capacity:
+            self._records.popitem(last=False)
+
     def discard(self, decision_id: str) -> None:
         self._records.pop(decision_id, None)
 

@@ -125,14 +125,20 @@ def encode(cap: Capture) -> bytes:
             pm = es.periods.add(period=period)
             for arm_id, (t, s, v) in arms.items():
                 pm.metrics.add(arm_id=arm_id, trials=t, successes=s, value=v)
-    items = snap.decisions.items
-    for decision_id, r in cap.decisions:
-        d = items.add(decision_id=decision_id, experiment_uid=r.experiment_uid,
-                      experiment_id=cap.uid_to_id.get(r.experiment_uid, ""), arm_ids=r.arm_ids,
-                      propensity=r.propensity, model_version=r.model_version, created=r.created,
-                      rewarded=r.rewarded, has_context=r.context is not None)
-        if r.context is not None:
-            d.context.extend(r.context.tolist())
+    table = snap.decisions
+    records = [r for _, r in cap.decisions]
+    table.decision_ids.extend([k for k, _ in cap.decisions])
+    table.experiment_uids.extend([r.experiment_uid for r in records])
+    table.slate_sizes.extend([len(r.arm_ids) for r in records])
+    table.arm_ids.extend([a for r in records for a in r.arm_ids])
+    table.propensities.extend([r.propensity for r in records])
+    table.model_versions.extend([r.model_version for r in records])
+    table.created.extend([r.created for r in records])
+    table.rewarded.extend([r.rewarded for r in records])
+    table.context_sizes.extend([0 if r.context is None else len(r.context) for r in records])
+    contexts = [r.context for r in records if r.context is not None]
+    if contexts:
+        table.contexts.extend(np.concatenate(contexts).tolist())
     payload = snap.SerializeToString()
     return HEADER.pack(MAGIC, FORMAT_VERSION, len(payload), zlib.crc32(payload)) + payload
 
@@ -188,11 +194,19 @@ def load(snap: st.Snapshot, registry: ExperimentRegistry, decisions: DecisionSto
                      for pm in es.periods}
     registry.next_uid = max(registry.next_uid, snap.next_uid)
     decisions.clear()
-    for d in snap.decisions.items:
-        context = np.array(d.context, dtype=np.float64) if d.has_context else None
-        decisions.put(d.decision_id, DecisionRecord(d.experiment_uid, tuple(d.arm_ids), context,
-                                                    d.propensity, d.model_version, d.created,
-                                                    d.rewarded), expire=False)
+    t = snap.decisions
+    slates, contexts = list(t.arm_ids), np.array(t.contexts, dtype=np.float64)
+    rows = zip(t.experiment_uids, t.slate_sizes, t.context_sizes, t.propensities,
+               t.model_versions, t.created, t.rewarded, strict=True)
+    records = []
+    a = c = 0
+    for uid, size, csize, propensity, version, created, rewarded in rows:
+        context = contexts[c : c + csize] if csize else None
+        records.append(DecisionRecord(uid, tuple(slates[a : a + size]), context, propensity,
+                                      version, created, rewarded))
+        a += size
+        c += csize
+    decisions.load(zip(t.decision_ids, records, strict=True))
 
 
 def describe(path: Path) -> str:
@@ -215,6 +229,6 @@ def describe(path: Path) -> str:
             f"{int(selections.sum())} selections, {int(rewards.sum())} rewards, "
             f"{len(es.periods)} ingested periods"
         )
-    rewarded = sum(1 for d in snap.decisions.items if d.rewarded)
-    lines.append(f"  decisions: {len(snap.decisions.items)} ({rewarded} rewarded)")
+    rewarded = sum(snap.decisions.rewarded)
+    lines.append(f"  decisions: {len(snap.decisions.decision_ids)} ({rewarded} rewarded)")
     return "\n".join(lines)

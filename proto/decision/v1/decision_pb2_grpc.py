@@ -146,7 +146,8 @@ class DecisionServiceServicer:
 
     def UpdateArms(self, request, context):
         """Adds and/or removes arms at run time; the other arms keep their state.
-        Errors: NOT_FOUND, INVALID_ARGUMENT, ALREADY_EXISTS (adding an existing arm).
+        Errors: NOT_FOUND, INVALID_ARGUMENT, ALREADY_EXISTS (adding an existing arm),
+        RESOURCE_EXHAUSTED (arm limit).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -146,5 +146,29 @@ class Snapshot(_message.Message):
     created: float
     next_uid: int
     experiments: _containers.RepeatedCompositeFieldContainer[ExperimentState]
-    decisions: Decisions
-    def __init__(self, format_version: _Optional[int] = ..., lsn: _Optional[int] = ..., created: _Optional[float] = ..., next_uid: _Optional[int] = ..., experiments: _Optional[_Iterable[_Union[ExperimentState, _Mapping]]] = ..., decisions: _Optional[_Union[Decisions, _Mapping]] = ...) -> None: ...
+    decisions: DecisionTable
+    def __init__(self, format_version: _Optional[int] = ..., lsn: _Optional[int] = ..., created: _Optional[float] = ..., next_uid: _Optional[int] = ..., experiments: _Optional[_Iterable[_Union[ExperimentState, _Mapping]]] = ..., decisions: _Optional[_Union[DecisionTable, _Mapping]] = ...) -> None: ...
+
+class DecisionTable(_message.Message):
+    __slots__ = ("decision_ids", "experiment_uids", "slate_sizes", "arm_ids", "propensities", "model_versions", "created", "rewarded", "context_sizes", "contexts")
+    DECISION_IDS_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_UIDS_FIELD_NUMBER: _ClassVar[int]
+    SLATE_SIZES_FIELD_NUMBER: _ClassVar[int]
+    ARM_IDS_FIELD_NUMBER: _ClassVar[int]
+    PROPENSITIES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    REWARDED_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_SIZES_FIELD_NUMBER: _ClassVar[int]
+    CONTEXTS_FIELD_NUMBER: _ClassVar[int]
+    decision_ids: _containers.RepeatedScalarFieldContainer[str]
+    experiment_uids: _containers.RepeatedScalarFieldContainer[int]
+    slate_sizes: _containers.RepeatedScalarFieldContainer[int]
+    arm_ids: _containers.RepeatedScalarFieldContainer[str]
+    propensities: _containers.RepeatedScalarFieldContainer[float]
+    model_versions: _containers.RepeatedScalarFieldContainer[int]
+    created: _containers.RepeatedScalarFieldContainer[float]
+    rewarded: _containers.RepeatedScalarFieldContainer[bool]
+    context_sizes: _containers.RepeatedScalarFieldContainer[int]
+    contexts: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, decision_ids: _Optional[_Iterable[str]] = ..., experiment_uids: _Optional[_Iterable[int]] = ..., slate_sizes: _Optional[_Iterable[int]] = ..., arm_ids: _Optional[_Iterable[str]] = ..., propensities: _Optional[_Iterable[float]] = ..., model_versions: _Optional[_Iterable[int]] = ..., created: _Optional[_Iterable[float]] = ..., rewarded: _Optional[_Iterable[bool]] = ..., context_sizes: _Optional[_Iterable[int]] = ..., contexts: _Optional[_Iterable[float]] = ...) -> None: ...
