@@ -83,16 +83,20 @@ def next_period(periods) -> str:
     return (latest + dt.timedelta(days=1)).isoformat() if latest else ""
 
 
-def probability_best_job(
-    experiment: Experiment, draws: int, seed: int
-) -> Callable[[], np.ndarray] | None:
-    """P(arm is best) under the posterior, as a job that may run off the event loop (the
-    posterior parameters are copied now; the compiled Monte-Carlo releases the GIL), or None
-    when the policy has no posterior. The draws use their own seeded stream, so statistics
-    never perturb the experiment's decisions."""
+def posterior_copy(experiment: Experiment) -> dict[str, np.ndarray]:
+    """The policy's per-arm posterior figures (``kernel.summary``), as fresh arrays."""
     binary = experiment.reward_type == pb.REWARD_TYPE_BINARY
     post = experiment.spec.kernel.summary(experiment.state, experiment.spec.params, binary)
-    post = {name: np.array(values, dtype=np.float64) for name, values in post.items()}
+    return {name: np.array(values, dtype=np.float64) for name, values in post.items()}
+
+
+def probability_best_job(
+    post: dict[str, np.ndarray], draws: int, seed: int
+) -> Callable[[], np.ndarray] | None:
+    """P(arm is best) under ``post`` (from :func:`posterior_copy`), as a job that may run off
+    the event loop (the compiled Monte-Carlo releases the GIL), or None when the policy has
+    no posterior. The draws use their own seeded stream, so statistics
+    never perturb the experiment's decisions."""
     if "value_posterior_shape" in post:
         return lambda: prob_best_value(
             post["posterior_alpha"], post["posterior_beta"], post["value_posterior_shape"],
@@ -124,7 +128,7 @@ def allocation_job(
             f"min_percentage is {floor}: it must be >= 0 and min_percentage x arms ({k}) <= 100"
         )
     seed = request.seed if request.HasField("seed") else int(experiment.config.seed)
-    probs_job = probability_best_job(experiment, draws, seed)
+    probs_job = probability_best_job(posterior_copy(experiment), draws, seed)
     if probs_job is None:
         raise FailedPrecondition(
             f"experiment '{experiment.experiment_id}' has no posterior to allocate from: "
@@ -154,11 +158,9 @@ def allocation_job(
 def arm_stats_job(experiment: Experiment) -> Callable[[], pb.GetArmStatsResponse]:
     """Copy the statistics now; the returned job builds the response (safe off the loop)."""
     e = experiment
-    binary = e.reward_type == pb.REWARD_TYPE_BINARY
-    post = {k: np.array(v, dtype=np.float64)
-            for k, v in e.spec.kernel.summary(e.state, e.spec.params, binary).items()}
+    post = posterior_copy(e)
     draws = max(1, min(DEFAULT_DRAWS, STATS_DRAW_BUDGET // max(1, e.num_arms)))
-    probs_job = probability_best_job(e, draws, int(e.config.seed))
+    probs_job = probability_best_job(post, draws, int(e.config.seed))
     arm_ids = list(e.arm_ids)
     selections, rewards, reward_sum = e.selections.copy(), e.rewards.copy(), e.reward_sum.copy()
     positives, ingested, version = e.positives.copy(), e.ingested.copy(), e.version

@@ -260,7 +260,7 @@ class Durability:
         code = 1
         try:
             os.nice(19)
-            cap = snapshot.capture(lsn, self.registry, self.decisions, copy=False)
+            cap = snapshot.capture(lsn, self.registry, self.decisions)
             snapshot.write(self.directory, lsn, snapshot.encode(cap))
             code = 0
         except BaseException:

@@ -89,18 +89,16 @@ class Capture:
 _COUNTERS = ("selections", "rewards", "reward_sum", "positives", "ingested", "rng")
 
 
-def capture(
-    lsn: int, registry: ExperimentRegistry, decisions: DecisionStore, copy: bool = True
-) -> Capture:
-    """Take the state's arrays (copies, unless the caller is a forked child whose memory
-    is already a private image) and references to the decision records."""
+def capture(lsn: int, registry: ExperimentRegistry, decisions: DecisionStore) -> Capture:
+    """References to the state's arrays and decision records, without copying: call it in
+    the forked snapshot writer, whose memory is already a private image of the instant."""
     cap = Capture(lsn=lsn, next_uid=registry.next_uid)
     for e in registry.experiments():
         config = pb.Experiment()
         config.CopyFrom(e.config)
         cache = set(e.spec.kernel.CACHE_ARRAYS)
-        state = [None if i in cache else (a.copy() if copy else a) for i, a in enumerate(e.state)]
-        counters = {n: (getattr(e, n).copy() if copy else getattr(e, n)) for n in _COUNTERS}
+        state = [None if i in cache else a for i, a in enumerate(e.state)]
+        counters = {name: getattr(e, name) for name in _COUNTERS}
         periods = {p: dict(arms) for p, arms in e.periods.items()}
         cap.experiments.append(_ExperimentImage(config, e.uid, e.version, state, counters, periods))
         cap.uid_to_id[e.uid] = e.experiment_id

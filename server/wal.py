@@ -16,7 +16,7 @@ import logging
 import os
 import struct
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -82,17 +82,6 @@ def read_segment(path: Path) -> SegmentScan:
         records.append(payload)
         pos = end
     return SegmentScan(records, pos, len(data), problem)
-
-
-def iter_records(directory: Path, after_lsn: int) -> Iterator[tuple[int, bytes]]:
-    """Valid records with lsn > after_lsn (stops at the first damaged frame)."""
-    for first, path in list_segments(directory):
-        scan = read_segment(path)
-        for i, payload in enumerate(scan.records):
-            if first + i > after_lsn:
-                yield first + i, payload
-        if scan.problem:
-            return
 
 
 def fsync_dir(directory: Path) -> None:
