@@ -25,6 +25,7 @@ damaged log record ends the replay there: the rest of that segment is moved asid
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import time
@@ -235,7 +236,10 @@ class Durability:
             else:
                 self.last_lsn += 1  # snapshot-only mode: lsn just numbers the snapshots
                 lsn, pid = self.last_lsn, self._fork_writer(self.last_lsn)
-            _, status = await asyncio.to_thread(os.waitpid, pid, 0)
+            try:
+                _, status = await asyncio.to_thread(os.waitpid, pid, 0)
+            finally:
+                gc.unfreeze()
             code = os.waitstatus_to_exitcode(status)
             if code != 0:
                 raise RuntimeError(f"snapshot writer exited with {code}")
@@ -251,6 +255,9 @@ class Durability:
     def _fork_writer(self, lsn: int) -> int:
         """Fork a child that writes the snapshot of the current state; returns its pid."""
         started = time.perf_counter()
+        # Park every existing object outside the collector while the child lives: a full
+        # collection would write to all of them and turn copy-on-write into copy-everything.
+        gc.freeze()
         pid = os.fork()
         if pid:
             self.last_fork_seconds = time.perf_counter() - started
