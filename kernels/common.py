@@ -182,6 +182,14 @@ def _finalize(scores, probs, eligible, selections, floor, burn_in, rng, out):
     return floor + keep * probs[perm[0]]
 
 
+def mc_cache(num_arms: int, draws: int) -> tuple[np.ndarray, np.ndarray]:
+    """The Thompson family's cached Monte-Carlo rounds, ``(mc[K, R], mc_valid[K])``, all
+    invalid (see :mod:`kernels.thompson`)."""
+    if draws < 1:
+        raise ValueError(f"draws is {draws}, the Monte-Carlo propensity needs at least 1")
+    return np.zeros((num_arms, draws)), np.zeros(num_arms)
+
+
 def finalize_reference(scores, probs, eligible, selections, floor, burn_in, source, out) -> float:
     """Plain NumPy/Python twin of :func:`_finalize` (same random-number consumption)."""
     m = len(eligible)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import _finalize, _round_probs, finalize_reference, round_probs_reference
+from .common import _finalize, _round_probs, finalize_reference, mc_cache, round_probs_reference
 from .config import JIT
 from .rng import _beta
 
@@ -42,10 +42,7 @@ def new_state(
     num_arms: int, dim: int, params: np.ndarray, draws: int = 32
 ) -> tuple[np.ndarray, ...]:
     """Zero counts; ``draws`` (R >= 1) Monte-Carlo rounds cached per arm, all invalid."""
-    if draws < 1:
-        raise ValueError(f"draws is {draws}, the Monte-Carlo propensity needs at least 1")
-    return (np.zeros(num_arms), np.zeros(num_arms), np.zeros((num_arms, draws)),
-            np.zeros(num_arms))
+    return (np.zeros(num_arms), np.zeros(num_arms), *mc_cache(num_arms, draws))
 
 
 @njit(**JIT)
