@@ -30,7 +30,7 @@ from banditd.storage.v1 import storage_pb2 as st
 from decision.v1 import decision_pb2 as pb
 from server.decision_store import DecisionRecord, DecisionStore
 from server.registry import ExperimentRegistry
-from server.wal import fsync_dir
+from server.wal import fsync_dir, numbered_files
 
 MAGIC = b"BANDITD-SNAP"
 FORMAT_VERSION = 1
@@ -48,12 +48,7 @@ def snapshot_name(lsn: int) -> str:
 
 def list_snapshots(directory: Path) -> list[tuple[int, Path]]:
     """(lsn, path) of snapshot files, newest first."""
-    out = []
-    for path in directory.glob(f"{PREFIX}*{SUFFIX}"):
-        digits = path.name[len(PREFIX) : -len(SUFFIX)]
-        if digits.isdigit():
-            out.append((int(digits), path))
-    return sorted(out, reverse=True)
+    return numbered_files(directory, PREFIX, SUFFIX)[::-1]
 
 
 def _array(a: np.ndarray) -> st.Array:

@@ -38,14 +38,19 @@ def segment_name(first_lsn: int) -> str:
     return f"{SEGMENT_PREFIX}{first_lsn:020d}{SEGMENT_SUFFIX}"
 
 
-def list_segments(directory: Path) -> list[tuple[int, Path]]:
-    """(first lsn, path) of every segment, in lsn order."""
+def numbered_files(directory: Path, prefix: str, suffix: str) -> list[tuple[int, Path]]:
+    """(number, path) of the files named ``<prefix><digits><suffix>``, in number order."""
     out = []
-    for path in directory.glob(f"{SEGMENT_PREFIX}*{SEGMENT_SUFFIX}"):
-        digits = path.name[len(SEGMENT_PREFIX) : -len(SEGMENT_SUFFIX)]
+    for path in directory.glob(f"{prefix}*{suffix}"):
+        digits = path.name[len(prefix) : -len(suffix)]
         if digits.isdigit():
             out.append((int(digits), path))
     return sorted(out)
+
+
+def list_segments(directory: Path) -> list[tuple[int, Path]]:
+    """(first lsn, path) of every segment, in lsn order."""
+    return numbered_files(directory, SEGMENT_PREFIX, SEGMENT_SUFFIX)
 
 
 @dataclass
