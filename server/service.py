@@ -170,8 +170,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         self._check_ready()
         log: list | None = [] if self.logging else None
         response = self._apply_select(self._prepare_select(request), time.time(), log)
-        if log:
-            self.durability.log_decisions(st.WalRecord(decisions=st.Decisions(items=log)))
+        self._log_decisions(log)
         return response
 
     async def BatchSelectArms(self, request, context):
@@ -189,8 +188,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         response = pb.BatchSelectArmsResponse(
             responses=[self._apply_select(p, now, log) for p in prepared]
         )
-        if log:
-            self.durability.log_decisions(st.WalRecord(decisions=st.Decisions(items=log)))
+        self._log_decisions(log)
         return response
 
     # -- rewards -----------------------------------------------------------------
@@ -270,10 +268,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         now = time.time()
         log: list | None = [] if self.logging else None
         response = self._apply_reward(self._prepare_reward(request, now), now, log)
-        if log:
-            self.durability.log(st.WalRecord(rewards=st.Rewards(items=log)))
-        # also for a duplicate: its original may still be on its way to the disk
-        await self.durability.commit()
+        await self._log_rewards(log)
         return response
 
     async def BatchRecordRewards(self, request, context):
@@ -291,9 +286,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         response = pb.BatchRecordRewardsResponse(
             responses=[self._apply_reward(p, now, log) for p in prepared]
         )
-        if log:
-            self.durability.log(st.WalRecord(rewards=st.Rewards(items=log)))
-        await self.durability.commit()
+        await self._log_rewards(log)
         return response
 
     # -- analyst RPCs ------------------------------------------------------------
@@ -326,6 +319,18 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                 for i, a, s in zip(split.ids, split.amounts, split.shares, strict=True)
             ]
         )
+
+    def _log_decisions(self, log: list | None) -> None:
+        """Log decision records without waiting for the disk (see server.durability)."""
+        if log:
+            self.durability.log_decisions(st.WalRecord(decisions=st.Decisions(items=log)))
+
+    async def _log_rewards(self, log: list | None) -> None:
+        """Log applied rewards and wait until they are durable; also when ``log`` is empty
+        (all duplicates): an original may still be on its way to the disk."""
+        if log:
+            self.durability.log(st.WalRecord(rewards=st.Rewards(items=log)))
+        await self.durability.commit()
 
     async def _log(self, record: st.WalRecord) -> None:
         """Log an applied configuration change and wait until it is durable."""
