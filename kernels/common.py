@@ -43,8 +43,8 @@ from .rng import _randint, _uniform
 
 
 @njit(inline="always", **JIT)
-def _max_tie_probs(scores, probs):
-    """probs = 1/ties on the arms sharing the maximum score, 0 elsewhere."""
+def _max_and_ties(scores):
+    """(maximum score, number of scores equal to it)."""
     m = scores.shape[0]
     best = scores[0]
     for j in range(1, m):
@@ -54,6 +54,14 @@ def _max_tie_probs(scores, probs):
     for j in range(m):
         if scores[j] == best:
             ties += 1
+    return best, ties
+
+
+@njit(inline="always", **JIT)
+def _max_tie_probs(scores, probs):
+    """probs = 1/ties on the arms sharing the maximum score, 0 elsewhere."""
+    m = scores.shape[0]
+    best, ties = _max_and_ties(scores)
     for j in range(m):
         probs[j] = 1.0 / ties if scores[j] == best else 0.0
 
@@ -62,14 +70,7 @@ def _max_tie_probs(scores, probs):
 def _add_decision_round(scores, wins, rounds, probs):
     """probs = (wins + decision-round share) / (rounds + 1); ``wins`` may alias ``probs``."""
     m = scores.shape[0]
-    best = scores[0]
-    for j in range(1, m):
-        if scores[j] > best:
-            best = scores[j]
-    ties = 0
-    for j in range(m):
-        if scores[j] == best:
-            ties += 1
+    best, ties = _max_and_ties(scores)
     share = 1.0 / ties
     inv = 1.0 / (rounds + 1)
     for j in range(m):
