@@ -23,8 +23,10 @@ from .rng import _beta, _gamma
 
 
 @njit(**JIT)
-def _prob_best_beta(a, b, draws, rng, wins):
+def _prob_best(a, b, shape, rate, draws, rng, wins):
+    """Beta family when ``shape`` is empty, else the value family (see the module doc)."""
     k = a.shape[0]
+    value = shape.shape[0] > 0
     for i in range(k):
         wins[i] = 0.0
     for _ in range(draws):
@@ -32,6 +34,8 @@ def _prob_best_beta(a, b, draws, rng, wins):
         best_i = 0
         for i in range(k):
             v = _beta(rng, a[i], b[i])
+            if value:
+                v = v * rate[i] / _gamma(rng, shape[i])
             if v > best:
                 best = v
                 best_i = i
@@ -40,35 +44,14 @@ def _prob_best_beta(a, b, draws, rng, wins):
         wins[i] /= draws
 
 
-@njit(**JIT)
-def _prob_best_value(a, b, shape, rate, draws, rng, wins):
-    k = a.shape[0]
-    for i in range(k):
-        wins[i] = 0.0
-    for _ in range(draws):
-        best = -np.inf
-        best_i = 0
-        for i in range(k):
-            cr = _beta(rng, a[i], b[i])
-            v = cr * rate[i] / _gamma(rng, shape[i])
-            if v > best:
-                best = v
-                best_i = i
-        wins[best_i] += 1.0
-    for i in range(k):
-        wins[i] /= draws
+_NONE = np.empty(0)
 
 
 def prob_best_beta(a: np.ndarray, b: np.ndarray, draws: int, rng: np.ndarray) -> np.ndarray:
     """P(arm k has the largest mean) for independent Beta(a[k], b[k]) posteriors."""
     wins = np.empty(a.shape[0])
-    _prob_best_beta(
-        np.ascontiguousarray(a, dtype=np.float64),
-        np.ascontiguousarray(b, dtype=np.float64),
-        int(draws),
-        rng,
-        wins,
-    )
+    _prob_best(np.ascontiguousarray(a, dtype=np.float64), np.ascontiguousarray(b, dtype=np.float64),
+               _NONE, _NONE, int(draws), rng, wins)
     return wins
 
 
@@ -78,7 +61,7 @@ def prob_best_value(
     """P(arm k has the largest CR × RPC) with CR ~ Beta(a, b), RPC = rate / Gamma(shape)."""
     wins = np.empty(a.shape[0])
     arrays = [np.ascontiguousarray(x, dtype=np.float64) for x in (a, b, shape, rate)]
-    _prob_best_value(arrays[0], arrays[1], arrays[2], arrays[3], int(draws), rng, wins)
+    _prob_best(arrays[0], arrays[1], arrays[2], arrays[3], int(draws), rng, wins)
     return wins
 
 
