@@ -19,6 +19,15 @@ from server.policies import PolicySpec
 _EMPTY_CONTEXT = np.empty(0, dtype=np.float64)
 
 
+class ContextRowError(Exception):
+    """Row ``row`` of :meth:`Experiment.context_rows` is invalid (``error`` says why)."""
+
+    def __init__(self, row: int, error: InvalidArgument) -> None:
+        super().__init__(str(error))
+        self.row = row
+        self.error = error
+
+
 class Experiment:
     """Configuration + learned statistics of one experiment."""
 
@@ -190,6 +199,43 @@ class Experiment:
         else:
             self.selections[out] += 1
         return out, float(propensity)
+
+    def select_many(self, eligible: np.ndarray, contexts: np.ndarray, out: np.ndarray,
+                    propensity: np.ndarray) -> None:
+        """``out.shape[0]`` decisions in one kernel call: row ``i`` of ``out`` (``n`` ranked
+        positions) and ``propensity[i]`` for ``contexts[i]`` (a ``(rows, context_dim)`` array).
+        The same decisions as :meth:`select` row by row (selections counted in between)."""
+        self.spec.kernel.select_batch(
+            self.state,
+            self.spec.params,
+            eligible,
+            contexts,
+            self.version,
+            self.selections,
+            self.floor,
+            self.burn_in,
+            self.draws,
+            self.rng,
+            out,
+            propensity,
+        )
+
+    def context_rows(self, rows: list, field: str = "context") -> np.ndarray:
+        """Contexts of several requests as a ``(len(rows), context_dim)`` float64 array; each row
+        already has ``context_dim`` values. Raises ``(row, InvalidArgument)`` via
+        :class:`ContextRowError` for the first row holding a bad value."""
+        n = len(rows)
+        if self.context_dim == 0:
+            return np.empty((n, 0), dtype=np.float64)
+        ctx = np.array(rows, dtype=np.float64).reshape(n, self.context_dim)
+        ok = np.abs(ctx) <= self.max_abs  # False for NaN and inf too
+        if not ok.all():
+            bad = int(np.flatnonzero(~ok.all(axis=1))[0])
+            try:
+                self.context_array(rows[bad], field)
+            except InvalidArgument as exc:
+                raise ContextRowError(bad, exc) from None
+        return ctx
 
     def reward(self, arm: int, reward: float, context: np.ndarray) -> None:
         """Learn from one reward of the arm at position ``arm`` (validated by the caller)."""

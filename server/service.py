@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
+import numpy as np
 from banditd.storage.v1 import storage_pb2 as st
 
 from decision.v1 import decision_pb2 as pb
 from decision.v1 import decision_pb2_grpc as pb_grpc
 from server import analytics
 from server.budget import allocate_budget
-from server.decision_store import DecisionRecord, DecisionStore
+from server.decision_store import DecisionColumns, DecisionRecord, DecisionStore, slate_tuples
 from server.durability import Durability
 from server.errors import (
     DomainError,
@@ -25,7 +27,7 @@ from server.errors import (
     Unavailable,
     grpc_errors,
 )
-from server.experiment import Experiment
+from server.experiment import ContextRowError, Experiment
 from server.metrics import Metrics
 from server.registry import ExperimentRegistry
 from server.settings import Settings
@@ -39,6 +41,20 @@ class _PreparedSelect:
         self.eligible = eligible
         self.context = context
         self.n = n
+
+
+class _SelectGroup:
+    """Consecutive batch items of one experiment with the same eligible arms and slate size:
+    decided by one batch-kernel call."""
+
+    __slots__ = ("experiment", "eligible", "n", "contexts", "count")
+
+    def __init__(self, experiment: Experiment, eligible, n: int) -> None:
+        self.experiment = experiment
+        self.eligible = eligible
+        self.n = n
+        self.contexts: Any = []  # the items' context containers (contextual experiments)
+        self.count = 0
 
 
 class _PreparedReward:
@@ -131,9 +147,9 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         n = experiment.slate_size(request.num_arms, len(eligible))
         return _PreparedSelect(experiment, eligible, context, n)
 
-    def _apply_select(
-        self, p: _PreparedSelect, now: float, log: list | None
-    ) -> pb.SelectArmResponse:
+    async def SelectArm(self, request, context):
+        self._check_ready()
+        p = self._prepare_select(request)
         experiment = p.experiment
         ranked, propensity = experiment.select(p.eligible, p.context, p.n)
         ids = experiment.arm_ids
@@ -141,55 +157,118 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             slate: tuple[str, ...] = (ids[ranked[0]],)
         else:
             slate = tuple(ids[i] for i in ranked)
-        decisions = self.decisions
-        decision_id = decisions.new_id()
-        context = p.context if experiment.context_dim else None
-        decisions.put(
-            decision_id,
-            DecisionRecord(experiment.uid, slate, context, propensity, experiment.version, now),
-        )
-        if log is not None:
-            log.append(st.Decision(
-                decision_id=decision_id, experiment_id=experiment.experiment_id,
-                experiment_uid=experiment.uid, arm_ids=slate,
-                context=context.tolist() if context is not None else (),
-                has_context=context is not None, propensity=propensity,
-                model_version=experiment.version, created=now,
-            ))
+        decision_id = self.decisions.new_id()
+        context_kept = p.context if experiment.context_dim else None
+        version = experiment.version
+        now = time.time()
+        self.decisions.put(decision_id, DecisionRecord(
+            experiment.uid, slate, context_kept, propensity, version, now))
+        if self.logging:
+            self.durability.pending.add(decision_id, experiment.experiment_id, experiment.uid,
+                                        slate, context_kept, propensity, version, now)
+            self.durability.decisions_logged()
         response = pb.SelectArmResponse(
-            decision_id=decision_id,
-            arm_id=slate[0],
-            propensity=propensity,
-            model_version=experiment.version,
+            decision_id=decision_id, arm_id=slate[0], propensity=propensity,
+            model_version=version,
         )
         if p.n > 1:
             response.ranked_arm_ids.extend(slate)
         return response
 
-    async def SelectArm(self, request, context):
-        self._check_ready()
-        log: list | None = [] if self.logging else None
-        response = self._apply_select(self._prepare_select(request), time.time(), log)
-        self._log_decisions(log)
-        return response
-
     async def BatchSelectArms(self, request, context):
+        """Validate every item, then decide group by group: consecutive items of the same
+        experiment, eligible arms and slate size take one batch-kernel call, one columnar
+        store insert and one columnar log entry (the same decisions as one by one)."""
         self._check_ready()
         items = request.requests
         self._check_batch(len(items))
-        prepared = []
+        try:
+            groups = self._prepare_select_groups(items)
+        except ContextRowError as exc:  # row = the item's index in the batch
+            raise _in_batch(exc.row, exc.error) from None
+        now = time.time()
+        response = pb.BatchSelectArmsResponse()
+        for group in groups:
+            self._apply_select_group(group, now, response.responses)
+        if self.logging:
+            self.durability.decisions_logged()
+        return response
+
+    def _prepare_select_groups(self, items) -> list[_SelectGroup]:
+        groups: list[_SelectGroup] = []
+        group: _SelectGroup | None = None
+        last_id = last_eligible = None
+        last_num = -1
+        dim = 0
         for i, item in enumerate(items):
+            experiment_id = item.experiment_id
+            eligible = item.eligible_arm_ids
+            num = item.num_arms
+            same = (group is not None and experiment_id == last_id and num == last_num
+                    and (eligible == last_eligible if eligible or last_eligible else True))
             try:
-                prepared.append(self._prepare_select(item))
+                if not same:
+                    self._check_group_contexts(group, i)
+                    experiment = self.registry.get(experiment_id)
+                    positions = experiment.eligible_array(eligible)
+                    group = _SelectGroup(experiment, positions,
+                                         experiment.slate_size(num, len(positions)))
+                    groups.append(group)
+                    dim = experiment.context_dim
+                    last_id, last_eligible, last_num = experiment_id, eligible, num
+                assert group is not None
+                context = item.context
+                if len(context) != dim:
+                    self._check_group_contexts(group, i)
+                    group.experiment.context_array(context)  # raises, naming the problem
+                if dim:
+                    group.contexts.append(context)
+                group.count += 1
             except DomainError as exc:
                 raise _in_batch(i, exc) from None
-        now = time.time()
-        log: list | None = [] if self.logging else None
-        response = pb.BatchSelectArmsResponse(
-            responses=[self._apply_select(p, now, log) for p in prepared]
-        )
-        self._log_decisions(log)
-        return response
+        self._check_group_contexts(group, len(items))
+        return groups
+
+    @staticmethod
+    def _check_group_contexts(group: _SelectGroup | None, next_index: int) -> None:
+        """Validate the context values of ``group`` (its items end before ``next_index``) and
+        replace them with one (count, d) array; a bad row raises ContextRowError with the
+        item's index in the batch."""
+        if group is None or isinstance(group.contexts, np.ndarray):
+            return
+        try:
+            group.contexts = group.experiment.context_rows(group.contexts)
+        except ContextRowError as exc:
+            raise ContextRowError(next_index - group.count + exc.row, exc.error) from None
+
+    def _apply_select_group(self, g: _SelectGroup, now: float, responses) -> None:
+        experiment = g.experiment
+        count = g.count
+        ranked = np.empty((count, g.n), dtype=np.int64)
+        propensity = np.empty(count, dtype=np.float64)
+        contexts = g.contexts if experiment.context_dim else np.empty((count, 0))
+        experiment.select_many(g.eligible, contexts, ranked, propensity)
+        ids = self.decisions.new_ids(count)
+        slates = slate_tuples(experiment.arm_ids, ranked)
+        props = propensity.tolist()
+        version = experiment.version
+        kept = contexts if experiment.context_dim else None
+        self.decisions.put_many(DecisionColumns(
+            ids, np.full(count, experiment.uid, dtype=np.int64), slates,
+            list(kept) if kept is not None else [None] * count, propensity,
+            np.full(count, version, dtype=np.int64), np.full(count, now),
+            np.zeros(count, dtype=np.bool_)))
+        if self.logging:
+            self.durability.pending.add_many(ids, experiment.experiment_id, experiment.uid,
+                                             slates, kept, props, version, now)
+        add = responses.add
+        if g.n == 1:
+            for decision_id, slate, p in zip(ids, slates, props, strict=True):
+                add(decision_id=decision_id, arm_id=slate[0], propensity=p, model_version=version)
+        else:
+            for decision_id, slate, p in zip(ids, slates, props, strict=True):
+                add(decision_id=decision_id, arm_id=slate[0], propensity=p,
+                    model_version=version, ranked_arm_ids=slate)
 
     # -- rewards -----------------------------------------------------------------
     def _prepare_reward(self, request, now: float) -> _PreparedReward:
@@ -251,9 +330,9 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             elif earlier.experiment_uid == p.experiment.uid and earlier.rewarded:
                 return pb.RecordRewardResponse(duplicate=True)
         elif record is not None:
-            if record.rewarded:
+            if self.decisions.is_rewarded(record):  # also by an earlier item of this batch
                 return pb.RecordRewardResponse(duplicate=True)
-            record.rewarded = True
+            self.decisions.mark_rewarded(record)
         p.experiment.reward(p.arm, p.reward, p.context)
         if log is not None:
             log.append(st.Reward(
@@ -319,11 +398,6 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                 for i, a, s in zip(split.ids, split.amounts, split.shares, strict=True)
             ]
         )
-
-    def _log_decisions(self, log: list | None) -> None:
-        """Log decision records without waiting for the disk (see server.durability)."""
-        if log:
-            self.durability.log_decisions(st.WalRecord(decisions=st.Decisions(items=log)))
 
     async def _log_rewards(self, log: list | None) -> None:
         """Log applied rewards and wait until they are durable; also when ``log`` is empty

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class WalRecord(_message.Message):
-    __slots__ = ("create_experiment", "delete_experiment", "update_arms", "reset_experiment", "ingest_metrics", "rewards", "decisions")
+    __slots__ = ("create_experiment", "delete_experiment", "update_arms", "reset_experiment", "ingest_metrics", "rewards", "decisions", "decision_table")
     CREATE_EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
     DELETE_EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
     UPDATE_ARMS_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +16,7 @@ class WalRecord(_message.Message):
     INGEST_METRICS_FIELD_NUMBER: _ClassVar[int]
     REWARDS_FIELD_NUMBER: _ClassVar[int]
     DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    DECISION_TABLE_FIELD_NUMBER: _ClassVar[int]
     create_experiment: _decision_pb2.Experiment
     delete_experiment: DeleteExperiment
     update_arms: _decision_pb2.UpdateArmsRequest
@@ -23,7 +24,8 @@ class WalRecord(_message.Message):
     ingest_metrics: _decision_pb2.IngestMetricsRequest
     rewards: Rewards
     decisions: Decisions
-    def __init__(self, create_experiment: _Optional[_Union[_decision_pb2.Experiment, _Mapping]] = ..., delete_experiment: _Optional[_Union[DeleteExperiment, _Mapping]] = ..., update_arms: _Optional[_Union[_decision_pb2.UpdateArmsRequest, _Mapping]] = ..., reset_experiment: _Optional[_Union[ResetExperiment, _Mapping]] = ..., ingest_metrics: _Optional[_Union[_decision_pb2.IngestMetricsRequest, _Mapping]] = ..., rewards: _Optional[_Union[Rewards, _Mapping]] = ..., decisions: _Optional[_Union[Decisions, _Mapping]] = ...) -> None: ...
+    decision_table: DecisionTable
+    def __init__(self, create_experiment: _Optional[_Union[_decision_pb2.Experiment, _Mapping]] = ..., delete_experiment: _Optional[_Union[DeleteExperiment, _Mapping]] = ..., update_arms: _Optional[_Union[_decision_pb2.UpdateArmsRequest, _Mapping]] = ..., reset_experiment: _Optional[_Union[ResetExperiment, _Mapping]] = ..., ingest_metrics: _Optional[_Union[_decision_pb2.IngestMetricsRequest, _Mapping]] = ..., rewards: _Optional[_Union[Rewards, _Mapping]] = ..., decisions: _Optional[_Union[Decisions, _Mapping]] = ..., decision_table: _Optional[_Union[DecisionTable, _Mapping]] = ...) -> None: ...
 
 class DeleteExperiment(_message.Message):
     __slots__ = ("experiment_id",)
@@ -150,7 +152,7 @@ class Snapshot(_message.Message):
     def __init__(self, format_version: _Optional[int] = ..., lsn: _Optional[int] = ..., created: _Optional[float] = ..., next_uid: _Optional[int] = ..., experiments: _Optional[_Iterable[_Union[ExperimentState, _Mapping]]] = ..., decisions: _Optional[_Union[DecisionTable, _Mapping]] = ...) -> None: ...
 
 class DecisionTable(_message.Message):
-    __slots__ = ("decision_ids", "experiment_uids", "slate_sizes", "arm_ids", "propensities", "model_versions", "created", "rewarded", "context_sizes", "contexts")
+    __slots__ = ("decision_ids", "experiment_uids", "slate_sizes", "arm_ids", "propensities", "model_versions", "created", "rewarded", "context_sizes", "contexts", "experiment_ids")
     DECISION_IDS_FIELD_NUMBER: _ClassVar[int]
     EXPERIMENT_UIDS_FIELD_NUMBER: _ClassVar[int]
     SLATE_SIZES_FIELD_NUMBER: _ClassVar[int]
@@ -161,6 +163,7 @@ class DecisionTable(_message.Message):
     REWARDED_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_SIZES_FIELD_NUMBER: _ClassVar[int]
     CONTEXTS_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_IDS_FIELD_NUMBER: _ClassVar[int]
     decision_ids: _containers.RepeatedScalarFieldContainer[str]
     experiment_uids: _containers.RepeatedScalarFieldContainer[int]
     slate_sizes: _containers.RepeatedScalarFieldContainer[int]
@@ -171,4 +174,5 @@ class DecisionTable(_message.Message):
     rewarded: _containers.RepeatedScalarFieldContainer[bool]
     context_sizes: _containers.RepeatedScalarFieldContainer[int]
     contexts: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, decision_ids: _Optional[_Iterable[str]] = ..., experiment_uids: _Optional[_Iterable[int]] = ..., slate_sizes: _Optional[_Iterable[int]] = ..., arm_ids: _Optional[_Iterable[str]] = ..., propensities: _Optional[_Iterable[float]] = ..., model_versions: _Optional[_Iterable[int]] = ..., created: _Optional[_Iterable[float]] = ..., rewarded: _Optional[_Iterable[bool]] = ..., context_sizes: _Optional[_Iterable[int]] = ..., contexts: _Optional[_Iterable[float]] = ...) -> None: ...
+    experiment_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, decision_ids: _Optional[_Iterable[str]] = ..., experiment_uids: _Optional[_Iterable[int]] = ..., slate_sizes: _Optional[_Iterable[int]] = ..., arm_ids: _Optional[_Iterable[str]] = ..., propensities: _Optional[_Iterable[float]] = ..., model_versions: _Optional[_Iterable[int]] = ..., created: _Optional[_Iterable[float]] = ..., rewarded: _Optional[_Iterable[bool]] = ..., context_sizes: _Optional[_Iterable[int]] = ..., contexts: _Optional[_Iterable[float]] = ..., experiment_ids: _Optional[_Iterable[str]] = ...) -> None: ...
