@@ -1,4 +1,4 @@
-"""gRPC throughput and latency of banditd against a bare grpc.aio echo server, same client, same run.
+"""gRPC throughput and latency of banditd vs a bare grpc.aio echo server: same client, same run.
 
     python benchmarks/grpc_throughput.py [--out benchmarks/results/grpc_throughput.json]
                                          [--duration 3] [--quick] [--only SCENARIO ...]

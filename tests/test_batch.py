@@ -209,3 +209,27 @@ def test_metrics_exposition_counts_requests_and_latencies():
     assert 'banditd_handler_seconds_bucket{le="+Inf",method="SelectArm"} 3.0' in text
     assert 'banditd_handler_seconds_bucket{le="1e-05",method="RecordReward"} 1.0' in text
     assert "banditd_decisions_stored 7.0" in text and "banditd_experiments 2.0" in text
+
+
+def test_locustfile_runs_against_a_real_server(server, tmp_path):
+    """The Locust load test (benchmarks/locustfile.py) for a few seconds: every request
+    kind is sent and none fails."""
+    import csv
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    cmd = [sys.executable, "-m", "locust", "-f", str(ROOT / "benchmarks" / "locustfile.py"),
+           "--headless", "--host", f"127.0.0.1:{server.port}", "--users", "4",
+           "--spawn-rate", "4", "--run-time", "5s", "--stop-timeout", "2",
+           "--csv", str(tmp_path / "run"), "--only-summary"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "proto")]))
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(tmp_path / "run_stats.csv", newline="") as f:
+        rows = {r["Name"]: r for r in csv.DictReader(f)}
+    for name in ("SelectArm [eligible subset]", "SelectArm [LinUCB context]", "RecordReward"):
+        assert int(rows[name]["Request Count"]) > 0, name
+    assert int(rows["Aggregated"]["Failure Count"]) == 0
