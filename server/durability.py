@@ -241,26 +241,39 @@ class Durability:
             analytics.ingest(reg.get(record.ingest_metrics.experiment_id), record.ingest_metrics)
         elif op == "rewards":
             for r in record.rewards.items:
-                self._replay_reward(r)
+                context = np.array(r.context, dtype=np.float64) if r.context else _EMPTY
+                self._replay_reward(r.experiment_id, r.arm_id, r.reward, context, r.decision_id,
+                                    r.tombstone)
         elif op == "decisions":
             for d in record.decisions.items:
                 self._replay_decision(d)
         elif op == "decision_table":
             self._replay_decision_table(record.decision_table)
+        elif op == "reward_table":
+            t = record.reward_table
+            values = np.array(t.contexts, dtype=np.float64)
+            c = 0
+            for experiment_id, arm_id, reward, size, decision_id, tombstone in zip(
+                    t.experiment_ids, t.arm_ids, t.rewards, t.context_sizes, t.decision_ids,
+                    t.tombstones, strict=True):
+                self._replay_reward(experiment_id, arm_id, reward,
+                                    values[c : c + size] if size else _EMPTY, decision_id,
+                                    tombstone)
+                c += size
         else:
             raise ValueError(f"unknown log record {op!r}")
 
-    def _replay_reward(self, r: st.Reward) -> None:
-        e = self.registry.get(r.experiment_id)
-        arm = e.arm_index[r.arm_id]
-        context = np.array(r.context, dtype=np.float64) if r.context else _EMPTY
-        e.reward(arm, r.reward, context)
-        if r.decision_id:
-            existing = self.decisions.get(r.decision_id, now=0.0)
+    def _replay_reward(self, experiment_id: str, arm_id: str, reward: float,
+                       context: np.ndarray, decision_id: str, tombstone: bool) -> None:
+        e = self.registry.get(experiment_id)
+        arm = e.arm_index[arm_id]
+        e.reward(arm, reward, context)
+        if decision_id:
+            existing = self.decisions.get(decision_id, now=0.0)
             if existing is None:
-                if r.tombstone:
-                    self.decisions.put(r.decision_id, DecisionRecord(
-                        e.uid, (r.arm_id,), None, 0.0, e.version, time.time(), rewarded=True),
+                if tombstone:
+                    self.decisions.put(decision_id, DecisionRecord(
+                        e.uid, (arm_id,), None, 0.0, e.version, time.time(), rewarded=True),
                         expire=False)
             elif existing.experiment_uid == e.uid:
                 self.decisions.mark_rewarded(existing)

@@ -246,6 +246,16 @@ class Experiment:
             self.positives[arm] += 1
         self.version += 1
 
+    def reward_many(self, arms: np.ndarray, rewards: np.ndarray, contexts: np.ndarray) -> None:
+        """Learn from rewards ``rewards[i]`` of arm positions ``arms[i]`` (contexts: ``(rows,
+        context_dim)``) in one kernel call: the same state as :meth:`reward` row by row."""
+        self.spec.kernel.update_batch(self.state, self.spec.params, arms, rewards, contexts,
+                                      self.discount)
+        np.add.at(self.rewards, arms, 1)
+        np.add.at(self.reward_sum, arms, rewards)  # in row order, as one by one
+        np.add.at(self.positives, arms[rewards > 0], 1)
+        self.version += len(arms)
+
     def ingest(self, period: str, rows: list[tuple[int, float, float, float]]) -> tuple[int, int]:
         """Replace ``period``'s aggregates for the given arms (validated by the caller).
 

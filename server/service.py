@@ -69,6 +69,61 @@ class _PreparedReward:
         self.record = record
 
 
+class _RewardGroup:
+    """Rewards of one experiment in a batch, learned with one batch-kernel call."""
+
+    __slots__ = ("experiment", "arms", "rewards", "contexts")
+
+    def __init__(self, experiment: Experiment) -> None:
+        self.experiment = experiment
+        self.arms: list[int] = []
+        self.rewards: list[float] = []
+        self.contexts: list[np.ndarray] = []
+
+    def learn(self) -> None:
+        n = len(self.arms)
+        if not n:
+            return
+        e = self.experiment
+        contexts = np.array(self.contexts) if e.context_dim else np.empty((n, 0))
+        e.reward_many(np.array(self.arms, dtype=np.int64),
+                      np.array(self.rewards, dtype=np.float64), contexts)
+
+
+class _RewardLog:
+    """Applied rewards of a batch as the columns of one ``reward_table`` log record."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.experiment_ids: list[str] = []
+        self.arm_ids: list[str] = []
+        self.rewards: list[float] = []
+        self.context_sizes: list[int] = []
+        self.contexts: list[np.ndarray] = []
+        self.decision_ids: list[str] = []
+        self.tombstones: list[bool] = []
+
+    def add(self, p: _PreparedReward, tombstone: bool) -> None:
+        self.rows += 1
+        self.experiment_ids.append(p.experiment.experiment_id)
+        self.arm_ids.append(p.experiment.arm_ids[p.arm])
+        self.rewards.append(p.reward)
+        self.context_sizes.append(len(p.context))
+        if len(p.context):
+            self.contexts.append(p.context)
+        self.decision_ids.append(p.decision_id)
+        self.tombstones.append(tombstone)
+
+    def encode(self) -> st.RewardTable:
+        table = st.RewardTable(
+            experiment_ids=self.experiment_ids, arm_ids=self.arm_ids, rewards=self.rewards,
+            context_sizes=self.context_sizes, decision_ids=self.decision_ids,
+            tombstones=self.tombstones)
+        if self.contexts:
+            table.contexts.extend(np.concatenate(self.contexts).tolist())
+        return table
+
+
 def _in_batch(index: int, exc: DomainError) -> DomainError:
     """The same error, its message prefixed with the batch index it came from."""
     return type(exc)(f"requests[{index}]: {exc}")
@@ -312,27 +367,35 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         context = experiment.context_array(request.context)
         return _PreparedReward(experiment, arm, reward, context, decision_id, None)
 
-    def _apply_reward(
-        self, p: _PreparedReward, now: float, log: list | None
-    ) -> pb.RecordRewardResponse:
+    def _settle_reward(self, p: _PreparedReward, now: float, version: int) -> bool | None:
+        """Exactly-once bookkeeping of a validated reward: None if it is a duplicate (nothing
+        to learn), else whether a tombstone was stored for its unknown decision id.
+        ``version``: the experiment's model version just before this reward is learned."""
         record = p.record
-        tombstone = False
         if record is None and p.decision_id:
             # An unknown decision rewarded by explicit arm: remember it (as already
             # rewarded) so that a retry of the same request is not counted twice. A record
             # of that id owned by another experiment (or incarnation) is left alone.
             earlier = self.decisions.get(p.decision_id, now)
             if earlier is None:
-                tombstone = True
                 self.decisions.put(p.decision_id, DecisionRecord(
-                    p.experiment.uid, (p.experiment.arm_ids[p.arm],), None, 0.0,
-                    p.experiment.version, now, rewarded=True))
-            elif earlier.experiment_uid == p.experiment.uid and earlier.rewarded:
-                return pb.RecordRewardResponse(duplicate=True)
+                    p.experiment.uid, (p.experiment.arm_ids[p.arm],), None, 0.0, version, now,
+                    rewarded=True))
+                return True
+            if earlier.experiment_uid == p.experiment.uid and earlier.rewarded:
+                return None
         elif record is not None:
             if self.decisions.is_rewarded(record):  # also by an earlier item of this batch
-                return pb.RecordRewardResponse(duplicate=True)
+                return None
             self.decisions.mark_rewarded(record)
+        return False
+
+    def _apply_reward(
+        self, p: _PreparedReward, now: float, log: list | None
+    ) -> pb.RecordRewardResponse:
+        tombstone = self._settle_reward(p, now, p.experiment.version)
+        if tombstone is None:
+            return pb.RecordRewardResponse(duplicate=True)
         p.experiment.reward(p.arm, p.reward, p.context)
         if log is not None:
             log.append(st.Reward(
@@ -361,11 +424,31 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                 prepared.append(self._prepare_reward(item, now))
             except DomainError as exc:
                 raise _in_batch(i, exc) from None
-        log: list | None = [] if self.logging else None
-        response = pb.BatchRecordRewardsResponse(
-            responses=[self._apply_reward(p, now, log) for p in prepared]
-        )
-        await self._log_rewards(log)
+        # Bookkeeping item by item (duplicates, also within the batch), then one kernel call
+        # per experiment: its rewards in batch order give the same state as one by one.
+        response = pb.BatchRecordRewardsResponse()
+        add = response.responses.add
+        learn: dict[int, _RewardGroup] = {}
+        table = _RewardLog() if self.logging else None
+        for p in prepared:
+            group = learn.get(p.experiment.uid)
+            if group is None:
+                group = learn[p.experiment.uid] = _RewardGroup(p.experiment)
+            tombstone = self._settle_reward(p, now, p.experiment.version + len(group.arms))
+            if tombstone is None:
+                add(duplicate=True)
+                continue
+            add()
+            group.arms.append(p.arm)
+            group.rewards.append(p.reward)
+            group.contexts.append(p.context)
+            if table is not None:
+                table.add(p, tombstone)
+        for group in learn.values():
+            group.learn()
+        if table is not None and table.rows:
+            self.durability.log(st.WalRecord(reward_table=table.encode()))
+        await self.durability.commit()  # also with nothing new: an original may be in flight
         return response
 
     # -- analyst RPCs ------------------------------------------------------------

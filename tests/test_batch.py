@@ -131,6 +131,10 @@ def test_batch_decisions_survive_a_crash_and_a_restart(tmp_path):
     # a reward is written after the decision records before it: this one makes them durable
     stub.RecordReward(pb.RecordRewardRequest(experiment_id="t", decision_id=decided[0].decision_id,
                                              reward=1))
+    stub.BatchRecordRewards(pb.BatchRecordRewardsRequest(requests=[  # a reward_table record
+        pb.RecordRewardRequest(experiment_id="l", arm_id="a1", context=[0.5, 0.1, 0.2, 0.3],
+                               reward=2.5, decision_id="explicit-1"),
+        pb.RecordRewardRequest(experiment_id="t", arm_id="a2", reward=0)]))
     before = {e: stub.GetArmStats(pb.GetArmStatsRequest(experiment_id=e)) for e in ("t", "l")}
     ch.close()
     srv.crash()
@@ -149,6 +153,50 @@ def test_batch_decisions_survive_a_crash_and_a_restart(tmp_path):
         out = stub.BatchRecordRewards(pb.BatchRecordRewardsRequest(requests=rewards))
         assert [r.duplicate for r in out.responses] == [True] + [False] * (len(rewards) - 1)
         ch.close()
+
+
+@pytest.mark.parametrize("name", list(POLICIES))
+def test_batch_rewards_equal_the_same_rewards_one_by_one(stub, new_id, name):
+    policy, dim, reward_type = POLICIES[name]
+    one, batch = new_id(), new_id()
+    decided = {}
+    for eid in (one, batch):
+        create(stub, eid, arms=ARMS, policy=policy, context_dim=dim, reward_type=reward_type,
+               seed=9, discount=0.97 if dim == 0 else 1.0)
+        decided[eid] = stub.BatchSelectArms(pb.BatchSelectArmsRequest(
+            requests=_mixed_items(eid, dim, 40, seed=5))).responses
+    gen = np.random.default_rng(len(name))
+
+    def rewards_for(eid):
+        out = []
+        for i, d in enumerate(decided[eid]):
+            value = float(gen.random() < 0.4) if reward_type == pb.REWARD_TYPE_BINARY else \
+                float(gen.exponential(3.0))
+            out.append(pb.RecordRewardRequest(experiment_id=eid, decision_id=d.decision_id,
+                                              reward=value))
+            if i % 7 == 0:  # explicit arms, with and without an (unknown) decision id
+                out.append(pb.RecordRewardRequest(
+                    experiment_id=eid, arm_id=ARMS[i % 6], reward=value,
+                    decision_id=f"ext-{eid}-{i}" if i % 2 else "",
+                    context=gen.uniform(-1, 1, size=dim).tolist()))
+        out += out[::9]  # retries inside the batch: duplicates
+        return out
+
+    state = gen.bit_generator.state
+    singles = [stub.RecordReward(r).duplicate for r in rewards_for(one)]
+    gen.bit_generator.state = state
+    batched = stub.BatchRecordRewards(pb.BatchRecordRewardsRequest(
+        requests=rewards_for(batch))).responses
+    assert [r.duplicate for r in batched] == singles and any(singles)
+
+    def fields(eid):
+        arms = stub.GetArmStats(pb.GetArmStatsRequest(experiment_id=eid)).arms
+        return [(a.arm_id, a.selections, a.rewards, round(a.reward_sum, 9)) for a in arms]
+
+    assert fields(one) == fields(batch)
+    after = {eid: stub.BatchSelectArms(pb.BatchSelectArmsRequest(
+        requests=_mixed_items(eid, dim, 30, seed=6))).responses for eid in (one, batch)}
+    assert [_decided(r) for r in after[one]] == [_decided(r) for r in after[batch]]
 
 
 # -- the columnar decision store ---------------------------------------------------------------

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from decision.v1 import decision_pb2 as decision_dot_v1_dot_decision__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n banditd/storage/v1/storage.proto\x12\x12\x62\x61nditd.storage.v1\x1a\x1a\x64\x65\x63ision/v1/decision.proto\"\xe0\x03\n\tWalRecord\x12\x34\n\x11\x63reate_experiment\x18\x01 \x01(\x0b\x32\x17.decision.v1.ExperimentH\x00\x12\x41\n\x11\x64\x65lete_experiment\x18\x02 \x01(\x0b\x32$.banditd.storage.v1.DeleteExperimentH\x00\x12\x35\n\x0bupdate_arms\x18\x03 \x01(\x0b\x32\x1e.decision.v1.UpdateArmsRequestH\x00\x12?\n\x10reset_experiment\x18\x04 \x01(\x0b\x32#.banditd.storage.v1.ResetExperimentH\x00\x12;\n\x0eingest_metrics\x18\x05 \x01(\x0b\x32!.decision.v1.IngestMetricsRequestH\x00\x12.\n\x07rewards\x18\x06 \x01(\x0b\x32\x1b.banditd.storage.v1.RewardsH\x00\x12\x32\n\tdecisions\x18\x07 \x01(\x0b\x32\x1d.banditd.storage.v1.DecisionsH\x00\x12;\n\x0e\x64\x65\x63ision_table\x18( \x01(\x0b\x32!.banditd.storage.v1.DecisionTableH\x00\x42\x04\n\x02op\")\n\x10\x44\x65leteExperiment\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\"(\n\x0fResetExperiment\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\"x\n\x06Reward\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61rm_id\x18\x02 \x01(\t\x12\x0e\n\x06reward\x18\x03 \x01(\x01\x12\x0f\n\x07\x63ontext\x18\x04 \x03(\x01\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x05 \x01(\t\x12\x11\n\ttombstone\x18\x06 \x01(\x08\"4\n\x07Rewards\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.banditd.storage.v1.Reward\"\xd3\x01\n\x08\x44\x65\x63ision\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x16\n\x0e\x65xperiment_uid\x18\x02 \x01(\x04\x12\x0f\n\x07\x61rm_ids\x18\x03 \x03(\t\x12\x0f\n\x07\x63ontext\x18\x04 \x03(\x01\x12\x12\n\npropensity\x18\x05 \x01(\x01\x12\x15\n\rmodel_version\x18\x06 \x01(\x04\x12\x0f\n\x07\x63reated\x18\x07 \x01(\x01\x12\x10\n\x08rewarded\x18\x08 \x01(\x08\x12\x13\n\x0bhas_context\x18\t \x01(\x08\x12\x15\n\rexperiment_id\x18\n \x01(\t\"8\n\tDecisions\x12+\n\x05items\x18\x01 \x03(\x0b\x32\x1c.banditd.storage.v1.Decision\"3\n\x05\x41rray\x12\r\n\x05shape\x18\x01 \x03(\x04\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"I\n\rPeriodMetrics\x12\x0e\n\x06period\x18\x01 \x01(\t\x12(\n\x07metrics\x18\x02 \x03(\x0b\x32\x17.decision.v1.ArmMetrics\"\xc3\x03\n\x0f\x45xperimentState\x12\'\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x17.decision.v1.Experiment\x12\x0b\n\x03uid\x18\x02 \x01(\x04\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12(\n\x05state\x18\x04 \x03(\x0b\x32\x19.banditd.storage.v1.Array\x12-\n\nselections\x18\x05 \x01(\x0b\x32\x19.banditd.storage.v1.Array\x12*\n\x07rewards\x18\x06 \x01(\x0b\x32\x19.banditd.storage.v1.Array\x12-\n\nreward_sum\x18\x07 \x01(\x0b\x32\x19.banditd.storage.v1.Array\x12,\n\tpositives\x18\x08 \x01(\x0b\x32\x19.banditd.storage.v1.Array\x12+\n\x08ingested\x18\t \x01(\x0b\x32\x19.banditd.storage.v1.Array\x12&\n\x03rng\x18\n \x01(\x0b\x32\x19.banditd.storage.v1.Array\x12\x32\n\x07periods\x18\x0b \x03(\x0b\x32!.banditd.storage.v1.PeriodMetrics\"\xc2\x01\n\x08Snapshot\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x0b\n\x03lsn\x18\x02 \x01(\x04\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x01\x12\x10\n\x08next_uid\x18\x04 \x01(\x04\x12\x38\n\x0b\x65xperiments\x18\x05 \x03(\x0b\x32#.banditd.storage.v1.ExperimentState\x12\x34\n\tdecisions\x18\x06 \x01(\x0b\x32!.banditd.storage.v1.DecisionTable\"\xf6\x01\n\rDecisionTable\x12\x14\n\x0c\x64\x65\x63ision_ids\x18\x01 \x03(\t\x12\x17\n\x0f\x65xperiment_uids\x18\x02 \x03(\x04\x12\x13\n\x0bslate_sizes\x18\x03 \x03(\r\x12\x0f\n\x07\x61rm_ids\x18\x04 \x03(\t\x12\x14\n\x0cpropensities\x18\x05 \x03(\x01\x12\x16\n\x0emodel_versions\x18\x06 \x03(\x04\x12\x0f\n\x07\x63reated\x18\x07 \x03(\x01\x12\x10\n\x08rewarded\x18\x08 \x03(\x08\x12\x15\n\rcontext_sizes\x18\t \x03(\r\x12\x10\n\x08\x63ontexts\x18\n \x03(\x01\x12\x16\n\x0e\x65xperiment_ids\x18( \x03(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n banditd/storage/v1/storage.proto\x12\x12\x62\x61nditd.storage.v1\x1a\x1a\x64\x65\x63ision/v1/decision.proto\"\x99\x04\n\tWalRecord\x12\x34\n\x11\x63reate_experiment\x18\x01 \x01(\x0b\x32\x17.decision.v1.ExperimentH\x00\x12\x41\n\x11\x64\x65lete_experiment\x18\x02 \x01(\x0b\x32$.banditd.storage.v1.DeleteExperimentH\x00\x12\x35\n\x0bupdate_arms\x18\x03 \x01(\x0b\x32\x1e.decision.v1.UpdateArmsRequestH\x00\x12?\n\x10reset_experiment\x18\x04 \x01(\x0b\x32#.banditd.storage.v1.ResetExperimentH\x00\x12;\n\x0eingest_metrics\x18\x05 \x01(\x0b\x32!.decision.v1.IngestMetricsRequestH\x00\x12.\n\x07rewards\x18\x06 \x01(\x0b\x32\x1b.banditd.storage.v1.RewardsH\x00\x12\x32\n\tdecisions\x18\x07 \x01(\x0b\x32\x1d.banditd.storage.v1.DecisionsH\x00\x12;\n\x0e\x64\x65\x63ision_table\x18( \x01(\x0b\x32!.banditd.storage.v1.DecisionTableH\x00\x12\x37\n\x0creward_table\x18) \x01(\x0b\x32\x1f.banditd.storage.v1.RewardTableH\x00\x42\x04\n\x02op\")\n\x10\x44\x65leteExperiment\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\"(\n\x0fResetExperiment\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\"x\n\x06Reward\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61rm_id\x18\x02 \x01(\t\x12\x0e\n\x06reward\x18\x03 \x01(\x01\x12\x0f\n\x07\x63ontext\x18\x04 \x03(\x01\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x05 \x01(\t\x12\x11\n\ttombstone\x18\x06 \x01(\x08\"\x9a\x01\n\x0bRewardTable\x12\x16\n\x0e\x65xperiment_ids\x18\x01 \x03(\t\x12\x0f\n\x07\x61rm_ids\x18\x02 \x03(\t\x12\x0f\n\x07rewards\x18\x03 \x03(\x01\x12\x15\n\rcontext_sizes\x18\x04 \x03(\r\x12\x10\n\x08\x63ontexts\x18\x05 \x03(\x01\x12\x14\n\x0c\x64\x65\x63ision_ids\x18\x06 \x03(\t\x12\x12\n\ntombstones\x18\x07 \x03(\x08\"4\n\x07Rewards\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.banditd.storage.v1.Reward\"\xd3\x01\n\x08\x44\x65\x63ision\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x16\n\x0e\x65xperiment_uid\x18\x02 \x01(\x04\x12\x0f\n\x07\x61rm_ids\x18\x03 \x03(\t\x12\x0f\n\x07\x63ontext\x18\x04 \x03(\x01\x12\x12\n\npropensity\x18\x05 \x01(\x01\x12\x15\n\rmodel_version\x18\x06 \x01(\x04\x12\x0f\n\x07\x63reated\x18\x07 \x01(\x01\x12\x10\n\x08rewarded\x18\x08 \x01(\x08\x12\x13\n\x0bhas_context\x18\t \x01(\x08\x12\x15\n\rexperiment_id\x18\n \x01(\t\"8\n\tDecisions\x12+\n\x05items\x18\x01 \x03(\x0b\x32\x1c.banditd.storage.v1.Decision\"3\n\x05\x41rray\x12\r\n\x05shape\x18\x01 \x03(\x04\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"I\n\rPeriodMetrics\x12\x0e\n\x06period\x18\x01 \x01(\t\x12(\n\x07metrics\x18\x02 \x03(\x0b\x32\x17.decision.v1.ArmMetrics\"\xc3\x03\n\x0f\x45xperimentState\x12\'\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x17.decision.v1.Experiment\x12\x0b\n\x03uid\x18\x02 \x01(\x04\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12(\n\x05state\x18\x04 \x03(\x0b\x32\x19.banditd.storage.v1.Array\x12-\n\nselections\x18\x05 \x01(\x0b\x32\x19.banditd.storage.v1.Array\x12*\n\x07rewards\x18\x06 \x01(\x0b\x32\x19.banditd.storage.v1.Array\x12-\n\nreward_sum\x18\x07 \x01(\x0b\x32\x19.banditd.storage.v1.Array\x12,\n\tpositives\x18\x08 \x01(\x0b\x32\x19.banditd.storage.v1.Array\x12+\n\x08ingested\x18\t \x01(\x0b\x32\x19.banditd.storage.v1.Array\x12&\n\x03rng\x18\n \x01(\x0b\x32\x19.banditd.storage.v1.Array\x12\x32\n\x07periods\x18\x0b \x03(\x0b\x32!.banditd.storage.v1.PeriodMetrics\"\xc2\x01\n\x08Snapshot\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x0b\n\x03lsn\x18\x02 \x01(\x04\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x01\x12\x10\n\x08next_uid\x18\x04 \x01(\x04\x12\x38\n\x0b\x65xperiments\x18\x05 \x03(\x0b\x32#.banditd.storage.v1.ExperimentState\x12\x34\n\tdecisions\x18\x06 \x01(\x0b\x32!.banditd.storage.v1.DecisionTable\"\xf6\x01\n\rDecisionTable\x12\x14\n\x0c\x64\x65\x63ision_ids\x18\x01 \x03(\t\x12\x17\n\x0f\x65xperiment_uids\x18\x02 \x03(\x04\x12\x13\n\x0bslate_sizes\x18\x03 \x03(\r\x12\x0f\n\x07\x61rm_ids\x18\x04 \x03(\t\x12\x14\n\x0cpropensities\x18\x05 \x03(\x01\x12\x16\n\x0emodel_versions\x18\x06 \x03(\x04\x12\x0f\n\x07\x63reated\x18\x07 \x03(\x01\x12\x10\n\x08rewarded\x18\x08 \x03(\x08\x12\x15\n\rcontext_sizes\x18\t \x03(\r\x12\x10\n\x08\x63ontexts\x18\n \x03(\x01\x12\x16\n\x0e\x65xperiment_ids\x18( \x03(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,27 +33,29 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'banditd.storage.v1.storage_
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_WALRECORD']._serialized_start=85
-  _globals['_WALRECORD']._serialized_end=565
-  _globals['_DELETEEXPERIMENT']._serialized_start=567
-  _globals['_DELETEEXPERIMENT']._serialized_end=608
-  _globals['_RESETEXPERIMENT']._serialized_start=610
-  _globals['_RESETEXPERIMENT']._serialized_end=650
-  _globals['_REWARD']._serialized_start=652
-  _globals['_REWARD']._serialized_end=772
-  _globals['_REWARDS']._serialized_start=774
-  _globals['_REWARDS']._serialized_end=826
-  _globals['_DECISION']._serialized_start=829
-  _globals['_DECISION']._serialized_end=1040
-  _globals['_DECISIONS']._serialized_start=1042
-  _globals['_DECISIONS']._serialized_end=1098
-  _globals['_ARRAY']._serialized_start=1100
-  _globals['_ARRAY']._serialized_end=1151
-  _globals['_PERIODMETRICS']._serialized_start=1153
-  _globals['_PERIODMETRICS']._serialized_end=1226
-  _globals['_EXPERIMENTSTATE']._serialized_start=1229
-  _globals['_EXPERIMENTSTATE']._serialized_end=1680
-  _globals['_SNAPSHOT']._serialized_start=1683
-  _globals['_SNAPSHOT']._serialized_end=1877
-  _globals['_DECISIONTABLE']._serialized_start=1880
-  _globals['_DECISIONTABLE']._serialized_end=2126
+  _globals['_WALRECORD']._serialized_end=622
+  _globals['_DELETEEXPERIMENT']._serialized_start=624
+  _globals['_DELETEEXPERIMENT']._serialized_end=665
+  _globals['_RESETEXPERIMENT']._serialized_start=667
+  _globals['_RESETEXPERIMENT']._serialized_end=707
+  _globals['_REWARD']._serialized_start=709
+  _globals['_REWARD']._serialized_end=829
+  _globals['_REWARDTABLE']._serialized_start=832
+  _globals['_REWARDTABLE']._serialized_end=986
+  _globals['_REWARDS']._serialized_start=988
+  _globals['_REWARDS']._serialized_end=1040
+  _globals['_DECISION']._serialized_start=1043
+  _globals['_DECISION']._serialized_end=1254
+  _globals['_DECISIONS']._serialized_start=1256
+  _globals['_DECISIONS']._serialized_end=1312
+  _globals['_ARRAY']._serialized_start=1314
+  _globals['_ARRAY']._serialized_end=1365
+  _globals['_PERIODMETRICS']._serialized_start=1367
+  _globals['_PERIODMETRICS']._serialized_end=1440
+  _globals['_EXPERIMENTSTATE']._serialized_start=1443
+  _globals['_EXPERIMENTSTATE']._serialized_end=1894
+  _globals['_SNAPSHOT']._serialized_start=1897
+  _globals['_SNAPSHOT']._serialized_end=2091
+  _globals['_DECISIONTABLE']._serialized_start=2094
+  _globals['_DECISIONTABLE']._serialized_end=2340
 # @@protoc_insertion_point(module_scope)
