@@ -7,6 +7,7 @@ raises a DomainError having changed nothing.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -221,20 +222,27 @@ class Experiment:
         )
 
     def context_rows(self, rows: list, field: str = "context") -> np.ndarray:
-        """Contexts of several requests as a ``(len(rows), context_dim)`` float64 array; each row
-        already has ``context_dim`` values. Raises ``(row, InvalidArgument)`` via
-        :class:`ContextRowError` for the first row holding a bad value."""
+        """The contexts of several requests (sequences of floats) as one ``(len(rows),
+        context_dim)`` float64 array, validated like :meth:`context_array`. A bad row raises
+        :class:`ContextRowError` naming the first one (its index in ``rows``)."""
         n = len(rows)
-        if self.context_dim == 0:
-            return np.empty((n, 0), dtype=np.float64)
-        ctx = np.array(rows, dtype=np.float64).reshape(n, self.context_dim)
-        ok = np.abs(ctx) <= self.max_abs  # False for NaN and inf too
-        if not ok.all():
-            bad = int(np.flatnonzero(~ok.all(axis=1))[0])
+        d = self.context_dim
+        lengths = np.fromiter(map(len, rows), dtype=np.int64, count=n)
+        wrong = np.flatnonzero(lengths != d)
+        good = int(wrong[0]) if len(wrong) else n  # rows before the first wrong length
+        if d == 0:
+            ctx = np.empty((good, 0), dtype=np.float64)
+        else:
+            ctx = np.fromiter(itertools.chain.from_iterable(rows[:good]), dtype=np.float64,
+                              count=good * d).reshape(good, d)
+            ok = np.abs(ctx) <= self.max_abs  # False for NaN and inf too
+            if not ok.all():
+                good = int(np.flatnonzero(~ok.all(axis=1))[0])
+        if good < n:
             try:
-                self.context_array(rows[bad], field)
+                self.context_array(rows[good], field)
             except InvalidArgument as exc:
-                raise ContextRowError(bad, exc) from None
+                raise ContextRowError(good, exc) from None
         return ctx
 
     def reward(self, arm: int, reward: float, context: np.ndarray) -> None:

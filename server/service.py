@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from operator import attrgetter
 
 import numpy as np
 from banditd.storage.v1 import storage_pb2 as st
@@ -49,12 +49,19 @@ class _SelectGroup:
 
     __slots__ = ("experiment", "eligible", "n", "contexts", "count")
 
-    def __init__(self, experiment: Experiment, eligible, n: int) -> None:
+    def __init__(self, experiment: Experiment, eligible: np.ndarray, n: int,
+                 contexts: np.ndarray) -> None:
         self.experiment = experiment
         self.eligible = eligible
         self.n = n
-        self.contexts: Any = []  # the items' context containers (contextual experiments)
-        self.count = 0
+        self.contexts = contexts  # (count, context_dim), validated
+        self.count = len(contexts)
+
+
+_EXPERIMENT_ID = attrgetter("experiment_id")
+_NUM_ARMS = attrgetter("num_arms")
+_ELIGIBLE = attrgetter("eligible_arm_ids")
+_CONTEXT = attrgetter("context")
 
 
 class _PreparedReward:
@@ -237,10 +244,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         self._check_ready()
         items = request.requests
         self._check_batch(len(items))
-        try:
-            groups = self._prepare_select_groups(items)
-        except ContextRowError as exc:  # row = the item's index in the batch
-            raise _in_batch(exc.row, exc.error) from None
+        groups = self._prepare_select_groups(items)
         now = time.time()
         response = pb.BatchSelectArmsResponse()
         for group in groups:
@@ -250,58 +254,41 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         return response
 
     def _prepare_select_groups(self, items) -> list[_SelectGroup]:
-        groups: list[_SelectGroup] = []
-        group: _SelectGroup | None = None
-        last_id = last_eligible = None
-        last_num = -1
-        dim = 0
-        for i, item in enumerate(items):
-            experiment_id = item.experiment_id
-            eligible = item.eligible_arm_ids
-            num = item.num_arms
-            same = (group is not None and experiment_id == last_id and num == last_num
-                    and (eligible == last_eligible if eligible or last_eligible else True))
-            try:
-                if not same:
-                    self._check_group_contexts(group, i)
-                    experiment = self.registry.get(experiment_id)
-                    positions = experiment.eligible_array(eligible)
-                    group = _SelectGroup(experiment, positions,
-                                         experiment.slate_size(num, len(positions)))
-                    groups.append(group)
-                    dim = experiment.context_dim
-                    last_id, last_eligible, last_num = experiment_id, eligible, num
-                assert group is not None
-                context = item.context
-                if len(context) != dim:
-                    self._check_group_contexts(group, i)
-                    group.experiment.context_array(context)  # raises, naming the problem
-                if dim:
-                    group.contexts.append(context)
-                group.count += 1
+        """Validate every item (errors name the first bad one, as one by one would) and split
+        the batch into groups; field access and context conversion are C-level loops."""
+        n = len(items)
+        ids = list(map(_EXPERIMENT_ID, items))
+        nums = list(map(_NUM_ARMS, items))
+        eligibles = list(map(_ELIGIBLE, items))
+        contexts = list(map(_CONTEXT, items))
+        if ids.count(ids[0]) == n and nums.count(nums[0]) == n and not any(map(len, eligibles)):
+            starts = [0]  # the common case: one experiment, every arm, one slate size
+        else:
+            starts = [0] + [i for i in range(1, n) if ids[i] != ids[i - 1]
+                            or nums[i] != nums[i - 1] or eligibles[i] != eligibles[i - 1]]
+        groups = []
+        for g, start in enumerate(starts):
+            stop = starts[g + 1] if g + 1 < len(starts) else n
+            try:  # in the order of a single SelectArm's checks
+                experiment = self.registry.get(ids[start])
+                positions = experiment.eligible_array(eligibles[start])
+                experiment.context_array(contexts[start])
+                size = experiment.slate_size(nums[start], len(positions))
             except DomainError as exc:
-                raise _in_batch(i, exc) from None
-        self._check_group_contexts(group, len(items))
+                raise _in_batch(start, exc) from None
+            try:
+                rows = experiment.context_rows(contexts[start:stop])
+            except ContextRowError as exc:
+                raise _in_batch(start + exc.row, exc.error) from None
+            groups.append(_SelectGroup(experiment, positions, size, rows))
         return groups
-
-    @staticmethod
-    def _check_group_contexts(group: _SelectGroup | None, next_index: int) -> None:
-        """Validate the context values of ``group`` (its items end before ``next_index``) and
-        replace them with one (count, d) array; a bad row raises ContextRowError with the
-        item's index in the batch."""
-        if group is None or isinstance(group.contexts, np.ndarray):
-            return
-        try:
-            group.contexts = group.experiment.context_rows(group.contexts)
-        except ContextRowError as exc:
-            raise ContextRowError(next_index - group.count + exc.row, exc.error) from None
 
     def _apply_select_group(self, g: _SelectGroup, now: float, responses) -> None:
         experiment = g.experiment
         count = g.count
         ranked = np.empty((count, g.n), dtype=np.int64)
         propensity = np.empty(count, dtype=np.float64)
-        contexts = g.contexts if experiment.context_dim else np.empty((count, 0))
+        contexts = g.contexts
         experiment.select_many(g.eligible, contexts, ranked, propensity)
         ids = self.decisions.new_ids(count)
         slates = slate_tuples(experiment.arm_ids, ranked)
