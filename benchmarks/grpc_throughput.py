@@ -15,8 +15,9 @@ Two servers run side by side on 127.0.0.1, each a single process:
 One closed-loop client drives both: ``--processes`` spawned processes, each with its share of
 ``concurrency`` in-flight loops over one ``grpc.aio`` channel, sending pre-serialised requests
 (the same bytes to both servers) and not decoding replies. For every (scenario, concurrency,
-processes) point the two servers are measured back to back (alternating which goes first):
-``--warmup`` seconds excluded, then ``--duration`` seconds measured. Reported per point: QPS
+processes) point the two servers are measured in alternating slices (``--rounds`` ABBA rounds,
+``--duration`` seconds per server in all, ``--warmup`` seconds before each slice excluded), so
+that load from other processes on a shared machine lands on both alike. Reported per point: QPS
 (calls completed in the window / duration), p50 / p90 / p99 / p99.9 latency of the calls started
 in the window, server CPU seconds per call (from /proc), and banditd / echo ratios. Batch
 scenarios also report decisions (or rewards) per second. Results: JSON plus two PNG plots
@@ -313,17 +314,19 @@ def _summary(results: list[dict], duration: float, items: int, cpu: float) -> di
 
 
 def measure(pool: ClientPool, target: str, pid: int, scenario: Scenario, concurrency: int,
-            processes: int, args) -> dict:
+            processes: int, args, duration: float) -> tuple[list[dict], float]:
+    """One measurement slice: the client processes' raw results and the server's CPU
+    seconds over the ``duration`` measured."""
     start = time.monotonic() + 0.3  # every client process is connected and waiting by then
     base = {"target": target, "method": f"/{SERVICE}/{scenario.method}",
             "payloads": scenario.payloads, "start": start, "warmup": args.warmup,
-            "duration": args.duration, "timeout": 60.0}
+            "duration": duration, "timeout": 60.0}
     box: dict = {}
 
     def sample_cpu() -> None:  # server CPU over exactly the measurement window
         time.sleep(max(0.0, start + args.warmup - time.monotonic()))
         c0 = process_cpu_seconds(pid)
-        time.sleep(max(0.0, start + args.warmup + args.duration - time.monotonic()))
+        time.sleep(max(0.0, start + args.warmup + duration - time.monotonic()))
         box["cpu"] = process_cpu_seconds(pid) - c0
 
     import threading
@@ -332,7 +335,7 @@ def measure(pool: ClientPool, target: str, pid: int, scenario: Scenario, concurr
     sampler.start()
     results = pool.run(processes, concurrency, base)
     sampler.join()
-    return _summary(results, args.duration, scenario.items, box["cpu"])
+    return results, box["cpu"]
 
 
 def capture_response(target: str, method: str, payload: bytes) -> bytes:
@@ -365,14 +368,20 @@ def run(args) -> dict:
             echo.set_response(f"/{SERVICE}/{scenario.method}", response)
             for concurrency, processes in scenario.points:
                 n += 1
-                order = [("echo", echo), ("banditd", banditd)]
-                if n % 2 == 0:
-                    order.reverse()
                 point = {"scenario": scenario.name, "concurrency": concurrency,
                          "processes": processes, "response_bytes": len(response)}
-                for name, server in order:
-                    point[name] = measure(pool, server.target, server.pid, scenario,
-                                          concurrency, processes, args)
+                # ABBA slices: a load change on the (shared) machine hits both servers alike.
+                slices = {"echo": ([], 0.0), "banditd": ([], 0.0)}
+                part = args.duration / args.rounds
+                for r in range(args.rounds):
+                    order = ["echo", "banditd"] if (n + r) % 2 == 0 else ["banditd", "echo"]
+                    for name in order:
+                        server = echo if name == "echo" else banditd
+                        results, cpu = measure(pool, server.target, server.pid, scenario,
+                                               concurrency, processes, args, part)
+                        slices[name] = (slices[name][0] + results, slices[name][1] + cpu)
+                for name, (results, cpu) in slices.items():
+                    point[name] = _summary(results, args.duration, scenario.items, cpu)
                 b, e = point["banditd"], point["echo"]
                 point["qps_ratio"] = _ratio(b["qps"], e["qps"])
                 point["p99_ratio"] = _ratio(b["p99_us"], e["p99_us"])
@@ -387,6 +396,7 @@ def run(args) -> dict:
         report = {
             "machine": machine(),
             "settings": {"duration_s": args.duration, "warmup_s": args.warmup,
+                         "rounds": args.rounds,
                          "quick": args.quick, "banditd": "durability=os, snapshots off, "
                          "single process", "client": "grpc.aio closed loop, pre-serialised "
                          "requests, replies not decoded; concurrency = total in-flight calls "
@@ -501,7 +511,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/grpc_throughput.json"))
     ap.add_argument("--duration", type=float, default=3.0, help="measured seconds per point")
-    ap.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds per point")
+    ap.add_argument("--warmup", type=float, default=0.3,
+                    help="unmeasured seconds before each slice")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="each point is measured in 2 x rounds alternating slices (ABBA...)")
     ap.add_argument("--quick", action="store_true", help="fewer points, 1 s each (smoke run)")
     ap.add_argument("--only", nargs="*", help="scenario names to run")
     ap.add_argument("--no-plots", action="store_true")
@@ -511,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
         serve_echo(args.serve_echo)
         return 0
     if args.quick and args.duration == 3.0:
-        args.duration, args.warmup = 1.0, 0.3
+        args.duration, args.warmup, args.rounds = 1.0, 0.2, 1
     started = time.monotonic()
     report = run(args)
     report["settings"]["wall_seconds"] = round(time.monotonic() - started, 1)

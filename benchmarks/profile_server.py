@@ -81,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
                 conn.send(dict(base, loops=args.concurrency))
             time.sleep(1.5)
             common = [py_spy, "record", "--pid", str(server.pid), "--rate", str(args.rate),
-                      "--duration", str(int(args.seconds))] + (["--native"] if args.native else [])
+                      "--duration", str(int(args.seconds))]
+            # --native needs the process paused per sample; without it, sample without pausing
+            common += ["--native"] if args.native else ["--nonblocking"]
             spy = subprocess.Popen(common + ["--format", "raw", "--output", str(raw)],
                                    stdout=subprocess.DEVNULL)
             spy.wait(timeout=args.seconds + 60)
