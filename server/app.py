@@ -6,11 +6,11 @@ import asyncio
 import logging
 
 import grpc
+from google.protobuf import message_factory
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from decision.v1 import decision_pb2 as pb
-from decision.v1 import decision_pb2_grpc as pb_grpc
 from server.durability import RestoreReport
 from server.service import DecisionServicer
 from server.settings import Settings
@@ -18,6 +18,31 @@ from server.settings import Settings
 log = logging.getLogger("banditd")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DecisionService"].full_name
+
+
+def add_decision_service(servicer: DecisionServicer, server: grpc.aio.Server) -> None:
+    """Serve ``servicer``'s RPCs (every unary method of ``decision.v1.DecisionService``).
+
+    Registered as one generic handler, i.e. what the generated
+    ``add_DecisionServiceServicer_to_server`` does minus its ``add_registered_method_handlers``
+    call: in grpc.aio 1.85 the registered-method path costs ~20% of the throughput of a
+    do-nothing handler on the development VM (same client, alternating runs: 3,100 vs 3,800
+    calls/s, 266 vs 230 µs of server CPU per call), which is more than banditd's own work.
+    """
+    service = pb.DESCRIPTOR.services_by_name["DecisionService"]
+    handlers = {}
+    for method in service.methods:
+        if method.client_streaming or method.server_streaming:
+            raise TypeError(f"{method.full_name}: only unary RPCs are served")
+        request = message_factory.GetMessageClass(method.input_type)
+        response = message_factory.GetMessageClass(method.output_type)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=request.FromString,
+            response_serializer=response.SerializeToString,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),))
 
 
 class BanditServer:
@@ -97,7 +122,7 @@ async def create_server(settings: Settings) -> tuple[BanditServer, int]:
     ]
     server = grpc.aio.server(options=options)
     servicer = DecisionServicer(settings)
-    pb_grpc.add_DecisionServiceServicer_to_server(servicer, server)
+    add_decision_service(servicer, server)
     address = f"{settings.host}:{settings.port}"
     try:
         port = server.add_insecure_port(address)
