@@ -281,3 +281,16 @@ def test_locustfile_runs_against_a_real_server(server, tmp_path):
     for name in ("SelectArm [eligible subset]", "SelectArm [LinUCB context]", "RecordReward"):
         assert int(rows[name]["Request Count"]) > 0, name
     assert int(rows["Aggregated"]["Failure Count"]) == 0
+
+
+def test_undecodable_request_bytes_are_invalid_argument(channel):
+    """The service parses requests itself (bytes-in handlers): bytes that are not a valid
+    message are INVALID_ARGUMENT, and the server keeps serving."""
+    call = channel.unary_unary("/decision.v1.DecisionService/SelectArm")
+    with pytest.raises(grpc.RpcError) as info:
+        call(b"\x0a\xff\xff\xff\xff\x0f", timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid SelectArmRequest" in info.value.details()
+    reply = channel.unary_unary("/decision.v1.DecisionService/ListExperiments")(
+        pb.ListExperimentsRequest().SerializeToString(), timeout=10)
+    assert pb.ListExperimentsResponse.FromString(reply) is not None
