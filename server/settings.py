@@ -25,6 +25,10 @@ class Settings(BaseSettings):
     snapshot_interval_seconds: float = Field(
         300.0, ge=0, description="Seconds between snapshots; 0 = only on graceful shutdown."
     )
+    snapshot_write_mb_per_s: float = Field(
+        100.0, ge=0, description="Write-rate cap of periodic snapshots, MB/s (the writer "
+        "paces itself so serving keeps the memory bandwidth); 0 = unlimited.",
+    )
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="Prometheus metrics port; unset = no endpoint."
     )
