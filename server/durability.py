@@ -38,6 +38,7 @@ from banditd.storage.v1 import storage_pb2 as st
 
 from server import analytics, snapshot
 from server.decision_store import DecisionRecord, DecisionStore
+from server.pacing import CampaignRegistry
 from server.registry import ExperimentRegistry
 from server.settings import Settings
 from server.wal import WriteAheadLog, list_segments, read_segment
@@ -61,12 +62,13 @@ class Durability:
     """Owns the data directory: log, snapshots, restore."""
 
     def __init__(self, settings: Settings, registry: ExperimentRegistry,
-                 decisions: DecisionStore) -> None:
+                 decisions: DecisionStore, campaigns: CampaignRegistry) -> None:
         self.settings = settings
         self.mode = settings.durability
         self.directory = Path(settings.data_dir)
         self.registry = registry
         self.decisions = decisions
+        self.campaigns = campaigns
         self.wal: WriteAheadLog | None = None
         self.last_lsn = 0  # lsn of the last record applied (restored or appended)
         self._snapshot_lock = asyncio.Lock()
@@ -85,7 +87,7 @@ class Durability:
         for _lsn, path in snapshot.list_snapshots(self.directory):
             try:
                 snap, section = snapshot.read(path)
-                snapshot.load(snap, section, self.registry, self.decisions)
+                snapshot.load(snap, section, self.registry, self.decisions, self.campaigns)
             except snapshot.SnapshotError as exc:
                 report.problems.append(f"ignored snapshot {exc}")
                 continue
@@ -164,6 +166,15 @@ class Durability:
         elif op == "decisions":
             for d in record.decisions.items:
                 self._replay_decision(d)
+        elif op == "campaign":
+            self.campaigns.upsert(record.campaign)
+        elif op == "campaign_state":
+            self.campaigns.load(record.campaign_state)
+        elif op == "reservation":
+            self.campaigns.get(record.reservation.campaign_id).replay_reservation(
+                record.reservation)
+        elif op == "spend":
+            self.campaigns.get(record.spend.campaign_id).replay_settlement(record.spend)
         else:
             raise ValueError(f"unknown log record {op!r}")
 
@@ -271,7 +282,7 @@ class Durability:
         code = 1
         try:
             os.nice(10)
-            cap = snapshot.capture(lsn, self.registry, self.decisions)
+            cap = snapshot.capture(lsn, self.registry, self.decisions, self.campaigns)
             rate = self.settings.snapshot_write_mb_per_s if paced else 0.0
             snapshot.write(self.directory, lsn, cap, rate)
             code = 0

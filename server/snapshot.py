@@ -31,6 +31,7 @@ from banditd.storage.v1 import storage_pb2 as st
 
 from decision.v1 import decision_pb2 as pb
 from server.decision_store import DecisionRecord, DecisionStore
+from server.pacing import Campaign, CampaignRegistry
 from server.registry import ExperimentRegistry
 from server.wal import fsync_dir, numbered_files
 
@@ -98,12 +99,14 @@ class Capture:
     experiments: list[_ExperimentImage] = field(default_factory=list)
     decisions: list[tuple[str, DecisionRecord]] = field(default_factory=list)
     uid_to_id: dict[int, str] = field(default_factory=dict)
+    campaigns: list[Campaign] = field(default_factory=list)
 
 
 _COUNTERS = ("selections", "rewards", "reward_sum", "positives", "ingested", "rng")
 
 
-def capture(lsn: int, registry: ExperimentRegistry, decisions: DecisionStore) -> Capture:
+def capture(lsn: int, registry: ExperimentRegistry, decisions: DecisionStore,
+            campaigns: CampaignRegistry) -> Capture:
     """References to the state's arrays and decision records, without copying: call it in
     the forked snapshot writer, whose memory is already a private image of the instant."""
     cap = Capture(lsn=lsn, next_uid=registry.next_uid)
@@ -117,6 +120,7 @@ def capture(lsn: int, registry: ExperimentRegistry, decisions: DecisionStore) ->
         cap.experiments.append(_ExperimentImage(config, e.uid, e.version, state, counters, periods))
         cap.uid_to_id[e.uid] = e.experiment_id
     cap.decisions = decisions.items()
+    cap.campaigns = campaigns.campaigns()
     return cap
 
 
@@ -152,6 +156,7 @@ def encode(cap: Capture) -> tuple[bytes, list[np.ndarray]]:
     contexts = [r.context for r in records if r.context is not None]
     if contexts:
         table.contexts.extend(np.concatenate(contexts).tolist())
+    snap.campaigns.extend(c.to_proto() for c in cap.campaigns)
     return snap.SerializeToString(), arrays.parts
 
 
@@ -230,7 +235,7 @@ def read(path: Path) -> tuple[st.Snapshot, memoryview]:
 
 
 def load(snap: st.Snapshot, section: memoryview, registry: ExperimentRegistry,
-         decisions: DecisionStore) -> None:
+         decisions: DecisionStore, campaigns: CampaignRegistry) -> None:
     """Replace the registry's and decision store's contents with the snapshot's (``section``
     holds the array bytes, as returned by ``read``)."""
     registry.clear()
@@ -259,6 +264,9 @@ def load(snap: st.Snapshot, section: memoryview, registry: ExperimentRegistry,
         a += size
         c += csize
     decisions.load(zip(t.decision_ids, records, strict=True))
+    campaigns.clear()
+    for state in snap.campaigns:
+        campaigns.load(state)
 
 
 def describe(path: Path) -> str:
@@ -281,6 +289,12 @@ def describe(path: Path) -> str:
             f"{int(selections.sum())} selections, {int(rewards.sum())} rewards, "
             f"{len(es.periods)} ingested periods"
         )
+    lines.append(f"  campaigns: {len(snap.campaigns)}")
+    for cs in snap.campaigns:
+        spent = sum(x.spent_micros for x in cs.ledgers if x.day == cs.day) / 1e6
+        lines.append(f"    {cs.config.campaign_id}: budget {cs.config.daily_budget:g} "
+                     f"{cs.config.time_zone}, day {cs.day or '-'} spent {spent:g}, "
+                     f"{len(cs.reservations)} open reservations, {cs.days_learned} days learned")
     rewarded = sum(snap.decisions.rewarded)
     lines.append(f"  decisions: {len(snap.decisions.decision_ids)} ({rewarded} rewarded)")
     return "\n".join(lines)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from decision.v1 import decision_pb2 as decision_dot_v1_dot_decision__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n banditd/storage/v1/storage.proto\x12\x12\x62\x61nditd.storage.v1\x1a\x1a\x64\x65\x63ision/v1/decision.proto\"\xa3\x03\n\tWalRecord\x12\x34\n\x11\x63reate_experiment\x18\x01 \x01(\x0b\x32\x17.decision.v1.ExperimentH\x00\x12\x41\n\x11\x64\x65lete_experiment\x18\x02 \x01(\x0b\x32$.banditd.storage.v1.DeleteExperimentH\x00\x12\x35\n\x0bupdate_arms\x18\x03 \x01(\x0b\x32\x1e.decision.v1.UpdateArmsRequestH\x00\x12?\n\x10reset_experiment\x18\x04 \x01(\x0b\x32#.banditd.storage.v1.ResetExperimentH\x00\x12;\n\x0eingest_metrics\x18\x05 \x01(\x0b\x32!.decision.v1.IngestMetricsRequestH\x00\x12.\n\x07rewards\x18\x06 \x01(\x0b\x32\x1b.banditd.storage.v1.RewardsH\x00\x12\x32\n\tdecisions\x18\x07 \x01(\x0b\x32\x1d.banditd.storage.v1.DecisionsH\x00\x42\x04\n\x02op\")\n\x10\x44\x65leteExperiment\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\"(\n\x0fResetExperiment\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\"x\n\x06Reward\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61rm_id\x18\x02 \x01(\t\x12\x0e\n\x06reward\x18\x03 \x01(\x01\x12\x0f\n\x07\x63ontext\x18\x04 \x03(\x01\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x05 \x01(\t\x12\x11\n\ttombstone\x18\x06 \x01(\x08\"4\n\x07Rewards\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.banditd.storage.v1.Reward\"\xd3\x01\n\x08\x44\x65\x63ision\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x16\n\x0e\x65xperiment_uid\x18\x02 \x01(\x04\x12\x0f\n\x07\x61rm_ids\x18\x03 \x03(\t\x12\x0f\n\x07\x63ontext\x18\x04 \x03(\x01\x12\x12\n\npropensity\x18\x05 \x01(\x01\x12\x15\n\rmodel_version\x18\x06 \x01(\x04\x12\x0f\n\x07\x63reated\x18\x07 \x01(\x01\x12\x10\n\x08rewarded\x18\x08 \x01(\x08\x12\x13\n\x0bhas_context\x18\t \x01(\x08\x12\x15\n\rexperiment_id\x18\n \x01(\t\"8\n\tDecisions\x12+\n\x05items\x18\x01 \x03(\x0b\x32\x1c.banditd.storage.v1.Decision\"S\n\x05\x41rray\x12\r\n\x05shape\x18\x01 \x03(\x04\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0e\n\x06offset\x18\x04 \x01(\x04\x12\x0e\n\x06length\x18\x05 \x01(\x04\"I\n\rPeriodMetrics\x12\x0e\n\x06period\x18\x01 \x01(\t\x12(\n\x07metrics\x18\x02 \x03(\x0b\x32\x17.decision.v1.ArmMetrics\"\xc3\x03\n\x0f\x45xperimentState\x12\'\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x17.decision.v1.Experiment\x12\x0b\n\x03uid\x18\x02 \x01(\x04\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12(\n\x05state\x18\x04 \x03(\x0b\x32\x19.banditd.storage.v1.Array\x12-\n\nselections\x18\x05 \x01(\x0b\x32\x19.banditd.storage.v1.Array\x12*\n\x07rewards\x18\x06 \x01(\x0b\x32\x19.banditd.storage.v1.Array\x12-\n\nreward_sum\x18\x07 \x01(\x0b\x32\x19.banditd.storage.v1.Array\x12,\n\tpositives\x18\x08 \x01(\x0b\x32\x19.banditd.storage.v1.Array\x12+\n\x08ingested\x18\t \x01(\x0b\x32\x19.banditd.storage.v1.Array\x12&\n\x03rng\x18\n \x01(\x0b\x32\x19.banditd.storage.v1.Array\x12\x32\n\x07periods\x18\x0b \x03(\x0b\x32!.banditd.storage.v1.PeriodMetrics\"\xc2\x01\n\x08Snapshot\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x0b\n\x03lsn\x18\x02 \x01(\x04\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x01\x12\x10\n\x08next_uid\x18\x04 \x01(\x04\x12\x38\n\x0b\x65xperiments\x18\x05 \x03(\x0b\x32#.banditd.storage.v1.ExperimentState\x12\x34\n\tdecisions\x18\x06 \x01(\x0b\x32!.banditd.storage.v1.DecisionTable\"\xde\x01\n\rDecisionTable\x12\x14\n\x0c\x64\x65\x63ision_ids\x18\x01 \x03(\t\x12\x17\n\x0f\x65xperiment_uids\x18\x02 \x03(\x04\x12\x13\n\x0bslate_sizes\x18\x03 \x03(\r\x12\x0f\n\x07\x61rm_ids\x18\x04 \x03(\t\x12\x14\n\x0cpropensities\x18\x05 \x03(\x01\x12\x16\n\x0emodel_versions\x18\x06 \x03(\x04\x12\x0f\n\x07\x63reated\x18\x07 \x03(\x01\x12\x10\n\x08rewarded\x18\x08 \x03(\x08\x12\x15\n\rcontext_sizes\x18\t \x03(\r\x12\x10\n\x08\x63ontexts\x18\n \x03(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n banditd/storage/v1/storage.proto\x12\x12\x62\x61nditd.storage.v1\x1a\x1a\x64\x65\x63ision/v1/decision.proto\"\xfc\x04\n\tWalRecord\x12\x34\n\x11\x63reate_experiment\x18\x01 \x01(\x0b\x32\x17.decision.v1.ExperimentH\x00\x12\x41\n\x11\x64\x65lete_experiment\x18\x02 \x01(\x0b\x32$.banditd.storage.v1.DeleteExperimentH\x00\x12\x35\n\x0bupdate_arms\x18\x03 \x01(\x0b\x32\x1e.decision.v1.UpdateArmsRequestH\x00\x12?\n\x10reset_experiment\x18\x04 \x01(\x0b\x32#.banditd.storage.v1.ResetExperimentH\x00\x12;\n\x0eingest_metrics\x18\x05 \x01(\x0b\x32!.decision.v1.IngestMetricsRequestH\x00\x12.\n\x07rewards\x18\x06 \x01(\x0b\x32\x1b.banditd.storage.v1.RewardsH\x00\x12\x32\n\tdecisions\x18\x07 \x01(\x0b\x32\x1d.banditd.storage.v1.DecisionsH\x00\x12)\n\x08\x63\x61mpaign\x18\x14 \x01(\x0b\x32\x15.decision.v1.CampaignH\x00\x12;\n\x0e\x63\x61mpaign_state\x18\x15 \x01(\x0b\x32!.banditd.storage.v1.CampaignStateH\x00\x12\x39\n\x0breservation\x18\x16 \x01(\x0b\x32\".banditd.storage.v1.BidReservationH\x00\x12\x34\n\x05spend\x18\x17 \x01(\x0b\x32#.banditd.storage.v1.SpendSettlementH\x00\x42\x04\n\x02op\")\n\x10\x44\x65leteExperiment\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\"(\n\x0fResetExperiment\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\"x\n\x06Reward\x12\x15\n\rexperiment_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61rm_id\x18\x02 \x01(\t\x12\x0e\n\x06reward\x18\x03 \x01(\x01\x12\x0f\n\x07\x63ontext\x18\x04 \x03(\x01\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x05 \x01(\t\x12\x11\n\ttombstone\x18\x06 \x01(\x08\"4\n\x07Rewards\x12)\n\x05items\x18\x01 \x03(\x0b\x32\x1a.banditd.storage.v1.Reward\"\xd3\x01\n\x08\x44\x65\x63ision\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x16\n\x0e\x65xperiment_uid\x18\x02 \x01(\x04\x12\x0f\n\x07\x61rm_ids\x18\x03 \x03(\t\x12\x0f\n\x07\x63ontext\x18\x04 \x03(\x01\x12\x12\n\npropensity\x18\x05 \x01(\x01\x12\x15\n\rmodel_version\x18\x06 \x01(\x04\x12\x0f\n\x07\x63reated\x18\x07 \x01(\x01\x12\x10\n\x08rewarded\x18\x08 \x01(\x08\x12\x13\n\x0bhas_context\x18\t \x01(\x08\x12\x15\n\rexperiment_id\x18\n \x01(\t\"8\n\tDecisions\x12+\n\x05items\x18\x01 \x03(\x0b\x32\x1c.banditd.storage.v1.Decision\"S\n\x05\x41rray\x12\r\n\x05shape\x18\x01 \x03(\x04\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0e\n\x06offset\x18\x04 \x01(\x04\x12\x0e\n\x06length\x18\x05 \x01(\x04\"I\n\rPeriodMetrics\x12\x0e\n\x06period\x18\x01 \x01(\t\x12(\n\x07metrics\x18\x02 \x03(\x0b\x32\x17.decision.v1.ArmMetrics\"\xc3\x03\n\x0f\x45xperimentState\x12\'\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x17.decision.v1.Experiment\x12\x0b\n\x03uid\x18\x02 \x01(\x04\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12(\n\x05state\x18\x04 \x03(\x0b\x32\x19.banditd.storage.v1.Array\x12-\n\nselections\x18\x05 \x01(\x0b\x32\x19.banditd.storage.v1.Array\x12*\n\x07rewards\x18\x06 \x01(\x0b\x32\x19.banditd.storage.v1.Array\x12-\n\nreward_sum\x18\x07 \x01(\x0b\x32\x19.banditd.storage.v1.Array\x12,\n\tpositives\x18\x08 \x01(\x0b\x32\x19.banditd.storage.v1.Array\x12+\n\x08ingested\x18\t \x01(\x0b\x32\x19.banditd.storage.v1.Array\x12&\n\x03rng\x18\n \x01(\x0b\x32\x19.banditd.storage.v1.Array\x12\x32\n\x07periods\x18\x0b \x03(\x0b\x32!.banditd.storage.v1.PeriodMetrics\"\xf8\x01\n\x08Snapshot\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x0b\n\x03lsn\x18\x02 \x01(\x04\x12\x0f\n\x07\x63reated\x18\x03 \x01(\x01\x12\x10\n\x08next_uid\x18\x04 \x01(\x04\x12\x38\n\x0b\x65xperiments\x18\x05 \x03(\x0b\x32#.banditd.storage.v1.ExperimentState\x12\x34\n\tdecisions\x18\x06 \x01(\x0b\x32!.banditd.storage.v1.DecisionTable\x12\x34\n\tcampaigns\x18\x07 \x03(\x0b\x32!.banditd.storage.v1.CampaignState\"\xa9\x03\n\rCampaignState\x12%\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x15.decision.v1.Campaign\x12\x0b\n\x03\x64\x61y\x18\x02 \x01(\t\x12\x0c\n\x04plan\x18\x03 \x03(\x01\x12\x0f\n\x07history\x18\x04 \x03(\x01\x12\r\n\x05today\x18\x05 \x03(\x01\x12\x12\n\nmultiplier\x18\x06 \x01(\x01\x12\x14\n\x0c\x63ontrol_time\x18\x07 \x01(\x01\x12\x15\n\rcontrol_spent\x18\x08 \x01(\x03\x12.\n\x07ledgers\x18\t \x03(\x0b\x32\x1d.banditd.storage.v1.DayLedger\x12\x38\n\x0creservations\x18\n \x03(\x0b\x32\".banditd.storage.v1.BidReservation\x12-\n\x06\x63losed\x18\x0b \x03(\x0b\x32\x1d.banditd.storage.v1.ClosedBid\x12\x14\n\x0c\x64\x61ys_learned\x18\x0c \x01(\r\x12\x16\n\x0emultiplier_sum\x18\r \x01(\x01\x12\x18\n\x10multiplier_count\x18\x0e \x01(\x04\x12\x14\n\x0c\x63ontrol_bids\x18\x0f \x01(\x04\"G\n\tDayLedger\x12\x0b\n\x03\x64\x61y\x18\x01 \x01(\t\x12\x14\n\x0cspent_micros\x18\x02 \x01(\x03\x12\x17\n\x0freserved_micros\x18\x03 \x01(\x03\"\xa0\x01\n\x0e\x42idReservation\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12\x0e\n\x06\x62id_id\x18\x02 \x01(\t\x12\x0b\n\x03\x64\x61y\x18\x03 \x01(\t\x12\x15\n\ramount_micros\x18\x04 \x01(\x03\x12\x0f\n\x07\x65xpires\x18\x05 \x01(\x01\x12\x0c\n\x04slot\x18\x06 \x01(\r\x12\x12\n\nevent_time\x18\x07 \x01(\x01\x12\x12\n\nmultiplier\x18\x08 \x01(\x01\"\x84\x01\n\x0fSpendSettlement\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12\x0e\n\x06\x62id_id\x18\x02 \x01(\t\x12\x0b\n\x03won\x18\x03 \x01(\x08\x12\x16\n\x0e\x63harged_micros\x18\x04 \x01(\x03\x12\x13\n\x0b\x63onversions\x18\x05 \x01(\x01\x12\x12\n\nevent_time\x18\x06 \x01(\x01\",\n\tClosedBid\x12\x0e\n\x06\x62id_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65xpired\x18\x02 \x01(\x08\"\xde\x01\n\rDecisionTable\x12\x14\n\x0c\x64\x65\x63ision_ids\x18\x01 \x03(\t\x12\x17\n\x0f\x65xperiment_uids\x18\x02 \x03(\x04\x12\x13\n\x0bslate_sizes\x18\x03 \x03(\r\x12\x0f\n\x07\x61rm_ids\x18\x04 \x03(\t\x12\x14\n\x0cpropensities\x18\x05 \x03(\x01\x12\x16\n\x0emodel_versions\x18\x06 \x03(\x04\x12\x0f\n\x07\x63reated\x18\x07 \x03(\x01\x12\x10\n\x08rewarded\x18\x08 \x03(\x08\x12\x15\n\rcontext_sizes\x18\t \x03(\r\x12\x10\n\x08\x63ontexts\x18\n \x03(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,27 +33,37 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'banditd.storage.v1.storage_
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_WALRECORD']._serialized_start=85
-  _globals['_WALRECORD']._serialized_end=504
-  _globals['_DELETEEXPERIMENT']._serialized_start=506
-  _globals['_DELETEEXPERIMENT']._serialized_end=547
-  _globals['_RESETEXPERIMENT']._serialized_start=549
-  _globals['_RESETEXPERIMENT']._serialized_end=589
-  _globals['_REWARD']._serialized_start=591
-  _globals['_REWARD']._serialized_end=711
-  _globals['_REWARDS']._serialized_start=713
-  _globals['_REWARDS']._serialized_end=765
-  _globals['_DECISION']._serialized_start=768
-  _globals['_DECISION']._serialized_end=979
-  _globals['_DECISIONS']._serialized_start=981
-  _globals['_DECISIONS']._serialized_end=1037
-  _globals['_ARRAY']._serialized_start=1039
-  _globals['_ARRAY']._serialized_end=1122
-  _globals['_PERIODMETRICS']._serialized_start=1124
-  _globals['_PERIODMETRICS']._serialized_end=1197
-  _globals['_EXPERIMENTSTATE']._serialized_start=1200
-  _globals['_EXPERIMENTSTATE']._serialized_end=1651
-  _globals['_SNAPSHOT']._serialized_start=1654
-  _globals['_SNAPSHOT']._serialized_end=1848
-  _globals['_DECISIONTABLE']._serialized_start=1851
-  _globals['_DECISIONTABLE']._serialized_end=2073
+  _globals['_WALRECORD']._serialized_end=721
+  _globals['_DELETEEXPERIMENT']._serialized_start=723
+  _globals['_DELETEEXPERIMENT']._serialized_end=764
+  _globals['_RESETEXPERIMENT']._serialized_start=766
+  _globals['_RESETEXPERIMENT']._serialized_end=806
+  _globals['_REWARD']._serialized_start=808
+  _globals['_REWARD']._serialized_end=928
+  _globals['_REWARDS']._serialized_start=930
+  _globals['_REWARDS']._serialized_end=982
+  _globals['_DECISION']._serialized_start=985
+  _globals['_DECISION']._serialized_end=1196
+  _globals['_DECISIONS']._serialized_start=1198
+  _globals['_DECISIONS']._serialized_end=1254
+  _globals['_ARRAY']._serialized_start=1256
+  _globals['_ARRAY']._serialized_end=1339
+  _globals['_PERIODMETRICS']._serialized_start=1341
+  _globals['_PERIODMETRICS']._serialized_end=1414
+  _globals['_EXPERIMENTSTATE']._serialized_start=1417
+  _globals['_EXPERIMENTSTATE']._serialized_end=1868
+  _globals['_SNAPSHOT']._serialized_start=1871
+  _globals['_SNAPSHOT']._serialized_end=2119
+  _globals['_CAMPAIGNSTATE']._serialized_start=2122
+  _globals['_CAMPAIGNSTATE']._serialized_end=2547
+  _globals['_DAYLEDGER']._serialized_start=2549
+  _globals['_DAYLEDGER']._serialized_end=2620
+  _globals['_BIDRESERVATION']._serialized_start=2623
+  _globals['_BIDRESERVATION']._serialized_end=2783
+  _globals['_SPENDSETTLEMENT']._serialized_start=2786
+  _globals['_SPENDSETTLEMENT']._serialized_end=2918
+  _globals['_CLOSEDBID']._serialized_start=2920
+  _globals['_CLOSEDBID']._serialized_end=2964
+  _globals['_DECISIONTABLE']._serialized_start=2967
+  _globals['_DECISIONTABLE']._serialized_end=3189
 # @@protoc_insertion_point(module_scope)
