@@ -297,3 +297,44 @@ def test_campaigns_survive_crash_and_restart(tmp_path):
             grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
         s = status(pb_grpc.DecisionServiceStub(ch), "c1", t)
         assert (s.spent, s.reserved) == (pytest.approx(0.75), 0)
+
+
+def test_python_client_pacing_methods(server, new_id):
+    from clients import BanditClient
+
+    cid = new_id()
+    t = DAY0 + 3600 * 10
+    with BanditClient(f"127.0.0.1:{server.port}") as client:
+        c = client.create_campaign(cid, 240.0, 2.0, time_zone="Europe/London",
+                                   pacing_mode="even")
+        assert (c.pacing_mode, c.time_zone) == (pb.PACING_MODE_EVEN, "Europe/London")
+        bid = client.pace_bid(cid, 1.0, event_time=t)
+        assert bid.bid == pytest.approx(1.0) and bid.bid_id
+        assert client.record_spend(cid, bid.bid_id, True, 0.4, event_time=t).charged == 0.4
+        assert client.update_campaign(cid, paused=True).paused
+        assert client.pace_bid(cid, 1.0, event_time=t).reason == "paused"
+        s = client.get_pacing_status(cid, event_time=t)
+        assert (s.spent, s.utilization) == (pytest.approx(0.4), pytest.approx(0.4 / 240))
+
+
+def test_pacing_simulator_smoke(tmp_path):
+    """benchmarks/pacing_sim.py against a real server for a few days: never overspends,
+    delivers the budget on days whose traffic allows it, writes its JSON and plot."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    out = tmp_path / "pacing.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pacing_sim.py"), "--days", "4",
+                    "--auctions", "1500", "--learned-after", "2", "--out", str(out)],
+                   check=True, timeout=600, capture_output=True)
+    report = json.loads(out.read_text())
+    banditd = report["all_days"]["banditd"]
+    assert banditd["overspend_total"] == 0 and banditd["days_with_overspend"] == 0
+    assert banditd["days_allowing_full_delivery"] >= 2
+    assert banditd["min_utilization_allowed_days"] >= 0.95
+    for day in report["per_day"]:
+        assert day["banditd"]["spent"] <= report["setup"]["daily_budget"] + 1e-6
+    assert (tmp_path / "pacing.png").stat().st_size > 10_000
