@@ -202,6 +202,7 @@ class Campaign:
         self.control_spent = 0
         self.control_bids = 0
         self.day: _Day | None = None
+        self.day_key = ""  # current local day, "" before the first request
         self.configure(config)
 
     # -- configuration ---------------------------------------------------------------------
@@ -212,8 +213,7 @@ class Campaign:
         self.budget = int(config.daily_budget * MICROS)
         self.max_bid = int(config.max_bid * MICROS)
         self.zone = ZoneInfo(config.time_zone)
-        self.day_key = self.day.key if self.day is not None else ""
-        self.day = None
+        self.day = None  # bounds recomputed (zone or plan may change) for day_key
         if config.pacing_mode != pb.PACING_MODE_SMOOTH:
             self.plan = np.full(HOURS, 1.0 / HOURS)
 
