@@ -68,10 +68,11 @@ def ts(seconds: float) -> timestamp_pb2.Timestamp:
 class Day:
     """One day's auctions (times, base bids, clearing prices, conversion draws)."""
 
-    def __init__(self, index: int, forecast: int, rng: np.random.Generator) -> None:
+    def __init__(self, index: int, forecast: int, rng: np.random.Generator,
+                 factor: float | None = None) -> None:
         self.index = index
         self.start = START + index * DAY
-        self.factor = float(rng.uniform(0.5, 3.0))
+        self.factor = float(rng.uniform(0.5, 3.0)) if factor is None else factor
         counts = rng.poisson(forecast * self.factor * TRAFFIC)
         hours = np.repeat(HOUR, counts)
         self.times = self.start + 3600.0 * (hours + rng.random(hours.size))
@@ -235,7 +236,8 @@ def _plot(path: Path, day: Day, budget: float, rows: dict[str, dict]) -> None:
 async def run(args: argparse.Namespace) -> dict:
     rng = np.random.default_rng(args.seed)
     # Budget: 60% of what bidding every auction would spend at forecast traffic.
-    probe = [Day(-1 - i, args.auctions, np.random.default_rng(10_000 + i)) for i in range(5)]
+    probe = [Day(-1 - i, args.auctions, np.random.default_rng(10_000 + i), factor=1.0)
+             for i in range(5)]
     budget = round(0.6 * float(np.mean([d.potential() for d in probe])), 2)
     data = Path(tempfile.mkdtemp(prefix="banditd-pacing-"))
     server = Server(data, durability="os", snapshot_interval_seconds=60)
