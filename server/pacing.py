@@ -31,9 +31,10 @@ rate observed since the last update::
 
 so the multiplier moves smoothly (at most x2 or /2 per update, damped by GAIN) and is never
 above 1. (Spreading a deficit over the rest of the day instead of chasing the plan was tried:
-on the simulator it tripled the mean deviation from the plan and delivered no more budget.) When the observed rate would exhaust the budget before the end of the day while
-spend is ahead of the plan, the bid's reason says ``slowing_down``. A new day starts from the
-previous day's mean multiplier. ``PACING_MODE_ASAP`` keeps m = 1.
+on the simulator the mean deviation from the plan grew from 0.5% to 3.0% of the budget, and
+no more budget was delivered.) When the observed rate would exhaust the budget before the end
+of the day while spend is ahead of the plan, the bid's reason says ``slowing_down``. A new day
+starts from the previous day's mean multiplier. ``PACING_MODE_ASAP`` keeps m = 1.
 
 **Time.** ``event_time`` (or the server clock) drives days, hours, the controller and
 reservation expiry, so a simulator can run a day in seconds. A PaceBid whose event_time is
@@ -363,17 +364,11 @@ class Campaign:
             if expired is False:
                 return pb.RecordSpendResponse(duplicate=True)
             if expired:
-                raise FailedPrecondition(
-                    f"the reservation of bid '{bid_id}' expired after "
-                    f"{self.config.reservation_ttl_seconds:g} s (reservation_ttl_seconds); "
-                    "its spend was not recorded")
+                raise self._expired(bid_id)
             raise NotFound(f"bid '{bid_id}' not found in campaign '{self.campaign_id}'")
         t = self.advance(t, out)
         if bid_id not in self.reservations:  # expired by this very event time
-            raise FailedPrecondition(
-                f"the reservation of bid '{bid_id}' expired after "
-                f"{self.config.reservation_ttl_seconds:g} s (reservation_ttl_seconds); "
-                "its spend was not recorded")
+            raise self._expired(bid_id)
         charged = min(cost_micros, reservation.amount) if won else 0
         self._apply_settlement(bid_id, charged, conversions if won else 0.0)
         out.append(st.WalRecord(spend=st.SpendSettlement(
@@ -381,6 +376,12 @@ class Campaign:
             conversions=conversions if won else 0.0, event_time=t)))
         return pb.RecordSpendResponse(charged=charged / MICROS,
                                       capped=bool(won and cost_micros > reservation.amount))
+
+    def _expired(self, bid_id: str) -> FailedPrecondition:
+        return FailedPrecondition(
+            f"the reservation of bid '{bid_id}' expired after "
+            f"{self.config.reservation_ttl_seconds:g} s (reservation_ttl_seconds); "
+            "its spend was not recorded")
 
     def _apply_settlement(self, bid_id: str, charged: int, conversions: float) -> None:
         r = self.reservations.pop(bid_id)
