@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/first_request.py --out benchmarks/results/first_request.json
 	$(BIN)/python benchmarks/analytics_bench.py --out benchmarks/results/analytics.json
 	$(BIN)/python benchmarks/durability_bench.py --out benchmarks/results/durability.json
+	$(BIN)/python benchmarks/pacing_sim.py --out benchmarks/results/pacing.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
