@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PROTO_SRC := proto/decision/v1/decision.proto proto/banditd/storage/v1/storage.proto
 
-.PHONY: run test proto proto-check lint bench docker-lint clean
+.PHONY: run test proto proto-check lint bench load docker-lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,13 +33,22 @@ lint: $(STAMP)
 	$(BIN)/ruff check server kernels clients benchmarks tests
 	$(BIN)/mypy server kernels clients
 
-## Benchmarks (bounded, loopback only); results go to benchmarks/results/*.json.
+## Benchmarks (bounded, loopback only); results go to benchmarks/results/*.json (+ PNG plots).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/kernel_bench.py --out benchmarks/results/kernels.json
+	$(BIN)/python benchmarks/grpc_throughput.py --out benchmarks/results/grpc_throughput.json
 	$(BIN)/python benchmarks/first_request.py --out benchmarks/results/first_request.json
 	$(BIN)/python benchmarks/analytics_bench.py --out benchmarks/results/analytics.json
 	$(BIN)/python benchmarks/durability_bench.py --out benchmarks/results/durability.json
 	$(BIN)/python benchmarks/pacing_sim.py --out benchmarks/results/pacing.json
+
+## Locust load test: a local server, a headless run of LOAD_TIME with LOAD_USERS users;
+## CSV + HTML reports in benchmarks/results/locust/ (e.g. make load LOAD_TIME=5m LOAD_USERS=64).
+LOAD_TIME  ?= 60s
+LOAD_USERS ?= 32
+load: $(STAMP)
+	$(BIN)/python benchmarks/run_load.py --run-time $(LOAD_TIME) --users $(LOAD_USERS) \
+		--out benchmarks/results/locust
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -32,7 +32,7 @@ from decision.v1 import decision_pb2 as pb
 from decision.v1 import decision_pb2_grpc as pb_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Server  # noqa: E402
+from local_server import LocalServer as Server  # noqa: E402
 
 
 def _channel(port: int) -> grpc.Channel:
@@ -143,10 +143,10 @@ def snapshot_latency(arms: int, calls: int, mb_per_s: float | None = None,
             stub = pb_grpc.DecisionServiceStub(ch)
             _latencies(stub, 2000)  # warm
             t = time.perf_counter()
-            idle, during = _classified_latencies(stub, server.proc.pid, calls)
+            idle, during = _classified_latencies(stub, server.pid, calls)
             elapsed = time.perf_counter() - t
         size = max((p.stat().st_size for p in data.glob("snapshot-*.snap")), default=0)
-        written = server.log.read_text().count("snapshot snapshot-")  # one log line each
+        written = server.log_path.read_text().count("snapshot snapshot-")  # one log line each
     finally:
         server.stop()
         shutil.rmtree(data, ignore_errors=True)
@@ -186,15 +186,15 @@ def restore_time(arms: int, decisions: int) -> dict:
         base = Server(empty, **settings)
         base.stop()
         server = Server(data, **settings)
-        restored = server.ready_s
+        restored = server.ready_seconds
         server.stop(kill=True)
     finally:
         shutil.rmtree(data, ignore_errors=True)
         shutil.rmtree(empty, ignore_errors=True)
     return {"arms": arms, "decisions": decisions, "data_bytes": size,
             "start_to_serving_s": round(restored, 2),
-            "empty_start_to_serving_s": round(base.ready_s, 2),
-            "restore_s": round(restored - base.ready_s, 2)}
+            "empty_start_to_serving_s": round(base.ready_seconds, 2),
+            "restore_s": round(restored - base.ready_seconds, 2)}
 
 
 def main() -> None:

@@ -9,6 +9,10 @@ server pays); the reference is the module's ``select_reference`` / ``update_refe
 reference each work on their own copy of the state.
 Each figure is the median over repeats of the mean time per call (time.perf_counter_ns).
 
+``select_batch_us_per_decision``: the batch kernel (``select_batch``, what BatchSelectArms calls
+per group of items) deciding ``BATCH_ROWS`` decisions in one call, per decision (selections
+are counted between decisions, as the server does).
+
 Thompson and Thompson-for-value cache their Monte-Carlo rounds per arm until the arm is
 updated, so ``select_*_us`` (back-to-back decisions) is their cheapest case; they also report
 ``select_after_update_*_us``: the cost of a decision with one update since the previous one
@@ -46,6 +50,7 @@ PARAMS = {
 DRAWS = 32
 CACHED_ROUNDS = ("thompson", "thompson_value")  # policies whose Monte-Carlo rounds are cached
 PRE_UPDATES = 500
+BATCH_ROWS = 1000
 
 
 def cpu_model() -> str:
@@ -126,6 +131,15 @@ def bench_case(module, k: int, d: int, iters: int, repeats: int) -> dict:
         r_update(i)
         r_select(i)
 
+    batch_contexts = np.ascontiguousarray(gen.standard_normal((BATCH_ROWS, d)))
+    batch_out = np.empty((BATCH_ROWS, 1), dtype=np.int64)
+    batch_prop = np.empty(BATCH_ROWS)
+    batch_sel = selections.copy()
+
+    def k_batch(i):
+        module.select_batch(state, params, eligible, batch_contexts, t, batch_sel, 0.0, 0,
+                            DRAWS, rng, batch_out, batch_prop)
+
     ref_iters = max(iters // 10, 20)
     row = {
         "policy": module.NAME,
@@ -135,6 +149,8 @@ def bench_case(module, k: int, d: int, iters: int, repeats: int) -> dict:
         "select_reference_us": time_us(r_select, ref_iters, repeats),
         "update_kernel_us": time_us(k_update, iters, repeats),
         "update_reference_us": time_us(r_update, ref_iters, repeats),
+        "select_batch_us_per_decision": time_us(k_batch, max(iters // 300, 3), repeats)
+        / BATCH_ROWS,
     }
     row["select_speedup"] = row["select_reference_us"] / row["select_kernel_us"]
     row["update_speedup"] = row["update_reference_us"] / row["update_kernel_us"]
@@ -167,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     header = (
         f"{'policy':<15}{'K':>5}{'d':>4} | {'select µs':>10}{'ref µs':>10}{'x':>7} | "
-        f"{'after upd':>10}{'ref µs':>10}{'x':>7} | {'update µs':>10}{'ref µs':>10}{'x':>7}"
+        f"{'after upd':>10}{'ref µs':>10}{'x':>7} | {'update µs':>10}{'ref µs':>10}{'x':>7} | "
+        f"{'batch µs':>9}"
     )
     print(header)
     print("-" * len(header))
@@ -187,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['policy']:<15}{k:>5}{d:>4} | {r['select_kernel_us']:>10.2f}"
             f"{r['select_reference_us']:>10.1f}{r['select_speedup']:>7.1f} | {after} | "
             f"{r['update_kernel_us']:>10.2f}{r['update_reference_us']:>10.1f}"
-            f"{r['update_speedup']:>7.1f}",
+            f"{r['update_speedup']:>7.1f} | {r['select_batch_us_per_decision']:>9.2f}",
             flush=True,
         )
     result = {
@@ -206,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             "floor": 0.0,
             "burn_in": 0,
             "pre_updates": PRE_UPDATES,
+            "batch_rows": BATCH_ROWS,
             "iterations": iters,
             "repeats": repeats,
             "quick": args.quick,

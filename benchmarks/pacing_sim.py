@@ -43,7 +43,7 @@ from decision.v1 import decision_pb2 as pb
 from decision.v1 import decision_pb2_grpc as pb_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Server  # noqa: E402
+from local_server import LocalServer as Server  # noqa: E402
 
 DAY = 86_400.0
 START = datetime(2026, 1, 5, tzinfo=timezone.utc).timestamp()  # a Monday, UTC midnight

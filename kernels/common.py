@@ -183,6 +183,14 @@ def _finalize(scores, probs, eligible, selections, floor, burn_in, rng, out):
     return floor + keep * probs[perm[0]]
 
 
+@njit(inline="always", **JIT)
+def _count_selections(selections, slate):
+    """Every arm of a decision's slate counts as selected (as the server does between two
+    single decisions), so burn-in sees a batch's earlier decisions."""
+    for s in range(slate.shape[0]):
+        selections[slate[s]] += 1
+
+
 def mc_cache(num_arms: int, draws: int) -> tuple[np.ndarray, np.ndarray]:
     """The Thompson family's cached Monte-Carlo rounds, ``(mc[K, R], mc_valid[K])``, all
     invalid (see :mod:`kernels.thompson`)."""
@@ -229,6 +237,24 @@ def finalize_reference(scores, probs, eligible, selections, floor, burn_in, sour
         return floor + keep / nu
     rank(perm, 0)
     return floor + keep * float(probs[perm[0]])
+
+
+def batch_select_reference(select_reference, state, params, eligible, contexts, t, selections,
+                           floor, burn_in, draws, source, out, propensity) -> None:
+    """Twin of every policy's ``select_batch``: row ``i`` of ``out`` / ``propensity`` is what
+    ``select_reference`` gives for ``contexts[i]`` after the decisions of rows ``< i`` were
+    counted in ``selections`` (so a batch equals the same decisions made one by one)."""
+    for i in range(out.shape[0]):
+        propensity[i] = select_reference(state, params, eligible, contexts[i], t, selections,
+                                         floor, burn_in, draws, source, out[i])
+        np.add.at(selections, out[i], 1)
+
+
+def batch_update_reference(update_reference, state, params, arms, rewards, contexts,
+                           discount) -> None:
+    """Twin of every policy's ``update_batch``: the updates applied in row order."""
+    for i in range(arms.shape[0]):
+        update_reference(state, params, int(arms[i]), float(rewards[i]), contexts[i], discount)
 
 
 def max_tie_probs_reference(scores: np.ndarray) -> np.ndarray:

@@ -12,10 +12,18 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import _finalize, _max_tie_probs, finalize_reference, max_tie_probs_reference
+from .common import (
+    _count_selections,
+    _finalize,
+    _max_tie_probs,
+    batch_select_reference,
+    batch_update_reference,
+    finalize_reference,
+    max_tie_probs_reference,
+)
 from .config import JIT
 from .rng import _uniform
-from .ucb1 import _count_summary, _update
+from .ucb1 import _count_summary, _update, _update_batch
 from .ucb1 import add_aggregate as add_aggregate  # same state layout (n, reward_sum)
 from .ucb1 import update_reference as _ucb1_update_reference
 
@@ -53,6 +61,15 @@ def _select(counts, reward_sum, params, eligible, t, selections, floor, burn_in,
     return _finalize(scores, probs, eligible, selections, floor, burn_in, rng, out)
 
 
+@njit(**JIT)
+def _select_batch(counts, reward_sum, params, eligible, t, selections, floor, burn_in, rng, out,
+                  propensity):
+    for i in range(out.shape[0]):
+        propensity[i] = _select(counts, reward_sum, params, eligible, t, selections, floor,
+                                burn_in, rng, out[i])
+        _count_selections(selections, out[i])
+
+
 def select(state, params, eligible, context, t, selections, floor, burn_in, draws, rng, out):
     """Fill ``out`` (arm positions, best first) and return the propensity of ``out[0]``.
 
@@ -64,6 +81,21 @@ def select(state, params, eligible, context, t, selections, floor, burn_in, draw
 
 def update(state, params, arm, reward, context, discount) -> None:
     _update(state[0], state[1], arm, reward, discount)
+
+
+def select_batch(state, params, eligible, contexts, t, selections, floor, burn_in, draws, rng,
+                 out, propensity) -> None:
+    """Decide ``out.shape[0]`` times in one call: row ``i`` of ``out`` (arm positions, best first)
+    and ``propensity[i]`` for ``contexts[i]``, each decision counted in ``selections`` before the
+    next: the same decisions, draw for draw, as :func:`select` row by row with the slate counted
+    in between (see :mod:`kernels.thompson`)."""
+    _select_batch(state[0], state[1], params, eligible, t, selections, floor, burn_in, rng, out,
+                  propensity)
+
+
+def update_batch(state, params, arms, rewards, contexts, discount) -> None:
+    """Apply :func:`update` for each row (``arms[i]``, ``rewards[i]``, ``contexts[i]``) in order."""
+    _update_batch(state[0], state[1], arms, rewards, discount)
 
 
 def update_reference(state, params, arm, reward, context, discount) -> None:
@@ -83,6 +115,15 @@ def select_reference(
     scores = source.uniforms(m) if explore else means
     return finalize_reference(scores, probs, eligible, selections, floor, burn_in, source, out)
 
+
+def select_batch_reference(state, params, eligible, contexts, t, selections, floor, burn_in,
+                           draws, source, out, propensity) -> None:
+    batch_select_reference(select_reference, state, params, eligible, contexts, t, selections,
+                           floor, burn_in, draws, source, out, propensity)
+
+
+def update_batch_reference(state, params, arms, rewards, contexts, discount) -> None:
+    batch_update_reference(update_reference, state, params, arms, rewards, contexts, discount)
 
 
 def summary(state, params, binary: bool) -> dict[str, np.ndarray]:

@@ -18,13 +18,22 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import _finalize, _round_probs, finalize_reference, round_probs_reference
+from .common import (
+    _count_selections,
+    _finalize,
+    _round_probs,
+    batch_select_reference,
+    finalize_reference,
+    round_probs_reference,
+)
 from .config import JIT
 from .lin_ucb import (  # same state, update and (absent) aggregates as LinUCB
     _means_widths,
     _update,
     mean_width_reference,
     new_state,
+    update_batch,
+    update_batch_reference,
     update_reference,
 )
 from .lin_ucb import (
@@ -41,7 +50,8 @@ CONTEXTUAL = True
 ESTIMATED_PROPENSITY = True
 CACHE_ARRAYS: tuple[int, ...] = ()  # no derived caches in the state (contexts differ)
 
-__all__ = ["new_state", "select", "update", "select_reference", "update_reference"]
+__all__ = ["new_state", "select", "update", "select_reference", "update_reference",
+           "select_batch", "update_batch", "select_batch_reference", "update_batch_reference"]
 
 
 @njit(**JIT)
@@ -77,6 +87,15 @@ def _select(a_inv, theta, params, eligible, x, selections, floor, burn_in, draws
     return _finalize(scores, probs, eligible, selections, floor, burn_in, rng, out)
 
 
+@njit(**JIT)
+def _select_batch(a_inv, theta, params, eligible, contexts, selections, floor, burn_in, draws, rng,
+                  out, propensity):
+    for i in range(out.shape[0]):
+        propensity[i] = _select(a_inv, theta, params, eligible, contexts[i], selections, floor,
+                                burn_in, draws, rng, out[i])
+        _count_selections(selections, out[i])
+
+
 def select(state, params, eligible, context, t, selections, floor, burn_in, draws, rng, out):
     """Fill ``out`` (arm positions, best first) and return the propensity of ``out[0]``.
 
@@ -90,6 +109,16 @@ def select(state, params, eligible, context, t, selections, floor, burn_in, draw
 def update(state, params, arm, reward, context, discount) -> None:
     """Add one (context, reward) observation to ``arm``; ``discount`` is ignored."""
     _update(state[0], state[1], state[2], arm, reward, context)
+
+
+def select_batch(state, params, eligible, contexts, t, selections, floor, burn_in, draws, rng,
+                 out, propensity) -> None:
+    """Decide ``out.shape[0]`` times in one call: row ``i`` of ``out`` (arm positions, best first)
+    and ``propensity[i]`` for ``contexts[i]``, each decision counted in ``selections`` before the
+    next: the same decisions, draw for draw, as :func:`select` row by row with the slate counted
+    in between (see :mod:`kernels.thompson`)."""
+    _select_batch(state[0], state[2], params, eligible, contexts, selections, floor, burn_in,
+                  draws, rng, out, propensity)
 
 
 def select_reference(
@@ -106,3 +135,8 @@ def select_reference(
         probs = round_probs_reference(rounds.T, scores)
     return finalize_reference(scores, probs, eligible, selections, floor, burn_in, source, out)
 
+
+def select_batch_reference(state, params, eligible, contexts, t, selections, floor, burn_in,
+                           draws, source, out, propensity) -> None:
+    batch_select_reference(select_reference, state, params, eligible, contexts, t, selections,
+                           floor, burn_in, draws, source, out, propensity)

@@ -16,7 +16,15 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import _finalize, _max_tie_probs, finalize_reference, max_tie_probs_reference
+from .common import (
+    _count_selections,
+    _finalize,
+    _max_tie_probs,
+    batch_select_reference,
+    batch_update_reference,
+    finalize_reference,
+    max_tie_probs_reference,
+)
 from .config import JIT, JIT_DOT
 
 NAME = "lin_ucb"
@@ -73,6 +81,15 @@ def _select(a_inv, theta, params, eligible, x, selections, floor, burn_in, rng, 
 
 
 @njit(**JIT)
+def _select_batch(a_inv, theta, params, eligible, contexts, selections, floor, burn_in, rng, out,
+                  propensity):
+    for i in range(out.shape[0]):
+        propensity[i] = _select(a_inv, theta, params, eligible, contexts[i], selections, floor,
+                                burn_in, rng, out[i])
+        _count_selections(selections, out[i])
+
+
+@njit(**JIT)
 def _update(a_inv, b, theta, arm, reward, x):
     d = x.shape[0]
     u = theta[arm]  # scratch: overwritten with A⁻¹b below
@@ -98,6 +115,12 @@ def _update(a_inv, b, theta, arm, reward, x):
         theta[arm, i] = acc
 
 
+@njit(**JIT)
+def _update_batch(a_inv, b, theta, arms, rewards, contexts):
+    for i in range(arms.shape[0]):
+        _update(a_inv, b, theta, arms[i], rewards[i], contexts[i])
+
+
 def select(state, params, eligible, context, t, selections, floor, burn_in, draws, rng, out):
     """Fill ``out`` (arm positions, best first) and return the propensity of ``out[0]``.
 
@@ -110,6 +133,21 @@ def select(state, params, eligible, context, t, selections, floor, burn_in, draw
 def update(state, params, arm, reward, context, discount) -> None:
     """Add one (context, reward) observation to ``arm``; ``discount`` is ignored."""
     _update(state[0], state[1], state[2], arm, reward, context)
+
+
+def select_batch(state, params, eligible, contexts, t, selections, floor, burn_in, draws, rng,
+                 out, propensity) -> None:
+    """Decide ``out.shape[0]`` times in one call: row ``i`` of ``out`` (arm positions, best first)
+    and ``propensity[i]`` for ``contexts[i]``, each decision counted in ``selections`` before the
+    next: the same decisions, draw for draw, as :func:`select` row by row with the slate counted
+    in between (see :mod:`kernels.thompson`)."""
+    _select_batch(state[0], state[2], params, eligible, contexts, selections, floor, burn_in, rng,
+                  out, propensity)
+
+
+def update_batch(state, params, arms, rewards, contexts, discount) -> None:
+    """Apply :func:`update` for each row (``arms[i]``, ``rewards[i]``, ``contexts[i]``) in order."""
+    _update_batch(state[0], state[1], state[2], arms, rewards, contexts)
 
 
 def mean_width_reference(state, eligible, x) -> tuple[np.ndarray, np.ndarray]:
@@ -138,6 +176,16 @@ def update_reference(state, params, arm, reward, context, discount) -> None:
     a_inv[arm] -= np.outer(u, u) / (1.0 + x @ u)
     b[arm] += reward * x
     theta[arm] = a_inv[arm] @ b[arm]
+
+
+def select_batch_reference(state, params, eligible, contexts, t, selections, floor, burn_in,
+                           draws, source, out, propensity) -> None:
+    batch_select_reference(select_reference, state, params, eligible, contexts, t, selections,
+                           floor, burn_in, draws, source, out, propensity)
+
+
+def update_batch_reference(state, params, arms, rewards, contexts, discount) -> None:
+    batch_update_reference(update_reference, state, params, arms, rewards, contexts, discount)
 
 
 def add_aggregate(state, arm: int, trials: float, successes: float, total: float) -> None:

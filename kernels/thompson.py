@@ -25,7 +25,16 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import _finalize, _round_probs, finalize_reference, mc_cache, round_probs_reference
+from .common import (
+    _count_selections,
+    _finalize,
+    _round_probs,
+    batch_select_reference,
+    batch_update_reference,
+    finalize_reference,
+    mc_cache,
+    round_probs_reference,
+)
 from .config import JIT
 from .rng import _beta
 
@@ -76,6 +85,15 @@ def _select(successes, failures, mc, mc_valid, params, eligible, selections, flo
 
 
 @njit(**JIT)
+def _select_batch(successes, failures, mc, mc_valid, params, eligible, selections, floor, burn_in,
+                  rng, out, propensity):
+    for i in range(out.shape[0]):
+        propensity[i] = _select(successes, failures, mc, mc_valid, params, eligible, selections,
+                                floor, burn_in, rng, out[i])
+        _count_selections(selections, out[i])
+
+
+@njit(**JIT)
 def _update(successes, failures, mc_valid, arm, reward, discount):
     if discount < 1.0:
         for i in range(successes.shape[0]):
@@ -85,6 +103,12 @@ def _update(successes, failures, mc_valid, arm, reward, discount):
     successes[arm] += reward
     failures[arm] += 1.0 - reward
     mc_valid[arm] = 0.0
+
+
+@njit(**JIT)
+def _update_batch(successes, failures, mc_valid, arms, rewards, discount):
+    for i in range(arms.shape[0]):
+        _update(successes, failures, mc_valid, arms[i], rewards[i], discount)
 
 
 def select(state, params, eligible, context, t, selections, floor, burn_in, draws, rng, out):
@@ -101,6 +125,22 @@ def select(state, params, eligible, context, t, selections, floor, burn_in, draw
 def update(state, params, arm, reward, context, discount) -> None:
     """Add one 0/1 reward for ``arm`` (after discounting every arm when ``discount < 1``)."""
     _update(state[0], state[1], state[3], arm, reward, discount)
+
+
+def select_batch(state, params, eligible, contexts, t, selections, floor, burn_in, draws, rng,
+                 out, propensity) -> None:
+    """Decide ``out.shape[0]`` times in one call: row ``i`` of ``out`` (arm positions, best first)
+    and ``propensity[i]`` for ``contexts[i]``, with every decision counted in ``selections``
+    before the next one. The same decisions, draw for draw, as calling :func:`select` row by row
+    and counting each slate in between (what the server did per item).
+    """
+    _select_batch(state[0], state[1], state[2], state[3], params, eligible, selections, floor,
+                  burn_in, rng, out, propensity)
+
+
+def update_batch(state, params, arms, rewards, contexts, discount) -> None:
+    """Apply ``update`` for each row (``arms[i]``, ``rewards[i]``, ``contexts[i]``) in order."""
+    _update_batch(state[0], state[1], state[3], arms, rewards, discount)
 
 
 def select_reference(
@@ -132,6 +172,16 @@ def update_reference(state, params, arm, reward, context, discount) -> None:
     s[arm] += reward
     f[arm] += 1.0 - reward
     valid[arm] = 0.0
+
+
+def select_batch_reference(state, params, eligible, contexts, t, selections, floor, burn_in,
+                           draws, source, out, propensity) -> None:
+    batch_select_reference(select_reference, state, params, eligible, contexts, t, selections,
+                            floor, burn_in, draws, source, out, propensity)
+
+
+def update_batch_reference(state, params, arms, rewards, contexts, discount) -> None:
+    batch_update_reference(update_reference, state, params, arms, rewards, contexts, discount)
 
 
 def add_aggregate(state, arm: int, trials: float, successes: float, total: float) -> None:

@@ -21,7 +21,16 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .common import _finalize, _round_probs, finalize_reference, mc_cache, round_probs_reference
+from .common import (
+    _count_selections,
+    _finalize,
+    _round_probs,
+    batch_select_reference,
+    batch_update_reference,
+    finalize_reference,
+    mc_cache,
+    round_probs_reference,
+)
 from .config import JIT
 from .rng import _beta, _gamma
 
@@ -80,6 +89,15 @@ def _select(trials, conversions, revenue_sum, mc, mc_valid, params, eligible, se
 
 
 @njit(**JIT)
+def _select_batch(trials, conversions, revenue_sum, mc, mc_valid, params, eligible, selections,
+                  floor, burn_in, rng, out, propensity):
+    for i in range(out.shape[0]):
+        propensity[i] = _select(trials, conversions, revenue_sum, mc, mc_valid, params, eligible,
+                                selections, floor, burn_in, rng, out[i])
+        _count_selections(selections, out[i])
+
+
+@njit(**JIT)
 def _update(trials, conversions, revenue_sum, revenue_sq, mc_valid, arm, reward, discount):
     if discount < 1.0:
         for i in range(trials.shape[0]):
@@ -96,6 +114,13 @@ def _update(trials, conversions, revenue_sum, revenue_sq, mc_valid, arm, reward,
     mc_valid[arm] = 0.0
 
 
+@njit(**JIT)
+def _update_batch(trials, conversions, revenue_sum, revenue_sq, mc_valid, arms, rewards, discount):
+    for i in range(arms.shape[0]):
+        _update(trials, conversions, revenue_sum, revenue_sq, mc_valid, arms[i], rewards[i],
+                discount)
+
+
 def select(state, params, eligible, context, t, selections, floor, burn_in, draws, rng, out):
     """Fill ``out`` (arm positions, best first) and return the propensity of ``out[0]``.
 
@@ -109,6 +134,21 @@ def select(state, params, eligible, context, t, selections, floor, burn_in, draw
 def update(state, params, arm, reward, context, discount) -> None:
     """One event for ``arm``; ``reward`` is its revenue in currency units (0 = no conversion)."""
     _update(state[0], state[1], state[2], state[3], state[5], arm, reward, discount)
+
+
+def select_batch(state, params, eligible, contexts, t, selections, floor, burn_in, draws, rng,
+                 out, propensity) -> None:
+    """Decide ``out.shape[0]`` times in one call: row ``i`` of ``out`` (arm positions, best first)
+    and ``propensity[i]`` for ``contexts[i]``, each decision counted in ``selections`` before the
+    next: the same decisions, draw for draw, as :func:`select` row by row with the slate counted
+    in between (see :mod:`kernels.thompson`)."""
+    _select_batch(state[0], state[1], state[2], state[4], state[5], params, eligible, selections,
+                  floor, burn_in, rng, out, propensity)
+
+
+def update_batch(state, params, arms, rewards, contexts, discount) -> None:
+    """Apply :func:`update` for each row (``arms[i]``, ``rewards[i]``, ``contexts[i]``) in order."""
+    _update_batch(state[0], state[1], state[2], state[3], state[5], arms, rewards, discount)
 
 
 def select_reference(
@@ -152,6 +192,16 @@ def update_reference(state, params, arm, reward, context, discount) -> None:
         rev[arm] += reward
         sq[arm] += reward * reward
     valid[arm] = 0.0
+
+
+def select_batch_reference(state, params, eligible, contexts, t, selections, floor, burn_in,
+                           draws, source, out, propensity) -> None:
+    batch_select_reference(select_reference, state, params, eligible, contexts, t, selections,
+                           floor, burn_in, draws, source, out, propensity)
+
+
+def update_batch_reference(state, params, arms, rewards, contexts, discount) -> None:
+    batch_update_reference(update_reference, state, params, arms, rewards, contexts, discount)
 
 
 def add_aggregate(state, arm: int, trials: float, successes: float, total: float) -> None:

@@ -12,7 +12,15 @@ import math
 import numpy as np
 from numba import njit
 
-from .common import _finalize, _max_tie_probs, finalize_reference, max_tie_probs_reference
+from .common import (
+    _count_selections,
+    _finalize,
+    _max_tie_probs,
+    batch_select_reference,
+    batch_update_reference,
+    finalize_reference,
+    max_tie_probs_reference,
+)
 from .config import JIT
 
 NAME = "ucb1"
@@ -51,6 +59,15 @@ def _select(counts, reward_sum, params, eligible, selections, floor, burn_in, rn
 
 
 @njit(**JIT)
+def _select_batch(counts, reward_sum, params, eligible, selections, floor, burn_in, rng, out,
+                  propensity):
+    for i in range(out.shape[0]):
+        propensity[i] = _select(counts, reward_sum, params, eligible, selections, floor, burn_in,
+                                rng, out[i])
+        _count_selections(selections, out[i])
+
+
+@njit(**JIT)
 def _update(counts, reward_sum, arm, reward, discount):
     if discount < 1.0:
         for i in range(counts.shape[0]):
@@ -58,6 +75,12 @@ def _update(counts, reward_sum, arm, reward, discount):
             reward_sum[i] *= discount
     counts[arm] += 1.0
     reward_sum[arm] += reward
+
+
+@njit(**JIT)
+def _update_batch(counts, reward_sum, arms, rewards, discount):
+    for i in range(arms.shape[0]):
+        _update(counts, reward_sum, arms[i], rewards[i], discount)
 
 
 def select(state, params, eligible, context, t, selections, floor, burn_in, draws, rng, out):
@@ -70,6 +93,21 @@ def select(state, params, eligible, context, t, selections, floor, burn_in, draw
 
 def update(state, params, arm, reward, context, discount) -> None:
     _update(state[0], state[1], arm, reward, discount)
+
+
+def select_batch(state, params, eligible, contexts, t, selections, floor, burn_in, draws, rng,
+                 out, propensity) -> None:
+    """Decide ``out.shape[0]`` times in one call: row ``i`` of ``out`` (arm positions, best first)
+    and ``propensity[i]`` for ``contexts[i]``, each decision counted in ``selections`` before the
+    next: the same decisions, draw for draw, as :func:`select` row by row with the slate counted
+    in between (see :mod:`kernels.thompson`)."""
+    _select_batch(state[0], state[1], params, eligible, selections, floor, burn_in, rng, out,
+                  propensity)
+
+
+def update_batch(state, params, arms, rewards, contexts, discount) -> None:
+    """Apply :func:`update` for each row (``arms[i]``, ``rewards[i]``, ``contexts[i]``) in order."""
+    _update_batch(state[0], state[1], arms, rewards, discount)
 
 
 def select_reference(
@@ -94,6 +132,16 @@ def update_reference(state, params, arm, reward, context, discount) -> None:
         reward_sum *= discount
     counts[arm] += 1.0
     reward_sum[arm] += reward
+
+
+def select_batch_reference(state, params, eligible, contexts, t, selections, floor, burn_in,
+                           draws, source, out, propensity) -> None:
+    batch_select_reference(select_reference, state, params, eligible, contexts, t, selections,
+                           floor, burn_in, draws, source, out, propensity)
+
+
+def update_batch_reference(state, params, arms, rewards, contexts, discount) -> None:
+    batch_update_reference(update_reference, state, params, arms, rewards, contexts, discount)
 
 
 def add_aggregate(state, arm: int, trials: float, successes: float, total: float) -> None:

@@ -3,7 +3,9 @@
 The server calls :func:`warm_up` before reporting SERVING so that no request pays JIT time.
 Arguments use exactly the server's dtypes: float64 state/params/context, int64 eligible /
 selections / out, uint64[4] rng, Python float floor/discount/reward and Python int
-t/burn-in/draws/arm; states come from ``new_state(k, d, params, draws)`` as on the server.
+t/burn-in/draws/arm; the batch kernels take 2-D C-contiguous contexts ``(rows, d)`` and
+outputs ``(rows, slate)``, int64 arms and float64 rewards; states come from
+``new_state(k, d, params, draws)`` as on the server.
 """
 
 from __future__ import annotations
@@ -37,6 +39,14 @@ def warm_up() -> float:
                         state, params, eligible, context, 0, selections, floor, burn_in, 2, rng,
                         out,
                     )
+            for slate in (1, 2):  # the batch kernels: (rows, slate) outputs, (rows, d) contexts
+                for floor, burn_in in ((0.0, 0), (0.1, 1)):
+                    module.select_batch(
+                        state, params, eligible, np.ones((2, dim)), 0, selections, floor,
+                        burn_in, 2, rng, np.empty((2, slate), dtype=np.int64), np.empty(2),
+                    )
+            module.update_batch(state, params, np.arange(2, dtype=np.int64), np.ones(2),
+                                np.ones((2, dim)), 1.0)
             for arm in range(num_arms):
                 module.update(state, params, arm, 1.0, context, 1.0)
             if not module.CONTEXTUAL:

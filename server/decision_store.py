@@ -4,19 +4,27 @@ Each record keeps what the reward needs (experiment, slate, context) and what
 off-policy evaluation needs (propensity, model version, time). Capacity and TTL
 bound memory: the oldest records go first. A record remembers whether it was
 rewarded, so a retried RecordReward is recognised as a duplicate.
+
+Storage is columnar: a ring of ``capacity`` rows (NumPy columns for the numbers, lists for
+the ids, slates and contexts) plus one dict ``decision_id -> row sequence number``. A batch of
+decisions is stored with slice assignments, and no Python object is made per decision beyond
+its id string and slate tuple (both ignored by the cyclic garbage collector, which would
+otherwise walk a million records on every full collection).
 """
 
 from __future__ import annotations
 
 import secrets
 import time
-from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+_EXPIRE_EVERY = 256  # single puts between two TTL sweeps (gets check the TTL themselves)
+
 
 class DecisionRecord:
-    """What the server remembers of one decision."""
+    """What the server remembers of one decision (a copy; ``row`` locates it in the store)."""
 
     __slots__ = (
         "experiment_uid",
@@ -26,6 +34,7 @@ class DecisionRecord:
         "model_version",
         "created",
         "rewarded",
+        "row",
     )
 
     def __init__(
@@ -37,6 +46,7 @@ class DecisionRecord:
         model_version: int,
         created: float,
         rewarded: bool = False,
+        row: int = -1,
     ) -> None:
         self.experiment_uid = experiment_uid
         self.arm_ids = arm_ids
@@ -45,10 +55,33 @@ class DecisionRecord:
         self.model_version = model_version
         self.created = created  # wall clock, seconds since the epoch
         self.rewarded = rewarded
+        self.row = row  # sequence number in the store (-1: not stored)
+
+
+class DecisionColumns:
+    """Many decisions as columns, oldest first (the store's contents, or a batch to add)."""
+
+    __slots__ = ("ids", "uids", "slates", "contexts", "propensities", "versions", "created",
+                 "rewarded")
+
+    def __init__(self, ids: list[str], uids: np.ndarray, slates: list[tuple[str, ...]],
+                 contexts: list[np.ndarray | None], propensities: np.ndarray,
+                 versions: np.ndarray, created: np.ndarray, rewarded: np.ndarray) -> None:
+        self.ids = ids
+        self.uids = uids
+        self.slates = slates
+        self.contexts = contexts
+        self.propensities = propensities
+        self.versions = versions
+        self.created = created
+        self.rewarded = rewarded
+
+    def __len__(self) -> int:
+        return len(self.ids)
 
 
 class DecisionStore:
-    """Insertion-ordered map decision_id -> DecisionRecord with capacity and TTL."""
+    """decision_id -> decision, insertion ordered, with capacity and TTL."""
 
     def __init__(self, capacity: int, ttl_seconds: float, id_prefix: str | None = None) -> None:
         self.capacity = capacity
@@ -57,54 +90,192 @@ class DecisionStore:
         # per-request uuid4 (which costs more than the rest of the id).
         self._prefix = id_prefix if id_prefix is not None else secrets.token_hex(6)
         self._counter = 0
-        self._records: OrderedDict[str, DecisionRecord] = OrderedDict()
+        self._puts = 0
+        self.clear()
 
-    def __len__(self) -> int:
-        return len(self._records)
-
+    # -- ids -------------------------------------------------------------------------------
     def new_id(self) -> str:
         self._counter += 1
         return f"{self._prefix}-{self._counter:x}"
 
+    def new_ids(self, n: int) -> list[str]:
+        """``n`` fresh ids, as ``n`` calls of :meth:`new_id` would give."""
+        start = self._counter + 1
+        self._counter += n
+        prefix = self._prefix
+        return [f"{prefix}-{c:x}" for c in range(start, start + n)]
+
+    # -- storage ---------------------------------------------------------------------------
+    def clear(self) -> None:
+        c = self.capacity
+        self._index: dict[str, int] = {}
+        self._ids: list[str | None] = [None] * c
+        self._slates: list[tuple[str, ...] | None] = [None] * c
+        self._contexts: list[np.ndarray | None] = [None] * c
+        self._uids = np.zeros(c, dtype=np.int64)
+        self._propensities = np.zeros(c)
+        self._versions = np.zeros(c, dtype=np.int64)
+        self._created = np.zeros(c)
+        self._rewarded = np.zeros(c, dtype=np.bool_)
+        self._head = 0  # sequence number of the oldest row held
+        self._tail = 0  # sequence number the next row gets
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def _forget(self, start: int, stop: int) -> None:
+        """Drop rows ``start .. stop-1`` (sequence numbers) from the index."""
+        index = self._index
+        c = self.capacity
+        ids = self._ids
+        for seq in range(start, stop):
+            pos = seq % c
+            old = ids[pos]
+            if old is not None:
+                if index.get(old) == seq:  # not re-stored under a newer row since
+                    del index[old]
+                ids[pos] = None
+                self._slates[pos] = None
+                self._contexts[pos] = None
+
     def put(self, decision_id: str, record: DecisionRecord, expire: bool = True) -> None:
-        records = self._records
-        records[decision_id] = record
-        if len(records) > self.capacity:
-            records.popitem(last=False)
-        if expire:
+        seq = self._tail
+        if seq - self._head >= self.capacity:
+            self._forget(self._head, self._head + 1)
+            self._head += 1
+        pos = seq % self.capacity
+        self._ids[pos] = decision_id
+        self._slates[pos] = record.arm_ids
+        self._contexts[pos] = record.context
+        self._uids[pos] = record.experiment_uid
+        self._propensities[pos] = record.propensity
+        self._versions[pos] = record.model_version
+        self._created[pos] = record.created
+        self._rewarded[pos] = record.rewarded
+        self._index[decision_id] = seq
+        self._tail = seq + 1
+        record.row = seq
+        self._puts += 1
+        if expire and self._puts % _EXPIRE_EVERY == 0:
             self._expire(record.created)
 
-    def items(self) -> list[tuple[str, DecisionRecord]]:
-        """The records, oldest first (a copy of the references, taken at once)."""
-        return list(self._records.items())
+    def put_many(self, batch: DecisionColumns, expire: bool = True) -> None:
+        """Store a batch of decisions (their order is their age order)."""
+        n = len(batch)
+        c = self.capacity
+        if n > c:  # only the newest ``capacity`` can be kept
+            cut = n - c
+            batch = DecisionColumns(batch.ids[cut:], batch.uids[cut:], batch.slates[cut:],
+                                    batch.contexts[cut:], batch.propensities[cut:],
+                                    batch.versions[cut:], batch.created[cut:],
+                                    batch.rewarded[cut:])
+            n = c
+        start = self._tail
+        overflow = start + n - self._head - c
+        if overflow > 0:
+            self._forget(self._head, self._head + overflow)
+            self._head += overflow
+        done = 0
+        while done < n:  # at most two contiguous pieces of the ring
+            pos = (start + done) % c
+            take = min(n - done, c - pos)
+            rows = slice(pos, pos + take)
+            part = slice(done, done + take)
+            self._ids[rows] = batch.ids[part]
+            self._slates[rows] = batch.slates[part]
+            self._contexts[rows] = batch.contexts[part]
+            self._uids[rows] = batch.uids[part]
+            self._propensities[rows] = batch.propensities[part]
+            self._versions[rows] = batch.versions[part]
+            self._created[rows] = batch.created[part]
+            self._rewarded[rows] = batch.rewarded[part]
+            done += take
+        self._index.update(zip(batch.ids, range(start, start + n), strict=True))
+        self._tail = start + n
+        if expire and n:
+            self._expire(float(batch.created[-1]))
 
     def get(self, decision_id: str, now: float | None = None) -> DecisionRecord | None:
-        """The live record of ``decision_id``, or None if unknown or expired."""
-        record = self._records.get(decision_id)
-        if record is None:
+        """The live record of ``decision_id`` (a copy), or None if unknown or expired."""
+        seq = self._index.get(decision_id)
+        if seq is None:
             return None
-        if (now if now is not None else time.time()) - record.created > self.ttl_seconds:
+        pos = seq % self.capacity
+        created = float(self._created[pos])
+        if (now if now is not None else time.time()) - created > self.ttl_seconds:
             return None
-        return record
+        return DecisionRecord(int(self._uids[pos]), self._slates[pos],  # type: ignore[arg-type]
+                              self._contexts[pos], float(self._propensities[pos]),
+                              int(self._versions[pos]), created, bool(self._rewarded[pos]), seq)
+
+    def is_rewarded(self, record: DecisionRecord) -> bool:
+        """Whether the stored decision ``record`` came from has had its reward by now (the
+        record is a copy: a reward applied after it was read does not show in it)."""
+        if record.rewarded:
+            return True
+        return record.row >= self._head and bool(self._rewarded[record.row % self.capacity])
+
+    def mark_rewarded(self, record: DecisionRecord) -> None:
+        """Remember that the stored decision ``record`` came from has had its reward."""
+        record.rewarded = True
+        if record.row >= self._head:
+            self._rewarded[record.row % self.capacity] = True
 
     def _expire(self, now: float) -> None:
-        # Records are in creation order, so expired ones sit at the front.
-        records = self._records
+        # Rows are in creation order, so expired ones sit at the front.
         deadline = now - self.ttl_seconds
-        while records:
-            first = next(iter(records.values()))
-            if first.created >= deadline:
+        head, tail, c = self._head, self._tail, self.capacity
+        if head == tail or self._created[head % c] >= deadline:
+            return
+        stop = head
+        while stop < tail:  # chunked scan of the (sorted) creation times
+            pos = stop % c
+            chunk = self._created[pos : min(pos + (tail - stop), c)]
+            older = int(np.searchsorted(chunk, deadline, side="left"))
+            stop += older
+            if older < len(chunk):
                 break
-            records.popitem(last=False)
-
-    def load(self, pairs) -> None:
-        """Replace the contents with (decision_id, record) pairs, oldest first (restore)."""
-        self._records = OrderedDict(pairs)
-        while len(self._records) > self.capacity:
-            self._records.popitem(last=False)
+        self._forget(head, stop)
+        self._head = stop
 
     def discard(self, decision_id: str) -> None:
-        self._records.pop(decision_id, None)
+        self._index.pop(decision_id, None)
 
-    def clear(self) -> None:
-        self._records.clear()
+    # -- snapshots -------------------------------------------------------------------------
+    def columns(self) -> DecisionColumns:
+        """Every record held, oldest first, as columns (copies, taken at once)."""
+        c = self.capacity
+        live = [seq for seq in range(self._head, self._tail)
+                if (i := self._ids[seq % c]) is not None and self._index.get(i) == seq]
+        pos = np.array(live, dtype=np.int64) % c if live else np.zeros(0, dtype=np.int64)
+        plist = pos.tolist()
+        return DecisionColumns(
+            [self._ids[p] for p in plist], self._uids[pos], [self._slates[p] for p in plist],
+            [self._contexts[p] for p in plist], self._propensities[pos], self._versions[pos],
+            self._created[pos], self._rewarded[pos])
+
+    def items(self) -> list[tuple[str, DecisionRecord]]:
+        """The records, oldest first, as (decision_id, record) pairs."""
+        cols = self.columns()
+        return [(cols.ids[i], DecisionRecord(int(cols.uids[i]), cols.slates[i], cols.contexts[i],
+                                             float(cols.propensities[i]), int(cols.versions[i]),
+                                             float(cols.created[i]), bool(cols.rewarded[i])))
+                for i in range(len(cols))]
+
+    def load(self, pairs: Iterable[tuple[str, DecisionRecord]]) -> None:
+        """Replace the contents with (decision_id, record) pairs, oldest first (restore)."""
+        self.clear()
+        for decision_id, record in pairs:
+            self.put(decision_id, record, expire=False)
+
+    def load_columns(self, cols: DecisionColumns) -> None:
+        """Replace the contents with ``cols``, oldest first (restore)."""
+        self.clear()
+        self.put_many(cols, expire=False)
+
+
+def slate_tuples(arm_ids: Sequence[str], ranked: np.ndarray) -> list[tuple[str, ...]]:
+    """Rows of arm positions (``ranked[i]``) as tuples of arm ids."""
+    if ranked.shape[1] == 1:
+        return [(arm_ids[i],) for i in ranked[:, 0].tolist()]
+    return [tuple(arm_ids[i] for i in row) for row in ranked.tolist()]

@@ -7,6 +7,7 @@ raises a DomainError having changed nothing.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -17,6 +18,15 @@ from server.errors import InvalidArgument, NotFound
 from server.policies import PolicySpec
 
 _EMPTY_CONTEXT = np.empty(0, dtype=np.float64)
+
+
+class ContextRowError(Exception):
+    """Row ``row`` of :meth:`Experiment.context_rows` is invalid (``error`` says why)."""
+
+    def __init__(self, row: int, error: InvalidArgument) -> None:
+        super().__init__(str(error))
+        self.row = row
+        self.error = error
 
 
 class Experiment:
@@ -191,6 +201,50 @@ class Experiment:
             self.selections[out] += 1
         return out, float(propensity)
 
+    def select_many(self, eligible: np.ndarray, contexts: np.ndarray, out: np.ndarray,
+                    propensity: np.ndarray) -> None:
+        """``out.shape[0]`` decisions in one kernel call: row ``i`` of ``out`` (``n`` ranked
+        positions) and ``propensity[i]`` for ``contexts[i]`` (a ``(rows, context_dim)`` array).
+        The same decisions as :meth:`select` row by row (selections counted in between)."""
+        self.spec.kernel.select_batch(
+            self.state,
+            self.spec.params,
+            eligible,
+            contexts,
+            self.version,
+            self.selections,
+            self.floor,
+            self.burn_in,
+            self.draws,
+            self.rng,
+            out,
+            propensity,
+        )
+
+    def context_rows(self, rows: list, field: str = "context") -> np.ndarray:
+        """The contexts of several requests (sequences of floats) as one ``(len(rows),
+        context_dim)`` float64 array, validated like :meth:`context_array`. A bad row raises
+        :class:`ContextRowError` naming the first one (its index in ``rows``)."""
+        n = len(rows)
+        d = self.context_dim
+        lengths = np.fromiter(map(len, rows), dtype=np.int64, count=n)
+        wrong = np.flatnonzero(lengths != d)
+        good = int(wrong[0]) if len(wrong) else n  # rows before the first wrong length
+        if d == 0:
+            ctx = np.empty((good, 0), dtype=np.float64)
+        else:
+            ctx = np.fromiter(itertools.chain.from_iterable(rows[:good]), dtype=np.float64,
+                              count=good * d).reshape(good, d)
+            ok = np.abs(ctx) <= self.max_abs  # False for NaN and inf too
+            if not ok.all():
+                good = int(np.flatnonzero(~ok.all(axis=1))[0])
+        if good < n:
+            try:
+                self.context_array(rows[good], field)
+            except InvalidArgument as exc:
+                raise ContextRowError(good, exc) from None
+        return ctx
+
     def reward(self, arm: int, reward: float, context: np.ndarray) -> None:
         """Learn from one reward of the arm at position ``arm`` (validated by the caller)."""
         self.spec.kernel.update(self.state, self.spec.params, arm, reward, context, self.discount)
@@ -199,6 +253,16 @@ class Experiment:
         if reward > 0:
             self.positives[arm] += 1
         self.version += 1
+
+    def reward_many(self, arms: np.ndarray, rewards: np.ndarray, contexts: np.ndarray) -> None:
+        """Learn from rewards ``rewards[i]`` of arm positions ``arms[i]`` (contexts: ``(rows,
+        context_dim)``) in one kernel call: the same state as :meth:`reward` row by row."""
+        self.spec.kernel.update_batch(self.state, self.spec.params, arms, rewards, contexts,
+                                      self.discount)
+        np.add.at(self.rewards, arms, 1)
+        np.add.at(self.reward_sum, arms, rewards)  # in row order, as one by one
+        np.add.at(self.positives, arms[rewards > 0], 1)
+        self.version += len(arms)
 
     def ingest(self, period: str, rows: list[tuple[int, float, float, float]]) -> tuple[int, int]:
         """Replace ``period``'s aggregates for the given arms (validated by the caller).

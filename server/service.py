@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from operator import attrgetter
 
+import numpy as np
 from banditd.storage.v1 import storage_pb2 as st
 
 from decision.v1 import decision_pb2 as pb
 from decision.v1 import decision_pb2_grpc as pb_grpc
 from server import analytics
 from server.budget import allocate_budget
-from server.decision_store import DecisionRecord, DecisionStore
+from server.decision_store import DecisionColumns, DecisionRecord, DecisionStore, slate_tuples
 from server.durability import Durability
 from server.errors import (
     DomainError,
@@ -25,7 +27,7 @@ from server.errors import (
     Unavailable,
     grpc_errors,
 )
-from server.experiment import Experiment
+from server.experiment import ContextRowError, Experiment
 from server.metrics import Metrics
 from server.pacing import CampaignRegistry
 from server.registry import ExperimentRegistry
@@ -40,6 +42,27 @@ class _PreparedSelect:
         self.eligible = eligible
         self.context = context
         self.n = n
+
+
+class _SelectGroup:
+    """Consecutive batch items of one experiment with the same eligible arms and slate size:
+    decided by one batch-kernel call."""
+
+    __slots__ = ("experiment", "eligible", "n", "contexts", "count")
+
+    def __init__(self, experiment: Experiment, eligible: np.ndarray, n: int,
+                 contexts: np.ndarray) -> None:
+        self.experiment = experiment
+        self.eligible = eligible
+        self.n = n
+        self.contexts = contexts  # (count, context_dim), validated
+        self.count = len(contexts)
+
+
+_EXPERIMENT_ID = attrgetter("experiment_id")
+_NUM_ARMS = attrgetter("num_arms")
+_ELIGIBLE = attrgetter("eligible_arm_ids")
+_CONTEXT = attrgetter("context")
 
 
 class _PreparedReward:
@@ -63,6 +86,61 @@ def _event_time(request) -> float:
         raise InvalidArgument(
             f"event_time must be between 1970 and 2200, got {ts.seconds} s {ts.nanos} ns")
     return ts.seconds + ts.nanos * 1e-9
+
+
+class _RewardGroup:
+    """Rewards of one experiment in a batch, learned with one batch-kernel call."""
+
+    __slots__ = ("experiment", "arms", "rewards", "contexts")
+
+    def __init__(self, experiment: Experiment) -> None:
+        self.experiment = experiment
+        self.arms: list[int] = []
+        self.rewards: list[float] = []
+        self.contexts: list[np.ndarray] = []
+
+    def learn(self) -> None:
+        n = len(self.arms)
+        if not n:
+            return
+        e = self.experiment
+        contexts = np.array(self.contexts) if e.context_dim else np.empty((n, 0))
+        e.reward_many(np.array(self.arms, dtype=np.int64),
+                      np.array(self.rewards, dtype=np.float64), contexts)
+
+
+class _RewardLog:
+    """Applied rewards of a batch as the columns of one ``reward_table`` log record."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.experiment_ids: list[str] = []
+        self.arm_ids: list[str] = []
+        self.rewards: list[float] = []
+        self.context_sizes: list[int] = []
+        self.contexts: list[np.ndarray] = []
+        self.decision_ids: list[str] = []
+        self.tombstones: list[bool] = []
+
+    def add(self, p: _PreparedReward, tombstone: bool) -> None:
+        self.rows += 1
+        self.experiment_ids.append(p.experiment.experiment_id)
+        self.arm_ids.append(p.experiment.arm_ids[p.arm])
+        self.rewards.append(p.reward)
+        self.context_sizes.append(len(p.context))
+        if len(p.context):
+            self.contexts.append(p.context)
+        self.decision_ids.append(p.decision_id)
+        self.tombstones.append(tombstone)
+
+    def encode(self) -> st.RewardTable:
+        table = st.RewardTable(
+            experiment_ids=self.experiment_ids, arm_ids=self.arm_ids, rewards=self.rewards,
+            context_sizes=self.context_sizes, decision_ids=self.decision_ids,
+            tombstones=self.tombstones)
+        if self.contexts:
+            table.contexts.extend(np.concatenate(self.contexts).tolist())
+        return table
 
 
 def _in_batch(index: int, exc: DomainError) -> DomainError:
@@ -144,9 +222,9 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         n = experiment.slate_size(request.num_arms, len(eligible))
         return _PreparedSelect(experiment, eligible, context, n)
 
-    def _apply_select(
-        self, p: _PreparedSelect, now: float, log: list | None
-    ) -> pb.SelectArmResponse:
+    async def SelectArm(self, request, context):
+        self._check_ready()
+        p = self._prepare_select(request)
         experiment = p.experiment
         ranked, propensity = experiment.select(p.eligible, p.context, p.n)
         ids = experiment.arm_ids
@@ -154,55 +232,98 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             slate: tuple[str, ...] = (ids[ranked[0]],)
         else:
             slate = tuple(ids[i] for i in ranked)
-        decisions = self.decisions
-        decision_id = decisions.new_id()
-        context = p.context if experiment.context_dim else None
-        decisions.put(
-            decision_id,
-            DecisionRecord(experiment.uid, slate, context, propensity, experiment.version, now),
-        )
-        if log is not None:
-            log.append(st.Decision(
-                decision_id=decision_id, experiment_id=experiment.experiment_id,
-                experiment_uid=experiment.uid, arm_ids=slate,
-                context=context.tolist() if context is not None else (),
-                has_context=context is not None, propensity=propensity,
-                model_version=experiment.version, created=now,
-            ))
+        decision_id = self.decisions.new_id()
+        context_kept = p.context if experiment.context_dim else None
+        version = experiment.version
+        now = time.time()
+        self.decisions.put(decision_id, DecisionRecord(
+            experiment.uid, slate, context_kept, propensity, version, now))
+        if self.logging:
+            self.durability.pending.add(decision_id, experiment.experiment_id, experiment.uid,
+                                        slate, context_kept, propensity, version, now)
+            self.durability.decisions_logged()
         response = pb.SelectArmResponse(
-            decision_id=decision_id,
-            arm_id=slate[0],
-            propensity=propensity,
-            model_version=experiment.version,
+            decision_id=decision_id, arm_id=slate[0], propensity=propensity,
+            model_version=version,
         )
         if p.n > 1:
             response.ranked_arm_ids.extend(slate)
         return response
 
-    async def SelectArm(self, request, context):
-        self._check_ready()
-        log: list | None = [] if self.logging else None
-        response = self._apply_select(self._prepare_select(request), time.time(), log)
-        self._log_decisions(log)
-        return response
-
     async def BatchSelectArms(self, request, context):
+        """Validate every item, then decide group by group: consecutive items of the same
+        experiment, eligible arms and slate size take one batch-kernel call, one columnar
+        store insert and one columnar log entry (the same decisions as one by one)."""
         self._check_ready()
         items = request.requests
         self._check_batch(len(items))
-        prepared = []
-        for i, item in enumerate(items):
-            try:
-                prepared.append(self._prepare_select(item))
-            except DomainError as exc:
-                raise _in_batch(i, exc) from None
+        groups = self._prepare_select_groups(items)
         now = time.time()
-        log: list | None = [] if self.logging else None
-        response = pb.BatchSelectArmsResponse(
-            responses=[self._apply_select(p, now, log) for p in prepared]
-        )
-        self._log_decisions(log)
+        response = pb.BatchSelectArmsResponse()
+        for group in groups:
+            self._apply_select_group(group, now, response.responses)
+        if self.logging:
+            self.durability.decisions_logged()
         return response
+
+    def _prepare_select_groups(self, items) -> list[_SelectGroup]:
+        """Validate every item (errors name the first bad one, as one by one would) and split
+        the batch into groups; field access and context conversion are C-level loops."""
+        n = len(items)
+        ids = list(map(_EXPERIMENT_ID, items))
+        nums = list(map(_NUM_ARMS, items))
+        eligibles = list(map(_ELIGIBLE, items))
+        contexts = list(map(_CONTEXT, items))
+        if ids.count(ids[0]) == n and nums.count(nums[0]) == n and not any(map(len, eligibles)):
+            starts = [0]  # the common case: one experiment, every arm, one slate size
+        else:
+            starts = [0] + [i for i in range(1, n) if ids[i] != ids[i - 1]
+                            or nums[i] != nums[i - 1] or eligibles[i] != eligibles[i - 1]]
+        groups = []
+        for g, start in enumerate(starts):
+            stop = starts[g + 1] if g + 1 < len(starts) else n
+            try:  # in the order of a single SelectArm's checks
+                experiment = self.registry.get(ids[start])
+                positions = experiment.eligible_array(eligibles[start])
+                experiment.context_array(contexts[start])
+                size = experiment.slate_size(nums[start], len(positions))
+            except DomainError as exc:
+                raise _in_batch(start, exc) from None
+            try:
+                rows = experiment.context_rows(contexts[start:stop])
+            except ContextRowError as exc:
+                raise _in_batch(start + exc.row, exc.error) from None
+            groups.append(_SelectGroup(experiment, positions, size, rows))
+        return groups
+
+    def _apply_select_group(self, g: _SelectGroup, now: float, responses) -> None:
+        experiment = g.experiment
+        count = g.count
+        ranked = np.empty((count, g.n), dtype=np.int64)
+        propensity = np.empty(count, dtype=np.float64)
+        contexts = g.contexts
+        experiment.select_many(g.eligible, contexts, ranked, propensity)
+        ids = self.decisions.new_ids(count)
+        slates = slate_tuples(experiment.arm_ids, ranked)
+        props = propensity.tolist()
+        version = experiment.version
+        kept = contexts if experiment.context_dim else None
+        self.decisions.put_many(DecisionColumns(
+            ids, np.full(count, experiment.uid, dtype=np.int64), slates,
+            list(kept) if kept is not None else [None] * count, propensity,
+            np.full(count, version, dtype=np.int64), np.full(count, now),
+            np.zeros(count, dtype=np.bool_)))
+        if self.logging:
+            self.durability.pending.add_many(ids, experiment.experiment_id, experiment.uid,
+                                             slates, kept, props, version, now)
+        add = responses.add
+        if g.n == 1:
+            for decision_id, slate, p in zip(ids, slates, props, strict=True):
+                add(decision_id=decision_id, arm_id=slate[0], propensity=p, model_version=version)
+        else:
+            for decision_id, slate, p in zip(ids, slates, props, strict=True):
+                add(decision_id=decision_id, arm_id=slate[0], propensity=p,
+                    model_version=version, ranked_arm_ids=slate)
 
     # -- rewards -----------------------------------------------------------------
     def _prepare_reward(self, request, now: float) -> _PreparedReward:
@@ -246,27 +367,35 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         context = experiment.context_array(request.context)
         return _PreparedReward(experiment, arm, reward, context, decision_id, None)
 
-    def _apply_reward(
-        self, p: _PreparedReward, now: float, log: list | None
-    ) -> pb.RecordRewardResponse:
+    def _settle_reward(self, p: _PreparedReward, now: float, version: int) -> bool | None:
+        """Exactly-once bookkeeping of a validated reward: None if it is a duplicate (nothing
+        to learn), else whether a tombstone was stored for its unknown decision id.
+        ``version``: the experiment's model version just before this reward is learned."""
         record = p.record
-        tombstone = False
         if record is None and p.decision_id:
             # An unknown decision rewarded by explicit arm: remember it (as already
             # rewarded) so that a retry of the same request is not counted twice. A record
             # of that id owned by another experiment (or incarnation) is left alone.
             earlier = self.decisions.get(p.decision_id, now)
             if earlier is None:
-                tombstone = True
                 self.decisions.put(p.decision_id, DecisionRecord(
-                    p.experiment.uid, (p.experiment.arm_ids[p.arm],), None, 0.0,
-                    p.experiment.version, now, rewarded=True))
-            elif earlier.experiment_uid == p.experiment.uid and earlier.rewarded:
-                return pb.RecordRewardResponse(duplicate=True)
+                    p.experiment.uid, (p.experiment.arm_ids[p.arm],), None, 0.0, version, now,
+                    rewarded=True))
+                return True
+            if earlier.experiment_uid == p.experiment.uid and earlier.rewarded:
+                return None
         elif record is not None:
-            if record.rewarded:
-                return pb.RecordRewardResponse(duplicate=True)
-            record.rewarded = True
+            if self.decisions.is_rewarded(record):  # also by an earlier item of this batch
+                return None
+            self.decisions.mark_rewarded(record)
+        return False
+
+    def _apply_reward(
+        self, p: _PreparedReward, now: float, log: list | None
+    ) -> pb.RecordRewardResponse:
+        tombstone = self._settle_reward(p, now, p.experiment.version)
+        if tombstone is None:
+            return pb.RecordRewardResponse(duplicate=True)
         p.experiment.reward(p.arm, p.reward, p.context)
         if log is not None:
             log.append(st.Reward(
@@ -295,11 +424,31 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                 prepared.append(self._prepare_reward(item, now))
             except DomainError as exc:
                 raise _in_batch(i, exc) from None
-        log: list | None = [] if self.logging else None
-        response = pb.BatchRecordRewardsResponse(
-            responses=[self._apply_reward(p, now, log) for p in prepared]
-        )
-        await self._log_rewards(log)
+        # Bookkeeping item by item (duplicates, also within the batch), then one kernel call
+        # per experiment: its rewards in batch order give the same state as one by one.
+        response = pb.BatchRecordRewardsResponse()
+        add = response.responses.add
+        learn: dict[int, _RewardGroup] = {}
+        table = _RewardLog() if self.logging else None
+        for p in prepared:
+            group = learn.get(p.experiment.uid)
+            if group is None:
+                group = learn[p.experiment.uid] = _RewardGroup(p.experiment)
+            tombstone = self._settle_reward(p, now, p.experiment.version + len(group.arms))
+            if tombstone is None:
+                add(duplicate=True)
+                continue
+            add()
+            group.arms.append(p.arm)
+            group.rewards.append(p.reward)
+            group.contexts.append(p.context)
+            if table is not None:
+                table.add(p, tombstone)
+        for group in learn.values():
+            group.learn()
+        if table is not None and table.rows:
+            self.durability.log(st.WalRecord(reward_table=table.encode()))
+        await self.durability.commit()  # also with nothing new: an original may be in flight
         return response
 
     # -- analyst RPCs ------------------------------------------------------------
@@ -384,11 +533,6 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             for record in records:
                 self.durability.log(record)
             await self.durability.commit()
-
-    def _log_decisions(self, log: list | None) -> None:
-        """Log decision records without waiting for the disk (see server.durability)."""
-        if log:
-            self.durability.log_decisions(st.WalRecord(decisions=st.Decisions(items=log)))
 
     async def _log_rewards(self, log: list | None) -> None:
         """Log applied rewards and wait until they are durable; also when ``log`` is empty

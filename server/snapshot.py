@@ -30,7 +30,7 @@ import numpy as np
 from banditd.storage.v1 import storage_pb2 as st
 
 from decision.v1 import decision_pb2 as pb
-from server.decision_store import DecisionRecord, DecisionStore
+from server.decision_store import DecisionColumns, DecisionStore
 from server.pacing import Campaign, CampaignRegistry
 from server.registry import ExperimentRegistry
 from server.wal import fsync_dir, numbered_files
@@ -97,7 +97,7 @@ class Capture:
     lsn: int
     next_uid: int
     experiments: list[_ExperimentImage] = field(default_factory=list)
-    decisions: list[tuple[str, DecisionRecord]] = field(default_factory=list)
+    decisions: DecisionColumns | None = None
     uid_to_id: dict[int, str] = field(default_factory=dict)
     campaigns: list[Campaign] = field(default_factory=list)
 
@@ -119,7 +119,7 @@ def capture(lsn: int, registry: ExperimentRegistry, decisions: DecisionStore,
         periods = {p: dict(arms) for p, arms in e.periods.items()}
         cap.experiments.append(_ExperimentImage(config, e.uid, e.version, state, counters, periods))
         cap.uid_to_id[e.uid] = e.experiment_id
-    cap.decisions = decisions.items()
+    cap.decisions = decisions.columns()
     cap.campaigns = campaigns.campaigns()
     return cap
 
@@ -143,19 +143,20 @@ def encode(cap: Capture) -> tuple[bytes, list[np.ndarray]]:
             for arm_id, (t, s, v) in arms.items():
                 pm.metrics.add(arm_id=arm_id, trials=t, successes=s, value=v)
     table = snap.decisions
-    records = [r for _, r in cap.decisions]
-    table.decision_ids.extend([k for k, _ in cap.decisions])
-    table.experiment_uids.extend([r.experiment_uid for r in records])
-    table.slate_sizes.extend([len(r.arm_ids) for r in records])
-    table.arm_ids.extend([a for r in records for a in r.arm_ids])
-    table.propensities.extend([r.propensity for r in records])
-    table.model_versions.extend([r.model_version for r in records])
-    table.created.extend([r.created for r in records])
-    table.rewarded.extend([r.rewarded for r in records])
-    table.context_sizes.extend([0 if r.context is None else len(r.context) for r in records])
-    contexts = [r.context for r in records if r.context is not None]
-    if contexts:
-        table.contexts.extend(np.concatenate(contexts).tolist())
+    cols = cap.decisions
+    if cols is not None and len(cols):
+        table.decision_ids.extend(cols.ids)
+        table.experiment_uids.extend(cols.uids.tolist())
+        table.slate_sizes.extend([len(s) for s in cols.slates])
+        table.arm_ids.extend([a for s in cols.slates for a in s])
+        table.propensities.extend(cols.propensities.tolist())
+        table.model_versions.extend(cols.versions.tolist())
+        table.created.extend(cols.created.tolist())
+        table.rewarded.extend(cols.rewarded.tolist())
+        table.context_sizes.extend([0 if c is None else len(c) for c in cols.contexts])
+        contexts = [c for c in cols.contexts if c is not None]
+        if contexts:
+            table.contexts.extend(np.concatenate(contexts).tolist())
     snap.campaigns.extend(c.to_proto() for c in cap.campaigns)
     return snap.SerializeToString(), arrays.parts
 
@@ -250,23 +251,40 @@ def load(snap: st.Snapshot, section: memoryview, registry: ExperimentRegistry,
         e.periods = {pm.period: {m.arm_id: (m.trials, m.successes, m.value) for m in pm.metrics}
                      for pm in es.periods}
     registry.next_uid = max(registry.next_uid, snap.next_uid)
-    decisions.clear()
-    t = snap.decisions
-    slates, contexts = list(t.arm_ids), np.array(t.contexts, dtype=np.float64)
-    rows = zip(t.experiment_uids, t.slate_sizes, t.context_sizes, t.propensities,
-               t.model_versions, t.created, t.rewarded, strict=True)
-    records = []
-    a = c = 0
-    for uid, size, csize, propensity, version, created, rewarded in rows:
-        context = contexts[c : c + csize] if csize else None
-        records.append(DecisionRecord(uid, tuple(slates[a : a + size]), context, propensity,
-                                      version, created, rewarded))
-        a += size
-        c += csize
-    decisions.load(zip(t.decision_ids, records, strict=True))
+    decisions.load_columns(decision_columns(snap.decisions))
     campaigns.clear()
     for state in snap.campaigns:
         campaigns.load(state)
+
+
+def decision_columns(t: st.DecisionTable) -> DecisionColumns:
+    """A ``DecisionTable`` (log record or snapshot) as the decision store's columns."""
+    n = len(t.decision_ids)
+    arm_ids = list(t.arm_ids)
+    sizes = list(t.slate_sizes)
+    slates: list[tuple[str, ...]]
+    if n and len(arm_ids) == n:  # single-arm decisions only
+        slates = [(a,) for a in arm_ids]
+    else:
+        slates = []
+        a = 0
+        for size in sizes:
+            slates.append(tuple(arm_ids[a : a + size]))
+            a += size
+    contexts: list[np.ndarray | None] = [None] * n
+    if len(t.contexts):
+        values = np.array(t.contexts, dtype=np.float64)
+        c = 0
+        for i, size in enumerate(t.context_sizes):
+            if size:
+                contexts[i] = values[c : c + size]
+                c += size
+    rewarded = (np.array(t.rewarded, dtype=np.bool_) if len(t.rewarded)
+                else np.zeros(n, dtype=np.bool_))
+    return DecisionColumns(list(t.decision_ids), np.array(t.experiment_uids, dtype=np.int64),
+                           slates, contexts, np.array(t.propensities, dtype=np.float64),
+                           np.array(t.model_versions, dtype=np.int64),
+                           np.array(t.created, dtype=np.float64), rewarded)
 
 
 def describe(path: Path) -> str:

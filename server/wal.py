@@ -113,6 +113,9 @@ class WriteAheadLog:
         self._closed = False
         self.bytes_written = 0
         self.flushes = 0
+        # Called (on the loop thread) before every write: lets the owner append records it
+        # has been collecting lazily (decision records), so they are written in order.
+        self.collect: Callable[[], None] | None = None
         self._open_segment(next_lsn)
 
     def _open_segment(self, first_lsn: int) -> None:
@@ -155,7 +158,12 @@ class WriteAheadLog:
             self._open_segment(self.next_lsn)
             return result
 
+    def _collect(self) -> None:
+        if self.collect is not None:
+            self.collect()
+
     def _write_buffer_now(self, sync: bool) -> None:
+        self._collect()
         if self._buffer:
             data = b"".join(self._buffer)
             self._buffer.clear()
@@ -178,12 +186,14 @@ class WriteAheadLog:
         while not self._closed:
             await self._wakeup.wait()
             self._wakeup.clear()
+            self._collect()
             if not self._buffer and not self._waiters:
                 continue
             async with self._lock:
                 await self._flush_once()
 
     async def _flush_once(self) -> None:
+        self._collect()
         data = b"".join(self._buffer)
         self._buffer.clear()
         waiters, self._waiters = self._waiters, []

@@ -19,7 +19,8 @@ PARAMS = {
     "lin_thompson": [0.5, 1.5],
 }
 API = ("NAME", "PARAM_NAMES", "CONTEXTUAL", "ESTIMATED_PROPENSITY", "new_state", "select",
-       "update", "select_reference", "update_reference")
+       "update", "select_reference", "update_reference", "select_batch", "update_batch",
+       "select_batch_reference", "update_batch_reference")
 
 
 def _reward(mod, gen):
@@ -314,3 +315,78 @@ def test_floor_gives_every_arm_at_least_floor(name):
         counts[out[0]] += 1
     tol = 4 * np.sqrt(floor * (1 - floor) / n)
     assert (counts / n >= floor - tol).all(), counts / n
+
+
+BATCH_CASES = [
+    (name, k, d, seed)
+    for name, mod in POLICIES.items()
+    for k in (1, 3, 20)
+    for d in ((1, 6) if mod.CONTEXTUAL else (0,))
+    for seed in range(3)
+]
+
+
+@pytest.mark.parametrize(("name", "k", "d", "seed"), BATCH_CASES)
+def test_select_batch_matches_reference_and_single_decisions(name, k, d, seed):
+    """One batch kernel call = its NumPy twin (draw for draw) = the same decisions one by one
+    with each slate counted before the next (what the server did per item)."""
+    mod = POLICIES[name]
+    gen = np.random.default_rng(500 * seed + 7 * k + d)
+    params = np.array(PARAMS[name])
+    state, ref = _trained_pair(mod, k, d, params, gen, int(gen.choice([0, 40])), 0.97,
+                               int(gen.choice([1, 5])))
+    single = tuple(a.copy() for a in state)
+    for _ in range(3):
+        rows = int(gen.integers(1, 40))
+        m = int(gen.integers(1, k + 1))
+        eligible = np.sort(gen.choice(k, size=m, replace=False)).astype(np.int64)
+        n = int(gen.integers(1, m + 1))
+        floor = float(gen.choice([0.0, 0.5 / m]))
+        burn_in = int(gen.choice([0, 2, 30]))
+        t = int(gen.integers(0, 100))
+        draws = int(gen.choice([1, 4]))
+        contexts = np.ascontiguousarray(gen.standard_normal((rows, d)))
+        sel = gen.integers(0, 4, size=k).astype(np.int64)
+        sel_ref, sel_single = sel.copy(), sel.copy()
+        rng_seed = int(gen.integers(2**62))
+        rng, rng_single, src = seed_state(rng_seed), seed_state(rng_seed), Xoshiro(rng_seed)
+        out = np.full((rows, n), -1, dtype=np.int64)
+        out_ref = out.copy()
+        prop, prop_ref = np.empty(rows), np.empty(rows)
+        mod.select_batch(state, params, eligible, contexts, t, sel, floor, burn_in, draws, rng,
+                         out, prop)
+        mod.select_batch_reference(ref, params, eligible, contexts, t, sel_ref, floor, burn_in,
+                                   draws, src, out_ref, prop_ref)
+        assert out.tolist() == out_ref.tolist()
+        np.testing.assert_allclose(prop, prop_ref, rtol=0, atol=1e-9)
+        assert np.array_equal(rng, src.state()) and np.array_equal(sel, sel_ref)
+        _assert_states_equal(state, ref)
+        for i in range(rows):  # the unary kernel, one decision at a time
+            one = np.empty(n, dtype=np.int64)
+            p = mod.select(single, params, eligible, contexts[i], t, sel_single, floor, burn_in,
+                           draws, rng_single, one)
+            sel_single[one] += 1
+            assert one.tolist() == out[i].tolist() and p == prop[i]
+        assert np.array_equal(rng, rng_single) and np.array_equal(sel, sel_single)
+
+
+@pytest.mark.parametrize("name", list(PARAMS))
+def test_update_batch_matches_reference_and_single_updates(name):
+    mod = POLICIES[name]
+    gen = np.random.default_rng(11)
+    params = np.array(PARAMS[name])
+    k, d = 7, (5 if mod.CONTEXTUAL else 0)
+    state = mod.new_state(k, d, params, 4)
+    ref, single = tuple(a.copy() for a in state), tuple(a.copy() for a in state)
+    for discount in (1.0, 0.9) if not mod.CONTEXTUAL else (1.0,):
+        rows = 50
+        arms = gen.integers(0, k, size=rows).astype(np.int64)
+        rewards = np.array([_reward(mod, gen) for _ in range(rows)])
+        contexts = np.ascontiguousarray(gen.standard_normal((rows, d)))
+        mod.update_batch(state, params, arms, rewards, contexts, discount)
+        mod.update_batch_reference(ref, params, arms, rewards, contexts, discount)
+        for i in range(rows):
+            mod.update(single, params, int(arms[i]), float(rewards[i]), contexts[i], discount)
+        _assert_states_equal(state, ref)
+        for a, b in zip(state, single, strict=True):
+            assert np.array_equal(a, b)

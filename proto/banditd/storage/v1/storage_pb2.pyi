@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class WalRecord(_message.Message):
-    __slots__ = ("create_experiment", "delete_experiment", "update_arms", "reset_experiment", "ingest_metrics", "rewards", "decisions", "campaign", "campaign_state", "reservation", "spend")
+    __slots__ = ("create_experiment", "delete_experiment", "update_arms", "reset_experiment", "ingest_metrics", "rewards", "decisions", "campaign", "campaign_state", "reservation", "spend", "decision_table", "reward_table")
     CREATE_EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
     DELETE_EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
     UPDATE_ARMS_FIELD_NUMBER: _ClassVar[int]
@@ -20,6 +20,8 @@ class WalRecord(_message.Message):
     CAMPAIGN_STATE_FIELD_NUMBER: _ClassVar[int]
     RESERVATION_FIELD_NUMBER: _ClassVar[int]
     SPEND_FIELD_NUMBER: _ClassVar[int]
+    DECISION_TABLE_FIELD_NUMBER: _ClassVar[int]
+    REWARD_TABLE_FIELD_NUMBER: _ClassVar[int]
     create_experiment: _decision_pb2.Experiment
     delete_experiment: DeleteExperiment
     update_arms: _decision_pb2.UpdateArmsRequest
@@ -31,7 +33,9 @@ class WalRecord(_message.Message):
     campaign_state: CampaignState
     reservation: BidReservation
     spend: SpendSettlement
-    def __init__(self, create_experiment: _Optional[_Union[_decision_pb2.Experiment, _Mapping]] = ..., delete_experiment: _Optional[_Union[DeleteExperiment, _Mapping]] = ..., update_arms: _Optional[_Union[_decision_pb2.UpdateArmsRequest, _Mapping]] = ..., reset_experiment: _Optional[_Union[ResetExperiment, _Mapping]] = ..., ingest_metrics: _Optional[_Union[_decision_pb2.IngestMetricsRequest, _Mapping]] = ..., rewards: _Optional[_Union[Rewards, _Mapping]] = ..., decisions: _Optional[_Union[Decisions, _Mapping]] = ..., campaign: _Optional[_Union[_decision_pb2.Campaign, _Mapping]] = ..., campaign_state: _Optional[_Union[CampaignState, _Mapping]] = ..., reservation: _Optional[_Union[BidReservation, _Mapping]] = ..., spend: _Optional[_Union[SpendSettlement, _Mapping]] = ...) -> None: ...
+    decision_table: DecisionTable
+    reward_table: RewardTable
+    def __init__(self, create_experiment: _Optional[_Union[_decision_pb2.Experiment, _Mapping]] = ..., delete_experiment: _Optional[_Union[DeleteExperiment, _Mapping]] = ..., update_arms: _Optional[_Union[_decision_pb2.UpdateArmsRequest, _Mapping]] = ..., reset_experiment: _Optional[_Union[ResetExperiment, _Mapping]] = ..., ingest_metrics: _Optional[_Union[_decision_pb2.IngestMetricsRequest, _Mapping]] = ..., rewards: _Optional[_Union[Rewards, _Mapping]] = ..., decisions: _Optional[_Union[Decisions, _Mapping]] = ..., campaign: _Optional[_Union[_decision_pb2.Campaign, _Mapping]] = ..., campaign_state: _Optional[_Union[CampaignState, _Mapping]] = ..., reservation: _Optional[_Union[BidReservation, _Mapping]] = ..., spend: _Optional[_Union[SpendSettlement, _Mapping]] = ..., decision_table: _Optional[_Union[DecisionTable, _Mapping]] = ..., reward_table: _Optional[_Union[RewardTable, _Mapping]] = ...) -> None: ...
 
 class DeleteExperiment(_message.Message):
     __slots__ = ("experiment_id",)
@@ -60,6 +64,24 @@ class Reward(_message.Message):
     decision_id: str
     tombstone: bool
     def __init__(self, experiment_id: _Optional[str] = ..., arm_id: _Optional[str] = ..., reward: _Optional[float] = ..., context: _Optional[_Iterable[float]] = ..., decision_id: _Optional[str] = ..., tombstone: _Optional[bool] = ...) -> None: ...
+
+class RewardTable(_message.Message):
+    __slots__ = ("experiment_ids", "arm_ids", "rewards", "context_sizes", "contexts", "decision_ids", "tombstones")
+    EXPERIMENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    ARM_IDS_FIELD_NUMBER: _ClassVar[int]
+    REWARDS_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_SIZES_FIELD_NUMBER: _ClassVar[int]
+    CONTEXTS_FIELD_NUMBER: _ClassVar[int]
+    DECISION_IDS_FIELD_NUMBER: _ClassVar[int]
+    TOMBSTONES_FIELD_NUMBER: _ClassVar[int]
+    experiment_ids: _containers.RepeatedScalarFieldContainer[str]
+    arm_ids: _containers.RepeatedScalarFieldContainer[str]
+    rewards: _containers.RepeatedScalarFieldContainer[float]
+    context_sizes: _containers.RepeatedScalarFieldContainer[int]
+    contexts: _containers.RepeatedScalarFieldContainer[float]
+    decision_ids: _containers.RepeatedScalarFieldContainer[str]
+    tombstones: _containers.RepeatedScalarFieldContainer[bool]
+    def __init__(self, experiment_ids: _Optional[_Iterable[str]] = ..., arm_ids: _Optional[_Iterable[str]] = ..., rewards: _Optional[_Iterable[float]] = ..., context_sizes: _Optional[_Iterable[int]] = ..., contexts: _Optional[_Iterable[float]] = ..., decision_ids: _Optional[_Iterable[str]] = ..., tombstones: _Optional[_Iterable[bool]] = ...) -> None: ...
 
 class Rewards(_message.Message):
     __slots__ = ("items",)
@@ -252,7 +274,7 @@ class ClosedBid(_message.Message):
     def __init__(self, bid_id: _Optional[str] = ..., expired: _Optional[bool] = ...) -> None: ...
 
 class DecisionTable(_message.Message):
-    __slots__ = ("decision_ids", "experiment_uids", "slate_sizes", "arm_ids", "propensities", "model_versions", "created", "rewarded", "context_sizes", "contexts")
+    __slots__ = ("decision_ids", "experiment_uids", "slate_sizes", "arm_ids", "propensities", "model_versions", "created", "rewarded", "context_sizes", "contexts", "experiment_ids")
     DECISION_IDS_FIELD_NUMBER: _ClassVar[int]
     EXPERIMENT_UIDS_FIELD_NUMBER: _ClassVar[int]
     SLATE_SIZES_FIELD_NUMBER: _ClassVar[int]
@@ -263,6 +285,7 @@ class DecisionTable(_message.Message):
     REWARDED_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_SIZES_FIELD_NUMBER: _ClassVar[int]
     CONTEXTS_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_IDS_FIELD_NUMBER: _ClassVar[int]
     decision_ids: _containers.RepeatedScalarFieldContainer[str]
     experiment_uids: _containers.RepeatedScalarFieldContainer[int]
     slate_sizes: _containers.RepeatedScalarFieldContainer[int]
@@ -273,4 +296,5 @@ class DecisionTable(_message.Message):
     rewarded: _containers.RepeatedScalarFieldContainer[bool]
     context_sizes: _containers.RepeatedScalarFieldContainer[int]
     contexts: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, decision_ids: _Optional[_Iterable[str]] = ..., experiment_uids: _Optional[_Iterable[int]] = ..., slate_sizes: _Optional[_Iterable[int]] = ..., arm_ids: _Optional[_Iterable[str]] = ..., propensities: _Optional[_Iterable[float]] = ..., model_versions: _Optional[_Iterable[int]] = ..., created: _Optional[_Iterable[float]] = ..., rewarded: _Optional[_Iterable[bool]] = ..., context_sizes: _Optional[_Iterable[int]] = ..., contexts: _Optional[_Iterable[float]] = ...) -> None: ...
+    experiment_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, decision_ids: _Optional[_Iterable[str]] = ..., experiment_uids: _Optional[_Iterable[int]] = ..., slate_sizes: _Optional[_Iterable[int]] = ..., arm_ids: _Optional[_Iterable[str]] = ..., propensities: _Optional[_Iterable[float]] = ..., model_versions: _Optional[_Iterable[int]] = ..., created: _Optional[_Iterable[float]] = ..., rewarded: _Optional[_Iterable[bool]] = ..., context_sizes: _Optional[_Iterable[int]] = ..., contexts: _Optional[_Iterable[float]] = ..., experiment_ids: _Optional[_Iterable[str]] = ...) -> None: ...

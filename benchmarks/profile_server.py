@@ -1,0 +1,103 @@
+"""Profile banditd under load with py-spy: where does a request's server time go?
+
+    python benchmarks/profile_server.py [--scenario select_thompson_k10] [--seconds 10]
+                                        [--concurrency 8] [--out benchmarks/results/profile]
+
+Starts ``banditd serve`` on 127.0.0.1, drives one scenario of ``grpc_throughput.py`` with the
+same closed-loop client, and attaches ``py-spy record`` (native frames included) to the server
+for ``--seconds``. Writes ``<out>/<scenario>.raw`` (collapsed stacks: feed them to
+``flamegraph.pl`` or speedscope) and ``<out>/<scenario>.txt`` (the functions with the most
+samples, self and total), then stops everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from grpc_throughput import SERVICE, ClientPool, build_scenarios  # noqa: E402
+from local_server import LocalServer  # noqa: E402
+
+from decision.v1 import decision_pb2_grpc as pb_grpc  # noqa: E402
+
+
+def _top(raw: Path, limit: int = 40) -> str:
+    """Self and total sample counts per function from py-spy's ``raw`` (collapsed) output."""
+    own: collections.Counter[str] = collections.Counter()
+    total: collections.Counter[str] = collections.Counter()
+    samples = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        n = int(count)
+        samples += n
+        frames = stack.split(";")
+        own[frames[-1]] += n
+        for frame in set(frames):
+            total[frame] += n
+    lines = [f"{samples} samples", "", "self %  function"]
+    lines += [f"{100 * n / samples:6.1f}  {f}" for f, n in own.most_common(limit)]
+    lines += ["", "total %  function"]
+    lines += [f"{100 * n / samples:6.1f}  {f}" for f, n in total.most_common(limit)]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scenario", default="select_thompson_k10")
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
+    ap.add_argument("--native", action="store_true", help="include C/Cython frames")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/profile"))
+    args = ap.parse_args(argv)
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    data = Path(tempfile.mkdtemp(prefix="banditd-profile-"))
+    args.out.mkdir(parents=True, exist_ok=True)
+    pool = None
+    try:
+        with LocalServer(data / "banditd", snapshot_interval_seconds=0,
+                         log_level="WARNING") as server:
+            with grpc.insecure_channel(server.target) as ch:
+                scenarios = {s.name: s for s in build_scenarios(
+                    pb_grpc.DecisionServiceStub(ch), quick=True)}
+            scenario = scenarios[args.scenario]
+            pool = ClientPool(1)
+            raw = args.out / f"{args.scenario}.raw"
+            base = {"target": server.target, "method": f"/{SERVICE}/{scenario.method}",
+                    "payloads": scenario.payloads, "start": time.monotonic() + 0.3,
+                    "warmup": 1.0, "duration": args.seconds + 1.0, "timeout": 60.0}
+            for conn in pool.conns:
+                conn.send(dict(base, loops=args.concurrency))
+            time.sleep(1.5)
+            common = [py_spy, "record", "--pid", str(server.pid), "--rate", str(args.rate),
+                      "--duration", str(int(args.seconds))]
+            # --native needs the process paused per sample; without it, sample without pausing
+            common += ["--native"] if args.native else ["--nonblocking"]
+            spy = subprocess.Popen(common + ["--format", "raw", "--output", str(raw)],
+                                   stdout=subprocess.DEVNULL)
+            spy.wait(timeout=args.seconds + 60)
+            result = pool.conns[0].recv()
+            print(f"{args.scenario}: {result['completed'] / (args.seconds + 1.0):.0f} calls/s "
+                  f"while profiled, {result['errors']} errors")
+            report = args.out / f"{args.scenario}.txt"
+            report.write_text(_top(raw))
+    finally:
+        if pool is not None:
+            pool.close()
+        shutil.rmtree(data, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

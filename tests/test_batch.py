@@ -1,0 +1,283 @@
+"""The batch fast path: BatchSelectArms groups items into batch-kernel calls and stores /
+logs decisions as columns; it must give exactly what the same requests one by one give."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+from test_durability import stub_for
+
+from conftest import RunningServer, create, running_server
+from decision.v1 import decision_pb2 as pb
+from server.decision_store import DecisionColumns, DecisionRecord, DecisionStore
+from server.metrics import Metrics
+from server.settings import Settings
+
+POLICIES = {
+    "thompson": (pb.Policy(thompson=pb.Policy.Thompson()), 0, pb.REWARD_TYPE_BINARY),
+    "thompson_value": (pb.Policy(thompson=pb.Policy.Thompson()), 0, pb.REWARD_TYPE_VALUE),
+    "ucb1": (pb.Policy(ucb1=pb.Policy.Ucb1()), 0, pb.REWARD_TYPE_BINARY),
+    "epsilon_greedy": (pb.Policy(epsilon_greedy=pb.Policy.EpsilonGreedy(epsilon=0.3)), 0,
+                       pb.REWARD_TYPE_BINARY),
+    "lin_ucb": (pb.Policy(lin_ucb=pb.Policy.LinUcb()), 4, pb.REWARD_TYPE_CONTINUOUS),
+    "lin_thompson": (pb.Policy(lin_thompson=pb.Policy.LinThompson()), 4,
+                     pb.REWARD_TYPE_CONTINUOUS),
+}
+ARMS = [f"a{i}" for i in range(6)]
+
+
+def _mixed_items(eid: str, dim: int, n: int, seed: int) -> list[pb.SelectArmRequest]:
+    """Runs of identical shape (one group each) mixed with single odd items."""
+    gen = np.random.default_rng(seed)
+    items = []
+    while len(items) < n:
+        run = int(gen.choice([1, 1, 3, 17]))
+        eligible = [] if gen.random() < 0.5 else sorted(gen.choice(ARMS, size=3, replace=False))
+        num = int(gen.choice([0, 1, 2]))
+        for _ in range(run):
+            items.append(pb.SelectArmRequest(
+                experiment_id=eid, eligible_arm_ids=eligible, num_arms=num,
+                context=gen.uniform(-1, 1, size=dim).tolist()))
+    return items[:n]
+
+
+def _decided(r: pb.SelectArmResponse) -> tuple:
+    return (r.arm_id, tuple(r.ranked_arm_ids), round(r.propensity, 12), r.model_version)
+
+
+@pytest.mark.parametrize("name", list(POLICIES))
+def test_batch_equals_the_same_requests_one_by_one(stub, new_id, name):
+    policy, dim, reward_type = POLICIES[name]
+    one, batch = new_id(), new_id()
+    for eid in (one, batch):
+        create(stub, eid, arms=ARMS, policy=policy, context_dim=dim, reward_type=reward_type,
+               seed=42, min_selections=2, exploration_floor=0.02)
+        for i in range(12):  # some learned state, identical in both
+            stub.RecordReward(pb.RecordRewardRequest(
+                experiment_id=eid, arm_id=ARMS[i % 6], reward=float(i % 2),
+                context=[0.1 * i] * dim))
+    items = _mixed_items(batch, dim, 120, seed=len(name))
+    got = stub.BatchSelectArms(pb.BatchSelectArmsRequest(requests=items)).responses
+    want = []
+    for item in items:
+        single = pb.SelectArmRequest()
+        single.CopyFrom(item)
+        single.experiment_id = one
+        want.append(stub.SelectArm(single))
+    assert [_decided(r) for r in got] == [_decided(r) for r in want]
+    assert len({r.decision_id for r in got}) == len(items)
+    stats = {eid: [(a.arm_id, a.selections) for a in stub.GetArmStats(
+        pb.GetArmStatsRequest(experiment_id=eid)).arms] for eid in (one, batch)}
+    assert stats[one] == stats[batch]
+    # every decision of the batch takes its reward by id, once
+    rewards = [pb.RecordRewardRequest(experiment_id=batch, decision_id=r.decision_id,
+                                      arm_id=r.ranked_arm_ids[-1] if r.ranked_arm_ids else "",
+                                      reward=1.0) for r in got]
+    out = stub.BatchRecordRewards(pb.BatchRecordRewardsRequest(requests=rewards))
+    assert not any(r.duplicate for r in out.responses)
+    again = stub.BatchRecordRewards(pb.BatchRecordRewardsRequest(requests=rewards[:5]))
+    assert all(r.duplicate for r in again.responses)
+
+
+def _code_and_message(fn):
+    with pytest.raises(grpc.RpcError) as info:
+        fn()
+    return info.value.code(), info.value.details()
+
+
+def test_batch_errors_name_the_first_bad_item_and_change_nothing(stub, new_id):
+    eid, other = new_id(), new_id()
+    create(stub, eid, arms=ARMS, policy=POLICIES["lin_ucb"][0], context_dim=3,
+           reward_type=pb.REWARD_TYPE_CONTINUOUS)
+    create(stub, other, arms=ARMS)
+    good = [pb.SelectArmRequest(experiment_id=eid, context=[0.1, 0.2, 0.3]) for _ in range(6)]
+
+    def batch(items):
+        return lambda: stub.BatchSelectArms(pb.BatchSelectArmsRequest(requests=items))
+
+    bad = list(good)
+    bad[4] = pb.SelectArmRequest(experiment_id=eid, context=[0.1, float("nan"), 0.3])
+    bad[5] = pb.SelectArmRequest(experiment_id=eid, context=[0.1])  # later: not reported
+    code, msg = _code_and_message(batch(bad))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and msg.startswith("requests[4]: context[1]")
+    bad = list(good)
+    bad[2] = pb.SelectArmRequest(experiment_id=eid, context=[0.1, 0.2])
+    code, msg = _code_and_message(batch(bad))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert msg.startswith("requests[2]: context has 2 values"), msg
+    bad = [*good[:3], pb.SelectArmRequest(experiment_id=other), pb.SelectArmRequest(
+        experiment_id=other, eligible_arm_ids=["a1", "nope"]), *good[:2]]
+    code, msg = _code_and_message(batch(bad))
+    assert code == grpc.StatusCode.NOT_FOUND and msg.startswith("requests[4]: eligible_arm_ids[1]")
+    bad = [*good[:2], pb.SelectArmRequest(experiment_id=other, context=[1.0])]
+    code, msg = _code_and_message(batch(bad))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and msg.startswith("requests[2]: context has")
+    for e in (eid, other):
+        arms = stub.GetArmStats(pb.GetArmStatsRequest(experiment_id=e)).arms
+        assert sum(a.selections for a in arms) == 0
+
+
+def test_batch_decisions_survive_a_crash_and_a_restart(tmp_path):
+    """Batch decisions are logged as one columnar record per group: a crash right after
+    (the log as written) and a graceful restart both keep them, with their selections."""
+    srv = RunningServer(Settings(host="127.0.0.1", port=0, data_dir=tmp_path)).start()
+    ch, stub = stub_for(srv.port)
+    create(stub, "t", arms=ARMS, seed=3)
+    create(stub, "l", arms=ARMS, policy=POLICIES["lin_ucb"][0], context_dim=4,
+           reward_type=pb.REWARD_TYPE_CONTINUOUS, seed=4)
+    items = _mixed_items("t", 0, 50, 1) + _mixed_items("l", 4, 50, 2)
+    decided = stub.BatchSelectArms(pb.BatchSelectArmsRequest(requests=items)).responses
+    # a reward is written after the decision records before it: this one makes them durable
+    stub.RecordReward(pb.RecordRewardRequest(experiment_id="t", decision_id=decided[0].decision_id,
+                                             reward=1))
+    stub.BatchRecordRewards(pb.BatchRecordRewardsRequest(requests=[  # a reward_table record
+        pb.RecordRewardRequest(experiment_id="l", arm_id="a1", context=[0.5, 0.1, 0.2, 0.3],
+                               reward=2.5, decision_id="explicit-1"),
+        pb.RecordRewardRequest(experiment_id="t", arm_id="a2", reward=0)]))
+    before = {e: stub.GetArmStats(pb.GetArmStatsRequest(experiment_id=e)) for e in ("t", "l")}
+    ch.close()
+    srv.crash()
+    for _ in range(2):  # after the crash, then after a graceful restart (snapshot)
+        with running_server(tmp_path) as srv2:
+            ch, stub = stub_for(srv2.port)
+            after = {e: stub.GetArmStats(pb.GetArmStatsRequest(experiment_id=e))
+                     for e in ("t", "l")}
+            assert after == before
+            ch.close()
+    with running_server(tmp_path) as srv3:
+        ch, stub = stub_for(srv3.port)
+        rewards = [pb.RecordRewardRequest(experiment_id=items[i].experiment_id,
+                                          decision_id=r.decision_id, reward=1.0)
+                   for i, r in enumerate(decided)]
+        out = stub.BatchRecordRewards(pb.BatchRecordRewardsRequest(requests=rewards))
+        assert [r.duplicate for r in out.responses] == [True] + [False] * (len(rewards) - 1)
+        ch.close()
+
+
+@pytest.mark.parametrize("name", list(POLICIES))
+def test_batch_rewards_equal_the_same_rewards_one_by_one(stub, new_id, name):
+    policy, dim, reward_type = POLICIES[name]
+    one, batch = new_id(), new_id()
+    decided = {}
+    for eid in (one, batch):
+        create(stub, eid, arms=ARMS, policy=policy, context_dim=dim, reward_type=reward_type,
+               seed=9, discount=0.97 if dim == 0 else 1.0)
+        decided[eid] = stub.BatchSelectArms(pb.BatchSelectArmsRequest(
+            requests=_mixed_items(eid, dim, 40, seed=5))).responses
+    gen = np.random.default_rng(len(name))
+
+    def rewards_for(eid):
+        out = []
+        for i, d in enumerate(decided[eid]):
+            value = float(gen.random() < 0.4) if reward_type == pb.REWARD_TYPE_BINARY else \
+                float(gen.exponential(3.0))
+            out.append(pb.RecordRewardRequest(experiment_id=eid, decision_id=d.decision_id,
+                                              reward=value))
+            if i % 7 == 0:  # explicit arms, with and without an (unknown) decision id
+                out.append(pb.RecordRewardRequest(
+                    experiment_id=eid, arm_id=ARMS[i % 6], reward=value,
+                    decision_id=f"ext-{eid}-{i}" if i % 2 else "",
+                    context=gen.uniform(-1, 1, size=dim).tolist()))
+        out += out[::9]  # retries inside the batch: duplicates
+        return out
+
+    state = gen.bit_generator.state
+    singles = [stub.RecordReward(r).duplicate for r in rewards_for(one)]
+    gen.bit_generator.state = state
+    batched = stub.BatchRecordRewards(pb.BatchRecordRewardsRequest(
+        requests=rewards_for(batch))).responses
+    assert [r.duplicate for r in batched] == singles and any(singles)
+
+    def fields(eid):
+        arms = stub.GetArmStats(pb.GetArmStatsRequest(experiment_id=eid)).arms
+        return [(a.arm_id, a.selections, a.rewards, round(a.reward_sum, 9)) for a in arms]
+
+    assert fields(one) == fields(batch)
+    after = {eid: stub.BatchSelectArms(pb.BatchSelectArmsRequest(
+        requests=_mixed_items(eid, dim, 30, seed=6))).responses for eid in (one, batch)}
+    assert [_decided(r) for r in after[one]] == [_decided(r) for r in after[batch]]
+
+
+# -- the columnar decision store ---------------------------------------------------------------
+def _batch(ids: list[str], created: float) -> DecisionColumns:
+    n = len(ids)
+    return DecisionColumns(ids, np.arange(n), [(f"arm{i}",) for i in range(n)],
+                           [np.full(2, float(i)) for i in range(n)], np.full(n, 0.5),
+                           np.arange(n), np.full(n, created), np.zeros(n, dtype=bool))
+
+
+def test_decision_store_ring_keeps_the_newest_capacity_records():
+    store = DecisionStore(capacity=5, ttl_seconds=100.0, id_prefix="p")
+    for i in range(3):
+        store.put(f"s{i}", DecisionRecord(1, (f"x{i}",), None, 0.1, i, 10.0))
+    store.put_many(_batch([f"b{i}" for i in range(4)], 11.0))  # wraps the ring
+    assert len(store) == 5 and store.get("s1", 11.0) is None
+    assert store.get("s2", 11.0).arm_ids == ("x2",)
+    rec = store.get("b3", 11.0)
+    assert (rec.experiment_uid, rec.arm_ids, rec.model_version) == (3, ("arm3",), 3)
+    assert rec.context.tolist() == [3.0, 3.0] and not rec.rewarded
+    store.mark_rewarded(rec)
+    assert store.get("b3", 11.0).rewarded and store.is_rewarded(store.get("b3", 11.0))
+    assert store.columns().ids == ["s2", "b0", "b1", "b2", "b3"]
+    store.put_many(_batch([f"c{i}" for i in range(7)], 12.0))  # more than the capacity
+    assert store.columns().ids == [f"c{i}" for i in range(2, 7)]
+    assert store.get("b3", 12.0) is None and store.get("c6", 12.0).arm_ids == ("arm6",)
+    store.put("c6", DecisionRecord(9, ("y",), None, 0.2, 0, 12.5))  # same id, newer row
+    store.put_many(_batch(["d0", "d1", "d2", "d3"], 13.0))  # evicts the old c6 row only
+    assert store.get("c6", 13.0).arm_ids == ("y",)
+    assert store.new_ids(3) == ["p-1", "p-2", "p-3"] and store.new_id() == "p-4"
+
+
+def test_decision_store_expires_by_ttl_and_restores_from_columns():
+    store = DecisionStore(capacity=1000, ttl_seconds=5.0)
+    store.put_many(_batch([f"old{i}" for i in range(10)], 100.0))
+    store.put_many(_batch([f"new{i}" for i in range(10)], 103.0))
+    assert store.get("old1", 104.0) is not None and store.get("old1", 105.5) is None
+    store.put_many(_batch(["late"], 106.0))  # sweeps the expired front
+    assert len(store) == 11 and store.columns().ids[0] == "new0"
+    copy = DecisionStore(capacity=1000, ttl_seconds=5.0)
+    copy.load_columns(store.columns())
+    assert copy.columns().ids == store.columns().ids and len(copy) == 11
+    assert copy.get("new4", 106.0).context.tolist() == [4.0, 4.0]
+
+
+def test_metrics_exposition_counts_requests_and_latencies():
+    from prometheus_client import generate_latest
+
+    metrics = Metrics()
+    metrics.track(lambda: 2, lambda: 7)
+    for seconds in (2e-5, 2e-5, 3e-4):
+        metrics.observe("SelectArm", "OK", seconds)
+    metrics.observe("RecordReward", "NOT_FOUND", 1e-5)
+    text = generate_latest(metrics.registry).decode()
+    assert 'banditd_requests_total{code="OK",method="SelectArm"} 3.0' in text
+    assert 'banditd_requests_total{code="NOT_FOUND",method="RecordReward"} 1.0' in text
+    assert 'banditd_handler_seconds_bucket{le="2.5e-05",method="SelectArm"} 2.0' in text
+    assert 'banditd_handler_seconds_bucket{le="+Inf",method="SelectArm"} 3.0' in text
+    assert 'banditd_handler_seconds_bucket{le="1e-05",method="RecordReward"} 1.0' in text
+    assert "banditd_decisions_stored 7.0" in text and "banditd_experiments 2.0" in text
+
+
+def test_locustfile_runs_against_a_real_server(server, tmp_path):
+    """The Locust load test (benchmarks/locustfile.py) for a few seconds: every request
+    kind is sent and none fails."""
+    import csv
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    cmd = [sys.executable, "-m", "locust", "-f", str(ROOT / "benchmarks" / "locustfile.py"),
+           "--headless", "--host", f"127.0.0.1:{server.port}", "--users", "4",
+           "--spawn-rate", "4", "--run-time", "5s", "--stop-timeout", "2",
+           "--csv", str(tmp_path / "run"), "--only-summary"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "proto")]))
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(tmp_path / "run_stats.csv", newline="") as f:
+        rows = {r["Name"]: r for r in csv.DictReader(f)}
+    for name in ("SelectArm [eligible subset]", "SelectArm [LinUCB context]", "RecordReward"):
+        assert int(rows[name]["Request Count"]) > 0, name
+    assert int(rows["Aggregated"]["Failure Count"]) == 0
