@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
+from google.protobuf import message_factory
+from google.protobuf.message import DecodeError, Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from decision.v1 import decision_pb2 as pb
-from decision.v1 import decision_pb2_grpc as pb_grpc
 from server.durability import RestoreReport
 from server.service import DecisionServicer
 from server.settings import Settings
@@ -18,6 +22,47 @@ from server.settings import Settings
 log = logging.getLogger("banditd")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DecisionService"].full_name
+
+
+def _bytes_handler(method: Callable[..., Any], request_class: type[Message],
+                   name: str) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
+    """``method`` (message in, message out) as a bytes-in, bytes-out handler."""
+
+    async def handler(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        try:
+            request = request_class.FromString(raw)
+        except DecodeError:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"{name}: the request is not a valid {request_class.__name__}")
+        response = method(request, context)
+        if inspect.isawaitable(response):  # every banditd RPC; not the generated stubs' default
+            response = await response
+        return response.SerializeToString()
+
+    return handler
+
+
+def add_decision_service(servicer: DecisionServicer, server: grpc.aio.Server) -> None:
+    """Serve ``servicer``'s RPCs (every unary method of ``decision.v1.DecisionService``).
+
+    What the generated ``add_DecisionServiceServicer_to_server`` does, with two differences
+    measured on the development VM (same client, alternating runs, 32 calls in flight, a
+    do-nothing handler): (1) one generic handler only, without its
+    ``add_registered_method_handlers`` call — grpc.aio 1.85's registered-method path cost ~20%
+    of the throughput (3,100 vs 3,800 calls/s; 266 vs 230 µs of server CPU per call); (2) bytes
+    in and out, the handler parsing and serialising the messages itself — letting gRPC call the
+    (de)serialisers cost another ~15% (230 vs 193 µs per call; 193 is the bare echo's cost).
+    """
+    service = pb.DESCRIPTOR.services_by_name["DecisionService"]
+    handlers = {}
+    for method in service.methods:
+        if method.client_streaming or method.server_streaming:
+            raise TypeError(f"{method.full_name}: only unary RPCs are served")
+        request = message_factory.GetMessageClass(method.input_type)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            _bytes_handler(getattr(servicer, method.name), request, method.name))
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),))
 
 
 class BanditServer:
@@ -97,7 +142,7 @@ async def create_server(settings: Settings) -> tuple[BanditServer, int]:
     ]
     server = grpc.aio.server(options=options)
     servicer = DecisionServicer(settings)
-    pb_grpc.add_DecisionServiceServicer_to_server(servicer, server)
+    add_decision_service(servicer, server)
     address = f"{settings.host}:{settings.port}"
     try:
         port = server.add_insecure_port(address)

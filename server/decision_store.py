@@ -6,10 +6,16 @@ bound memory: the oldest records go first. A record remembers whether it was
 rewarded, so a retried RecordReward is recognised as a duplicate.
 
 Storage is columnar: a ring of ``capacity`` rows (NumPy columns for the numbers, lists for
-the ids, slates and contexts) plus one dict ``decision_id -> row sequence number``. A batch of
-decisions is stored with slice assignments, and no Python object is made per decision beyond
-its id string and slate tuple (both ignored by the cyclic garbage collector, which would
-otherwise walk a million records on every full collection).
+the ids, slates and contexts). No Python object is made per decision beyond its id string and
+slate tuple (both ignored by the cyclic garbage collector, which would otherwise walk a million
+records on every full collection). Rows are found by id in one of two ways:
+
+* ids this store issued for a batch (``new_ids`` + ``put_many(..., counters=...)``): the id's
+  counter locates the row through a second ring (``counter % capacity -> row``), so a batch is
+  stored with slice assignments only — no per-decision dict insert or delete, which in a
+  million-entry dict cost more than the decisions themselves;
+* any other id (single decisions, rewarded tombstones, restored decisions): a dict
+  ``decision_id -> row sequence number``.
 """
 
 from __future__ import annotations
@@ -94,12 +100,18 @@ class DecisionStore:
         self.clear()
 
     # -- ids -------------------------------------------------------------------------------
+    @property
+    def last_counter(self) -> int:
+        """Counter of the newest id issued."""
+        return self._counter
+
     def new_id(self) -> str:
         self._counter += 1
         return f"{self._prefix}-{self._counter:x}"
 
     def new_ids(self, n: int) -> list[str]:
-        """``n`` fresh ids, as ``n`` calls of :meth:`new_id` would give."""
+        """``n`` fresh ids, as ``n`` calls of :meth:`new_id` would give (the first one's
+        counter is :attr:`last_counter` ``- n + 1`` afterwards)."""
         start = self._counter + 1
         self._counter += n
         prefix = self._prefix
@@ -117,26 +129,53 @@ class DecisionStore:
         self._versions = np.zeros(c, dtype=np.int64)
         self._created = np.zeros(c)
         self._rewarded = np.zeros(c, dtype=np.bool_)
+        self._own = np.full(c, -1, dtype=np.int64)  # row -> counter of its issued id (-1: none)
+        self._own_rows = np.full(c, -1, dtype=np.int64)  # counter % capacity -> row seq
         self._head = 0  # sequence number of the oldest row held
         self._tail = 0  # sequence number the next row gets
 
     def __len__(self) -> int:
-        return len(self._index)
+        """Rows held (a re-stored or discarded id's old row counts until it is evicted)."""
+        return self._tail - self._head
+
+    def _seq(self, decision_id: str) -> int | None:
+        """Row sequence number holding ``decision_id``, if any."""
+        seq = self._index.get(decision_id)
+        if seq is not None:
+            return seq
+        own = self._prefix + "-"
+        if not decision_id.startswith(own):
+            return None
+        try:
+            counter = int(decision_id[len(own):], 16)
+        except ValueError:
+            return None
+        c = self.capacity
+        seq = int(self._own_rows[counter % c])
+        if self._head <= seq < self._tail and self._own[seq % c] == counter:
+            return seq
+        return None
 
     def _forget(self, start: int, stop: int) -> None:
-        """Drop rows ``start .. stop-1`` (sequence numbers) from the index."""
+        """Drop rows ``start .. stop-1`` (sequence numbers)."""
         index = self._index
         c = self.capacity
         ids = self._ids
-        for seq in range(start, stop):
-            pos = seq % c
-            old = ids[pos]
-            if old is not None:
-                if index.get(old) == seq:  # not re-stored under a newer row since
+        first = start
+        while first < stop:  # at most two contiguous pieces of the ring
+            pos = first % c
+            take = min(stop - first, c - pos)
+            rows = slice(pos, pos + take)
+            for k in np.flatnonzero(self._own[rows] < 0).tolist():  # dict-indexed rows only
+                old = ids[pos + k]
+                if old is not None and index.get(old) == first + k:  # not re-stored since
                     del index[old]
-                ids[pos] = None
-                self._slates[pos] = None
-                self._contexts[pos] = None
+            blank = [None] * take
+            ids[rows] = blank
+            self._slates[rows] = blank
+            self._contexts[rows] = blank
+            self._own[rows] = -1
+            first += take
 
     def put(self, decision_id: str, record: DecisionRecord, expire: bool = True) -> None:
         seq = self._tail
@@ -152,6 +191,7 @@ class DecisionStore:
         self._versions[pos] = record.model_version
         self._created[pos] = record.created
         self._rewarded[pos] = record.rewarded
+        self._own[pos] = -1
         self._index[decision_id] = seq
         self._tail = seq + 1
         record.row = seq
@@ -159,8 +199,10 @@ class DecisionStore:
         if expire and self._puts % _EXPIRE_EVERY == 0:
             self._expire(record.created)
 
-    def put_many(self, batch: DecisionColumns, expire: bool = True) -> None:
-        """Store a batch of decisions (their order is their age order)."""
+    def put_many(self, batch: DecisionColumns, expire: bool = True,
+                 first_counter: int | None = None) -> None:
+        """Store a batch of decisions (their order is their age order). ``first_counter``:
+        the ids are ``new_ids(len(batch))`` issued by this store, starting at that counter."""
         n = len(batch)
         c = self.capacity
         if n > c:  # only the newest ``capacity`` can be kept
@@ -169,6 +211,8 @@ class DecisionStore:
                                     batch.contexts[cut:], batch.propensities[cut:],
                                     batch.versions[cut:], batch.created[cut:],
                                     batch.rewarded[cut:])
+            if first_counter is not None:
+                first_counter += cut
             n = c
         start = self._tail
         overflow = start + n - self._head - c
@@ -189,15 +233,22 @@ class DecisionStore:
             self._versions[rows] = batch.versions[part]
             self._created[rows] = batch.created[part]
             self._rewarded[rows] = batch.rewarded[part]
+            if first_counter is None:
+                self._own[rows] = -1
+            else:
+                counters = np.arange(first_counter + done, first_counter + done + take)
+                self._own[rows] = counters
+                self._own_rows[counters % c] = np.arange(start + done, start + done + take)
             done += take
-        self._index.update(zip(batch.ids, range(start, start + n), strict=True))
+        if first_counter is None:
+            self._index.update(zip(batch.ids, range(start, start + n), strict=True))
         self._tail = start + n
         if expire and n:
             self._expire(float(batch.created[-1]))
 
     def get(self, decision_id: str, now: float | None = None) -> DecisionRecord | None:
         """The live record of ``decision_id`` (a copy), or None if unknown or expired."""
-        seq = self._index.get(decision_id)
+        seq = self._seq(decision_id)
         if seq is None:
             return None
         pos = seq % self.capacity
@@ -239,14 +290,17 @@ class DecisionStore:
         self._head = stop
 
     def discard(self, decision_id: str) -> None:
-        self._index.pop(decision_id, None)
+        seq = self._seq(decision_id)
+        if seq is not None:
+            self._index.pop(decision_id, None)
+            self._own[seq % self.capacity] = -2  # neither index finds the row any more
 
     # -- snapshots -------------------------------------------------------------------------
     def columns(self) -> DecisionColumns:
         """Every record held, oldest first, as columns (copies, taken at once)."""
         c = self.capacity
         live = [seq for seq in range(self._head, self._tail)
-                if (i := self._ids[seq % c]) is not None and self._index.get(i) == seq]
+                if (i := self._ids[seq % c]) is not None and self._seq(i) == seq]
         pos = np.array(live, dtype=np.int64) % c if live else np.zeros(0, dtype=np.int64)
         plist = pos.tolist()
         return DecisionColumns(

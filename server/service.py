@@ -304,6 +304,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         contexts = g.contexts
         experiment.select_many(g.eligible, contexts, ranked, propensity)
         ids = self.decisions.new_ids(count)
+        first_counter = self.decisions.last_counter - count + 1
         slates = slate_tuples(experiment.arm_ids, ranked)
         props = propensity.tolist()
         version = experiment.version
@@ -312,7 +313,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             ids, np.full(count, experiment.uid, dtype=np.int64), slates,
             list(kept) if kept is not None else [None] * count, propensity,
             np.full(count, version, dtype=np.int64), np.full(count, now),
-            np.zeros(count, dtype=np.bool_)))
+            np.zeros(count, dtype=np.bool_)), first_counter=first_counter)
         if self.logging:
             self.durability.pending.add_many(ids, experiment.experiment_id, experiment.uid,
                                              slates, kept, props, version, now)

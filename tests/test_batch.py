@@ -281,3 +281,42 @@ def test_locustfile_runs_against_a_real_server(server, tmp_path):
     for name in ("SelectArm [eligible subset]", "SelectArm [LinUCB context]", "RecordReward"):
         assert int(rows[name]["Request Count"]) > 0, name
     assert int(rows["Aggregated"]["Failure Count"]) == 0
+
+
+def test_undecodable_request_bytes_are_invalid_argument(channel):
+    """The service parses requests itself (bytes-in handlers): bytes that are not a valid
+    message are INVALID_ARGUMENT, and the server keeps serving."""
+    call = channel.unary_unary("/decision.v1.DecisionService/SelectArm")
+    with pytest.raises(grpc.RpcError) as info:
+        call(b"\x0a\xff\xff\xff\xff\x0f", timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid SelectArmRequest" in info.value.details()
+    reply = channel.unary_unary("/decision.v1.DecisionService/ListExperiments")(
+        pb.ListExperimentsRequest().SerializeToString(), timeout=10)
+    assert pb.ListExperimentsResponse.FromString(reply) is not None
+
+
+def test_decision_store_finds_issued_batch_ids_without_the_dict():
+    store = DecisionStore(capacity=6, ttl_seconds=100.0, id_prefix="me")
+    store.put("foreign", DecisionRecord(1, ("x",), None, 0.1, 0, 10.0))
+    for round_ in range(3):  # wraps the ring twice
+        ids = store.new_ids(4)
+        store.put_many(_batch(ids, 10.0 + round_), first_counter=store.last_counter - 3)
+        assert not (set(ids) & set(store._index))  # not in the dict
+        for i, decision_id in enumerate(ids):
+            rec = store.get(decision_id, 12.0)
+            assert rec is not None and rec.arm_ids == (f"arm{i}",)
+    assert store.columns().ids == [f"me-{c:x}" for c in range(7, 13)]
+    assert store.get("me-6", 12.0) is None and store.get("foreign", 12.0) is None
+    assert store.get("me-zz", 12.0) is None and store.get("me-", 12.0) is None
+    rec = store.get("me-c", 12.0)
+    store.mark_rewarded(rec)
+    assert store.is_rewarded(store.get("me-c", 12.0))
+    store.put("me-7", DecisionRecord(2, ("t",), None, 0.0, 0, 12.5, rewarded=True))  # tombstone
+    store.put_many(_batch(["f1", "f2", "f3", "f4", "f5"], 13.0))  # evicts me-7's batch row
+    assert store.get("me-7", 13.0).arm_ids == ("t",)
+    store.discard("me-7")
+    assert store.get("me-7", 13.0) is None
+    copy = DecisionStore(capacity=6, ttl_seconds=100.0)
+    copy.load_columns(store.columns())
+    assert copy.columns().ids == store.columns().ids
