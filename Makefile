@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-PROTO_SRC := proto/decision/v1/decision.proto proto/banditd/storage/v1/storage.proto
+PROTO_SRC := proto/decision/v1/decision.proto proto/banditd/storage/v1/storage.proto \
+             proto/banditd/replication/v1/replication.proto
 
 .PHONY: run test proto proto-check lint bench docker-lint clean
 
