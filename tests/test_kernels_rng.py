@@ -13,6 +13,7 @@ from kernels.rng import (
     Xoshiro,
     _beta,
     _gamma,
+    _jump_once,
     _next_u64,
     _normal,
     _normals_into,
@@ -189,5 +190,6 @@ def test_jump_equals_2_pow_128_steps():
     state = seed_state(2024)
     expected = (t @ _bits(state)) % 2
     assert np.array_equal(_bits(jump_state(state)), expected)
-    assert np.array_equal(jump_state(state, 2), jump_state(jump_state(state)))
+    assert [int(w) for w in jump_state(state)] == _jump_once([int(w) for w in state])
+    assert np.array_equal(jump_state(state, 3), jump_state(jump_state(state), 2))
     assert np.array_equal(state, seed_state(2024)), "the argument is left alone"
