@@ -32,6 +32,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from banditd.storage.v1 import storage_pb2 as st
@@ -46,6 +47,14 @@ from server.wal import WriteAheadLog, list_segments, read_segment
 log = logging.getLogger("banditd")
 
 _EMPTY = np.empty(0, dtype=np.float64)
+
+
+class ReplicationLog(Protocol):
+    """Where a leader of several workers sends every record it logs (server.replication)."""
+
+    def publish(self, payload: bytes, origin: int) -> None: ...
+
+    async def wait_applied(self) -> None: ...
 
 
 @dataclass
@@ -64,7 +73,7 @@ class Durability:
     def __init__(self, settings: Settings, registry: ExperimentRegistry,
                  decisions: DecisionStore, campaigns: CampaignRegistry) -> None:
         self.settings = settings
-        self.mode = settings.durability
+        self.mode: str = settings.durability
         self.directory = Path(settings.data_dir)
         self.registry = registry
         self.decisions = decisions
@@ -76,8 +85,15 @@ class Durability:
         self.snapshots_taken = 0
         self.last_fork_seconds = 0.0
         self.snapshot_lsn = -1  # lsn of the newest snapshot written by this process
+        # Multi-worker leader only: every appended record also goes to the followers, in
+        # every durability mode (set by server.workers).
+        self.replication: ReplicationLog | None = None
 
     # -- restore (before serving; runs in a worker thread, nothing else touches state) ---------
+    async def load(self) -> RestoreReport:
+        """Bring the state up before serving: :meth:`restore` off the event loop."""
+        return await asyncio.to_thread(self.restore)
+
     def restore(self) -> RestoreReport:
         start = time.perf_counter()
         report = RestoreReport()
@@ -218,19 +234,30 @@ class Durability:
 
     def log(self, record: st.WalRecord) -> None:
         """Append a change that was just applied (no wait)."""
-        if self.wal is not None:
-            self.last_lsn = self.wal.append(record.SerializeToString())
+        self.append(record.SerializeToString())
 
     def log_decisions(self, record: st.WalRecord) -> None:
         """Append decision records, written soon, never waited for."""
-        if self.wal is not None:
-            self.last_lsn = self.wal.append(record.SerializeToString())
-            self.wal.nudge()
+        self.append(record.SerializeToString(), wait_free=True)
 
-    async def commit(self) -> None:
-        """Return once everything logged so far is as durable as the mode promises."""
+    def append(self, payload: bytes, wait_free: bool = False, origin: int = 0) -> None:
+        """Append an encoded record that was just applied: to the log, and to the other
+        workers' stream when leading several (``origin``: the worker whose decisions these
+        are, which already has them)."""
+        if self.wal is not None:
+            self.last_lsn = self.wal.append(payload)
+            if wait_free:
+                self.wal.nudge()
+        if self.replication is not None:
+            self.replication.publish(payload, origin)
+
+    async def commit(self, replicated: bool = False) -> None:
+        """Return once everything logged so far is as durable as the mode promises, and with
+        ``replicated`` also applied by every other worker (configuration changes)."""
         if self.wal is not None:
             await self.wal.commit()
+        if replicated and self.replication is not None:
+            await self.replication.wait_applied()
 
     # -- snapshots ---------------------------------------------------------------------------
     async def take_snapshot(self, paced: bool = True) -> Path:
