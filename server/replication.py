@@ -321,6 +321,19 @@ class ReplicaDurability(Durability):
         # stream jumped i x 2**128 draws ahead: no two workers make the same draws.
         experiment.rng = jump_state(experiment.rng, self.index)
 
+    def _replay_decision(self, d: st.Decision) -> None:
+        # A follower keeps no decision records (rewards are the leader's): only the counts.
+        try:
+            e = self.registry.get(d.experiment_id)
+        except Exception:
+            return  # deleted since: its counters went with it
+        if e.uid == d.experiment_uid:
+            index, selections = e.arm_index, e.selections
+            for arm_id in d.arm_ids:
+                pos = index.get(arm_id)
+                if pos is not None:
+                    selections[pos] += 1
+
     def apply(self, record: st.WalRecord) -> None:
         super().apply(record)
         op = record.WhichOneof("op")

@@ -1,0 +1,303 @@
+"""Multi-worker benchmark: decisions/s of ``banditd serve --workers 2`` against 1 worker.
+
+Load: ``BatchSelectArms`` of ``--batch`` requests (Thompson sampling, K = 10 arms, no context)
+from ``--clients`` client processes (grpc.aio), closed loop, ``--concurrency`` calls in
+flight per client process. Each client process opens one connection to every worker (it
+opens connections until the ``banditd-worker`` metadata has named each worker: SO_REUSEPORT
+balances connections, and a real fleet of clients has many) and binds its closed loops to
+them evenly (loop k uses connection k mod workers), like independent callers. Warm-up
+``--warmup`` s, then ``--seconds`` s measured; decisions/s = decisions returned in the
+window / window. CPU seconds of the clients and of every server process in the window are
+reported too: on a 2-core machine the clients compete with the servers.
+
+Propagation (``--workers 2`` only): with the same load running, a probe records a reward at
+the leader (explicit arm, a separate 2-arm experiment) and polls ``GetArmStats`` on the
+follower (1 ms apart) until it shows the reward: the time from the leader's answer to the
+follower's is an upper bound of the stream's latency (it includes one poll call).
+
+    python benchmarks/workers_bench.py [--out benchmarks/results/workers.json] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from decision.v1 import decision_pb2 as pb
+from decision.v1 import decision_pb2_grpc as pb_grpc
+
+EXPERIMENT = "bench"
+ARMS = 10
+
+
+class Workers:
+    """``banditd serve --workers N`` in its own process group; bounded; stopped by the caller."""
+
+    def __init__(self, data_dir: Path, n: int) -> None:
+        port_file = data_dir.parent / f"{data_dir.name}.port"
+        self.log = data_dir.parent / f"{data_dir.name}.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "server", "serve", "--workers", str(n), "--port", "0",
+             "--port-file", str(port_file), "--data-dir", str(data_dir),
+             "--set", "snapshot_interval_seconds=0"],
+            stderr=open(self.log, "a"), start_new_session=True)  # noqa: SIM115
+        deadline = time.monotonic() + 600
+        while not port_file.exists() or not port_file.read_text().strip():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start:\n{self.log.read_text()}")
+            time.sleep(0.05)
+        self.port = int(port_file.read_text())
+        with grpc.insecure_channel(f"127.0.0.1:{self.port}") as ch:  # one worker: not yet
+            health = health_pb2_grpc.HealthStub(ch)
+            while True:
+                try:
+                    if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                        break
+                except grpc.RpcError:
+                    pass
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"server did not serve:\n{self.log.read_text()}")
+                time.sleep(0.05)
+        self.pids = [self.proc.pid]
+        if n > 1:
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+            self.pids = [int(p) for p in children.split()]
+
+    def cpu_seconds(self) -> list[float]:
+        """user + system CPU seconds of each serving process so far."""
+        tick = os.sysconf("SC_CLK_TCK")
+        out = []
+        for pid in self.pids:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            out.append((int(fields[11]) + int(fields[12])) / tick)
+        return out
+
+    def stop(self) -> None:
+        try:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=120)
+        finally:
+            if self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+def worker_of(call_metadata) -> int:
+    return int(dict(call_metadata).get("banditd-worker", 0))
+
+
+def connect(port: int, n: int) -> dict[int, grpc.Channel]:
+    """One sync channel per worker (new connections until each worker has answered)."""
+    channels: dict[int, grpc.Channel] = {}
+    for attempt in range(500):
+        ch = grpc.insecure_channel(f"127.0.0.1:{port}", options=[
+            ("banditd.bench.attempt", attempt), ("grpc.use_local_subchannel_pool", 1)])
+        _, call = pb_grpc.DecisionServiceStub(ch).ListExperiments.with_call(
+            pb.ListExperimentsRequest(), timeout=10)
+        index = worker_of(call.trailing_metadata())
+        if index in channels:
+            ch.close()
+        else:
+            channels[index] = ch
+        if len(channels) == n:
+            return channels
+    raise RuntimeError(f"reached workers {sorted(channels)} of {n}")
+
+
+# -- client process ------------------------------------------------------------------------
+
+
+async def _client(port: int, workers: int, batch: int, concurrency: int, start: float,
+                  warmup: float, seconds: float) -> dict:
+    channels: dict[int, grpc.aio.Channel] = {}
+    attempt = 0
+    while len(channels) < workers:
+        attempt += 1
+        ch = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[
+            ("banditd.bench.client", f"{os.getpid()}-{attempt}"),
+            ("grpc.use_local_subchannel_pool", 1), ("grpc.max_receive_message_length", -1)])
+        call = pb_grpc.DecisionServiceStub(ch).ListExperiments(pb.ListExperimentsRequest())
+        await call
+        index = worker_of(await call.trailing_metadata())
+        if index in channels:
+            await ch.close()
+        else:
+            channels[index] = ch
+    stubs = [pb_grpc.DecisionServiceStub(channels[i]) for i in sorted(channels)]
+    request = pb.BatchSelectArmsRequest(
+        requests=[pb.SelectArmRequest(experiment_id=EXPERIMENT)] * batch)
+    t0, t1 = start + warmup, start + warmup + seconds
+    counts = [0] * len(stubs)
+    cpu: dict[str, float] = {}
+
+    async def loop(k: int) -> None:
+        i = k % len(stubs)  # bound to one connection, like one of many independent callers
+        while time.time() < t1:
+            reply = await stubs[i].BatchSelectArms(request, timeout=60)
+            if t0 <= time.time() < t1:
+                counts[i] += len(reply.responses)
+
+    async def cpu_marks() -> None:
+        await asyncio.sleep(max(0.0, t0 - time.time()))
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        cpu["start"] = ru.ru_utime + ru.ru_stime
+        await asyncio.sleep(max(0.0, t1 - time.time()))
+        ru = resource.getrusage(resource.RUSAGE_SELF)
+        cpu["end"] = ru.ru_utime + ru.ru_stime
+
+    await asyncio.sleep(max(0.0, start - time.time()))
+    await asyncio.gather(*(loop(k) for k in range(concurrency)), cpu_marks())
+    for ch in channels.values():
+        await ch.close()
+    return {"decisions": sum(counts), "per_worker": counts,
+            "cpu_seconds": cpu["end"] - cpu["start"]}
+
+
+def _client_main(args: tuple, out: mp.Queue) -> None:
+    out.put(asyncio.run(_client(*args)))
+
+
+# -- propagation probe ---------------------------------------------------------------------
+
+
+def _probe(port: int, stop: threading.Event, out: list[float]) -> None:
+    channels = connect(port, 2)
+    leader = pb_grpc.DecisionServiceStub(channels[0])
+    follower = pb_grpc.DecisionServiceStub(channels[1])
+    request = pb.GetArmStatsRequest(experiment_id="probe")
+    seen = sum(a.rewards for a in follower.GetArmStats(request).arms)
+    while not stop.is_set():
+        leader.RecordReward(pb.RecordRewardRequest(experiment_id="probe", arm_id="x", reward=1))
+        acked = time.perf_counter()
+        seen += 1
+        while sum(a.rewards for a in follower.GetArmStats(request).arms) < seen:
+            time.sleep(0.001)
+        out.append(time.perf_counter() - acked)
+        stop.wait(0.1)
+    for ch in channels.values():
+        ch.close()
+
+
+# -- one scenario --------------------------------------------------------------------------
+
+
+def run(workers: int, batch: int, clients: int, concurrency: int, warmup: float,
+        seconds: float, probe: bool = False) -> dict:
+    with tempfile.TemporaryDirectory(prefix="banditd-workers-") as tmp:
+        server = Workers(Path(tmp) / "data", workers)
+        try:
+            setup = connect(server.port, workers)
+            stub = pb_grpc.DecisionServiceStub(setup[0])
+            stub.CreateExperiment(pb.CreateExperimentRequest(experiment=pb.Experiment(
+                experiment_id=EXPERIMENT, arms=[pb.Arm(arm_id=f"a{i}") for i in range(ARMS)],
+                policy=pb.Policy(thompson=pb.Policy.Thompson()),
+                reward_type=pb.REWARD_TYPE_BINARY, seed=1)))
+            stub.CreateExperiment(pb.CreateExperimentRequest(experiment=pb.Experiment(
+                experiment_id="probe", arms=[pb.Arm(arm_id="x"), pb.Arm(arm_id="y")],
+                policy=pb.Policy(thompson=pb.Policy.Thompson()),
+                reward_type=pb.REWARD_TYPE_BINARY, seed=2)))
+            for ch in setup.values():
+                ch.close()
+            ctx = mp.get_context("spawn")
+            results: mp.Queue = ctx.Queue()
+            start = time.time() + 3.0  # clients connect first, then start together
+            procs = [ctx.Process(target=_client_main, args=(
+                (server.port, workers, batch, concurrency, start, warmup, seconds), results))
+                for _ in range(clients)]
+            for p in procs:
+                p.start()
+            latencies: list[float] = []
+            stop = threading.Event()
+            prober = threading.Thread(target=_probe, args=(server.port, stop, latencies))
+            time.sleep(max(0.0, start + warmup - time.time()))
+            cpu0 = server.cpu_seconds()
+            if probe:
+                prober.start()
+            time.sleep(max(0.0, start + warmup + seconds - time.time()))
+            cpu1 = server.cpu_seconds()
+            stop.set()
+            if probe:
+                prober.join(timeout=60)
+            out = [results.get(timeout=120) for _ in procs]
+            for p in procs:
+                p.join(timeout=60)
+        finally:
+            server.stop()
+    decisions = sum(o["decisions"] for o in out)
+    result = {
+        "workers": workers, "batch": batch, "clients": clients,
+        "calls_in_flight_per_client": concurrency, "seconds": seconds,
+        "decisions": decisions, "decisions_per_s": round(decisions / seconds),
+        "decisions_per_worker": [sum(o["per_worker"][i] for o in out) for i in range(workers)],
+        "client_cpu_cores": round(sum(o["cpu_seconds"] for o in out) / seconds, 2),
+        "server_cpu_cores": [round((b - a) / seconds, 2) for a, b in zip(cpu0, cpu1, strict=True)],
+    }
+    if probe:
+        ms = sorted(x * 1000 for x in latencies)
+        result["propagation_ms"] = {
+            "probes": len(ms), "p50": round(statistics.median(ms), 2),
+            "p99": round(ms[min(len(ms) - 1, int(0.99 * len(ms)))], 2), "max": round(ms[-1], 2)}
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="benchmarks/results/workers.json")
+    ap.add_argument("--clients", type=int, default=2)
+    ap.add_argument("--concurrency", type=int, default=4, help="calls in flight per client")
+    ap.add_argument("--warmup", type=float, default=2.0)
+    ap.add_argument("--seconds", type=float, default=8.0)
+    ap.add_argument("--repeats", type=int, default=3, help="runs per scenario (median kept)")
+    ap.add_argument("--quick", action="store_true", help="short runs, for a smoke test")
+    args = ap.parse_args()
+    if args.quick:
+        args.seconds, args.warmup, args.repeats = 2.0, 1.0, 1
+    rows = []
+    for batch in (1000, 100):
+        by_workers = {}
+        for workers in (1, 2):
+            runs = [run(workers, batch, args.clients, args.concurrency, args.warmup, args.seconds)
+                    for _ in range(args.repeats)]
+            best = sorted(runs, key=lambda r: r["decisions_per_s"])[len(runs) // 2]
+            best["all_runs_decisions_per_s"] = [r["decisions_per_s"] for r in runs]
+            by_workers[workers] = best
+            rows.append(best)
+            print(json.dumps(best), flush=True)
+        ratio = by_workers[2]["decisions_per_s"] / by_workers[1]["decisions_per_s"]
+        rows.append({"batch": batch, "ratio_2_vs_1": round(ratio, 2)})
+        print(f"batch {batch}: 2 workers / 1 worker = {ratio:.2f}x", flush=True)
+    probe = run(2, 1000, args.clients, args.concurrency, args.warmup, args.seconds, probe=True)
+    print(json.dumps(probe), flush=True)
+    result = {
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                    "python": platform.python_version(),
+                    "load_average_at_end": os.getloadavg()},
+        "client": f"{args.clients} client processes (grpc.aio), {args.concurrency} "
+                  "BatchSelectArms in flight each (closed loops), one connection per worker each, "
+                  "loops bound to connections evenly",
+        "throughput": rows,
+        "propagation_under_load": probe,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
