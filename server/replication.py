@@ -49,6 +49,7 @@ from kernels.rng import jump_state
 from server import snapshot
 from server.decision_store import DecisionRecord, DecisionStore
 from server.durability import Durability, RestoreReport
+from server.pacing import CampaignRegistry
 from server.registry import ExperimentRegistry
 from server.settings import Settings
 
@@ -187,15 +188,18 @@ class ReplicationLeader(rpb_grpc.ReplicationServiceServicer):
         while not self.servicer.ready:  # restore first: the image is the restored state
             await asyncio.sleep(0.05)
         index = int(request.worker_index)
-        # The image and the follower's place in the stream are taken at one instant.
-        image = _copied_capture(self.seq, self.servicer.registry)
-        f = _Follower(index, request.decision_id_prefix, image.lsn)
+        # The image and the follower's place in the stream are taken at one instant (no
+        # await in between). Followers keep no decision records: none in the image.
+        seq = self.seq
+        image = snapshot.image(snapshot.capture(
+            seq, self.servicer.registry, DecisionStore(1, 1.0), self.servicer.campaigns))
+        f = _Follower(index, request.decision_id_prefix, seq)
         self._followers[index] = f
         self._by_prefix[f.prefix] = f
-        log.info("worker %d subscribed at sequence %d", index, image.lsn)
+        log.info("worker %d subscribed at sequence %d (image of %d bytes)", index, seq,
+                 len(image))
         try:
-            data = await asyncio.to_thread(snapshot.encode, image)
-            yield rpb.SubscribeResponse(image=data, last_seq=image.lsn, sent=time.time())
+            yield rpb.SubscribeResponse(image=image, last_seq=seq, sent=time.time())
             while True:
                 await f.wakeup.wait()
                 f.wakeup.clear()
@@ -235,16 +239,6 @@ class ReplicationLeader(rpb_grpc.ReplicationServiceServicer):
         return rpb.PublishDecisionsResponse(leader_seq=self.seq)
 
 
-def _copied_capture(seq: int, registry: ExperimentRegistry) -> snapshot.Capture:
-    """A snapshot capture (no decision records: followers keep none) whose arrays are copies,
-    so it can be encoded off the event loop while the state moves on."""
-    cap = snapshot.capture(seq, registry, DecisionStore(1, 1.0))
-    for img in cap.experiments:
-        img.state = [None if a is None else a.copy() for a in img.state]
-        img.counters = {name: a.copy() for name, a in img.counters.items()}
-    return cap
-
-
 # -- follower ----------------------------------------------------------------------------------
 
 
@@ -273,10 +267,10 @@ class ReplicaDurability(Durability):
     directory (a follower writes nothing to disk); its decision records go to the leader."""
 
     def __init__(self, settings: Settings, registry: ExperimentRegistry,
-                 decisions: ReplicaDecisions, index: int,
+                 decisions: ReplicaDecisions, campaigns: CampaignRegistry, index: int,
                  leader_address: Awaitable[str],
                  on_lost: Callable[[str], None]) -> None:
-        super().__init__(settings, registry, decisions)
+        super().__init__(settings, registry, decisions, campaigns)
         self.replica_decisions = decisions
         self.index = index
         self.mode = f"replica of worker 0 ({settings.durability})"
@@ -304,15 +298,15 @@ class ReplicaDurability(Durability):
         first = await self._stream.read()
         if first is grpc.aio.EOF:
             raise ConnectionError(f"the leader at {address} ended the stream before its image")
-        snap = await asyncio.to_thread(snapshot.decode, first.image, "leader image")
-        await asyncio.to_thread(self._load_image, snap)
+        await asyncio.to_thread(self._load_image, first.image)
         self.applied_seq = self.last_lsn = first.last_seq
         return RestoreReport(snapshot=f"leader image ({len(first.image):,} bytes)",
                              snapshot_lsn=first.last_seq, last_lsn=first.last_seq,
                              seconds=time.perf_counter() - started)
 
-    def _load_image(self, snap) -> None:
-        snapshot.load(snap, self.registry, self.decisions)
+    def _load_image(self, data: bytes) -> None:
+        snap, section = snapshot.decode(data, "leader image")
+        snapshot.load(snap, section, self.registry, self.decisions, self.campaigns)
         for e in self.registry.experiments():
             self._own_stream(e)
 
@@ -412,7 +406,7 @@ class ReplicaDurability(Durability):
     async def commit(self, replicated: bool = False) -> None:
         return None
 
-    async def take_snapshot(self) -> Path:
+    async def take_snapshot(self, paced: bool = True) -> Path:
         raise RuntimeError("only the leader writes snapshots")
 
     async def close(self) -> None:

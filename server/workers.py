@@ -121,8 +121,8 @@ def attach(role: WorkerRole, servicer: DecisionServicer, server: grpc.aio.Server
         return WorkerRuntime(private=private, private_port=port)
     assert role.leader_address is not None
     decisions = ReplicaDecisions(prefix)
-    durability = ReplicaDurability(settings, servicer.registry, decisions, role.index,
-                                   role.leader_address, role.on_lost)
+    durability = ReplicaDurability(settings, servicer.registry, decisions, servicer.campaigns,
+                                   role.index, role.leader_address, role.on_lost)
     _use_decision_store(servicer, decisions)
     servicer.durability = durability
     forwarder = _Forwarder(servicer, durability, role.leader_address, metadata)

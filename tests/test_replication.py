@@ -14,6 +14,7 @@ from banditd.storage.v1 import storage_pb2 as st
 from conftest import make_experiment
 from decision.v1 import decision_pb2 as pb
 from server import replication, snapshot
+from server.pacing import CampaignRegistry
 from server.registry import ExperimentRegistry
 from server.replication import ReplicaDecisions, ReplicaDurability, ReplicationLeader
 from server.service import DecisionServicer
@@ -66,7 +67,7 @@ def test_stream_is_an_image_then_the_log_without_the_followers_own_decisions(tmp
         await create(servicer)
         stream, image = await subscribe(leader)
         assert image.last_seq == leader.seq == 1
-        snap = snapshot.decode(image.image, "image")
+        snap, _ = snapshot.decode(image.image, "image")
         assert [e.config.experiment_id for e in snap.experiments] == ["e"]
         assert not snap.decisions.decision_ids  # followers keep no decision records
 
@@ -182,9 +183,10 @@ def test_follower_replays_the_stream_to_the_leaders_state_with_its_own_random_st
         message = await anext(stream)
 
         registry = ExperimentRegistry(servicer.settings)
-        follower = ReplicaDurability(servicer.settings, registry, ReplicaDecisions("f-1"), 1,
+        follower = ReplicaDurability(servicer.settings, registry, ReplicaDecisions("f-1"),
+                                     CampaignRegistry(servicer.settings), 1,
                                      asyncio.get_running_loop().create_future(), print)
-        follower._load_image(snapshot.decode(image.image, "image"))
+        follower._load_image(image.image)
         for payload in message.records:
             follower.apply(st.WalRecord.FromString(payload))
         for name in ("t", "lin"):

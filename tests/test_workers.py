@@ -19,6 +19,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf import timestamp_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conftest import make_experiment
@@ -206,6 +207,22 @@ def test_rewards_through_every_worker_add_up_exactly_and_survive_a_restart(worke
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
         assert worker_of(err.value) in (0, 1)  # errors carry the worker too
 
+    # Pacing is forwarded to the leader: one budget, whichever worker bids.
+    follower.CreateCampaign(pb.CreateCampaignRequest(campaign=pb.Campaign(
+        campaign_id="c", daily_budget=10.0, max_bid=1.0)))
+    event = timestamp_pb2.Timestamp(seconds=1_780_000_000)
+    spent = 0.0
+    for i in range(20):
+        bid = stubs[i % 2].PaceBid(pb.PaceBidRequest(campaign_id="c", base_bid=0.5, event_time=event))
+        if bid.bid > 0:
+            stubs[1 - i % 2].RecordSpend(pb.RecordSpendRequest(
+                campaign_id="c", bid_id=bid.bid_id, won=True, cost=bid.bid / 2, event_time=event))
+            spent += bid.bid / 2
+    status = [s.GetPacingStatus(pb.GetPacingStatusRequest(campaign_id="c", event_time=event))
+              for s in stubs]
+    assert status[0].spent == status[1].spent == pytest.approx(spent) and spent > 0
+    assert status[0].spent + status[0].reserved <= 10.0
+
     # A graceful restart keeps everything: the leader's log and snapshot hold the followers'
     # decisions as well, so their retries are still duplicates.
     assert w.stop() == 0
@@ -255,5 +272,7 @@ def test_every_rpc_is_local_or_forwarded_by_one_table():
     names = {m.name for m in SERVICE.methods}
     assert names >= LOCAL_RPCS
     writes = {"CreateExperiment", "DeleteExperiment", "UpdateArms", "ResetExperiment",
-              "RecordReward", "BatchRecordRewards", "IngestMetrics"}
+              "RecordReward", "BatchRecordRewards", "IngestMetrics", "CreateCampaign",
+              "UpdateCampaign", "PaceBid", "RecordSpend",
+              "GetPacingStatus"}  # a status read settles expired reservations: a write
     assert not writes & LOCAL_RPCS  # forwarded: anything not listed as local
