@@ -247,6 +247,10 @@ def run(workers: int, batch: int, clients: int, concurrency: int, warmup: float,
         "decisions_per_worker": [sum(o["per_worker"][i] for o in out) for i in range(workers)],
         "client_cpu_cores": round(sum(o["cpu_seconds"] for o in out) / seconds, 2),
         "server_cpu_cores": [round((b - a) / seconds, 2) for a, b in zip(cpu0, cpu1, strict=True)],
+        # CPU the servers spent per decision (all workers together): unlike decisions/s, it
+        # does not depend on how much of the machine the other processes left over
+        "server_cpu_us_per_decision": round(
+            sum(b - a for a, b in zip(cpu0, cpu1, strict=True)) / max(decisions, 1) * 1e6, 2),
     }
     if probe:
         ms = sorted(x * 1000 for x in latencies)
@@ -263,25 +267,33 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=4, help="calls in flight per client")
     ap.add_argument("--warmup", type=float, default=2.0)
     ap.add_argument("--seconds", type=float, default=8.0)
-    ap.add_argument("--repeats", type=int, default=3, help="runs per scenario (median kept)")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="runs per scenario (1 and 2 workers alternate; medians kept)")
     ap.add_argument("--quick", action="store_true", help="short runs, for a smoke test")
     args = ap.parse_args()
     if args.quick:
         args.seconds, args.warmup, args.repeats = 2.0, 1.0, 1
     rows = []
     for batch in (1000, 100):
-        by_workers = {}
+        # 1 and 2 workers alternate, so that a change in the machine's other load hits both
+        runs: dict[int, list[dict]] = {1: [], 2: []}
+        for _ in range(args.repeats):
+            for workers in (1, 2):
+                r = run(workers, batch, args.clients, args.concurrency, args.warmup, args.seconds)
+                r["load_average"] = os.getloadavg()[0]
+                runs[workers].append(r)
+                print(json.dumps(r), flush=True)
+        ratios = [b["decisions_per_s"] / a["decisions_per_s"]
+                  for a, b in zip(runs[1], runs[2], strict=True)]
         for workers in (1, 2):
-            runs = [run(workers, batch, args.clients, args.concurrency, args.warmup, args.seconds)
-                    for _ in range(args.repeats)]
-            best = sorted(runs, key=lambda r: r["decisions_per_s"])[len(runs) // 2]
-            best["all_runs_decisions_per_s"] = [r["decisions_per_s"] for r in runs]
-            by_workers[workers] = best
-            rows.append(best)
-            print(json.dumps(best), flush=True)
-        ratio = by_workers[2]["decisions_per_s"] / by_workers[1]["decisions_per_s"]
-        rows.append({"batch": batch, "ratio_2_vs_1": round(ratio, 2)})
-        print(f"batch {batch}: 2 workers / 1 worker = {ratio:.2f}x", flush=True)
+            median = sorted(runs[workers], key=lambda r: r["decisions_per_s"])[args.repeats // 2]
+            rows.append({**median, "all_runs_decisions_per_s":
+                         [r["decisions_per_s"] for r in runs[workers]]})
+        ratio = statistics.median(ratios)
+        rows.append({"batch": batch, "ratio_2_vs_1": round(ratio, 2),
+                     "ratio_of_each_pair": [round(x, 2) for x in ratios]})
+        print(f"batch {batch}: 2 workers / 1 worker = {ratio:.2f}x (pairs: "
+              f"{', '.join(f'{x:.2f}' for x in ratios)})", flush=True)
     probe = run(2, 1000, args.clients, args.concurrency, args.warmup, args.seconds, probe=True)
     print(json.dumps(probe), flush=True)
     result = {
