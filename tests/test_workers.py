@@ -257,6 +257,19 @@ def test_three_workers_share_the_port_and_a_dead_worker_stops_all(workers):
             Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
 
 
+def test_workers_stop_when_their_supervisor_is_killed(workers):
+    w = workers(2, "orphans")
+    pids = w.pids()
+    w.proc.send_signal(signal.SIGKILL)  # no forwarding: the workers see their stdin close
+    w.proc.wait(timeout=30)
+    for pid in pids:
+        deadline = time.monotonic() + 60
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not Path(f"/proc/{pid}").exists() or \
+            Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+
+
 def test_port_in_use_is_refused(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
