@@ -11,9 +11,10 @@ window / window. CPU seconds of the clients and of every server process in the w
 reported too: on a 2-core machine the clients compete with the servers.
 
 Propagation (``--workers 2`` only): with the same load running, a probe records a reward at
-the leader (explicit arm, a separate 2-arm experiment) and polls ``GetArmStats`` on the
-follower (1 ms apart) until it shows the reward: the time from the leader's answer to the
-follower's is an upper bound of the stream's latency (it includes one poll call).
+the leader (explicit arm, a separate 2-arm experiment, every 0.1 s) and polls the follower
+(``SelectArm`` on that experiment, 1 ms apart) until its ``model_version`` shows the reward:
+the time from the leader's answer to the follower's is an upper bound of the stream's
+latency (it includes one poll call).
 
     python benchmarks/workers_bench.py [--out benchmarks/results/workers.json] [--quick]
 """
@@ -180,13 +181,16 @@ def _probe(port: int, stop: threading.Event, out: list[float]) -> None:
     channels = connect(port, 2)
     leader = pb_grpc.DecisionServiceStub(channels[0])
     follower = pb_grpc.DecisionServiceStub(channels[1])
-    request = pb.GetArmStatsRequest(experiment_id="probe")
-    seen = sum(a.rewards for a in follower.GetArmStats(request).arms)
+    # A decision's model_version counts the rewards applied to its experiment: a cheap,
+    # local call on the follower that shows when the leader's reward has arrived there.
+    # Only the probe rewards this experiment: after the n-th reward its version is n.
+    request = pb.SelectArmRequest(experiment_id="probe")
+    target = leader.SelectArm(request).model_version
     while not stop.is_set():
         leader.RecordReward(pb.RecordRewardRequest(experiment_id="probe", arm_id="x", reward=1))
         acked = time.perf_counter()
-        seen += 1
-        while sum(a.rewards for a in follower.GetArmStats(request).arms) < seen:
+        target += 1
+        while follower.SelectArm(request).model_version < target:
             time.sleep(0.001)
         out.append(time.perf_counter() - acked)
         stop.wait(0.1)
