@@ -273,12 +273,13 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--repeats", type=int, default=3,
                     help="runs per scenario (1 and 2 workers alternate; medians kept)")
+    ap.add_argument("--batches", default="1000,100", help="batch sizes, comma-separated")
     ap.add_argument("--quick", action="store_true", help="short runs, for a smoke test")
     args = ap.parse_args()
     if args.quick:
         args.seconds, args.warmup, args.repeats = 2.0, 1.0, 1
     rows = []
-    for batch in (1000, 100):
+    for batch in (int(b) for b in args.batches.split(",")):
         # 1 and 2 workers alternate, so that a change in the machine's other load hits both
         runs: dict[int, list[dict]] = {1: [], 2: []}
         for _ in range(args.repeats):
