@@ -12,6 +12,11 @@ shares the 2 cores with the servers, so it should take as little as it can. Warm
 window / window. CPU seconds of the clients and of every server process in the window are
 reported too: on a 2-core machine the clients compete with the servers.
 
+The development machine is shared: before each run the benchmark waits (``--max-wait``) until
+other processes use less than ``--quiet-cores``, and it reports the CPU other processes used
+during each run (``other_processes_cpu_cores``). 1 and 2 workers alternate, and the ratio is
+the median over the pairs in which neither run competed with other work (all pairs if none).
+
 Propagation (``--workers 2`` only): with the same load running, a probe records a reward at
 the leader (explicit arm, a separate 2-arm experiment, every 0.1 s) and polls the follower
 (``SelectArm`` on that experiment, 1 ms apart) until its ``model_version`` shows the reward:
@@ -121,6 +126,26 @@ def connect(port: int, n: int) -> dict[int, grpc.Channel]:
         if len(channels) == n:
             return channels
     raise RuntimeError(f"reached workers {sorted(channels)} of {n}")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (all processes, all cores), /proc/stat."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_quiet(limit: float, max_wait: float) -> float:
+    """Wait (at most ``max_wait`` s) until other processes use less than ``limit`` cores over
+    a second; returns the cores they used in the last sample."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        before = machine_busy_seconds()
+        time.sleep(1.0)
+        used = machine_busy_seconds() - before
+        if used < limit or time.monotonic() > deadline:
+            return used
+        time.sleep(4.0)
 
 
 # -- client process ------------------------------------------------------------------------
@@ -240,10 +265,12 @@ def run(workers: int, batch: int, clients: int, concurrency: int, warmup: float,
             prober = threading.Thread(target=_probe, args=(server.port, stop, latencies))
             time.sleep(max(0.0, start + warmup - time.time()))
             cpu0 = server.cpu_seconds()
+            busy0 = machine_busy_seconds()
             if probe:
                 prober.start()
             time.sleep(max(0.0, start + warmup + seconds - time.time()))
             cpu1 = server.cpu_seconds()
+            busy1 = machine_busy_seconds()
             stop.set()
             if probe:
                 prober.join(timeout=60)
@@ -265,6 +292,12 @@ def run(workers: int, batch: int, clients: int, concurrency: int, warmup: float,
         "server_cpu_us_per_decision": round(
             sum(b - a for a, b in zip(cpu0, cpu1, strict=True)) / max(decisions, 1) * 1e6, 2),
     }
+    # The machine is shared: CPU used in the window by processes other than this benchmark
+    # (its servers, its clients, and this process's probe, which is small) tells whether a
+    # run competed with someone else's work.
+    ours = sum(b - a for a, b in zip(cpu0, cpu1, strict=True)) + \
+        sum(o["cpu_seconds"] for o in out)
+    result["other_processes_cpu_cores"] = round(max(0.0, (busy1 - busy0 - ours) / seconds), 2)
     if probe:
         ms = sorted(x * 1000 for x in latencies)
         result["propagation_ms"] = {
@@ -283,6 +316,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3,
                     help="runs per scenario (1 and 2 workers alternate; medians kept)")
     ap.add_argument("--batches", default="1000,100", help="batch sizes, comma-separated")
+    ap.add_argument("--quiet-cores", type=float, default=0.25,
+                    help="a run is quiet if other processes used fewer cores than this")
+    ap.add_argument("--max-wait", type=float, default=120.0,
+                    help="seconds to wait for a quiet machine before each run")
     ap.add_argument("--quick", action="store_true", help="short runs, for a smoke test")
     args = ap.parse_args()
     if args.quick:
@@ -293,21 +330,29 @@ def main() -> None:
         runs: dict[int, list[dict]] = {1: [], 2: []}
         for _ in range(args.repeats):
             for workers in (1, 2):
+                wait_quiet(args.quiet_cores, args.max_wait)
                 r = run(workers, batch, args.clients, args.concurrency, args.warmup, args.seconds)
-                r["load_average"] = os.getloadavg()[0]
                 runs[workers].append(r)
                 print(json.dumps(r), flush=True)
-        ratios = [b["decisions_per_s"] / a["decisions_per_s"]
-                  for a, b in zip(runs[1], runs[2], strict=True)]
+        pairs = list(zip(runs[1], runs[2], strict=True))
+        ratios = [b["decisions_per_s"] / a["decisions_per_s"] for a, b in pairs]
+        # pairs in which other processes took less than quiet_cores during both runs
+        quiet = [x for x, (a, b) in zip(ratios, pairs, strict=True)
+                 if max(a["other_processes_cpu_cores"], b["other_processes_cpu_cores"])
+                 < args.quiet_cores]
         for workers in (1, 2):
             median = sorted(runs[workers], key=lambda r: r["decisions_per_s"])[args.repeats // 2]
             rows.append({**median, "all_runs_decisions_per_s":
                          [r["decisions_per_s"] for r in runs[workers]]})
-        ratio = statistics.median(ratios)
+        ratio = statistics.median(quiet or ratios)
         rows.append({"batch": batch, "ratio_2_vs_1": round(ratio, 2),
-                     "ratio_of_each_pair": [round(x, 2) for x in ratios]})
+                     "ratio_of_each_pair": [round(x, 2) for x in ratios],
+                     "ratio_of_quiet_pairs": [round(x, 2) for x in quiet],
+                     "ratio_from": "quiet pairs" if quiet else "all pairs (none was quiet)"})
         print(f"batch {batch}: 2 workers / 1 worker = {ratio:.2f}x (pairs: "
-              f"{', '.join(f'{x:.2f}' for x in ratios)})", flush=True)
+              f"{', '.join(f'{x:.2f}' for x in ratios)}; quiet: "
+              f"{', '.join(f'{x:.2f}' for x in quiet) or 'none'})", flush=True)
+    wait_quiet(args.quiet_cores, args.max_wait)
     probe = run(2, 1000, args.clients, args.concurrency, args.warmup, args.seconds, probe=True)
     print(json.dumps(probe), flush=True)
     result = {
