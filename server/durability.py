@@ -36,6 +36,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from banditd.storage.v1 import storage_pb2 as st
@@ -127,6 +128,14 @@ class PendingDecisions:
         return st.WalRecord(decision_table=table).SerializeToString()
 
 
+class ReplicationLog(Protocol):
+    """Where a leader of several workers sends every record it logs (server.replication)."""
+
+    def publish(self, payload: bytes, origin: int) -> None: ...
+
+    async def wait_applied(self) -> None: ...
+
+
 @dataclass
 class RestoreReport:
     snapshot: str = ""
@@ -143,7 +152,7 @@ class Durability:
     def __init__(self, settings: Settings, registry: ExperimentRegistry,
                  decisions: DecisionStore, campaigns: CampaignRegistry) -> None:
         self.settings = settings
-        self.mode = settings.durability
+        self.mode: str = settings.durability
         self.directory = Path(settings.data_dir)
         self.registry = registry
         self.decisions = decisions
@@ -157,8 +166,15 @@ class Durability:
         self.snapshot_lsn = -1  # lsn of the newest snapshot written by this process
         self.pending = PendingDecisions()  # decision records not yet handed to the log
         self._decision_timer: asyncio.TimerHandle | None = None
+        # Multi-worker leader only: every appended record also goes to the followers, in
+        # every durability mode (set by server.workers).
+        self.replication: ReplicationLog | None = None
 
     # -- restore (before serving; runs in a worker thread, nothing else touches state) ---------
+    async def load(self) -> RestoreReport:
+        """Bring the state up before serving: :meth:`restore` off the event loop."""
+        return await asyncio.to_thread(self.restore)
+
     def restore(self) -> RestoreReport:
         start = time.perf_counter()
         report = RestoreReport()
@@ -334,15 +350,15 @@ class Durability:
 
     def log(self, record: st.WalRecord) -> None:
         """Append a change that was just applied (no wait)."""
-        if self.wal is not None:
-            self._encode_pending()
-            self.last_lsn = self.wal.append(record.SerializeToString())
+        self._encode_pending()
+        self.append(record.SerializeToString())
 
     def decisions_logged(self) -> None:
-        """Decisions were added to :attr:`pending`: have them written soon (never waited for)."""
-        if self.wal is None:
+        """Decisions were added to :attr:`pending`: have them written (and sent to the other
+        workers) soon, never waited for."""
+        if self.wal is None and self.replication is None:
             self.pending.clear()
-        elif self.pending.rows >= DECISION_FLUSH_ROWS:
+        elif self.wal is not None and self.pending.rows >= DECISION_FLUSH_ROWS:
             self.wal.nudge()
         elif self._decision_timer is None:
             self._decision_timer = asyncio.get_running_loop().call_later(
@@ -350,20 +366,37 @@ class Durability:
 
     def _flush_decisions(self) -> None:
         self._decision_timer = None
-        if self.wal is not None and self.pending.rows:
-            self.wal.nudge()
+        if self.pending.rows:
+            if self.wal is not None:
+                self.wal.nudge()  # the log collects them before its write
+            else:
+                self._encode_pending()
 
     def _encode_pending(self) -> None:
-        """Hand the pending decision records to the log as one record (called by the log
-        before every write, and before any other record is appended)."""
-        if self.pending.rows and self.wal is not None:
-            self.last_lsn = self.wal.append(self.pending.encode())
+        """Hand the pending decision records to the log (and the followers) as one record
+        (called by the log before every write, and before any other record is appended)."""
+        if self.pending.rows and (self.wal is not None or self.replication is not None):
+            self.append(self.pending.encode())
             self.pending.clear()
 
-    async def commit(self) -> None:
-        """Return once everything logged so far is as durable as the mode promises."""
+    def append(self, payload: bytes, wait_free: bool = False, origin: int = 0) -> None:
+        """Append an encoded record that was just applied: to the log, and to the other
+        workers' stream when leading several (``origin``: the worker whose decisions these
+        are, which already has them)."""
+        if self.wal is not None:
+            self.last_lsn = self.wal.append(payload)
+            if wait_free:
+                self.wal.nudge()
+        if self.replication is not None:
+            self.replication.publish(payload, origin)
+
+    async def commit(self, replicated: bool = False) -> None:
+        """Return once everything logged so far is as durable as the mode promises, and with
+        ``replicated`` also applied by every other worker (configuration changes)."""
         if self.wal is not None:
             await self.wal.commit()
+        if replicated and self.replication is not None:
+            await self.replication.wait_applied()
 
     # -- snapshots ---------------------------------------------------------------------------
     async def take_snapshot(self, paced: bool = True) -> Path:

@@ -158,7 +158,8 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         self.decisions = DecisionStore(settings.decision_capacity, settings.decision_ttl_seconds)
         self.campaigns = CampaignRegistry(settings)
         self.durability = Durability(settings, self.registry, self.decisions, self.campaigns)
-        self.logging = settings.durability != "snapshot"  # build log records at all?
+        # Build log records at all? Also without a log when other workers replicate them.
+        self.logging = settings.durability != "snapshot" or settings.workers > 1
         self.ready = False  # set once kernels are compiled and warmed
         self.metrics = Metrics()
         self.metrics.track(lambda: len(self.registry), lambda: len(self.decisions))
@@ -543,10 +544,11 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         await self.durability.commit()
 
     async def _log(self, record: st.WalRecord) -> None:
-        """Log an applied configuration change and wait until it is durable."""
+        """Log an applied configuration change and wait until it is durable (and, with
+        several workers, applied by all of them)."""
         if self.logging:
             self.durability.log(record)
-            await self.durability.commit()
+            await self.durability.commit(replicated=True)
 
     def _check_batch(self, size: int) -> None:
         if size == 0:

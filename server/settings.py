@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="Prometheus metrics port; unset = no endpoint."
     )
+    workers: int = Field(
+        1, ge=1, le=64,
+        description="Server processes sharing the port (SO_REUSEPORT); 1 = a single process.",
+    )
 
     # Limits: requests beyond them get RESOURCE_EXHAUSTED / INVALID_ARGUMENT.
     max_experiments: int = Field(10_000, ge=1, description="Experiments held at once.")

@@ -207,32 +207,46 @@ def read(path: Path) -> tuple[st.Snapshot, memoryview]:
     """Parse and verify a snapshot file, or raise SnapshotError saying what is wrong.
 
     Returns the message and its array section (see ``load``)."""
-    data = path.read_bytes()
+    return decode(path.read_bytes(), path.name)
+
+
+def decode(data: bytes, name: str) -> tuple[st.Snapshot, memoryview]:
+    """Parse and verify a snapshot's bytes (a file's, or an :func:`image` a leader sends to
+    its followers); errors name it ``name``."""
     if len(data) < HEADER.size:
-        raise SnapshotError(f"{path.name}: {len(data)} bytes, shorter than the header")
+        raise SnapshotError(f"{name}: {len(data)} bytes, shorter than the header")
     magic, version, length = HEADER.unpack_from(data)
     if magic != MAGIC:
-        raise SnapshotError(f"{path.name}: not a banditd snapshot (bad magic)")
+        raise SnapshotError(f"{name}: not a banditd snapshot (bad magic)")
     if version != FORMAT_VERSION:
         raise SnapshotError(
-            f"{path.name}: format version {version}, this server reads {FORMAT_VERSION}")
+            f"{name}: format version {version}, this server reads {FORMAT_VERSION}")
     if len(data) < HEADER.size + TRAILER.size:
-        raise SnapshotError(f"{path.name}: {len(data)} bytes, truncated (no trailer)")
+        raise SnapshotError(f"{name}: {len(data)} bytes, truncated (no trailer)")
     size, crc = TRAILER.unpack_from(data, len(data) - TRAILER.size)
     if size != len(data) - TRAILER.size:
-        raise SnapshotError(f"{path.name}: truncated or extended ({len(data) - TRAILER.size} "
+        raise SnapshotError(f"{name}: truncated or extended ({len(data) - TRAILER.size} "
                             f"bytes before the trailer, it says {size})")
     body = memoryview(data)[:size]
     if zlib.crc32(body) != crc:
-        raise SnapshotError(f"{path.name}: checksum mismatch (corrupt)")
+        raise SnapshotError(f"{name}: checksum mismatch (corrupt)")
     if HEADER.size + length > size:
-        raise SnapshotError(f"{path.name}: message length {length} is past the end")
+        raise SnapshotError(f"{name}: message length {length} is past the end")
     snap = st.Snapshot()
     try:
         snap.ParseFromString(body[HEADER.size : HEADER.size + length])
     except Exception as exc:  # protobuf's DecodeError
-        raise SnapshotError(f"{path.name}: undecodable message ({exc})") from None
+        raise SnapshotError(f"{name}: undecodable message ({exc})") from None
     return snap, body[HEADER.size + length :]
+
+
+def image(cap: Capture) -> bytes:
+    """The bytes :func:`write` would put in the file, in memory (a leader's state for its
+    followers; the arrays are copied once, so the state may move on afterwards)."""
+    message, parts = encode(cap)
+    head = HEADER.pack(MAGIC, FORMAT_VERSION, len(message)) + message
+    body = b"".join([head, *(part.data.cast("B") if part.nbytes else b"" for part in parts)])
+    return body + TRAILER.pack(len(body), zlib.crc32(body))
 
 
 def load(snap: st.Snapshot, section: memoryview, registry: ExperimentRegistry,
