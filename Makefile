@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-PROTO_SRC := proto/decision/v1/decision.proto proto/banditd/storage/v1/storage.proto
+PROTO_SRC := proto/decision/v1/decision.proto proto/banditd/storage/v1/storage.proto \
+             proto/banditd/replication/v1/replication.proto
 
 .PHONY: run test proto proto-check lint bench load docker-lint clean
 
@@ -40,6 +41,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/first_request.py --out benchmarks/results/first_request.json
 	$(BIN)/python benchmarks/analytics_bench.py --out benchmarks/results/analytics.json
 	$(BIN)/python benchmarks/durability_bench.py --out benchmarks/results/durability.json
+	$(BIN)/python benchmarks/pacing_sim.py --out benchmarks/results/pacing.json
+	$(BIN)/python benchmarks/workers_bench.py --out benchmarks/results/workers.json
 
 ## Locust load test: a local server, a headless run of LOAD_TIME with LOAD_USERS users;
 ## CSV + HTML reports in benchmarks/results/locust/ (e.g. make load LOAD_TIME=5m LOAD_USERS=64).

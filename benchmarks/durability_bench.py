@@ -5,7 +5,8 @@
    concurrent asyncio writers (one channel each) sending batches of ``--batch`` rewards for a
    bounded ``--seconds``.
 2. SelectArm latency (p50/p99, one closed-loop sync client) on a 10-arm experiment while the
-   server also holds a 1,000,000-arm experiment, without and during snapshots of it.
+   server also holds a 1,000,000-arm experiment and snapshots it every second: calls made
+   while a snapshot writer ran against calls made while none did, interleaved in one run.
 3. Restore time of a data directory holding a 1,000,000-arm experiment and 1,000,000 stored
    decisions (server start to health SERVING, minus the start time of an empty server).
 
@@ -20,57 +21,18 @@ import json
 import os
 import platform
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from decision.v1 import decision_pb2 as pb
 from decision.v1 import decision_pb2_grpc as pb_grpc
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """``banditd serve`` in a subprocess; bounded lifetime, stopped by SIGTERM (or SIGKILL)."""
-
-    def __init__(self, data_dir: Path, **settings: object) -> None:
-        self.port = _free_port()
-        args = [sys.executable, "-m", "server", "serve", "--port", str(self.port),
-                "--data-dir", str(data_dir)]
-        for k, v in settings.items():
-            args += ["--set", f"{k}={v}"]
-        self.started = time.perf_counter()
-        self.log = data_dir.parent / f"{data_dir.name}.server.log"
-        self.proc = subprocess.Popen(args, stderr=open(self.log, "a"))  # noqa: SIM115
-        with grpc.insecure_channel(f"127.0.0.1:{self.port}") as ch:
-            health = health_pb2_grpc.HealthStub(ch)
-            while True:
-                if self.proc.poll() is not None:
-                    raise RuntimeError("server exited during start")
-                try:
-                    if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                        break
-                except grpc.RpcError:
-                    pass
-                if time.perf_counter() - self.started > 600:
-                    raise TimeoutError("server did not become SERVING")
-                time.sleep(0.02)
-        self.ready_s = time.perf_counter() - self.started
-
-    def stop(self, kill: bool = False) -> None:
-        self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-        self.proc.wait(timeout=600)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from local_server import LocalServer as Server  # noqa: E402
 
 
 def _channel(port: int) -> grpc.Channel:
@@ -135,43 +97,69 @@ def _latencies(stub, n: int) -> list[float]:
     return out
 
 
+def _classified_latencies(stub, pid: int, n: int) -> tuple[list[float], list[float]]:
+    """SelectArm latencies (µs) split by whether the server had a snapshot writer child
+    (checked before and after each call, so a call the fork delayed counts as during)."""
+    req = pb.SelectArmRequest(experiment_id="small")
+    children = f"/proc/{pid}/task/{pid}/children"
+    idle: list[float] = []
+    during: list[float] = []
+    for _ in range(n):
+        with open(children) as f:
+            before = f.read().strip()
+        t = time.perf_counter_ns()
+        stub.SelectArm(req)
+        us = (time.perf_counter_ns() - t) / 1000.0
+        with open(children) as f:
+            after = f.read().strip()
+        (during if before or after else idle).append(us)
+    return idle, during
+
+
 def _pct(values: list[float], q: float) -> float:
     return round(sorted(values)[min(len(values) - 1, int(q * len(values)))], 1)
 
 
-def snapshot_latency(arms: int, calls: int) -> dict:
+def snapshot_latency(arms: int, calls: int, mb_per_s: float | None = None,
+                     interval: float = 1.0) -> dict:
+    """SelectArm latency on a 10-arm experiment while the server also holds a ``arms``-arm
+    experiment and snapshots it every ``interval`` s (``mb_per_s``: write-rate cap, None =
+    the server's default). Calls made while a snapshot writer ran and calls made while none
+    did are interleaved in one run, so both classes see the same machine noise."""
     data = Path(tempfile.mkdtemp(prefix="banditd-bench-"))
-    server = Server(data, durability="os", snapshot_interval_seconds=0, max_arms=arms,
-                    max_message_bytes=256 * 1024 * 1024, decision_capacity=arms)
+    settings: dict = dict(durability="os", max_arms=arms, decision_capacity=arms,
+                          max_message_bytes=256 * 1024 * 1024)
+    if mb_per_s is not None:
+        settings["snapshot_write_mb_per_s"] = mb_per_s
+    server = Server(data, snapshot_interval_seconds=0, **settings)
     try:
         with _channel(server.port) as ch:
             stub = pb_grpc.DecisionServiceStub(ch)
             stub.CreateExperiment(_experiment("big", arms), timeout=600)
             stub.CreateExperiment(_experiment("small", 10))
-            _latencies(stub, 2000)  # warm
-            baseline = _latencies(stub, calls)
         server.stop()
-        # The same state restored by a server that snapshots every 50 ms: snapshots of the
-        # big experiment run back to back during the whole measurement.
-        server = Server(data, durability="os", snapshot_interval_seconds=0.05, max_arms=arms,
-                        max_message_bytes=256 * 1024 * 1024, decision_capacity=arms)
+        server = Server(data, snapshot_interval_seconds=interval, **settings)
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
             stub = pb_grpc.DecisionServiceStub(ch)
-            _latencies(stub, 2000)
+            _latencies(stub, 2000)  # warm
             t = time.perf_counter()
-            during = _latencies(stub, calls)
+            idle, during = _classified_latencies(stub, server.pid, calls)
             elapsed = time.perf_counter() - t
         size = max((p.stat().st_size for p in data.glob("snapshot-*.snap")), default=0)
+        written = server.log_path.read_text().count("snapshot snapshot-")  # one log line each
     finally:
         server.stop()
         shutil.rmtree(data, ignore_errors=True)
     return {
         "big_experiment_arms": arms, "calls": calls,
-        "p50_us_without_snapshot": _pct(baseline, 0.5),
-        "p99_us_without_snapshot": _pct(baseline, 0.99),
-        "p50_us_during_snapshots": _pct(during, 0.5), "p99_us_during_snapshots": _pct(during, 0.99),
-        "p99_ratio": round(_pct(during, 0.99) / _pct(baseline, 0.99), 2),
+        "snapshot_interval_s": interval,
+        "snapshot_write_mb_per_s": mb_per_s if mb_per_s is not None else "default",
+        "calls_without_snapshot": len(idle), "calls_during_snapshot": len(during),
+        "p50_us_without_snapshot": _pct(idle, 0.5), "p99_us_without_snapshot": _pct(idle, 0.99),
+        "p50_us_during_snapshot": _pct(during, 0.5), "p99_us_during_snapshot": _pct(during, 0.99),
+        "p99_ratio": round(_pct(during, 0.99) / _pct(idle, 0.99), 2),
         "snapshot_bytes": size, "measurement_seconds": round(elapsed, 2),
+        "snapshots_logged": written - 1,  # minus the first server's final one
     }
 
 
@@ -198,15 +186,15 @@ def restore_time(arms: int, decisions: int) -> dict:
         base = Server(empty, **settings)
         base.stop()
         server = Server(data, **settings)
-        restored = server.ready_s
+        restored = server.ready_seconds
         server.stop(kill=True)
     finally:
         shutil.rmtree(data, ignore_errors=True)
         shutil.rmtree(empty, ignore_errors=True)
     return {"arms": arms, "decisions": decisions, "data_bytes": size,
             "start_to_serving_s": round(restored, 2),
-            "empty_start_to_serving_s": round(base.ready_s, 2),
-            "restore_s": round(restored - base.ready_s, 2)}
+            "empty_start_to_serving_s": round(base.ready_seconds, 2),
+            "restore_s": round(restored - base.ready_seconds, 2)}
 
 
 def main() -> None:
@@ -215,15 +203,28 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    ap.add_argument("--only", choices=["throughput", "snapshot", "restore"],
+                    help="run one part and print it (nothing written)")
+    ap.add_argument("--mb-per-s", type=float, help="snapshot write-rate cap for --only snapshot")
+    ap.add_argument("--interval", type=float, default=1.0,
+                    help="snapshot interval (s) for --only snapshot")
     args = ap.parse_args()
     big = 100_000 if args.quick else 1_000_000
+    calls = 3000 if args.quick else 30_000
+    if args.only:
+        part = {"throughput": lambda: [reward_throughput(m, w, args.batch, args.seconds)
+                                       for m, w in (("os", 4), ("fsync", 64), ("snapshot", 4))],
+                "snapshot": lambda: snapshot_latency(big, calls, args.mb_per_s, args.interval),
+                "restore": lambda: restore_time(big, big)}[args.only]
+        print(json.dumps(part(), indent=2))
+        return
     report: dict = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                                 "python": platform.python_version()}, "throughput": []}
     for mode, writers in (("os", 4), ("fsync", 64), ("snapshot", 4)):
         row = reward_throughput(mode, writers, args.batch, args.seconds)
         report["throughput"].append(row)
         print(row, flush=True)
-    report["select_during_snapshot"] = snapshot_latency(big, 3000 if args.quick else 20_000)
+    report["select_during_snapshot"] = snapshot_latency(big, calls)
     print(report["select_during_snapshot"], flush=True)
     report["restore"] = restore_time(big, big)
     print(report["restore"], flush=True)

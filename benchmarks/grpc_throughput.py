@@ -243,6 +243,10 @@ def build_scenarios(stub, quick: bool) -> list[Scenario]:
     stub.CreateExperiment(_experiment("tp-linucb-16x20", 20, pb.Policy(lin_ucb=pb.Policy.LinUcb()),
                                       dim=16))
     stub.CreateExperiment(_experiment("tp-rewards-10", 10, thompson))
+    # Pacing: a budget that never runs out in a run; reservations (not settled here) expire
+    # after 2 s, so the open set stays bounded while every bid still reserves and is logged.
+    stub.CreateCampaign(pb.CreateCampaignRequest(campaign=pb.Campaign(
+        campaign_id="tp-pacing", daily_budget=1e9, max_bid=10.0, reservation_ttl_seconds=2)))
     gen = np.random.default_rng(3)
 
     def contexts(n: int) -> list[list[float]]:
@@ -278,6 +282,9 @@ def build_scenarios(stub, quick: bool) -> list[Scenario]:
                  ser(sel_lin), 1, unary),
         Scenario("record_reward", "RecordReward (explicit arm), Thompson K=10", "RecordReward",
                  ser(rewards), 1, unary),
+        Scenario("pace_bid", "PaceBid (reserves and logs every bid)", "PaceBid",
+                 ser([pb.PaceBidRequest(campaign_id="tp-pacing", base_bid=1.0 + i / 100)
+                      for i in range(50)]), 1, unary),
         Scenario("batch_select_thompson_k10_b100", "BatchSelectArms x100, Thompson K=10",
                  "BatchSelectArms", ser([batch_select([sel_t10] * 100)]), 100, batch),
         Scenario("batch_select_thompson_k10_b1000", "BatchSelectArms x1000, Thompson K=10",

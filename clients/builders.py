@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from google.protobuf import field_mask_pb2, timestamp_pb2
 
 from decision.v1 import decision_pb2 as pb
 
@@ -155,3 +158,35 @@ def allocate_budget(
         if value is not None:
             setattr(request, name, value)
     return request
+
+
+_PACING_MODES = {"smooth": pb.PACING_MODE_SMOOTH, "even": pb.PACING_MODE_EVEN,
+                 "asap": pb.PACING_MODE_ASAP}
+
+
+def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    """Seconds since the epoch -> google.protobuf.Timestamp."""
+    t = timestamp_pb2.Timestamp()
+    t.FromNanoseconds(int(round(seconds * 1e9)))
+    return t
+
+
+def campaign(campaign_id: str, **fields: Any) -> pb.Campaign:
+    """A Campaign; ``pacing_mode`` may be "smooth", "even" or "asap"."""
+    mode = fields.pop("pacing_mode", None)
+    if isinstance(mode, str):
+        if mode not in _PACING_MODES:
+            raise ValueError(f"pacing_mode {mode!r}: one of {', '.join(_PACING_MODES)}")
+        mode = _PACING_MODES[mode]
+    if mode is not None:
+        fields["pacing_mode"] = mode
+    return pb.Campaign(campaign_id=campaign_id, **fields)
+
+
+def update_campaign(campaign_id: str, **fields: Any) -> pb.UpdateCampaignRequest:
+    """UpdateCampaign changing exactly ``fields`` (their names form the update_mask)."""
+    if not fields:
+        raise ValueError("name at least one field to change")
+    return pb.UpdateCampaignRequest(
+        campaign=campaign(campaign_id, **fields),
+        update_mask=field_mask_pb2.FieldMask(paths=sorted(fields)))

@@ -42,8 +42,8 @@ class RetryPolicy:
 
 def _safe_to_retry(method: str, request: Any) -> bool:
     if method in ("GetExperiment", "ListExperiments", "GetArmStats", "GetAllocation",
-                  "AllocateBudget", "IngestMetrics"):  # reads, pure, or idempotent per period
-        return True
+                  "AllocateBudget", "IngestMetrics", "GetPacingStatus", "RecordSpend"):
+        return True  # reads, pure, idempotent per period, or settled once per bid_id
     if method == "RecordReward":
         return bool(request.decision_id)
     if method == "BatchRecordRewards":
@@ -148,6 +148,44 @@ class _Methods:
         return self._invoke(
             "AllocateBudget", build.allocate_budget(total_budget, ad_groups, strategy, **kw)
         )
+
+    # -- pacing ----------------------------------------------------------------------------
+    def create_campaign(self, campaign_id: str, daily_budget: float, max_bid: float,
+                        **kw: Any) -> pb.Campaign:
+        """``kw``: bid_cap_fraction, time_zone, paused, pacing_mode ("smooth", "even",
+        "asap"), reservation_ttl_seconds."""
+        return self._invoke("CreateCampaign", pb.CreateCampaignRequest(
+            campaign=build.campaign(campaign_id, daily_budget=daily_budget, max_bid=max_bid,
+                                    **kw)))
+
+    def update_campaign(self, campaign_id: str, **fields: Any) -> pb.Campaign:
+        """Change only the given fields (sent as the update_mask), e.g. ``paused=True``."""
+        return self._invoke("UpdateCampaign", build.update_campaign(campaign_id, **fields))
+
+    def get_pacing_status(self, campaign_id: str,
+                          event_time: float | None = None) -> pb.PacingStatus:
+        """``event_time``: seconds since the epoch (default: the server clock)."""
+        request = pb.GetPacingStatusRequest(campaign_id=campaign_id)
+        if event_time is not None:
+            request.event_time.CopyFrom(build.timestamp(event_time))
+        return self._invoke("GetPacingStatus", request)
+
+    def pace_bid(self, campaign_id: str, base_bid: float,
+                 event_time: float | None = None) -> pb.PaceBidResponse:
+        """The paced bid for one auction (0 = skip); settle non-zero bids with record_spend."""
+        request = pb.PaceBidRequest(campaign_id=campaign_id, base_bid=base_bid)
+        if event_time is not None:
+            request.event_time.CopyFrom(build.timestamp(event_time))
+        return self._invoke("PaceBid", request)
+
+    def record_spend(self, campaign_id: str, bid_id: str, won: bool, cost: float = 0.0,
+                     conversions: float = 0.0,
+                     event_time: float | None = None) -> pb.RecordSpendResponse:
+        request = pb.RecordSpendRequest(campaign_id=campaign_id, bid_id=bid_id, won=won,
+                                        cost=cost, conversions=conversions)
+        if event_time is not None:
+            request.event_time.CopyFrom(build.timestamp(event_time))
+        return self._invoke("RecordSpend", request)
 
 
 def _channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:

@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import message_factory
@@ -18,6 +18,9 @@ from decision.v1 import decision_pb2 as pb
 from server.durability import RestoreReport
 from server.service import DecisionServicer
 from server.settings import Settings
+
+if TYPE_CHECKING:
+    from server.workers import WorkerRole, WorkerRuntime
 
 log = logging.getLogger("banditd")
 
@@ -76,6 +79,7 @@ class BanditServer:
         self.health = health.aio.HealthServicer()
         self._warmup: asyncio.Task | None = None
         self.restore_report: RestoreReport | None = None
+        self.worker: WorkerRuntime | None = None  # set when one of several workers
 
     async def _set_health(self, status: int) -> None:
         for name in ("", SERVICE_NAME):
@@ -91,7 +95,7 @@ class BanditServer:
         log.info("kernels ready in %.2f s", seconds)
         # Restore before serving: nothing else touches the state until `ready`.
         durability = self.servicer.durability
-        report = await asyncio.to_thread(durability.restore)
+        report = await durability.load()
         for problem in report.problems:
             log.error("restore: %s", problem)
         log.info(
@@ -119,6 +123,8 @@ class BanditServer:
         if self._warmup is not None and not self._warmup.done():
             self._warmup.cancel()
         await self.grpc_server.stop(grace)
+        if self.worker is not None:
+            await self.worker.stop(grace)
         if started:
             self.servicer.ready = False
             await self.servicer.durability.close()
@@ -128,21 +134,30 @@ class BanditServer:
         await self.grpc_server.wait_for_termination()
 
 
-async def create_server(settings: Settings) -> tuple[BanditServer, int]:
+async def create_server(
+    settings: Settings, worker: WorkerRole | None = None
+) -> tuple[BanditServer, int]:
     """Build, bind and start the server; health turns SERVING once kernels are warm.
 
-    Returns the server and the port it listens on (useful with ``port=0``).
+    Returns the server and the port it listens on (useful with ``port=0``). ``worker``:
+    this process is one of several sharing the port (see :mod:`server.workers`).
     """
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         # Only requests are bounded: a response is built after state changed, so it
         # must never be refused for size (the batch-size limit bounds it instead).
         ("grpc.max_send_message_length", -1),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 1 if worker is not None else 0),
     ]
     server = grpc.aio.server(options=options)
     servicer = DecisionServicer(settings)
-    add_decision_service(servicer, server)
+    runtime = None
+    if worker is None:
+        add_decision_service(servicer, server)
+    else:
+        from server.workers import attach
+
+        runtime = attach(worker, servicer, server)
     address = f"{settings.host}:{settings.port}"
     try:
         port = server.add_insecure_port(address)
@@ -151,6 +166,7 @@ async def create_server(settings: Settings) -> tuple[BanditServer, int]:
     if port == 0:
         raise OSError(f"could not listen on {address}")
     app = BanditServer(server, servicer, port)
+    app.worker = runtime
     health_pb2_grpc.add_HealthServicer_to_server(app.health, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -160,5 +176,7 @@ async def create_server(settings: Settings) -> tuple[BanditServer, int]:
         app.metrics_port = servicer.metrics.serve(settings.host, settings.metrics_port)
         log.info("metrics on http://%s:%d/metrics", settings.host, app.metrics_port)
     await server.start()
+    if runtime is not None:
+        await runtime.start()
     app._warmup = asyncio.create_task(app._warm_up())
     return app, port

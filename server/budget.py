@@ -166,8 +166,9 @@ def strategy_scores(request: pb.AllocateBudgetRequest, max_samples: int = 20_000
     )
 
 
-def project_to_box(shares: np.ndarray, total: float, lo: float, hi: float) -> np.ndarray:
-    """clip(lambda * shares * total, lo, hi) summing to total (see the module docstring)."""
+def project_to_box(shares: np.ndarray, total: float, lo, hi) -> np.ndarray:
+    """clip(lambda * shares * total, lo, hi) summing to total (see the module docstring);
+    ``lo`` and ``hi`` are scalars or per-element arrays."""
     n = shares.shape[0]
     positive = shares > 0
     if not positive.any():
@@ -187,7 +188,8 @@ def project_to_box(shares: np.ndarray, total: float, lo: float, hi: float) -> np
 
     # spent() rises from n*lo to ceiling.sum() > total: bracket, then bisect. Every
     # positive-share group reaches hi once lam * target >= hi.
-    low, high = 0.0, max(1.0, hi / float(target[positive].min()))
+    hi_positive = np.broadcast_to(hi, shares.shape)[positive]
+    low, high = 0.0, max(1.0, float((hi_positive / target[positive]).max()))
     for _ in range(200):
         mid = 0.5 * (low + high)
         if spent(mid) < total:

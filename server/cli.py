@@ -34,8 +34,17 @@ def _parser() -> argparse.ArgumentParser:
         help="any other setting, e.g. --set max_arms=500 (repeatable)",
     )
     serve.add_argument(
-        "--port-file", type=Path, help="write the bound port to this file once listening"
+        "--workers", type=int,
+        help="server processes sharing the port, 1 = a single process (BANDITD_WORKERS)",
     )
+    serve.add_argument(
+        "--port-file", type=Path,
+        help="write the bound port to this file once listening (with --workers N > 1: once "
+        "every worker is SERVING)",
+    )
+    worker = sub.add_parser("worker", help="(internal) one worker process of serve --workers N")
+    worker.add_argument("--index", type=int, required=True)
+    worker.add_argument("--settings", required=True, help="the supervisor's settings, JSON")
     sub.add_parser("check-health", help="exit 0 if the local server reports SERVING")
     sub.add_parser("warmup", help="compile every kernel into the Numba on-disk cache")
     snap = sub.add_parser("snapshot", help="snapshot tools")
@@ -47,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def load_settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
-    for name in ("host", "port", "data_dir", "log_level"):
+    for name in ("host", "port", "data_dir", "log_level", "workers"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
@@ -105,15 +114,28 @@ def main(argv: list[str] | None = None) -> int:
     # handlers are not needed (and only log noise when other threads are busy).
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     args = _parser().parse_args(argv)
+    tag = ""
     try:
-        settings = load_settings(args)
+        if args.command == "worker":
+            from server.workers import worker_settings
+
+            settings = worker_settings(args.settings)
+            tag = f"[{args.index}]"
+        else:
+            settings = load_settings(args)
     except ValidationError as exc:
         print(f"banditd: invalid settings:\n{exc}", file=sys.stderr)
         return 2
+    if args.command == "serve" and settings.workers > 1:
+        tag = "[supervisor]"
     logging.basicConfig(
         level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s %(name)s{tag}: %(message)s",
     )
+    if args.command == "worker":
+        from server.workers import run_worker
+
+        return run_worker(settings, args.index)
     if args.command == "check-health":
         return _check_health(settings)
     if args.command == "snapshot":
@@ -131,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kernels compiled and cached in {warm_up():.2f} s")
         return 0
     try:
+        if settings.workers > 1:
+            from server.supervisor import supervise
+
+            return supervise(settings, args.port_file)
         asyncio.run(_serve(settings, args.port_file))
     except OSError as exc:
         print(f"banditd: {exc}", file=sys.stderr)

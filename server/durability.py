@@ -36,12 +36,14 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from banditd.storage.v1 import storage_pb2 as st
 
 from server import analytics, snapshot
 from server.decision_store import DecisionRecord, DecisionStore
+from server.pacing import CampaignRegistry
 from server.registry import ExperimentRegistry
 from server.settings import Settings
 from server.wal import WriteAheadLog, list_segments, read_segment
@@ -126,6 +128,14 @@ class PendingDecisions:
         return st.WalRecord(decision_table=table).SerializeToString()
 
 
+class ReplicationLog(Protocol):
+    """Where a leader of several workers sends every record it logs (server.replication)."""
+
+    def publish(self, payload: bytes, origin: int) -> None: ...
+
+    async def wait_applied(self) -> None: ...
+
+
 @dataclass
 class RestoreReport:
     snapshot: str = ""
@@ -140,12 +150,13 @@ class Durability:
     """Owns the data directory: log, snapshots, restore."""
 
     def __init__(self, settings: Settings, registry: ExperimentRegistry,
-                 decisions: DecisionStore) -> None:
+                 decisions: DecisionStore, campaigns: CampaignRegistry) -> None:
         self.settings = settings
-        self.mode = settings.durability
+        self.mode: str = settings.durability
         self.directory = Path(settings.data_dir)
         self.registry = registry
         self.decisions = decisions
+        self.campaigns = campaigns
         self.wal: WriteAheadLog | None = None
         self.last_lsn = 0  # lsn of the last record applied (restored or appended)
         self._snapshot_lock = asyncio.Lock()
@@ -155,8 +166,15 @@ class Durability:
         self.snapshot_lsn = -1  # lsn of the newest snapshot written by this process
         self.pending = PendingDecisions()  # decision records not yet handed to the log
         self._decision_timer: asyncio.TimerHandle | None = None
+        # Multi-worker leader only: every appended record also goes to the followers, in
+        # every durability mode (set by server.workers).
+        self.replication: ReplicationLog | None = None
 
     # -- restore (before serving; runs in a worker thread, nothing else touches state) ---------
+    async def load(self) -> RestoreReport:
+        """Bring the state up before serving: :meth:`restore` off the event loop."""
+        return await asyncio.to_thread(self.restore)
+
     def restore(self) -> RestoreReport:
         start = time.perf_counter()
         report = RestoreReport()
@@ -165,11 +183,11 @@ class Durability:
             tmp.unlink()
         for _lsn, path in snapshot.list_snapshots(self.directory):
             try:
-                snap = snapshot.read(path)
+                snap, section = snapshot.read(path)
+                snapshot.load(snap, section, self.registry, self.decisions, self.campaigns)
             except snapshot.SnapshotError as exc:
                 report.problems.append(f"ignored snapshot {exc}")
                 continue
-            snapshot.load(snap, self.registry, self.decisions)
             report.snapshot, report.snapshot_lsn = path.name, snap.lsn
             break
         last = report.snapshot_lsn
@@ -247,6 +265,15 @@ class Durability:
         elif op == "decisions":
             for d in record.decisions.items:
                 self._replay_decision(d)
+        elif op == "campaign":
+            self.campaigns.upsert(record.campaign)
+        elif op == "campaign_state":
+            self.campaigns.load(record.campaign_state)
+        elif op == "reservation":
+            self.campaigns.get(record.reservation.campaign_id).replay_reservation(
+                record.reservation)
+        elif op == "spend":
+            self.campaigns.get(record.spend.campaign_id).replay_settlement(record.spend)
         elif op == "decision_table":
             self._replay_decision_table(record.decision_table)
         elif op == "reward_table":
@@ -323,15 +350,15 @@ class Durability:
 
     def log(self, record: st.WalRecord) -> None:
         """Append a change that was just applied (no wait)."""
-        if self.wal is not None:
-            self._encode_pending()
-            self.last_lsn = self.wal.append(record.SerializeToString())
+        self._encode_pending()
+        self.append(record.SerializeToString())
 
     def decisions_logged(self) -> None:
-        """Decisions were added to :attr:`pending`: have them written soon (never waited for)."""
-        if self.wal is None:
+        """Decisions were added to :attr:`pending`: have them written (and sent to the other
+        workers) soon, never waited for."""
+        if self.wal is None and self.replication is None:
             self.pending.clear()
-        elif self.pending.rows >= DECISION_FLUSH_ROWS:
+        elif self.wal is not None and self.pending.rows >= DECISION_FLUSH_ROWS:
             self.wal.nudge()
         elif self._decision_timer is None:
             self._decision_timer = asyncio.get_running_loop().call_later(
@@ -339,24 +366,42 @@ class Durability:
 
     def _flush_decisions(self) -> None:
         self._decision_timer = None
-        if self.wal is not None and self.pending.rows:
-            self.wal.nudge()
+        if self.pending.rows:
+            if self.wal is not None:
+                self.wal.nudge()  # the log collects them before its write
+            else:
+                self._encode_pending()
 
     def _encode_pending(self) -> None:
-        """Hand the pending decision records to the log as one record (called by the log
-        before every write, and before any other record is appended)."""
-        if self.pending.rows and self.wal is not None:
-            self.last_lsn = self.wal.append(self.pending.encode())
+        """Hand the pending decision records to the log (and the followers) as one record
+        (called by the log before every write, and before any other record is appended)."""
+        if self.pending.rows and (self.wal is not None or self.replication is not None):
+            self.append(self.pending.encode())
             self.pending.clear()
 
-    async def commit(self) -> None:
-        """Return once everything logged so far is as durable as the mode promises."""
+    def append(self, payload: bytes, wait_free: bool = False, origin: int = 0) -> None:
+        """Append an encoded record that was just applied: to the log, and to the other
+        workers' stream when leading several (``origin``: the worker whose decisions these
+        are, which already has them)."""
+        if self.wal is not None:
+            self.last_lsn = self.wal.append(payload)
+            if wait_free:
+                self.wal.nudge()
+        if self.replication is not None:
+            self.replication.publish(payload, origin)
+
+    async def commit(self, replicated: bool = False) -> None:
+        """Return once everything logged so far is as durable as the mode promises, and with
+        ``replicated`` also applied by every other worker (configuration changes)."""
         if self.wal is not None:
             await self.wal.commit()
+        if replicated and self.replication is not None:
+            await self.replication.wait_applied()
 
     # -- snapshots ---------------------------------------------------------------------------
-    async def take_snapshot(self) -> Path:
-        """Write a snapshot without stalling the event loop.
+    async def take_snapshot(self, paced: bool = True) -> Path:
+        """Write a snapshot without stalling the event loop (``paced``: at the configured
+        write rate; the final snapshot of a shutdown is not).
 
         Like Redis' BGSAVE: at the log rotation instant the server forks; the child process
         sees the state exactly as of that instant (copy-on-write memory), serialises and
@@ -365,10 +410,11 @@ class Durability:
         """
         async with self._snapshot_lock:
             if self.wal is not None:
-                lsn, pid = await self.wal.rotate(lambda last: (last, self._fork_writer(last)))
+                lsn, pid = await self.wal.rotate(
+                    lambda last: (last, self._fork_writer(last, paced)))
             else:
                 self.last_lsn += 1  # snapshot-only mode: lsn just numbers the snapshots
-                lsn, pid = self.last_lsn, self._fork_writer(self.last_lsn)
+                lsn, pid = self.last_lsn, self._fork_writer(self.last_lsn, paced)
             try:
                 _, status = await asyncio.to_thread(os.waitpid, pid, 0)
             finally:
@@ -385,7 +431,7 @@ class Durability:
                      path.stat().st_size / 1e6, self.last_fork_seconds * 1000)
             return path
 
-    def _fork_writer(self, lsn: int) -> int:
+    def _fork_writer(self, lsn: int, paced: bool) -> int:
         """Fork a child that writes the snapshot of the current state; returns its pid."""
         started = time.perf_counter()
         # Park every existing object outside the collector while the child lives: a full
@@ -396,12 +442,15 @@ class Durability:
             self.last_fork_seconds = time.perf_counter() - started
             return pid
         # Child: only snapshot code runs here (no gRPC, no event loop), then _exit. It runs
-        # at the lowest CPU priority so that serving keeps its core on a small machine.
+        # at a low CPU priority and paces its writes (BANDITD_SNAPSHOT_WRITE_MB_PER_S), so
+        # serving keeps its core and the memory bandwidth; not at the lowest (19), which
+        # under full load starves the writer until the snapshot never completes.
         code = 1
         try:
-            os.nice(19)
-            cap = snapshot.capture(lsn, self.registry, self.decisions)
-            snapshot.write(self.directory, lsn, snapshot.encode(cap))
+            os.nice(10)
+            cap = snapshot.capture(lsn, self.registry, self.decisions, self.campaigns)
+            rate = self.settings.snapshot_write_mb_per_s if paced else 0.0
+            snapshot.write(self.directory, lsn, cap, rate)
             code = 0
         except BaseException:
             traceback.print_exc()
@@ -439,7 +488,7 @@ class Durability:
             self._decision_timer.cancel()
             self._decision_timer = None
         try:
-            await self.take_snapshot()
+            await self.take_snapshot(paced=False)
         except Exception:
             log.exception("final snapshot failed; the log keeps everything")
         if self.wal is not None:

@@ -29,6 +29,7 @@ from server.errors import (
 )
 from server.experiment import ContextRowError, Experiment
 from server.metrics import Metrics
+from server.pacing import CampaignRegistry
 from server.registry import ExperimentRegistry
 from server.settings import Settings
 
@@ -74,6 +75,17 @@ class _PreparedReward:
         self.context = context
         self.decision_id = decision_id
         self.record = record
+
+
+def _event_time(request) -> float:
+    """The request's event_time in seconds since the epoch, or the server clock."""
+    if not request.HasField("event_time"):
+        return time.time()
+    ts = request.event_time
+    if not (0 <= ts.seconds < 7_258_118_400 and 0 <= ts.nanos < 1_000_000_000):  # < 2200
+        raise InvalidArgument(
+            f"event_time must be between 1970 and 2200, got {ts.seconds} s {ts.nanos} ns")
+    return ts.seconds + ts.nanos * 1e-9
 
 
 class _RewardGroup:
@@ -144,8 +156,10 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         self.settings = settings
         self.registry = ExperimentRegistry(settings)
         self.decisions = DecisionStore(settings.decision_capacity, settings.decision_ttl_seconds)
-        self.durability = Durability(settings, self.registry, self.decisions)
-        self.logging = settings.durability != "snapshot"  # build log records at all?
+        self.campaigns = CampaignRegistry(settings)
+        self.durability = Durability(settings, self.registry, self.decisions, self.campaigns)
+        # Build log records at all? Also without a log when other workers replicate them.
+        self.logging = settings.durability != "snapshot" or settings.workers > 1
         self.ready = False  # set once kernels are compiled and warmed
         self.metrics = Metrics()
         self.metrics.track(lambda: len(self.registry), lambda: len(self.decisions))
@@ -470,6 +484,58 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             ]
         )
 
+    # -- pacing ------------------------------------------------------------------------
+    async def CreateCampaign(self, request, context):
+        self._check_ready()
+        if not request.HasField("campaign"):
+            raise InvalidArgument("campaign is required")
+        config = self.campaigns.create(request.campaign)
+        await self._log(st.WalRecord(campaign=config))
+        return config
+
+    async def UpdateCampaign(self, request, context):
+        self._check_ready()
+        if not request.HasField("campaign"):
+            raise InvalidArgument("campaign is required")
+        paths = list(request.update_mask.paths) if request.HasField("update_mask") else None
+        config = self.campaigns.update(request.campaign, paths)
+        await self._log(st.WalRecord(campaign=config))
+        return config
+
+    async def GetPacingStatus(self, request, context):
+        self._check_ready()
+        campaign = self.campaigns.get(request.campaign_id)
+        out: list = []
+        status = campaign.status(_event_time(request), out)
+        await self._log_all(out)
+        return status
+
+    async def PaceBid(self, request, context):
+        self._check_ready()
+        campaign = self.campaigns.get(request.campaign_id)
+        out: list = []
+        response = campaign.pace(request.base_bid, _event_time(request), out)
+        await self._log_all(out)
+        return response
+
+    async def RecordSpend(self, request, context):
+        self._check_ready()
+        campaign = self.campaigns.get(request.campaign_id)
+        out: list = []
+        response = campaign.settle(request.bid_id, request.won, request.cost,
+                                   request.conversions, _event_time(request), out)
+        if not out and response.duplicate:
+            await self.durability.commit()  # the original may still be on its way to disk
+        await self._log_all(out)
+        return response
+
+    async def _log_all(self, records: list) -> None:
+        """Log applied changes (if any) and wait until they are durable."""
+        if records and self.logging:
+            for record in records:
+                self.durability.log(record)
+            await self.durability.commit()
+
     async def _log_rewards(self, log: list | None) -> None:
         """Log applied rewards and wait until they are durable; also when ``log`` is empty
         (all duplicates): an original may still be on its way to the disk."""
@@ -478,10 +544,11 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         await self.durability.commit()
 
     async def _log(self, record: st.WalRecord) -> None:
-        """Log an applied configuration change and wait until it is durable."""
+        """Log an applied configuration change and wait until it is durable (and, with
+        several workers, applied by all of them)."""
         if self.logging:
             self.durability.log(record)
-            await self.durability.commit()
+            await self.durability.commit(replicated=True)
 
     def _check_batch(self, size: int) -> None:
         if size == 0:

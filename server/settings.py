@@ -25,8 +25,16 @@ class Settings(BaseSettings):
     snapshot_interval_seconds: float = Field(
         300.0, ge=0, description="Seconds between snapshots; 0 = only on graceful shutdown."
     )
+    snapshot_write_mb_per_s: float = Field(
+        100.0, ge=0, description="Write-rate cap of periodic snapshots, MB/s (the writer "
+        "paces itself so serving keeps the memory bandwidth); 0 = unlimited.",
+    )
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="Prometheus metrics port; unset = no endpoint."
+    )
+    workers: int = Field(
+        1, ge=1, le=64,
+        description="Server processes sharing the port (SO_REUSEPORT); 1 = a single process.",
     )
 
     # Limits: requests beyond them get RESOURCE_EXHAUSTED / INVALID_ARGUMENT.
@@ -58,6 +66,29 @@ class Settings(BaseSettings):
     )
     budget_max_allocation: float = Field(
         1000.0, ge=0, description="AllocateBudget maximum per ad group when the request has none."
+    )
+    # Pacing (see server/pacing.py for the control law).
+    max_campaigns: int = Field(10_000, ge=1, description="Paced campaigns held at once.")
+    pacing_reservation_ttl_seconds: float = Field(
+        60.0, gt=0, le=86_400, description="Default seconds before an unsettled bid's "
+        "reservation is released (campaigns may override).",
+    )
+    pacing_control_interval_seconds: float = Field(
+        60.0, gt=0, description="Event-time seconds between multiplier updates.",
+    )
+    pacing_horizon_seconds: float = Field(
+        1800.0, gt=0, description="The controller aims to be back on the plan this many "
+        "seconds ahead.",
+    )
+    pacing_min_multiplier: float = Field(
+        0.02, gt=0, le=1, description="Lowest pacing multiplier.",
+    )
+    pacing_plan_max_shift: float = Field(
+        0.25, ge=0, le=1, description="Largest relative change of one hour's plan share "
+        "per day (bounds what one odd day can do).",
+    )
+    pacing_history_decay: float = Field(
+        0.7, ge=0, lt=1, description="Weight of older days in the hourly history (per day).",
     )
     grace_seconds: float = Field(5.0, ge=0, description="Graceful-shutdown grace period, s.")
     log_level: str = Field("INFO", description="Python logging level.")

@@ -1,18 +1,20 @@
 """Snapshots: a point-in-time image of all experiments and the decision store.
 
-File ``snapshot-<lsn, 20 digits>.snap``::
+File ``snapshot-<lsn, 20 digits>.snap`` (little-endian)::
 
-    magic b"BANDITD-SNAP" | u32 format version | u64 payload length | u32 crc32 | payload
+    magic b"BANDITD-SNAP" | u32 format version | u64 message length | message
+    | array section | u64 bytes before the trailer | u32 crc32 of those bytes
 
-where the payload is a ``banditd.storage.v1.Snapshot`` message. Written to a temporary
+where the message is a ``banditd.storage.v1.Snapshot`` whose arrays name their place
+(offset, length) in the array section instead of holding their bytes. Written to a temporary
 file, fsynced, atomically renamed, then the directory is fsynced; the previous good
 snapshot is kept. A file whose magic, version, length or checksum is wrong is reported and
 never loaded.
 
 The server writes snapshots from a forked child process (see
 :meth:`server.durability.Durability.take_snapshot`): the child's memory is a copy-on-write
-image of the state at the log rotation instant, so ``capture`` + ``encode`` + ``write`` run
-there at leisure and the serving process never waits for serialisation.
+image of the state at the log rotation instant, so ``capture`` + ``write`` run there, paced
+to a write rate, and the serving process never waits for serialisation.
 """
 
 from __future__ import annotations
@@ -29,12 +31,16 @@ from banditd.storage.v1 import storage_pb2 as st
 
 from decision.v1 import decision_pb2 as pb
 from server.decision_store import DecisionColumns, DecisionStore
+from server.pacing import Campaign, CampaignRegistry
 from server.registry import ExperimentRegistry
 from server.wal import fsync_dir, numbered_files
 
 MAGIC = b"BANDITD-SNAP"
-FORMAT_VERSION = 1
-HEADER = struct.Struct("<12sIQI")
+FORMAT_VERSION = 2
+HEADER = struct.Struct("<12sIQ")  # magic, format version, message length
+TRAILER = struct.Struct("<QI")  # bytes before the trailer, crc32 of them
+CHUNK = 1 << 20  # array bytes written per write(2)
+SYNC_EVERY = 8 << 20  # fdatasync after this many array bytes
 PREFIX, SUFFIX = "snapshot-", ".snap"
 
 
@@ -51,13 +57,27 @@ def list_snapshots(directory: Path) -> list[tuple[int, Path]]:
     return numbered_files(directory, PREFIX, SUFFIX)[::-1]
 
 
-def _array(a: np.ndarray) -> st.Array:
-    a = np.ascontiguousarray(a)
-    return st.Array(shape=list(a.shape), dtype=a.dtype.str, data=a.tobytes())
+class _Arrays:
+    """Collects the arrays of a snapshot: each becomes an ``Array`` that records its place
+    in the array section, and its bytes are written after the message, not copied into it."""
+
+    def __init__(self) -> None:
+        self.parts: list[np.ndarray] = []
+        self.size = 0
+
+    def add(self, a: np.ndarray) -> st.Array:
+        a = np.ascontiguousarray(a)
+        msg = st.Array(shape=list(a.shape), dtype=a.dtype.str, offset=self.size, length=a.nbytes)
+        self.parts.append(a)
+        self.size += a.nbytes
+        return msg
 
 
-def _from_array(msg: st.Array) -> np.ndarray:
-    return np.frombuffer(msg.data, dtype=np.dtype(msg.dtype)).reshape(tuple(msg.shape)).copy()
+def _from_array(msg: st.Array, section: memoryview) -> np.ndarray:
+    if msg.length != 0 and msg.offset + msg.length > len(section):
+        raise SnapshotError(f"array of {msg.length} bytes at {msg.offset} is past the end")
+    data = section[msg.offset : msg.offset + msg.length]
+    return np.frombuffer(data, dtype=np.dtype(msg.dtype)).reshape(tuple(msg.shape)).copy()
 
 
 @dataclass
@@ -79,12 +99,14 @@ class Capture:
     experiments: list[_ExperimentImage] = field(default_factory=list)
     decisions: DecisionColumns | None = None
     uid_to_id: dict[int, str] = field(default_factory=dict)
+    campaigns: list[Campaign] = field(default_factory=list)
 
 
 _COUNTERS = ("selections", "rewards", "reward_sum", "positives", "ingested", "rng")
 
 
-def capture(lsn: int, registry: ExperimentRegistry, decisions: DecisionStore) -> Capture:
+def capture(lsn: int, registry: ExperimentRegistry, decisions: DecisionStore,
+            campaigns: CampaignRegistry) -> Capture:
     """References to the state's arrays and decision records, without copying: call it in
     the forked snapshot writer, whose memory is already a private image of the instant."""
     cap = Capture(lsn=lsn, next_uid=registry.next_uid)
@@ -98,11 +120,13 @@ def capture(lsn: int, registry: ExperimentRegistry, decisions: DecisionStore) ->
         cap.experiments.append(_ExperimentImage(config, e.uid, e.version, state, counters, periods))
         cap.uid_to_id[e.uid] = e.experiment_id
     cap.decisions = decisions.columns()
+    cap.campaigns = campaigns.campaigns()
     return cap
 
 
-def encode(cap: Capture) -> bytes:
-    """Serialise a capture (safe in a worker thread)."""
+def encode(cap: Capture) -> tuple[bytes, list[np.ndarray]]:
+    """The snapshot message (arrays by reference) and the arrays, in file order."""
+    arrays = _Arrays()
     snap = st.Snapshot(format_version=FORMAT_VERSION, lsn=cap.lsn, created=time.time(),
                        next_uid=cap.next_uid)
     for img in cap.experiments:
@@ -111,9 +135,9 @@ def encode(cap: Capture) -> bytes:
         es.uid = img.uid
         es.version = img.version
         for a in img.state:
-            es.state.append(_array(a) if a is not None else st.Array())
+            es.state.append(arrays.add(a) if a is not None else st.Array())
         for name in _COUNTERS:
-            getattr(es, name).CopyFrom(_array(img.counters[name]))
+            getattr(es, name).CopyFrom(arrays.add(img.counters[name]))
         for period, arms in img.periods.items():
             pm = es.periods.add(period=period)
             for arm_id, (t, s, v) in arms.items():
@@ -133,61 +157,118 @@ def encode(cap: Capture) -> bytes:
         contexts = [c for c in cols.contexts if c is not None]
         if contexts:
             table.contexts.extend(np.concatenate(contexts).tolist())
-    payload = snap.SerializeToString()
-    return HEADER.pack(MAGIC, FORMAT_VERSION, len(payload), zlib.crc32(payload)) + payload
+    snap.campaigns.extend(c.to_proto() for c in cap.campaigns)
+    return snap.SerializeToString(), arrays.parts
 
 
-def write(directory: Path, lsn: int, data: bytes) -> Path:
-    """Atomically write a snapshot file: temp -> fsync -> rename -> fsync(dir)."""
+def write(directory: Path, lsn: int, cap: Capture, mb_per_s: float = 0.0) -> Path:
+    """Atomically write a snapshot file: temp -> fsync -> rename -> fsync(dir).
+
+    The array section is streamed in ``CHUNK`` slices straight from the arrays (no copy of
+    the state is built), checksummed as it goes, and paced to ``mb_per_s`` (0 = as fast as
+    possible) with an fdatasync every ``SYNC_EVERY`` bytes, like Redis'
+    rdb-save-incremental-fsync: a burst of copying and dirty pages would take memory
+    bandwidth and disk from the serving process.
+    """
+    message, parts = encode(cap)
     final = directory / snapshot_name(lsn)
     tmp = directory / (final.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
+    rate = mb_per_s * 1e6
+    started = time.monotonic()
+    written = unsynced = 0
+    with open(tmp, "wb", buffering=0) as f:
+        head = HEADER.pack(MAGIC, FORMAT_VERSION, len(message)) + message
+        crc = zlib.crc32(head)
+        f.write(head)
+        for part in parts:
+            view = part.data.cast("B") if part.nbytes else memoryview(b"")
+            for pos in range(0, len(view), CHUNK):
+                chunk = view[pos : pos + CHUNK]
+                crc = zlib.crc32(chunk, crc)
+                f.write(chunk)
+                written += len(chunk)
+                unsynced += len(chunk)
+                if unsynced >= SYNC_EVERY:
+                    os.fdatasync(f.fileno())
+                    unsynced = 0
+                if rate:
+                    ahead = written / rate - (time.monotonic() - started)
+                    if ahead > 0:
+                        time.sleep(ahead)
+        size = len(head) + written
+        f.write(TRAILER.pack(size, crc))
         os.fsync(f.fileno())
     os.replace(tmp, final)
     fsync_dir(directory)
     return final
 
 
-def read(path: Path) -> st.Snapshot:
-    """Parse and verify a snapshot file, or raise SnapshotError saying what is wrong."""
-    data = path.read_bytes()
+def read(path: Path) -> tuple[st.Snapshot, memoryview]:
+    """Parse and verify a snapshot file, or raise SnapshotError saying what is wrong.
+
+    Returns the message and its array section (see ``load``)."""
+    return decode(path.read_bytes(), path.name)
+
+
+def decode(data: bytes, name: str) -> tuple[st.Snapshot, memoryview]:
+    """Parse and verify a snapshot's bytes (a file's, or an :func:`image` a leader sends to
+    its followers); errors name it ``name``."""
     if len(data) < HEADER.size:
-        raise SnapshotError(f"{path.name}: {len(data)} bytes, shorter than the header")
-    magic, version, length, crc = HEADER.unpack_from(data)
+        raise SnapshotError(f"{name}: {len(data)} bytes, shorter than the header")
+    magic, version, length = HEADER.unpack_from(data)
     if magic != MAGIC:
-        raise SnapshotError(f"{path.name}: not a banditd snapshot (bad magic)")
+        raise SnapshotError(f"{name}: not a banditd snapshot (bad magic)")
     if version != FORMAT_VERSION:
-        raise SnapshotError(f"{path.name}: format version {version}, this server reads 1")
-    payload = data[HEADER.size :]
-    if len(payload) != length:
-        raise SnapshotError(f"{path.name}: truncated ({len(payload)} of {length} payload bytes)")
-    if zlib.crc32(payload) != crc:
-        raise SnapshotError(f"{path.name}: checksum mismatch (corrupt)")
+        raise SnapshotError(
+            f"{name}: format version {version}, this server reads {FORMAT_VERSION}")
+    if len(data) < HEADER.size + TRAILER.size:
+        raise SnapshotError(f"{name}: {len(data)} bytes, truncated (no trailer)")
+    size, crc = TRAILER.unpack_from(data, len(data) - TRAILER.size)
+    if size != len(data) - TRAILER.size:
+        raise SnapshotError(f"{name}: truncated or extended ({len(data) - TRAILER.size} "
+                            f"bytes before the trailer, it says {size})")
+    body = memoryview(data)[:size]
+    if zlib.crc32(body) != crc:
+        raise SnapshotError(f"{name}: checksum mismatch (corrupt)")
+    if HEADER.size + length > size:
+        raise SnapshotError(f"{name}: message length {length} is past the end")
     snap = st.Snapshot()
     try:
-        snap.ParseFromString(payload)
+        snap.ParseFromString(body[HEADER.size : HEADER.size + length])
     except Exception as exc:  # protobuf's DecodeError
-        raise SnapshotError(f"{path.name}: undecodable payload ({exc})") from None
-    return snap
+        raise SnapshotError(f"{name}: undecodable message ({exc})") from None
+    return snap, body[HEADER.size + length :]
 
 
-def load(snap: st.Snapshot, registry: ExperimentRegistry, decisions: DecisionStore) -> None:
-    """Replace the registry's and decision store's contents with the snapshot's."""
+def image(cap: Capture) -> bytes:
+    """The bytes :func:`write` would put in the file, in memory (a leader's state for its
+    followers; the arrays are copied once, so the state may move on afterwards)."""
+    message, parts = encode(cap)
+    head = HEADER.pack(MAGIC, FORMAT_VERSION, len(message)) + message
+    body = b"".join([head, *(part.data.cast("B") if part.nbytes else b"" for part in parts)])
+    return body + TRAILER.pack(len(body), zlib.crc32(body))
+
+
+def load(snap: st.Snapshot, section: memoryview, registry: ExperimentRegistry,
+         decisions: DecisionStore, campaigns: CampaignRegistry) -> None:
+    """Replace the registry's and decision store's contents with the snapshot's (``section``
+    holds the array bytes, as returned by ``read``)."""
     registry.clear()
     for es in snap.experiments:
         e = registry.restore(es.config, es.uid)
         for i, msg in enumerate(es.state):
             if msg.dtype:  # cache arrays were left out: keep new_state's (invalid) ones
-                e.state[i][...] = _from_array(msg)
+                e.state[i][...] = _from_array(msg, section)
         for name in _COUNTERS:
-            setattr(e, name, _from_array(getattr(es, name)))
+            setattr(e, name, _from_array(getattr(es, name), section))
         e.version = es.version
         e.periods = {pm.period: {m.arm_id: (m.trials, m.successes, m.value) for m in pm.metrics}
                      for pm in es.periods}
     registry.next_uid = max(registry.next_uid, snap.next_uid)
     decisions.load_columns(decision_columns(snap.decisions))
+    campaigns.clear()
+    for state in snap.campaigns:
+        campaigns.load(state)
 
 
 def decision_columns(t: st.DecisionTable) -> DecisionColumns:
@@ -222,7 +303,7 @@ def decision_columns(t: st.DecisionTable) -> DecisionColumns:
 
 def describe(path: Path) -> str:
     """Human-readable summary of a snapshot file (``banditd snapshot inspect``)."""
-    snap = read(path)
+    snap, section = read(path)
     lines = [
         f"{path}: banditd snapshot, format {snap.format_version}, {path.stat().st_size:,} bytes",
         f"  log position (lsn): {snap.lsn}",
@@ -231,8 +312,8 @@ def describe(path: Path) -> str:
     ]
     for es in snap.experiments:
         c = es.config
-        rewards = _from_array(es.rewards)
-        selections = _from_array(es.selections)
+        rewards = _from_array(es.rewards, section)
+        selections = _from_array(es.selections, section)
         lines.append(
             f"    {c.experiment_id}: policy {c.policy.WhichOneof('kind')}, "
             f"{len(c.arms)} arms, context_dim {c.context_dim}, "
@@ -240,6 +321,12 @@ def describe(path: Path) -> str:
             f"{int(selections.sum())} selections, {int(rewards.sum())} rewards, "
             f"{len(es.periods)} ingested periods"
         )
+    lines.append(f"  campaigns: {len(snap.campaigns)}")
+    for cs in snap.campaigns:
+        spent = sum(x.spent_micros for x in cs.ledgers if x.day == cs.day) / 1e6
+        lines.append(f"    {cs.config.campaign_id}: budget {cs.config.daily_budget:g} "
+                     f"{cs.config.time_zone}, day {cs.day or '-'} spent {spent:g}, "
+                     f"{len(cs.reservations)} open reservations, {cs.days_learned} days learned")
     rewarded = sum(snap.decisions.rewarded)
     lines.append(f"  decisions: {len(snap.decisions.decision_ids)} ({rewarded} rewarded)")
     return "\n".join(lines)

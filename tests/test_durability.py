@@ -332,6 +332,12 @@ def test_snapshot_inspect_cli(tmp_path):
     with running_server(tmp_path, durability="os") as srv:
         ch, stub = stub_for(srv.port)
         populate(stub)
+        stub.CreateCampaign(pb.CreateCampaignRequest(campaign=pb.Campaign(
+            campaign_id="spring", daily_budget=100, max_bid=1, time_zone="Europe/Rome")))
+        bid = stub.PaceBid(pb.PaceBidRequest(campaign_id="spring", base_bid=0.5))
+        stub.RecordSpend(pb.RecordSpendRequest(campaign_id="spring", bid_id=bid.bid_id,
+                                               won=True, cost=0.25))
+        stub.PaceBid(pb.PaceBidRequest(campaign_id="spring", base_bid=0.5))
         ch.close()
     (_, path), *_ = list_snapshots(tmp_path)
     out = subprocess.run([str(BIN / "banditd"), "snapshot", "inspect", str(path)],
@@ -341,6 +347,8 @@ def test_snapshot_inspect_cli(tmp_path):
     assert "linucb: policy lin_ucb, 2 arms, context_dim 3" in out.stdout
     assert "experiments: 4" in out.stdout
     assert "decisions: 181 (161 rewarded)" in out.stdout  # 3 x 60 + 1 tombstone
+    assert "campaigns: 1" in out.stdout
+    assert "spring: budget 100 Europe/Rome" in out.stdout and "spent 0.25, 1 open reserv" in out.stdout
     path.write_bytes(b"not a banditd snapshot file at all")
     bad = subprocess.run([str(BIN / "banditd"), "snapshot", "inspect", str(path)],
                          capture_output=True, text=True, timeout=60)

@@ -13,11 +13,13 @@ from kernels.rng import (
     Xoshiro,
     _beta,
     _gamma,
+    _jump_once,
     _next_u64,
     _normal,
     _normals_into,
     _randint,
     _uniform,
+    jump_state,
     seed_state,
 )
 
@@ -167,3 +169,27 @@ def test_numpy_draws_has_same_method_names():
     assert src.normals((3, 2)).shape == (3, 2)
     cr, g = src.beta_gammas(np.ones(3), np.ones(3), np.full(3, 2.0))
     assert cr.shape == g.shape == (3,)
+
+
+def _bits(words) -> np.ndarray:
+    return np.array([(int(w) >> b) & 1 for w in words for b in range(64)], dtype=np.float64)
+
+
+def test_jump_equals_2_pow_128_steps():
+    """The transition is linear over GF(2): build its 256 x 256 matrix, square it 128 times
+    and compare with the jump polynomial (one jump = 2**128 draws)."""
+    columns = []
+    for j in range(256):
+        gen = Xoshiro(state=np.array([(1 << (j % 64)) if j // 64 == i else 0 for i in range(4)],
+                                     dtype=np.uint64))
+        gen.next_u64()
+        columns.append(_bits(gen.s))
+    t = np.array(columns).T
+    for _ in range(128):
+        t = (t @ t) % 2
+    state = seed_state(2024)
+    expected = (t @ _bits(state)) % 2
+    assert np.array_equal(_bits(jump_state(state)), expected)
+    assert [int(w) for w in jump_state(state)] == _jump_once([int(w) for w in state])
+    assert np.array_equal(jump_state(state, 3), jump_state(jump_state(state), 2))
+    assert np.array_equal(state, seed_state(2024)), "the argument is left alone"

@@ -1,3 +1,7 @@
+import datetime
+
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -22,6 +26,13 @@ class AllocationStrategy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ALLOCATION_STRATEGY_ROAS_OPTIMIZED: _ClassVar[AllocationStrategy]
     ALLOCATION_STRATEGY_CPA_OPTIMIZED: _ClassVar[AllocationStrategy]
     ALLOCATION_STRATEGY_THOMPSON: _ClassVar[AllocationStrategy]
+
+class PacingMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PACING_MODE_UNSPECIFIED: _ClassVar[PacingMode]
+    PACING_MODE_SMOOTH: _ClassVar[PacingMode]
+    PACING_MODE_EVEN: _ClassVar[PacingMode]
+    PACING_MODE_ASAP: _ClassVar[PacingMode]
 REWARD_TYPE_UNSPECIFIED: RewardType
 REWARD_TYPE_BINARY: RewardType
 REWARD_TYPE_VALUE: RewardType
@@ -32,6 +43,10 @@ ALLOCATION_STRATEGY_PERFORMANCE_BASED: AllocationStrategy
 ALLOCATION_STRATEGY_ROAS_OPTIMIZED: AllocationStrategy
 ALLOCATION_STRATEGY_CPA_OPTIMIZED: AllocationStrategy
 ALLOCATION_STRATEGY_THOMPSON: AllocationStrategy
+PACING_MODE_UNSPECIFIED: PacingMode
+PACING_MODE_SMOOTH: PacingMode
+PACING_MODE_EVEN: PacingMode
+PACING_MODE_ASAP: PacingMode
 
 class Arm(_message.Message):
     __slots__ = ("arm_id",)
@@ -409,3 +424,121 @@ class AllocateBudgetResponse(_message.Message):
     ALLOCATIONS_FIELD_NUMBER: _ClassVar[int]
     allocations: _containers.RepeatedCompositeFieldContainer[GroupAllocation]
     def __init__(self, allocations: _Optional[_Iterable[_Union[GroupAllocation, _Mapping]]] = ...) -> None: ...
+
+class Campaign(_message.Message):
+    __slots__ = ("campaign_id", "daily_budget", "max_bid", "bid_cap_fraction", "time_zone", "paused", "pacing_mode", "reservation_ttl_seconds")
+    CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
+    DAILY_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    MAX_BID_FIELD_NUMBER: _ClassVar[int]
+    BID_CAP_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    TIME_ZONE_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    PACING_MODE_FIELD_NUMBER: _ClassVar[int]
+    RESERVATION_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    campaign_id: str
+    daily_budget: float
+    max_bid: float
+    bid_cap_fraction: float
+    time_zone: str
+    paused: bool
+    pacing_mode: PacingMode
+    reservation_ttl_seconds: float
+    def __init__(self, campaign_id: _Optional[str] = ..., daily_budget: _Optional[float] = ..., max_bid: _Optional[float] = ..., bid_cap_fraction: _Optional[float] = ..., time_zone: _Optional[str] = ..., paused: _Optional[bool] = ..., pacing_mode: _Optional[_Union[PacingMode, str]] = ..., reservation_ttl_seconds: _Optional[float] = ...) -> None: ...
+
+class CreateCampaignRequest(_message.Message):
+    __slots__ = ("campaign",)
+    CAMPAIGN_FIELD_NUMBER: _ClassVar[int]
+    campaign: Campaign
+    def __init__(self, campaign: _Optional[_Union[Campaign, _Mapping]] = ...) -> None: ...
+
+class UpdateCampaignRequest(_message.Message):
+    __slots__ = ("campaign", "update_mask")
+    CAMPAIGN_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
+    campaign: Campaign
+    update_mask: _field_mask_pb2.FieldMask
+    def __init__(self, campaign: _Optional[_Union[Campaign, _Mapping]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ...) -> None: ...
+
+class GetPacingStatusRequest(_message.Message):
+    __slots__ = ("campaign_id", "event_time")
+    CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TIME_FIELD_NUMBER: _ClassVar[int]
+    campaign_id: str
+    event_time: _timestamp_pb2.Timestamp
+    def __init__(self, campaign_id: _Optional[str] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class PacingStatus(_message.Message):
+    __slots__ = ("campaign_id", "spent", "reserved", "remaining", "utilization", "pacing_multiplier", "day", "hourly_plan", "planned_spend", "open_reservations", "campaign", "days_learned")
+    CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
+    SPENT_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_FIELD_NUMBER: _ClassVar[int]
+    REMAINING_FIELD_NUMBER: _ClassVar[int]
+    UTILIZATION_FIELD_NUMBER: _ClassVar[int]
+    PACING_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    DAY_FIELD_NUMBER: _ClassVar[int]
+    HOURLY_PLAN_FIELD_NUMBER: _ClassVar[int]
+    PLANNED_SPEND_FIELD_NUMBER: _ClassVar[int]
+    OPEN_RESERVATIONS_FIELD_NUMBER: _ClassVar[int]
+    CAMPAIGN_FIELD_NUMBER: _ClassVar[int]
+    DAYS_LEARNED_FIELD_NUMBER: _ClassVar[int]
+    campaign_id: str
+    spent: float
+    reserved: float
+    remaining: float
+    utilization: float
+    pacing_multiplier: float
+    day: str
+    hourly_plan: _containers.RepeatedScalarFieldContainer[float]
+    planned_spend: float
+    open_reservations: int
+    campaign: Campaign
+    days_learned: int
+    def __init__(self, campaign_id: _Optional[str] = ..., spent: _Optional[float] = ..., reserved: _Optional[float] = ..., remaining: _Optional[float] = ..., utilization: _Optional[float] = ..., pacing_multiplier: _Optional[float] = ..., day: _Optional[str] = ..., hourly_plan: _Optional[_Iterable[float]] = ..., planned_spend: _Optional[float] = ..., open_reservations: _Optional[int] = ..., campaign: _Optional[_Union[Campaign, _Mapping]] = ..., days_learned: _Optional[int] = ...) -> None: ...
+
+class PaceBidRequest(_message.Message):
+    __slots__ = ("campaign_id", "base_bid", "event_time")
+    CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
+    BASE_BID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TIME_FIELD_NUMBER: _ClassVar[int]
+    campaign_id: str
+    base_bid: float
+    event_time: _timestamp_pb2.Timestamp
+    def __init__(self, campaign_id: _Optional[str] = ..., base_bid: _Optional[float] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class PaceBidResponse(_message.Message):
+    __slots__ = ("bid", "pacing_multiplier", "bid_id", "reason")
+    BID_FIELD_NUMBER: _ClassVar[int]
+    PACING_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    BID_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    bid: float
+    pacing_multiplier: float
+    bid_id: str
+    reason: str
+    def __init__(self, bid: _Optional[float] = ..., pacing_multiplier: _Optional[float] = ..., bid_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RecordSpendRequest(_message.Message):
+    __slots__ = ("campaign_id", "bid_id", "won", "cost", "event_time", "conversions")
+    CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
+    BID_ID_FIELD_NUMBER: _ClassVar[int]
+    WON_FIELD_NUMBER: _ClassVar[int]
+    COST_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TIME_FIELD_NUMBER: _ClassVar[int]
+    CONVERSIONS_FIELD_NUMBER: _ClassVar[int]
+    campaign_id: str
+    bid_id: str
+    won: bool
+    cost: float
+    event_time: _timestamp_pb2.Timestamp
+    conversions: float
+    def __init__(self, campaign_id: _Optional[str] = ..., bid_id: _Optional[str] = ..., won: _Optional[bool] = ..., cost: _Optional[float] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., conversions: _Optional[float] = ...) -> None: ...
+
+class RecordSpendResponse(_message.Message):
+    __slots__ = ("duplicate", "charged", "capped")
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    CHARGED_FIELD_NUMBER: _ClassVar[int]
+    CAPPED_FIELD_NUMBER: _ClassVar[int]
+    duplicate: bool
+    charged: float
+    capped: bool
+    def __init__(self, duplicate: _Optional[bool] = ..., charged: _Optional[float] = ..., capped: _Optional[bool] = ...) -> None: ...

@@ -106,6 +106,31 @@ class DecisionServiceStub:
                 request_serializer=decision_dot_v1_dot_decision__pb2.AllocateBudgetRequest.SerializeToString,
                 response_deserializer=decision_dot_v1_dot_decision__pb2.AllocateBudgetResponse.FromString,
                 _registered_method=True)
+        self.CreateCampaign = channel.unary_unary(
+                '/decision.v1.DecisionService/CreateCampaign',
+                request_serializer=decision_dot_v1_dot_decision__pb2.CreateCampaignRequest.SerializeToString,
+                response_deserializer=decision_dot_v1_dot_decision__pb2.Campaign.FromString,
+                _registered_method=True)
+        self.UpdateCampaign = channel.unary_unary(
+                '/decision.v1.DecisionService/UpdateCampaign',
+                request_serializer=decision_dot_v1_dot_decision__pb2.UpdateCampaignRequest.SerializeToString,
+                response_deserializer=decision_dot_v1_dot_decision__pb2.Campaign.FromString,
+                _registered_method=True)
+        self.GetPacingStatus = channel.unary_unary(
+                '/decision.v1.DecisionService/GetPacingStatus',
+                request_serializer=decision_dot_v1_dot_decision__pb2.GetPacingStatusRequest.SerializeToString,
+                response_deserializer=decision_dot_v1_dot_decision__pb2.PacingStatus.FromString,
+                _registered_method=True)
+        self.PaceBid = channel.unary_unary(
+                '/decision.v1.DecisionService/PaceBid',
+                request_serializer=decision_dot_v1_dot_decision__pb2.PaceBidRequest.SerializeToString,
+                response_deserializer=decision_dot_v1_dot_decision__pb2.PaceBidResponse.FromString,
+                _registered_method=True)
+        self.RecordSpend = channel.unary_unary(
+                '/decision.v1.DecisionService/RecordSpend',
+                request_serializer=decision_dot_v1_dot_decision__pb2.RecordSpendRequest.SerializeToString,
+                response_deserializer=decision_dot_v1_dot_decision__pb2.RecordSpendResponse.FromString,
+                _registered_method=True)
 
 
 class DecisionServiceServicer:
@@ -225,6 +250,53 @@ class DecisionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateCampaign(self, request, context):
+        """Creates a paced campaign. Errors: ALREADY_EXISTS, INVALID_ARGUMENT,
+        RESOURCE_EXHAUSTED (campaign limit).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateCampaign(self, request, context):
+        """Changes a campaign (AIP-134: the fields named in update_mask; no mask = replace
+        the whole campaign). Pausing takes effect on the next PaceBid (emergency stop).
+        Errors: NOT_FOUND, INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPacingStatus(self, request, context):
+        """A campaign's spend, reservations, multiplier and hourly plan for the day of
+        event_time. Errors: NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PaceBid(self, request, context):
+        """The paced bid for one auction (hot path). A non-zero bid reserves its amount
+        (the worst-case cost) until RecordSpend settles it or the reservation expires,
+        so spent + reserved never exceeds the daily budget. A paused or exhausted
+        campaign is not an error: bid = 0 with the reason. Errors: NOT_FOUND,
+        INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordSpend(self, request, context):
+        """Settles a paced bid: a loss releases its reservation, a win charges the
+        clearing cost (at most the reserved bid) to the day of the PaceBid. A retry is
+        acknowledged with duplicate = true. Errors: NOT_FOUND (unknown bid),
+        FAILED_PRECONDITION (its reservation expired: the spend is not recorded),
+        INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DecisionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -297,6 +369,31 @@ def add_DecisionServiceServicer_to_server(servicer, server):
                     servicer.AllocateBudget,
                     request_deserializer=decision_dot_v1_dot_decision__pb2.AllocateBudgetRequest.FromString,
                     response_serializer=decision_dot_v1_dot_decision__pb2.AllocateBudgetResponse.SerializeToString,
+            ),
+            'CreateCampaign': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCampaign,
+                    request_deserializer=decision_dot_v1_dot_decision__pb2.CreateCampaignRequest.FromString,
+                    response_serializer=decision_dot_v1_dot_decision__pb2.Campaign.SerializeToString,
+            ),
+            'UpdateCampaign': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateCampaign,
+                    request_deserializer=decision_dot_v1_dot_decision__pb2.UpdateCampaignRequest.FromString,
+                    response_serializer=decision_dot_v1_dot_decision__pb2.Campaign.SerializeToString,
+            ),
+            'GetPacingStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPacingStatus,
+                    request_deserializer=decision_dot_v1_dot_decision__pb2.GetPacingStatusRequest.FromString,
+                    response_serializer=decision_dot_v1_dot_decision__pb2.PacingStatus.SerializeToString,
+            ),
+            'PaceBid': grpc.unary_unary_rpc_method_handler(
+                    servicer.PaceBid,
+                    request_deserializer=decision_dot_v1_dot_decision__pb2.PaceBidRequest.FromString,
+                    response_serializer=decision_dot_v1_dot_decision__pb2.PaceBidResponse.SerializeToString,
+            ),
+            'RecordSpend': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordSpend,
+                    request_deserializer=decision_dot_v1_dot_decision__pb2.RecordSpendRequest.FromString,
+                    response_serializer=decision_dot_v1_dot_decision__pb2.RecordSpendResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -679,6 +776,141 @@ class DecisionService:
             '/decision.v1.DecisionService/AllocateBudget',
             decision_dot_v1_dot_decision__pb2.AllocateBudgetRequest.SerializeToString,
             decision_dot_v1_dot_decision__pb2.AllocateBudgetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateCampaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/decision.v1.DecisionService/CreateCampaign',
+            decision_dot_v1_dot_decision__pb2.CreateCampaignRequest.SerializeToString,
+            decision_dot_v1_dot_decision__pb2.Campaign.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateCampaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/decision.v1.DecisionService/UpdateCampaign',
+            decision_dot_v1_dot_decision__pb2.UpdateCampaignRequest.SerializeToString,
+            decision_dot_v1_dot_decision__pb2.Campaign.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPacingStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/decision.v1.DecisionService/GetPacingStatus',
+            decision_dot_v1_dot_decision__pb2.GetPacingStatusRequest.SerializeToString,
+            decision_dot_v1_dot_decision__pb2.PacingStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PaceBid(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/decision.v1.DecisionService/PaceBid',
+            decision_dot_v1_dot_decision__pb2.PaceBidRequest.SerializeToString,
+            decision_dot_v1_dot_decision__pb2.PaceBidResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordSpend(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/decision.v1.DecisionService/RecordSpend',
+            decision_dot_v1_dot_decision__pb2.RecordSpendRequest.SerializeToString,
+            decision_dot_v1_dot_decision__pb2.RecordSpendResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class WalRecord(_message.Message):
-    __slots__ = ("create_experiment", "delete_experiment", "update_arms", "reset_experiment", "ingest_metrics", "rewards", "decisions", "decision_table", "reward_table")
+    __slots__ = ("create_experiment", "delete_experiment", "update_arms", "reset_experiment", "ingest_metrics", "rewards", "decisions", "campaign", "campaign_state", "reservation", "spend", "decision_table", "reward_table")
     CREATE_EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
     DELETE_EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
     UPDATE_ARMS_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +16,10 @@ class WalRecord(_message.Message):
     INGEST_METRICS_FIELD_NUMBER: _ClassVar[int]
     REWARDS_FIELD_NUMBER: _ClassVar[int]
     DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    CAMPAIGN_FIELD_NUMBER: _ClassVar[int]
+    CAMPAIGN_STATE_FIELD_NUMBER: _ClassVar[int]
+    RESERVATION_FIELD_NUMBER: _ClassVar[int]
+    SPEND_FIELD_NUMBER: _ClassVar[int]
     DECISION_TABLE_FIELD_NUMBER: _ClassVar[int]
     REWARD_TABLE_FIELD_NUMBER: _ClassVar[int]
     create_experiment: _decision_pb2.Experiment
@@ -25,9 +29,13 @@ class WalRecord(_message.Message):
     ingest_metrics: _decision_pb2.IngestMetricsRequest
     rewards: Rewards
     decisions: Decisions
+    campaign: _decision_pb2.Campaign
+    campaign_state: CampaignState
+    reservation: BidReservation
+    spend: SpendSettlement
     decision_table: DecisionTable
     reward_table: RewardTable
-    def __init__(self, create_experiment: _Optional[_Union[_decision_pb2.Experiment, _Mapping]] = ..., delete_experiment: _Optional[_Union[DeleteExperiment, _Mapping]] = ..., update_arms: _Optional[_Union[_decision_pb2.UpdateArmsRequest, _Mapping]] = ..., reset_experiment: _Optional[_Union[ResetExperiment, _Mapping]] = ..., ingest_metrics: _Optional[_Union[_decision_pb2.IngestMetricsRequest, _Mapping]] = ..., rewards: _Optional[_Union[Rewards, _Mapping]] = ..., decisions: _Optional[_Union[Decisions, _Mapping]] = ..., decision_table: _Optional[_Union[DecisionTable, _Mapping]] = ..., reward_table: _Optional[_Union[RewardTable, _Mapping]] = ...) -> None: ...
+    def __init__(self, create_experiment: _Optional[_Union[_decision_pb2.Experiment, _Mapping]] = ..., delete_experiment: _Optional[_Union[DeleteExperiment, _Mapping]] = ..., update_arms: _Optional[_Union[_decision_pb2.UpdateArmsRequest, _Mapping]] = ..., reset_experiment: _Optional[_Union[ResetExperiment, _Mapping]] = ..., ingest_metrics: _Optional[_Union[_decision_pb2.IngestMetricsRequest, _Mapping]] = ..., rewards: _Optional[_Union[Rewards, _Mapping]] = ..., decisions: _Optional[_Union[Decisions, _Mapping]] = ..., campaign: _Optional[_Union[_decision_pb2.Campaign, _Mapping]] = ..., campaign_state: _Optional[_Union[CampaignState, _Mapping]] = ..., reservation: _Optional[_Union[BidReservation, _Mapping]] = ..., spend: _Optional[_Union[SpendSettlement, _Mapping]] = ..., decision_table: _Optional[_Union[DecisionTable, _Mapping]] = ..., reward_table: _Optional[_Union[RewardTable, _Mapping]] = ...) -> None: ...
 
 class DeleteExperiment(_message.Message):
     __slots__ = ("experiment_id",)
@@ -112,14 +120,18 @@ class Decisions(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[Decision, _Mapping]]] = ...) -> None: ...
 
 class Array(_message.Message):
-    __slots__ = ("shape", "dtype", "data")
+    __slots__ = ("shape", "dtype", "data", "offset", "length")
     SHAPE_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
     shape: _containers.RepeatedScalarFieldContainer[int]
     dtype: str
     data: bytes
-    def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+    offset: int
+    length: int
+    def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., data: _Optional[bytes] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
 
 class PeriodMetrics(_message.Message):
     __slots__ = ("period", "metrics")
@@ -156,20 +168,110 @@ class ExperimentState(_message.Message):
     def __init__(self, config: _Optional[_Union[_decision_pb2.Experiment, _Mapping]] = ..., uid: _Optional[int] = ..., version: _Optional[int] = ..., state: _Optional[_Iterable[_Union[Array, _Mapping]]] = ..., selections: _Optional[_Union[Array, _Mapping]] = ..., rewards: _Optional[_Union[Array, _Mapping]] = ..., reward_sum: _Optional[_Union[Array, _Mapping]] = ..., positives: _Optional[_Union[Array, _Mapping]] = ..., ingested: _Optional[_Union[Array, _Mapping]] = ..., rng: _Optional[_Union[Array, _Mapping]] = ..., periods: _Optional[_Iterable[_Union[PeriodMetrics, _Mapping]]] = ...) -> None: ...
 
 class Snapshot(_message.Message):
-    __slots__ = ("format_version", "lsn", "created", "next_uid", "experiments", "decisions")
+    __slots__ = ("format_version", "lsn", "created", "next_uid", "experiments", "decisions", "campaigns")
     FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
     LSN_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
     NEXT_UID_FIELD_NUMBER: _ClassVar[int]
     EXPERIMENTS_FIELD_NUMBER: _ClassVar[int]
     DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    CAMPAIGNS_FIELD_NUMBER: _ClassVar[int]
     format_version: int
     lsn: int
     created: float
     next_uid: int
     experiments: _containers.RepeatedCompositeFieldContainer[ExperimentState]
     decisions: DecisionTable
-    def __init__(self, format_version: _Optional[int] = ..., lsn: _Optional[int] = ..., created: _Optional[float] = ..., next_uid: _Optional[int] = ..., experiments: _Optional[_Iterable[_Union[ExperimentState, _Mapping]]] = ..., decisions: _Optional[_Union[DecisionTable, _Mapping]] = ...) -> None: ...
+    campaigns: _containers.RepeatedCompositeFieldContainer[CampaignState]
+    def __init__(self, format_version: _Optional[int] = ..., lsn: _Optional[int] = ..., created: _Optional[float] = ..., next_uid: _Optional[int] = ..., experiments: _Optional[_Iterable[_Union[ExperimentState, _Mapping]]] = ..., decisions: _Optional[_Union[DecisionTable, _Mapping]] = ..., campaigns: _Optional[_Iterable[_Union[CampaignState, _Mapping]]] = ...) -> None: ...
+
+class CampaignState(_message.Message):
+    __slots__ = ("config", "day", "plan", "history", "today", "multiplier", "control_time", "control_spent", "ledgers", "reservations", "closed", "days_learned", "multiplier_sum", "multiplier_count", "control_bids")
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    DAY_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    TODAY_FIELD_NUMBER: _ClassVar[int]
+    MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_TIME_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_SPENT_FIELD_NUMBER: _ClassVar[int]
+    LEDGERS_FIELD_NUMBER: _ClassVar[int]
+    RESERVATIONS_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_FIELD_NUMBER: _ClassVar[int]
+    DAYS_LEARNED_FIELD_NUMBER: _ClassVar[int]
+    MULTIPLIER_SUM_FIELD_NUMBER: _ClassVar[int]
+    MULTIPLIER_COUNT_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_BIDS_FIELD_NUMBER: _ClassVar[int]
+    config: _decision_pb2.Campaign
+    day: str
+    plan: _containers.RepeatedScalarFieldContainer[float]
+    history: _containers.RepeatedScalarFieldContainer[float]
+    today: _containers.RepeatedScalarFieldContainer[float]
+    multiplier: float
+    control_time: float
+    control_spent: int
+    ledgers: _containers.RepeatedCompositeFieldContainer[DayLedger]
+    reservations: _containers.RepeatedCompositeFieldContainer[BidReservation]
+    closed: _containers.RepeatedCompositeFieldContainer[ClosedBid]
+    days_learned: int
+    multiplier_sum: float
+    multiplier_count: int
+    control_bids: int
+    def __init__(self, config: _Optional[_Union[_decision_pb2.Campaign, _Mapping]] = ..., day: _Optional[str] = ..., plan: _Optional[_Iterable[float]] = ..., history: _Optional[_Iterable[float]] = ..., today: _Optional[_Iterable[float]] = ..., multiplier: _Optional[float] = ..., control_time: _Optional[float] = ..., control_spent: _Optional[int] = ..., ledgers: _Optional[_Iterable[_Union[DayLedger, _Mapping]]] = ..., reservations: _Optional[_Iterable[_Union[BidReservation, _Mapping]]] = ..., closed: _Optional[_Iterable[_Union[ClosedBid, _Mapping]]] = ..., days_learned: _Optional[int] = ..., multiplier_sum: _Optional[float] = ..., multiplier_count: _Optional[int] = ..., control_bids: _Optional[int] = ...) -> None: ...
+
+class DayLedger(_message.Message):
+    __slots__ = ("day", "spent_micros", "reserved_micros")
+    DAY_FIELD_NUMBER: _ClassVar[int]
+    SPENT_MICROS_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_MICROS_FIELD_NUMBER: _ClassVar[int]
+    day: str
+    spent_micros: int
+    reserved_micros: int
+    def __init__(self, day: _Optional[str] = ..., spent_micros: _Optional[int] = ..., reserved_micros: _Optional[int] = ...) -> None: ...
+
+class BidReservation(_message.Message):
+    __slots__ = ("campaign_id", "bid_id", "day", "amount_micros", "expires", "slot", "event_time", "multiplier")
+    CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
+    BID_ID_FIELD_NUMBER: _ClassVar[int]
+    DAY_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_MICROS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TIME_FIELD_NUMBER: _ClassVar[int]
+    MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    campaign_id: str
+    bid_id: str
+    day: str
+    amount_micros: int
+    expires: float
+    slot: int
+    event_time: float
+    multiplier: float
+    def __init__(self, campaign_id: _Optional[str] = ..., bid_id: _Optional[str] = ..., day: _Optional[str] = ..., amount_micros: _Optional[int] = ..., expires: _Optional[float] = ..., slot: _Optional[int] = ..., event_time: _Optional[float] = ..., multiplier: _Optional[float] = ...) -> None: ...
+
+class SpendSettlement(_message.Message):
+    __slots__ = ("campaign_id", "bid_id", "won", "charged_micros", "conversions", "event_time")
+    CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
+    BID_ID_FIELD_NUMBER: _ClassVar[int]
+    WON_FIELD_NUMBER: _ClassVar[int]
+    CHARGED_MICROS_FIELD_NUMBER: _ClassVar[int]
+    CONVERSIONS_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TIME_FIELD_NUMBER: _ClassVar[int]
+    campaign_id: str
+    bid_id: str
+    won: bool
+    charged_micros: int
+    conversions: float
+    event_time: float
+    def __init__(self, campaign_id: _Optional[str] = ..., bid_id: _Optional[str] = ..., won: _Optional[bool] = ..., charged_micros: _Optional[int] = ..., conversions: _Optional[float] = ..., event_time: _Optional[float] = ...) -> None: ...
+
+class ClosedBid(_message.Message):
+    __slots__ = ("bid_id", "expired")
+    BID_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPIRED_FIELD_NUMBER: _ClassVar[int]
+    bid_id: str
+    expired: bool
+    def __init__(self, bid_id: _Optional[str] = ..., expired: _Optional[bool] = ...) -> None: ...
 
 class DecisionTable(_message.Message):
     __slots__ = ("decision_ids", "experiment_uids", "slate_sizes", "arm_ids", "propensities", "model_versions", "created", "rewarded", "context_sizes", "contexts", "experiment_ids")

@@ -1,0 +1,518 @@
+"""Log shipping between the worker processes of ``banditd serve --workers N`` (one host).
+
+The **leader** (worker 0) is a single server as before: it alone owns the data directory
+(log and snapshots), so durability is unchanged. Every record it appends to its log — in
+every durability mode, also ``snapshot`` — it also numbers with a sequence number and streams,
+in log order, to every **follower** (workers 1 .. N-1), after a full image of its state in the
+snapshot format. A follower applies the stream with the replay code that restore uses
+(:meth:`server.durability.Durability.apply`), so its experiments are the leader's as of the
+last record it applied.
+
+Followers decide (SelectArm) on their own replica with their own random stream, and hand
+their decision records to the leader every few milliseconds (``PublishDecisions``); the
+leader applies and logs them like its own, so its decision store knows every decision and
+exactly-once rewards stay at the leader. Every other write is forwarded to the leader
+(:mod:`server.workers`).
+
+Consistency rules (the leader's side is :class:`ReplicationLeader`, the follower's
+:class:`ReplicaDurability`):
+
+* configuration changes (and ingested metrics) are acknowledged once every follower has
+  applied them (:meth:`ReplicationLeader.wait_applied`, bounded by ``ACK_TIMEOUT_SECONDS``);
+* a follower answers a forwarded write once it has applied the leader's log up to that
+  write (:meth:`ReplicaDurability.wait_applied`): read-your-writes on the same worker;
+* rewards reach every worker within the stream's latency;
+* each worker counts each decision once: a follower counts its own decisions when it makes
+  them (its burn-in sees them at once) and the leader never streams them back to it; every
+  other worker counts them when they arrive through the leader's log;
+* a reward at the leader for a follower's decision that has not arrived yet waits (at most
+  ``DECISION_WAIT_SECONDS``) until that follower's published decisions reach the decision's
+  counter (decision ids are ``<prefix>-<counter in hex>``, the prefix naming the worker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from banditd.replication.v1 import replication_pb2 as rpb
+from banditd.replication.v1 import replication_pb2_grpc as rpb_grpc
+from banditd.storage.v1 import storage_pb2 as st
+
+from kernels.rng import jump_state
+from server import snapshot
+from server.decision_store import DecisionRecord, DecisionStore
+from server.durability import Durability, RestoreReport
+from server.pacing import CampaignRegistry
+from server.registry import ExperimentRegistry
+from server.settings import Settings
+
+if TYPE_CHECKING:
+    from server.service import DecisionServicer
+
+log = logging.getLogger("banditd")
+
+FLUSH_SECONDS = 0.002  # a follower gathers this long of decisions into one PublishDecisions
+ACK_TIMEOUT_SECONDS = 5.0  # longest wait of a configuration change for the followers
+DECISION_WAIT_SECONDS = 1.0  # longest wait of a reward for its follower's decision
+MAX_BACKLOG_BYTES = 512 << 20  # a follower this far behind is dropped (and the server stops)
+
+# The private link between workers carries whole images: no message size limit.
+PRIVATE_CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", -1),
+    ("grpc.max_send_message_length", -1),
+    ("grpc.use_local_subchannel_pool", 1),  # its own connection, not shared with others
+]
+
+
+def split_decision_id(decision_id: str) -> tuple[str, int] | None:
+    """(prefix, counter) of an id made by a worker's decision store, None if not one."""
+    prefix, _, counter = decision_id.rpartition("-")
+    if not prefix:
+        return None
+    try:
+        return prefix, int(counter, 16)
+    except ValueError:
+        return None
+
+
+# -- leader ------------------------------------------------------------------------------------
+
+
+class _Follower:
+    """The leader's view of one subscribed follower."""
+
+    def __init__(self, index: int, prefix: str, seq: int) -> None:
+        self.index = index
+        self.prefix = prefix
+        self.acked = seq  # newest sequence number it reported applied (the image's at first)
+        self.backlog: list[bytes] = []  # records not yet sent
+        self.backlog_bytes = 0
+        self.ack_requested = False
+        self.wakeup = asyncio.Event()
+        self.live = True
+        self.published_counter = 0  # its decision ids up to this counter are applied here
+        self.counter_waiters: list[tuple[int, int, asyncio.Future]] = []  # heap
+
+
+class ReplicationLeader(rpb_grpc.ReplicationServiceServicer):
+    """Worker 0's side: streams the log to followers, takes in their decisions."""
+
+    def __init__(self, servicer: DecisionServicer) -> None:
+        self.servicer = servicer
+        self.durability = servicer.durability
+        self.seq = 0  # records published since this process started
+        self._followers: dict[int, _Follower] = {}
+        self._by_prefix: dict[str, _Follower] = {}
+        self._ack_waiters: list[tuple[int, int, asyncio.Future]] = []  # heap by seq
+        self._tie = 0  # heap tie-breaker
+
+    # -- the durability hook (server.durability.ReplicationLog) --------------------------------
+    def publish(self, payload: bytes, origin: int) -> None:
+        """Number one appended record and queue it for every follower but ``origin``."""
+        self.seq += 1
+        for f in self._followers.values():
+            if f.index != origin:
+                f.backlog.append(payload)
+                f.backlog_bytes += len(payload)
+            f.wakeup.set()
+
+    async def wait_applied(self) -> None:
+        """Return once every follower has applied everything published so far (bounded)."""
+        seq = self.seq
+        lagging = [f for f in self._followers.values() if f.acked < seq]
+        if not lagging:
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._tie += 1
+        heapq.heappush(self._ack_waiters, (seq, self._tie, fut))
+        for f in lagging:
+            f.ack_requested = True
+            f.wakeup.set()
+        try:
+            await asyncio.wait_for(fut, ACK_TIMEOUT_SECONDS)
+        except TimeoutError:
+            slow = [f.index for f in self._followers.values() if f.acked < seq]
+            log.warning("record %d not confirmed by worker(s) %s within %.0f s; answering "
+                        "anyway (it is logged here)", seq, slow, ACK_TIMEOUT_SECONDS)
+
+    def _release_acks(self) -> None:
+        floor = min((f.acked for f in self._followers.values()), default=self.seq)
+        waiters = self._ack_waiters
+        while waiters and waiters[0][0] <= floor:
+            fut = heapq.heappop(waiters)[2]
+            if not fut.done():
+                fut.set_result(None)
+
+    # -- decisions of followers ----------------------------------------------------------------
+    @property
+    def has_followers(self) -> bool:
+        return bool(self._followers)
+
+    async def await_decisions(self, decision_ids: Iterable[str]) -> None:
+        """Wait (bounded) until every follower decision among ``decision_ids`` that this
+        leader does not know yet has been published to it."""
+        decisions = self.servicer.decisions
+        now = time.time()
+        futures = []
+        for decision_id in decision_ids:
+            if not decision_id or decisions.get(decision_id, now) is not None:
+                continue
+            parts = split_decision_id(decision_id)
+            f = self._by_prefix.get(parts[0]) if parts else None
+            if f is None or not f.live or parts is None or parts[1] <= f.published_counter:
+                continue
+            fut = asyncio.get_running_loop().create_future()
+            self._tie += 1
+            heapq.heappush(f.counter_waiters, (parts[1], self._tie, fut))
+            futures.append(fut)
+        if futures:
+            await asyncio.wait(futures, timeout=DECISION_WAIT_SECONDS)
+
+    @staticmethod
+    def _release_counters(f: _Follower, everything: bool = False) -> None:
+        waiters = f.counter_waiters
+        while waiters and (everything or waiters[0][0] <= f.published_counter):
+            fut = heapq.heappop(waiters)[2]
+            if not fut.done():
+                fut.set_result(None)
+
+    # -- RPCs ------------------------------------------------------------------------------------
+    async def Subscribe(self, request, context):
+        while not self.servicer.ready:  # restore first: the image is the restored state
+            await asyncio.sleep(0.05)
+        index = int(request.worker_index)
+        # The image and the follower's place in the stream are taken at one instant (no
+        # await in between). Followers keep no decision records: none in the image.
+        self.durability._encode_pending()  # counted in the image: not sent to it again
+        seq = self.seq
+        image = snapshot.image(snapshot.capture(
+            seq, self.servicer.registry, DecisionStore(1, 1.0), self.servicer.campaigns))
+        f = _Follower(index, request.decision_id_prefix, seq)
+        self._followers[index] = f
+        self._by_prefix[f.prefix] = f
+        log.info("worker %d subscribed at sequence %d (image of %d bytes)", index, seq,
+                 len(image))
+        try:
+            yield rpb.SubscribeResponse(image=image, last_seq=seq, sent=time.time())
+            while True:
+                await f.wakeup.wait()
+                f.wakeup.clear()
+                if f.backlog_bytes > MAX_BACKLOG_BYTES:
+                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                        f"worker {index} is {f.backlog_bytes} bytes behind")
+                records, f.backlog, f.backlog_bytes = f.backlog, [], 0
+                ack, f.ack_requested = f.ack_requested, False
+                yield rpb.SubscribeResponse(records=records, last_seq=self.seq,
+                                            ack_requested=ack, sent=time.time())
+        finally:
+            f.live = False
+            if self._followers.get(index) is f:
+                del self._followers[index]
+            self._release_counters(f, everything=True)
+            self._release_acks()
+            log.info("worker %d unsubscribed", index)
+
+    async def PublishDecisions(self, request, context):
+        origin = int(request.worker_index)
+        durability = self.durability
+        for payload in request.records:
+            try:
+                durability.apply(st.WalRecord.FromString(payload))
+            except Exception:  # never log what could not be applied: restore would stop there
+                log.exception("decision records of worker %d not applied", origin)
+                continue
+            durability.append(payload, wait_free=True, origin=origin)
+        f = self._followers.get(origin)
+        if f is not None:
+            if request.last_decision_counter > f.published_counter:
+                f.published_counter = request.last_decision_counter
+                self._release_counters(f)
+            if request.applied_seq > f.acked:
+                f.acked = request.applied_seq
+                self._release_acks()
+        return rpb.PublishDecisionsResponse(leader_seq=self.seq)
+
+
+# -- follower ----------------------------------------------------------------------------------
+
+
+class ReplicaDecisions(DecisionStore):
+    """A follower's decision store: it names decisions (``<prefix>-<counter>``, the prefix
+    naming the worker) and keeps none; the leader keeps them all and answers every reward."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__(1, 1.0, id_prefix=prefix)
+        self.prefix = prefix
+
+    @property
+    def counter(self) -> int:
+        """Counter of the newest decision id handed out."""
+        return self.last_counter
+
+    def put(self, decision_id: str, record: DecisionRecord, expire: bool = True) -> None:
+        pass
+
+    def put_many(self, batch, expire: bool = True, first_counter: int | None = None) -> None:
+        pass
+
+    def get(self, decision_id: str, now: float | None = None) -> DecisionRecord | None:
+        return None
+
+
+class ReplicaDurability(Durability):
+    """A follower's state source: the leader's image and log stream instead of the data
+    directory (a follower writes nothing to disk); its decision records go to the leader."""
+
+    def __init__(self, settings: Settings, registry: ExperimentRegistry,
+                 decisions: ReplicaDecisions, campaigns: CampaignRegistry, index: int,
+                 leader_address: Awaitable[str],
+                 on_lost: Callable[[str], None]) -> None:
+        super().__init__(settings, registry, decisions, campaigns)
+        self.replica_decisions = decisions
+        self.index = index
+        self.mode = f"replica of worker 0 ({settings.durability})"
+        self.applied_seq = 0
+        self._leader_address = leader_address
+        self._on_lost = on_lost
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: rpb_grpc.ReplicationServiceStub | None = None
+        self._stream: Any = None  # the Subscribe call
+        self._tasks: list[asyncio.Task] = []
+        self._waiters: list[tuple[int, int, asyncio.Future]] = []  # heap by seq
+        self._tie = 0
+        self._closing = False
+        self.publisher: DecisionPublisher | None = None
+        self.lag_seconds = 0.0  # of the newest stream message: applied minus sent
+
+    # -- image ---------------------------------------------------------------------------------
+    async def load(self) -> RestoreReport:
+        started = time.perf_counter()
+        address = await self._leader_address
+        self._channel = grpc.aio.insecure_channel(address, options=PRIVATE_CHANNEL_OPTIONS)
+        self._stub = rpb_grpc.ReplicationServiceStub(self._channel)
+        self._stream = self._stub.Subscribe(rpb.SubscribeRequest(
+            worker_index=self.index, decision_id_prefix=self.replica_decisions.prefix))
+        first = await self._stream.read()
+        if first is grpc.aio.EOF:
+            raise ConnectionError(f"the leader at {address} ended the stream before its image")
+        await asyncio.to_thread(self._load_image, first.image)
+        self.applied_seq = self.last_lsn = first.last_seq
+        return RestoreReport(snapshot=f"leader image ({len(first.image):,} bytes)",
+                             snapshot_lsn=first.last_seq, last_lsn=first.last_seq,
+                             seconds=time.perf_counter() - started)
+
+    def _load_image(self, data: bytes) -> None:
+        snap, section = snapshot.decode(data, "leader image")
+        snapshot.load(snap, section, self.registry, self.decisions, self.campaigns)
+        for e in self.registry.experiments():
+            self._own_stream(e)
+
+    def _own_stream(self, experiment) -> None:
+        # The leader draws from the experiment's stream itself; follower i from the same
+        # stream jumped i x 2**128 draws ahead: no two workers make the same draws.
+        experiment.rng = jump_state(experiment.rng, self.index)
+
+    def _replay_decision(self, d: st.Decision) -> None:
+        # A follower keeps no decision records (rewards are the leader's): only the counts.
+        try:
+            e = self.registry.get(d.experiment_id)
+        except Exception:
+            return  # deleted since: its counters went with it
+        if e.uid == d.experiment_uid:
+            index, selections = e.arm_index, e.selections
+            for arm_id in d.arm_ids:
+                pos = index.get(arm_id)
+                if pos is not None:
+                    selections[pos] += 1
+
+    def apply(self, record: st.WalRecord) -> None:
+        super().apply(record)
+        op = record.WhichOneof("op")
+        if op == "create_experiment":
+            self._own_stream(self.registry.get(record.create_experiment.experiment_id))
+        elif op == "reset_experiment":
+            self._own_stream(self.registry.get(record.reset_experiment.experiment_id))
+
+    # -- stream --------------------------------------------------------------------------------
+    async def start(self) -> None:
+        assert self._stub is not None
+        self.publisher = DecisionPublisher(self._stub, self.index, self.replica_decisions,
+                                           self._lost)
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._follow()), loop.create_task(self.publisher.run())]
+
+    async def _follow(self) -> None:
+        assert self._stream is not None
+        try:
+            while True:
+                message = await self._stream.read()
+                if message is grpc.aio.EOF:
+                    raise ConnectionError("the leader ended the stream")
+                slice_start = time.perf_counter()
+                for payload in message.records:
+                    self.apply(st.WalRecord.FromString(payload))
+                    if time.perf_counter() - slice_start > 0.005:  # let requests in between
+                        await asyncio.sleep(0)
+                        slice_start = time.perf_counter()
+                self.applied_seq = self.last_lsn = message.last_seq
+                self.lag_seconds = time.time() - message.sent
+                self._release_waiters()
+                if message.ack_requested:
+                    assert self.publisher is not None
+                    self.publisher.report_applied(message.last_seq)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._lost(f"replication stream: {exc!r}")
+
+    def _lost(self, why: str) -> None:
+        if not self._closing:
+            log.error("lost the leader (%s); stopping this worker", why)
+            self._closing = True
+            self._on_lost(why)
+
+    def _release_waiters(self) -> None:
+        waiters = self._waiters
+        while waiters and waiters[0][0] <= self.applied_seq:
+            fut = heapq.heappop(waiters)[2]
+            if not fut.done():
+                fut.set_result(None)
+
+    async def wait_applied_seq(self, seq: int, timeout: float = ACK_TIMEOUT_SECONDS) -> bool:
+        """Wait until the leader's log is applied up to ``seq``; False if that took longer
+        than ``timeout`` seconds (or the stream is gone)."""
+        if seq <= self.applied_seq:
+            return True
+        fut = asyncio.get_running_loop().create_future()
+        self._tie += 1
+        heapq.heappush(self._waiters, (seq, self._tie, fut))
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    # -- what a follower must not do -----------------------------------------------------------
+    def decisions_logged(self) -> None:
+        """The handler's decision records go to the leader (which logs and keeps them)."""
+        assert self.publisher is not None
+        self.publisher.add_encoded(self.pending.encode(), "decision_table")
+        self.pending.clear()
+
+    def append(self, payload: bytes, wait_free: bool = False, origin: int = 0) -> None:
+        raise RuntimeError("a follower forwards every change to the leader")
+
+    async def commit(self, replicated: bool = False) -> None:
+        return None
+
+    async def take_snapshot(self, paced: bool = True) -> Path:
+        raise RuntimeError("only the leader writes snapshots")
+
+    async def close(self) -> None:
+        """Graceful stop: hand the last decisions to the leader, then leave the stream."""
+        if self.publisher is not None and not self._closing:
+            try:
+                await self.publisher.flush()
+            except grpc.RpcError as exc:
+                log.error("last decisions not handed to the leader: %s", exc)
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._stream is not None:
+            self._stream.cancel()
+        if self._channel is not None:
+            await self._channel.close()
+
+
+class DecisionPublisher:
+    """Sends a follower's decision records to the leader, in order, every few milliseconds
+    (one call in flight at a time), and its applied position when the leader asks."""
+
+    def __init__(self, stub: rpb_grpc.ReplicationServiceStub, index: int,
+                 decisions: ReplicaDecisions, on_error: Callable[[str], None]) -> None:
+        self._stub = stub
+        self._index = index
+        self._decisions = decisions
+        self._on_error = on_error
+        self._pending: list[bytes] = []
+        self._merging: str | None = None  # op of the last pending payload
+        self._counter = 0  # decision ids up to this counter are in _pending or sent
+        self._applied = 0  # applied sequence number to report (0 = nothing to report)
+        self._wakeup = asyncio.Event()
+        self._urgent = False
+        self._lock = asyncio.Lock()  # one call in flight: the leader applies in order
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._pending)
+
+    def add(self, record: st.WalRecord) -> None:
+        """Queue decision records that were just made (ids are made and logged in one
+        synchronous step of the handler, so every id handed out so far is queued now)."""
+        self.add_encoded(record.SerializeToString(), record.WhichOneof("op"))
+
+    def add_encoded(self, payload: bytes, op: str | None) -> None:
+        """:meth:`add` of an encoded ``WalRecord`` whose oneof is ``op``."""
+        if self._merging == op and op in ("decisions", "decision_table"):
+            # Concatenated encodings of one message merge: the repeated columns append.
+            self._pending[-1] += payload
+        else:
+            self._pending.append(payload)
+            self._merging = op
+        self._counter = self._decisions.counter
+        self._wakeup.set()
+
+    def report_applied(self, seq: int) -> None:
+        self._applied = seq
+        self.send_now()
+
+    def send_now(self) -> None:
+        """Send what is queued without waiting for the next flush tick."""
+        self._urgent = True
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        try:
+            while True:
+                await self._wakeup.wait()
+                if not self._urgent:
+                    await asyncio.sleep(FLUSH_SECONDS)  # gather a few ms of decisions
+                await self._send()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._on_error(f"publishing decisions: {exc!r}")
+
+    async def _send(self) -> None:
+        async with self._lock:
+            self._wakeup.clear()
+            self._urgent = False
+            if not self._pending and not self._applied:
+                return
+            records, self._pending, self._merging = self._pending, [], None
+            request = rpb.PublishDecisionsRequest(
+                worker_index=self._index, records=records, last_decision_counter=self._counter,
+                applied_seq=self._applied)
+            self._applied = 0
+            await self._stub.PublishDecisions(request, timeout=30)
+
+    async def flush(self) -> None:
+        """Send everything queued and wait for the leader's answer."""
+        await self._send()
+
+
+def leader_seq(metadata) -> int:
+    """The ``banditd-seq`` value of a leader's trailing metadata (0 if absent)."""
+    for key, value in metadata or ():
+        if key == "banditd-seq":
+            return int(value)
+    return 0
+

@@ -1,0 +1,335 @@
+"""One of several worker processes on one port (``banditd serve --workers N``, started by
+:mod:`server.supervisor` as ``banditd worker``): how it serves DecisionService.
+
+All workers bind the public port with SO_REUSEPORT. Worker 0 is the **leader**: a single
+server as before plus a private 127.0.0.1 port with ``ReplicationService``
+(:mod:`server.replication`) and ``DecisionService``. Workers 1 .. N-1 are **followers**:
+they serve the RPCs in :data:`LOCAL_RPCS` from their replica and forward every other
+DecisionService RPC to the leader, answering with its response or status.
+
+Every response carries trailing metadata ``banditd-worker`` (the index of the worker that
+answered); the leader adds ``banditd-seq`` (its replication sequence number after the call).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from banditd.replication.v1 import replication_pb2_grpc as rpb_grpc
+from google.protobuf import message_factory
+
+from decision.v1 import decision_pb2 as pb
+from server.decision_store import DecisionStore
+from server.replication import (
+    PRIVATE_CHANNEL_OPTIONS,
+    ReplicaDecisions,
+    ReplicaDurability,
+    ReplicationLeader,
+    leader_seq,
+)
+from server.service import DecisionServicer
+from server.settings import Settings
+
+log = logging.getLogger("banditd")
+
+SERVICE = pb.DESCRIPTOR.services_by_name["DecisionService"]
+
+# Answered by every worker from its own replica. Every other DecisionService RPC (every
+# write, and any RPC added to the service later unless it is listed here) is forwarded to
+# the leader, so that there is one place that orders writes, counts rewards exactly once
+# and keeps budgets.
+LOCAL_RPCS = frozenset({
+    "GetExperiment", "ListExperiments", "SelectArm", "BatchSelectArms", "GetArmStats",
+    "GetAllocation", "AllocateBudget",
+})
+
+# RPCs naming decisions that a follower may not have handed to the leader yet: the leader
+# waits for them (bounded) before answering.
+DECISION_IDS: dict[str, Callable[[Any], Iterable[str]]] = {
+    "RecordReward": lambda request: (request.decision_id,),
+    "BatchRecordRewards": lambda request: (item.decision_id for item in request.requests),
+}
+
+WORKER_KEY = "banditd-worker"
+SEQ_KEY = "banditd-seq"
+_NOT_FORWARDED = frozenset({"user-agent", "content-type", "te", "host", WORKER_KEY})
+
+
+@dataclass
+class WorkerRole:
+    """What one worker process knows about its place among the workers."""
+
+    index: int  # 0 = leader
+    count: int
+    leader_address: asyncio.Future[str] | None = None  # followers: host:port of the leader
+    on_lost: Callable[[str], None] = field(default=lambda why: None)  # follower lost leader
+
+
+class WorkerRuntime:
+    """The multi-worker parts of one worker's server (started and stopped with it)."""
+
+    def __init__(self, private: grpc.aio.Server | None = None, private_port: int = 0,
+                 forwarder: _Forwarder | None = None) -> None:
+        self.private = private
+        self.private_port = private_port
+        self.forwarder = forwarder
+
+    async def start(self) -> None:
+        if self.private is not None:
+            await self.private.start()
+
+    async def stop(self, grace: float | None) -> None:
+        if self.private is not None:
+            await self.private.stop(grace)
+        if self.forwarder is not None:
+            await self.forwarder.close()
+
+
+# -- one worker's server ----------------------------------------------------------------------
+
+
+def attach(role: WorkerRole, servicer: DecisionServicer, server: grpc.aio.Server) -> WorkerRuntime:
+    """Register DecisionService on ``server`` for worker ``role.index`` and set up its part
+    of the replication (called by :func:`server.app.create_server`)."""
+    settings = servicer.settings
+    metadata = ((WORKER_KEY, str(role.index)),)
+    prefix = f"{secrets.token_hex(6)}-{role.index}"  # decision ids name their worker
+    if role.index == 0:
+        _use_decision_store(servicer, DecisionStore(
+            settings.decision_capacity, settings.decision_ttl_seconds, id_prefix=prefix))
+        leader = ReplicationLeader(servicer)
+        servicer.durability.replication = leader
+        handlers = {m.name: _leader_handler(m, servicer, leader, metadata)
+                    for m in _unary_methods()}
+        _register(server, handlers)
+        private = grpc.aio.server(options=PRIVATE_CHANNEL_OPTIONS)
+        _register(private, handlers)
+        rpb_grpc.add_ReplicationServiceServicer_to_server(leader, private)
+        port = private.add_insecure_port("127.0.0.1:0")
+        if port == 0:
+            raise OSError("could not listen on a private 127.0.0.1 port")
+        return WorkerRuntime(private=private, private_port=port)
+    assert role.leader_address is not None
+    decisions = ReplicaDecisions(prefix)
+    durability = ReplicaDurability(settings, servicer.registry, decisions, servicer.campaigns,
+                                   role.index, role.leader_address, role.on_lost)
+    _use_decision_store(servicer, decisions)
+    servicer.durability = durability
+    forwarder = _Forwarder(servicer, durability, role.leader_address, metadata)
+    handlers = {
+        m.name: (_local_handler(m, servicer, metadata) if m.name in LOCAL_RPCS
+                 else forwarder.handler(m.name))
+        for m in _unary_methods()
+    }
+    _register(server, handlers)
+    return WorkerRuntime(forwarder=forwarder)
+
+
+def _use_decision_store(servicer: DecisionServicer, store: DecisionStore) -> None:
+    servicer.decisions = store
+    servicer.durability.decisions = store
+
+
+def _unary_methods():
+    for method in SERVICE.methods:
+        if method.client_streaming or method.server_streaming:
+            raise NotImplementedError(f"{method.name}: streaming RPCs are not routed by workers")
+        yield method
+
+
+def _register(server: grpc.aio.Server, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
+    server.add_registered_method_handlers(SERVICE.full_name, handlers)
+
+
+def _codec(method) -> dict[str, Any]:
+    return {
+        "request_deserializer": message_factory.GetMessageClass(method.input_type).FromString,
+        "response_serializer": message_factory.GetMessageClass(
+            method.output_type).SerializeToString,
+    }
+
+
+def _local_handler(method, servicer: DecisionServicer, metadata) -> grpc.RpcMethodHandler:
+    behavior = getattr(servicer, method.name)
+
+    async def handle(request, context):
+        context.set_trailing_metadata(metadata)  # kept by an abort too
+        return await behavior(request, context)
+
+    return grpc.unary_unary_rpc_method_handler(handle, **_codec(method))
+
+
+def _leader_handler(method, servicer: DecisionServicer, leader: ReplicationLeader,
+                    metadata) -> grpc.RpcMethodHandler:
+    behavior = getattr(servicer, method.name)
+    decision_ids = DECISION_IDS.get(method.name)
+
+    async def handle(request, context):
+        context.set_trailing_metadata(metadata)
+        if decision_ids is not None and leader.has_followers:
+            await leader.await_decisions(decision_ids(request))
+        response = await behavior(request, context)
+        # Everything this call logged has a sequence number <= this one: a follower that
+        # forwarded it answers once it has applied the stream up to here.
+        context.set_trailing_metadata((*metadata, (SEQ_KEY, str(leader.seq))))
+        return response
+
+    return grpc.unary_unary_rpc_method_handler(handle, **_codec(method))
+
+
+class _Forwarder:
+    """A follower's forwarding of RPCs to the leader: request bytes in, response bytes (or
+    the leader's status) out, then read-your-writes."""
+
+    def __init__(self, servicer: DecisionServicer, durability: ReplicaDurability,
+                 leader_address: Awaitable[str], metadata) -> None:
+        self._servicer = servicer
+        self._durability = durability
+        self._leader_address = leader_address
+        self._metadata = metadata
+        self._channel: grpc.aio.Channel | None = None
+        self._calls: dict[str, Any] = {}
+
+    def handler(self, name: str) -> grpc.RpcMethodHandler:
+        async def forward(request: bytes, context):
+            return await self.forward(name, request, context)
+
+        return grpc.unary_unary_rpc_method_handler(forward)  # no (de)serialisation
+
+    async def _call(self, name: str):
+        call = self._calls.get(name)
+        if call is None:
+            if self._channel is None:
+                # A channel of its own: forwarded calls do not queue behind the stream.
+                self._channel = grpc.aio.insecure_channel(
+                    await self._leader_address, options=PRIVATE_CHANNEL_OPTIONS)
+            call = self._calls[name] = self._channel.unary_unary(f"/{SERVICE.full_name}/{name}")
+        return call
+
+    async def forward(self, name: str, request: bytes, context) -> bytes:
+        started = time.perf_counter()
+        code = "OK"
+        context.set_trailing_metadata(self._metadata)
+        try:
+            if not self._servicer.ready:
+                code = "UNAVAILABLE"
+                await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                    "server is starting (loading the leader's state); retry")
+            publisher = self._durability.publisher
+            if name in DECISION_IDS and publisher is not None and publisher.pending:
+                publisher.send_now()  # the leader would wait for these decisions
+            call = (await self._call(name))(
+                request, timeout=context.time_remaining(),
+                metadata=_forwardable(context.invocation_metadata()))
+            try:
+                response = await call
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code().name
+                await context.abort(exc.code(), exc.details() or "",
+                                    (*self._metadata, *_forwardable(exc.trailing_metadata())))
+            trailing = await call.trailing_metadata()
+            seq = leader_seq(trailing)
+            if seq and not await self._durability.wait_applied_seq(seq):
+                log.warning("%s: answered before applying the leader's log up to %d", name, seq)
+            context.set_trailing_metadata((*self._metadata, *_forwardable(trailing)))
+            return response
+        finally:
+            self._servicer.metrics.observe(name, code, time.perf_counter() - started)
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+
+
+def _forwardable(metadata) -> tuple[tuple[str, Any], ...]:
+    """Metadata worth passing on between client, follower and leader (not the transport's
+    own keys, nor the worker keys, which each worker sets itself)."""
+    return tuple((k, v) for k, v in (metadata or ())
+                 if not k.startswith((":", "grpc-")) and k not in _NOT_FORWARDED)
+
+
+# -- one worker process ------------------------------------------------------------------------
+
+
+def run_worker(settings: Settings, index: int) -> int:
+    """``banditd worker``: one worker of a supervisor; talks to it over stdin / stdout."""
+    if settings.metrics_port:  # one /metrics endpoint per worker: port + index
+        settings = settings.model_copy(update={"metrics_port": settings.metrics_port + index})
+    return asyncio.run(_worker(settings, index))
+
+
+def _tell(*words: object) -> None:
+    """A status line to the supervisor (stdout is reserved for these)."""
+    sys.stdout.write(" ".join(str(w) for w in words) + "\n")
+    sys.stdout.flush()
+
+
+async def _worker(settings: Settings, index: int) -> int:
+    from server.app import create_server
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    failures: list[str] = []
+
+    def lost(why: str) -> None:
+        failures.append(why)
+        stop.set()
+
+    leader = loop.create_future()
+    role = WorkerRole(index, settings.workers, leader, lost)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+
+    async def control() -> None:
+        # supervisor -> worker: "leader <host:port>"; end of input = the supervisor is gone
+        while line := await reader.readline():
+            command, _, argument = line.decode().strip().partition(" ")
+            if command == "leader" and not leader.done():
+                leader.set_result(argument)
+        if not stop.is_set():
+            log.warning("supervisor gone; stopping")
+        stop.set()
+
+    control_task = loop.create_task(control())
+    app, port = await create_server(settings, role)
+    if index == 0:
+        assert app.worker is not None
+        _tell("leader", f"127.0.0.1:{app.worker.private_port}")
+    waiter = loop.create_task(stop.wait())
+    ready = loop.create_task(app.wait_ready())
+    await asyncio.wait({waiter, ready}, return_when=asyncio.FIRST_COMPLETED)
+    if ready.done() and ready.exception() is not None:
+        log.error("worker %d failed to start: %r", index, ready.exception())
+        await app.stop(0)
+        return 1
+    if ready.done():
+        _tell("serving", port)
+    await waiter
+    log.info("worker %d shutting down (grace %.1f s)", index, settings.grace_seconds)
+    await app.stop(settings.grace_seconds)
+    control_task.cancel()
+    if failures:
+        log.error("worker %d stopped: %s", index, failures[0])
+        return 1
+    log.info("worker %d stopped", index)
+    return 0
+
+
+def worker_settings(text: str) -> Settings:
+    """The supervisor's resolved settings, as passed to ``banditd worker --settings``."""
+    return Settings(**json.loads(text))
+

@@ -1,0 +1,340 @@
+"""Pacing: campaigns, PaceBid / RecordSpend, reservations, the plan and the controller."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from datetime import date, datetime, timezone
+from zoneinfo import ZoneInfo
+
+import grpc
+import numpy as np
+import pytest
+from google.protobuf import field_mask_pb2, timestamp_pb2
+
+from conftest import running_server
+from decision.v1 import decision_pb2 as pb
+from decision.v1 import decision_pb2_grpc as pb_grpc
+from server.pacing import HOURS, _Day, learn_plan
+
+DAY0 = datetime(2026, 6, 1, tzinfo=timezone.utc).timestamp()  # a UTC midnight
+
+
+def ts(seconds: float) -> timestamp_pb2.Timestamp:
+    t = timestamp_pb2.Timestamp()
+    t.FromNanoseconds(int(round(seconds * 1e9)))
+    return t
+
+
+def campaign(stub, cid: str, **kw) -> pb.Campaign:
+    fields = dict(campaign_id=cid, daily_budget=100.0, max_bid=5.0)
+    fields.update(kw)
+    return stub.CreateCampaign(pb.CreateCampaignRequest(campaign=pb.Campaign(**fields)))
+
+
+def code_of(call) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as err:
+        call()
+    return err.value.code(), err.value.details()
+
+
+# -- plan and day arithmetic (pure) ---------------------------------------------------------
+def test_day_spreads_the_plan_over_dst_days():
+    zone = ZoneInfo("America/New_York")
+    even = np.full(HOURS, 1 / HOURS)
+    short, normal, long_ = (_Day(date(2026, 3, 8), zone, even), _Day(date(2026, 3, 9), zone, even),
+                            _Day(date(2026, 11, 1), zone, even))
+    assert (len(short.starts), len(normal.starts), len(long_.starts)) == (23, 24, 25)
+    for day in (short, normal, long_):
+        assert day.end - day.start == len(day.starts) * 3600
+        assert day.fraction(day.start) == 0 and day.fraction(day.end) == 1
+        fractions = [day.fraction(t) for t in np.linspace(day.start, day.end, 500)]
+        assert np.all(np.diff(fractions) >= 0)
+        assert day.cum[-1] == pytest.approx(1.0)
+    # on the 25-hour day the repeated 1 am hour shares its slot's plan
+    assert long_.slots.count(1) == 2 and long_.weights[1] == pytest.approx(long_.weights[0] / 2)
+
+
+def test_learned_plan_follows_traffic_and_conversions_within_the_daily_shift():
+    plan = np.full(HOURS, 1 / HOURS)
+    history = np.zeros((HOURS, 3))
+    history[:, 0] = 100  # even traffic
+    history[:, 1] = 1e6  # even spend
+    history[:, 2] = 10
+    history[18:22, 2] = 40  # the evening converts 4x better
+    new = learn_plan(plan, history, max_shift=0.25)
+    assert new.sum() == pytest.approx(1.0)
+    assert np.all(new[18:22] > plan[18:22]) and np.all(new[:18] < plan[:18])
+    # bounded: a single (extreme) day moves no share by more than 25%
+    assert np.all(new <= plan * 1.25 + 1e-12) and np.all(new >= plan * 0.75 - 1e-12)
+    # repeated days converge towards the target: the evening keeps gaining
+    p = plan
+    for _ in range(10):
+        p = learn_plan(p, history, 0.25)
+    assert p[18:22].sum() > new[18:22].sum() > plan[18:22].sum()
+
+
+# -- configuration --------------------------------------------------------------------------
+@pytest.mark.parametrize("fields, message", [
+    (dict(daily_budget=-1), "daily_budget"),
+    (dict(daily_budget=float("nan")), "daily_budget"),
+    (dict(max_bid=0), "max_bid"),
+    (dict(bid_cap_fraction=0), "bid_cap_fraction"),
+    (dict(bid_cap_fraction=1.5), "bid_cap_fraction"),
+    (dict(time_zone="Mars/Olympus"), "time_zone"),
+    (dict(pacing_mode=42), "pacing_mode"),
+    (dict(reservation_ttl_seconds=0), "reservation_ttl_seconds"),
+    (dict(campaign_id=""), "campaign_id"),
+])
+def test_bad_campaigns_are_rejected_and_not_created(stub, new_id, fields, message):
+    cid = new_id()
+    code, details = code_of(lambda: campaign(stub, cid, **fields))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and message in details
+    if cid and "campaign_id" not in fields:
+        code, _ = code_of(lambda: stub.GetPacingStatus(
+            pb.GetPacingStatusRequest(campaign_id=cid)))
+        assert code == grpc.StatusCode.NOT_FOUND
+
+
+def test_defaults_duplicates_and_field_mask_updates(stub, new_id):
+    cid = new_id()
+    c = campaign(stub, cid)
+    assert (c.bid_cap_fraction, c.time_zone, c.pacing_mode, c.reservation_ttl_seconds) == \
+        (pytest.approx(0.10), "UTC", pb.PACING_MODE_SMOOTH, 60.0)
+    code, _ = code_of(lambda: campaign(stub, cid))
+    assert code == grpc.StatusCode.ALREADY_EXISTS
+    paused = stub.UpdateCampaign(pb.UpdateCampaignRequest(
+        campaign=pb.Campaign(campaign_id=cid, paused=True, daily_budget=1.0),
+        update_mask=field_mask_pb2.FieldMask(paths=["paused"])))
+    assert paused.paused and paused.daily_budget == 100.0  # only the masked field changed
+    for paths, text in ((["campaign_id"], "cannot change"), (["budget"], "unknown field")):
+        code, details = code_of(lambda paths=paths: stub.UpdateCampaign(pb.UpdateCampaignRequest(
+            campaign=pb.Campaign(campaign_id=cid), update_mask=field_mask_pb2.FieldMask(
+                paths=paths))))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and text in details
+    # no mask = replace the whole campaign (defaults filled in again)
+    replaced = stub.UpdateCampaign(pb.UpdateCampaignRequest(campaign=pb.Campaign(
+        campaign_id=cid, daily_budget=50, max_bid=2, time_zone="Europe/Berlin")))
+    assert (replaced.paused, replaced.daily_budget, replaced.time_zone,
+            replaced.bid_cap_fraction) == (False, 50, "Europe/Berlin", pytest.approx(0.1))
+    code, _ = code_of(lambda: stub.UpdateCampaign(pb.UpdateCampaignRequest(
+        campaign=pb.Campaign(campaign_id=new_id(), daily_budget=1, max_bid=1))))
+    assert code == grpc.StatusCode.NOT_FOUND
+
+
+# -- bids -----------------------------------------------------------------------------------
+def pace(stub, cid, base, t):
+    return stub.PaceBid(pb.PaceBidRequest(campaign_id=cid, base_bid=base, event_time=ts(t)))
+
+
+def spend(stub, cid, bid_id, won, cost, t, conversions=0.0):
+    return stub.RecordSpend(pb.RecordSpendRequest(
+        campaign_id=cid, bid_id=bid_id, won=won, cost=cost, event_time=ts(t),
+        conversions=conversions))
+
+
+def status(stub, cid, t):
+    return stub.GetPacingStatus(pb.GetPacingStatusRequest(campaign_id=cid, event_time=ts(t)))
+
+
+def test_bid_caps_reservations_and_settlement(stub, new_id):
+    cid = new_id()
+    campaign(stub, cid, daily_budget=240.0, max_bid=0.8, pacing_mode=pb.PACING_MODE_ASAP)
+    t = DAY0 + 3600 * 5
+    # even plan: the hour's allocation is 10, the per-bid cap 10% of it = 1.0; max_bid 0.8
+    r = pace(stub, cid, 3.0, t)
+    assert (r.bid, r.reason, r.pacing_multiplier) == (pytest.approx(0.8), "capped", 1.0)
+    r2 = pace(stub, cid, 0.5, t)
+    assert (r2.bid, r2.reason) == (pytest.approx(0.5), "paced") and r2.bid_id != r.bid_id
+    s = status(stub, cid, t)
+    assert (s.spent, s.reserved, s.open_reservations, s.day) == (0, pytest.approx(1.3), 2,
+                                                                  "2026-06-01")
+    # a win charges the clearing cost; a cost above the bid is capped at the bid
+    assert spend(stub, cid, r.bid_id, True, 0.3, t + 1).charged == pytest.approx(0.3)
+    capped = spend(stub, cid, r2.bid_id, True, 0.9, t + 1)
+    assert capped.capped and capped.charged == pytest.approx(0.5)
+    again = spend(stub, cid, r2.bid_id, True, 0.9, t + 2)
+    assert again.duplicate and again.charged == 0
+    s = status(stub, cid, t + 2)
+    assert (s.spent, s.reserved, s.remaining) == (pytest.approx(0.8), 0, pytest.approx(239.2))
+    code, details = code_of(lambda: spend(stub, cid, "no-such-bid", True, 1, t))
+    assert code == grpc.StatusCode.NOT_FOUND and "no-such-bid" in details
+    for bad in (dict(cost=-1.0), dict(cost=float("inf")), dict(conversions=-2.0)):
+        r3 = pace(stub, cid, 0.5, t + 3)
+        fields = dict(campaign_id=cid, bid_id=r3.bid_id, won=True, cost=0.1,
+                      event_time=ts(t + 3))
+        fields.update(bad)
+        code, _ = code_of(lambda fields=fields: stub.RecordSpend(pb.RecordSpendRequest(**fields)))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert not spend(stub, cid, r3.bid_id, False, 0, t + 3).duplicate  # still open: a loss
+    code, _ = code_of(lambda: pace(stub, cid, -1, t))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert pace(stub, cid, 0.0, t).reason == "zero_base_bid"
+
+
+def test_pause_is_an_emergency_stop(stub, new_id):
+    cid = new_id()
+    campaign(stub, cid)
+    t = DAY0 + 3600
+    assert pace(stub, cid, 1.0, t).bid > 0
+    stub.UpdateCampaign(pb.UpdateCampaignRequest(
+        campaign=pb.Campaign(campaign_id=cid, paused=True),
+        update_mask=field_mask_pb2.FieldMask(paths=["paused"])))
+    r = pace(stub, cid, 1.0, t + 1)
+    assert (r.bid, r.reason, r.bid_id) == (0, "paused", "")
+    stub.UpdateCampaign(pb.UpdateCampaignRequest(
+        campaign=pb.Campaign(campaign_id=cid, paused=False),
+        update_mask=field_mask_pb2.FieldMask(paths=["paused"])))
+    assert pace(stub, cid, 1.0, t + 2).bid > 0
+
+
+def test_reservations_expire_and_late_wins_are_refused(stub, new_id):
+    cid = new_id()
+    campaign(stub, cid, daily_budget=2.4, max_bid=1.0, bid_cap_fraction=1.0,
+             reservation_ttl_seconds=30, pacing_mode=pb.PACING_MODE_ASAP)
+    t = DAY0 + 7200
+    bids = [pace(stub, cid, 1.0, t) for _ in range(25)]  # per-bid cap: the hour's 0.1
+    assert [b.bid for b in bids] == [pytest.approx(0.1)] * 24 + [0]
+    assert bids[-1].reason == "budget_reserved"  # the whole budget is held by open bids
+    assert status(stub, cid, t + 29).reserved == pytest.approx(2.4)
+    assert status(stub, cid, t + 31).reserved == 0  # expired: the money is free again
+    assert pace(stub, cid, 1.0, t + 31).bid == pytest.approx(0.1)
+    code, details = code_of(lambda: spend(stub, cid, bids[0].bid_id, True, 0.5, t + 32))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "expired" in details
+    assert status(stub, cid, t + 32).spent == 0
+
+
+def test_spend_settled_after_midnight_counts_for_the_bid_day(stub, new_id):
+    cid = new_id()
+    campaign(stub, cid, daily_budget=48.0, max_bid=1.0, time_zone="Asia/Tokyo",
+             pacing_mode=pb.PACING_MODE_ASAP)
+    tokyo_midnight = datetime(2026, 6, 2, tzinfo=ZoneInfo("Asia/Tokyo")).timestamp()
+    r = pace(stub, cid, 1.0, tokyo_midnight - 5)
+    assert status(stub, cid, tokyo_midnight - 5).day == "2026-06-01"
+    spend(stub, cid, r.bid_id, True, 0.2, tokyo_midnight + 5)
+    today = status(stub, cid, tokyo_midnight + 6)
+    assert (today.day, today.spent) == ("2026-06-02", 0)
+    yesterday = status(stub, cid, tokyo_midnight - 1)
+    assert (yesterday.day, yesterday.spent) == ("2026-06-01", pytest.approx(0.2))
+
+
+def test_never_overspends_under_concurrent_bids(server, new_id):
+    """64 concurrent clients bid and win near the end of a small budget; a watcher reads
+    the status throughout: spent + reserved never exceeds the budget, and ends exactly at
+    the sum of charged costs."""
+    cid = new_id()
+    budget = 50.0
+    t0 = DAY0 + 3600 * 12
+
+    async def main():
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+            stub = pb_grpc.DecisionServiceStub(ch)
+            await stub.CreateCampaign(pb.CreateCampaignRequest(campaign=pb.Campaign(
+                campaign_id=cid, daily_budget=budget, max_bid=1.0, bid_cap_fraction=1.0,
+                pacing_mode=pb.PACING_MODE_ASAP)))
+            charged: list[float] = []
+            seen: list[tuple[float, float]] = []
+            done = asyncio.Event()
+
+            async def bidder(seed: int) -> None:
+                rng = random.Random(seed)
+                for i in range(60):
+                    r = await stub.PaceBid(pb.PaceBidRequest(
+                        campaign_id=cid, base_bid=rng.uniform(0.2, 1.0), event_time=ts(t0 + i)))
+                    if not r.bid:
+                        continue
+                    await asyncio.sleep(rng.uniform(0, 0.003))  # auctions in flight
+                    won = rng.random() < 0.8
+                    cost = r.bid * rng.uniform(0.5, 1.3)  # sometimes reported above the bid
+                    s = await stub.RecordSpend(pb.RecordSpendRequest(
+                        campaign_id=cid, bid_id=r.bid_id, won=won, cost=cost,
+                        event_time=ts(t0 + i)))
+                    charged.append(s.charged)
+
+            async def watcher() -> None:
+                while not done.is_set():
+                    s = await stub.GetPacingStatus(pb.GetPacingStatusRequest(
+                        campaign_id=cid, event_time=ts(t0)))
+                    seen.append((s.spent, s.reserved))
+
+            watch = asyncio.create_task(watcher())
+            await asyncio.gather(*(bidder(i) for i in range(64)))
+            done.set()
+            await watch
+            final = await stub.GetPacingStatus(pb.GetPacingStatusRequest(
+                campaign_id=cid, event_time=ts(t0 + 60)))
+            return charged, seen, final
+
+    charged, seen, final = asyncio.run(main())
+    assert len(seen) > 10
+    assert all(round(s + r, 6) <= budget for s, r in seen)
+    assert final.reserved == 0 and final.spent <= budget
+    assert final.spent == pytest.approx(sum(charged), abs=1e-6)
+    assert final.spent > 0.95 * budget  # the budget was the constraint
+
+
+def test_campaigns_survive_crash_and_restart(tmp_path):
+    t = DAY0 + 3600 * 9
+    with running_server(tmp_path, durability="os", snapshot_interval_seconds=0) as srv:
+        with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            stub = pb_grpc.DecisionServiceStub(ch)
+            campaign(stub, "c1", daily_budget=240.0, max_bid=1.0, time_zone="Europe/Paris")
+            open_bid = pace(stub, "c1", 1.0, t)
+            settled = pace(stub, "c1", 1.0, t)
+            spend(stub, "c1", settled.bid_id, True, 0.25, t)
+            before = status(stub, "c1", t)
+        srv.crash()
+    with running_server(tmp_path, durability="os", snapshot_interval_seconds=0) as srv, \
+            grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+        stub = pb_grpc.DecisionServiceStub(ch)
+        after = status(stub, "c1", t)
+        assert (after.spent, after.reserved, after.campaign.time_zone) == (
+            before.spent, before.reserved, "Europe/Paris")
+        assert spend(stub, "c1", settled.bid_id, True, 0.25, t).duplicate
+        assert spend(stub, "c1", open_bid.bid_id, True, 0.5, t).charged == 0.5
+    # graceful restart: the snapshot holds the same
+    with running_server(tmp_path, durability="os", snapshot_interval_seconds=0) as srv, \
+            grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+        s = status(pb_grpc.DecisionServiceStub(ch), "c1", t)
+        assert (s.spent, s.reserved) == (pytest.approx(0.75), 0)
+
+
+def test_python_client_pacing_methods(server, new_id):
+    from clients import BanditClient
+
+    cid = new_id()
+    t = DAY0 + 3600 * 10
+    with BanditClient(f"127.0.0.1:{server.port}") as client:
+        c = client.create_campaign(cid, 240.0, 2.0, time_zone="Europe/London",
+                                   pacing_mode="even")
+        assert (c.pacing_mode, c.time_zone) == (pb.PACING_MODE_EVEN, "Europe/London")
+        bid = client.pace_bid(cid, 1.0, event_time=t)
+        assert bid.bid == pytest.approx(1.0) and bid.bid_id
+        assert client.record_spend(cid, bid.bid_id, True, 0.4, event_time=t).charged == 0.4
+        assert client.update_campaign(cid, paused=True).paused
+        assert client.pace_bid(cid, 1.0, event_time=t).reason == "paused"
+        s = client.get_pacing_status(cid, event_time=t)
+        assert (s.spent, s.utilization) == (pytest.approx(0.4), pytest.approx(0.4 / 240))
+
+
+def test_pacing_simulator_smoke(tmp_path):
+    """benchmarks/pacing_sim.py against a real server for a few days: never overspends,
+    delivers the budget on days whose traffic allows it, writes its JSON and plot."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    out = tmp_path / "pacing.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pacing_sim.py"), "--days", "4",
+                    "--auctions", "1500", "--learned-after", "2", "--out", str(out)],
+                   check=True, timeout=600, capture_output=True)
+    report = json.loads(out.read_text())
+    banditd = report["all_days"]["banditd"]
+    assert banditd["overspend_total"] == 0 and banditd["days_with_overspend"] == 0
+    assert banditd["days_allowing_full_delivery"] >= 2
+    assert banditd["min_utilization_allowed_days"] >= 0.95
+    for day in report["per_day"]:
+        assert day["banditd"]["spent"] <= report["setup"]["daily_budget"] + 1e-6
+    assert (tmp_path / "pacing.png").stat().st_size > 10_000

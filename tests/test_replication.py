@@ -1,0 +1,219 @@
+"""Log shipping rules, in process and without timing: the leader's stream, its waits for
+followers' decisions and acknowledgements, and a follower's replay of the stream."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+from banditd.replication.v1 import replication_pb2 as rpb
+from banditd.storage.v1 import storage_pb2 as st
+
+from conftest import make_experiment
+from decision.v1 import decision_pb2 as pb
+from server import replication, snapshot
+from server.pacing import CampaignRegistry
+from server.registry import ExperimentRegistry
+from server.replication import ReplicaDecisions, ReplicaDurability, ReplicationLeader
+from server.service import DecisionServicer
+from server.settings import Settings
+
+
+class Context:
+    """Just enough of grpc.aio's ServicerContext for handlers called directly."""
+
+    async def abort(self, code, details="", trailing_metadata=()):
+        raise AssertionError(f"{code.name}: {details}")
+
+
+CTX = Context()
+
+
+def leader_for(tmp_path) -> tuple[DecisionServicer, ReplicationLeader]:
+    settings = Settings(host="127.0.0.1", port=0, data_dir=tmp_path, workers=2,
+                        durability="snapshot")  # no log on disk: the stream only
+    servicer = DecisionServicer(settings)
+    servicer.ready = True
+    leader = ReplicationLeader(servicer)
+    servicer.durability.replication = leader
+    return servicer, leader
+
+
+def follower_decisions(prefix: str, counters, experiment: str = "e", uid: int = 1,
+                       arm: str = "a") -> bytes:
+    return st.WalRecord(decisions=st.Decisions(items=[
+        st.Decision(decision_id=f"{prefix}-{c:x}", experiment_id=experiment, experiment_uid=uid,
+                    arm_ids=[arm], propensity=0.5, created=time.time()) for c in counters
+    ])).SerializeToString()
+
+
+async def subscribe(leader: ReplicationLeader, index: int = 1, prefix: str = "f-1"):
+    stream = leader.Subscribe(rpb.SubscribeRequest(worker_index=index, decision_id_prefix=prefix),
+                              CTX)
+    image = await anext(stream)
+    return stream, image
+
+
+async def create(servicer, experiment_id: str = "e", **kw):
+    return await servicer.CreateExperiment(
+        pb.CreateExperimentRequest(experiment=make_experiment(experiment_id, **kw)), CTX)
+
+
+def test_stream_is_an_image_then_the_log_without_the_followers_own_decisions(tmp_path):
+    async def main():
+        servicer, leader = leader_for(tmp_path)
+        await create(servicer)
+        stream, image = await subscribe(leader)
+        assert image.last_seq == leader.seq == 1
+        snap, _ = snapshot.decode(image.image, "image")
+        assert [e.config.experiment_id for e in snap.experiments] == ["e"]
+        assert not snap.decisions.decision_ids  # followers keep no decision records
+
+        mine = await servicer.SelectArm(pb.SelectArmRequest(experiment_id="e"), CTX)
+        servicer.durability._encode_pending()  # what the 5 ms decision flush does
+        await leader.PublishDecisions(rpb.PublishDecisionsRequest(
+            worker_index=1, records=[follower_decisions("f-1", [1])], last_decision_counter=1), CTX)
+        message = await anext(stream)
+        assert message.last_seq == 3  # both records are accounted for ...
+        (only,) = message.records  # ... but the follower's own is not sent back to it
+        table = st.WalRecord.FromString(only).decision_table
+        assert table.decision_ids[0] == mine.decision_id
+        # the leader knows and counts the follower's decision like its own
+        assert servicer.decisions.get("f-1-1") is not None
+        assert servicer.registry.get("e").selections.sum() == 2
+        await stream.aclose()
+        assert not leader.has_followers
+
+    asyncio.run(main())
+
+
+def test_reward_waits_for_a_followers_decision_until_it_is_published(tmp_path, monkeypatch):
+    monkeypatch.setattr(replication, "DECISION_WAIT_SECONDS", 0.2)
+
+    async def main():
+        servicer, leader = leader_for(tmp_path)
+        await create(servicer)
+        stream, _ = await subscribe(leader, prefix="f-1")
+        waiting = asyncio.ensure_future(leader.await_decisions(["f-1-2"]))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        await leader.PublishDecisions(rpb.PublishDecisionsRequest(
+            worker_index=1, records=[follower_decisions("f-1", [1, 2])], last_decision_counter=2),
+            CTX)
+        await asyncio.wait_for(waiting, 0.05)  # released by the publication, not the timeout
+        reply = await servicer.RecordReward(
+            pb.RecordRewardRequest(experiment_id="e", decision_id="f-1-2", reward=1), CTX)
+        assert not reply.duplicate
+        # Published already, unknown prefixes, the leader's own and malformed ids: no wait.
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await leader.await_decisions(["f-1-1", "other-3", "", "f-1-zz", "nodash"])
+        assert loop.time() - started < 0.1
+        # Never published: bounded wait, then the reward is NOT_FOUND as in one process.
+        started = loop.time()
+        await leader.await_decisions(["f-1-9"])
+        assert 0.19 < loop.time() - started < 1.0
+        await stream.aclose()
+        # A follower that left is not waited for.
+        started = loop.time()
+        await leader.await_decisions(["f-1-a"])
+        assert loop.time() - started < 0.1
+
+    asyncio.run(main())
+
+
+def test_configuration_change_is_acknowledged_once_every_follower_applied_it(tmp_path):
+    async def main():
+        servicer, leader = leader_for(tmp_path)
+        stream1, _ = await subscribe(leader, 1, "f-1")
+        stream2, _ = await subscribe(leader, 2, "f-2")
+        creating = asyncio.ensure_future(create(servicer, "cfg"))
+        m1, m2 = await anext(stream1), await anext(stream2)
+        assert m1.ack_requested and m2.ack_requested and m1.last_seq == m2.last_seq == 1
+        await leader.PublishDecisions(rpb.PublishDecisionsRequest(worker_index=1, applied_seq=1), CTX)
+        await asyncio.sleep(0.05)
+        assert not creating.done()  # worker 2 has not applied it yet
+        await leader.PublishDecisions(rpb.PublishDecisionsRequest(worker_index=2, applied_seq=1), CTX)
+        await asyncio.wait_for(creating, 1)
+        # a reward is not waited for
+        await asyncio.wait_for(servicer.RecordReward(
+            pb.RecordRewardRequest(experiment_id="cfg", arm_id="a", reward=1), CTX), 1)
+        await stream1.aclose()
+        await stream2.aclose()
+
+    asyncio.run(main())
+
+
+def test_configuration_change_does_not_wait_forever(tmp_path, monkeypatch):
+    monkeypatch.setattr(replication, "ACK_TIMEOUT_SECONDS", 0.1)
+
+    async def main():
+        servicer, leader = leader_for(tmp_path)
+        stream, _ = await subscribe(leader)
+        await asyncio.wait_for(create(servicer, "slow"), 2)  # answered after the bound
+        await stream.aclose()
+
+    asyncio.run(main())
+
+
+def test_follower_replays_the_stream_to_the_leaders_state_with_its_own_random_stream(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(replication, "ACK_TIMEOUT_SECONDS", 0.01)  # nobody acknowledges here
+
+    async def main():
+        servicer, leader = leader_for(tmp_path)
+        await create(servicer, "t", arms=("a", "b", "c"), seed=5)
+        await create(servicer, "lin", arms=("x", "y"), context_dim=2,
+                     policy=pb.Policy(lin_ucb=pb.Policy.LinUcb()),
+                     reward_type=pb.REWARD_TYPE_CONTINUOUS, seed=6)
+        for i in range(20):
+            d = await servicer.SelectArm(pb.SelectArmRequest(experiment_id="t", num_arms=2), CTX)
+            await servicer.RecordReward(pb.RecordRewardRequest(
+                experiment_id="t", decision_id=d.decision_id, reward=i % 2), CTX)
+        stream, image = await subscribe(leader)
+        for i in range(20):  # after the image: through the stream
+            d = await servicer.SelectArm(pb.SelectArmRequest(experiment_id="lin", context=[i, 1]), CTX)
+            await servicer.RecordReward(pb.RecordRewardRequest(
+                experiment_id="lin", decision_id=d.decision_id, reward=0.5 * i), CTX)
+        await servicer.UpdateArms(pb.UpdateArmsRequest(experiment_id="t", add_arm_ids=["d"]), CTX)
+        await servicer.IngestMetrics(pb.IngestMetricsRequest(
+            experiment_id="t", period="2025-01-01",
+            metrics=[pb.ArmMetrics(arm_id="b", trials=10, successes=3)]), CTX)
+        await servicer.ResetExperiment(pb.ResetExperimentRequest(experiment_id="lin"), CTX)
+        message = await anext(stream)
+
+        registry = ExperimentRegistry(servicer.settings)
+        follower = ReplicaDurability(servicer.settings, registry, ReplicaDecisions("f-1"),
+                                     CampaignRegistry(servicer.settings), 1,
+                                     asyncio.get_running_loop().create_future(), print)
+        follower._load_image(image.image)
+        for payload in message.records:
+            follower.apply(st.WalRecord.FromString(payload))
+        for name in ("t", "lin"):
+            mine, theirs = servicer.registry.get(name), registry.get(name)
+            assert mine.arm_ids == theirs.arm_ids and mine.uid == theirs.uid
+            assert mine.version == theirs.version
+            for counter in ("selections", "rewards", "reward_sum", "positives", "ingested"):
+                assert np.array_equal(getattr(mine, counter), getattr(theirs, counter)), counter
+            for i in set(range(len(mine.state))) - set(mine.spec.kernel.CACHE_ARRAYS):
+                assert np.array_equal(mine.state[i], theirs.state[i]), (name, i)
+            assert not np.array_equal(mine.rng, theirs.rng)  # jumped: different draws
+        await stream.aclose()
+
+    asyncio.run(main())
+
+
+def test_follower_decision_ids_name_the_worker_and_are_not_kept():
+    store = ReplicaDecisions("abc-3")
+    ids = [store.new_id() for _ in range(17)]
+    assert ids[0] == "abc-3-1" and ids[-1] == "abc-3-11"
+    assert replication.split_decision_id(ids[-1]) == ("abc-3", 17)
+    assert store.counter == 17 and len(store) == 0 and store.get(ids[0]) is None
+
+
+@pytest.mark.parametrize("metadata,seq", [((), 0), ((("banditd-seq", "42"),), 42),
+                                          ((("banditd-worker", "0"), ("banditd-seq", "7")), 7)])
+def test_leader_seq_from_trailing_metadata(metadata, seq):
+    assert replication.leader_seq(metadata) == seq
