@@ -18,7 +18,7 @@ during each run (``other_processes_cpu_cores``). 1 and 2 workers alternate, and 
 the median over the pairs in which neither run competed with other work (all pairs if none).
 
 Propagation (``--workers 2`` only): with the same load running, a probe records a reward at
-the leader (explicit arm, a separate 2-arm experiment, every 0.1 s) and polls the follower
+the leader (explicit arm, a separate 2-arm experiment, every 50 ms) and polls the follower
 (``SelectArm`` on that experiment, 1 ms apart) until its ``model_version`` shows the reward:
 the time from the leader's answer to the follower's is an upper bound of the stream's
 latency (it includes one poll call).
@@ -227,7 +227,7 @@ def _probe(port: int, stop: threading.Event, out: list[float]) -> None:
         while follower.SelectArm(request).model_version < target:
             time.sleep(0.001)
         out.append(time.perf_counter() - acked)
-        stop.wait(0.1)
+        stop.wait(0.05)
     for ch in channels.values():
         ch.close()
 
@@ -320,10 +320,11 @@ def main() -> None:
                     help="a run is quiet if other processes used fewer cores than this")
     ap.add_argument("--max-wait", type=float, default=120.0,
                     help="seconds to wait for a quiet machine before each run")
+    ap.add_argument("--probe-runs", type=int, default=3, help="runs with the propagation probe")
     ap.add_argument("--quick", action="store_true", help="short runs, for a smoke test")
     args = ap.parse_args()
     if args.quick:
-        args.seconds, args.warmup, args.repeats = 2.0, 1.0, 1
+        args.seconds, args.warmup, args.repeats, args.probe_runs = 2.0, 1.0, 1, 1
     rows = []
     for batch in (int(b) for b in args.batches.split(",")):
         # 1 and 2 workers alternate, so that a change in the machine's other load hits both
@@ -352,9 +353,12 @@ def main() -> None:
         print(f"batch {batch}: 2 workers / 1 worker = {ratio:.2f}x (pairs: "
               f"{', '.join(f'{x:.2f}' for x in ratios)}; quiet: "
               f"{', '.join(f'{x:.2f}' for x in quiet) or 'none'})", flush=True)
-    wait_quiet(args.quiet_cores, args.max_wait)
-    probe = run(2, 1000, args.clients, args.concurrency, args.warmup, args.seconds, probe=True)
-    print(json.dumps(probe), flush=True)
+    probes = []
+    for _ in range(args.probe_runs):
+        wait_quiet(args.quiet_cores, args.max_wait)
+        probes.append(run(2, 1000, args.clients, args.concurrency, args.warmup, args.seconds,
+                          probe=True))
+        print(json.dumps(probes[-1]), flush=True)
     result = {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "python": platform.python_version(),
@@ -364,7 +368,7 @@ def main() -> None:
                   "loops bound to connections evenly; request serialised once, replies counted "
                   "(not decoded)",
         "throughput": rows,
-        "propagation_under_load": probe,
+        "propagation_under_load": probes,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -10,10 +10,12 @@ the ids, slates and contexts). No Python object is made per decision beyond its 
 slate tuple (both ignored by the cyclic garbage collector, which would otherwise walk a million
 records on every full collection). Rows are found by id in one of two ways:
 
-* ids this store issued for a batch (``new_ids`` + ``put_many(..., counters=...)``): the id's
-  counter locates the row through a second ring (``counter % capacity -> row``), so a batch is
-  stored with slice assignments only — no per-decision dict insert or delete, which in a
-  million-entry dict cost more than the decisions themselves;
+* ids this store issued for a batch (``new_ids`` + ``put_many(..., counters=...)``), and
+  batches of consecutive ids of another registered issuer (``register_prefix``: the other
+  workers of ``serve --workers N``, whose decisions the leader keeps): the id's counter
+  locates the row through a second ring per issuer (``counter % capacity -> row``), so a
+  batch is stored with slice assignments only — no per-decision dict insert or delete, which
+  in a million-entry dict cost more than the decisions themselves;
 * any other id (single decisions, rewarded tombstones, restored decisions): a dict
   ``decision_id -> row sequence number``.
 """
@@ -97,6 +99,7 @@ class DecisionStore:
         self._prefix = id_prefix if id_prefix is not None else secrets.token_hex(6)
         self._counter = 0
         self._puts = 0
+        self._issuers = {self._prefix: 0}  # id prefix -> its ring (0: this store's own ids)
         self.clear()
 
     # -- ids -------------------------------------------------------------------------------
@@ -130,7 +133,9 @@ class DecisionStore:
         self._created = np.zeros(c)
         self._rewarded = np.zeros(c, dtype=np.bool_)
         self._own = np.full(c, -1, dtype=np.int64)  # row -> counter of its issued id (-1: none)
-        self._own_rows = np.full(c, -1, dtype=np.int64)  # counter % capacity -> row seq
+        self._owner = np.zeros(c, dtype=np.int16)  # row -> ring of that id (when _own >= 0)
+        # per issuer: counter % capacity -> row seq
+        self._own_rows = [np.full(c, -1, dtype=np.int64) for _ in self._issuers]
         self._head = 0  # sequence number of the oldest row held
         self._tail = 0  # sequence number the next row gets
 
@@ -138,21 +143,47 @@ class DecisionStore:
         """Rows held (a re-stored or discarded id's old row counts until it is evicted)."""
         return self._tail - self._head
 
+    def register_prefix(self, prefix: str) -> None:
+        """Ids ``<prefix>-<counter in hex>`` are issued elsewhere with consecutive counters
+        (another worker): batches of them are stored through a ring, like this store's own."""
+        if prefix not in self._issuers:
+            self._issuers[prefix] = len(self._own_rows)
+            self._own_rows.append(np.full(self.capacity, -1, dtype=np.int64))
+
+    def _counter_run(self, ids: list[str]) -> tuple[int, int] | None:
+        """(ring, first counter) if ``ids`` are consecutive ids of one registered issuer."""
+        if len(self._issuers) == 1 or not ids:
+            return None
+        prefix, _, first = ids[0].rpartition("-")
+        ring = self._issuers.get(prefix)
+        if ring is None or not ids[-1].startswith(prefix + "-"):
+            return None
+        try:
+            start, last = int(first, 16), int(ids[-1][len(prefix) + 1:], 16)
+        except ValueError:
+            return None
+        if last - start + 1 != len(ids) or \
+                [f"{prefix}-{k:x}" for k in range(start, last + 1)] != ids:
+            return None  # a gap or an id out of order: a ring would find the wrong row
+        return ring, start
+
     def _seq(self, decision_id: str) -> int | None:
         """Row sequence number holding ``decision_id``, if any."""
         seq = self._index.get(decision_id)
         if seq is not None:
             return seq
-        own = self._prefix + "-"
-        if not decision_id.startswith(own):
+        prefix, _, digits = decision_id.rpartition("-")
+        ring = self._issuers.get(prefix)
+        if ring is None:
             return None
         try:
-            counter = int(decision_id[len(own):], 16)
+            counter = int(digits, 16)
         except ValueError:
             return None
         c = self.capacity
-        seq = int(self._own_rows[counter % c])
-        if self._head <= seq < self._tail and self._own[seq % c] == counter:
+        seq = int(self._own_rows[ring][counter % c])
+        if self._head <= seq < self._tail and self._own[seq % c] == counter and \
+                self._owner[seq % c] == ring:
             return seq
         return None
 
@@ -202,9 +233,13 @@ class DecisionStore:
     def put_many(self, batch: DecisionColumns, expire: bool = True,
                  first_counter: int | None = None) -> None:
         """Store a batch of decisions (their order is their age order). ``first_counter``:
-        the ids are ``new_ids(len(batch))`` issued by this store, starting at that counter."""
+        the ids are ``new_ids(len(batch))`` issued by this store, starting at that counter
+        (consecutive ids of a registered issuer are recognised by themselves)."""
         n = len(batch)
         c = self.capacity
+        ring = 0
+        if first_counter is None and (run := self._counter_run(batch.ids)) is not None:
+            ring, first_counter = run
         if n > c:  # only the newest ``capacity`` can be kept
             cut = n - c
             batch = DecisionColumns(batch.ids[cut:], batch.uids[cut:], batch.slates[cut:],
@@ -238,7 +273,8 @@ class DecisionStore:
             else:
                 counters = np.arange(first_counter + done, first_counter + done + take)
                 self._own[rows] = counters
-                self._own_rows[counters % c] = np.arange(start + done, start + done + take)
+                self._owner[rows] = ring
+                self._own_rows[ring][counters % c] = np.arange(start + done, start + done + take)
             done += take
         if first_counter is None:
             self._index.update(zip(batch.ids, range(start, start + n), strict=True))

@@ -34,6 +34,7 @@ import logging
 import os
 import time
 import traceback
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -323,8 +324,34 @@ class Durability:
     def _replay_decision_table(self, t: st.DecisionTable) -> None:
         cols = snapshot.decision_columns(t)
         self.decisions.put_many(cols, expire=False)
+        self._count_selections(t, cols.slates)
+
+    def _count_selections(self, t: st.DecisionTable,
+                          slates: list[tuple[str, ...]] | None = None) -> None:
+        """Count a decision table's selections (each arm of each slate, where the decision's
+        experiment incarnation still exists)."""
+        experiment_ids = list(t.experiment_ids)
+        n = len(experiment_ids)
+        if not n:
+            return
+        first = experiment_ids[0]
+        if experiment_ids.count(first) == n and len(set(t.experiment_uids)) == 1:
+            # The usual table: one experiment, one incarnation: count arm ids at C speed.
+            try:
+                experiment = self.registry.get(first)
+            except Exception:
+                return  # deleted since: its counters went with it
+            if experiment.uid == t.experiment_uids[0]:
+                index, selections = experiment.arm_index, experiment.selections
+                for arm_id, k in Counter(t.arm_ids).items():
+                    pos = index.get(arm_id)
+                    if pos is not None:
+                        selections[pos] += k
+            return
+        if slates is None:
+            slates = snapshot.decision_columns(t).slates
         experiments: dict[str, object] = {}
-        for experiment_id, uid, slate in zip(t.experiment_ids, cols.uids.tolist(), cols.slates,
+        for experiment_id, uid, slate in zip(experiment_ids, t.experiment_uids, slates,
                                              strict=True):
             e = experiments.get(experiment_id)
             if e is None:

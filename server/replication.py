@@ -197,6 +197,8 @@ class ReplicationLeader(rpb_grpc.ReplicationServiceServicer):
         f = _Follower(index, request.decision_id_prefix, seq)
         self._followers[index] = f
         self._by_prefix[f.prefix] = f
+        # its decision tables carry consecutive ids: stored without a dict entry per id
+        self.servicer.decisions.register_prefix(f.prefix)
         log.info("worker %d subscribed at sequence %d (image of %d bytes)", index, seq,
                  len(image))
         try:
@@ -331,6 +333,9 @@ class ReplicaDurability(Durability):
                 pos = index.get(arm_id)
                 if pos is not None:
                     selections[pos] += 1
+
+    def _replay_decision_table(self, t: st.DecisionTable) -> None:
+        self._count_selections(t)  # only the counts: no record columns to build
 
     def apply(self, record: st.WalRecord) -> None:
         super().apply(record)

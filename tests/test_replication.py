@@ -217,3 +217,67 @@ def test_follower_decision_ids_name_the_worker_and_are_not_kept():
                                           ((("banditd-worker", "0"), ("banditd-seq", "7")), 7)])
 def test_leader_seq_from_trailing_metadata(metadata, seq):
     assert replication.leader_seq(metadata) == seq
+
+
+# -- the leader's store and counting of follower decision tables ----------------------------
+def _columns(ids: list[str], created: float = 10.0):
+    from server.decision_store import DecisionColumns
+
+    n = len(ids)
+    return DecisionColumns(ids, np.arange(n), [(f"arm{i}",) for i in range(n)], [None] * n,
+                           np.full(n, 0.5), np.arange(n), np.full(n, created),
+                           np.zeros(n, dtype=bool))
+
+
+def test_store_keeps_a_registered_workers_consecutive_ids_without_the_id_dict():
+    from server.decision_store import DecisionStore
+
+    store = DecisionStore(capacity=8, ttl_seconds=100.0, id_prefix="me-0")
+    store.register_prefix("w-1")
+    store.put_many(_columns([f"w-1-{c:x}" for c in range(9, 15)]))  # 6 consecutive: a ring
+    assert not store._index
+    assert store.get("w-1-c", 10.0).arm_ids == ("arm3",)  # counter 12 = 4th row
+    assert store.get("w-1-f", 10.0) is None and store.get("w-1-8", 10.0) is None
+    assert store.get("w-2-c", 10.0) is None  # another issuer
+    # a gap, a reordering or an unregistered prefix: the id dict, found all the same
+    for ids in (["w-1-20", "w-1-22"], ["w-1-31", "w-1-30"], ["x-1-1", "x-1-2"]):
+        store.put_many(_columns(ids))
+        assert all(store.get(i, 10.0) is not None for i in ids)
+        assert set(ids) <= set(store._index)
+    # the ring wraps and evicts: only the newest 8 rows remain, each found as itself
+    store.put_many(_columns([f"w-1-{c:x}" for c in range(100, 105)]))
+    kept = store.columns().ids
+    assert kept == ["w-1-30", "x-1-1", "x-1-2", *(f"w-1-{c:x}" for c in range(100, 105))]
+    arms = [store.get(i, 10.0).arm_ids[0] for i in kept]
+    assert arms == ["arm1", "arm0", "arm1", "arm0", "arm1", "arm2", "arm3", "arm4"]
+    assert store.get("w-1-9", 10.0) is None and store.get("w-1-31", 10.0) is None
+
+
+def test_counting_a_table_fast_or_row_by_row_gives_the_same_selections(tmp_path):
+    async def main():
+        servicer, _ = leader_for(tmp_path)
+        await create(servicer, "one", arms=("a", "b", "c"))
+        await create(servicer, "two", arms=("a", "b"))
+        one, two = servicer.registry.get("one"), servicer.registry.get("two")
+        table = st.DecisionTable(  # one experiment: the fast path, slates included
+            decision_ids=["x-1", "x-2", "x-3"], experiment_ids=["one"] * 3,
+            experiment_uids=[one.uid] * 3, slate_sizes=[1, 2, 1],
+            arm_ids=["a", "b", "a", "gone"], context_sizes=[0, 0, 0],
+            propensities=[0.5] * 3, model_versions=[0] * 3, created=[time.time()] * 3)
+        servicer.durability.apply(st.WalRecord(decision_table=table))
+        assert one.selections.tolist() == [2, 1, 0]
+        mixed = st.DecisionTable(  # two experiments and a stale incarnation: row by row
+            decision_ids=["y-1", "y-2", "y-3"], experiment_ids=["one", "two", "one"],
+            experiment_uids=[one.uid, two.uid, one.uid + 100], slate_sizes=[1, 1, 1],
+            arm_ids=["c", "b", "a"], context_sizes=[0, 0, 0], propensities=[0.5] * 3,
+            model_versions=[0] * 3, created=[time.time()] * 3)
+        servicer.durability.apply(st.WalRecord(decision_table=mixed))
+        assert one.selections.tolist() == [2, 1, 1] and two.selections.tolist() == [0, 1]
+        stale = st.DecisionTable(decision_ids=["z-1"], experiment_ids=["one"],
+                                 experiment_uids=[one.uid + 100], slate_sizes=[1],
+                                 arm_ids=["a"], context_sizes=[0], propensities=[0.5],
+                                 model_versions=[0], created=[time.time()])
+        servicer.durability.apply(st.WalRecord(decision_table=stale))
+        assert one.selections.tolist() == [2, 1, 1]
+
+    asyncio.run(main())
