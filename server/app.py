@@ -27,7 +27,7 @@ log = logging.getLogger("banditd")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DecisionService"].full_name
 
 
-def _bytes_handler(method: Callable[..., Any], request_class: type[Message],
+def bytes_handler(method: Callable[..., Any], request_class: type[Message],
                    name: str) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
     """``method`` (message in, message out) as a bytes-in, bytes-out handler."""
 
@@ -63,7 +63,7 @@ def add_decision_service(servicer: DecisionServicer, server: grpc.aio.Server) ->
             raise TypeError(f"{method.full_name}: only unary RPCs are served")
         request = message_factory.GetMessageClass(method.input_type)
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            _bytes_handler(getattr(servicer, method.name), request, method.name))
+            bytes_handler(getattr(servicer, method.name), request, method.name))
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(service.full_name, handlers),))
 

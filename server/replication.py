@@ -48,7 +48,7 @@ from banditd.storage.v1 import storage_pb2 as st
 from kernels.rng import jump_state
 from server import snapshot
 from server.decision_store import DecisionRecord, DecisionStore
-from server.durability import Durability, RestoreReport
+from server.durability import Durability, PendingDecisions, RestoreReport
 from server.pacing import CampaignRegistry
 from server.registry import ExperimentRegistry
 from server.settings import Settings
@@ -349,7 +349,7 @@ class ReplicaDurability(Durability):
     async def start(self) -> None:
         assert self._stub is not None
         self.publisher = DecisionPublisher(self._stub, self.index, self.replica_decisions,
-                                           self._lost)
+                                           self.pending, self._lost)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._follow()), loop.create_task(self.publisher.run())]
 
@@ -408,8 +408,7 @@ class ReplicaDurability(Durability):
     def decisions_logged(self) -> None:
         """The handler's decision records go to the leader (which logs and keeps them)."""
         assert self.publisher is not None
-        self.publisher.add_encoded(self.pending.encode(), "decision_table")
-        self.pending.clear()
+        self.publisher.decisions_made()
 
     def append(self, payload: bytes, wait_free: bool = False, origin: int = 0) -> None:
         raise RuntimeError("a follower forwards every change to the leader")
@@ -439,17 +438,20 @@ class ReplicaDurability(Durability):
 
 class DecisionPublisher:
     """Sends a follower's decision records to the leader, in order, every few milliseconds
-    (one call in flight at a time), and its applied position when the leader asks."""
+    (one call in flight at a time), and its applied position when the leader asks.
+
+    The decisions wait as columns in the follower's :class:`PendingDecisions` and are encoded
+    as one ``decision_table`` record per call (as the leader's own are per log write)."""
 
     def __init__(self, stub: rpb_grpc.ReplicationServiceStub, index: int,
-                 decisions: ReplicaDecisions, on_error: Callable[[str], None]) -> None:
+                 decisions: ReplicaDecisions, rows: PendingDecisions,
+                 on_error: Callable[[str], None]) -> None:
         self._stub = stub
         self._index = index
         self._decisions = decisions
+        self._rows = rows
         self._on_error = on_error
-        self._pending: list[bytes] = []
-        self._merging: str | None = None  # op of the last pending payload
-        self._counter = 0  # decision ids up to this counter are in _pending or sent
+        self._counter = 0  # decision ids up to this counter are in _rows or sent
         self._applied = 0  # applied sequence number to report (0 = nothing to report)
         self._wakeup = asyncio.Event()
         self._urgent = False
@@ -457,21 +459,11 @@ class DecisionPublisher:
 
     @property
     def pending(self) -> bool:
-        return bool(self._pending)
+        return self._rows.rows > 0
 
-    def add(self, record: st.WalRecord) -> None:
-        """Queue decision records that were just made (ids are made and logged in one
-        synchronous step of the handler, so every id handed out so far is queued now)."""
-        self.add_encoded(record.SerializeToString(), record.WhichOneof("op"))
-
-    def add_encoded(self, payload: bytes, op: str | None) -> None:
-        """:meth:`add` of an encoded ``WalRecord`` whose oneof is ``op``."""
-        if self._merging == op and op in ("decisions", "decision_table"):
-            # Concatenated encodings of one message merge: the repeated columns append.
-            self._pending[-1] += payload
-        else:
-            self._pending.append(payload)
-            self._merging = op
+    def decisions_made(self) -> None:
+        """Decisions were added to the rows (ids are made and added in one synchronous step
+        of the handler, so every id handed out so far is in the rows now)."""
         self._counter = self._decisions.counter
         self._wakeup.set()
 
@@ -500,9 +492,12 @@ class DecisionPublisher:
         async with self._lock:
             self._wakeup.clear()
             self._urgent = False
-            if not self._pending and not self._applied:
+            if not self._rows.rows and not self._applied:
                 return
-            records, self._pending, self._merging = self._pending, [], None
+            records = []
+            if self._rows.rows:
+                records.append(self._rows.encode())
+                self._rows.clear()
             request = rpb.PublishDecisionsRequest(
                 worker_index=self._index, records=records, last_decision_counter=self._counter,
                 applied_seq=self._applied)
