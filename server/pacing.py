@@ -395,23 +395,20 @@ class Campaign:
 
     def status(self, t: float, out: list) -> pb.PacingStatus:
         if self.day is not None and t < self.day.start:  # an earlier day: its ledger
-            key = datetime.fromtimestamp(t, self.zone).date().isoformat()
-            spent, reserved = self.ledgers.get(key, [0, 0])
+            day_key = datetime.fromtimestamp(t, self.zone).date().isoformat()
+            spent, reserved = self.ledgers.get(day_key, [0, 0])
             planned = 0.0
-            day_key = key
-            plan = self.plan
         else:
             t = self.advance(t, out)
             assert self.day is not None
-            spent, reserved = self.ledgers[self.day_key]
-            planned = self.budget * self.day.fraction(t) / MICROS
             day_key = self.day_key
-            plan = self.plan
+            spent, reserved = self.ledgers[day_key]
+            planned = self.budget * self.day.fraction(t) / MICROS
         return pb.PacingStatus(
             campaign_id=self.campaign_id, spent=spent / MICROS, reserved=reserved / MICROS,
             remaining=max(self.budget - spent - reserved, 0) / MICROS,
             utilization=spent / self.budget, pacing_multiplier=self.multiplier, day=day_key,
-            hourly_plan=plan.tolist(), planned_spend=planned,
+            hourly_plan=self.plan.tolist(), planned_spend=planned,
             open_reservations=sum(1 for r in self.reservations.values() if r.day == day_key),
             campaign=self.config, days_learned=self.days_learned)
 
