@@ -5,12 +5,16 @@
    concurrent asyncio writers (one channel each) sending batches of ``--batch`` rewards for a
    bounded ``--seconds``.
 2. SelectArm latency (p50/p99, one closed-loop sync client) on a 10-arm experiment while the
-   server also holds a 1,000,000-arm experiment and snapshots it every second: calls made
-   while a snapshot writer ran against calls made while none did, interleaved in one run.
+   server also holds a 1,000,000-arm experiment and snapshots it again ``--interval`` s after
+   each snapshot ends, at the write rate of ``--mb-per-s`` (default: the server's default):
+   calls made while a snapshot writer ran against calls made while none did, interleaved in
+   one run.
 3. Restore time of a data directory holding a 1,000,000-arm experiment and 1,000,000 stored
    decisions (server start to health SERVING, minus the start time of an empty server).
 
     python benchmarks/durability_bench.py [--out benchmarks/results/durability.json] [--quick]
+                                          [--only throughput|snapshot|restore]
+                                          [--mb-per-s RATE] [--interval SECONDS]
 """
 
 from __future__ import annotations
@@ -121,11 +125,11 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def snapshot_latency(arms: int, calls: int, mb_per_s: float | None = None,
-                     interval: float = 1.0) -> dict:
+                     interval: float = 10.0) -> dict:
     """SelectArm latency on a 10-arm experiment while the server also holds a ``arms``-arm
-    experiment and snapshots it every ``interval`` s (``mb_per_s``: write-rate cap, None =
-    the server's default). Calls made while a snapshot writer ran and calls made while none
-    did are interleaved in one run, so both classes see the same machine noise."""
+    experiment and snapshots it ``interval`` s after each snapshot (``mb_per_s``: write-rate
+    cap, None = the server's default). Calls made while a snapshot writer ran and calls made
+    while none did are interleaved in one run, so both classes see the same machine noise."""
     data = Path(tempfile.mkdtemp(prefix="banditd-bench-"))
     settings: dict = dict(durability="os", max_arms=arms, decision_capacity=arms,
                           max_message_bytes=256 * 1024 * 1024)
@@ -205,12 +209,13 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     ap.add_argument("--only", choices=["throughput", "snapshot", "restore"],
                     help="run one part and print it (nothing written)")
-    ap.add_argument("--mb-per-s", type=float, help="snapshot write-rate cap for --only snapshot")
-    ap.add_argument("--interval", type=float, default=1.0,
-                    help="snapshot interval (s) for --only snapshot")
+    ap.add_argument("--mb-per-s", type=float,
+                    help="snapshot write-rate cap (default: the server's default)")
+    ap.add_argument("--interval", type=float, default=10.0,
+                    help="snapshot interval (s): the pause between two snapshots")
     args = ap.parse_args()
     big = 100_000 if args.quick else 1_000_000
-    calls = 3000 if args.quick else 30_000
+    calls = 3000 if args.quick else 60_000
     if args.only:
         part = {"throughput": lambda: [reward_throughput(m, w, args.batch, args.seconds)
                                        for m, w in (("os", 4), ("fsync", 64), ("snapshot", 4))],
@@ -224,7 +229,7 @@ def main() -> None:
         row = reward_throughput(mode, writers, args.batch, args.seconds)
         report["throughput"].append(row)
         print(row, flush=True)
-    report["select_during_snapshot"] = snapshot_latency(big, calls)
+    report["select_during_snapshot"] = snapshot_latency(big, calls, args.mb_per_s, args.interval)
     print(report["select_during_snapshot"], flush=True)
     report["restore"] = restore_time(big, big)
     print(report["restore"], flush=True)

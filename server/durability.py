@@ -32,6 +32,7 @@ import asyncio
 import gc
 import logging
 import os
+import signal
 import time
 import traceback
 from collections import Counter
@@ -162,6 +163,7 @@ class Durability:
         self.last_lsn = 0  # lsn of the last record applied (restored or appended)
         self._snapshot_lock = asyncio.Lock()
         self._timer: asyncio.Task | None = None
+        self.writer_pid: int | None = None  # the snapshot writer child while one runs
         self.snapshots_taken = 0
         self.last_fork_seconds = 0.0
         self.snapshot_lsn = -1  # lsn of the newest snapshot written by this process
@@ -442,9 +444,19 @@ class Durability:
             else:
                 self.last_lsn += 1  # snapshot-only mode: lsn just numbers the snapshots
                 lsn, pid = self.last_lsn, self._fork_writer(self.last_lsn, paced)
+            self.writer_pid = pid
+            reaped = asyncio.ensure_future(asyncio.to_thread(self._reap_writer, pid, lsn))
             try:
-                _, status = await asyncio.to_thread(os.waitpid, pid, 0)
+                status = await asyncio.shield(reaped)
+            except asyncio.CancelledError:
+                # Shutdown cancelled a paced snapshot (at the default rate a big state takes
+                # minutes): stop its writer now, and hold the lock until it is reaped and its
+                # temp file gone, so the final snapshot starts after it (maybe at the same lsn).
+                os.kill(pid, signal.SIGKILL)
+                await reaped
+                raise
             finally:
+                self.writer_pid = None
                 gc.unfreeze()
             code = os.waitstatus_to_exitcode(status)
             if code != 0:
@@ -457,6 +469,13 @@ class Durability:
                      path.name, len(self.registry), len(self.decisions),
                      path.stat().st_size / 1e6, self.last_fork_seconds * 1000)
             return path
+
+    def _reap_writer(self, pid: int, lsn: int) -> int:
+        """Wait for the writer child; a killed one's temp file is removed. Its wait status."""
+        _, status = os.waitpid(pid, 0)
+        if os.WIFSIGNALED(status):
+            (self.directory / (snapshot.snapshot_name(lsn) + ".tmp")).unlink(missing_ok=True)
+        return status
 
     def _fork_writer(self, lsn: int, paced: bool) -> int:
         """Fork a child that writes the snapshot of the current state; returns its pid."""

@@ -370,3 +370,34 @@ def test_segments_are_pruned_after_snapshots(tmp_path):
         scan = read_segment(path)
         # every remaining segment holds something after the older kept snapshot, or is current
         assert first + len(scan.records) - 1 > older or path == list_segments(tmp_path)[-1][1]
+
+
+def test_shutdown_stops_a_paced_snapshot_writer(tmp_path):
+    """A graceful stop during a slow periodic snapshot kills that writer (no older snapshot
+    renamed into place later, no temp file left) and writes the final snapshot unpaced."""
+    arms = tuple(f"a{i}" for i in range(2000))
+    # ~1 KB/s: the writer sleeps for about a minute after its first chunk
+    with running_server(tmp_path, durability="os", snapshot_interval_seconds=0.05,
+                        snapshot_write_mb_per_s=0.001) as srv:
+        ch, stub = stub_for(srv.port)
+        create(stub, "big", arms=arms)
+        durability = srv.app.servicer.durability
+        deadline = time.monotonic() + 60
+        while durability.writer_pid is None:
+            assert time.monotonic() < deadline, "no periodic snapshot started"
+            time.sleep(0.01)
+        pid = durability.writer_pid
+        for _ in range(3):  # logged after the snapshot instant: only the final one has them
+            stub.RecordReward(pb.RecordRewardRequest(experiment_id="big", arm_id="a7", reward=1))
+        ch.close()
+    assert not Path(f"/proc/{pid}").exists()  # killed and reaped
+    assert list(tmp_path.glob("*.tmp")) == []
+    assert durability.snapshots_taken == 1  # the final one only
+    with running_server(tmp_path, durability="os", snapshot_interval_seconds=0) as srv:
+        ch, stub = stub_for(srv.port)
+        report = srv.app.restore_report
+        assert report.replayed == 0 and not report.problems  # all from the final snapshot
+        stats = {a.arm_id: a for a in stub.GetArmStats(
+            pb.GetArmStatsRequest(experiment_id="big")).arms}
+        assert len(stats) == 2000 and stats["a7"].rewards == 3
+        ch.close()
