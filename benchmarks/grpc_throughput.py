@@ -2,6 +2,7 @@
 
     python benchmarks/grpc_throughput.py [--out benchmarks/results/grpc_throughput.json]
                                          [--duration 3] [--quick] [--only SCENARIO ...]
+                                         [--echo-work-us N]
 
 Two servers run side by side on 127.0.0.1, each a single process:
 
@@ -10,7 +11,9 @@ Two servers run side by side on 127.0.0.1, each a single process:
 * **echo**: a generic ``grpc.aio`` server registered for the same method names whose async
   handlers return a pre-serialised response of the same byte size as banditd's answer to that
   request (captured from banditd before the scenario), doing no work at all — the floor the
-  Python gRPC stack sets on this machine.
+  Python gRPC stack sets on this machine. With ``--echo-work-us N`` its handlers first spin N µs
+  on the CPU: a reference doing as much work per call as banditd's handler, but none of
+  banditd's (what any handler work costs against the bare echo).
 
 One closed-loop client drives both: ``--processes`` spawned processes, each with its share of
 ``concurrency`` in-flight loops over one ``grpc.aio`` channel, sending pre-serialised requests
@@ -56,17 +59,26 @@ QUANTILES = np.linspace(0.0, 1.0, 201)  # stored latency CDF of the headline sce
 
 
 # ----------------------------------------------------------------------------- echo server
-def serve_echo(port_file: Path) -> None:
-    """Run the echo server until SIGTERM; write its port to ``port_file`` once listening."""
+def serve_echo(port_file: Path, work_us: float = 0.0) -> None:
+    """Run the echo server until SIGTERM; write its port to ``port_file`` once listening.
+    ``work_us`` > 0: every handler first spins that long on the CPU (a "working echo")."""
     import signal
 
     responses: dict[str, bytes] = {}
+    work = work_us * 1e-6
+    clock = time.perf_counter
 
     def make_behavior(method: str):
         async def echo(request: bytes, context) -> bytes:
             return responses[method]
 
-        return echo
+        async def working_echo(request: bytes, context) -> bytes:
+            end = clock() + work
+            while clock() < end:
+                pass
+            return responses[method]
+
+        return working_echo if work > 0 else echo
 
     async def set_response(request: bytes, context) -> bytes:
         method, _, response = request.partition(b"\n")
@@ -108,9 +120,10 @@ def serve_echo(port_file: Path) -> None:
 class EchoServer:
     """The echo server in its own process (``--serve-echo``)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, work_us: float = 0.0) -> None:
         port_file = directory / "echo.port"
-        self.proc = subprocess.Popen([sys.executable, __file__, "--serve-echo", str(port_file)])
+        self.proc = subprocess.Popen([sys.executable, __file__, "--serve-echo", str(port_file),
+                                      "--echo-work-us", str(work_us)])
         deadline = time.monotonic() + 60
         while not port_file.exists() or not port_file.read_text().endswith("\n"):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -361,7 +374,7 @@ def run(args) -> dict:
     try:
         banditd = LocalServer(data / "banditd", snapshot_interval_seconds=0,
                               log_level="WARNING")
-        echo = EchoServer(data)
+        echo = EchoServer(data, args.echo_work_us)
         with grpc.insecure_channel(banditd.target) as ch:
             scenarios = build_scenarios(pb_grpc.DecisionServiceStub(ch), args.quick)
         if args.only:
@@ -403,7 +416,7 @@ def run(args) -> dict:
         report = {
             "machine": machine(),
             "settings": {"duration_s": args.duration, "warmup_s": args.warmup,
-                         "rounds": args.rounds,
+                         "rounds": args.rounds, "echo_work_us": args.echo_work_us,
                          "quick": args.quick, "banditd": "durability=os, snapshots off, "
                          "single process", "client": "grpc.aio closed loop, pre-serialised "
                          "requests, replies not decoded; concurrency = total in-flight calls "
@@ -525,10 +538,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer points, 1 s each (smoke run)")
     ap.add_argument("--only", nargs="*", help="scenario names to run")
     ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--echo-work-us", type=float, default=0.0,
+                    help="the echo's handlers spin this many µs of CPU before answering (a "
+                    "reference doing as much work as banditd's handler; default 0: bare echo)")
     ap.add_argument("--serve-echo", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.serve_echo:
-        serve_echo(args.serve_echo)
+        serve_echo(args.serve_echo, args.echo_work_us)
         return 0
     if args.quick and args.duration == 3.0:
         args.duration, args.warmup, args.rounds = 1.0, 0.2, 1
