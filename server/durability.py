@@ -488,9 +488,10 @@ class Durability:
             self.last_fork_seconds = time.perf_counter() - started
             return pid
         # Child: only snapshot code runs here (no gRPC, no event loop), then _exit. It runs
-        # at a low CPU priority and paces its writes (BANDITD_SNAPSHOT_WRITE_MB_PER_S), so
-        # serving keeps its core and the memory bandwidth; not at the lowest (19), which
-        # under full load starves the writer until the snapshot never completes.
+        # at a low CPU priority and paces its writes (BANDITD_SNAPSHOT_WRITE_MB_PER_S): the
+        # disk I/O of an unpaced writer is what delayed serving on the development VM. Not
+        # at the lowest priority (19), which under full load starves the writer until the
+        # snapshot never completes.
         code = 1
         try:
             os.nice(10)

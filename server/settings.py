@@ -28,7 +28,7 @@ class Settings(BaseSettings):
     snapshot_write_mb_per_s: float = Field(
         10.0, ge=0, description="Write-rate cap of periodic snapshots, MB/s: the disk I/O of a "
         "faster writer delays the serving process (measured SelectArm p99 during a snapshot: "
-        "1.4x at 10 MB/s, 2.3x at 20, 2-3.3x at 100); a snapshot takes size / rate, keep it "
+        "1.2-1.7x at 10 MB/s, 2.3x at 20, 2-4x at 100); a snapshot takes size / rate, keep it "
         "well under the interval. 0 = unlimited (the shutdown snapshot always is).",
     )
     metrics_port: int | None = Field(
