@@ -29,6 +29,7 @@ damaged log record ends the replay there: the rest of that segment is moved asid
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -452,7 +453,8 @@ class Durability:
                 # Shutdown cancelled a paced snapshot (at the default rate a big state takes
                 # minutes): stop its writer now, and hold the lock until it is reaped and its
                 # temp file gone, so the final snapshot starts after it (maybe at the same lsn).
-                os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):  # it may have just exited
+                    os.kill(pid, signal.SIGKILL)
                 await reaped
                 raise
             finally:
