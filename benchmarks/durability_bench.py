@@ -120,7 +120,9 @@ def _classified_latencies(stub, pid: int, n: int) -> tuple[list[float], list[flo
     return idle, during
 
 
-def _pct(values: list[float], q: float) -> float:
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
     return round(sorted(values)[min(len(values) - 1, int(q * len(values)))], 1)
 
 
@@ -154,6 +156,7 @@ def snapshot_latency(arms: int, calls: int, mb_per_s: float | None = None,
     finally:
         server.stop()
         shutil.rmtree(data, ignore_errors=True)
+    p99_idle, p99_during = _pct(idle, 0.99), _pct(during, 0.99)
     return {
         "big_experiment_arms": arms, "calls": calls,
         "snapshot_interval_s": interval,
@@ -161,7 +164,7 @@ def snapshot_latency(arms: int, calls: int, mb_per_s: float | None = None,
         "calls_without_snapshot": len(idle), "calls_during_snapshot": len(during),
         "p50_us_without_snapshot": _pct(idle, 0.5), "p99_us_without_snapshot": _pct(idle, 0.99),
         "p50_us_during_snapshot": _pct(during, 0.5), "p99_us_during_snapshot": _pct(during, 0.99),
-        "p99_ratio": round(_pct(during, 0.99) / _pct(idle, 0.99), 2),
+        "p99_ratio": round(p99_during / p99_idle, 2) if p99_during and p99_idle else None,
         "snapshot_bytes": size, "measurement_seconds": round(elapsed, 2),
         "snapshots_logged": written - 1,  # minus the first server's final one
     }
@@ -211,11 +214,14 @@ def main() -> None:
                     help="run one part and print it (nothing written)")
     ap.add_argument("--mb-per-s", type=float,
                     help="snapshot write-rate cap (default: the server's default)")
-    ap.add_argument("--interval", type=float, default=10.0,
-                    help="snapshot interval (s): the pause between two snapshots")
+    ap.add_argument("--interval", type=float,
+                    help="snapshot interval (s): the pause between two snapshots (default 10, "
+                    "1 with --quick)")
     args = ap.parse_args()
     big = 100_000 if args.quick else 1_000_000
     calls = 3000 if args.quick else 60_000
+    if args.interval is None:
+        args.interval = 1.0 if args.quick else 10.0
     if args.only:
         part = {"throughput": lambda: [reward_throughput(m, w, args.batch, args.seconds)
                                        for m, w in (("os", 4), ("fsync", 64), ("snapshot", 4))],

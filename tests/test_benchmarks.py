@@ -1,0 +1,41 @@
+"""Smoke runs of the benchmark harnesses (tiny sizes): they run to the end against real
+servers and write well-formed results. No speed is asserted here; `make bench` measures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+BENCH = ROOT / "benchmarks"
+
+
+def _run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_grpc_throughput_against_a_working_echo(tmp_path):
+    out = tmp_path / "throughput.json"
+    _run(str(BENCH / "grpc_throughput.py"), "--quick", "--only", "select_thompson_k10",
+         "--echo-work-us", "50", "--rounds", "1", "--no-plots", "--out", str(out))
+    report = json.loads(out.read_text())
+    assert report["settings"]["echo_work_us"] == 50
+    points = report["points"]
+    assert [(p["concurrency"], p["processes"]) for p in points] == [(1, 1), (32, 1), (32, 2)]
+    for p in points:
+        for server in ("echo", "banditd"):
+            assert p[server]["errors"] == 0 and p[server]["calls"] > 0
+        assert p["qps_ratio"] == round(p["banditd"]["qps"] / p["echo"]["qps"], 3)
+
+
+def test_durability_snapshot_latency_classifies_every_call():
+    proc = _run(str(BENCH / "durability_bench.py"), "--quick", "--only", "snapshot")
+    result = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert result["big_experiment_arms"] == 100_000 and result["snapshot_interval_s"] == 1.0
+    assert result["calls_without_snapshot"] + result["calls_during_snapshot"] == 3000
+    assert result["snapshot_bytes"] > 100_000 * 8  # the big experiment's arrays were written
