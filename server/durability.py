@@ -476,7 +476,7 @@ class Durability:
         """Wait for the writer child; a killed one's temp file is removed. Its wait status."""
         _, status = os.waitpid(pid, 0)
         if os.WIFSIGNALED(status):
-            (self.directory / (snapshot.snapshot_name(lsn) + ".tmp")).unlink(missing_ok=True)
+            snapshot.temp_path(self.directory, lsn).unlink(missing_ok=True)
         return status
 
     def _fork_writer(self, lsn: int, paced: bool) -> int:

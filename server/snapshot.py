@@ -52,6 +52,11 @@ def snapshot_name(lsn: int) -> str:
     return f"{PREFIX}{lsn:020d}{SUFFIX}"
 
 
+def temp_path(directory: Path, lsn: int) -> Path:
+    """Where :func:`write` builds snapshot ``lsn`` before renaming it into place."""
+    return directory / (snapshot_name(lsn) + ".tmp")
+
+
 def list_snapshots(directory: Path) -> list[tuple[int, Path]]:
     """(lsn, path) of snapshot files, newest first."""
     return numbered_files(directory, PREFIX, SUFFIX)[::-1]
@@ -172,7 +177,7 @@ def write(directory: Path, lsn: int, cap: Capture, mb_per_s: float = 0.0) -> Pat
     """
     message, parts = encode(cap)
     final = directory / snapshot_name(lsn)
-    tmp = directory / (final.name + ".tmp")
+    tmp = temp_path(directory, lsn)
     rate = mb_per_s * 1e6
     started = time.monotonic()
     written = unsynced = 0
