@@ -26,10 +26,8 @@ from typing import Any
 
 import grpc
 from banditd.replication.v1 import replication_pb2_grpc as rpb_grpc
-from google.protobuf import message_factory
 
-from decision.v1 import decision_pb2 as pb
-from server.app import bytes_handler
+from server.app import SERVICE_NAME, bytes_handler, register_decision_handlers, unary_methods
 from server.decision_store import DecisionStore
 from server.replication import (
     PRIVATE_CHANNEL_OPTIONS,
@@ -42,8 +40,6 @@ from server.service import DecisionServicer
 from server.settings import Settings
 
 log = logging.getLogger("banditd")
-
-SERVICE = pb.DESCRIPTOR.services_by_name["DecisionService"]
 
 # Answered by every worker from its own replica. Every other DecisionService RPC (every
 # write, and any RPC added to the service later unless it is listed here) is forwarded to
@@ -111,10 +107,10 @@ def attach(role: WorkerRole, servicer: DecisionServicer, server: grpc.aio.Server
         leader = ReplicationLeader(servicer)
         servicer.durability.replication = leader
         handlers = {m.name: _leader_handler(m, servicer, leader, metadata)
-                    for m in _unary_methods()}
-        _register(server, handlers)
+                    for m in unary_methods()}
+        register_decision_handlers(server, handlers)
         private = grpc.aio.server(options=PRIVATE_CHANNEL_OPTIONS)
-        _register(private, handlers)
+        register_decision_handlers(private, handlers)
         rpb_grpc.add_ReplicationServiceServicer_to_server(leader, private)
         port = private.add_insecure_port("127.0.0.1:0")
         if port == 0:
@@ -130,9 +126,9 @@ def attach(role: WorkerRole, servicer: DecisionServicer, server: grpc.aio.Server
     handlers = {
         m.name: (_local_handler(m, servicer, metadata) if m.name in LOCAL_RPCS
                  else forwarder.handler(m.name))
-        for m in _unary_methods()
+        for m in unary_methods()
     }
-    _register(server, handlers)
+    register_decision_handlers(server, handlers)
     return WorkerRuntime(forwarder=forwarder)
 
 
@@ -141,23 +137,8 @@ def _use_decision_store(servicer: DecisionServicer, store: DecisionStore) -> Non
     servicer.durability.decisions = store
 
 
-def _unary_methods():
-    for method in SERVICE.methods:
-        if method.client_streaming or method.server_streaming:
-            raise NotImplementedError(f"{method.name}: streaming RPCs are not routed by workers")
-        yield method
-
-
-def _register(server: grpc.aio.Server, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
-    # One generic handler, bytes in and out: what server.app.add_decision_service does, for
-    # the per-call cost measured there.
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
-
-
 def _with_metadata(behavior, method, metadata) -> grpc.RpcMethodHandler:
-    inner = bytes_handler(behavior, message_factory.GetMessageClass(method.input_type),
-                          method.name)
+    inner = bytes_handler(behavior, method)
 
     async def handle(raw: bytes, context) -> bytes:
         context.set_trailing_metadata(metadata)  # kept by an abort too
@@ -213,7 +194,7 @@ class _Forwarder:
                 # A channel of its own: forwarded calls do not queue behind the stream.
                 self._channel = grpc.aio.insecure_channel(
                     await self._leader_address, options=PRIVATE_CHANNEL_OPTIONS)
-            call = self._calls[name] = self._channel.unary_unary(f"/{SERVICE.full_name}/{name}")
+            call = self._calls[name] = self._channel.unary_unary(f"/{SERVICE_NAME}/{name}")
         return call
 
     async def forward(self, name: str, request: bytes, context) -> bytes:

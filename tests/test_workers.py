@@ -25,8 +25,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from conftest import make_experiment
 from decision.v1 import decision_pb2 as pb
 from decision.v1 import decision_pb2_grpc as pb_grpc
+from server.app import SERVICE
 from server.replication import split_decision_id
-from server.workers import LOCAL_RPCS, SERVICE
+from server.workers import LOCAL_RPCS
 
 BIN = Path(sys.executable).parent
 START_TIMEOUT = 300  # a cold Numba cache compiles every kernel first
