@@ -129,6 +129,19 @@ class BanditServer:
         assert self._warmup is not None
         await asyncio.shield(self._warmup)
 
+    async def wait_ready_or(self, stop: asyncio.Event) -> bool:
+        """Wait until health is SERVING (True) or ``stop`` is set first (False). A warm-up
+        failure stops the server at once and is re-raised."""
+        waiter = asyncio.create_task(stop.wait())
+        ready = asyncio.create_task(self.wait_ready())
+        await asyncio.wait({waiter, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if not ready.done():
+            return False
+        if ready.exception() is not None:
+            await self.stop(0)
+            raise ready.exception()  # type: ignore[misc]
+        return True
+
     async def stop(self, grace: float | None) -> None:
         """Graceful stop: drain in-flight RPCs, then a final snapshot and close the log."""
         await self.health.enter_graceful_shutdown()

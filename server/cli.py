@@ -79,13 +79,8 @@ async def _serve(settings: Settings, port_file: Path | None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    waiter = asyncio.create_task(stop.wait())
-    ready = asyncio.create_task(app.wait_ready())
-    await asyncio.wait({waiter, ready}, return_when=asyncio.FIRST_COMPLETED)
-    if ready.done() and ready.exception() is not None:
-        await app.stop(0)
-        raise ready.exception()  # type: ignore[misc]
-    await waiter
+    await app.wait_ready_or(stop)
+    await stop.wait()
     log.info("shutting down (grace %.1f s)", settings.grace_seconds)
     await app.stop(settings.grace_seconds)
     log.info("stopped")

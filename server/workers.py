@@ -288,16 +288,13 @@ async def _worker(settings: Settings, index: int) -> int:
     if index == 0:
         assert app.worker is not None
         _tell("leader", f"127.0.0.1:{app.worker.private_port}")
-    waiter = loop.create_task(stop.wait())
-    ready = loop.create_task(app.wait_ready())
-    await asyncio.wait({waiter, ready}, return_when=asyncio.FIRST_COMPLETED)
-    if ready.done() and ready.exception() is not None:
-        log.error("worker %d failed to start: %r", index, ready.exception())
-        await app.stop(0)
+    try:
+        if await app.wait_ready_or(stop):
+            _tell("serving", port)
+    except Exception as exc:
+        log.error("worker %d failed to start: %r", index, exc)
         return 1
-    if ready.done():
-        _tell("serving", port)
-    await waiter
+    await stop.wait()
     log.info("worker %d shutting down (grace %.1f s)", index, settings.grace_seconds)
     await app.stop(settings.grace_seconds)
     control_task.cancel()
