@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,10 +26,12 @@ import time
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from decision.v1 import decision_pb2 as pb
 from decision.v1 import decision_pb2_grpc as pb_grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from local_server import free_port, wait_serving  # noqa: E402
 
 POLICIES = {
     "thompson": (pb.Policy(thompson=pb.Policy.Thompson()), pb.REWARD_TYPE_BINARY, 0),
@@ -42,12 +43,6 @@ POLICIES = {
     "lin_ucb": (pb.Policy(lin_ucb=pb.Policy.LinUcb()), pb.REWARD_TYPE_CONTINUOUS, 8),
     "lin_thompson": (pb.Policy(lin_thompson=pb.Policy.LinThompson()), pb.REWARD_TYPE_CONTINUOUS, 8),
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _us(fn, request) -> float:
@@ -87,7 +82,7 @@ def main() -> None:
 
 
 def _one_run(calls: int) -> tuple[float, dict]:
-    port = _free_port()
+    port = free_port()
     data = tempfile.mkdtemp(prefix="banditd-bench-")
     env = dict(os.environ, BANDITD_HOST="127.0.0.1", BANDITD_PORT=str(port), BANDITD_DATA_DIR=data)
     t0 = time.perf_counter()
@@ -95,19 +90,10 @@ def _one_run(calls: int) -> tuple[float, dict]:
                             stderr=subprocess.DEVNULL)
     results = {}
     try:
+        wait_serving(f"127.0.0.1:{port}", proc, time.monotonic() + 600)
+        ready_s = time.perf_counter() - t0
+        print(f"SERVING after {ready_s:.2f} s", flush=True)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-            health = health_pb2_grpc.HealthStub(ch)
-            while True:
-                try:
-                    if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                        break
-                except grpc.RpcError:
-                    pass
-                if time.perf_counter() - t0 > 600:
-                    raise TimeoutError("server did not become SERVING")
-                time.sleep(0.05)
-            ready_s = time.perf_counter() - t0
-            print(f"SERVING after {ready_s:.2f} s", flush=True)
             stub = pb_grpc.DecisionServiceStub(ch)
             for name, (policy, rtype, dim) in POLICIES.items():
                 stub.CreateExperiment(pb.CreateExperimentRequest(experiment=pb.Experiment(

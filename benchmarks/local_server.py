@@ -25,6 +25,28 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_serving(target: str, proc: subprocess.Popen, deadline: float,
+                 log_path: Path | None = None) -> None:
+    """Poll the health service on ``target`` until it answers SERVING. RuntimeError if
+    ``proc`` exits first, TimeoutError once ``time.monotonic()`` passes ``deadline``; both
+    name ``log_path`` (the server's output) when given."""
+    see = f"; see {log_path}" if log_path is not None else ""
+    with grpc.insecure_channel(target) as ch:
+        health = health_pb2_grpc.HealthStub(ch)
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"banditd exited during start{see}")
+            try:
+                reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"banditd was not SERVING in time{see}")
+            time.sleep(0.02)
+
+
 def process_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds used so far by process ``pid`` (all its threads)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -46,27 +68,11 @@ class LocalServer:
         with open(self.log_path, "a") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=log)
         try:
-            self._wait_serving(started, start_timeout)
+            wait_serving(self.target, self.proc, time.monotonic() + start_timeout, self.log_path)
         except BaseException:
             self.stop(kill=True)
             raise
         self.ready_seconds = time.perf_counter() - started
-
-    def _wait_serving(self, started: float, timeout: float) -> None:
-        with grpc.insecure_channel(self.target) as ch:
-            health = health_pb2_grpc.HealthStub(ch)
-            while True:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"banditd exited during start; see {self.log_path}")
-                try:
-                    reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-                if time.perf_counter() - started > timeout:
-                    raise TimeoutError(f"banditd was not SERVING after {timeout:.0f} s")
-                time.sleep(0.02)
 
     @property
     def pid(self) -> int:

@@ -45,10 +45,12 @@ import time
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from decision.v1 import decision_pb2 as pb
 from decision.v1 import decision_pb2_grpc as pb_grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from local_server import wait_serving  # noqa: E402
 
 EXPERIMENT = "bench"
 ARMS = 10
@@ -71,17 +73,7 @@ class Workers:
                 raise RuntimeError(f"server did not start:\n{self.log.read_text()}")
             time.sleep(0.05)
         self.port = int(port_file.read_text())
-        with grpc.insecure_channel(f"127.0.0.1:{self.port}") as ch:  # one worker: not yet
-            health = health_pb2_grpc.HealthStub(ch)
-            while True:
-                try:
-                    if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                        break
-                except grpc.RpcError:
-                    pass
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"server did not serve:\n{self.log.read_text()}")
-                time.sleep(0.05)
+        wait_serving(f"127.0.0.1:{self.port}", self.proc, deadline, self.log)
         self.pids = [self.proc.pid]
         if n > 1:
             children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
