@@ -129,8 +129,9 @@ def capture(lsn: int, registry: ExperimentRegistry, decisions: DecisionStore,
     return cap
 
 
-def encode(cap: Capture) -> tuple[bytes, list[np.ndarray]]:
-    """The snapshot message (arrays by reference) and the arrays, in file order."""
+def encode(cap: Capture) -> tuple[bytes, list[memoryview]]:
+    """The file's head (magic, version, length, the message with arrays by reference) and
+    the array section's pieces: views of the arrays' bytes, in file order (no copies)."""
     arrays = _Arrays()
     snap = st.Snapshot(format_version=FORMAT_VERSION, lsn=cap.lsn, created=time.time(),
                        next_uid=cap.next_uid)
@@ -163,7 +164,10 @@ def encode(cap: Capture) -> tuple[bytes, list[np.ndarray]]:
         if contexts:
             table.contexts.extend(np.concatenate(contexts).tolist())
     snap.campaigns.extend(c.to_proto() for c in cap.campaigns)
-    return snap.SerializeToString(), arrays.parts
+    message = snap.SerializeToString()
+    head = HEADER.pack(MAGIC, FORMAT_VERSION, len(message)) + message
+    return head, [part.data.cast("B") if part.nbytes else memoryview(b"")
+                  for part in arrays.parts]
 
 
 def write(directory: Path, lsn: int, cap: Capture, mb_per_s: float = 0.0) -> Path:
@@ -175,18 +179,16 @@ def write(directory: Path, lsn: int, cap: Capture, mb_per_s: float = 0.0) -> Pat
     rdb-save-incremental-fsync: a burst of copying and dirty pages would take memory
     bandwidth and disk from the serving process.
     """
-    message, parts = encode(cap)
+    head, pieces = encode(cap)
     final = directory / snapshot_name(lsn)
     tmp = temp_path(directory, lsn)
     rate = mb_per_s * 1e6
     started = time.monotonic()
     written = unsynced = 0
     with open(tmp, "wb", buffering=0) as f:
-        head = HEADER.pack(MAGIC, FORMAT_VERSION, len(message)) + message
         crc = zlib.crc32(head)
         f.write(head)
-        for part in parts:
-            view = part.data.cast("B") if part.nbytes else memoryview(b"")
+        for view in pieces:
             for pos in range(0, len(view), CHUNK):
                 chunk = view[pos : pos + CHUNK]
                 crc = zlib.crc32(chunk, crc)
@@ -248,9 +250,8 @@ def decode(data: bytes, name: str) -> tuple[st.Snapshot, memoryview]:
 def image(cap: Capture) -> bytes:
     """The bytes :func:`write` would put in the file, in memory (a leader's state for its
     followers; the arrays are copied once, so the state may move on afterwards)."""
-    message, parts = encode(cap)
-    head = HEADER.pack(MAGIC, FORMAT_VERSION, len(message)) + message
-    body = b"".join([head, *(part.data.cast("B") if part.nbytes else b"" for part in parts)])
+    head, pieces = encode(cap)
+    body = b"".join([head, *pieces])
     return body + TRAILER.pack(len(body), zlib.crc32(body))
 
 
