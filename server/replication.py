@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -82,6 +83,29 @@ def split_decision_id(decision_id: str) -> tuple[str, int] | None:
         return None
 
 
+class _Waiters:
+    """Futures waiting for a number (a sequence number, a decision counter) to reach their
+    own; released in that order."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, int, asyncio.Future]] = []
+        self._tie = 0
+
+    def add(self, key: int) -> asyncio.Future:
+        fut = asyncio.get_running_loop().create_future()
+        self._tie += 1
+        heapq.heappush(self._heap, (key, self._tie, fut))
+        return fut
+
+    def release(self, upto: float) -> None:
+        """Resolve every waiter whose number is <= ``upto``."""
+        heap = self._heap
+        while heap and heap[0][0] <= upto:
+            fut = heapq.heappop(heap)[2]
+            if not fut.done():
+                fut.set_result(None)
+
+
 # -- leader ------------------------------------------------------------------------------------
 
 
@@ -98,7 +122,7 @@ class _Follower:
         self.wakeup = asyncio.Event()
         self.live = True
         self.published_counter = 0  # its decision ids up to this counter are applied here
-        self.counter_waiters: list[tuple[int, int, asyncio.Future]] = []  # heap
+        self.counter_waiters = _Waiters()  # rewards awaiting its decisions, by counter
 
 
 class ReplicationLeader(rpb_grpc.ReplicationServiceServicer):
@@ -110,8 +134,7 @@ class ReplicationLeader(rpb_grpc.ReplicationServiceServicer):
         self.seq = 0  # records published since this process started
         self._followers: dict[int, _Follower] = {}
         self._by_prefix: dict[str, _Follower] = {}
-        self._ack_waiters: list[tuple[int, int, asyncio.Future]] = []  # heap by seq
-        self._tie = 0  # heap tie-breaker
+        self._ack_waiters = _Waiters()  # configuration changes awaiting followers, by seq
 
     # -- the durability hook (server.durability.ReplicationLog) --------------------------------
     def publish(self, payload: bytes, origin: int) -> None:
@@ -129,9 +152,7 @@ class ReplicationLeader(rpb_grpc.ReplicationServiceServicer):
         lagging = [f for f in self._followers.values() if f.acked < seq]
         if not lagging:
             return
-        fut = asyncio.get_running_loop().create_future()
-        self._tie += 1
-        heapq.heappush(self._ack_waiters, (seq, self._tie, fut))
+        fut = self._ack_waiters.add(seq)
         for f in lagging:
             f.ack_requested = True
             f.wakeup.set()
@@ -143,12 +164,8 @@ class ReplicationLeader(rpb_grpc.ReplicationServiceServicer):
                         "anyway (it is logged here)", seq, slow, ACK_TIMEOUT_SECONDS)
 
     def _release_acks(self) -> None:
-        floor = min((f.acked for f in self._followers.values()), default=self.seq)
-        waiters = self._ack_waiters
-        while waiters and waiters[0][0] <= floor:
-            fut = heapq.heappop(waiters)[2]
-            if not fut.done():
-                fut.set_result(None)
+        self._ack_waiters.release(
+            min((f.acked for f in self._followers.values()), default=self.seq))
 
     # -- decisions of followers ----------------------------------------------------------------
     @property
@@ -168,20 +185,9 @@ class ReplicationLeader(rpb_grpc.ReplicationServiceServicer):
             f = self._by_prefix.get(parts[0]) if parts else None
             if f is None or not f.live or parts is None or parts[1] <= f.published_counter:
                 continue
-            fut = asyncio.get_running_loop().create_future()
-            self._tie += 1
-            heapq.heappush(f.counter_waiters, (parts[1], self._tie, fut))
-            futures.append(fut)
+            futures.append(f.counter_waiters.add(parts[1]))
         if futures:
             await asyncio.wait(futures, timeout=DECISION_WAIT_SECONDS)
-
-    @staticmethod
-    def _release_counters(f: _Follower, everything: bool = False) -> None:
-        waiters = f.counter_waiters
-        while waiters and (everything or waiters[0][0] <= f.published_counter):
-            fut = heapq.heappop(waiters)[2]
-            if not fut.done():
-                fut.set_result(None)
 
     # -- RPCs ------------------------------------------------------------------------------------
     async def Subscribe(self, request, context):
@@ -217,7 +223,7 @@ class ReplicationLeader(rpb_grpc.ReplicationServiceServicer):
             f.live = False
             if self._followers.get(index) is f:
                 del self._followers[index]
-            self._release_counters(f, everything=True)
+            f.counter_waiters.release(math.inf)
             self._release_acks()
             log.info("worker %d unsubscribed", index)
 
@@ -235,7 +241,7 @@ class ReplicationLeader(rpb_grpc.ReplicationServiceServicer):
         if f is not None:
             if request.last_decision_counter > f.published_counter:
                 f.published_counter = request.last_decision_counter
-                self._release_counters(f)
+                f.counter_waiters.release(f.published_counter)
             if request.applied_seq > f.acked:
                 f.acked = request.applied_seq
                 self._release_acks()
@@ -287,8 +293,7 @@ class ReplicaDurability(Durability):
         self._stub: rpb_grpc.ReplicationServiceStub | None = None
         self._stream: Any = None  # the Subscribe call
         self._tasks: list[asyncio.Task] = []
-        self._waiters: list[tuple[int, int, asyncio.Future]] = []  # heap by seq
-        self._tie = 0
+        self._waiters = _Waiters()  # forwarded writes awaiting the stream, by seq
         self._closing = False
         self.publisher: DecisionPublisher | None = None
         self.lag_seconds = 0.0  # of the newest stream message: applied minus sent
@@ -320,19 +325,6 @@ class ReplicaDurability(Durability):
         # The leader draws from the experiment's stream itself; follower i from the same
         # stream jumped i x 2**128 draws ahead: no two workers make the same draws.
         experiment.rng = jump_state(experiment.rng, self.index)
-
-    def _replay_decision(self, d: st.Decision) -> None:
-        # A follower keeps no decision records (rewards are the leader's): only the counts.
-        try:
-            e = self.registry.get(d.experiment_id)
-        except Exception:
-            return  # deleted since: its counters went with it
-        if e.uid == d.experiment_uid:
-            index, selections = e.arm_index, e.selections
-            for arm_id in d.arm_ids:
-                pos = index.get(arm_id)
-                if pos is not None:
-                    selections[pos] += 1
 
     def _replay_decision_table(self, t: st.DecisionTable) -> None:
         self._count_selections(t)  # only the counts: no record columns to build
@@ -368,7 +360,7 @@ class ReplicaDurability(Durability):
                         slice_start = time.perf_counter()
                 self.applied_seq = self.last_lsn = message.last_seq
                 self.lag_seconds = time.time() - message.sent
-                self._release_waiters()
+                self._waiters.release(self.applied_seq)
                 if message.ack_requested:
                     assert self.publisher is not None
                     self.publisher.report_applied(message.last_seq)
@@ -383,23 +375,13 @@ class ReplicaDurability(Durability):
             self._closing = True
             self._on_lost(why)
 
-    def _release_waiters(self) -> None:
-        waiters = self._waiters
-        while waiters and waiters[0][0] <= self.applied_seq:
-            fut = heapq.heappop(waiters)[2]
-            if not fut.done():
-                fut.set_result(None)
-
     async def wait_applied_seq(self, seq: int, timeout: float = ACK_TIMEOUT_SECONDS) -> bool:
         """Wait until the leader's log is applied up to ``seq``; False if that took longer
         than ``timeout`` seconds (or the stream is gone)."""
         if seq <= self.applied_seq:
             return True
-        fut = asyncio.get_running_loop().create_future()
-        self._tie += 1
-        heapq.heappush(self._waiters, (seq, self._tie, fut))
         try:
-            await asyncio.wait_for(fut, timeout)
+            await asyncio.wait_for(self._waiters.add(seq), timeout)
         except TimeoutError:
             return False
         return True
