@@ -31,6 +31,18 @@ import numpy as np
 _EXPIRE_EVERY = 256  # single puts between two TTL sweeps (gets check the TTL themselves)
 
 
+def split_decision_id(decision_id: str) -> tuple[str, int] | None:
+    """(prefix, counter) of an id as a decision store makes them (``<prefix>-<counter in
+    hex>``), None if ``decision_id`` is not one."""
+    prefix, _, counter = decision_id.rpartition("-")
+    if not prefix:
+        return None
+    try:
+        return prefix, int(counter, 16)
+    except ValueError:
+        return None
+
+
 class DecisionRecord:
     """What the server remembers of one decision (a copy; ``row`` locates it in the store)."""
 
@@ -154,13 +166,13 @@ class DecisionStore:
         """(ring, first counter) if ``ids`` are consecutive ids of one registered issuer."""
         if len(self._issuers) == 1 or not ids:
             return None
-        prefix, _, first = ids[0].rpartition("-")
-        ring = self._issuers.get(prefix)
-        if ring is None or not ids[-1].startswith(prefix + "-"):
+        head, tail = split_decision_id(ids[0]), split_decision_id(ids[-1])
+        if head is None or tail is None or head[0] != tail[0]:
             return None
-        try:
-            start, last = int(first, 16), int(ids[-1][len(prefix) + 1:], 16)
-        except ValueError:
+        prefix, start = head
+        last = tail[1]
+        ring = self._issuers.get(prefix)
+        if ring is None:
             return None
         if last - start + 1 != len(ids) or \
                 [f"{prefix}-{k:x}" for k in range(start, last + 1)] != ids:
@@ -172,13 +184,12 @@ class DecisionStore:
         seq = self._index.get(decision_id)
         if seq is not None:
             return seq
-        prefix, _, digits = decision_id.rpartition("-")
+        parts = split_decision_id(decision_id)
+        if parts is None:
+            return None
+        prefix, counter = parts
         ring = self._issuers.get(prefix)
         if ring is None:
-            return None
-        try:
-            counter = int(digits, 16)
-        except ValueError:
             return None
         c = self.capacity
         seq = int(self._own_rows[ring][counter % c])

@@ -48,7 +48,7 @@ from banditd.storage.v1 import storage_pb2 as st
 
 from kernels.rng import jump_state
 from server import snapshot
-from server.decision_store import DecisionRecord, DecisionStore
+from server.decision_store import DecisionRecord, DecisionStore, split_decision_id
 from server.durability import Durability, PendingDecisions, RestoreReport
 from server.pacing import CampaignRegistry
 from server.registry import ExperimentRegistry
@@ -70,17 +70,6 @@ PRIVATE_CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", -1),
     ("grpc.use_local_subchannel_pool", 1),  # its own connection, not shared with others
 ]
-
-
-def split_decision_id(decision_id: str) -> tuple[str, int] | None:
-    """(prefix, counter) of an id made by a worker's decision store, None if not one."""
-    prefix, _, counter = decision_id.rpartition("-")
-    if not prefix:
-        return None
-    try:
-        return prefix, int(counter, 16)
-    except ValueError:
-        return None
 
 
 class _Waiters:

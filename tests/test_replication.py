@@ -13,7 +13,7 @@ from banditd.storage.v1 import storage_pb2 as st
 
 from conftest import make_experiment
 from decision.v1 import decision_pb2 as pb
-from server import replication, snapshot
+from server import decision_store, replication, snapshot
 from server.pacing import CampaignRegistry
 from server.registry import ExperimentRegistry
 from server.replication import ReplicaDecisions, ReplicaDurability, ReplicationLeader
@@ -209,7 +209,7 @@ def test_follower_decision_ids_name_the_worker_and_are_not_kept():
     store = ReplicaDecisions("abc-3")
     ids = [store.new_id() for _ in range(17)]
     assert ids[0] == "abc-3-1" and ids[-1] == "abc-3-11"
-    assert replication.split_decision_id(ids[-1]) == ("abc-3", 17)
+    assert decision_store.split_decision_id(ids[-1]) == ("abc-3", 17)
     assert store.counter == 17 and len(store) == 0 and store.get(ids[0]) is None
 
 

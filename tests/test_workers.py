@@ -26,7 +26,7 @@ from conftest import make_experiment
 from decision.v1 import decision_pb2 as pb
 from decision.v1 import decision_pb2_grpc as pb_grpc
 from server.app import SERVICE
-from server.replication import split_decision_id
+from server.decision_store import split_decision_id
 from server.workers import LOCAL_RPCS
 
 BIN = Path(sys.executable).parent
