@@ -171,6 +171,14 @@ def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
     return t
 
 
+def at_event_time(request: Any, seconds: float | None) -> Any:
+    """``request`` with its ``event_time`` set to ``seconds`` since the epoch (None: left unset,
+    the server's clock is used)."""
+    if seconds is not None:
+        request.event_time.CopyFrom(timestamp(seconds))
+    return request
+
+
 def campaign(campaign_id: str, **fields: Any) -> pb.Campaign:
     """A Campaign; ``pacing_mode`` may be "smooth", "even" or "asap"."""
     mode = fields.pop("pacing_mode", None)

@@ -165,27 +165,21 @@ class _Methods:
     def get_pacing_status(self, campaign_id: str,
                           event_time: float | None = None) -> pb.PacingStatus:
         """``event_time``: seconds since the epoch (default: the server clock)."""
-        request = pb.GetPacingStatusRequest(campaign_id=campaign_id)
-        if event_time is not None:
-            request.event_time.CopyFrom(build.timestamp(event_time))
-        return self._invoke("GetPacingStatus", request)
+        return self._invoke("GetPacingStatus", build.at_event_time(
+            pb.GetPacingStatusRequest(campaign_id=campaign_id), event_time))
 
     def pace_bid(self, campaign_id: str, base_bid: float,
                  event_time: float | None = None) -> pb.PaceBidResponse:
         """The paced bid for one auction (0 = skip); settle non-zero bids with record_spend."""
-        request = pb.PaceBidRequest(campaign_id=campaign_id, base_bid=base_bid)
-        if event_time is not None:
-            request.event_time.CopyFrom(build.timestamp(event_time))
-        return self._invoke("PaceBid", request)
+        return self._invoke("PaceBid", build.at_event_time(
+            pb.PaceBidRequest(campaign_id=campaign_id, base_bid=base_bid), event_time))
 
     def record_spend(self, campaign_id: str, bid_id: str, won: bool, cost: float = 0.0,
                      conversions: float = 0.0,
                      event_time: float | None = None) -> pb.RecordSpendResponse:
-        request = pb.RecordSpendRequest(campaign_id=campaign_id, bid_id=bid_id, won=won,
-                                        cost=cost, conversions=conversions)
-        if event_time is not None:
-            request.event_time.CopyFrom(build.timestamp(event_time))
-        return self._invoke("RecordSpend", request)
+        return self._invoke("RecordSpend", build.at_event_time(
+            pb.RecordSpendRequest(campaign_id=campaign_id, bid_id=bid_id, won=won, cost=cost,
+                                  conversions=conversions), event_time))
 
 
 def _channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
