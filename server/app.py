@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from decision.v1 import decision_pb2 as pb
 from server.durability import RestoreReport
+from server.scheduling import batch_helper_threads
 from server.service import DecisionServicer
 from server.settings import Settings
 
@@ -167,7 +168,8 @@ async def create_server(
     """Build, bind and start the server; health turns SERVING once kernels are warm.
 
     Returns the server and the port it listens on (useful with ``port=0``). ``worker``:
-    this process is one of several sharing the port (see :mod:`server.workers`).
+    this process is one of several sharing the port (see :mod:`server.workers`). gRPC's
+    threads, created here, run under SCHED_BATCH unless disabled (:mod:`server.scheduling`).
     """
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -176,6 +178,13 @@ async def create_server(
         ("grpc.max_send_message_length", -1),
         ("grpc.so_reuseport", 1 if worker is not None else 0),
     ]
+    with batch_helper_threads(settings.batch_schedule_io_threads):
+        app = await _start(settings, options, worker)
+    app._warmup = asyncio.create_task(app._warm_up())
+    return app, app.port
+
+
+async def _start(settings: Settings, options: list, worker: WorkerRole | None) -> BanditServer:
     server = grpc.aio.server(options=options)
     servicer = DecisionServicer(settings)
     runtime = None
@@ -205,5 +214,4 @@ async def create_server(
     await server.start()
     if runtime is not None:
         await runtime.start()
-    app._warmup = asyncio.create_task(app._warm_up())
-    return app, port
+    return app

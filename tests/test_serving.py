@@ -160,6 +160,41 @@ def test_cli_serves_checks_health_and_stops_gracefully_on_sigterm(tmp_path, entr
             proc.wait()
 
 
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policy")
+@pytest.mark.parametrize("enabled", [True, False])
+def test_grpc_helper_threads_run_under_sched_batch(tmp_path, enabled):
+    """gRPC's threads (I/O, poller, timers) must not preempt the event loop: SCHED_BATCH for
+    every thread but the loop's (the main thread of ``serve``), unless switched off."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "server", "serve", "--host", "127.0.0.1",
+                             "--port", str(port), "--data-dir", str(tmp_path),
+                             "--set", f"batch_schedule_io_threads={str(enabled).lower()}"],
+                            cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_serving(port, proc)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:  # let gRPC start every thread
+            from decision.v1 import decision_pb2_grpc as pb_grpc
+
+            stub = pb_grpc.DecisionServiceStub(ch)
+            create(stub, "sched")
+            for _ in range(20):
+                stub.SelectArm(pb.SelectArmRequest(experiment_id="sched"))
+        policy = {}
+        for tid in os.listdir(f"/proc/{proc.pid}/task"):
+            name = Path(f"/proc/{proc.pid}/task/{tid}/comm").read_text().strip()
+            policy[(name, int(tid))] = os.sched_getscheduler(int(tid))
+    finally:
+        proc.kill()
+        proc.wait()
+    loop = [p for (name, tid), p in policy.items() if tid == proc.pid]
+    grpc_threads = [p for (name, tid), p in policy.items()
+                    if name.startswith(("event_engine", "grpc_global_tim", "lifeguard"))]
+    assert loop == [os.SCHED_OTHER], policy
+    assert len(grpc_threads) >= 2, policy
+    expected = os.SCHED_BATCH if enabled else os.SCHED_OTHER
+    assert set(grpc_threads) == {expected}, policy
+
+
 def test_check_health_fails_when_nothing_listens():
     check = subprocess.run([str(BIN / "banditd"), "check-health"],
                            env=dict(os.environ, BANDITD_PORT=str(_free_port())),
