@@ -13,8 +13,9 @@ Modes and what an acknowledged write survives:
 Decision records (SelectArm) are logged without waiting for the disk: after a crash a
 decision from the last moments may be unknown, and its reward then needs ``arm_id``. They are
 collected as columns and encoded as one ``decision_table`` log record whenever the log writes
-(at most ``DECISION_FLUSH_SECONDS`` after a decision, or earlier with other records), so a
-decision costs a few list appends instead of a message, an encoding and a flusher wake-up. A
+(at most ``BANDITD_DECISION_LOG_DELAY_SECONDS`` after a decision, or earlier with other
+records), so a decision costs a few list appends instead of a message, an encoding and a
+flusher wake-up. A
 reward is written after the decision records before it, so an acknowledged reward's decision
 always survives.
 
@@ -55,8 +56,7 @@ log = logging.getLogger("banditd")
 
 _EMPTY = np.empty(0, dtype=np.float64)
 
-DECISION_FLUSH_SECONDS = 0.005  # longest wait before decision records are written to the OS
-DECISION_FLUSH_ROWS = 20_000  # ... or this many pending decisions, whichever comes first
+DECISION_FLUSH_ROWS = 20_000  # pending decisions written at once, without waiting longer
 
 
 class PendingDecisions:
@@ -392,7 +392,7 @@ class Durability:
             self.wal.nudge()
         elif self._decision_timer is None:
             self._decision_timer = asyncio.get_running_loop().call_later(
-                DECISION_FLUSH_SECONDS, self._flush_decisions)
+                self.settings.decision_log_delay_seconds, self._flush_decisions)
 
     def _flush_decisions(self) -> None:
         self._decision_timer = None

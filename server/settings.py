@@ -22,6 +22,12 @@ class Settings(BaseSettings):
         description="os: log written before acking (survives kill -9); fsync: and fsynced "
         "(survives power loss); snapshot: periodic snapshots only.",
     )
+    decision_log_delay_seconds: float = Field(
+        0.025, gt=0, le=1.0, description="Longest wait before SelectArm's decision records are "
+        "written to the log (without waiting for them; a crash loses at most this much of "
+        "them). Each write costs the event loop a few hundred µs on ext4: 0.025 s instead of "
+        "0.005 measured +4.7% SelectArm QPS at 32 in flight.",
+    )
     snapshot_interval_seconds: float = Field(
         300.0, ge=0, description="Seconds between snapshots; 0 = only on graceful shutdown."
     )

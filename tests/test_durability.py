@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from banditd.storage.v1 import storage_pb2 as st
 from test_serving import _free_port, _wait_serving
 
 from conftest import RunningServer, create, running_server
@@ -401,3 +402,42 @@ def test_shutdown_stops_a_paced_snapshot_writer(tmp_path):
             pb.GetArmStatsRequest(experiment_id="big")).arms}
         assert len(stats) == 2000 and stats["a7"].rewards == 3
         ch.close()
+
+
+@pytest.mark.parametrize("delay", [0.025, 0.5])
+def test_decision_records_are_written_after_the_configured_delay(tmp_path, delay):
+    """A SelectArm's decision record is handed to the log by a timer set to
+    ``decision_log_delay_seconds`` when the first pending decision is made (checked on the
+    server's own loop clock: no wall-clock thresholds), and is in the log after it fired."""
+    with running_server(tmp_path, decision_log_delay_seconds=delay,
+                        snapshot_interval_seconds=0) as server:
+        loop = server.loop
+        durability = server.app.servicer.durability
+
+        def on_loop(fn):
+            async def call():
+                return fn()
+            return asyncio.run_coroutine_threadsafe(call(), loop).result(timeout=30)
+
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+            stub = pb_grpc.DecisionServiceStub(ch)
+            create(stub, "delay")
+            on_loop(durability._encode_pending)
+            before = on_loop(loop.time)
+            decision = stub.SelectArm(pb.SelectArmRequest(experiment_id="delay"))
+            timer_at, after = on_loop(lambda: (durability._decision_timer.when(), loop.time()))
+            assert before <= timer_at - delay <= after
+
+            def logged() -> set[str]:
+                ids: set[str] = set()
+                for _, path in list_segments(tmp_path):
+                    for raw in read_segment(path).records:
+                        record = st.WalRecord.FromString(raw)
+                        if record.HasField("decision_table"):
+                            ids.update(record.decision_table.decision_ids)
+                return ids
+
+            deadline = time.monotonic() + 30
+            while decision.decision_id not in logged():
+                assert time.monotonic() < deadline, "decision record never written"
+                time.sleep(0.01)

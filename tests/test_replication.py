@@ -72,7 +72,7 @@ def test_stream_is_an_image_then_the_log_without_the_followers_own_decisions(tmp
         assert not snap.decisions.decision_ids  # followers keep no decision records
 
         mine = await servicer.SelectArm(pb.SelectArmRequest(experiment_id="e"), CTX)
-        servicer.durability._encode_pending()  # what the 5 ms decision flush does
+        servicer.durability._encode_pending()  # what the delayed decision flush does
         await leader.PublishDecisions(rpb.PublishDecisionsRequest(
             worker_index=1, records=[follower_decisions("f-1", [1])], last_decision_counter=1), CTX)
         message = await anext(stream)
