@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,8 @@ from grpc_reflection.v1alpha import reflection
 
 from decision.v1 import decision_pb2 as pb
 from server.durability import RestoreReport
+from server.errors import InvalidArgument, status_of
+from server.metrics import Metrics
 from server.scheduling import batch_helper_threads
 from server.service import DecisionServicer
 from server.settings import Settings
@@ -38,23 +41,48 @@ def unary_methods() -> Iterator[MethodDescriptor]:
         yield method
 
 
-def bytes_handler(behavior: Callable[..., Any], method: MethodDescriptor
+def bytes_handler(behavior: Callable[..., Any], method: MethodDescriptor, metrics: Metrics
                   ) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
-    """``behavior`` (``method``'s request message in, response message out) as a bytes-in,
-    bytes-out handler."""
+    """``behavior`` (``method``'s request message in, response message out; a coroutine
+    function if it waits for anything, a plain one if it never does) as the bytes-in,
+    bytes-out handler of ``method``: parses, calls, serialises, answers an exception with its
+    status (:func:`server.errors.status_of`) and counts the call in ``metrics``.
+
+    One coroutine per call, whatever ``behavior`` is: SelectArm, which never waits, is plain
+    code called from here (a wrapper coroutine per layer cost ~1 µs each, more in the running
+    server's colder caches)."""
     request_class = message_factory.GetMessageClass(method.input_type)
+    parse = request_class.FromString
     name = method.name
+    observe = metrics.observe
+    clock = time.perf_counter
+
+    def request_of(raw: bytes) -> Any:
+        try:
+            return parse(raw)
+        except DecodeError:
+            raise InvalidArgument(f"{name}: the request is not a valid "
+                                  f"{request_class.__name__}") from None
+
+    waits = inspect.iscoroutinefunction(behavior)
 
     async def handler(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        start = clock()
+        code = "OK"
         try:
-            request = request_class.FromString(raw)
-        except DecodeError:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"{name}: the request is not a valid {request_class.__name__}")
-        response = behavior(request, context)
-        if inspect.isawaitable(response):  # every banditd RPC; not the generated stubs' default
-            response = await response
-        return response.SerializeToString()
+            response = behavior(request_of(raw), context)
+            if waits:
+                response = await response
+            return response.SerializeToString()
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            status, message = status_of(exc, name)
+            code = status.name
+            await context.abort(status, message)
+            raise  # not reached: abort raises
+        finally:
+            observe(name, code, clock() - start)
 
     return handler
 
@@ -79,7 +107,8 @@ def add_decision_service(servicer: DecisionServicer, server: grpc.aio.Server) ->
     (de)serialisers cost another ~15% (230 vs 193 µs per call; 193 is the bare echo's cost).
     """
     register_decision_handlers(server, {
-        m.name: grpc.unary_unary_rpc_method_handler(bytes_handler(getattr(servicer, m.name), m))
+        m.name: grpc.unary_unary_rpc_method_handler(
+            bytes_handler(getattr(servicer, m.name), m, servicer.metrics))
         for m in unary_methods()})
 
 

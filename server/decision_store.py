@@ -25,6 +25,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -150,6 +151,11 @@ class DecisionStore:
         self._own_rows = [np.full(c, -1, dtype=np.int64) for _ in self._issuers]
         self._head = 0  # sequence number of the oldest row held
         self._tail = 0  # sequence number the next row gets
+        # Item views of the columns :meth:`put_new` writes (a memoryview's item assignment
+        # is a few C lines; a NumPy one goes through its whole indexing machinery).
+        self._row_views: tuple[Any, ...] = tuple(a.data for a in (
+            self._uids, self._propensities, self._versions, self._created, self._rewarded,
+            self._own, self._owner, self._own_rows[0]))
 
     def __len__(self) -> int:
         """Rows held (a re-stored or discarded id's old row counts until it is evicted)."""
@@ -240,6 +246,40 @@ class DecisionStore:
         self._puts += 1
         if expire and self._puts % _EXPIRE_EVERY == 0:
             self._expire(record.created)
+
+    def put_new(self, uid: int, slate: tuple[str, ...], context: np.ndarray | None,
+                propensity: float, version: int, created: float) -> str:
+        """Store one new decision (SelectArm's) under a fresh id of this store's own and
+        return the id; like :meth:`new_id` + :meth:`put`, but found through the own ring, as
+        a batch's ids are (no entry in the id dict, which costs most in a full store)."""
+        counter = self._counter = self._counter + 1
+        decision_id = f"{self._prefix}-{counter:x}"
+        uids, props, versions, times, rewarded, own, owner, ring = self._row_views
+        c = self.capacity
+        seq = self._tail
+        pos = seq % c
+        if seq - self._head >= c:  # full: the oldest row is the one overwritten here
+            if own[pos] < 0:  # a dict-indexed row: drop its entry unless re-stored since
+                old = self._ids[pos]
+                if old is not None and self._index.get(old) == self._head:
+                    del self._index[old]
+            self._head += 1
+        self._ids[pos] = decision_id
+        self._slates[pos] = slate
+        self._contexts[pos] = context
+        uids[pos] = uid
+        props[pos] = propensity
+        versions[pos] = version
+        times[pos] = created
+        rewarded[pos] = False
+        own[pos] = counter
+        owner[pos] = 0
+        ring[counter % c] = seq
+        self._tail = seq + 1
+        self._puts += 1
+        if self._puts % _EXPIRE_EVERY == 0:
+            self._expire(created)
+        return decision_id
 
     def put_many(self, batch: DecisionColumns, expire: bool = True,
                  first_counter: int | None = None) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import Any
 
 import numpy as np
 
@@ -48,6 +49,7 @@ class Experiment:
         self.burn_in = int(config.min_selections)
         self.discount = float(config.discount) if config.HasField("discount") else 1.0
         self.arm_ids: list[str] = [arm.arm_id for arm in config.arms]
+        self._slate_buffers: dict[int, np.ndarray] = {}  # slate size -> select()'s output
         self._reindex()
         self._reset_state()
 
@@ -60,6 +62,7 @@ class Experiment:
         k = len(self.arm_ids)
         self.state = self.spec.kernel.new_state(k, self.context_dim, self.spec.params, self.draws)
         self.selections = np.zeros(k, dtype=np.int64)
+        self._counts_view: Any = self.selections.data  # rebuilt by select() if replaced
         self.rewards = np.zeros(k, dtype=np.int64)
         self.reward_sum = np.zeros(k, dtype=np.float64)
         self.positives = np.zeros(k, dtype=np.int64)  # live rewards > 0 (conversions)
@@ -179,9 +182,15 @@ class Experiment:
         return n
 
     # -- operations ------------------------------------------------------------
-    def select(self, eligible: np.ndarray, context: np.ndarray, n: int):
-        """Choose ``n`` ranked arms among ``eligible``; returns (positions, propensity)."""
-        out = np.empty(n, dtype=np.int64)
+    def select(self, eligible: np.ndarray, context: np.ndarray, n: int
+               ) -> tuple[list[int], float]:
+        """Choose ``n`` ranked arms among ``eligible``; returns (positions, propensity).
+
+        The kernel writes into a buffer kept per slate size and the selection counts go up
+        through an item view: no NumPy call on the way but the kernel's."""
+        out = self._slate_buffers.get(n)
+        if out is None:
+            out = self._slate_buffers[n] = np.empty(n, dtype=np.int64)
         propensity = self.spec.kernel.select(
             self.state,
             self.spec.params,
@@ -195,11 +204,13 @@ class Experiment:
             self.rng,
             out,
         )
-        if n == 1:
-            self.selections[out[0]] += 1
-        else:
-            self.selections[out] += 1
-        return out, float(propensity)
+        ranked = out.tolist()
+        counts = self._counts_view
+        if counts.obj is not self.selections:  # replaced (arms changed, reset, restore)
+            counts = self._counts_view = self.selections.data
+        for arm in ranked:
+            counts[arm] += 1
+        return ranked, float(propensity)
 
     def select_many(self, eligible: np.ndarray, contexts: np.ndarray, out: np.ndarray,
                     propensity: np.ndarray) -> None:

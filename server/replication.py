@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
+import numpy as np
 from banditd.replication.v1 import replication_pb2 as rpb
 from banditd.replication.v1 import replication_pb2_grpc as rpb_grpc
 from banditd.storage.v1 import storage_pb2 as st
@@ -255,6 +256,10 @@ class ReplicaDecisions(DecisionStore):
 
     def put(self, decision_id: str, record: DecisionRecord, expire: bool = True) -> None:
         pass
+
+    def put_new(self, uid: int, slate: tuple[str, ...], context: np.ndarray | None,
+                propensity: float, version: int, created: float) -> str:
+        return self.new_id()
 
     def put_many(self, batch, expire: bool = True, first_counter: int | None = None) -> None:
         pass

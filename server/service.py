@@ -25,7 +25,6 @@ from server.errors import (
     NotFound,
     ResourceExhausted,
     Unavailable,
-    grpc_errors,
 )
 from server.experiment import ContextRowError, Experiment
 from server.metrics import Metrics
@@ -148,9 +147,12 @@ def _in_batch(index: int, exc: DomainError) -> DomainError:
     return type(exc)(f"requests[{index}]: {exc}")
 
 
-@grpc_errors
 class DecisionServicer(pb_grpc.DecisionServiceServicer):
-    """Implements decision.v1.DecisionService over the registry and decision store."""
+    """Implements decision.v1.DecisionService over the registry and decision store.
+
+    Methods that wait (for the log) are coroutines; those that never do (SelectArm,
+    BatchSelectArms) are plain methods, called by :func:`server.app.bytes_handler` without a
+    coroutine of their own. Errors are raised as :mod:`server.errors` domain errors."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -223,7 +225,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         n = experiment.slate_size(request.num_arms, len(eligible))
         return _PreparedSelect(experiment, eligible, context, n)
 
-    async def SelectArm(self, request, context):
+    def SelectArm(self, request, context):
         self._check_ready()
         p = self._prepare_select(request)
         experiment = p.experiment
@@ -233,12 +235,11 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             slate: tuple[str, ...] = (ids[ranked[0]],)
         else:
             slate = tuple(ids[i] for i in ranked)
-        decision_id = self.decisions.new_id()
         context_kept = p.context if experiment.context_dim else None
         version = experiment.version
         now = time.time()
-        self.decisions.put(decision_id, DecisionRecord(
-            experiment.uid, slate, context_kept, propensity, version, now))
+        decision_id = self.decisions.put_new(experiment.uid, slate, context_kept, propensity,
+                                             version, now)
         if self.logging:
             self.durability.pending.add(decision_id, experiment.experiment_id, experiment.uid,
                                         slate, context_kept, propensity, version, now)
@@ -251,7 +252,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             response.ranked_arm_ids.extend(slate)
         return response
 
-    async def BatchSelectArms(self, request, context):
+    def BatchSelectArms(self, request, context):
         """Validate every item, then decide group by group: consecutive items of the same
         experiment, eligible arms and slate size take one batch-kernel call, one columnar
         store insert and one columnar log entry (the same decisions as one by one)."""

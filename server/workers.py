@@ -14,6 +14,7 @@ answered); the leader adds ``banditd-seq`` (its replication sequence number afte
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import secrets
@@ -137,8 +138,8 @@ def _use_decision_store(servicer: DecisionServicer, store: DecisionStore) -> Non
     servicer.durability.decisions = store
 
 
-def _with_metadata(behavior, method, metadata) -> grpc.RpcMethodHandler:
-    inner = bytes_handler(behavior, method)
+def _with_metadata(behavior, method, metadata, metrics) -> grpc.RpcMethodHandler:
+    inner = bytes_handler(behavior, method, metrics)
 
     async def handle(raw: bytes, context) -> bytes:
         context.set_trailing_metadata(metadata)  # kept by an abort too
@@ -148,24 +149,27 @@ def _with_metadata(behavior, method, metadata) -> grpc.RpcMethodHandler:
 
 
 def _local_handler(method, servicer: DecisionServicer, metadata) -> grpc.RpcMethodHandler:
-    return _with_metadata(getattr(servicer, method.name), method, metadata)
+    return _with_metadata(getattr(servicer, method.name), method, metadata, servicer.metrics)
 
 
 def _leader_handler(method, servicer: DecisionServicer, leader: ReplicationLeader,
                     metadata) -> grpc.RpcMethodHandler:
     behavior = getattr(servicer, method.name)
+    waits = inspect.iscoroutinefunction(behavior)
     decision_ids = DECISION_IDS.get(method.name)
 
     async def call(request, context):
         if decision_ids is not None and leader.has_followers:
             await leader.await_decisions(decision_ids(request))
-        response = await behavior(request, context)
+        response = behavior(request, context)
+        if waits:
+            response = await response
         # Everything this call logged has a sequence number <= this one: a follower that
         # forwarded it answers once it has applied the stream up to here.
         context.set_trailing_metadata((*metadata, (SEQ_KEY, str(leader.seq))))
         return response
 
-    return _with_metadata(call, method, metadata)
+    return _with_metadata(call, method, metadata, servicer.metrics)
 
 
 class _Forwarder:

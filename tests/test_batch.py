@@ -320,3 +320,33 @@ def test_decision_store_finds_issued_batch_ids_without_the_dict():
     copy = DecisionStore(capacity=6, ttl_seconds=100.0)
     copy.load_columns(store.columns())
     assert copy.columns().ids == store.columns().ids
+
+
+def test_decision_store_put_new_stores_through_the_own_ring():
+    """SelectArm's single decisions (put_new): fresh ids found through the ring, not the dict;
+    a full store overwrites its oldest row, whichever way that one was indexed; TTL sweeps;
+    ids continue batch ids' counter; restore keeps them findable."""
+    store = DecisionStore(capacity=4, ttl_seconds=100.0, id_prefix="me")
+    store.put("tomb", DecisionRecord(1, ("t",), None, 0.0, 0, 10.0, rewarded=True))
+    ids = [store.put_new(7, (f"a{i}",), None, 0.1 * i, i, 10.0 + i) for i in range(3)]
+    assert ids == ["me-1", "me-2", "me-3"] and not (set(ids) & set(store._index))
+    rec = store.get("me-2", 12.0)
+    assert (rec.experiment_uid, rec.arm_ids, rec.propensity, rec.model_version, rec.created,
+            rec.rewarded) == (7, ("a1",), 0.1, 1, 11.0, False)
+    store.mark_rewarded(rec)
+    assert store.is_rewarded(store.get("me-2", 12.0))
+    ctx = np.array([0.5, -1.0])
+    ids.append(store.put_new(8, ("x", "y"), ctx, 0.25, 9, 13.0))  # full: evicts the tombstone
+    assert store.get("tomb", 13.0) is None and "tomb" not in store._index and len(store) == 4
+    assert store.get(ids[-1], 13.0).context is ctx and store.get(ids[-1], 13.0).arm_ids == (
+        "x", "y")
+    batch = store.new_ids(2)  # the same counter: the ring finds both kinds
+    store.put_many(_batch(batch, 14.0), first_counter=store.last_counter - 1)
+    assert store.get("me-1", 14.0) is None and store.get("me-2", 14.0) is None  # evicted
+    assert store.get("me-3", 14.0).arm_ids == ("a2",) and store.get("me-6", 14.0) is not None
+    assert store.put_new(1, ("z",), None, 1.0, 0, 15.0) == "me-7"
+    assert store.columns().ids == ["me-4", "me-5", "me-6", "me-7"]
+    assert store.get("me-4", 200.0) is None  # past its TTL
+    copy = DecisionStore(capacity=4, ttl_seconds=100.0)
+    copy.load_columns(store.columns())
+    assert copy.get("me-7", 15.0).arm_ids == ("z",)

@@ -71,7 +71,7 @@ def test_stream_is_an_image_then_the_log_without_the_followers_own_decisions(tmp
         assert [e.config.experiment_id for e in snap.experiments] == ["e"]
         assert not snap.decisions.decision_ids  # followers keep no decision records
 
-        mine = await servicer.SelectArm(pb.SelectArmRequest(experiment_id="e"), CTX)
+        mine = servicer.SelectArm(pb.SelectArmRequest(experiment_id="e"), CTX)
         servicer.durability._encode_pending()  # what the delayed decision flush does
         await leader.PublishDecisions(rpb.PublishDecisionsRequest(
             worker_index=1, records=[follower_decisions("f-1", [1])], last_decision_counter=1), CTX)
@@ -169,12 +169,12 @@ def test_follower_replays_the_stream_to_the_leaders_state_with_its_own_random_st
                      policy=pb.Policy(lin_ucb=pb.Policy.LinUcb()),
                      reward_type=pb.REWARD_TYPE_CONTINUOUS, seed=6)
         for i in range(20):
-            d = await servicer.SelectArm(pb.SelectArmRequest(experiment_id="t", num_arms=2), CTX)
+            d = servicer.SelectArm(pb.SelectArmRequest(experiment_id="t", num_arms=2), CTX)
             await servicer.RecordReward(pb.RecordRewardRequest(
                 experiment_id="t", decision_id=d.decision_id, reward=i % 2), CTX)
         stream, image = await subscribe(leader)
         for i in range(20):  # after the image: through the stream
-            d = await servicer.SelectArm(pb.SelectArmRequest(experiment_id="lin", context=[i, 1]), CTX)
+            d = servicer.SelectArm(pb.SelectArmRequest(experiment_id="lin", context=[i, 1]), CTX)
             await servicer.RecordReward(pb.RecordRewardRequest(
                 experiment_id="lin", decision_id=d.decision_id, reward=0.5 * i), CTX)
         await servicer.UpdateArms(pb.UpdateArmsRequest(experiment_id="t", add_arm_ids=["d"]), CTX)
