@@ -40,6 +40,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/grpc_throughput.py --out benchmarks/results/grpc_throughput.json
 	$(BIN)/python benchmarks/grpc_throughput.py --only select_thompson_k10 --echo-work-us 20 \
 		--no-plots --out benchmarks/results/grpc_throughput_working_echo.json
+	$(BIN)/python benchmarks/grpc_throughput.py --only select_thompson_k10 --echo-sched-batch \
+		--no-plots --out benchmarks/results/grpc_throughput_echo_sched_batch.json
 	$(BIN)/python benchmarks/first_request.py --out benchmarks/results/first_request.json
 	$(BIN)/python benchmarks/analytics_bench.py --out benchmarks/results/analytics.json
 	$(BIN)/python benchmarks/durability_bench.py --out benchmarks/results/durability.json

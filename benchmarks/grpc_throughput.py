@@ -2,7 +2,7 @@
 
     python benchmarks/grpc_throughput.py [--out benchmarks/results/grpc_throughput.json]
                                          [--duration 3] [--quick] [--only SCENARIO ...]
-                                         [--echo-work-us N]
+                                         [--echo-work-us N] [--echo-sched-batch]
 
 Two servers run side by side on 127.0.0.1, each a single process:
 
@@ -13,7 +13,10 @@ Two servers run side by side on 127.0.0.1, each a single process:
   request (captured from banditd before the scenario), doing no work at all — the floor the
   Python gRPC stack sets on this machine. With ``--echo-work-us N`` its handlers first spin N µs
   on the CPU: a reference doing as much work per call as banditd's handler, but none of
-  banditd's (what any handler work costs against the bare echo).
+  banditd's (what any handler work costs against the bare echo). banditd runs gRPC's own
+  threads under ``SCHED_BATCH`` by default (``BANDITD_BATCH_SCHEDULE_IO_THREADS``), which makes
+  any grpc.aio server faster on a busy host; ``--echo-sched-batch`` gives the echo the same
+  scheduling, the like-for-like reference for banditd's own per-call cost.
 
 One closed-loop client drives both: ``--processes`` spawned processes, each with its share of
 ``concurrency`` in-flight loops over one ``grpc.aio`` channel, sending pre-serialised requests
@@ -59,9 +62,10 @@ QUANTILES = np.linspace(0.0, 1.0, 201)  # stored latency CDF of the headline sce
 
 
 # ----------------------------------------------------------------------------- echo server
-def serve_echo(port_file: Path, work_us: float = 0.0) -> None:
+def serve_echo(port_file: Path, work_us: float = 0.0, sched_batch: bool = False) -> None:
     """Run the echo server until SIGTERM; write its port to ``port_file`` once listening.
-    ``work_us`` > 0: every handler first spins that long on the CPU (a "working echo")."""
+    ``work_us`` > 0: every handler first spins that long on the CPU (a "working echo").
+    ``sched_batch``: gRPC's threads under SCHED_BATCH, as banditd runs them by default."""
     import signal
 
     responses: dict[str, bytes] = {}
@@ -101,11 +105,14 @@ def serve_echo(port_file: Path, work_us: float = 0.0) -> None:
             return handler
 
     async def main() -> None:
-        server = grpc.aio.server(options=[("grpc.max_send_message_length", -1),
-                                          ("grpc.so_reuseport", 0)])
-        server.add_generic_rpc_handlers((Generic(),))
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
+        from server.scheduling import batch_helper_threads
+
+        with batch_helper_threads(sched_batch):
+            server = grpc.aio.server(options=[("grpc.max_send_message_length", -1),
+                                              ("grpc.so_reuseport", 0)])
+            server.add_generic_rpc_handlers((Generic(),))
+            port = server.add_insecure_port("127.0.0.1:0")
+            await server.start()
         port_file.write_text(f"{port}\n")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -120,10 +127,11 @@ def serve_echo(port_file: Path, work_us: float = 0.0) -> None:
 class EchoServer:
     """The echo server in its own process (``--serve-echo``)."""
 
-    def __init__(self, directory: Path, work_us: float = 0.0) -> None:
+    def __init__(self, directory: Path, work_us: float = 0.0, sched_batch: bool = False) -> None:
         port_file = directory / "echo.port"
         self.proc = subprocess.Popen([sys.executable, __file__, "--serve-echo", str(port_file),
-                                      "--echo-work-us", str(work_us)])
+                                      "--echo-work-us", str(work_us)]
+                                     + (["--echo-sched-batch"] if sched_batch else []))
         deadline = time.monotonic() + 60
         while not port_file.exists() or not port_file.read_text().endswith("\n"):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -374,7 +382,7 @@ def run(args) -> dict:
     try:
         banditd = LocalServer(data / "banditd", snapshot_interval_seconds=0,
                               log_level="WARNING")
-        echo = EchoServer(data, args.echo_work_us)
+        echo = EchoServer(data, args.echo_work_us, args.echo_sched_batch)
         with grpc.insecure_channel(banditd.target) as ch:
             scenarios = build_scenarios(pb_grpc.DecisionServiceStub(ch), args.quick)
         if args.only:
@@ -417,6 +425,7 @@ def run(args) -> dict:
             "machine": machine(),
             "settings": {"duration_s": args.duration, "warmup_s": args.warmup,
                          "rounds": args.rounds, "echo_work_us": args.echo_work_us,
+                         "echo_sched_batch": args.echo_sched_batch,
                          "quick": args.quick, "banditd": "durability=os, snapshots off, "
                          "single process", "client": "grpc.aio closed loop, pre-serialised "
                          "requests, replies not decoded; concurrency = total in-flight calls "
@@ -541,10 +550,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--echo-work-us", type=float, default=0.0,
                     help="the echo's handlers spin this many µs of CPU before answering (a "
                     "reference doing as much work as banditd's handler; default 0: bare echo)")
+    ap.add_argument("--echo-sched-batch", action="store_true",
+                    help="run the echo's gRPC threads under SCHED_BATCH as banditd does by "
+                    "default (BANDITD_BATCH_SCHEDULE_IO_THREADS): the like-for-like reference; "
+                    "default: a bare echo with default scheduling")
     ap.add_argument("--serve-echo", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.serve_echo:
-        serve_echo(args.serve_echo, args.echo_work_us)
+        serve_echo(args.serve_echo, args.echo_work_us, args.echo_sched_batch)
         return 0
     if args.quick and args.duration == 3.0:
         args.duration, args.warmup, args.rounds = 1.0, 0.2, 1

@@ -9,10 +9,11 @@ the 2-core development VM, ~4 involuntary context switches of the loop thread pe
 32 calls in flight. ``SCHED_BATCH`` threads do not preempt on wake-up (the scheduler tick
 does); they still run at once on an idle core, with the same CPU share.
 
-:func:`batch_helper_threads` puts every thread of the process except the calling (event-loop)
-thread under ``SCHED_BATCH``, and makes the threads created while its context is open inherit
-it (gRPC creates its threads when the first server or channel is made). Threads the loop
-thread starts later (``asyncio.to_thread`` workers) keep the default policy.
+:func:`batch_helper_threads` runs the threads created while its context is open under
+``SCHED_BATCH`` (gRPC creates its threads when the process's first server or channel is made,
+from the calling thread, so they inherit the policy); threads that existed before, the calling
+(event-loop) thread itself and threads it starts later (``asyncio.to_thread`` workers) keep
+their policy.
 """
 
 from __future__ import annotations
@@ -48,12 +49,14 @@ def policies() -> dict[int, int]:
 @contextlib.contextmanager
 def batch_helper_threads(enabled: bool = True) -> Iterator[None]:
     """Within the context the calling thread runs under ``SCHED_BATCH`` (threads it creates
-    inherit it); on exit it returns to its policy and every other thread of the process is
-    left under ``SCHED_BATCH``. A no-op where the policy does not exist, or if disabled."""
+    inherit it); on exit it returns to its policy, and every thread created meanwhile (also
+    by other threads) is left under ``SCHED_BATCH``. A no-op where the policy does not exist,
+    or if disabled."""
     if not enabled or _BATCH is None or not os.path.isdir("/proc/self/task"):
         yield
         return
     me = threading.get_native_id()
+    existing = set(policies())
     before = os.sched_getscheduler(0)
     switched = _set_policy(0, _BATCH)
     try:
@@ -61,6 +64,6 @@ def batch_helper_threads(enabled: bool = True) -> Iterator[None]:
     finally:
         if switched:
             _set_policy(0, before)
-        others = [tid for tid in policies() if tid != me]
-        done = sum(_set_policy(tid, _BATCH) for tid in others)
-        log.debug("SCHED_BATCH for %d of %d helper threads", done, len(others))
+        new = [tid for tid in policies() if tid != me and tid not in existing]
+        done = sum(_set_policy(tid, _BATCH) for tid in new)
+        log.debug("SCHED_BATCH for %d of %d new helper threads", done, len(new))

@@ -20,11 +20,14 @@ def _run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 
 def test_grpc_throughput_against_a_working_echo(tmp_path):
+    """Also with the echo's gRPC threads scheduled as banditd's (the like-for-like run)."""
     out = tmp_path / "throughput.json"
     _run(str(BENCH / "grpc_throughput.py"), "--quick", "--only", "select_thompson_k10",
-         "--echo-work-us", "50", "--rounds", "1", "--no-plots", "--out", str(out))
+         "--echo-work-us", "50", "--echo-sched-batch", "--rounds", "1", "--no-plots",
+         "--out", str(out))
     report = json.loads(out.read_text())
     assert report["settings"]["echo_work_us"] == 50
+    assert report["settings"]["echo_sched_batch"] is True
     points = report["points"]
     assert [(p["concurrency"], p["processes"]) for p in points] == [(1, 1), (32, 1), (32, 2)]
     for p in points:
