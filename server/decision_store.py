@@ -206,7 +206,6 @@ class DecisionStore:
 
     def _forget(self, start: int, stop: int) -> None:
         """Drop rows ``start .. stop-1`` (sequence numbers)."""
-        index = self._index
         c = self.capacity
         ids = self._ids
         first = start
@@ -215,15 +214,20 @@ class DecisionStore:
             take = min(stop - first, c - pos)
             rows = slice(pos, pos + take)
             for k in np.flatnonzero(self._own[rows] < 0).tolist():  # dict-indexed rows only
-                old = ids[pos + k]
-                if old is not None and index.get(old) == first + k:  # not re-stored since
-                    del index[old]
+                self._unindex(pos + k, first + k)
             blank = [None] * take
             ids[rows] = blank
             self._slates[rows] = blank
             self._contexts[rows] = blank
             self._own[rows] = -1
             first += take
+
+    def _unindex(self, pos: int, seq: int) -> None:
+        """Drop the id dict's entry of dict-indexed row ``pos`` (sequence number ``seq``),
+        unless its id was stored again since."""
+        old = self._ids[pos]
+        if old is not None and self._index.get(old) == seq:
+            del self._index[old]
 
     def put(self, decision_id: str, record: DecisionRecord, expire: bool = True) -> None:
         seq = self._tail
@@ -259,10 +263,8 @@ class DecisionStore:
         seq = self._tail
         pos = seq % c
         if seq - self._head >= c:  # full: the oldest row is the one overwritten here
-            if own[pos] < 0:  # a dict-indexed row: drop its entry unless re-stored since
-                old = self._ids[pos]
-                if old is not None and self._index.get(old) == self._head:
-                    del self._index[old]
+            if own[pos] < 0:  # a dict-indexed row (the rest is overwritten below)
+                self._unindex(pos, self._head)
             self._head += 1
         self._ids[pos] = decision_id
         self._slates[pos] = slate

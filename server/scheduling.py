@@ -37,13 +37,9 @@ def _set_policy(tid: int, policy: int) -> bool:
     return True
 
 
-def policies() -> dict[int, int]:
-    """Thread id -> scheduling policy of every thread of this process (Linux)."""
-    out = {}
-    for name in os.listdir("/proc/self/task"):
-        with contextlib.suppress(OSError):
-            out[int(name)] = os.sched_getscheduler(int(name))
-    return out
+def _thread_ids() -> set[int]:
+    """Ids of this process's threads (Linux)."""
+    return {int(name) for name in os.listdir("/proc/self/task")}
 
 
 @contextlib.contextmanager
@@ -56,7 +52,7 @@ def batch_helper_threads(enabled: bool = True) -> Iterator[None]:
         yield
         return
     me = threading.get_native_id()
-    existing = set(policies())
+    existing = _thread_ids()
     before = os.sched_getscheduler(0)
     switched = _set_policy(0, _BATCH)
     try:
@@ -64,6 +60,6 @@ def batch_helper_threads(enabled: bool = True) -> Iterator[None]:
     finally:
         if switched:
             _set_policy(0, before)
-        new = [tid for tid in policies() if tid != me and tid not in existing]
+        new = _thread_ids() - existing - {me}
         done = sum(_set_policy(tid, _BATCH) for tid in new)
         log.debug("SCHED_BATCH for %d of %d new helper threads", done, len(new))
