@@ -16,6 +16,7 @@ import numpy as np
 
 from . import POLICIES
 from .allocation import prob_best_beta, prob_best_value
+from .checks import first_out_of_range
 from .rng import seed_state
 
 
@@ -56,6 +57,7 @@ def warm_up() -> float:
                 np.empty(1, dtype=np.int64),
             )
     ones = np.ones(num_arms)
+    first_out_of_range(ones, 1.0)
     prob_best_beta(ones, ones, 2, rng)
     prob_best_value(ones, ones, ones + 1.0, ones, 2, rng)
     return time.perf_counter() - start

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from decision.v1 import decision_pb2 as pb
+from kernels.checks import first_out_of_range
 from kernels.rng import seed_state
 from server.errors import InvalidArgument, NotFound
 from server.policies import PolicySpec
@@ -130,10 +131,9 @@ class Experiment:
             )
         if n == 0:
             return _EMPTY_CONTEXT
-        ctx = np.array(values, dtype=np.float64)
-        ok = np.abs(ctx) <= self.max_abs  # False for NaN and inf too
-        if not ok.all():
-            bad = int(np.flatnonzero(~ok)[0])
+        ctx = np.fromiter(values, dtype=np.float64, count=n)
+        bad = first_out_of_range(ctx, self.max_abs)
+        if bad >= 0:
             raise InvalidArgument(
                 f"{field}[{bad}] is {ctx[bad]}, context values must be finite with "
                 f"|value| <= {self.max_abs:g}"
@@ -246,9 +246,9 @@ class Experiment:
         else:
             ctx = np.fromiter(itertools.chain.from_iterable(rows[:good]), dtype=np.float64,
                               count=good * d).reshape(good, d)
-            ok = np.abs(ctx) <= self.max_abs  # False for NaN and inf too
-            if not ok.all():
-                good = int(np.flatnonzero(~ok.all(axis=1))[0])
+            bad = first_out_of_range(ctx.ravel(), self.max_abs)
+            if bad >= 0:
+                good = bad // d
         if good < n:
             try:
                 self.context_array(rows[good], field)
