@@ -42,6 +42,11 @@ bench: $(STAMP)
 		--no-plots --out benchmarks/results/grpc_throughput_working_echo.json
 	$(BIN)/python benchmarks/grpc_throughput.py --only select_thompson_k10 --echo-sched-batch \
 		--no-plots --out benchmarks/results/grpc_throughput_echo_sched_batch.json
+	$(BIN)/python benchmarks/grpc_throughput.py --only select_thompson_k10 --duration 12 --rounds 8 \
+		--no-plots --out benchmarks/results/grpc_throughput_select_long.json
+	$(BIN)/python benchmarks/grpc_throughput.py --only select_thompson_k10 --duration 12 --rounds 8 \
+		--echo-sched-batch --no-plots \
+		--out benchmarks/results/grpc_throughput_select_long_echo_sched_batch.json
 	$(BIN)/python benchmarks/first_request.py --out benchmarks/results/first_request.json
 	$(BIN)/python benchmarks/analytics_bench.py --out benchmarks/results/analytics.json
 	$(BIN)/python benchmarks/durability_bench.py --out benchmarks/results/durability.json
