@@ -16,6 +16,7 @@ import numpy as np
 from decision.v1 import decision_pb2 as pb
 from kernels.checks import first_out_of_range
 from kernels.rng import seed_state
+from kernels.wire import encode_arm_ids
 from server.errors import InvalidArgument, NotFound
 from server.policies import PolicySpec
 
@@ -58,6 +59,9 @@ class Experiment:
     def _reindex(self) -> None:
         self.arm_index = {arm_id: i for i, arm_id in enumerate(self.arm_ids)}
         self.all_arms = np.arange(len(self.arm_ids), dtype=np.int64)
+        # the arm ids' UTF-8 bytes and offsets, as kernels.wire writes them into responses
+        self.arm_wire = encode_arm_ids(self.arm_ids)
+        self.max_arm_bytes = int(np.diff(self.arm_wire[1]).max(initial=0))
 
     def _reset_state(self) -> None:
         k = len(self.arm_ids)

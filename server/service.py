@@ -15,6 +15,7 @@ from banditd.storage.v1 import storage_pb2 as st
 
 from decision.v1 import decision_pb2 as pb
 from decision.v1 import decision_pb2_grpc as pb_grpc
+from kernels.wire import select_responses, select_responses_bound
 from server import analytics
 from server.budget import allocate_budget
 from server.decision_store import DecisionColumns, DecisionRecord, DecisionStore, slate_tuples
@@ -56,6 +57,18 @@ class _SelectGroup:
         self.n = n
         self.contexts = contexts  # (count, context_dim), validated
         self.count = len(contexts)
+
+
+def _copies_of(first, request, n: int) -> bool:
+    """Whether ``request`` (a BatchSelectArmsRequest of ``n`` items) is ``n`` copies of its
+    first item: the last one compared, then the whole request's bytes against the first
+    item's repeated (≈ 60 µs for 1,000 items; comparing the items one by one ≈ 250 µs)."""
+    if n == 1:
+        return True
+    if request.requests[n - 1] != first:
+        return False
+    return request.SerializeToString() == \
+        pb.BatchSelectArmsRequest(requests=[first]).SerializeToString() * n
 
 
 _EXPERIMENT_ID = attrgetter("experiment_id")
@@ -257,21 +270,24 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         experiment, eligible arms and slate size take one batch-kernel call, one columnar
         store insert and one columnar log entry (the same decisions as one by one)."""
         self._check_ready()
-        items = request.requests
-        self._check_batch(len(items))
-        groups = self._prepare_select_groups(items)
+        self._check_batch(len(request.requests))
+        groups = self._prepare_select_groups(request)
         now = time.time()
         response = pb.BatchSelectArmsResponse()
         for group in groups:
-            self._apply_select_group(group, now, response.responses)
+            self._apply_select_group(group, now, response)
         if self.logging:
             self.durability.decisions_logged()
         return response
 
-    def _prepare_select_groups(self, items) -> list[_SelectGroup]:
+    def _prepare_select_groups(self, request) -> list[_SelectGroup]:
         """Validate every item (errors name the first bad one, as one by one would) and split
         the batch into groups; field access and context conversion are C-level loops."""
+        items = request.requests
         n = len(items)
+        first = items[0]
+        if _copies_of(first, request, n):  # n copies of one request: one group, checked once
+            return [self._uniform_select_group(first, n)]
         ids = list(map(_EXPERIMENT_ID, items))
         nums = list(map(_NUM_ARMS, items))
         eligibles = list(map(_ELIGIBLE, items))
@@ -298,7 +314,18 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             groups.append(_SelectGroup(experiment, positions, size, rows))
         return groups
 
-    def _apply_select_group(self, g: _SelectGroup, now: float, responses) -> None:
+    def _uniform_select_group(self, item, n: int) -> _SelectGroup:
+        """The group of a batch of ``n`` items equal to ``item``: checked once instead of
+        reading every item's fields; its errors name item 0, as the general path's would."""
+        try:
+            p = self._prepare_select(item)
+        except DomainError as exc:
+            raise _in_batch(0, exc) from None
+        rows = np.empty((n, p.experiment.context_dim), dtype=np.float64)
+        rows[:] = p.context
+        return _SelectGroup(p.experiment, p.eligible, p.n, rows)
+
+    def _apply_select_group(self, g: _SelectGroup, now: float, response) -> None:
         experiment = g.experiment
         count = g.count
         ranked = np.empty((count, g.n), dtype=np.int64)
@@ -319,11 +346,16 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         if self.logging:
             self.durability.pending.add_many(ids, experiment.experiment_id, experiment.uid,
                                              slates, kept, props, version, now)
-        add = responses.add
-        if g.n == 1:
-            for decision_id, slate, p in zip(ids, slates, props, strict=True):
-                add(decision_id=decision_id, arm_id=slate[0], propensity=p, model_version=version)
+        if g.n == 1:  # the responses' bytes in one compiled loop, appended in order
+            prefix = self.decisions.id_prefix_bytes
+            arm_bytes, arm_starts = experiment.arm_wire
+            out = np.empty(select_responses_bound(count, len(prefix), experiment.max_arm_bytes),
+                           dtype=np.uint8)
+            size = select_responses(prefix, first_counter, ranked[:, 0], arm_bytes, arm_starts,
+                                    propensity.view(np.uint8), version, out)
+            response.MergeFromString(out[:size].data)
         else:
+            add = response.responses.add
             for decision_id, slate, p in zip(ids, slates, props, strict=True):
                 add(decision_id=decision_id, arm_id=slate[0], propensity=p,
                     model_version=version, ranked_arm_ids=slate)

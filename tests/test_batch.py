@@ -80,6 +80,71 @@ def test_batch_equals_the_same_requests_one_by_one(stub, new_id, name):
     assert all(r.duplicate for r in again.responses)
 
 
+@pytest.mark.parametrize("name", list(POLICIES))
+@pytest.mark.parametrize("shape", ["all arms", "eligible, slate of 2", "middle item differs"])
+def test_batch_of_copies_equals_the_same_requests_one_by_one(stub, new_id, name, shape):
+    """n copies of one request take the uniform path (checked once, responses written by
+    kernels.wire for one-arm slates); a batch whose first and last items match but a middle
+    one differs must take the general path. Either way: the decisions one by one give."""
+    policy, dim, reward_type = POLICIES[name]
+    one, batch = new_id(), new_id()
+    for eid in (one, batch):
+        create(stub, eid, arms=ARMS, policy=policy, context_dim=dim, reward_type=reward_type,
+               seed=7, min_selections=1)
+        for i in range(8):
+            stub.RecordReward(pb.RecordRewardRequest(
+                experiment_id=eid, arm_id=ARMS[i % 6], reward=float(i % 3 == 0),
+                context=[0.2 * i - 0.5] * dim))
+    eligible, num = ([], 0) if shape == "all arms" else (["a1", "a3", "a4"], 2)
+    item = pb.SelectArmRequest(experiment_id=batch, eligible_arm_ids=eligible, num_arms=num,
+                               context=[0.25] * dim)
+    items = [item] * 64
+    if shape == "middle item differs":
+        odd = pb.SelectArmRequest()
+        odd.CopyFrom(item)
+        odd.num_arms = 1
+        items = [item] * 30 + [odd] + [item] * 33
+    got = stub.BatchSelectArms(pb.BatchSelectArmsRequest(requests=items)).responses
+    want = []
+    for it in items:
+        single = pb.SelectArmRequest()
+        single.CopyFrom(it)
+        single.experiment_id = one
+        want.append(stub.SelectArm(single))
+    assert [_decided(r) for r in got] == [_decided(r) for r in want]
+    ids = [r.decision_id for r in got]
+    assert len(set(ids)) == len(items)
+    # the ids written by the compiled loop are the ones stored: each takes its reward once
+    rewards = [pb.RecordRewardRequest(experiment_id=batch, decision_id=i, reward=1.0)
+               for i in ids]
+    out = stub.BatchRecordRewards(pb.BatchRecordRewardsRequest(requests=rewards))
+    assert not any(r.duplicate for r in out.responses)
+    again = stub.BatchRecordRewards(pb.BatchRecordRewardsRequest(requests=rewards[-3:]))
+    assert all(r.duplicate for r in again.responses)
+
+
+def test_batch_of_bad_copies_names_item_0_and_changes_nothing(stub, new_id):
+    eid = new_id()
+    create(stub, eid, arms=ARMS, policy=POLICIES["lin_ucb"][0], context_dim=3,
+           reward_type=pb.REWARD_TYPE_CONTINUOUS)
+    cases = [
+        (pb.SelectArmRequest(experiment_id=eid, context=[0.1, float("nan"), 0.3]),
+         grpc.StatusCode.INVALID_ARGUMENT, "requests[0]: context[1]"),
+        (pb.SelectArmRequest(experiment_id=eid, context=[0.1]),
+         grpc.StatusCode.INVALID_ARGUMENT, "requests[0]: context has 1 values"),
+        (pb.SelectArmRequest(experiment_id=eid + "-gone", context=[0.1, 0.2, 0.3]),
+         grpc.StatusCode.NOT_FOUND, "requests[0]: "),
+        (pb.SelectArmRequest(experiment_id=eid, context=[0.1, 0.2, 0.3], num_arms=7),
+         grpc.StatusCode.INVALID_ARGUMENT, "requests[0]: num_arms is 7"),
+    ]
+    for item, code, start in cases:
+        got_code, msg = _code_and_message(
+            lambda item=item: stub.BatchSelectArms(pb.BatchSelectArmsRequest(requests=[item] * 5)))
+        assert got_code == code and msg.startswith(start), msg
+    arms = stub.GetArmStats(pb.GetArmStatsRequest(experiment_id=eid)).arms
+    assert sum(a.selections for a in arms) == 0
+
+
 def _code_and_message(fn):
     with pytest.raises(grpc.RpcError) as info:
         fn()
@@ -350,3 +415,12 @@ def test_decision_store_put_new_stores_through_the_own_ring():
     copy = DecisionStore(capacity=4, ttl_seconds=100.0)
     copy.load_columns(store.columns())
     assert copy.get("me-7", 15.0).arm_ids == ("z",)
+
+
+def test_decision_store_batch_ids_equal_single_ids_whatever_the_prefix():
+    for prefix in ("a1b2", "w%d-1", "%%x"):
+        store = DecisionStore(100, 60.0, id_prefix=prefix)
+        singles = [store.new_id() for _ in range(3)]
+        batch = store.new_ids(20)
+        assert singles + batch == [f"{prefix}-{c:x}" for c in range(1, 24)]
+        assert store.id_prefix_bytes.tobytes() == prefix.encode()
