@@ -27,12 +27,14 @@ _TAG_MODEL_VERSION = 0x28  # field 5, varint
 
 
 @njit(**JIT)
-def _varint_size(value):
-    size = 1
-    while value >= 0x80:
-        value >>= 7
-        size += 1
-    return size
+def _digit_count(value, bits):
+    """Digits of ``value`` (>= 0) in base ``2**bits``, at least one: a varint's bytes for
+    ``bits`` = 7, its lowercase hex for 4."""
+    digits = 1
+    while value >> bits:
+        value >>= bits
+        digits += 1
+    return digits
 
 
 @njit(**JIT)
@@ -43,15 +45,6 @@ def _put_varint(out, pos, value):
         pos += 1
     out[pos] = value
     return pos + 1
-
-
-@njit(**JIT)
-def _hex_digits(value):
-    digits = 1
-    while value >= 16:
-        value >>= 4
-        digits += 1
-    return digits
 
 
 @njit(**JIT)
@@ -66,7 +59,7 @@ def select_responses(prefix, first_counter, arms, arm_bytes, arm_starts, propens
     pos = 0
     for i in range(arms.shape[0]):
         counter = first_counter + i
-        digits = _hex_digits(counter)
+        digits = _digit_count(counter, 4)
         id_size = prefix.shape[0] + 1 + digits
         arm = arms[i]
         start = arm_starts[arm]
@@ -75,11 +68,11 @@ def select_responses(prefix, first_counter, arms, arm_bytes, arm_starts, propens
         for b in range(8):
             if propensity_bytes[8 * i + b] != 0:
                 zero = False
-        size = 1 + _varint_size(id_size) + id_size + 1 + _varint_size(arm_size) + arm_size
+        size = 1 + _digit_count(id_size, 7) + id_size + 1 + _digit_count(arm_size, 7) + arm_size
         if not zero:
             size += 9
         if version != 0:
-            size += 1 + _varint_size(version)
+            size += 1 + _digit_count(version, 7)
         out[pos] = _TAG_RESPONSES
         pos = _put_varint(out, pos + 1, size)
         out[pos] = _TAG_DECISION_ID

@@ -46,6 +46,17 @@ def _decided(r: pb.SelectArmResponse) -> tuple:
     return (r.arm_id, tuple(r.ranked_arm_ids), round(r.propensity, 12), r.model_version)
 
 
+def _one_by_one(stub, items: list[pb.SelectArmRequest], eid: str) -> list:
+    """The responses of ``items`` sent as single SelectArm calls to experiment ``eid``."""
+    out = []
+    for item in items:
+        single = pb.SelectArmRequest()
+        single.CopyFrom(item)
+        single.experiment_id = eid
+        out.append(stub.SelectArm(single))
+    return out
+
+
 @pytest.mark.parametrize("name", list(POLICIES))
 def test_batch_equals_the_same_requests_one_by_one(stub, new_id, name):
     policy, dim, reward_type = POLICIES[name]
@@ -59,12 +70,7 @@ def test_batch_equals_the_same_requests_one_by_one(stub, new_id, name):
                 context=[0.1 * i] * dim))
     items = _mixed_items(batch, dim, 120, seed=len(name))
     got = stub.BatchSelectArms(pb.BatchSelectArmsRequest(requests=items)).responses
-    want = []
-    for item in items:
-        single = pb.SelectArmRequest()
-        single.CopyFrom(item)
-        single.experiment_id = one
-        want.append(stub.SelectArm(single))
+    want = _one_by_one(stub, items, one)
     assert [_decided(r) for r in got] == [_decided(r) for r in want]
     assert len({r.decision_id for r in got}) == len(items)
     stats = {eid: [(a.arm_id, a.selections) for a in stub.GetArmStats(
@@ -105,12 +111,7 @@ def test_batch_of_copies_equals_the_same_requests_one_by_one(stub, new_id, name,
         odd.num_arms = 1
         items = [item] * 30 + [odd] + [item] * 33
     got = stub.BatchSelectArms(pb.BatchSelectArmsRequest(requests=items)).responses
-    want = []
-    for it in items:
-        single = pb.SelectArmRequest()
-        single.CopyFrom(it)
-        single.experiment_id = one
-        want.append(stub.SelectArm(single))
+    want = _one_by_one(stub, items, one)
     assert [_decided(r) for r in got] == [_decided(r) for r in want]
     ids = [r.decision_id for r in got]
     assert len(set(ids)) == len(items)
