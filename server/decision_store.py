@@ -10,12 +10,13 @@ the ids, slates and contexts). No Python object is made per decision beyond its 
 slate tuple (both ignored by the cyclic garbage collector, which would otherwise walk a million
 records on every full collection). Rows are found by id in one of two ways:
 
-* ids this store issued for a batch (``new_ids`` + ``put_many(..., counters=...)``), and
-  batches of consecutive ids of another registered issuer (``register_prefix``: the other
+* ids this store issued for a batch (``new_counters`` + ``put_many(..., first_counter=...)``),
+  and batches of consecutive ids of another registered issuer (``register_prefix``: the other
   workers of ``serve --workers N``, whose decisions the leader keeps): the id's counter
   locates the row through a second ring per issuer (``counter % capacity -> row``), so a
   batch is stored with slice assignments only — no per-decision dict insert or delete, which
-  in a million-entry dict cost more than the decisions themselves;
+  in a million-entry dict cost more than the decisions themselves. Such a batch need not
+  even make its id strings: a row found through a ring knows its id (issuer and counter);
 * any other id (single decisions, rewarded tombstones, restored decisions): a dict
   ``decision_id -> row sequence number``.
 """
@@ -85,7 +86,7 @@ class DecisionColumns:
     __slots__ = ("ids", "uids", "slates", "contexts", "propensities", "versions", "created",
                  "rewarded")
 
-    def __init__(self, ids: list[str], uids: np.ndarray, slates: list[tuple[str, ...]],
+    def __init__(self, ids: list[str] | None, uids: np.ndarray, slates: list[tuple[str, ...]],
                  contexts: list[np.ndarray | None], propensities: np.ndarray,
                  versions: np.ndarray, created: np.ndarray, rewarded: np.ndarray) -> None:
         self.ids = ids
@@ -98,7 +99,7 @@ class DecisionColumns:
         self.rewarded = rewarded
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.uids)
 
 
 class DecisionStore:
@@ -127,16 +128,29 @@ class DecisionStore:
         return f"{self._prefix}-{self._counter:x}"
 
     @property
+    def id_prefix(self) -> str:
+        """The prefix of this store's own ids."""
+        return self._prefix
+
+    @property
     def id_prefix_bytes(self) -> np.ndarray:
         """The prefix of this store's own ids, as UTF-8 bytes (``kernels.wire`` writes ids)."""
         return np.frombuffer(self._prefix.encode(), dtype=np.uint8)
 
-    def new_ids(self, n: int) -> list[str]:
-        """``n`` fresh ids, as ``n`` calls of :meth:`new_id` would give (the first one's
-        counter is :attr:`last_counter` ``- n + 1`` afterwards)."""
-        start = self._counter + 1
+    def new_counters(self, n: int) -> int:
+        """Issue ``n`` fresh ids without making their strings (:meth:`ids`); the counter of
+        the first one."""
         self._counter += n
-        return list(map(self._id_format, range(start, start + n)))  # ≈ 30% faster than f"…"
+        return self._counter - n + 1
+
+    def new_ids(self, n: int) -> list[str]:
+        """``n`` fresh ids, as ``n`` calls of :meth:`new_id` would give."""
+        return self.ids(self.new_counters(n), n)
+
+    def ids(self, first_counter: int, n: int) -> list[str]:
+        """This store's ids of counters ``first_counter .. first_counter + n - 1``."""
+        return list(map(self._id_format, range(first_counter, first_counter + n)))  # ≈ 30%
+        # faster than f"…"
 
     # -- storage ---------------------------------------------------------------------------
     def clear(self) -> None:
@@ -173,7 +187,7 @@ class DecisionStore:
             self._issuers[prefix] = len(self._own_rows)
             self._own_rows.append(np.full(self.capacity, -1, dtype=np.int64))
 
-    def _counter_run(self, ids: list[str]) -> tuple[int, int] | None:
+    def _counter_run(self, ids: list[str] | None) -> tuple[int, int] | None:
         """(ring, first counter) if ``ids`` are consecutive ids of one registered issuer."""
         if len(self._issuers) == 1 or not ids:
             return None
@@ -289,18 +303,31 @@ class DecisionStore:
         return decision_id
 
     def put_many(self, batch: DecisionColumns, expire: bool = True,
-                 first_counter: int | None = None) -> None:
+                 first_counter: int | None = None, issuer: str | None = None) -> None:
         """Store a batch of decisions (their order is their age order). ``first_counter``:
-        the ids are ``new_ids(len(batch))`` issued by this store, starting at that counter
-        (consecutive ids of a registered issuer are recognised by themselves)."""
+        the ids are consecutive, from that counter on, of ``issuer`` (an id prefix; None:
+        this store), and ``batch.ids`` may be None (ids of an issuer that is not registered
+        are then made and kept in the id dict). Without it, consecutive ids of a registered
+        issuer are recognised by themselves."""
         n = len(batch)
         c = self.capacity
         ring = 0
-        if first_counter is None and (run := self._counter_run(batch.ids)) is not None:
+        if first_counter is not None:
+            prefix = self._prefix if issuer is None else issuer
+            found = self._issuers.get(prefix)
+            if found is None:  # e.g. a logged batch of an earlier process
+                if batch.ids is None:
+                    fmt = (prefix.replace("%", "%%") + "-%x").__mod__
+                    batch.ids = list(map(fmt, range(first_counter, first_counter + n)))
+                first_counter = None
+            else:
+                ring = found
+        elif (run := self._counter_run(batch.ids)) is not None:
             ring, first_counter = run
         if n > c:  # only the newest ``capacity`` can be kept
             cut = n - c
-            batch = DecisionColumns(batch.ids[cut:], batch.uids[cut:], batch.slates[cut:],
+            batch = DecisionColumns(None if batch.ids is None else batch.ids[cut:],
+                                    batch.uids[cut:], batch.slates[cut:],
                                     batch.contexts[cut:], batch.propensities[cut:],
                                     batch.versions[cut:], batch.created[cut:],
                                     batch.rewarded[cut:])
@@ -318,7 +345,7 @@ class DecisionStore:
             take = min(n - done, c - pos)
             rows = slice(pos, pos + take)
             part = slice(done, done + take)
-            self._ids[rows] = batch.ids[part]
+            self._ids[rows] = [None] * take if batch.ids is None else batch.ids[part]
             self._slates[rows] = batch.slates[part]
             self._contexts[rows] = batch.contexts[part]
             self._uids[rows] = batch.uids[part]
@@ -335,6 +362,7 @@ class DecisionStore:
                 self._own_rows[ring][counters % c] = np.arange(start + done, start + done + take)
             done += take
         if first_counter is None:
+            assert batch.ids is not None
             self._index.update(zip(batch.ids, range(start, start + n), strict=True))
         self._tail = start + n
         if expire and n:
@@ -393,18 +421,31 @@ class DecisionStore:
     def columns(self) -> DecisionColumns:
         """Every record held, oldest first, as columns (copies, taken at once)."""
         c = self.capacity
-        live = [seq for seq in range(self._head, self._tail)
-                if (i := self._ids[seq % c]) is not None and self._seq(i) == seq]
-        pos = np.array(live, dtype=np.int64) % c if live else np.zeros(0, dtype=np.int64)
-        plist = pos.tolist()
+        prefixes = list(self._issuers)  # ring -> issuer
+        rows = np.arange(self._head, self._tail, dtype=np.int64) % c
+        ids: list[str] = []
+        plist: list[int] = []
+        for seq, p, counter, ring in zip(range(self._head, self._tail), rows.tolist(),
+                                         self._own[rows].tolist(), self._owner[rows].tolist(),
+                                         strict=True):
+            decision_id = self._ids[p]
+            if decision_id is None:  # a batch row found through a ring: no id string made
+                if counter < 0:
+                    continue
+                decision_id = f"{prefixes[ring]}-{counter:x}"
+            if self._seq(decision_id) == seq:
+                ids.append(decision_id)
+                plist.append(p)
+        pos = np.array(plist, dtype=np.int64)
         return DecisionColumns(
-            [self._ids[p] for p in plist], self._uids[pos], [self._slates[p] for p in plist],
+            ids, self._uids[pos], [self._slates[p] for p in plist],  # type: ignore[misc]
             [self._contexts[p] for p in plist], self._propensities[pos], self._versions[pos],
             self._created[pos], self._rewarded[pos])
 
     def items(self) -> list[tuple[str, DecisionRecord]]:
         """The records, oldest first, as (decision_id, record) pairs."""
         cols = self.columns()
+        assert cols.ids is not None
         return [(cols.ids[i], DecisionRecord(int(cols.uids[i]), cols.slates[i], cols.contexts[i],
                                              float(cols.propensities[i]), int(cols.versions[i]),
                                              float(cols.created[i]), bool(cols.rewarded[i])))

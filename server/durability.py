@@ -38,6 +38,7 @@ import signal
 import time
 import traceback
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -46,7 +47,7 @@ import numpy as np
 from banditd.storage.v1 import storage_pb2 as st
 
 from server import analytics, snapshot
-from server.decision_store import DecisionRecord, DecisionStore
+from server.decision_store import DecisionColumns, DecisionRecord, DecisionStore
 from server.pacing import CampaignRegistry
 from server.registry import ExperimentRegistry
 from server.settings import Settings
@@ -60,13 +61,19 @@ DECISION_FLUSH_ROWS = 20_000  # pending decisions written at once, without waiti
 
 
 class PendingDecisions:
-    """Decision records logged but not encoded yet, as the columns of a ``DecisionTable``."""
+    """Decision records logged but not handed to the log yet, in order: single decisions as
+    the columns of a ``DecisionTable``, batch groups as encoded ``DecisionBlock`` records."""
 
     def __init__(self) -> None:
         self.clear()
 
     def clear(self) -> None:
-        self.rows = 0
+        self.rows = 0  # decisions held
+        self._records: list[bytes] = []  # encoded, in order (the open table's rows follow)
+        self._clear_table()
+
+    def _clear_table(self) -> None:
+        self.table_rows = 0
         self.ids: list[str] = []
         self.experiment_ids: list[str] = []
         self.uids: list[int] = []
@@ -81,6 +88,7 @@ class PendingDecisions:
     def add(self, decision_id: str, experiment_id: str, uid: int, slate: tuple[str, ...],
             context: np.ndarray | None, propensity: float, version: int, created: float) -> None:
         self.rows += 1
+        self.table_rows += 1
         self.ids.append(decision_id)
         self.experiment_ids.append(experiment_id)
         self.uids.append(uid)
@@ -95,31 +103,34 @@ class PendingDecisions:
         self.versions.append(version)
         self.created.append(created)
 
-    def add_many(self, ids: list[str], experiment_id: str, uid: int,
-                 slates: list[tuple[str, ...]], contexts: np.ndarray | None,
-                 propensities: list[float], version: int, created: float) -> None:
-        """Decisions of one experiment made at once; ``contexts`` is (rows, d) or None."""
-        n = len(ids)
-        self.rows += n
-        self.ids.extend(ids)
-        self.experiment_ids.extend([experiment_id] * n)
-        self.uids.extend([uid] * n)
-        size = len(slates[0])
-        self.slate_sizes.extend([size] * n)
-        if size == 1:
-            self.arm_ids.extend([slate[0] for slate in slates])
-        else:
-            self.arm_ids.extend([a for slate in slates for a in slate])
-        if contexts is None:
-            self.context_sizes.extend([0] * n)
-        else:
-            self.context_sizes.extend([contexts.shape[1]] * n)
-            self.contexts.append(contexts)
-        self.propensities.extend(propensities)
-        self.versions.extend([version] * n)
-        self.created.extend([created] * n)
+    def add_block(self, experiment_id: str, uid: int, id_prefix: str, first_counter: int,
+                  arm_ids: Sequence[str], ranked: np.ndarray, propensities: np.ndarray,
+                  version: int, created: float, contexts: np.ndarray | None) -> None:
+        """Decisions of one experiment made at once (a batch group): ids ``<id_prefix>-<hex>``
+        from ``first_counter`` on, slate i = ``arm_ids[ranked[i]]``, ``contexts`` (rows, d)
+        or None. Encoded now, as one ``DecisionBlock`` record of raw arrays."""
+        self._close_table()
+        count, size = ranked.shape
+        positions = ranked.ravel()
+        if len(arm_ids) > positions.size:  # many arms, few decisions: name the used ones
+            used, positions = np.unique(positions, return_inverse=True)
+            arm_ids = [arm_ids[i] for i in used.tolist()]
+        block = st.DecisionBlock(
+            experiment_id=experiment_id, experiment_uid=uid, id_prefix=id_prefix,
+            first_counter=first_counter, count=count, slate_size=size, arm_ids=arm_ids,
+            arm_positions=positions.astype("<u4").tobytes(),
+            propensities=propensities.astype("<f8").tobytes(), model_version=version,
+            created=created)
+        if contexts is not None:
+            block.context_dim = contexts.shape[1]
+            block.contexts = contexts.astype("<f8").tobytes()
+        self._records.append(st.WalRecord(decision_block=block).SerializeToString())
+        self.rows += count
 
-    def encode(self) -> bytes:
+    def _close_table(self) -> None:
+        """Encode the open table's rows (if any) as the next record."""
+        if not self.table_rows:
+            return
         table = st.DecisionTable(
             decision_ids=self.ids, experiment_ids=self.experiment_ids,
             experiment_uids=self.uids, slate_sizes=self.slate_sizes, arm_ids=self.arm_ids,
@@ -128,7 +139,48 @@ class PendingDecisions:
         )
         if self.contexts:
             table.contexts.extend(np.concatenate([c.ravel() for c in self.contexts]).tolist())
-        return st.WalRecord(decision_table=table).SerializeToString()
+        self._records.append(st.WalRecord(decision_table=table).SerializeToString())
+        self._clear_table()
+
+    def encode(self) -> list[bytes]:
+        """Every pending decision as log records, in order (then :meth:`clear`)."""
+        self._close_table()
+        records = self._records
+        self.clear()
+        return records
+
+
+def block_positions(b: st.DecisionBlock) -> np.ndarray:
+    """A ``DecisionBlock``'s arm positions, checked against its shape and arms."""
+    positions = np.frombuffer(b.arm_positions, dtype="<u4")
+    if positions.size != b.count * b.slate_size:
+        raise ValueError(f"decision block of {b.count} x {b.slate_size} arms has "
+                         f"{positions.size} arm positions")
+    if positions.size and int(positions.max()) >= len(b.arm_ids):
+        raise ValueError(f"decision block names {len(b.arm_ids)} arms but refers to arm "
+                         f"{int(positions.max())}")
+    return positions
+
+
+def block_columns(b: st.DecisionBlock) -> DecisionColumns:
+    """A ``DecisionBlock`` as the decision store's columns (ids None: they are consecutive,
+    ``b.first_counter`` on, of ``b.id_prefix``)."""
+    n, size = b.count, b.slate_size
+    positions = block_positions(b)
+    slates: list[tuple[str, ...]]
+    if size == 1:  # one shared tuple per arm, not one per decision
+        slates = list(map([(a,) for a in b.arm_ids].__getitem__, positions.tolist()))
+    else:
+        arm_ids = list(b.arm_ids)
+        slates = [tuple(arm_ids[i] for i in row) for row in positions.reshape(n, size).tolist()]
+    contexts: list[np.ndarray | None] = [None] * n
+    if b.context_dim:
+        contexts = list(np.frombuffer(b.contexts, dtype="<f8").reshape(n, b.context_dim).copy())
+    return DecisionColumns(
+        None, np.full(n, b.experiment_uid, dtype=np.int64), slates, contexts,
+        np.frombuffer(b.propensities, dtype="<f8").reshape(n).astype(np.float64),
+        np.full(n, b.model_version, dtype=np.int64), np.full(n, b.created),
+        np.zeros(n, dtype=np.bool_))
 
 
 class ReplicationLog(Protocol):
@@ -280,6 +332,8 @@ class Durability:
             self.campaigns.get(record.spend.campaign_id).replay_settlement(record.spend)
         elif op == "decision_table":
             self._replay_decision_table(record.decision_table)
+        elif op == "decision_block":
+            self._replay_decision_block(record.decision_block)
         elif op == "reward_table":
             t = record.reward_table
             values = np.array(t.contexts, dtype=np.float64)
@@ -328,6 +382,26 @@ class Durability:
         cols = snapshot.decision_columns(t)
         self.decisions.put_many(cols, expire=False)
         self._count_selections(t, cols.slates)
+
+    def _replay_decision_block(self, b: st.DecisionBlock) -> None:
+        cols = block_columns(b)
+        self.decisions.put_many(cols, expire=False, first_counter=b.first_counter,
+                                issuer=b.id_prefix)
+        self._count_block(b)
+
+    def _count_block(self, b: st.DecisionBlock) -> None:
+        """Count a decision block's selections (if its experiment incarnation still exists)."""
+        try:
+            e = self.registry.get(b.experiment_id)
+        except Exception:
+            return  # deleted since: its counters went with it
+        if e.uid != b.experiment_uid:
+            return
+        counts = np.bincount(block_positions(b), minlength=len(b.arm_ids))
+        for arm_id, k in zip(b.arm_ids, counts.tolist(), strict=True):
+            pos = e.arm_index.get(arm_id)
+            if k and pos is not None:
+                e.selections[pos] += k
 
     def _count_selections(self, t: st.DecisionTable,
                           slates: list[tuple[str, ...]] | None = None) -> None:
@@ -406,8 +480,8 @@ class Durability:
         """Hand the pending decision records to the log (and the followers) as one record
         (called by the log before every write, and before any other record is appended)."""
         if self.pending.rows and (self.wal is not None or self.replication is not None):
-            self.append(self.pending.encode())
-            self.pending.clear()
+            for payload in self.pending.encode():
+                self.append(payload)
 
     def append(self, payload: bytes, wait_free: bool = False, origin: int = 0) -> None:
         """Append an encoded record that was just applied: to the log, and to the other

@@ -261,7 +261,8 @@ class ReplicaDecisions(DecisionStore):
                 propensity: float, version: int, created: float) -> str:
         return self.new_id()
 
-    def put_many(self, batch, expire: bool = True, first_counter: int | None = None) -> None:
+    def put_many(self, batch, expire: bool = True, first_counter: int | None = None,
+                 issuer: str | None = None) -> None:
         pass
 
     def get(self, decision_id: str, now: float | None = None) -> DecisionRecord | None:
@@ -322,6 +323,9 @@ class ReplicaDurability(Durability):
 
     def _replay_decision_table(self, t: st.DecisionTable) -> None:
         self._count_selections(t)  # only the counts: no record columns to build
+
+    def _replay_decision_block(self, b: st.DecisionBlock) -> None:
+        self._count_block(b)
 
     def apply(self, record: st.WalRecord) -> None:
         super().apply(record)
@@ -416,8 +420,8 @@ class DecisionPublisher:
     """Sends a follower's decision records to the leader, in order, every few milliseconds
     (one call in flight at a time), and its applied position when the leader asks.
 
-    The decisions wait as columns in the follower's :class:`PendingDecisions` and are encoded
-    as one ``decision_table`` record per call (as the leader's own are per log write)."""
+    The decisions wait in the follower's :class:`PendingDecisions` and go as the log records
+    it encodes them in (as the leader's own do per log write)."""
 
     def __init__(self, stub: rpb_grpc.ReplicationServiceStub, index: int,
                  decisions: ReplicaDecisions, rows: PendingDecisions,
@@ -470,10 +474,7 @@ class DecisionPublisher:
             self._urgent = False
             if not self._rows.rows and not self._applied:
                 return
-            records = []
-            if self._rows.rows:
-                records.append(self._rows.encode())
-                self._rows.clear()
+            records = self._rows.encode()
             request = rpb.PublishDecisionsRequest(
                 worker_index=self._index, records=records, last_decision_counter=self._counter,
                 applied_seq=self._applied)

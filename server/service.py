@@ -332,22 +332,22 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         propensity = np.empty(count, dtype=np.float64)
         contexts = g.contexts
         experiment.select_many(g.eligible, contexts, ranked, propensity)
-        ids = self.decisions.new_ids(count)
-        first_counter = self.decisions.last_counter - count + 1
+        decisions = self.decisions
+        first_counter = decisions.new_counters(count)  # no id strings: a ring finds them
         slates = slate_tuples(experiment.arm_ids, ranked)
-        props = propensity.tolist()
         version = experiment.version
         kept = contexts if experiment.context_dim else None
-        self.decisions.put_many(DecisionColumns(
-            ids, np.full(count, experiment.uid, dtype=np.int64), slates,
+        decisions.put_many(DecisionColumns(
+            None, np.full(count, experiment.uid, dtype=np.int64), slates,
             list(kept) if kept is not None else [None] * count, propensity,
             np.full(count, version, dtype=np.int64), np.full(count, now),
             np.zeros(count, dtype=np.bool_)), first_counter=first_counter)
         if self.logging:
-            self.durability.pending.add_many(ids, experiment.experiment_id, experiment.uid,
-                                             slates, kept, props, version, now)
+            self.durability.pending.add_block(
+                experiment.experiment_id, experiment.uid, decisions.id_prefix, first_counter,
+                experiment.arm_ids, ranked, propensity, version, now, kept)
         if g.n == 1:  # the responses' bytes in one compiled loop, appended in order
-            prefix = self.decisions.id_prefix_bytes
+            prefix = decisions.id_prefix_bytes
             arm_bytes, arm_starts = experiment.arm_wire
             out = np.empty(select_responses_bound(count, len(prefix), experiment.max_arm_bytes),
                            dtype=np.uint8)
@@ -356,7 +356,8 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             response.MergeFromString(out[:size].data)
         else:
             add = response.responses.add
-            for decision_id, slate, p in zip(ids, slates, props, strict=True):
+            for decision_id, slate, p in zip(decisions.ids(first_counter, count), slates,
+                                             propensity.tolist(), strict=True):
                 add(decision_id=decision_id, arm_id=slate[0], propensity=p,
                     model_version=version, ranked_arm_ids=slate)
 

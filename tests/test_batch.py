@@ -425,3 +425,147 @@ def test_decision_store_batch_ids_equal_single_ids_whatever_the_prefix():
         batch = store.new_ids(20)
         assert singles + batch == [f"{prefix}-{c:x}" for c in range(1, 24)]
         assert store.id_prefix_bytes.tobytes() == prefix.encode()
+
+
+def _record(store: DecisionStore, decision_id: str) -> tuple:
+    r = store.get(decision_id, 0.0)
+    assert r is not None, decision_id
+    context = None if r.context is None else r.context.tolist()
+    return (r.experiment_uid, r.arm_ids, context, r.propensity, r.model_version, r.created,
+            r.rewarded)
+
+
+def test_decision_store_keeps_batches_without_their_id_strings():
+    """A batch of consecutive ids (new_counters, or a registered issuer's) is stored without
+    id strings; the ring finds its rows, snapshots (columns) name them, an unregistered
+    issuer's batch falls back to the id dict."""
+    store = DecisionStore(capacity=9, ttl_seconds=100.0, id_prefix="m%e")
+    store.register_prefix("w-1")
+    store.put_many(DecisionColumns(
+        None, np.arange(3), [("a",), ("b",), ("c",)], [None] * 3, np.full(3, 0.5),
+        np.arange(3), np.full(3, 10.0), np.zeros(3, dtype=bool)),
+        first_counter=store.new_counters(3))
+    assert store.last_counter == 3 and store._ids[:3] == [None] * 3 and not store._index
+    assert store.get("m%e-2", 10.0).arm_ids == ("b",)
+    theirs = _batch(["x"] * 4, 11.0)
+    theirs.ids = None
+    store.put_many(theirs, first_counter=0xFE, issuer="w-1")
+    assert [store.get(f"w-1-{c:x}", 11.0).arm_ids for c in range(0xFE, 0x102)] == [
+        ("arm0",), ("arm1",), ("arm2",), ("arm3",)]
+    old = _batch(["x"] * 2, 12.0)
+    old.ids = None
+    store.put_many(old, first_counter=9, issuer="gone")  # not registered: the id dict
+    assert sorted(store._index) == ["gone-9", "gone-a"]
+    store.discard("w-1-ff")
+    expected = ["m%e-1", "m%e-2", "m%e-3", "w-1-fe", "w-1-100", "w-1-101", "gone-9", "gone-a"]
+    assert store.columns().ids == expected
+    copy = DecisionStore(capacity=9, ttl_seconds=100.0)
+    copy.load_columns(store.columns())
+    assert [_record(copy, i) for i in expected] == [_record(store, i) for i in expected]
+    store.put_many(_batch(["n0", "n1", "n2"], 13.0))  # evicts the oldest three rows
+    assert store.get("m%e-3", 13.0) is None and store.get("w-1-fe", 13.0) is not None
+    assert store.columns().ids == expected[3:] + ["n0", "n1", "n2"]
+
+
+def _block_servicers(tmp_path):
+    """A servicer whose logged records are captured (as a leader's stream would send them),
+    and a second one with the same experiments to replay them."""
+    from server.service import DecisionServicer
+
+    class Recorder:
+        def __init__(self):
+            self.records: list[bytes] = []
+
+        def publish(self, payload: bytes, origin: int) -> None:
+            self.records.append(payload)
+
+        async def wait_applied(self) -> None:
+            pass
+
+    source = DecisionServicer(Settings(data_dir=tmp_path / "a", durability="snapshot",
+                                       workers=2))
+    source.durability.replication = recorder = Recorder()
+    replica = DecisionServicer(Settings(data_dir=tmp_path / "b", durability="snapshot"))
+    source.ready = replica.ready = True  # nothing to restore
+    return source, recorder, replica
+
+
+@pytest.mark.parametrize("registered", [True, False])
+def test_batch_groups_are_logged_as_blocks_that_replay_to_the_same_records(tmp_path,
+                                                                         registered):
+    import asyncio
+
+    from banditd.storage.v1 import storage_pb2 as st
+
+    from conftest import make_experiment
+
+    source, recorder, replica = _block_servicers(tmp_path)
+    experiments = [
+        make_experiment("t", arms=ARMS, seed=3),
+        make_experiment("lin", arms=ARMS, policy=POLICIES["lin_ucb"][0], context_dim=4,
+                        reward_type=pb.REWARD_TYPE_CONTINUOUS, seed=4),
+        make_experiment("wide", arms=[f"w{i}" for i in range(300)], seed=5),
+    ]
+    batches = [
+        [pb.SelectArmRequest(experiment_id="t")] * 40,
+        [pb.SelectArmRequest(experiment_id="t", num_arms=3, eligible_arm_ids=ARMS[1:5])] * 9,
+        _mixed_items("lin", 4, 60, seed=8),
+        [pb.SelectArmRequest(experiment_id="wide", num_arms=2)] * 5,  # few of many arms
+    ]
+
+    async def main():
+        for e in experiments:
+            for s in (source, replica):
+                await s.CreateExperiment(pb.CreateExperimentRequest(experiment=e), None)
+        recorder.records.clear()
+        ids = []
+        for items in batches:
+            reply = source.BatchSelectArms(pb.BatchSelectArmsRequest(requests=items), None)
+            ids += [r.decision_id for r in reply.responses]
+            source.durability._encode_pending()
+        return ids
+
+    ids = asyncio.run(main())
+    records = [st.WalRecord.FromString(p) for p in recorder.records]
+    assert {r.WhichOneof("op") for r in records} == {"decision_block"}
+    assert sum(r.decision_block.count for r in records) == len(ids) == 114
+    wide = [r.decision_block for r in records if r.decision_block.experiment_id == "wide"]
+    assert len(wide[0].arm_ids) <= 10  # only the arms its slates use
+    if registered:
+        replica.decisions.register_prefix(source.decisions.id_prefix)
+    for record in records:
+        replica.durability.apply(record)
+    assert bool(replica.decisions._index) != registered  # a ring, or the id dict
+    assert [_record(replica.decisions, i) for i in ids] == [
+        _record(source.decisions, i) for i in ids]
+    for e in experiments:
+        eid = e.experiment_id
+        assert replica.registry.get(eid).selections.tolist() == \
+            source.registry.get(eid).selections.tolist()
+    assert source.registry.get("wide").selections.sum() == 10
+
+
+@pytest.mark.parametrize("damage", ["short", "arm out of range"])
+def test_a_damaged_decision_block_is_refused_and_changes_nothing(tmp_path, damage):
+    from banditd.storage.v1 import storage_pb2 as st
+
+    _, _, replica = _block_servicers(tmp_path)
+    import asyncio
+
+    from conftest import make_experiment
+
+    asyncio.run(replica.CreateExperiment(pb.CreateExperimentRequest(
+        experiment=make_experiment("t", arms=ARMS)), None))
+    uid = replica.registry.get("t").uid
+    positions = np.array([0, 1, 2], dtype="<u4")
+    if damage == "short":
+        positions = positions[:2]
+    else:
+        positions[1] = len(ARMS)
+    block = st.DecisionBlock(experiment_id="t", experiment_uid=uid, id_prefix="x",
+                             first_counter=1, count=3, slate_size=1, arm_ids=ARMS,
+                             arm_positions=positions.tobytes(),
+                             propensities=np.full(3, 0.5).tobytes(), created=1.0)
+    with pytest.raises(ValueError, match="arm"):
+        replica.durability.apply(st.WalRecord(decision_block=block))
+    assert len(replica.decisions) == 0 and replica.registry.get("t").selections.sum() == 0

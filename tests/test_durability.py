@@ -72,6 +72,19 @@ def populate(stub) -> list[str]:
         c = stub.SelectArm(pb.SelectArmRequest(experiment_id="linucb", context=[i / 60, 1.0, -0.5]))
         stub.RecordReward(pb.RecordRewardRequest(experiment_id="linucb", decision_id=c.decision_id,
                                                  reward=0.1 * i))
+    # Batch groups are logged as decision blocks: slates of 2, contexts, few of many arms.
+    create(stub, "wide", arms=tuple(f"w{i}" for i in range(50)), seed=6)
+    for items in ([pb.SelectArmRequest(experiment_id="thompson", num_arms=2)] * 7,
+                  [pb.SelectArmRequest(experiment_id="linucb", context=[i / 5, 0.5, 1.0])
+                   for i in range(5)],
+                  [pb.SelectArmRequest(experiment_id="wide")] * 3):
+        batch = stub.BatchSelectArms(pb.BatchSelectArmsRequest(requests=items)).responses
+        for k, d in enumerate(batch):
+            if k % 2:
+                stub.RecordReward(pb.RecordRewardRequest(
+                    experiment_id=items[k].experiment_id, decision_id=d.decision_id, reward=1))
+            elif d.arm_id in ("a", "b", "c"):
+                pending.append(d.decision_id)
     stub.RecordReward(pb.RecordRewardRequest(experiment_id="thompson", decision_id="lost-decision",
                                              arm_id="c", reward=1))
     stub.IngestMetrics(pb.IngestMetricsRequest(experiment_id="ucb", period="2025-12-01", metrics=[
@@ -109,7 +122,7 @@ def test_crash_restores_from_log(tmp_path, with_snapshot):
     """A crash (no final snapshot): newest snapshot (if any) + log tail = the exact state."""
     srv = start_server(tmp_path, durability="os")
     ch, stub = stub_for(srv.port)
-    populate(stub)
+    pending = populate(stub)
     if with_snapshot:
         take_snapshot(srv)
         for i in range(20):  # more changes after the snapshot: they come from the log
@@ -123,6 +136,10 @@ def test_crash_restores_from_log(tmp_path, with_snapshot):
         assert everything(stub) == before
         assert stub.RecordReward(pb.RecordRewardRequest(
             experiment_id="thompson", decision_id="lost-decision", arm_id="c", reward=1)).duplicate
+        for decision_id in pending:  # single and batch decisions from the log or snapshot
+            r = pb.RecordRewardRequest(experiment_id="thompson", decision_id=decision_id, reward=1)
+            assert not stub.RecordReward(r).duplicate
+            assert stub.RecordReward(r).duplicate
         ch.close()
 
 
@@ -346,8 +363,9 @@ def test_snapshot_inspect_cli(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "thompson: policy thompson, 3 arms" in out.stdout
     assert "linucb: policy lin_ucb, 2 arms, context_dim 3" in out.stdout
-    assert "experiments: 4" in out.stdout
-    assert "decisions: 181 (161 rewarded)" in out.stdout  # 3 x 60 + 1 tombstone
+    assert "experiments: 5" in out.stdout
+    # 3 x 60 single + 15 batch decisions, 1 tombstone; 160 + 6 batch rewards + the tombstone
+    assert "decisions: 196 (167 rewarded)" in out.stdout
     assert "campaigns: 1" in out.stdout
     assert "spring: budget 100 Europe/Rome" in out.stdout and "spent 0.25, 1 open reserv" in out.stdout
     path.write_bytes(b"not a banditd snapshot file at all")

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class WalRecord(_message.Message):
-    __slots__ = ("create_experiment", "delete_experiment", "update_arms", "reset_experiment", "ingest_metrics", "rewards", "decisions", "campaign", "campaign_state", "reservation", "spend", "decision_table", "reward_table")
+    __slots__ = ("create_experiment", "delete_experiment", "update_arms", "reset_experiment", "ingest_metrics", "rewards", "decisions", "campaign", "campaign_state", "reservation", "spend", "decision_table", "reward_table", "decision_block")
     CREATE_EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
     DELETE_EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
     UPDATE_ARMS_FIELD_NUMBER: _ClassVar[int]
@@ -22,6 +22,7 @@ class WalRecord(_message.Message):
     SPEND_FIELD_NUMBER: _ClassVar[int]
     DECISION_TABLE_FIELD_NUMBER: _ClassVar[int]
     REWARD_TABLE_FIELD_NUMBER: _ClassVar[int]
+    DECISION_BLOCK_FIELD_NUMBER: _ClassVar[int]
     create_experiment: _decision_pb2.Experiment
     delete_experiment: DeleteExperiment
     update_arms: _decision_pb2.UpdateArmsRequest
@@ -35,7 +36,8 @@ class WalRecord(_message.Message):
     spend: SpendSettlement
     decision_table: DecisionTable
     reward_table: RewardTable
-    def __init__(self, create_experiment: _Optional[_Union[_decision_pb2.Experiment, _Mapping]] = ..., delete_experiment: _Optional[_Union[DeleteExperiment, _Mapping]] = ..., update_arms: _Optional[_Union[_decision_pb2.UpdateArmsRequest, _Mapping]] = ..., reset_experiment: _Optional[_Union[ResetExperiment, _Mapping]] = ..., ingest_metrics: _Optional[_Union[_decision_pb2.IngestMetricsRequest, _Mapping]] = ..., rewards: _Optional[_Union[Rewards, _Mapping]] = ..., decisions: _Optional[_Union[Decisions, _Mapping]] = ..., campaign: _Optional[_Union[_decision_pb2.Campaign, _Mapping]] = ..., campaign_state: _Optional[_Union[CampaignState, _Mapping]] = ..., reservation: _Optional[_Union[BidReservation, _Mapping]] = ..., spend: _Optional[_Union[SpendSettlement, _Mapping]] = ..., decision_table: _Optional[_Union[DecisionTable, _Mapping]] = ..., reward_table: _Optional[_Union[RewardTable, _Mapping]] = ...) -> None: ...
+    decision_block: DecisionBlock
+    def __init__(self, create_experiment: _Optional[_Union[_decision_pb2.Experiment, _Mapping]] = ..., delete_experiment: _Optional[_Union[DeleteExperiment, _Mapping]] = ..., update_arms: _Optional[_Union[_decision_pb2.UpdateArmsRequest, _Mapping]] = ..., reset_experiment: _Optional[_Union[ResetExperiment, _Mapping]] = ..., ingest_metrics: _Optional[_Union[_decision_pb2.IngestMetricsRequest, _Mapping]] = ..., rewards: _Optional[_Union[Rewards, _Mapping]] = ..., decisions: _Optional[_Union[Decisions, _Mapping]] = ..., campaign: _Optional[_Union[_decision_pb2.Campaign, _Mapping]] = ..., campaign_state: _Optional[_Union[CampaignState, _Mapping]] = ..., reservation: _Optional[_Union[BidReservation, _Mapping]] = ..., spend: _Optional[_Union[SpendSettlement, _Mapping]] = ..., decision_table: _Optional[_Union[DecisionTable, _Mapping]] = ..., reward_table: _Optional[_Union[RewardTable, _Mapping]] = ..., decision_block: _Optional[_Union[DecisionBlock, _Mapping]] = ...) -> None: ...
 
 class DeleteExperiment(_message.Message):
     __slots__ = ("experiment_id",)
@@ -272,6 +274,36 @@ class ClosedBid(_message.Message):
     bid_id: str
     expired: bool
     def __init__(self, bid_id: _Optional[str] = ..., expired: _Optional[bool] = ...) -> None: ...
+
+class DecisionBlock(_message.Message):
+    __slots__ = ("experiment_id", "experiment_uid", "id_prefix", "first_counter", "count", "slate_size", "arm_ids", "arm_positions", "propensities", "model_version", "created", "context_dim", "contexts")
+    EXPERIMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_UID_FIELD_NUMBER: _ClassVar[int]
+    ID_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    FIRST_COUNTER_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    SLATE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ARM_IDS_FIELD_NUMBER: _ClassVar[int]
+    ARM_POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    PROPENSITIES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_DIM_FIELD_NUMBER: _ClassVar[int]
+    CONTEXTS_FIELD_NUMBER: _ClassVar[int]
+    experiment_id: str
+    experiment_uid: int
+    id_prefix: str
+    first_counter: int
+    count: int
+    slate_size: int
+    arm_ids: _containers.RepeatedScalarFieldContainer[str]
+    arm_positions: bytes
+    propensities: bytes
+    model_version: int
+    created: float
+    context_dim: int
+    contexts: bytes
+    def __init__(self, experiment_id: _Optional[str] = ..., experiment_uid: _Optional[int] = ..., id_prefix: _Optional[str] = ..., first_counter: _Optional[int] = ..., count: _Optional[int] = ..., slate_size: _Optional[int] = ..., arm_ids: _Optional[_Iterable[str]] = ..., arm_positions: _Optional[bytes] = ..., propensities: _Optional[bytes] = ..., model_version: _Optional[int] = ..., created: _Optional[float] = ..., context_dim: _Optional[int] = ..., contexts: _Optional[bytes] = ...) -> None: ...
 
 class DecisionTable(_message.Message):
     __slots__ = ("decision_ids", "experiment_uids", "slate_sizes", "arm_ids", "propensities", "model_versions", "created", "rewarded", "context_sizes", "contexts", "experiment_ids")
