@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -43,6 +43,12 @@ def split_decision_id(decision_id: str) -> tuple[str, int] | None:
         return prefix, int(counter, 16)
     except ValueError:
         return None
+
+
+def id_format(prefix: str) -> Callable[[int], str]:
+    """counter -> ``<prefix>-<counter in hex>``, the id of a decision (mapped over a range,
+    ≈ 30% faster than an f-string per id)."""
+    return (prefix.replace("%", "%%") + "-%x").__mod__
 
 
 class DecisionRecord:
@@ -111,7 +117,7 @@ class DecisionStore:
         # A random per-process prefix keeps ids unique across restarts without a
         # per-request uuid4 (which costs more than the rest of the id).
         self._prefix = id_prefix if id_prefix is not None else secrets.token_hex(6)
-        self._id_format = (self._prefix.replace("%", "%%") + "-%x").__mod__  # counter -> id
+        self._id_format = id_format(self._prefix)
         self._counter = 0
         self._puts = 0
         self._issuers = {self._prefix: 0}  # id prefix -> its ring (0: this store's own ids)
@@ -149,8 +155,7 @@ class DecisionStore:
 
     def ids(self, first_counter: int, n: int) -> list[str]:
         """This store's ids of counters ``first_counter .. first_counter + n - 1``."""
-        return list(map(self._id_format, range(first_counter, first_counter + n)))  # ≈ 30%
-        # faster than f"…"
+        return list(map(self._id_format, range(first_counter, first_counter + n)))
 
     # -- storage ---------------------------------------------------------------------------
     def clear(self) -> None:
@@ -317,8 +322,8 @@ class DecisionStore:
             found = self._issuers.get(prefix)
             if found is None:  # e.g. a logged batch of an earlier process
                 if batch.ids is None:
-                    fmt = (prefix.replace("%", "%%") + "-%x").__mod__
-                    batch.ids = list(map(fmt, range(first_counter, first_counter + n)))
+                    batch.ids = list(map(id_format(prefix),
+                                         range(first_counter, first_counter + n)))
                 first_counter = None
             else:
                 ring = found

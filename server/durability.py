@@ -11,13 +11,15 @@ Modes and what an acknowledged write survives:
   graceful shutdown: a crash loses the changes since the last snapshot.
 
 Decision records (SelectArm) are logged without waiting for the disk: after a crash a
-decision from the last moments may be unknown, and its reward then needs ``arm_id``. They are
-collected as columns and encoded as one ``decision_table`` log record whenever the log writes
-(at most ``BANDITD_DECISION_LOG_DELAY_SECONDS`` after a decision, or earlier with other
-records), so a decision costs a few list appends instead of a message, an encoding and a
-flusher wake-up. A
-reward is written after the decision records before it, so an acknowledged reward's decision
-always survives.
+decision from the last moments may be unknown, and its reward then needs ``arm_id``. They wait
+in :class:`PendingDecisions` until the log writes (at most
+``BANDITD_DECISION_LOG_DELAY_SECONDS`` after a decision, or earlier with other records):
+single decisions as columns, encoded as one ``decision_table`` record, so a decision costs a
+few list appends instead of a message, an encoding and a flusher wake-up; each group of a
+``BatchSelectArms`` as one ``decision_block`` record of raw arrays (consecutive ids, one
+experiment), which costs no Python object per decision to write or to replay. A reward is
+written after the decision records before it, so an acknowledged reward's decision always
+survives.
 
 The log is replayed through the same registry / experiment / decision-store code that
 served the requests, so a restore reproduces the learned state exactly (the random
@@ -477,7 +479,7 @@ class Durability:
                 self._encode_pending()
 
     def _encode_pending(self) -> None:
-        """Hand the pending decision records to the log (and the followers) as one record
+        """Hand the pending decision records to the log (and the followers), in order
         (called by the log before every write, and before any other record is appended)."""
         if self.pending.rows and (self.wal is not None or self.replication is not None):
             for payload in self.pending.encode():
