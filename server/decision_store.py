@@ -17,8 +17,9 @@ records on every full collection). Rows are found by id in one of two ways:
   batch is stored with slice assignments only — no per-decision dict insert or delete, which
   in a million-entry dict cost more than the decisions themselves. Such a batch need not
   even make its id strings: a row found through a ring knows its id (issuer and counter);
-* any other id (single decisions, rewarded tombstones, restored decisions): a dict
-  ``decision_id -> row sequence number``.
+  SelectArm's single decisions (``put_new``) take the own ring as well;
+* any other id (rewarded tombstones, restored decisions): a dict ``decision_id -> row
+  sequence number``.
 """
 
 from __future__ import annotations

@@ -154,6 +154,8 @@ class PendingDecisions:
 
 def block_positions(b: st.DecisionBlock) -> np.ndarray:
     """A ``DecisionBlock``'s arm positions, checked against its shape and arms."""
+    if b.count and not b.slate_size:
+        raise ValueError(f"decision block of {b.count} decisions has slates of 0 arms")
     positions = np.frombuffer(b.arm_positions, dtype="<u4")
     if positions.size != b.count * b.slate_size:
         raise ValueError(f"decision block of {b.count} x {b.slate_size} arms has "

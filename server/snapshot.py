@@ -278,8 +278,15 @@ def load(snap: st.Snapshot, section: memoryview, registry: ExperimentRegistry,
 
 
 def decision_columns(t: st.DecisionTable) -> DecisionColumns:
-    """A ``DecisionTable`` (log record or snapshot) as the decision store's columns."""
+    """A ``DecisionTable`` (log record or snapshot) as the decision store's columns; a table
+    whose columns disagree in length is refused (ValueError) before anything is stored."""
     n = len(t.decision_ids)
+    for name in ("experiment_uids", "slate_sizes", "propensities", "model_versions", "created"):
+        if len(getattr(t, name)) != n:
+            raise ValueError(f"decision table of {n} ids has {len(getattr(t, name))} {name}")
+    if len(t.rewarded) not in (0, n) or len(t.context_sizes) not in (0, n):
+        raise ValueError(f"decision table of {n} ids has {len(t.rewarded)} rewarded flags and "
+                         f"{len(t.context_sizes)} context sizes")
     arm_ids = list(t.arm_ids)
     sizes = list(t.slate_sizes)
     slates: list[tuple[str, ...]]

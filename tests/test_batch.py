@@ -545,27 +545,88 @@ def test_batch_groups_are_logged_as_blocks_that_replay_to_the_same_records(tmp_p
     assert source.registry.get("wide").selections.sum() == 10
 
 
-@pytest.mark.parametrize("damage", ["short", "arm out of range"])
-def test_a_damaged_decision_block_is_refused_and_changes_nothing(tmp_path, damage):
-    from banditd.storage.v1 import storage_pb2 as st
-
-    _, _, replica = _block_servicers(tmp_path)
+@pytest.mark.parametrize("damage", ["short", "arm out of range", "no arms per slate",
+                                    "short propensities", "table columns disagree"])
+def test_damaged_decision_records_are_refused_and_change_nothing(tmp_path, damage):
     import asyncio
+
+    from banditd.storage.v1 import storage_pb2 as st
 
     from conftest import make_experiment
 
+    _, _, replica = _block_servicers(tmp_path)
     asyncio.run(replica.CreateExperiment(pb.CreateExperimentRequest(
         experiment=make_experiment("t", arms=ARMS)), None))
     uid = replica.registry.get("t").uid
     positions = np.array([0, 1, 2], dtype="<u4")
+    propensities = np.full(3, 0.5)
+    size = 1
     if damage == "short":
         positions = positions[:2]
-    else:
+    elif damage == "arm out of range":
         positions[1] = len(ARMS)
-    block = st.DecisionBlock(experiment_id="t", experiment_uid=uid, id_prefix="x",
-                             first_counter=1, count=3, slate_size=1, arm_ids=ARMS,
-                             arm_positions=positions.tobytes(),
-                             propensities=np.full(3, 0.5).tobytes(), created=1.0)
-    with pytest.raises(ValueError, match="arm"):
-        replica.durability.apply(st.WalRecord(decision_block=block))
-    assert len(replica.decisions) == 0 and replica.registry.get("t").selections.sum() == 0
+    elif damage == "no arms per slate":
+        size = 0
+    elif damage == "short propensities":
+        propensities = propensities[:2]
+    record = st.WalRecord(decision_block=st.DecisionBlock(
+        experiment_id="t", experiment_uid=uid, id_prefix="x", first_counter=1, count=3,
+        slate_size=size, arm_ids=ARMS, arm_positions=positions.tobytes(),
+        propensities=propensities.tobytes(), created=1.0))
+    if damage == "table columns disagree":  # more incarnations than ids
+        record = st.WalRecord(decision_table=st.DecisionTable(
+            decision_ids=["x-1", "x-2"], experiment_ids=["t"] * 2, experiment_uids=[uid] * 3,
+            slate_sizes=[1, 1], arm_ids=["a0", "a1"], propensities=[0.5] * 2,
+            model_versions=[0] * 2, created=[1.0] * 2))
+    with pytest.raises(ValueError):
+        replica.durability.apply(record)
+    store = replica.decisions
+    assert len(store) == 0 and len(store._ids) == len(store._slates) == store.capacity
+    assert replica.registry.get("t").selections.sum() == 0
+
+
+def test_single_and_batch_decisions_are_logged_in_the_order_they_were_made(tmp_path):
+    """Single decisions (a table) and batch groups (blocks) made in one log window come out
+    as records in decision order, so a replay stores them in that order."""
+    import asyncio
+
+    from banditd.storage.v1 import storage_pb2 as st
+
+    from conftest import make_experiment
+
+    source, recorder, replica = _block_servicers(tmp_path)
+
+    async def main():
+        for s in (source, replica):
+            await s.CreateExperiment(pb.CreateExperimentRequest(
+                experiment=make_experiment("t", arms=ARMS)), None)
+        recorder.records.clear()
+        ids = []
+        for step in range(4):
+            if step % 2:
+                reply = source.BatchSelectArms(pb.BatchSelectArmsRequest(
+                    requests=[pb.SelectArmRequest(experiment_id="t")] * 3), None)
+                ids += [r.decision_id for r in reply.responses]
+            else:
+                for _ in range(2):
+                    ids.append(source.SelectArm(pb.SelectArmRequest(experiment_id="t"),
+                                                None).decision_id)
+        source.durability._encode_pending()  # one log write for all of them
+        return ids
+
+    ids = asyncio.run(main())
+    records = [st.WalRecord.FromString(p) for p in recorder.records]
+    assert [r.WhichOneof("op") for r in records] == [
+        "decision_table", "decision_block", "decision_table", "decision_block"]
+    logged = []
+    for r in records:
+        if r.HasField("decision_table"):
+            logged += list(r.decision_table.decision_ids)
+        else:
+            b = r.decision_block
+            logged += [f"{b.id_prefix}-{c:x}" for c in range(b.first_counter,
+                                                            b.first_counter + b.count)]
+    assert logged == ids
+    for r in records:
+        replica.durability.apply(r)
+    assert replica.decisions.columns().ids == ids
