@@ -427,7 +427,7 @@ class DecisionStore:
     def columns(self) -> DecisionColumns:
         """Every record held, oldest first, as columns (copies, taken at once)."""
         c = self.capacity
-        prefixes = list(self._issuers)  # ring -> issuer
+        formats = [id_format(prefix) for prefix in self._issuers]  # ring -> its ids
         rows = np.arange(self._head, self._tail, dtype=np.int64) % c
         ids: list[str] = []
         plist: list[int] = []
@@ -438,7 +438,7 @@ class DecisionStore:
             if decision_id is None:  # a batch row found through a ring: no id string made
                 if counter < 0:
                     continue
-                decision_id = f"{prefixes[ring]}-{counter:x}"
+                decision_id = formats[ring](counter)
             if self._seq(decision_id) == seq:
                 ids.append(decision_id)
                 plist.append(p)

@@ -40,7 +40,7 @@ import signal
 import time
 import traceback
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -50,6 +50,7 @@ from banditd.storage.v1 import storage_pb2 as st
 
 from server import analytics, snapshot
 from server.decision_store import DecisionColumns, DecisionRecord, DecisionStore
+from server.experiment import Experiment
 from server.pacing import CampaignRegistry
 from server.registry import ExperimentRegistry
 from server.settings import Settings
@@ -166,11 +167,10 @@ def block_positions(b: st.DecisionBlock) -> np.ndarray:
     return positions
 
 
-def block_columns(b: st.DecisionBlock) -> DecisionColumns:
+def block_columns(b: st.DecisionBlock, positions: np.ndarray) -> DecisionColumns:
     """A ``DecisionBlock`` as the decision store's columns (ids None: they are consecutive,
-    ``b.first_counter`` on, of ``b.id_prefix``)."""
+    ``b.first_counter`` on, of ``b.id_prefix``); ``positions``: its :func:`block_positions`."""
     n, size = b.count, b.slate_size
-    positions = block_positions(b)
     slates: list[tuple[str, ...]]
     if size == 1:  # one shared tuple per arm, not one per decision
         slates = list(map([(a,) for a in b.arm_ids].__getitem__, positions.tolist()))
@@ -185,6 +185,16 @@ def block_columns(b: st.DecisionBlock) -> DecisionColumns:
         np.frombuffer(b.propensities, dtype="<f8").reshape(n).astype(np.float64),
         np.full(n, b.model_version, dtype=np.int64), np.full(n, b.created),
         np.zeros(n, dtype=np.bool_))
+
+
+def _add_selections(experiment: Experiment, counts: Iterable[tuple[str, int]]) -> None:
+    """Add (arm id, selections) pairs to the experiment's counts; arms it no longer has are
+    skipped."""
+    index, selections = experiment.arm_index, experiment.selections
+    for arm_id, k in counts:
+        pos = index.get(arm_id)
+        if k and pos is not None:
+            selections[pos] += k
 
 
 class ReplicationLog(Protocol):
@@ -372,15 +382,18 @@ class Durability:
         self.decisions.put(d.decision_id, DecisionRecord(
             d.experiment_uid, tuple(d.arm_ids), context, d.propensity, d.model_version,
             d.created, d.rewarded), expire=False)
+        e = self._incarnation(d.experiment_id, d.experiment_uid)
+        if e is not None:
+            _add_selections(e, [(arm_id, 1) for arm_id in d.arm_ids])
+
+    def _incarnation(self, experiment_id: str, uid: int) -> Experiment | None:
+        """The experiment, if the incarnation ``uid`` of it still exists (None when it was
+        deleted or reset since: its counters went with it)."""
         try:
-            e = self.registry.get(d.experiment_id)
+            e = self.registry.get(experiment_id)
         except Exception:
-            return  # deleted since: its counters went with it
-        if e.uid == d.experiment_uid:
-            for arm_id in d.arm_ids:
-                pos = e.arm_index.get(arm_id)
-                if pos is not None:
-                    e.selections[pos] += 1
+            return None
+        return e if e.uid == uid else None
 
     def _replay_decision_table(self, t: st.DecisionTable) -> None:
         cols = snapshot.decision_columns(t)
@@ -388,24 +401,18 @@ class Durability:
         self._count_selections(t, cols.slates)
 
     def _replay_decision_block(self, b: st.DecisionBlock) -> None:
-        cols = block_columns(b)
-        self.decisions.put_many(cols, expire=False, first_counter=b.first_counter,
-                                issuer=b.id_prefix)
-        self._count_block(b)
+        positions = block_positions(b)
+        self.decisions.put_many(block_columns(b, positions), expire=False,
+                                first_counter=b.first_counter, issuer=b.id_prefix)
+        self._count_block(b, positions)
 
-    def _count_block(self, b: st.DecisionBlock) -> None:
-        """Count a decision block's selections (if its experiment incarnation still exists)."""
-        try:
-            e = self.registry.get(b.experiment_id)
-        except Exception:
-            return  # deleted since: its counters went with it
-        if e.uid != b.experiment_uid:
-            return
-        counts = np.bincount(block_positions(b), minlength=len(b.arm_ids))
-        for arm_id, k in zip(b.arm_ids, counts.tolist(), strict=True):
-            pos = e.arm_index.get(arm_id)
-            if k and pos is not None:
-                e.selections[pos] += k
+    def _count_block(self, b: st.DecisionBlock, positions: np.ndarray) -> None:
+        """Count a decision block's selections (if its experiment incarnation still exists);
+        ``positions``: its :func:`block_positions`."""
+        e = self._incarnation(b.experiment_id, b.experiment_uid)
+        if e is not None:
+            counts = np.bincount(positions, minlength=len(b.arm_ids))
+            _add_selections(e, zip(b.arm_ids, counts.tolist(), strict=True))
 
     def _count_selections(self, t: st.DecisionTable,
                           slates: list[tuple[str, ...]] | None = None) -> None:
@@ -418,34 +425,23 @@ class Durability:
         first = experiment_ids[0]
         if experiment_ids.count(first) == n and len(set(t.experiment_uids)) == 1:
             # The usual table: one experiment, one incarnation: count arm ids at C speed.
-            try:
-                experiment = self.registry.get(first)
-            except Exception:
-                return  # deleted since: its counters went with it
-            if experiment.uid == t.experiment_uids[0]:
-                index, selections = experiment.arm_index, experiment.selections
-                for arm_id, k in Counter(t.arm_ids).items():
-                    pos = index.get(arm_id)
-                    if pos is not None:
-                        selections[pos] += k
+            experiment = self._incarnation(first, t.experiment_uids[0])
+            if experiment is not None:
+                _add_selections(experiment, Counter(t.arm_ids).items())
             return
         if slates is None:
             slates = snapshot.decision_columns(t).slates
-        experiments: dict[str, object] = {}
+        experiments: dict[str, Experiment | None] = {}  # None: deleted since
         for experiment_id, uid, slate in zip(experiment_ids, t.experiment_uids, slates,
                                              strict=True):
-            e = experiments.get(experiment_id)
-            if e is None:
+            if experiment_id not in experiments:
                 try:
-                    e = experiments[experiment_id] = self.registry.get(experiment_id)
+                    experiments[experiment_id] = self.registry.get(experiment_id)
                 except Exception:
-                    e = experiments[experiment_id] = False  # deleted since
-            if e and e.uid == uid:  # type: ignore[attr-defined]
-                index = e.arm_index  # type: ignore[attr-defined]
-                for arm_id in slate:
-                    pos = index.get(arm_id)
-                    if pos is not None:
-                        e.selections[pos] += 1  # type: ignore[attr-defined]
+                    experiments[experiment_id] = None
+            e = experiments[experiment_id]
+            if e is not None and e.uid == uid:
+                _add_selections(e, [(arm_id, 1) for arm_id in slate])
 
     # -- logging (event loop) ----------------------------------------------------------------
     async def start(self) -> None:

@@ -50,7 +50,7 @@ from banditd.storage.v1 import storage_pb2 as st
 from kernels.rng import jump_state
 from server import snapshot
 from server.decision_store import DecisionRecord, DecisionStore, split_decision_id
-from server.durability import Durability, PendingDecisions, RestoreReport
+from server.durability import Durability, PendingDecisions, RestoreReport, block_positions
 from server.pacing import CampaignRegistry
 from server.registry import ExperimentRegistry
 from server.settings import Settings
@@ -325,7 +325,7 @@ class ReplicaDurability(Durability):
         self._count_selections(t)  # only the counts: no record columns to build
 
     def _replay_decision_block(self, b: st.DecisionBlock) -> None:
-        self._count_block(b)
+        self._count_block(b, block_positions(b))
 
     def apply(self, record: st.WalRecord) -> None:
         super().apply(record)
