@@ -3,15 +3,19 @@ logs decisions as columns; it must give exactly what the same requests one by on
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import numpy as np
 import pytest
+from banditd.storage.v1 import storage_pb2 as st
 from test_durability import stub_for
 
-from conftest import RunningServer, create, running_server
+from conftest import RunningServer, create, make_experiment, running_server
 from decision.v1 import decision_pb2 as pb
 from server.decision_store import DecisionColumns, DecisionRecord, DecisionStore
 from server.metrics import Metrics
+from server.service import DecisionServicer
 from server.settings import Settings
 
 POLICIES = {
@@ -470,8 +474,6 @@ def test_decision_store_keeps_batches_without_their_id_strings():
 def _block_servicers(tmp_path):
     """A servicer whose logged records are captured (as a leader's stream would send them),
     and a second one with the same experiments to replay them."""
-    from server.service import DecisionServicer
-
     class Recorder:
         def __init__(self):
             self.records: list[bytes] = []
@@ -493,12 +495,6 @@ def _block_servicers(tmp_path):
 @pytest.mark.parametrize("registered", [True, False])
 def test_batch_groups_are_logged_as_blocks_that_replay_to_the_same_records(tmp_path,
                                                                          registered):
-    import asyncio
-
-    from banditd.storage.v1 import storage_pb2 as st
-
-    from conftest import make_experiment
-
     source, recorder, replica = _block_servicers(tmp_path)
     experiments = [
         make_experiment("t", arms=ARMS, seed=3),
@@ -548,12 +544,6 @@ def test_batch_groups_are_logged_as_blocks_that_replay_to_the_same_records(tmp_p
 @pytest.mark.parametrize("damage", ["short", "arm out of range", "no arms per slate",
                                     "short propensities", "table columns disagree"])
 def test_damaged_decision_records_are_refused_and_change_nothing(tmp_path, damage):
-    import asyncio
-
-    from banditd.storage.v1 import storage_pb2 as st
-
-    from conftest import make_experiment
-
     _, _, replica = _block_servicers(tmp_path)
     asyncio.run(replica.CreateExperiment(pb.CreateExperimentRequest(
         experiment=make_experiment("t", arms=ARMS)), None))
@@ -588,12 +578,6 @@ def test_damaged_decision_records_are_refused_and_change_nothing(tmp_path, damag
 def test_single_and_batch_decisions_are_logged_in_the_order_they_were_made(tmp_path):
     """Single decisions (a table) and batch groups (blocks) made in one log window come out
     as records in decision order, so a replay stores them in that order."""
-    import asyncio
-
-    from banditd.storage.v1 import storage_pb2 as st
-
-    from conftest import make_experiment
-
     source, recorder, replica = _block_servicers(tmp_path)
 
     async def main():
