@@ -202,12 +202,17 @@ class _Forwarder:
         return call
 
     async def forward(self, name: str, request: bytes, context) -> bytes:
+        # Each call is counted before its answer goes out (abort sends the status before it
+        # returns), so a client that has seen the answer finds it in /metrics.
         started = time.perf_counter()
-        code = "OK"
+
+        def observe(code: str) -> None:
+            self._servicer.metrics.observe(name, code, time.perf_counter() - started)
+
         context.set_trailing_metadata(self._metadata)
         try:
             if not self._servicer.ready:
-                code = "UNAVAILABLE"
+                observe("UNAVAILABLE")
                 await context.abort(grpc.StatusCode.UNAVAILABLE,
                                     "server is starting (loading the leader's state); retry")
             publisher = self._durability.publisher
@@ -219,7 +224,7 @@ class _Forwarder:
             try:
                 response = await call
             except grpc.aio.AioRpcError as exc:
-                code = exc.code().name
+                observe(exc.code().name)
                 await context.abort(exc.code(), exc.details() or "",
                                     (*self._metadata, *_forwardable(exc.trailing_metadata())))
             trailing = await call.trailing_metadata()
@@ -227,9 +232,16 @@ class _Forwarder:
             if seq and not await self._durability.wait_applied_seq(seq):
                 log.warning("%s: answered before applying the leader's log up to %d", name, seq)
             context.set_trailing_metadata((*self._metadata, *_forwardable(trailing)))
-            return response
-        finally:
-            self._servicer.metrics.observe(name, code, time.perf_counter() - started)
+        except grpc.aio.AbortError:
+            raise
+        except asyncio.CancelledError:
+            observe("CANCELLED")
+            raise
+        except Exception:
+            observe("UNKNOWN")  # what gRPC answers for an exception from a handler
+            raise
+        observe("OK")
+        return response
 
     async def close(self) -> None:
         if self._channel is not None:

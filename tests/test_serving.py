@@ -253,3 +253,56 @@ def test_prometheus_metrics_count_requests_by_code(tmp_path):
     assert samples[("banditd_handler_seconds_count", (("method", "SelectArm"),))] == 4
     assert samples[("banditd_experiments", ())] == 1
     assert samples[("banditd_decisions_stored", ())] == 3
+
+
+class _AbortRecorder:
+    """A ServicerContext stand-in whose abort notes what /metrics held when the status was
+    sent (abort sends it, then raises)."""
+
+    def __init__(self, metrics):
+        self._metrics = metrics
+        self.counts_at_abort = None
+
+    def set_trailing_metadata(self, metadata):
+        pass
+
+    async def abort(self, code, details, trailing_metadata=()):
+        self.counts_at_abort = dict(self._metrics._stats.counts)
+        raise grpc.aio.AbortError(code, details)
+
+
+def test_a_failed_call_is_counted_before_its_status_is_sent():
+    # The client may scrape /metrics as soon as it has its answer.
+    import asyncio
+
+    from server.app import bytes_handler
+    from server.errors import NotFound
+    from server.metrics import Metrics
+
+    method = pb.DESCRIPTOR.services_by_name["DecisionService"].methods_by_name["SelectArm"]
+    metrics = Metrics()
+
+    def select(request, context):
+        raise NotFound(f"experiment {request.experiment_id!r} not found")
+
+    context = _AbortRecorder(metrics)
+    handler = bytes_handler(select, method, metrics)
+    with pytest.raises(grpc.aio.AbortError):
+        asyncio.run(handler(pb.SelectArmRequest(experiment_id="x").SerializeToString(), context))
+    assert context.counts_at_abort == {("SelectArm", "NOT_FOUND"): 1}
+
+
+def test_a_follower_counts_a_refused_call_before_its_status_is_sent():
+    import asyncio
+    from types import SimpleNamespace
+
+    from server.metrics import Metrics
+    from server.workers import _Forwarder
+
+    metrics = Metrics()
+    servicer = SimpleNamespace(ready=False, metrics=metrics)
+    forwarder = _Forwarder(servicer, durability=None, leader_address=None, metadata=())
+    context = _AbortRecorder(metrics)
+    with pytest.raises(grpc.aio.AbortError):
+        asyncio.run(forwarder.forward("SelectArm", b"", context))
+    assert context.counts_at_abort == {("SelectArm", "UNAVAILABLE"): 1}
