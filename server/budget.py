@@ -18,10 +18,11 @@ to the total, in integer cents:
    over the groups that have it — a new group is treated as an average performer. If no
    group has the metric, every group scores the same on it. Shares = score / sum of scores
    (equal shares when every score is 0).
-2. Projection: amount_i = clip(lambda x share_i x total, min, max) with lambda >= 0 found
-   by bisection so that the amounts sum to the total. Scaling (not shifting) keeps the
-   proportions of the groups inside the box, and the order of the groups by score. Groups
-   whose share is 0 stay at min unless the others all reach max.
+2. Projection: amount_i = clip(lambda x share_i x total, min, max) with lambda >= 0 solved
+   exactly (the sum is piecewise linear in lambda) so that the amounts sum to the total.
+   Scaling (not shifting) keeps the proportions of the groups inside the box, and the order
+   of the groups by score. Groups whose share is 0 stay at min unless the others all reach
+   max.
 3. Cents: amounts are floored to integer cents and the missing cents go one by one to the
    groups with the largest remainders (ties: higher score, then request order) that still
    have room below max, so the sum equals round(total x 100) cents exactly.
@@ -171,32 +172,59 @@ def project_to_box(shares: np.ndarray, total: float, lo, hi) -> np.ndarray:
     ``lo`` and ``hi`` are scalars or per-element arrays."""
     n = shares.shape[0]
     positive = shares > 0
-    if not positive.any():
-        return np.full(n, total / n)
+    if not positive.any():  # no preference: equal shares, still inside the box
+        shares = np.ones(n)
+        positive = shares > 0
+    lo_all = np.broadcast_to(lo, shares.shape)
+    hi_all = np.broadcast_to(hi, shares.shape)
     # If the positive-share groups cannot absorb the total even at max, they get max and
-    # the zero-share groups split the rest equally.
-    ceiling = np.where(positive, hi, lo)
+    # the zero-share groups split the rest equally, each inside its own box.
+    ceiling = np.where(positive, hi_all, lo_all)
     if float(ceiling.sum()) <= total:
         rest = total - float(ceiling.sum())
-        if rest > 0 and (~positive).any():
-            ceiling[~positive] += rest / (~positive).sum()
+        idle = ~positive
+        if rest > 0 and idle.any():
+            ceiling[idle] = project_to_box(np.ones(int(idle.sum())),
+                                           rest + float(lo_all[idle].sum()),
+                                           lo_all[idle], hi_all[idle])
         return ceiling
+    # spent(lam) = sum(clip(lam * target, lo, hi)) is continuous, non-decreasing and linear
+    # between the breakpoints lo/target and hi/target of the positive-share groups. A binary
+    # search over the sorted breakpoints (spent evaluated directly: running sums of slopes
+    # cancel badly when shares span many orders of magnitude) finds the piece where it
+    # reaches the total; on that piece every group is at lo, at hi or at lam * target, and
+    # the total gives lam. (It was a 200-step bisection of lam: ~1.6 ms at 10 groups, a
+    # third of a GetAllocation.)
+    if total <= float(lo_all.sum()):
+        return np.array(lo_all, dtype=np.float64)  # every group at lo
     target = shares * total
+    live = target > 0  # a positive share times a tiny total can underflow to 0
+    if not live.any():
+        target, live = positive * float(total), positive
+    t, lo_p, hi_p = target[live], lo_all[live], hi_all[live]
+    idle_floor = float(lo_all[~live].sum())
+    with np.errstate(over="ignore", divide="ignore"):
+        lower, upper = lo_p / t, hi_p / t
+    at = np.sort(np.concatenate((lower, upper)))
 
     def spent(lam: float) -> float:
-        return float(np.clip(lam * target, lo, hi).sum())
+        return idle_floor + float(np.clip(lam * t, lo_p, hi_p).sum())
 
-    # spent() rises from n*lo to ceiling.sum() > total: bracket, then bisect. Every
-    # positive-share group reaches hi once lam * target >= hi.
-    hi_positive = np.broadcast_to(hi, shares.shape)[positive]
-    low, high = 0.0, max(1.0, float((hi_positive / target[positive]).max()))
-    for _ in range(200):
-        mid = 0.5 * (low + high)
-        if spent(mid) < total:
-            low = mid
+    # spent(at[0]) is the sum of lo, below the total; spent(at[-1]) is ceiling.sum(), above
+    first, last = 1, len(at) - 1
+    while first < last:
+        mid = (first + last) // 2
+        if spent(at[mid]) >= total:
+            last = mid
         else:
-            high = mid
-    return np.clip(high * target, lo, hi)
+            first = mid + 1
+    start, end = at[first - 1], at[first]
+    middle = 0.5 * (start + end) if np.isfinite(end) else start + 1.0
+    linear = (lower <= middle) & (middle < upper)
+    fixed = idle_floor + float(lo_p[middle < lower].sum()) + float(hi_p[upper <= middle].sum())
+    rate = float(t[linear].sum())
+    lam = (total - fixed) / rate if rate > 0 else end
+    return np.clip(min(max(lam, start), end) * target, lo, hi)
 
 
 def round_to_units(
