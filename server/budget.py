@@ -200,7 +200,7 @@ def project_to_box(shares: np.ndarray, total: float, lo, hi) -> np.ndarray:
     target = shares * total
     live = target > 0  # a positive share times a tiny total can underflow to 0
     if not live.any():
-        target, live = positive * float(total), positive
+        target, live = np.where(positive, float(total), 0.0), positive
     t, lo_p, hi_p = target[live], lo_all[live], hi_all[live]
     idle_floor = float(lo_all[~live].sum())
     with np.errstate(over="ignore", divide="ignore"):
