@@ -67,25 +67,37 @@ def bytes_handler(behavior: Callable[..., Any], method: MethodDescriptor, metric
     waits = inspect.iscoroutinefunction(behavior)
 
     async def handler(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        # The call is counted before its answer goes out (abort sends the status before it
-        # returns), so a client that has seen the answer finds it in /metrics.
+        # Every call is counted once, before its answer goes out (abort sends the status
+        # before it returns), so a client that has seen the answer finds it in /metrics.
         start = clock()
         try:
             response = behavior(request_of(raw), context)
             if waits:
                 response = await response
             answer = response.SerializeToString()
-        except grpc.aio.AbortError:
+        except asyncio.CancelledError:  # the client cancelled, or its deadline passed
+            observe(name, "CANCELLED", clock() - start)
+            raise
+        except grpc.aio.AbortError:  # the behaviour aborted: its status is already set
+            observe(name, code_name(context.code()), clock() - start)
             raise
         except Exception as exc:
             status, message = status_of(exc, name)
-            observe(name, status.name, clock() - start)
-            await context.abort(status, message)
-            raise  # not reached: abort raises
-        observe(name, "OK", clock() - start)
-        return answer
+        else:
+            observe(name, "OK", clock() - start)
+            return answer
+        observe(name, status.name, clock() - start)
+        await context.abort(status, message)  # outside the try: an error here is not recounted
+        raise AssertionError("abort returned")
 
     return handler
+
+
+def code_name(code: Any) -> str:
+    """A status code's name for the metrics (``grpc.StatusCode`` or its integer value)."""
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    return next((c.name for c in grpc.StatusCode if c.value[0] == code), "UNKNOWN")
 
 
 def register_decision_handlers(server: grpc.aio.Server,

@@ -202,19 +202,19 @@ class _Forwarder:
         return call
 
     async def forward(self, name: str, request: bytes, context) -> bytes:
-        # Each call is counted before its answer goes out (abort sends the status before it
-        # returns), so a client that has seen the answer finds it in /metrics.
+        # Every call is counted once, before its answer goes out (abort sends the status
+        # before it returns), so a client that has seen the answer finds it in /metrics.
         started = time.perf_counter()
 
         def observe(code: str) -> None:
             self._servicer.metrics.observe(name, code, time.perf_counter() - started)
 
         context.set_trailing_metadata(self._metadata)
+        if not self._servicer.ready:
+            observe("UNAVAILABLE")
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                "server is starting (loading the leader's state); retry")
         try:
-            if not self._servicer.ready:
-                observe("UNAVAILABLE")
-                await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                    "server is starting (loading the leader's state); retry")
             publisher = self._durability.publisher
             if name in DECISION_IDS and publisher is not None and publisher.pending:
                 publisher.send_now()  # the leader would wait for these decisions
@@ -224,24 +224,29 @@ class _Forwarder:
             try:
                 response = await call
             except grpc.aio.AioRpcError as exc:
-                observe(exc.code().name)
-                await context.abort(exc.code(), exc.details() or "",
-                                    (*self._metadata, *_forwardable(exc.trailing_metadata())))
-            trailing = await call.trailing_metadata()
-            seq = leader_seq(trailing)
-            if seq and not await self._durability.wait_applied_seq(seq):
-                log.warning("%s: answered before applying the leader's log up to %d", name, seq)
-            context.set_trailing_metadata((*self._metadata, *_forwardable(trailing)))
-        except grpc.aio.AbortError:
-            raise
-        except asyncio.CancelledError:
+                refused = exc
+            else:
+                refused = None
+                trailing = await call.trailing_metadata()
+                seq = leader_seq(trailing)
+                if seq and not await self._durability.wait_applied_seq(seq):
+                    log.warning("%s: answered before applying the leader's log up to %d",
+                                name, seq)
+                context.set_trailing_metadata((*self._metadata, *_forwardable(trailing)))
+        except asyncio.CancelledError:  # the client cancelled, or its deadline passed
             observe("CANCELLED")
             raise
         except Exception:
             observe("UNKNOWN")  # what gRPC answers for an exception from a handler
             raise
-        observe("OK")
-        return response
+        if refused is None:
+            observe("OK")
+            return response
+        observe(refused.code().name)
+        # outside the try: an error sending this status is not counted again
+        await context.abort(refused.code(), refused.details() or "",
+                            (*self._metadata, *_forwardable(refused.trailing_metadata())))
+        raise AssertionError("abort returned")
 
     async def close(self) -> None:
         if self._channel is not None:

@@ -306,3 +306,64 @@ def test_a_follower_counts_a_refused_call_before_its_status_is_sent():
     with pytest.raises(grpc.aio.AbortError):
         asyncio.run(forwarder.forward("SelectArm", b"", context))
     assert context.counts_at_abort == {("SelectArm", "UNAVAILABLE"): 1}
+
+
+def test_a_cancelled_call_is_counted_once_as_cancelled():
+    # gRPC cancels the handler's task when the client cancels or its deadline passes.
+    import asyncio
+
+    from server.app import bytes_handler
+    from server.metrics import Metrics
+
+    method = pb.DESCRIPTOR.services_by_name["DecisionService"].methods_by_name["GetAllocation"]
+    metrics = Metrics()
+
+    async def allocate(request, context):
+        raise asyncio.CancelledError
+
+    handler = bytes_handler(allocate, method, metrics)
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(handler(pb.GetAllocationRequest(experiment_id="x").SerializeToString(),
+                            _AbortRecorder(metrics)))
+    assert metrics._stats.counts == {("GetAllocation", "CANCELLED"): 1}
+
+
+def test_a_follower_counts_a_leader_refusal_once_even_if_sending_it_fails():
+    # The client's deadline can pass while the leader's error comes back: abort then raises
+    # something other than AbortError, which must not be counted a second time.
+    import asyncio
+    from types import SimpleNamespace
+
+    from server.metrics import Metrics
+    from server.workers import _Forwarder
+
+    metrics = Metrics()
+
+    class SendFails(_AbortRecorder):
+        def time_remaining(self):
+            return 1.0
+
+        def invocation_metadata(self):
+            return ()
+
+        async def abort(self, code, details, trailing_metadata=()):
+            self.counts_at_abort = dict(self._metrics._stats.counts)
+            raise RuntimeError("the call is already over")
+
+    async def refused(request, timeout, metadata):
+        raise grpc.aio.AioRpcError(grpc.StatusCode.NOT_FOUND, grpc.aio.Metadata(),
+                                   grpc.aio.Metadata(), "experiment 'x' not found")
+
+    forwarder = _Forwarder(SimpleNamespace(ready=True, metrics=metrics),
+                           durability=SimpleNamespace(publisher=None), leader_address=None,
+                           metadata=())
+
+    async def leader_call(name):
+        return refused
+
+    forwarder._call = leader_call
+    context = SendFails(metrics)
+    with pytest.raises(RuntimeError):
+        asyncio.run(forwarder.forward("GetExperiment", b"", context))
+    assert context.counts_at_abort == {("GetExperiment", "NOT_FOUND"): 1}
+    assert metrics._stats.counts == {("GetExperiment", "NOT_FOUND"): 1}
