@@ -274,3 +274,55 @@ def test_projection_matches_bisection_and_stays_in_the_box(problem):
     if positive.any() and ceiling > total and np.all(shares[positive] * total > 0):
         expected = _project_by_bisection(shares, total, lo, hi)
         np.testing.assert_allclose(amounts, expected, rtol=1e-9, atol=1e-9 * scale)
+
+
+@st.composite
+def extreme_box_problem(draw):
+    """Shares and totals across the whole float range (zeros, subnormals, 1e300 apart)."""
+    n = draw(st.integers(1, 12))
+    shares = np.array(draw(st.lists(
+        st.one_of(st.just(0.0), st.floats(5e-324, 1e-200), st.floats(1e-200, 1e300)),
+        min_size=n, max_size=n)))
+    lo = np.array(draw(st.lists(st.floats(0, 1e6), min_size=n, max_size=n)))
+    hi = lo + np.array(draw(st.lists(st.floats(0, 1e6), min_size=n, max_size=n)))
+    floor, ceiling = float(lo.sum()), float(hi.sum())
+    total = floor + draw(st.floats(0, 1)) * (ceiling - floor)
+    return shares, total, lo, hi
+
+
+@settings(max_examples=300, deadline=None)
+@given(extreme_box_problem())
+def test_projection_sums_to_the_total_whatever_the_magnitudes(problem):
+    shares, total, lo, hi = problem
+    with np.errstate(over="raise", invalid="raise", divide="raise"):  # underflow is fine
+        amounts = project_to_box(shares, total, lo, hi)
+    scale = max(total, 1.0)
+    assert np.all(amounts >= lo) and np.all(amounts <= hi)
+    assert abs(amounts.sum() - total) <= 1e-9 * scale
+
+
+@pytest.mark.parametrize("shares, total, lo, hi, expected", [
+    ([1, 1e-310], 1.5, 0, 1, [1, 0.5]),  # the tiny share takes what the other cannot
+    ([1e-321], 1.0, 0.5, 2.0, [1.0]),
+    ([1, 2 / 3.5 / 1e308], 3.5, [0, 2], [1, 3], [1, 2.5]),
+    ([1, 4e-323], 0.05, 0, 0.03, [0.03, 0.02]),
+    ([1, 1e-200, 1e-300], 2.5, 0, 1, [1, 1, 0.5]),
+])
+def test_projection_of_shares_far_apart(shares, total, lo, hi, expected):
+    amounts = project_to_box(np.array(shares, dtype=float), total, lo, hi)
+    np.testing.assert_allclose(amounts, expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("groups, total, hi", [
+    ([(1.0, 1.0), (1e-300, 1e10)], 150.0, 100.0),
+    ([(1.0, 1.0)] + [(5e-324, 1.0)] * 10, 0.5, 0.05),
+])
+def test_roas_split_of_groups_with_metrics_far_apart(groups, total, hi):
+    request = pb.AllocateBudgetRequest(
+        total_budget=total, strategy=pb.ALLOCATION_STRATEGY_ROAS_OPTIMIZED,
+        min_allocation=0, max_allocation=hi,
+        ad_groups=[pb.AdGroup(id=f"g{i}", revenue=r, spend=s) for i, (r, s) in enumerate(groups)])
+    amounts = allocate_budget(request, 10, 1000).amounts
+    assert sum(cents(a) for a in amounts) == cents(total)
+    assert all(0 <= cents(a) <= cents(hi) for a in amounts)
+    assert amounts[0] == hi  # the best group is at its cap
