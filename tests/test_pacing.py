@@ -74,6 +74,22 @@ def test_learned_plan_follows_traffic_and_conversions_within_the_daily_shift():
     assert p[18:22].sum() > new[18:22].sum() > plan[18:22].sum()
 
 
+
+def test_hours_without_traffic_stay_within_the_daily_shift():
+    # Traffic only at night: the night hours reach +25% and the rest of the budget goes to
+    # the hours without traffic, each still within 25% of its own share.
+    plan = np.full(HOURS, 1.5)
+    plan[:6] = 2.0  # the night already has a larger share
+    plan[6:12] = 0.5  # the morning a small one
+    plan /= plan.sum()
+    history = np.zeros((HOURS, 3))
+    history[:6, 0] = 100
+    new = learn_plan(plan, history, max_shift=0.25)
+    assert new.sum() == pytest.approx(1.0)
+    assert np.all(new <= plan * 1.25 + 1e-12) and np.all(new >= plan * 0.75 - 1e-12)
+    assert np.allclose(new[:6], plan[:6] * 1.25)
+    assert np.allclose(new[6:12], plan[6:12] * 1.25)  # what the rest of the day cannot take
+
 # -- configuration --------------------------------------------------------------------------
 @pytest.mark.parametrize("fields, message", [
     (dict(daily_budget=-1), "daily_budget"),
