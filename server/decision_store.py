@@ -254,6 +254,29 @@ class DecisionStore:
         if old is not None and self._index.get(old) == seq:
             del self._index[old]
 
+    def _inherit_reward(self, earlier: int, seq: int) -> None:
+        """Row ``seq`` is about to take over the id of row ``earlier``: if that is a live,
+        rewarded row of the same experiment incarnation (a rewarded tombstone, stored when a
+        reward by explicit arm came before its decision), the decision keeps its reward, as
+        the live store does (its id dict, which holds the tombstone, is read before the
+        rings); a replay would otherwise forget it and count a retried reward again."""
+        c = self.capacity
+        if self._head <= earlier < seq and self._rewarded[earlier % c] and \
+                self._uids[earlier % c] == self._uids[seq % c]:
+            self._rewarded[seq % c] = True
+
+    def _inherit_rewards(self, ids: set[str], start: int) -> None:
+        """:meth:`_inherit_reward` for rows from ``start`` on that took over ids of earlier
+        rows (rare: found by the id dict not growing by the batch size, so the common case
+        costs nothing; here only the earlier rewarded rows of the id dict are looked at)."""
+        c = self.capacity
+        seqs = np.arange(self._head, start)
+        pos = seqs % c
+        for seq in seqs[self._rewarded[pos] & (self._own[pos] < 0)].tolist():
+            decision_id = self._ids[seq % c]
+            if decision_id in ids:
+                self._inherit_reward(seq, self._index[decision_id])
+
     def put(self, decision_id: str, record: DecisionRecord, expire: bool = True) -> None:
         seq = self._tail
         if seq - self._head >= self.capacity:
@@ -269,6 +292,9 @@ class DecisionStore:
         self._created[pos] = record.created
         self._rewarded[pos] = record.rewarded
         self._own[pos] = -1
+        earlier = self._index.get(decision_id)
+        if earlier is not None:
+            self._inherit_reward(earlier, seq)
         self._index[decision_id] = seq
         self._tail = seq + 1
         record.row = seq
@@ -369,7 +395,10 @@ class DecisionStore:
             done += take
         if first_counter is None:
             assert batch.ids is not None
+            before = len(self._index)
             self._index.update(zip(batch.ids, range(start, start + n), strict=True))
+            if len(self._index) - before < n:  # some of these ids were stored before
+                self._inherit_rewards(set(batch.ids), start)
         self._tail = start + n
         if expire and n:
             self._expire(float(batch.created[-1]))

@@ -614,3 +614,70 @@ def test_single_and_batch_decisions_are_logged_in_the_order_they_were_made(tmp_p
     for r in records:
         replica.durability.apply(r)
     assert replica.decisions.columns().ids == ids
+
+
+@pytest.mark.parametrize("made_by", ["BatchSelectArms", "SelectArm"])
+def test_a_reward_that_came_before_its_decision_stays_counted_once_after_replay(tmp_path,
+                                                                               made_by):
+    """A reward by explicit arm for a decision not seen yet (a follower's, still on its way)
+    leaves a rewarded tombstone; the decision, replayed after it from a log whose issuer
+    this process does not know, must not make a retried reward count again."""
+    source, recorder, replica = _block_servicers(tmp_path)
+
+    async def main():
+        for s in (source, replica):
+            await s.CreateExperiment(pb.CreateExperimentRequest(
+                experiment=make_experiment("t", arms=ARMS)), None)
+        recorder.records.clear()
+        if made_by == "BatchSelectArms":
+            reply = source.BatchSelectArms(pb.BatchSelectArmsRequest(
+                requests=[pb.SelectArmRequest(experiment_id="t")] * 4), None)
+            decisions = list(reply.responses)
+        else:
+            decisions = [source.SelectArm(pb.SelectArmRequest(experiment_id="t"), None)
+                         for _ in range(4)]
+        source.durability._encode_pending()
+        early = decisions[2]
+        reward = pb.RecordRewardRequest(experiment_id="t", decision_id=early.decision_id,
+                                        arm_id=early.arm_id, reward=1.0)
+        first = await replica.RecordReward(reward, None)  # before the decision: a tombstone
+        for record in recorder.records:
+            replica.durability.apply(st.WalRecord.FromString(record))
+        retry = await replica.RecordReward(reward, None)
+        other = await replica.RecordReward(pb.RecordRewardRequest(
+            experiment_id="t", decision_id=decisions[1].decision_id, reward=1.0), None)
+        return first, retry, other
+
+    first, retry, other = asyncio.run(main())
+    assert not first.duplicate and retry.duplicate
+    assert not other.duplicate  # the other decisions of the batch are not rewarded
+    assert replica.registry.get("t").rewards.sum() == 2
+
+
+def test_a_rewarded_tombstone_and_its_late_decision_restore_as_one_rewarded_decision():
+    """The live store reads its id dict (the tombstone) before the rings (the follower's
+    decision); a snapshot holds what the live store reads, so its restore keeps the reward."""
+    live = DecisionStore(capacity=100, ttl_seconds=1e9, id_prefix="me")
+    live.register_prefix("fw")
+    live.put("fw-3", DecisionRecord(1, ("a2",), None, 0.0, 0, 1.0, rewarded=True))
+    n = 5
+    live.put_many(DecisionColumns(None, np.ones(n, np.int64), [("a1",), ("a2",)] * 2 + [("a0",)],
+                                  [None] * n, np.full(n, 0.5), np.zeros(n, np.int64),
+                                  np.full(n, 2.0), np.zeros(n, bool)),
+                  first_counter=1, issuer="fw")
+    assert live.get("fw-3", 3.0).rewarded and not live.get("fw-2", 3.0).rewarded
+    snapshot = live.columns()
+    assert sorted(snapshot.ids) == [f"fw-{i}" for i in range(1, 6)]
+    for chunks in ([snapshot], [_rows(snapshot, 0, 1), _rows(snapshot, 1, 5)]):
+        restored = DecisionStore(capacity=100, ttl_seconds=1e9, id_prefix="new")
+        for chunk in chunks:
+            restored.put_many(chunk, expire=False)
+        assert restored.get("fw-3", 3.0).rewarded
+        assert [restored.get(f"fw-{i}", 3.0).rewarded for i in (1, 2, 4, 5)] == [False] * 4
+
+
+def _rows(cols: DecisionColumns, start: int, stop: int) -> DecisionColumns:
+    part = slice(start, stop)
+    return DecisionColumns(cols.ids[part], cols.uids[part], cols.slates[part],
+                           cols.contexts[part], cols.propensities[part], cols.versions[part],
+                           cols.created[part], cols.rewarded[part])
