@@ -492,6 +492,14 @@ def _block_servicers(tmp_path):
     return source, recorder, replica
 
 
+async def _create_in_both(source, replica, recorder, *experiments) -> None:
+    """Create ``experiments`` in both servicers; the recorder then holds no record."""
+    for e in experiments:
+        for s in (source, replica):
+            await s.CreateExperiment(pb.CreateExperimentRequest(experiment=e), None)
+    recorder.records.clear()
+
+
 @pytest.mark.parametrize("registered", [True, False])
 def test_batch_groups_are_logged_as_blocks_that_replay_to_the_same_records(tmp_path,
                                                                          registered):
@@ -510,10 +518,7 @@ def test_batch_groups_are_logged_as_blocks_that_replay_to_the_same_records(tmp_p
     ]
 
     async def main():
-        for e in experiments:
-            for s in (source, replica):
-                await s.CreateExperiment(pb.CreateExperimentRequest(experiment=e), None)
-        recorder.records.clear()
+        await _create_in_both(source, replica, recorder, *experiments)
         ids = []
         for items in batches:
             reply = source.BatchSelectArms(pb.BatchSelectArmsRequest(requests=items), None)
@@ -581,10 +586,7 @@ def test_single_and_batch_decisions_are_logged_in_the_order_they_were_made(tmp_p
     source, recorder, replica = _block_servicers(tmp_path)
 
     async def main():
-        for s in (source, replica):
-            await s.CreateExperiment(pb.CreateExperimentRequest(
-                experiment=make_experiment("t", arms=ARMS)), None)
-        recorder.records.clear()
+        await _create_in_both(source, replica, recorder, make_experiment("t", arms=ARMS))
         ids = []
         for step in range(4):
             if step % 2:
@@ -625,10 +627,7 @@ def test_a_reward_that_came_before_its_decision_stays_counted_once_after_replay(
     source, recorder, replica = _block_servicers(tmp_path)
 
     async def main():
-        for s in (source, replica):
-            await s.CreateExperiment(pb.CreateExperimentRequest(
-                experiment=make_experiment("t", arms=ARMS)), None)
-        recorder.records.clear()
+        await _create_in_both(source, replica, recorder, make_experiment("t", arms=ARMS))
         if made_by == "BatchSelectArms":
             reply = source.BatchSelectArms(pb.BatchSelectArmsRequest(
                 requests=[pb.SelectArmRequest(experiment_id="t")] * 4), None)
