@@ -254,28 +254,33 @@ class DecisionStore:
         if old is not None and self._index.get(old) == seq:
             del self._index[old]
 
-    def _inherit_reward(self, earlier: int, seq: int) -> None:
-        """Row ``seq`` is about to take over the id of row ``earlier``: if that is a live,
-        rewarded row of the same experiment incarnation (a rewarded tombstone, stored when a
-        reward by explicit arm came before its decision), the decision keeps its reward, as
-        the live store does (its id dict, which holds the tombstone, is read before the
-        rings); a replay would otherwise forget it and count a retried reward again."""
+    def _keeps_id(self, earlier: int | None, seq: int) -> bool:
+        """Whether the row the id dict holds for an id (``earlier``) keeps it against row
+        ``seq`` being stored under the same id: a rewarded row (a tombstone, stored when a
+        reward by explicit arm came before its decision) is not displaced by an unrewarded
+        one (that decision, turning up later). The live store does the same by reading its id
+        dict, which holds the tombstone, before the rings that hold a follower's decision; a
+        replay, where such ids go through the dict too, would otherwise lose the reward."""
         c = self.capacity
-        if self._head <= earlier < seq and self._rewarded[earlier % c] and \
-                self._uids[earlier % c] == self._uids[seq % c]:
-            self._rewarded[seq % c] = True
+        return earlier is not None and bool(self._rewarded[earlier % c]) and \
+            not self._rewarded[seq % c]
 
-    def _inherit_rewards(self, ids: set[str], start: int) -> None:
-        """:meth:`_inherit_reward` for rows from ``start`` on that took over ids of earlier
-        rows (rare: found by the id dict not growing by the batch size, so the common case
-        costs nothing; here only the earlier rewarded rows of the id dict are looked at)."""
+    def _keep_rewarded_ids(self, ids: list[str], start: int) -> None:
+        """After a batch from row ``start`` took its ids into the id dict, give back those
+        that held rewarded rows (:meth:`_keeps_id`). Rare: called when the dict did not grow
+        by the batch size; looks at the earlier rewarded rows of the dict, newest first."""
         c = self.capacity
+        wanted = set(ids)
         seqs = np.arange(self._head, start)
         pos = seqs % c
-        for seq in seqs[self._rewarded[pos] & (self._own[pos] < 0)].tolist():
+        index = self._index
+        for seq in reversed(seqs[self._rewarded[pos] & (self._own[pos] == -1)].tolist()):
             decision_id = self._ids[seq % c]
-            if decision_id in ids:
-                self._inherit_reward(seq, self._index[decision_id])
+            if decision_id in wanted:
+                wanted.discard(decision_id)  # the newest such row was the dict's
+                now = index[decision_id]
+                if now >= start and self._keeps_id(seq, now):
+                    index[decision_id] = seq
 
     def put(self, decision_id: str, record: DecisionRecord, expire: bool = True) -> None:
         seq = self._tail
@@ -292,10 +297,8 @@ class DecisionStore:
         self._created[pos] = record.created
         self._rewarded[pos] = record.rewarded
         self._own[pos] = -1
-        earlier = self._index.get(decision_id)
-        if earlier is not None:
-            self._inherit_reward(earlier, seq)
-        self._index[decision_id] = seq
+        if not self._keeps_id(self._index.get(decision_id), seq):
+            self._index[decision_id] = seq
         self._tail = seq + 1
         record.row = seq
         self._puts += 1
@@ -398,7 +401,7 @@ class DecisionStore:
             before = len(self._index)
             self._index.update(zip(batch.ids, range(start, start + n), strict=True))
             if len(self._index) - before < n:  # some of these ids were stored before
-                self._inherit_rewards(set(batch.ids), start)
+                self._keep_rewarded_ids(batch.ids, start)
         self._tail = start + n
         if expire and n:
             self._expire(float(batch.created[-1]))

@@ -618,16 +618,22 @@ def test_single_and_batch_decisions_are_logged_in_the_order_they_were_made(tmp_p
     assert replica.decisions.columns().ids == ids
 
 
-@pytest.mark.parametrize("made_by", ["BatchSelectArms", "SelectArm"])
-def test_a_reward_that_came_before_its_decision_stays_counted_once_after_replay(tmp_path,
-                                                                               made_by):
+@pytest.mark.parametrize("made_by, between", [
+    ("BatchSelectArms", None), ("SelectArm", None),
+    ("SelectArm", "reset"),  # the reward is for the experiment's next incarnation
+    ("SelectArm", "other experiment"),  # the reward names another experiment
+])
+def test_a_reward_that_came_before_its_decision_stays_counted_once_after_replay(
+        tmp_path, made_by, between):
     """A reward by explicit arm for a decision not seen yet (a follower's, still on its way)
     leaves a rewarded tombstone; the decision, replayed after it from a log whose issuer
-    this process does not know, must not make a retried reward count again."""
+    this process does not know, must not make a retried reward count again (the live leader,
+    which reads the tombstone before its rings, does not either)."""
     source, recorder, replica = _block_servicers(tmp_path)
 
     async def main():
-        await _create_in_both(source, replica, recorder, make_experiment("t", arms=ARMS))
+        await _create_in_both(source, replica, recorder, make_experiment("t", arms=ARMS),
+                              make_experiment("u", arms=ARMS))
         if made_by == "BatchSelectArms":
             reply = source.BatchSelectArms(pb.BatchSelectArmsRequest(
                 requests=[pb.SelectArmRequest(experiment_id="t")] * 4), None)
@@ -636,21 +642,51 @@ def test_a_reward_that_came_before_its_decision_stays_counted_once_after_replay(
             decisions = [source.SelectArm(pb.SelectArmRequest(experiment_id="t"), None)
                          for _ in range(4)]
         source.durability._encode_pending()
+        if between == "reset":
+            await replica.ResetExperiment(pb.ResetExperimentRequest(experiment_id="t"), None)
+        rewarded = "u" if between == "other experiment" else "t"
         early = decisions[2]
-        reward = pb.RecordRewardRequest(experiment_id="t", decision_id=early.decision_id,
+        reward = pb.RecordRewardRequest(experiment_id=rewarded, decision_id=early.decision_id,
                                         arm_id=early.arm_id, reward=1.0)
         first = await replica.RecordReward(reward, None)  # before the decision: a tombstone
         for record in recorder.records:
             replica.durability.apply(st.WalRecord.FromString(record))
         retry = await replica.RecordReward(reward, None)
-        other = await replica.RecordReward(pb.RecordRewardRequest(
-            experiment_id="t", decision_id=decisions[1].decision_id, reward=1.0), None)
-        return first, retry, other
+        other = None
+        if between != "reset":  # (a reset leaves the earlier decisions nothing to reward)
+            other = await replica.RecordReward(pb.RecordRewardRequest(
+                experiment_id="t", decision_id=decisions[1].decision_id, reward=1.0), None)
+        return rewarded, first, retry, other
 
-    first, retry, other = asyncio.run(main())
+    rewarded, first, retry, other = asyncio.run(main())
     assert not first.duplicate and retry.duplicate
-    assert not other.duplicate  # the other decisions of the batch are not rewarded
-    assert replica.registry.get("t").rewards.sum() == 2
+    assert other is None or not other.duplicate  # the other decisions are not rewarded
+    counted = {e: int(replica.registry.get(e).rewards.sum()) for e in ("t", "u")}
+    expected = {"t": 0, "u": 0}
+    expected[rewarded] += 1  # the early reward, once
+    expected["t"] += other is not None
+    assert counted == expected
+
+
+def test_a_replayed_tombstone_keeps_its_own_time_to_live():
+    """The tombstone (made when the reward came) keeps the id, not the earlier decision: the
+    reward is remembered for the TTL from the reward on, as in the live store."""
+    stores = []
+    for registered in (True, False):  # the live leader's ring, or a replay's id dict
+        store = DecisionStore(capacity=100, ttl_seconds=10.0, id_prefix="me")
+        if registered:
+            store.register_prefix("fw")
+        store.put("fw-3", DecisionRecord(1, ("a1",), None, 0.0, 0, 100.0, rewarded=True))
+        n = 3
+        store.put_many(DecisionColumns([f"fw-{i}" for i in range(1, n + 1)],
+                                       np.ones(n, np.int64), [("a1",)] * n, [None] * n,
+                                       np.full(n, 0.5), np.zeros(n, np.int64), np.full(n, 98.0),
+                                       np.zeros(n, bool)), expire=False)
+        stores.append(store)
+    for store in stores:
+        assert store.get("fw-3", 109.0).rewarded  # 11 s after the decision, 9 after the reward
+        assert store.get("fw-3", 111.0) is None
+        assert store.get("fw-2", 107.0) is not None and not store.get("fw-2", 107.0).rewarded
 
 
 def test_a_rewarded_tombstone_and_its_late_decision_restore_as_one_rewarded_decision():
