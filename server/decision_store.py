@@ -154,9 +154,11 @@ class DecisionStore:
         """``n`` fresh ids, as ``n`` calls of :meth:`new_id` would give."""
         return self.ids(self.new_counters(n), n)
 
-    def ids(self, first_counter: int, n: int) -> list[str]:
-        """This store's ids of counters ``first_counter .. first_counter + n - 1``."""
-        return list(map(self._id_format, range(first_counter, first_counter + n)))
+    def ids(self, first_counter: int, n: int, issuer: str | None = None) -> list[str]:
+        """The ids of counters ``first_counter .. first_counter + n - 1`` of ``issuer`` (an
+        id prefix; None: this store)."""
+        fmt = self._id_format if issuer is None else id_format(issuer)
+        return list(map(fmt, range(first_counter, first_counter + n)))
 
     # -- storage ---------------------------------------------------------------------------
     def clear(self) -> None:
@@ -352,8 +354,7 @@ class DecisionStore:
             found = self._issuers.get(prefix)
             if found is None:  # e.g. a logged batch of an earlier process
                 if batch.ids is None:
-                    batch.ids = list(map(id_format(prefix),
-                                         range(first_counter, first_counter + n)))
+                    batch.ids = self.ids(first_counter, n, prefix)
                 first_counter = None
             else:
                 ring = found
@@ -502,7 +503,11 @@ class DecisionStore:
 
 
 def slate_tuples(arm_ids: Sequence[str], ranked: np.ndarray) -> list[tuple[str, ...]]:
-    """Rows of arm positions (``ranked[i]``) as tuples of arm ids."""
+    """Rows of arm positions (``ranked[i]``) as tuples of arm ids (single-arm slates share
+    one tuple per arm when there are at least as many rows as arms)."""
     if ranked.shape[1] == 1:
-        return [(arm_ids[i],) for i in ranked[:, 0].tolist()]
+        positions = ranked[:, 0].tolist()
+        if len(arm_ids) <= len(positions):
+            return list(map([(a,) for a in arm_ids].__getitem__, positions))
+        return [(arm_ids[i],) for i in positions]
     return [tuple(arm_ids[i] for i in row) for row in ranked.tolist()]

@@ -49,7 +49,7 @@ import numpy as np
 from banditd.storage.v1 import storage_pb2 as st
 
 from server import analytics, snapshot
-from server.decision_store import DecisionColumns, DecisionRecord, DecisionStore
+from server.decision_store import DecisionColumns, DecisionRecord, DecisionStore, slate_tuples
 from server.experiment import Experiment
 from server.pacing import CampaignRegistry
 from server.registry import ExperimentRegistry
@@ -170,13 +170,8 @@ def block_positions(b: st.DecisionBlock) -> np.ndarray:
 def block_columns(b: st.DecisionBlock, positions: np.ndarray) -> DecisionColumns:
     """A ``DecisionBlock`` as the decision store's columns (ids None: they are consecutive,
     ``b.first_counter`` on, of ``b.id_prefix``); ``positions``: its :func:`block_positions`."""
-    n, size = b.count, b.slate_size
-    slates: list[tuple[str, ...]]
-    if size == 1:  # one shared tuple per arm, not one per decision
-        slates = list(map([(a,) for a in b.arm_ids].__getitem__, positions.tolist()))
-    else:
-        arm_ids = list(b.arm_ids)
-        slates = [tuple(arm_ids[i] for i in row) for row in positions.reshape(n, size).tolist()]
+    n = b.count
+    slates = slate_tuples(list(b.arm_ids), positions.reshape(n, b.slate_size))
     contexts: list[np.ndarray | None] = [None] * n
     if b.context_dim:
         contexts = list(np.frombuffer(b.contexts, dtype="<f8").reshape(n, b.context_dim).copy())
@@ -431,16 +426,14 @@ class Durability:
             return
         if slates is None:
             slates = snapshot.decision_columns(t).slates
-        experiments: dict[str, Experiment | None] = {}  # None: deleted since
+        experiments: dict[tuple[str, int], Experiment | None] = {}  # None: gone since
         for experiment_id, uid, slate in zip(experiment_ids, t.experiment_uids, slates,
                                              strict=True):
-            if experiment_id not in experiments:
-                try:
-                    experiments[experiment_id] = self.registry.get(experiment_id)
-                except Exception:
-                    experiments[experiment_id] = None
-            e = experiments[experiment_id]
-            if e is not None and e.uid == uid:
+            key = (experiment_id, uid)
+            if key not in experiments:
+                experiments[key] = self._incarnation(experiment_id, uid)
+            e = experiments[key]
+            if e is not None:
                 _add_selections(e, [(arm_id, 1) for arm_id in slate])
 
     # -- logging (event loop) ----------------------------------------------------------------
