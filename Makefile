@@ -46,6 +46,7 @@ bench: $(STAMP)
 		--echo-sched-batch --no-plots \
 		--out benchmarks/results/grpc_throughput_select_long_echo_sched_batch.json
 	$(BIN)/python benchmarks/first_request.py --out benchmarks/results/first_request.json
+	$(BIN)/python benchmarks/startup_load.py --out benchmarks/results/startup_load.json
 	$(BIN)/python benchmarks/analytics_bench.py --out benchmarks/results/analytics.json
 	$(BIN)/python benchmarks/durability_bench.py --out benchmarks/results/durability.json
 	$(BIN)/python benchmarks/pacing_sim.py --out benchmarks/results/pacing.json

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import logging
 import time
@@ -163,6 +164,10 @@ class BanditServer:
         )
         self.restore_report = report
         await durability.start()
+        # Collect what start-up left (compilation, restore) now, while not serving: left
+        # for later, it made the first full collection come a few seconds into the traffic
+        # and stop the event loop for 70-90 ms (136k objects, on the development VM).
+        gc.collect()
         self.servicer.ready = True
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("SERVING on port %d (durability: %s)", self.port, durability.mode)

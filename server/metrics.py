@@ -12,7 +12,14 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Gauge, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Gauge,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -47,12 +54,18 @@ class _RequestStats(Collector):
 
 
 class Metrics:
-    """RPC counts by method and status code, handler latency, state sizes."""
+    """RPC counts by method and status code, handler latency, state sizes, process and
+    garbage-collector figures."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self._stats = _RequestStats()
         self.registry.register(self._stats)
+        # The client library's standard process_* (CPU, memory, open fds), python_gc_* and
+        # python_info families, as on its default registry.
+        ProcessCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
         self.experiments = Gauge(
             "banditd_experiments", "Experiments held.", registry=self.registry
         )

@@ -42,3 +42,15 @@ def test_durability_snapshot_latency_classifies_every_call():
     assert result["big_experiment_arms"] == 100_000 and result["snapshot_interval_s"] == 1.0
     assert result["calls_without_snapshot"] + result["calls_during_snapshot"] == 3000
     assert result["snapshot_bytes"] > 100_000 * 8  # the big experiment's arrays were written
+
+
+def test_startup_load_reads_full_collections_from_metrics(tmp_path):
+    out = tmp_path / "startup.json"
+    _run(str(BENCH / "startup_load.py"), "--restarts", "1", "--seconds", "1",
+         "--concurrency", "4", "--out", str(out))
+    report = json.loads(out.read_text())
+    (start,) = report["starts"]
+    assert start["errors"] == 0 and start["qps"] > 0
+    assert start["p50_us"] <= start["p99_us"] <= start["p999_us"] <= start["max_us"]
+    assert start["full_collections_during_load"] >= 0
+    assert report["starts_with_full_collection"] == int(start["full_collections_during_load"] > 0)
