@@ -36,6 +36,51 @@ def test_reflection_lists_the_service(channel):
 
 
 
+
+def test_health_watch_and_reflection_descriptors_through_generic_handlers(channel):
+    """Both services are served through generic handlers only (server.app.GenericHandlersOnly):
+    the streaming health Watch and a reflection lookup by symbol still answer."""
+    watch = health_pb2_grpc.HealthStub(channel).Watch(
+        health_pb2.HealthCheckRequest(service="decision.v1.DecisionService"), timeout=10)
+    assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+    watch.cancel()
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    (reply,) = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(
+        file_containing_symbol="decision.v1.DecisionService")]))
+    from google.protobuf import descriptor_pb2
+
+    names = {descriptor_pb2.FileDescriptorProto.FromString(raw).name
+             for raw in reply.file_descriptor_response.file_descriptor_proto}
+    assert any(name.endswith("decision.proto") for name in names), names
+
+
+def test_no_registered_method_handlers_on_the_server(tmp_path, monkeypatch):
+    """Generated add_*_to_server functions also call add_registered_method_handlers, which
+    makes every call on the server dearer; the server gets generic handlers only
+    (server.app.GenericHandlersOnly) and still answers health checks."""
+    from conftest import running_server
+
+    real = grpc.aio.server
+    registered = []
+
+    def server_factory(*args, **kwargs):
+        server = real(*args, **kwargs)
+        add = server.add_registered_method_handlers
+
+        def spy(service, handlers):
+            registered.append(service)
+            return add(service, handlers)
+
+        server.add_registered_method_handlers = spy
+        return server
+
+    monkeypatch.setattr(grpc.aio, "server", server_factory)
+    with running_server(tmp_path) as srv, grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+        reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest())
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    assert registered == []
+
+
 def test_start_up_collects_garbage_before_serving(tmp_path, monkeypatch):
     """Start-up (compilation, restore) leaves a full collection due that, run a few seconds
     into the traffic, stopped the event loop for 70-90 ms (benchmarks/startup_load.py): the
