@@ -6,9 +6,10 @@
 For each of ``--restarts`` fresh ``banditd serve`` processes (127.0.0.1, default settings,
 metrics on): wait for SERVING, create a Thompson K = 10 experiment and at once drive SelectArm
 with the closed-loop client of ``grpc_throughput.py`` (one client process, ``--concurrency``
-calls in flight) for ``--seconds``. Reported per start: QPS, p50 / p99 / p99.9 / max latency,
-the calls slower than 50 ms, and the server's full (generation 2) garbage collections during
-the window (``python_gc_collections_total`` read from /metrics before and after). A full
+calls in flight) for ``--seconds``. Reported per start: QPS, p50 / p90 / p99 / p99.9 (as
+``grpc_throughput.py`` reports them) and max latency, server CPU per call, the calls slower
+than 50 ms, and the server's full (generation 2) garbage collections during the window
+(``python_gc_collections_total`` read from /metrics before and after). A full
 collection walks every tracked object (≈ 136k after start-up) and stops the event loop while
 it runs, so a start that leaves one due shows as a stall early in the traffic.
 """
@@ -20,22 +21,23 @@ import json
 import shutil
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import grpc
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from grpc_throughput import SERVICE, ClientPool, machine  # noqa: E402
+from grpc_throughput import ClientPool, Scenario, _summary, machine, measure  # noqa: E402
 from local_server import LocalServer, free_port  # noqa: E402
 
 from decision.v1 import decision_pb2 as pb  # noqa: E402
 from decision.v1 import decision_pb2_grpc as pb_grpc  # noqa: E402
 
 STALL_US = 50_000.0
+NO_WARMUP = SimpleNamespace(warmup=0.0)  # measure() from the first call on
 
 
 def full_collections(metrics_port: int) -> float:
@@ -52,9 +54,7 @@ def full_collections(metrics_port: int) -> float:
 def one_start(pool: ClientPool, seconds: float, concurrency: int) -> dict:
     data = Path(tempfile.mkdtemp(prefix="banditd-startup-"))
     metrics_port = free_port()
-    t0 = time.perf_counter()
     server = LocalServer(data / "data", metrics_port=metrics_port)
-    serving_s = time.perf_counter() - t0
     try:
         with grpc.insecure_channel(server.target) as ch:
             pb_grpc.DecisionServiceStub(ch).CreateExperiment(pb.CreateExperimentRequest(
@@ -62,24 +62,21 @@ def one_start(pool: ClientPool, seconds: float, concurrency: int) -> dict:
                     experiment_id="startup", arms=[pb.Arm(arm_id=f"arm-{i}") for i in range(10)],
                     policy=pb.Policy(thompson=pb.Policy.Thompson()),
                     reward_type=pb.REWARD_TYPE_BINARY, seed=7)))
+        scenario = Scenario("startup", "SelectArm, Thompson K=10", "SelectArm",
+                            [pb.SelectArmRequest(experiment_id="startup").SerializeToString()])
         before = full_collections(metrics_port)
-        payload = pb.SelectArmRequest(experiment_id="startup").SerializeToString()
-        base = {"target": server.target, "method": f"/{SERVICE}/SelectArm",
-                "payloads": [payload], "start": time.monotonic() + 0.3, "warmup": 0.0,
-                "duration": seconds, "timeout": 60.0}
-        (result,) = pool.run(1, concurrency, base)
+        results, cpu = measure(pool, server.target, server.pid, scenario, concurrency, 1,
+                               NO_WARMUP, seconds)
         after = full_collections(metrics_port)
     finally:
         server.stop()
         shutil.rmtree(data, ignore_errors=True)
-    lat = result["latencies"] * 1e6
+    row = _summary(results, seconds, 1, cpu)
+    del row["_cdf_us"]
+    lat = np.concatenate([r["latencies"] for r in results]) * 1e6
     return {
-        "serving_after_s": round(serving_s, 2),
-        "qps": round(result["completed"] / seconds, 1),
-        "errors": result["errors"],
-        "p50_us": round(float(np.percentile(lat, 50)), 1),
-        "p99_us": round(float(np.percentile(lat, 99)), 1),
-        "p999_us": round(float(np.percentile(lat, 99.9)), 1),
+        "serving_after_s": round(server.ready_seconds, 2),
+        **row,
         "max_us": round(float(lat.max()), 1),
         "calls_over_50ms": int((lat > STALL_US).sum()),
         "full_collections_during_load": int(after - before),
