@@ -30,7 +30,14 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from grpc_throughput import ClientPool, Scenario, _summary, machine, measure  # noqa: E402
+from grpc_throughput import (  # noqa: E402
+    ClientPool,
+    Scenario,
+    _experiment,
+    _summary,
+    machine,
+    measure,
+)
 from local_server import LocalServer, free_port  # noqa: E402
 
 from decision.v1 import decision_pb2 as pb  # noqa: E402
@@ -57,11 +64,8 @@ def one_start(pool: ClientPool, seconds: float, concurrency: int) -> dict:
     server = LocalServer(data / "data", metrics_port=metrics_port)
     try:
         with grpc.insecure_channel(server.target) as ch:
-            pb_grpc.DecisionServiceStub(ch).CreateExperiment(pb.CreateExperimentRequest(
-                experiment=pb.Experiment(
-                    experiment_id="startup", arms=[pb.Arm(arm_id=f"arm-{i}") for i in range(10)],
-                    policy=pb.Policy(thompson=pb.Policy.Thompson()),
-                    reward_type=pb.REWARD_TYPE_BINARY, seed=7)))
+            pb_grpc.DecisionServiceStub(ch).CreateExperiment(
+                _experiment("startup", 10, pb.Policy(thompson=pb.Policy.Thompson())))
         scenario = Scenario("startup", "SelectArm, Thompson K=10", "SelectArm",
                             [pb.SelectArmRequest(experiment_id="startup").SerializeToString()])
         before = full_collections(metrics_port)

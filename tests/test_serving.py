@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -35,8 +36,6 @@ def test_reflection_lists_the_service(channel):
     assert {"decision.v1.DecisionService", "grpc.health.v1.Health"} <= names
 
 
-
-
 def test_health_watch_and_reflection_descriptors_through_generic_handlers(channel):
     """Both services are served through generic handlers only (server.app.GenericHandlersOnly):
     the streaming health Watch and a reflection lookup by symbol still answer."""
@@ -47,8 +46,6 @@ def test_health_watch_and_reflection_descriptors_through_generic_handlers(channe
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
     (reply,) = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(
         file_containing_symbol="decision.v1.DecisionService")]))
-    from google.protobuf import descriptor_pb2
-
     names = {descriptor_pb2.FileDescriptorProto.FromString(raw).name
              for raw in reply.file_descriptor_response.file_descriptor_proto}
     assert any(name.endswith("decision.proto") for name in names), names
