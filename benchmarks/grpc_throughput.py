@@ -342,19 +342,19 @@ def _summary(results: list[dict], duration: float, items: int, cpu: float) -> di
 
 
 def measure(pool: ClientPool, target: str, pid: int, scenario: Scenario, concurrency: int,
-            processes: int, args, duration: float) -> tuple[list[dict], float]:
-    """One measurement slice: the client processes' raw results and the server's CPU
-    seconds over the ``duration`` measured."""
+            processes: int, warmup: float, duration: float) -> tuple[list[dict], float]:
+    """One measurement slice (``warmup`` s of calls not counted, then ``duration`` s): the
+    client processes' raw results and the server's CPU seconds over the ``duration``."""
     start = time.monotonic() + 0.3  # every client process is connected and waiting by then
     base = {"target": target, "method": f"/{SERVICE}/{scenario.method}",
-            "payloads": scenario.payloads, "start": start, "warmup": args.warmup,
+            "payloads": scenario.payloads, "start": start, "warmup": warmup,
             "duration": duration, "timeout": 60.0}
     box: dict = {}
 
     def sample_cpu() -> None:  # server CPU over exactly the measurement window
-        time.sleep(max(0.0, start + args.warmup - time.monotonic()))
+        time.sleep(max(0.0, start + warmup - time.monotonic()))
         c0 = process_cpu_seconds(pid)
-        time.sleep(max(0.0, start + args.warmup + duration - time.monotonic()))
+        time.sleep(max(0.0, start + warmup + duration - time.monotonic()))
         box["cpu"] = process_cpu_seconds(pid) - c0
 
     import threading
@@ -406,7 +406,7 @@ def run(args) -> dict:
                     for name in order:
                         server = echo if name == "echo" else banditd
                         results, cpu = measure(pool, server.target, server.pid, scenario,
-                                               concurrency, processes, args, part)
+                                               concurrency, processes, args.warmup, part)
                         slices[name] = (slices[name][0] + results, slices[name][1] + cpu)
                 for name, (results, cpu) in slices.items():
                     point[name] = _summary(results, args.duration, scenario.items, cpu)

@@ -23,7 +23,6 @@ import sys
 import tempfile
 import urllib.request
 from pathlib import Path
-from types import SimpleNamespace
 
 import grpc
 import numpy as np
@@ -44,7 +43,6 @@ from decision.v1 import decision_pb2 as pb  # noqa: E402
 from decision.v1 import decision_pb2_grpc as pb_grpc  # noqa: E402
 
 STALL_US = 50_000.0
-NO_WARMUP = SimpleNamespace(warmup=0.0)  # measure() from the first call on
 
 
 def full_collections(metrics_port: int) -> float:
@@ -70,7 +68,7 @@ def one_start(pool: ClientPool, seconds: float, concurrency: int) -> dict:
                             [pb.SelectArmRequest(experiment_id="startup").SerializeToString()])
         before = full_collections(metrics_port)
         results, cpu = measure(pool, server.target, server.pid, scenario, concurrency, 1,
-                               NO_WARMUP, seconds)
+                               0.0, seconds)  # from the first call on: no warm-up
         after = full_collections(metrics_port)
     finally:
         server.stop()
