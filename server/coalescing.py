@@ -13,8 +13,9 @@ The rules (``window`` = ``Settings.select_coalesce_seconds``):
 * A call that arrives sooner opens a group (or joins the open one) and waits for its answer.
 * The group is decided when a call arrives after the group's first call has waited
   ``window`` (that call is decided last, and answered without waiting), when it holds
-  :data:`MAX_GROUP` calls, or when its timer fires. An asyncio timer may fire up to a
-  millisecond late when the loop has nothing else to do.
+  :data:`MAX_GROUP` calls, or when its timer fires (and the calls that reached the loop in
+  the same pass have joined). An asyncio timer may fire up to a millisecond late when the loop
+  has nothing else to do.
 * A group whose timer fired with no second call in it means the traffic did not come close
   together after all: coalescing pauses for :data:`PAUSE_SECONDS`, so steady traffic one call
   at a time pays the wait at most once per pause.
@@ -50,7 +51,7 @@ class SelectCoalescer:
         self._opened = 0.0  # arrival of the open group's first call
         self._last = -window  # arrival of the previous call
         self._paused_until = 0.0
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None  # the open group's timer
 
     def submit(self, request: Any) -> Any:
         now = self._clock()
@@ -71,6 +72,11 @@ class SelectCoalescer:
         return future
 
     def _expire(self) -> None:
+        # Calls that reached the loop in the same pass as this timer have their handlers
+        # scheduled behind it (after the loop thread was preempted, say): let them join first.
+        self._timer = asyncio.get_running_loop().call_soon(self._expired)
+
+    def _expired(self) -> None:
         self._timer = None
         if len(self._group) == 1:
             self._paused_until = self._clock() + PAUSE_SECONDS

@@ -112,6 +112,25 @@ def test_the_timer_decides_a_group_nobody_closes_and_a_lonely_group_pauses_coale
     run(main)
 
 
+def test_a_call_reaching_the_loop_with_the_timer_joins_the_group_and_nothing_pauses():
+    # The loop thread was preempted past the window: the timer and a new call come due in
+    # the same pass, the call's handler scheduled behind the timer. It still joins.
+    async def main():
+        h = Harness()
+        h.at(0.0, "r1")
+        waiting = h.at(WINDOW * 0.5, "r2")
+        h.coalescer._timer.cancel()
+        h.coalescer._expire()  # what the timer does when it fires ...
+        assert h.at(WINDOW * 3, "r3") == "answer to r3"  # ... then the call's handler runs
+        assert waiting.result() == "answer to r2" and h.groups == [2]
+        await asyncio.sleep(0)  # the timer's follow-up was cancelled with the group
+        assert h.groups == [2]
+        assert isinstance(h.at(WINDOW * 3.5, "r4"), asyncio.Future)  # not paused
+        assert await h.coalescer._group[0][1] == "answer to r4"
+
+    run(main)
+
+
 def test_an_error_stays_with_its_own_call_and_a_cancelled_call_is_not_decided():
     async def main():
         h = Harness()
