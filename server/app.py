@@ -42,10 +42,6 @@ def unary_methods() -> Iterator[MethodDescriptor]:
         yield method
 
 
-# What a plain behaviour returns when its answer comes later: the class of the loop's futures.
-PENDING = asyncio.Future
-
-
 def bytes_handler(behavior: Callable[..., Any], method: MethodDescriptor, metrics: Metrics
                   ) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
     """``behavior`` (``method``'s request message in, response message out; a coroutine
@@ -55,8 +51,7 @@ def bytes_handler(behavior: Callable[..., Any], method: MethodDescriptor, metric
 
     One coroutine per call, whatever ``behavior`` is: SelectArm, which never waits, is plain
     code called from here (a wrapper coroutine per layer cost ~1 µs each, more in the running
-    server's colder caches). A plain ``behavior`` may return a future of its response
-    (:data:`PENDING`; SelectArm waiting for its group) instead, which is awaited."""
+    server's colder caches)."""
     request_class = message_factory.GetMessageClass(method.input_type)
     parse = request_class.FromString
     name = method.name
@@ -78,7 +73,7 @@ def bytes_handler(behavior: Callable[..., Any], method: MethodDescriptor, metric
         start = clock()
         try:
             response = behavior(request_of(raw), context)
-            if waits or response.__class__ is PENDING:
+            if waits:
                 response = await response
             answer = response.SerializeToString()
         except asyncio.CancelledError:  # the client cancelled, or its deadline passed

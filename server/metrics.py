@@ -33,8 +33,6 @@ class _RequestStats(Collector):
     def __init__(self) -> None:
         self.counts: dict[tuple[str, str], int] = {}
         self.latency: dict[str, list[float]] = {}  # per-bucket counts (+Inf last), then sum
-        self.select_groups = 0  # SelectArm groups decided together (server.coalescing)
-        self.grouped_selects = 0  # the calls in them
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily("banditd_requests", "RPCs handled, by method and status "
@@ -53,11 +51,6 @@ class _RequestStats(Collector):
                 buckets.append((bound, cumulative))
             latency.add_metric([method], buckets, row[-1])
         yield latency
-        yield CounterMetricFamily("banditd_select_groups", "Groups of SelectArm calls that "
-                                  "arrived close together and were decided together.",
-                                  value=self.select_groups)
-        yield CounterMetricFamily("banditd_select_grouped_calls", "SelectArm calls decided "
-                                  "in those groups.", value=self.grouped_selects)
 
 
 class Metrics:
@@ -96,12 +89,6 @@ class Metrics:
             row = stats.latency[method] = [0.0] * (len(_BUCKETS) + 2)
         row[bisect_left(_BUCKETS, seconds)] += 1
         row[-1] += seconds
-
-    def count_select_group(self, calls: int) -> None:
-        """Count one group of ``calls`` SelectArm calls decided together."""
-        stats = self._stats
-        stats.select_groups += 1
-        stats.grouped_selects += calls
 
     def serve(self, host: str, port: int) -> int:
         """Expose /metrics over HTTP; returns the bound port."""

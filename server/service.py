@@ -18,7 +18,6 @@ from decision.v1 import decision_pb2_grpc as pb_grpc
 from kernels.wire import select_responses, select_responses_bound
 from server import analytics
 from server.budget import allocate_budget
-from server.coalescing import SelectCoalescer
 from server.decision_store import DecisionColumns, DecisionRecord, DecisionStore, slate_tuples
 from server.durability import Durability
 from server.errors import (
@@ -169,9 +168,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
 
     Methods that wait (for the log) are coroutines; those that never do (SelectArm,
     BatchSelectArms) are plain methods, called by :func:`server.app.bytes_handler` without a
-    coroutine of their own. SelectArm may return a future of its response instead, when the
-    call waits to be decided with others (:mod:`server.coalescing`). Errors are raised as
-    :mod:`server.errors` domain errors."""
+    coroutine of their own. Errors are raised as :mod:`server.errors` domain errors."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -184,10 +181,6 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         self.ready = False  # set once kernels are compiled and warmed
         self.metrics = Metrics()
         self.metrics.track(lambda: len(self.registry), lambda: len(self.decisions))
-        self.coalescer = None
-        if settings.select_coalesce_seconds > 0:
-            self.coalescer = SelectCoalescer(self._select_one, settings.select_coalesce_seconds,
-                                             self.metrics.count_select_group)
 
     def _check_ready(self) -> None:
         if not self.ready:
@@ -249,14 +242,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         return _PreparedSelect(experiment, eligible, context, n)
 
     def SelectArm(self, request, context):
-        """The response, or a future of it while the call waits for others that arrived
-        close together (:mod:`server.coalescing`)."""
         self._check_ready()
-        if self.coalescer is not None:
-            return self.coalescer.submit(request)
-        return self._select_one(request)
-
-    def _select_one(self, request) -> pb.SelectArmResponse:
         p = self._prepare_select(request)
         experiment = p.experiment
         ranked, propensity = experiment.select(p.eligible, p.context, p.n)

@@ -28,13 +28,6 @@ class Settings(BaseSettings):
         "them). Each write costs the event loop a few hundred µs on ext4: 0.025 s instead of "
         "0.005 measured +4.7% SelectArm QPS at 32 in flight.",
     )
-    select_coalesce_seconds: float = Field(
-        0.00045, ge=0, le=0.1, description="SelectArm calls arriving less than this apart "
-        "wait (at most this long) to be decided together, which pays a decision's cold-cache "
-        "cost once per group: measured -20 to -40 µs of server CPU per call and +6 to +19% "
-        "QPS at 8-64 in flight on a 2-core host. A call arriving after a longer gap (low "
-        "load) never waits. 0 = every call decided at once.",
-    )
     snapshot_interval_seconds: float = Field(
         300.0, ge=0, description="Seconds between snapshots; 0 = only on graceful shutdown."
     )

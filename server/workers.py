@@ -28,13 +28,7 @@ from typing import Any
 import grpc
 from banditd.replication.v1 import replication_pb2_grpc as rpb_grpc
 
-from server.app import (
-    PENDING,
-    SERVICE_NAME,
-    bytes_handler,
-    register_decision_handlers,
-    unary_methods,
-)
+from server.app import SERVICE_NAME, bytes_handler, register_decision_handlers, unary_methods
 from server.decision_store import DecisionStore
 from server.replication import (
     PRIVATE_CHANNEL_OPTIONS,
@@ -168,7 +162,7 @@ def _leader_handler(method, servicer: DecisionServicer, leader: ReplicationLeade
         if decision_ids is not None and leader.has_followers:
             await leader.await_decisions(decision_ids(request))
         response = behavior(request, context)
-        if waits or response.__class__ is PENDING:
+        if waits:
             response = await response
         # Everything this call logged has a sequence number <= this one: a follower that
         # forwarded it answers once it has applied the stream up to here.

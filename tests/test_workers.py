@@ -236,28 +236,6 @@ def test_rewards_through_every_worker_add_up_exactly_and_survive_a_restart(worke
     assert w2.stop() == 0
 
 
-def test_selects_decided_in_groups_on_every_worker_are_all_kept(workers):
-    # A wide window makes each burst wait in groups: on the leader its answers pass through
-    # the leader's handler (which also waits for them), on the follower through the local one.
-    w = workers(2, "grouped", "--set", "select_coalesce_seconds=0.1")
-    w.stubs[1].CreateExperiment(pb.CreateExperimentRequest(
-        experiment=make_experiment("g", arms=("a", "b", "c"), seed=5)))
-    request = pb.SelectArmRequest(experiment_id="g")
-    made = {i: [f.result() for f in [w.stubs[i].SelectArm.future(request, timeout=30)
-                                     for _ in range(12)]] for i in (0, 1)}
-    expected = dict.fromkeys("abc", (0, 0, 0.0))
-    for maker, replies in made.items():
-        assert {split_decision_id(r.decision_id)[0][-2:] for r in replies} == {f"-{maker}"}
-        for r in replies:  # each rewarded through the other worker
-            assert not w.stubs[1 - maker].RecordReward(pb.RecordRewardRequest(
-                experiment_id="g", decision_id=r.decision_id, reward=1.0)).duplicate
-            n, k, total = expected[r.arm_id]
-            expected[r.arm_id] = (n + 1, k + 1, total + 1.0)
-    assert len({r.decision_id for replies in made.values() for r in replies}) == 24
-    wait_for_stats(w, "g", expected)
-    assert w.stop() == 0
-
-
 def test_three_workers_share_the_port_and_a_dead_worker_stops_all(workers):
     w = workers(3, "three", "--set", "durability=snapshot")
     assert sorted(w.stubs) == [0, 1, 2]  # SO_REUSEPORT spread connections over all three
