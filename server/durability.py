@@ -53,6 +53,7 @@ from server.decision_store import DecisionColumns, DecisionRecord, DecisionStore
 from server.experiment import Experiment
 from server.pacing import CampaignRegistry
 from server.registry import ExperimentRegistry
+from server.scheduling import ThreadTimers, TimerHandle
 from server.settings import Settings
 from server.wal import WriteAheadLog, list_segments, read_segment
 
@@ -230,7 +231,8 @@ class Durability:
         self.last_fork_seconds = 0.0
         self.snapshot_lsn = -1  # lsn of the newest snapshot written by this process
         self.pending = PendingDecisions()  # decision records not yet handed to the log
-        self._decision_timer: asyncio.TimerHandle | None = None
+        self._decision_timer: TimerHandle | None = None
+        self._timers: ThreadTimers | None = None  # see timers()
         # Multi-worker leader only: every appended record also goes to the followers, in
         # every durability mode (set by server.workers).
         self.replication: ReplicationLog | None = None
@@ -450,6 +452,13 @@ class Durability:
         self._encode_pending()
         self.append(record.SerializeToString())
 
+    def timers(self) -> ThreadTimers:
+        """This process's timers, kept off the event loop (made on first use, on the loop)."""
+        loop = asyncio.get_running_loop()
+        if self._timers is None or self._timers.loop is not loop:
+            self._timers = ThreadTimers(loop)
+        return self._timers
+
     def decisions_logged(self) -> None:
         """Decisions were added to :attr:`pending`: have them written (and sent to the other
         workers) soon, never waited for."""
@@ -458,7 +467,7 @@ class Durability:
         elif self.wal is not None and self.pending.rows >= DECISION_FLUSH_ROWS:
             self.wal.nudge()
         elif self._decision_timer is None:
-            self._decision_timer = asyncio.get_running_loop().call_later(
+            self._decision_timer = self.timers().call_later(
                 self.settings.decision_log_delay_seconds, self._flush_decisions)
 
     def _flush_decisions(self) -> None:
@@ -588,7 +597,7 @@ class Durability:
 
     async def _periodic(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.snapshot_interval_seconds)
+            await self.timers().sleep(self.settings.snapshot_interval_seconds)
             if self.wal is not None and self.wal.next_lsn - 1 == self.snapshot_lsn:
                 continue  # nothing logged since the last snapshot
             try:
@@ -609,4 +618,6 @@ class Durability:
             log.exception("final snapshot failed; the log keeps everything")
         if self.wal is not None:
             await self.wal.close()
+        if self._timers is not None:
+            self._timers.close()
 

@@ -73,6 +73,8 @@ class RunningServer:
             durability = app.servicer.durability
             if durability._timer is not None:
                 durability._timer.cancel()
+            if durability._timers is not None:
+                durability._timers.close()
             if durability.wal is not None and durability.wal._fd >= 0:
                 os.close(durability.wal._fd)  # buffered, unflushed records are lost
                 durability.wal._fd = -1

@@ -426,7 +426,8 @@ def test_shutdown_stops_a_paced_snapshot_writer(tmp_path):
 def test_decision_records_are_written_after_the_configured_delay(tmp_path, delay):
     """A SelectArm's decision record is handed to the log by a timer set to
     ``decision_log_delay_seconds`` when the first pending decision is made (checked on the
-    server's own loop clock: no wall-clock thresholds), and is in the log after it fired."""
+    monotonic clock the timer keeps, the loop's: no wall-clock thresholds), and is in the log
+    after it fired."""
     with running_server(tmp_path, decision_log_delay_seconds=delay,
                         snapshot_interval_seconds=0) as server:
         loop = server.loop

@@ -1,0 +1,74 @@
+"""server.scheduling.ThreadTimers: timers whose waiting is done by a helper thread, their
+callbacks run on the event loop's thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import server.scheduling as scheduling
+from server.scheduling import ThreadTimers
+
+
+def test_callbacks_run_on_the_loop_thread_in_due_order_and_cancelled_ones_never():
+    async def main():
+        timers = ThreadTimers(asyncio.get_running_loop())
+        ran: list[tuple[str, int]] = []
+        done = asyncio.Event()
+        loop_thread = threading.get_ident()
+        start = time.monotonic()
+
+        def note(name: str):
+            def callback():
+                ran.append((name, threading.get_ident()))
+                if name == "last":
+                    done.set()
+            return callback
+
+        handles = {name: timers.call_later(delay, note(name))
+                   for name, delay in (("last", 0.08), ("first", 0.01), ("gone", 0.02),
+                                       ("second", 0.03))}
+        handles["gone"].cancel()
+        await asyncio.wait_for(done.wait(), 30)
+        timers.close()
+        assert [name for name, _ in ran] == ["first", "second", "last"]
+        assert {thread for _, thread in ran} == {loop_thread}
+        assert handles["last"].when() >= start + 0.08
+        assert time.monotonic() >= handles["last"].when()  # never early
+
+    asyncio.run(main())
+
+
+def test_sleep_returns_after_the_delay_and_cancelling_it_drops_its_timer():
+    async def main():
+        timers = ThreadTimers(asyncio.get_running_loop())
+        t0 = time.monotonic()
+        await timers.sleep(0.02)
+        assert time.monotonic() - t0 >= 0.02
+        task = asyncio.get_running_loop().create_task(timers.sleep(3600))
+        await asyncio.sleep(0)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert all(handle.cancelled for _, _, handle in timers._heap)
+        timers.close()
+
+    asyncio.run(main())
+
+
+def test_idle_thread_ends_and_the_next_timer_starts_another(monkeypatch):
+    monkeypatch.setattr(scheduling, "IDLE_SECONDS", 0.05)
+
+    async def main():
+        timers = ThreadTimers(asyncio.get_running_loop())
+        await timers.sleep(0.001)
+        first = timers._thread
+        assert first is not None
+        first.join(timeout=30)  # nothing left to wait for: it ends
+        assert timers._thread is None
+        await timers.sleep(0.001)  # and a new timer still fires
+        assert timers._thread is not None and timers._thread is not first
+        timers.close()
+        assert timers._thread is None or not timers._thread.is_alive()
+
+    asyncio.run(main())
