@@ -41,6 +41,9 @@ class ExperimentRegistry:
         self.settings = settings
         self._experiments: dict[str, Experiment] = {}
         self.next_uid = 1
+        # Goes up on every change of which experiments exist or of their arms (and resets):
+        # what was validated against the registry before is checked again after it.
+        self.generation = 0
 
     def _uid(self) -> int:
         uid = self.next_uid
@@ -55,6 +58,7 @@ class ExperimentRegistry:
 
     def clear(self) -> None:
         self._experiments.clear()
+        self.generation += 1
 
     def restore(self, config: pb.Experiment, uid: int) -> Experiment:
         """Re-create a logged or snapshotted experiment as it was (no limit checks: it was
@@ -65,6 +69,7 @@ class ExperimentRegistry:
         experiment = Experiment(copy, spec, uid, self.settings.propensity_draws,
                                 self.settings.max_abs_value)
         self._experiments[copy.experiment_id] = experiment
+        self.generation += 1
         self.next_uid = max(self.next_uid, uid + 1)
         return experiment
 
@@ -124,6 +129,7 @@ class ExperimentRegistry:
         experiment = Experiment(config, spec, self._uid(), self.settings.propensity_draws,
                                 self.settings.max_abs_value)
         self._experiments[config.experiment_id] = experiment
+        self.generation += 1
         return experiment
 
     @staticmethod
@@ -136,10 +142,12 @@ class ExperimentRegistry:
     def delete(self, experiment_id: str) -> None:
         self.get(experiment_id)
         del self._experiments[experiment_id]
+        self.generation += 1
 
     def reset(self, experiment_id: str) -> Experiment:
         experiment = self.get(experiment_id)
         experiment.reset(self._uid())
+        self.generation += 1
         return experiment
 
     def list_page(self, page_size: int, page_token: str) -> tuple[list[Experiment], str]:
@@ -178,4 +186,5 @@ class ExperimentRegistry:
             )
         self._check_floor(experiment.floor, remaining, "experiment.exploration_floor")
         experiment.update_arms(add, remove)
+        self.generation += 1
         return experiment

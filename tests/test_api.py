@@ -348,3 +348,40 @@ def test_exploration_floor_holds_during_burn_in(stub, new_id):
         assert r.propensity >= 0.2 - 1e-12
     share_b = sum(r.arm_id == "b" for r in got) / len(got)
     assert 0.4 <= share_b <= 0.6  # burn-in is uniform over the two cold arms here
+
+
+def test_repeated_select_requests_follow_arm_and_experiment_changes(stub, new_id):
+    """SelectArm keeps requests it has checked, by their bytes (DecisionServicer.
+    select_arm_bytes); the same bytes after UpdateArms, ResetExperiment, DeleteExperiment or a
+    re-creation are checked again against what the experiment is now."""
+    eid = new_id()
+    create(stub, eid, arms=("a", "b", "c"))
+    only_c = pb.SelectArmRequest(experiment_id=eid, eligible_arm_ids=["c"])
+    for _ in range(3):
+        assert stub.SelectArm(only_c).arm_id == "c"
+    stub.UpdateArms(pb.UpdateArmsRequest(experiment_id=eid, remove_arm_ids=["c"]))
+    with pytest.raises(grpc.RpcError) as info:
+        stub.SelectArm(only_c)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "arm 'c' not found" in info.value.details()
+    two = pb.SelectArmRequest(experiment_id=eid, num_arms=2)
+    assert sorted(stub.SelectArm(two).ranked_arm_ids) == ["a", "b"]
+    stub.UpdateArms(pb.UpdateArmsRequest(experiment_id=eid, add_arm_ids=["c", "d"]))
+    assert stub.SelectArm(only_c).arm_id == "c"
+    three = pb.SelectArmRequest(experiment_id=eid, num_arms=3)
+    assert len(set(stub.SelectArm(three).ranked_arm_ids)) == 3
+    stub.UpdateArms(pb.UpdateArmsRequest(experiment_id=eid, remove_arm_ids=["a", "b"]))
+    with pytest.raises(grpc.RpcError) as info:  # 3 of 2 arms: checked again, refused
+        stub.SelectArm(three)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    stub.ResetExperiment(pb.ResetExperimentRequest(experiment_id=eid))
+    assert stub.SelectArm(only_c).model_version == 0
+    stub.DeleteExperiment(pb.DeleteExperimentRequest(experiment_id=eid))
+    with pytest.raises(grpc.RpcError) as info:
+        stub.SelectArm(only_c)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    create(stub, eid, arms=("x", "y"))
+    with pytest.raises(grpc.RpcError) as info:
+        stub.SelectArm(only_c)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert stub.SelectArm(pb.SelectArmRequest(experiment_id=eid)).arm_id in {"x", "y"}

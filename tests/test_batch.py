@@ -716,3 +716,39 @@ def _rows(cols: DecisionColumns, start: int, stop: int) -> DecisionColumns:
     return DecisionColumns(cols.ids[part], cols.uids[part], cols.slates[part],
                            cols.contexts[part], cols.propensities[part], cols.versions[part],
                            cols.created[part], cols.rewarded[part])
+
+
+def test_successful_calls_times_are_binned_in_bulk_as_one_by_one():
+    """Successful calls append their handler times (Metrics.ok_times) and are binned with
+    NumPy in bulk; /metrics shows exactly what binning each call with bisect showed, for
+    times held and binned alike, bucket edges included."""
+    from bisect import bisect_left
+
+    from prometheus_client import generate_latest
+
+    from server import metrics as metrics_module
+
+    rng = np.random.default_rng(4)
+    times = np.concatenate([rng.exponential(2e-4, 3000), metrics_module._BUCKETS, [0.0, 5.0]])
+    bulk, one_by_one = Metrics(), Metrics()
+    held, bin_held = bulk.ok_times("SelectArm")
+    for seconds in times.tolist():
+        held.append(seconds)
+        if len(held) >= metrics_module.OK_TIMES_HELD:
+            bin_held()
+        one_by_one.observe("SelectArm", "OK", seconds)
+    assert 0 < len(held) < metrics_module.OK_TIMES_HELD  # some held, some binned
+    reference = [0] * (len(metrics_module._BUCKETS) + 1)
+    for seconds in times.tolist():
+        reference[bisect_left(metrics_module._BUCKETS, seconds)] += 1
+
+    def lines(m: Metrics) -> list[str]:
+        return [line for line in generate_latest(m.registry).decode().splitlines()
+                if line.startswith(("banditd_requests_total", "banditd_handler_seconds"))
+                and "_created" not in line]
+
+    got = lines(bulk)
+    assert got == lines(one_by_one)
+    assert f'banditd_requests_total{{code="OK",method="SelectArm"}} {float(len(times))}' in got
+    assert (f'banditd_handler_seconds_bucket{{le="0.0001",method="SelectArm"}} '
+            f'{float(sum(reference[:4]))}') in got

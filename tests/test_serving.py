@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -442,3 +443,67 @@ def test_a_follower_counts_a_leader_refusal_once_even_if_sending_it_fails():
         asyncio.run(forwarder.forward("GetExperiment", b"", context))
     assert context.counts_at_abort == {("GetExperiment", "NOT_FOUND"): 1}
     assert metrics._stats.counts == {("GetExperiment", "NOT_FOUND"): 1}
+
+
+def test_select_from_bytes_decides_as_the_typed_path(tmp_path, monkeypatch):
+    """Single servers answer SelectArm from bytes to bytes (kept checked requests, the answer
+    written directly); multi-worker ones through the typed method. With the same seeds both
+    make the same decisions, for every policy and request shape, also when the set of kept
+    requests overflows and is emptied; requests with a context are not kept."""
+    import asyncio
+
+    import server.service as service_module
+    from conftest import make_experiment
+    from server.service import DecisionServicer
+    from server.settings import Settings
+
+    monkeypatch.setattr(service_module, "PLAN_LIMIT", 3)
+
+    def servicer(directory) -> DecisionServicer:
+        s = DecisionServicer(Settings(host="127.0.0.1", port=0, data_dir=directory,
+                                      durability="snapshot"))
+        s.ready = True
+        return s
+
+    rng = np.random.default_rng(5)
+    requests = []
+    for i in range(300):
+        kind = i % 4
+        if kind == 0:
+            requests.append(pb.SelectArmRequest(experiment_id="t"))
+        elif kind == 1:
+            eligible = [f"a{j}" for j in sorted(rng.choice(6, size=3, replace=False))]
+            requests.append(pb.SelectArmRequest(experiment_id="t", eligible_arm_ids=eligible,
+                                                num_arms=int(rng.integers(0, 3))))
+        elif kind == 2:
+            requests.append(pb.SelectArmRequest(experiment_id="u", num_arms=2))
+        else:
+            requests.append(pb.SelectArmRequest(experiment_id="lin", num_arms=1,
+                                                context=rng.uniform(-1, 1, 2).tolist()))
+
+    async def decide(s: DecisionServicer, raw: bool) -> list[tuple]:
+        arms = [f"a{j}" for j in range(6)]
+        for experiment in (make_experiment("t", arms=arms, seed=3),
+                           make_experiment("u", arms=arms, seed=4,
+                                           policy=pb.Policy(ucb1=pb.Policy.Ucb1())),
+                           make_experiment("lin", arms=arms, seed=5, context_dim=2,
+                                           policy=pb.Policy(lin_ucb=pb.Policy.LinUcb()))):
+            await s.CreateExperiment(pb.CreateExperimentRequest(experiment=experiment), None)
+        out = []
+        for r in requests:
+            if raw:
+                reply = pb.SelectArmResponse.FromString(
+                    s.select_arm_bytes(r.SerializeToString(), None))
+            else:
+                reply = s.SelectArm(r, None)
+            assert reply.decision_id
+            out.append((reply.arm_id, tuple(reply.ranked_arm_ids), reply.propensity,
+                        reply.model_version))
+        return out
+
+    raw_servicer = servicer(tmp_path / "raw")
+    typed = asyncio.run(decide(servicer(tmp_path / "typed"), raw=False))
+    assert asyncio.run(decide(raw_servicer, raw=True)) == typed
+    assert len({t[0] for t in typed}) == 6  # every arm was chosen at some point
+    assert 0 < len(raw_servicer._plans) <= 3
+    assert all(not p.context.size for p in raw_servicer._plans.values())
