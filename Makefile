@@ -45,6 +45,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/grpc_throughput.py --only select_thompson_k10 --duration 12 --rounds 8 \
 		--echo-sched-batch --no-plots \
 		--out benchmarks/results/grpc_throughput_select_long_echo_sched_batch.json
+	$(BIN)/python benchmarks/instructions.py --out benchmarks/results/instructions.json; \
+		rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 2 ]  # 2: no valgrind on this machine, skipped
 	$(BIN)/python benchmarks/first_request.py --out benchmarks/results/first_request.json
 	$(BIN)/python benchmarks/startup_load.py --out benchmarks/results/startup_load.json
 	$(BIN)/python benchmarks/analytics_bench.py --out benchmarks/results/analytics.json

@@ -54,3 +54,22 @@ def test_startup_load_reads_full_collections_from_metrics(tmp_path):
     assert start["p50_us"] <= start["p99_us"] <= start["p999_us"] <= start["max_us"]
     assert start["full_collections_during_load"] >= 0
     assert report["starts_with_full_collection"] == int(start["full_collections_during_load"] > 0)
+
+
+def test_instructions_reads_callgrind_totals_and_needs_valgrind(tmp_path):
+    """benchmarks/instructions.py (run by `make bench`, minutes under callgrind): the event
+    total of a dump is read, and without valgrind on PATH it says so and exits with 2."""
+    import os
+
+    sys.path.insert(0, str(BENCH))
+    from instructions import totals
+
+    dump = tmp_path / "x.out"
+    dump.write_text("version: 1\ncreator: callgrind-3.19.0\nevents: Ir\n"
+                    "fn=(1) main\n0 5\nsummary: 1234\ntotals: 1730389693\n")
+    assert totals(dump) == 1_730_389_693
+    proc = subprocess.run([sys.executable, str(BENCH / "instructions.py"), "--out",
+                           str(tmp_path / "i.json")], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT, env=dict(os.environ, PATH=str(tmp_path)))
+    assert proc.returncode == 2 and "needs valgrind" in proc.stderr
+    assert not (tmp_path / "i.json").exists()
