@@ -50,7 +50,7 @@ import grpc
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from local_server import LocalServer, process_cpu_seconds  # noqa: E402
+from local_server import LocalServer, process_cpu_seconds, stop_process  # noqa: E402
 
 from decision.v1 import decision_pb2 as pb  # noqa: E402
 from decision.v1 import decision_pb2_grpc as pb_grpc  # noqa: E402
@@ -146,13 +146,7 @@ class EchoServer:
             ch.unary_unary(CONTROL)(method.encode() + b"\n" + response, timeout=10)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout=30)
 
 
 # ----------------------------------------------------------------------------- client

@@ -40,7 +40,7 @@ ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT), str(ROOT / "proto")]
 
 from grpc_throughput import CONTROL, SERVICE, machine  # noqa: E402
-from local_server import free_port, wait_serving  # noqa: E402
+from local_server import free_port, stop_process, wait_serving  # noqa: E402
 
 from decision.v1 import decision_pb2 as pb  # noqa: E402
 
@@ -108,13 +108,7 @@ class Callgrind:
                 "wall_seconds_under_callgrind": round(seconds, 1)}
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=60)
+        stop_process(self.proc)
 
 
 def drive(target: str, calls: int, concurrency: int) -> None:

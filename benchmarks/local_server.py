@@ -47,6 +47,18 @@ def wait_serving(target: str, proc: subprocess.Popen, deadline: float,
             time.sleep(0.02)
 
 
+def stop_process(proc: subprocess.Popen, timeout: float = 60, kill: bool = False) -> None:
+    """Stop ``proc`` if it still runs: SIGTERM (SIGKILL with ``kill``), then SIGKILL if it
+    has not exited after ``timeout`` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout)
+
+
 def process_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds used so far by process ``pid`` (all its threads)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -79,13 +91,7 @@ class LocalServer:
         return self.proc.pid
 
     def stop(self, kill: bool = False) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=60)
+        stop_process(self.proc, kill=kill)
 
     def __enter__(self) -> LocalServer:
         return self
