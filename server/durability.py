@@ -456,6 +456,9 @@ class Durability:
         """This process's timers, kept off the event loop (made on first use, on the loop)."""
         loop = asyncio.get_running_loop()
         if self._timers is None or self._timers.loop is not loop:
+            if self._timers is not None:  # made on a loop that is gone (tests): drop it
+                self._timers.close()
+                self._decision_timer = None
             self._timers = ThreadTimers(loop)
         return self._timers
 

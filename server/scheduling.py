@@ -71,6 +71,7 @@ def batch_helper_threads(enabled: bool = True) -> Iterator[None]:
 
 
 IDLE_SECONDS = 10.0  # a ThreadTimers thread with nothing to wait for ends after this long
+MAX_WAIT_SECONDS = 3600.0  # longest single wait of that thread (it then looks again)
 
 
 class TimerHandle:
@@ -102,7 +103,7 @@ class ThreadTimers:
     A timer in the loop's own heap costs every turn of the loop: with one scheduled,
     asyncio reads the clock and works out a select timeout on each of the few turns a
     request takes. A grpc.aio echo server with one far-off timer scheduled ran
-    6.7k more instructions per call (437k → 444k, callgrind, 8 calls in flight), and
+    6.7k more instructions per call (437k → 443k, callgrind, 8 calls in flight), and
     banditd always had one (the decision log's next write, the next periodic snapshot).
     Here the thread waits, and the due callback reaches the loop through
     ``call_soon_threadsafe``: one wake-up of the loop per timer, nothing per turn.
@@ -147,23 +148,33 @@ class ThreadTimers:
 
     def _run(self) -> None:
         with self._cond:
-            while not self._closed:
-                if not self._heap:
-                    if not self._cond.wait(IDLE_SECONDS) and not self._heap:
-                        self._thread = None  # idle: the next call_later starts another
-                        return
-                    continue
-                when, _, handle = self._heap[0]
-                wait = when - time.monotonic()
-                if wait > 0:
-                    self._cond.wait(wait)
-                    continue
-                heapq.heappop(self._heap)
-                if not handle.cancelled:
-                    try:
-                        self.loop.call_soon_threadsafe(handle._run)
-                    except RuntimeError:  # the loop is closed
-                        return
+            try:
+                self._serve()
+            finally:  # also after an error: the next call_later starts another thread
+                if self._thread is threading.current_thread():
+                    self._thread = None
+
+    def _serve(self) -> None:
+        """The thread's loop, holding ``self._cond`` (released while waiting)."""
+        while not self._closed:
+            if not self._heap:
+                if not self._cond.wait(IDLE_SECONDS) and not self._heap:
+                    return  # idle
+                continue
+            when, _, handle = self._heap[0]
+            wait = when - time.monotonic()
+            if wait > 0:
+                # bounded: Condition.wait overflows past threading.TIMEOUT_MAX (a huge or
+                # infinite interval), and a new earlier timer notifies anyway
+                self._cond.wait(min(wait, MAX_WAIT_SECONDS))
+                continue
+            heapq.heappop(self._heap)
+            if not handle.cancelled:
+                try:
+                    self.loop.call_soon_threadsafe(handle._run)
+                except RuntimeError:  # the loop is closed: nothing will run any more
+                    self._heap.clear()
+                    return
 
     def close(self) -> None:
         """Stop the thread; callbacks not yet due never run."""
@@ -171,5 +182,6 @@ class ThreadTimers:
             self._closed = True
             self._heap.clear()
             self._cond.notify()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()

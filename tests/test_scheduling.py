@@ -72,3 +72,48 @@ def test_idle_thread_ends_and_the_next_timer_starts_another(monkeypatch):
         assert timers._thread is None or not timers._thread.is_alive()
 
     asyncio.run(main())
+
+
+def test_a_far_off_or_infinite_timer_does_not_stop_the_others():
+    """Condition.wait overflows past threading.TIMEOUT_MAX; a snapshot interval of 1e10 s
+    or inf must not take the thread down with the decision log's timer behind it."""
+
+    async def main():
+        timers = ThreadTimers(asyncio.get_running_loop())
+        far = timers.call_later(float("inf"), lambda: None)
+        timers.call_later(1e10, lambda: None)
+        await asyncio.sleep(0.05)  # the thread is waiting on the far ones
+        await asyncio.wait_for(timers.sleep(0.01), 30)
+        assert not far.cancelled and timers._thread is not None and timers._thread.is_alive()
+        timers.close()
+
+    asyncio.run(main())
+
+
+def test_a_closed_loop_ends_the_thread_and_the_next_loop_gets_new_timers(tmp_path):
+    """Timers made on a loop that has closed never run; Durability.timers() then makes new
+    ones on the running loop, and the decision log's timer is set again there."""
+    from server.durability import Durability
+    from server.service import DecisionServicer
+    from server.settings import Settings
+
+    servicer = DecisionServicer(Settings(host="127.0.0.1", port=0, data_dir=tmp_path))
+    durability: Durability = servicer.durability
+
+    async def first():
+        durability.timers().call_later(0.05, lambda: None)
+        return durability.timers()
+
+    old = asyncio.run(first())
+    deadline = time.monotonic() + 30
+    while old._thread is not None and time.monotonic() < deadline:
+        time.sleep(0.01)  # its timer came due on a closed loop: the thread ended
+    assert old._thread is None and not old._heap
+
+    async def second():
+        fired = asyncio.Event()
+        durability.timers().call_later(0.01, fired.set)
+        await asyncio.wait_for(fired.wait(), 30)
+        return durability.timers()
+
+    assert asyncio.run(second()) is not old
