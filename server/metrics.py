@@ -44,6 +44,21 @@ def _binned(times: list[float]) -> list[float]:
     return [*counts.tolist(), float(values.sum())]
 
 
+def _merge(counts: dict[tuple[str, str], int], latency: dict[str, list[float]], method: str,
+           code: str, times: list[float]) -> None:
+    """Add ``times`` (calls of ``method`` that ended with ``code``) to ``counts`` and to
+    ``method``'s latency row."""
+    if not times:
+        return
+    key = (method, code)
+    counts[key] = counts.get(key, 0) + len(times)
+    row = latency.get(method)
+    if row is None:
+        row = latency[method] = [0.0] * (len(_BUCKETS) + 2)
+    for i, value in enumerate(_binned(times)):
+        row[i] += value
+
+
 class _RequestStats(Collector):
     """``banditd_requests_total{method,code}`` and ``banditd_handler_seconds{method}``."""
 
@@ -59,19 +74,8 @@ class _RequestStats(Collector):
         """Count the held times of ``method``'s successful calls (event loop)."""
         times = self.ok_times[method]
         with self.lock:
-            self._add(method, "OK", times)
+            _merge(self.counts, self.latency, method, "OK", times)
             times.clear()
-
-    def _add(self, method: str, code: str, times: list[float]) -> None:
-        if not times:
-            return
-        key = (method, code)
-        self.counts[key] = self.counts.get(key, 0) + len(times)
-        row = self.latency.get(method)
-        if row is None:
-            row = self.latency[method] = [0.0] * (len(_BUCKETS) + 2)
-        for i, value in enumerate(_binned(times)):
-            row[i] += value
 
     def collect(self) -> Iterator[Metric]:
         with self.lock:
@@ -79,12 +83,7 @@ class _RequestStats(Collector):
             latency = {method: list(row) for method, row in self.latency.items()}
             held = {method: list(times) for method, times in self.ok_times.items()}
         for method, times in held.items():
-            if times:
-                key = (method, "OK")
-                counts[key] = counts.get(key, 0) + len(times)
-                row = latency.setdefault(method, [0.0] * (len(_BUCKETS) + 2))
-                for i, value in enumerate(_binned(times)):
-                    row[i] += value
+            _merge(counts, latency, method, "OK", times)
         requests = CounterMetricFamily("banditd_requests", "RPCs handled, by method and status "
                                        "code.", labels=["method", "code"])
         for (method, code), n in counts.items():

@@ -298,19 +298,6 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
 
     def _select(self, p: _PreparedSelect):
         """The answer to a checked request: its decision drawn, stored and logged."""
-        decision_id, ranked, propensity, version = self._decide(p)
-        ids = p.experiment.arm_ids
-        response = pb.SelectArmResponse(
-            decision_id=decision_id, arm_id=ids[ranked[0]], propensity=propensity,
-            model_version=version,
-        )
-        if p.n > 1:
-            response.ranked_arm_ids.extend(ids[i] for i in ranked)
-        return response
-
-    def _decide(self, p: _PreparedSelect) -> tuple[str, list[int], float, int]:
-        """Draw, store and log the decision of a checked request: its id, the ranked arm
-        positions, the propensity and the model version it was drawn at."""
         experiment = p.experiment
         ranked, propensity = experiment.select(p.eligible, p.context, p.n)
         ids = experiment.arm_ids
@@ -327,7 +314,13 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             self.durability.pending.add(decision_id, experiment.experiment_id, experiment.uid,
                                         slate, context_kept, propensity, version, now)
             self.durability.decisions_logged()
-        return decision_id, ranked, propensity, version
+        response = pb.SelectArmResponse(
+            decision_id=decision_id, arm_id=slate[0], propensity=propensity,
+            model_version=version,
+        )
+        if p.n > 1:
+            response.ranked_arm_ids.extend(slate)
+        return response
 
     def BatchSelectArms(self, request, context):
         """Validate every item, then decide group by group: consecutive items of the same
