@@ -58,16 +58,30 @@ def test_startup_load_reads_full_collections_from_metrics(tmp_path):
 
 def test_instructions_reads_callgrind_totals_and_needs_valgrind(tmp_path):
     """benchmarks/instructions.py (run by `make bench`, minutes under callgrind): the event
-    total of a dump is read, and without valgrind on PATH it says so and exits with 2."""
+    total of a dump is read, a server's repeated windows give their median, and without
+    valgrind on PATH it says so and exits with 2."""
     import os
 
     sys.path.insert(0, str(BENCH))
-    from instructions import totals
+    from instructions import event_totals, summarise, totals
+
+    rows = [{"instructions_per_call": n} for n in (459_686, 436_864, 437_750)]
+    assert summarise(rows) == {"windows": rows, "instructions_per_call": 437_750,
+                               "lowest_per_call": 436_864, "highest_per_call": 459_686}
+    assert summarise(rows[:2])["instructions_per_call"] == 436_864  # the lower middle
 
     dump = tmp_path / "x.out"
     dump.write_text("version: 1\ncreator: callgrind-3.19.0\nevents: Ir\n"
                     "fn=(1) main\n0 5\nsummary: 1234\ntotals: 1730389693\n")
     assert totals(dump) == 1_730_389_693
+    cached = tmp_path / "c.out"  # --cache-sim: more events on the same lines
+    cached.write_text("events: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw\nsummary: 1 2 3 4 5 6 7 8 9\n"
+                      "totals: 1751001306 528115115 319735604 73025105 32663700 8221244 9519 "
+                      "197221 73597\n")
+    assert event_totals(cached) == {"Ir": 1751001306, "Dr": 528115115, "Dw": 319735604,
+                                    "I1mr": 73025105, "D1mr": 32663700, "D1mw": 8221244,
+                                    "ILmr": 9519, "DLmr": 197221, "DLmw": 73597}
+    assert totals(cached) == 1751001306
     proc = subprocess.run([sys.executable, str(BENCH / "instructions.py"), "--out",
                            str(tmp_path / "i.json")], capture_output=True, text=True,
                           timeout=120, cwd=ROOT, env=dict(os.environ, PATH=str(tmp_path)))
