@@ -311,7 +311,8 @@ class DecisionStore:
                 propensity: float, version: int, created: float) -> str:
         """Store one new decision (SelectArm's) under a fresh id of this store's own and
         return the id; like :meth:`new_id` + :meth:`put`, but found through the own ring, as
-        a batch's ids are (no entry in the id dict, which costs most in a full store)."""
+        a batch's ids are (no entry in the id dict, which costs most in a full store, and no
+        id string kept: :meth:`columns` writes it from the counter)."""
         counter = self._counter = self._counter + 1
         decision_id = f"{self._prefix}-{counter:x}"
         uids, props, versions, times, rewarded, own, owner, ring = self._row_views
@@ -322,7 +323,7 @@ class DecisionStore:
             if own[pos] < 0:  # a dict-indexed row (the rest is overwritten below)
                 self._unindex(pos, self._head)
             self._head += 1
-        self._ids[pos] = decision_id
+        self._ids[pos] = None  # the id is the ring's: nothing kept per decision for it
         self._slates[pos] = slate
         self._contexts[pos] = context
         uids[pos] = uid

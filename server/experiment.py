@@ -58,6 +58,8 @@ class Experiment:
     # -- state -----------------------------------------------------------------
     def _reindex(self) -> None:
         self.arm_index = {arm_id: i for i, arm_id in enumerate(self.arm_ids)}
+        # the slate of one arm, per arm: shared by every decision that names only that arm
+        self.slates_of_one = [(arm_id,) for arm_id in self.arm_ids]
         self.all_arms = np.arange(len(self.arm_ids), dtype=np.int64)
         # the arm ids' UTF-8 bytes and offsets, as kernels.wire writes them into responses
         self.arm_wire = encode_arm_ids(self.arm_ids)

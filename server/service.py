@@ -300,10 +300,10 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         """The answer to a checked request: its decision drawn, stored and logged."""
         experiment = p.experiment
         ranked, propensity = experiment.select(p.eligible, p.context, p.n)
-        ids = experiment.arm_ids
         if p.n == 1:
-            slate: tuple[str, ...] = (ids[ranked[0]],)
+            slate: tuple[str, ...] = experiment.slates_of_one[ranked[0]]
         else:
+            ids = experiment.arm_ids
             slate = tuple(ids[i] for i in ranked)
         context_kept = p.context if experiment.context_dim else None
         version = experiment.version

@@ -422,6 +422,53 @@ def test_decision_store_put_new_stores_through_the_own_ring():
     assert copy.get("me-7", 15.0).arm_ids == ("z",)
 
 
+def test_decision_store_put_new_keeps_no_object_per_decision():
+    """A single decision's id is the ring's counter, so the store keeps no string for it (at
+    the default capacity of 1,000,000 the strings alone were ≈ 80 MB); with a shared slate
+    tuple, as SelectArm passes for slates of one arm, storing allocates nothing that stays."""
+    import tracemalloc
+
+    store = DecisionStore(capacity=20_000, ttl_seconds=1e9, id_prefix="me")
+    slate = ("arm-1",)
+    for _ in range(1_000):  # the columns' first pages, the interpreter's free lists
+        store.put_new(3, slate, None, 0.5, 1, 10.0)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        ids = [store.put_new(3, slate, None, 0.5, 1, 10.0) for _ in range(10_000)]
+        held = tracemalloc.get_traced_memory()[0] - before
+        del ids
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held > 10_000 * 40  # the returned ids themselves (the check can see strings)
+    assert kept < 10_000 * 4, f"{kept / 10_000:.1f} bytes kept per decision"
+    assert store.get(f"me-{5_000:x}", 10.0).arm_ids is slate  # ids count in hex
+    assert store.columns().ids[-1] == f"me-{11_000:x}"
+
+
+def test_select_arm_shares_one_slate_tuple_per_arm(tmp_path):
+    """SelectArm's one-arm slates are the experiment's tuples (nothing new kept per
+    decision), rebuilt when the arms change."""
+    from server.service import DecisionServicer
+    from server.settings import Settings
+
+    sv = DecisionServicer(Settings(data_dir=tmp_path, durability="snapshot"))
+    sv.ready = True
+    sv.registry.create(pb.Experiment(
+        experiment_id="e", arms=[pb.Arm(arm_id=f"a{i}") for i in range(3)],
+        policy=pb.Policy(thompson=pb.Policy.Thompson()), reward_type=pb.REWARD_TYPE_BINARY,
+        seed=1))
+    exp = sv.registry.get("e")
+    assert exp.slates_of_one == [("a0",), ("a1",), ("a2",)]
+    for _ in range(20):
+        answer = sv.SelectArm(pb.SelectArmRequest(experiment_id="e"), None)
+        record = sv.decisions.get(answer.decision_id)
+        assert record.arm_ids is exp.slates_of_one[exp.arm_index[answer.arm_id]]
+    exp.update_arms(["a3"], ["a0"])
+    assert exp.slates_of_one == [("a1",), ("a2",), ("a3",)]
+
+
 def test_decision_store_batch_ids_equal_single_ids_whatever_the_prefix():
     for prefix in ("a1b2", "w%d-1", "%%x"):
         store = DecisionStore(100, 60.0, id_prefix=prefix)
