@@ -503,11 +503,15 @@ class DecisionStore:
         self.put_many(cols, expire=False)
 
 
-def slate_tuples(arm_ids: Sequence[str], ranked: np.ndarray) -> list[tuple[str, ...]]:
-    """Rows of arm positions (``ranked[i]``) as tuples of arm ids (single-arm slates share
-    one tuple per arm when there are at least as many rows as arms)."""
+def slate_tuples(arm_ids: Sequence[str], ranked: np.ndarray,
+                 slates_of_one: Sequence[tuple[str]] | None = None) -> list[tuple[str, ...]]:
+    """Rows of arm positions (``ranked[i]``) as tuples of arm ids. Single-arm slates are
+    ``slates_of_one[arm]`` when given (an experiment's, shared with its SelectArm decisions),
+    else share one tuple per arm when there are at least as many rows as arms."""
     if ranked.shape[1] == 1:
         positions = ranked[:, 0].tolist()
+        if slates_of_one is not None:
+            return list(map(slates_of_one.__getitem__, positions))
         if len(arm_ids) <= len(positions):
             return list(map([(a,) for a in arm_ids].__getitem__, positions))
         return [(arm_ids[i],) for i in positions]

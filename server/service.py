@@ -388,7 +388,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         experiment.select_many(g.eligible, contexts, ranked, propensity)
         decisions = self.decisions
         first_counter = decisions.new_counters(count)  # no id strings: a ring finds them
-        slates = slate_tuples(experiment.arm_ids, ranked)
+        slates = slate_tuples(experiment.arm_ids, ranked, experiment.slates_of_one)
         version = experiment.version
         kept = contexts if experiment.context_dim else None
         decisions.put_many(DecisionColumns(

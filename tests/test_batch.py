@@ -448,8 +448,8 @@ def test_decision_store_put_new_keeps_no_object_per_decision():
 
 
 def test_select_arm_shares_one_slate_tuple_per_arm(tmp_path):
-    """SelectArm's one-arm slates are the experiment's tuples (nothing new kept per
-    decision), rebuilt when the arms change."""
+    """SelectArm's and BatchSelectArms' one-arm slates are the experiment's tuples (nothing
+    new kept per decision), rebuilt when the arms change."""
     from server.service import DecisionServicer
     from server.settings import Settings
 
@@ -463,6 +463,11 @@ def test_select_arm_shares_one_slate_tuple_per_arm(tmp_path):
     assert exp.slates_of_one == [("a0",), ("a1",), ("a2",)]
     for _ in range(20):
         answer = sv.SelectArm(pb.SelectArmRequest(experiment_id="e"), None)
+        record = sv.decisions.get(answer.decision_id)
+        assert record.arm_ids is exp.slates_of_one[exp.arm_index[answer.arm_id]]
+    batch = sv.BatchSelectArms(pb.BatchSelectArmsRequest(
+        requests=[pb.SelectArmRequest(experiment_id="e")] * 5), None)
+    for answer in batch.responses:  # a batch's one-arm slates are the same tuples
         record = sv.decisions.get(answer.decision_id)
         assert record.arm_ids is exp.slates_of_one[exp.arm_index[answer.arm_id]]
     exp.update_arms(["a3"], ["a0"])
