@@ -1,8 +1,9 @@
 """Numba bandit kernels: one module per policy, each with the same small API.
 
 Every policy module exposes ``NAME``, ``PARAM_NAMES``, ``CONTEXTUAL``, ``ESTIMATED_PROPENSITY``,
-``new_state``, ``select``, ``update``, ``select_batch``, ``update_batch`` (many decisions /
-rewards in one compiled call) and the references ``select_reference``, ``update_reference``,
+``new_state``, ``select``, ``bind_select`` (``select`` typed once for a state: the server's
+per-decision call), ``update``, ``select_batch``, ``update_batch`` (many decisions / rewards in
+one compiled call) and the references ``select_reference``, ``update_reference``,
 ``select_batch_reference``, ``update_batch_reference``.
 """
 

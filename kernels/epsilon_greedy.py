@@ -18,6 +18,7 @@ from .common import (
     _max_tie_probs,
     batch_select_reference,
     batch_update_reference,
+    compiled,
     finalize_reference,
     max_tie_probs_reference,
 )
@@ -70,13 +71,30 @@ def _select_batch(counts, reward_sum, params, eligible, t, selections, floor, bu
         _count_selections(selections, out[i])
 
 
+
+def bind_select(state, params, selections, floor, burn_in, draws, rng, eligible, context, t, out):
+    """:func:`select` for this state, these scalars and per-call arguments of the types of
+    the ``eligible``, ``context``, ``t`` and ``out`` given: ``call(eligible, context, t, out)``
+    returns what ``select`` would, without the dispatcher typing every argument on each call
+    (:func:`kernels.common.compiled`; the server's hot path)."""
+    counts, reward_sum = state[0], state[1]
+    kernel = compiled(_select, counts, reward_sum, params, eligible, t, selections, floor, burn_in,
+                      rng, out)
+
+    def call(eligible, context, t, out):
+        return kernel(counts, reward_sum, params, eligible, t, selections, floor, burn_in, rng, out)
+
+    return call
+
+
 def select(state, params, eligible, context, t, selections, floor, burn_in, draws, rng, out):
     """Fill ``out`` (arm positions, best first) and return the propensity of ``out[0]``.
 
     Scalars are passed through as given (the server's types: ``t`` and ``burn_in`` int,
     ``floor`` float).
     """
-    return _select(state[0], state[1], params, eligible, t, selections, floor, burn_in, rng, out)
+    return bind_select(state, params, selections, floor, burn_in, draws, rng, eligible, context,
+                       t, out)(eligible, context, t, out)
 
 
 def update(state, params, arm, reward, context, discount) -> None:

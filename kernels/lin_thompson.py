@@ -23,6 +23,7 @@ from .common import (
     _finalize,
     _round_probs,
     batch_select_reference,
+    compiled,
     finalize_reference,
     round_probs_reference,
 )
@@ -96,14 +97,31 @@ def _select_batch(a_inv, theta, params, eligible, contexts, selections, floor, b
         _count_selections(selections, out[i])
 
 
+
+def bind_select(state, params, selections, floor, burn_in, draws, rng, eligible, context, t, out):
+    """:func:`select` for this state, these scalars and per-call arguments of the types of
+    the ``eligible``, ``context``, ``t`` and ``out`` given: ``call(eligible, context, t, out)``
+    returns what ``select`` would, without the dispatcher typing every argument on each call
+    (:func:`kernels.common.compiled`; the server's hot path)."""
+    a_inv, theta = state[0], state[2]
+    kernel = compiled(_select, a_inv, theta, params, eligible, context, selections, floor, burn_in,
+                      draws, rng, out)
+
+    def call(eligible, context, t, out):
+        return kernel(a_inv, theta, params, eligible, context, selections, floor, burn_in, draws,
+                      rng, out)
+
+    return call
+
+
 def select(state, params, eligible, context, t, selections, floor, burn_in, draws, rng, out):
     """Fill ``out`` (arm positions, best first) and return the propensity of ``out[0]``.
 
     Scalars are passed through as given (the server's types: ``floor`` float, ``burn_in`` and
     ``draws`` int).
     """
-    return _select(state[0], state[2], params, eligible, context, selections, floor, burn_in,
-                   draws, rng, out)
+    return bind_select(state, params, selections, floor, burn_in, draws, rng, eligible, context,
+                       t, out)(eligible, context, t, out)
 
 
 def update(state, params, arm, reward, context, discount) -> None:

@@ -22,6 +22,7 @@ from .common import (
     _max_tie_probs,
     batch_select_reference,
     batch_update_reference,
+    compiled,
     finalize_reference,
     max_tie_probs_reference,
 )
@@ -121,13 +122,29 @@ def _update_batch(a_inv, b, theta, arms, rewards, contexts):
         _update(a_inv, b, theta, arms[i], rewards[i], contexts[i])
 
 
+
+def bind_select(state, params, selections, floor, burn_in, draws, rng, eligible, context, t, out):
+    """:func:`select` for this state, these scalars and per-call arguments of the types of
+    the ``eligible``, ``context``, ``t`` and ``out`` given: ``call(eligible, context, t, out)``
+    returns what ``select`` would, without the dispatcher typing every argument on each call
+    (:func:`kernels.common.compiled`; the server's hot path)."""
+    a_inv, theta = state[0], state[2]
+    kernel = compiled(_select, a_inv, theta, params, eligible, context, selections, floor, burn_in,
+                      rng, out)
+
+    def call(eligible, context, t, out):
+        return kernel(a_inv, theta, params, eligible, context, selections, floor, burn_in, rng, out)
+
+    return call
+
+
 def select(state, params, eligible, context, t, selections, floor, burn_in, draws, rng, out):
     """Fill ``out`` (arm positions, best first) and return the propensity of ``out[0]``.
 
     Scalars are passed through as given (the server's types: ``floor`` float, ``burn_in`` int).
     """
-    return _select(state[0], state[2], params, eligible, context, selections, floor, burn_in,
-                   rng, out)
+    return bind_select(state, params, selections, floor, burn_in, draws, rng, eligible, context,
+                       t, out)(eligible, context, t, out)
 
 
 def update(state, params, arm, reward, context, discount) -> None:

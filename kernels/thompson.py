@@ -31,6 +31,7 @@ from .common import (
     _round_probs,
     batch_select_reference,
     batch_update_reference,
+    compiled,
     finalize_reference,
     mc_cache,
     round_probs_reference,
@@ -111,6 +112,22 @@ def _update_batch(successes, failures, mc_valid, arms, rewards, discount):
         _update(successes, failures, mc_valid, arms[i], rewards[i], discount)
 
 
+
+def bind_select(state, params, selections, floor, burn_in, draws, rng, eligible, context, t, out):
+    """:func:`select` for this state, these scalars and per-call arguments of the types of
+    the ``eligible``, ``context``, ``t`` and ``out`` given: ``call(eligible, context, t, out)``
+    returns what ``select`` would, without the dispatcher typing every argument on each call
+    (:func:`kernels.common.compiled`; the server's hot path)."""
+    s, f, mc, valid = state[0], state[1], state[2], state[3]
+    kernel = compiled(_select, s, f, mc, valid, params, eligible, selections, floor, burn_in, rng,
+                      out)
+
+    def call(eligible, context, t, out):
+        return kernel(s, f, mc, valid, params, eligible, selections, floor, burn_in, rng, out)
+
+    return call
+
+
 def select(state, params, eligible, context, t, selections, floor, burn_in, draws, rng, out):
     """Fill ``out`` (arm positions, best first) and return the propensity of ``out[0]``.
 
@@ -118,8 +135,8 @@ def select(state, params, eligible, context, t, selections, floor, burn_in, draw
     other scalar types compile another specialisation. ``draws`` is ignored: ``R`` is the
     state's ``mc.shape[1]``.
     """
-    return _select(state[0], state[1], state[2], state[3], params, eligible, selections, floor,
-                   burn_in, rng, out)
+    return bind_select(state, params, selections, floor, burn_in, draws, rng, eligible, context,
+                       t, out)(eligible, context, t, out)
 
 
 def update(state, params, arm, reward, context, discount) -> None:

@@ -27,6 +27,7 @@ from .common import (
     _round_probs,
     batch_select_reference,
     batch_update_reference,
+    compiled,
     finalize_reference,
     mc_cache,
     round_probs_reference,
@@ -121,14 +122,31 @@ def _update_batch(trials, conversions, revenue_sum, revenue_sq, mc_valid, arms, 
                 discount)
 
 
+
+def bind_select(state, params, selections, floor, burn_in, draws, rng, eligible, context, t, out):
+    """:func:`select` for this state, these scalars and per-call arguments of the types of
+    the ``eligible``, ``context``, ``t`` and ``out`` given: ``call(eligible, context, t, out)``
+    returns what ``select`` would, without the dispatcher typing every argument on each call
+    (:func:`kernels.common.compiled`; the server's hot path)."""
+    trials, conversions, revenue, mc, valid = state[0], state[1], state[2], state[4], state[5]
+    kernel = compiled(_select, trials, conversions, revenue, mc, valid, params, eligible,
+                      selections, floor, burn_in, rng, out)
+
+    def call(eligible, context, t, out):
+        return kernel(trials, conversions, revenue, mc, valid, params, eligible, selections, floor,
+                      burn_in, rng, out)
+
+    return call
+
+
 def select(state, params, eligible, context, t, selections, floor, burn_in, draws, rng, out):
     """Fill ``out`` (arm positions, best first) and return the propensity of ``out[0]``.
 
     Scalars are passed through as given (the server's types: ``floor`` float, ``burn_in`` int);
     ``draws`` is ignored (``R`` is the state's ``mc.shape[1]``).
     """
-    return _select(state[0], state[1], state[2], state[4], state[5], params, eligible,
-                   selections, floor, burn_in, rng, out)
+    return bind_select(state, params, selections, floor, burn_in, draws, rng, eligible, context,
+                       t, out)(eligible, context, t, out)
 
 
 def update(state, params, arm, reward, context, discount) -> None:

@@ -18,6 +18,7 @@ from .common import (
     _max_tie_probs,
     batch_select_reference,
     batch_update_reference,
+    compiled,
     finalize_reference,
     max_tie_probs_reference,
 )
@@ -83,12 +84,29 @@ def _update_batch(counts, reward_sum, arms, rewards, discount):
         _update(counts, reward_sum, arms[i], rewards[i], discount)
 
 
+
+def bind_select(state, params, selections, floor, burn_in, draws, rng, eligible, context, t, out):
+    """:func:`select` for this state, these scalars and per-call arguments of the types of
+    the ``eligible``, ``context``, ``t`` and ``out`` given: ``call(eligible, context, t, out)``
+    returns what ``select`` would, without the dispatcher typing every argument on each call
+    (:func:`kernels.common.compiled`; the server's hot path)."""
+    counts, reward_sum = state[0], state[1]
+    kernel = compiled(_select, counts, reward_sum, params, eligible, selections, floor, burn_in,
+                      rng, out)
+
+    def call(eligible, context, t, out):
+        return kernel(counts, reward_sum, params, eligible, selections, floor, burn_in, rng, out)
+
+    return call
+
+
 def select(state, params, eligible, context, t, selections, floor, burn_in, draws, rng, out):
     """Fill ``out`` (arm positions, best first) and return the propensity of ``out[0]``.
 
     Scalars are passed through as given (the server's types: ``floor`` float, ``burn_in`` int).
     """
-    return _select(state[0], state[1], params, eligible, selections, floor, burn_in, rng, out)
+    return bind_select(state, params, selections, floor, burn_in, draws, rng, eligible, context,
+                       t, out)(eligible, context, t, out)
 
 
 def update(state, params, arm, reward, context, discount) -> None:

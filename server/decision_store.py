@@ -314,7 +314,7 @@ class DecisionStore:
         a batch's ids are (no entry in the id dict, which costs most in a full store, and no
         id string kept: :meth:`columns` writes it from the counter)."""
         counter = self._counter = self._counter + 1
-        decision_id = f"{self._prefix}-{counter:x}"
+        decision_id = self._id_format(counter)
         uids, props, versions, times, rewarded, own, owner, ring = self._row_views
         c = self.capacity
         seq = self._tail

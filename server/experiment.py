@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any
 
 import numpy as np
 
 from decision.v1 import decision_pb2 as pb
+from kernels import wire
 from kernels.checks import first_out_of_range
 from kernels.rng import seed_state
-from kernels.wire import encode_arm_ids
 from server.errors import InvalidArgument, NotFound
 from server.policies import PolicySpec
 
@@ -52,6 +51,8 @@ class Experiment:
         self.discount = float(config.discount) if config.HasField("discount") else 1.0
         self.arm_ids: list[str] = [arm.arm_id for arm in config.arms]
         self._slate_buffers: dict[int, np.ndarray] = {}  # slate size -> select()'s output
+        # select()'s kernel: (state, selections, rng) it was bound to, call, counts view
+        self._bound: tuple = (None, None, None, None, None)
         self._reindex()
         self._reset_state()
 
@@ -60,16 +61,18 @@ class Experiment:
         self.arm_index = {arm_id: i for i, arm_id in enumerate(self.arm_ids)}
         # the slate of one arm, per arm: shared by every decision that names only that arm
         self.slates_of_one = [(arm_id,) for arm_id in self.arm_ids]
+        # each arm as SelectArmResponse's arm_id and as a ranked_arm_ids entry, on the wire
+        self.arm_fields = [wire.arm_field(arm_id) for arm_id in self.arm_ids]
+        self.ranked_fields = [wire.ranked_field(arm_id) for arm_id in self.arm_ids]
         self.all_arms = np.arange(len(self.arm_ids), dtype=np.int64)
         # the arm ids' UTF-8 bytes and offsets, as kernels.wire writes them into responses
-        self.arm_wire = encode_arm_ids(self.arm_ids)
+        self.arm_wire = wire.encode_arm_ids(self.arm_ids)
         self.max_arm_bytes = int(np.diff(self.arm_wire[1]).max(initial=0))
 
     def _reset_state(self) -> None:
         k = len(self.arm_ids)
         self.state = self.spec.kernel.new_state(k, self.context_dim, self.spec.params, self.draws)
         self.selections = np.zeros(k, dtype=np.int64)
-        self._counts_view: Any = self.selections.data  # rebuilt by select() if replaced
         self.rewards = np.zeros(k, dtype=np.int64)
         self.reward_sum = np.zeros(k, dtype=np.float64)
         self.positives = np.zeros(k, dtype=np.int64)  # live rewards > 0 (conversions)
@@ -192,31 +195,32 @@ class Experiment:
                ) -> tuple[list[int], float]:
         """Choose ``n`` ranked arms among ``eligible``; returns (positions, propensity).
 
-        The kernel writes into a buffer kept per slate size and the selection counts go up
-        through an item view: no NumPy call on the way but the kernel's."""
+        The kernel is called through its module's ``bind_select`` (typed once per state, see
+        :func:`kernels.common.compiled`), bound again when the state, the selection counts or
+        the random state were replaced (arms changed, reset, restore, replication). It writes
+        into a buffer kept per slate size and the selection counts go up through an item
+        view: no NumPy call on the way but the kernel's. ``eligible`` must be an int64 and
+        ``context`` a float64 C-contiguous 1-D array (:meth:`eligible_array`,
+        :meth:`context_array`): the bound kernel does not check them."""
         out = self._slate_buffers.get(n)
         if out is None:
             out = self._slate_buffers[n] = np.empty(n, dtype=np.int64)
-        propensity = self.spec.kernel.select(
-            self.state,
-            self.spec.params,
-            eligible,
-            context,
-            self.version,
-            self.selections,
-            self.floor,
-            self.burn_in,
-            self.draws,
-            self.rng,
-            out,
-        )
+        state, selections, rng, call, counts = self._bound
+        if state is not self.state or selections is not self.selections or rng is not self.rng:
+            state, selections, rng, call, counts = self._bind(eligible, context, out)
+        propensity = call(eligible, context, self.version, out)
         ranked = out.tolist()
-        counts = self._counts_view
-        if counts.obj is not self.selections:  # replaced (arms changed, reset, restore)
-            counts = self._counts_view = self.selections.data
         for arm in ranked:
             counts[arm] += 1
-        return ranked, float(propensity)
+        return ranked, propensity
+
+    def _bind(self, eligible: np.ndarray, context: np.ndarray, out: np.ndarray) -> tuple:
+        """:meth:`select`'s kernel bound to the current arrays (and its counts view)."""
+        call = self.spec.kernel.bind_select(
+            self.state, self.spec.params, self.selections, self.floor, self.burn_in, self.draws,
+            self.rng, eligible, context, self.version, out)
+        self._bound = (self.state, self.selections, self.rng, call, self.selections.data)
+        return self._bound
 
     def select_many(self, eligible: np.ndarray, contexts: np.ndarray, out: np.ndarray,
                     propensity: np.ndarray) -> None:

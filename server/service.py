@@ -18,7 +18,7 @@ from google.protobuf.message import DecodeError
 
 from decision.v1 import decision_pb2 as pb
 from decision.v1 import decision_pb2_grpc as pb_grpc
-from kernels.wire import select_responses, select_responses_bound
+from kernels.wire import select_response, select_responses, select_responses_bound
 from server import analytics
 from server.budget import allocate_budget
 from server.decision_store import DecisionColumns, DecisionRecord, DecisionStore, slate_tuples
@@ -269,7 +269,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
 
     def SelectArm(self, request, context):
         self._check_ready()
-        return self._select(self._prepare_select(request))
+        return pb.SelectArmResponse.FromString(self._select(self._prepare_select(request)))
 
     def select_arm_bytes(self, raw: bytes, context) -> bytes:
         """SelectArm from the request's bytes to the response's (how a single server serves
@@ -294,17 +294,23 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                 if len(plans) >= PLAN_LIMIT:
                     plans.clear()
                 plans[raw] = p
-        return self._select(p).SerializeToString()
+        return self._select(p)
 
-    def _select(self, p: _PreparedSelect):
-        """The answer to a checked request: its decision drawn, stored and logged."""
+    def _select(self, p: _PreparedSelect) -> bytes:
+        """The answer to a checked request, serialised: its decision drawn, stored and logged.
+        The response's bytes are joined from pieces (:func:`kernels.wire.select_response`),
+        not built through protobuf's API (≈ 1k instead of ≈ 4.5k instructions)."""
         experiment = p.experiment
         ranked, propensity = experiment.select(p.eligible, p.context, p.n)
+        first = ranked[0]
         if p.n == 1:
-            slate: tuple[str, ...] = experiment.slates_of_one[ranked[0]]
+            slate: tuple[str, ...] = experiment.slates_of_one[first]
+            entries = b""
         else:
             ids = experiment.arm_ids
             slate = tuple(ids[i] for i in ranked)
+            fields = experiment.ranked_fields
+            entries = b"".join([fields[i] for i in ranked])
         context_kept = p.context if experiment.context_dim else None
         version = experiment.version
         now = time.time()
@@ -314,13 +320,8 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             self.durability.pending.add(decision_id, experiment.experiment_id, experiment.uid,
                                         slate, context_kept, propensity, version, now)
             self.durability.decisions_logged()
-        response = pb.SelectArmResponse(
-            decision_id=decision_id, arm_id=slate[0], propensity=propensity,
-            model_version=version,
-        )
-        if p.n > 1:
-            response.ranked_arm_ids.extend(slate)
-        return response
+        return select_response(decision_id, experiment.arm_fields[first], propensity, version,
+                               entries)
 
     def BatchSelectArms(self, request, context):
         """Validate every item, then decide group by group: consecutive items of the same

@@ -13,6 +13,7 @@ from test_durability import stub_for
 
 from conftest import RunningServer, create, make_experiment, running_server
 from decision.v1 import decision_pb2 as pb
+from kernels.rng import seed_state
 from server.decision_store import DecisionColumns, DecisionRecord, DecisionStore
 from server.metrics import Metrics
 from server.service import DecisionServicer
@@ -472,6 +473,42 @@ def test_select_arm_shares_one_slate_tuple_per_arm(tmp_path):
         assert record.arm_ids is exp.slates_of_one[exp.arm_index[answer.arm_id]]
     exp.update_arms(["a3"], ["a0"])
     assert exp.slates_of_one == [("a1",), ("a2",), ("a3",)]
+
+
+def test_select_follows_replaced_arrays(tmp_path):
+    """Experiment.select binds its kernel to the state, selection counts and random state
+    once; when one of them is replaced (arms changed, reset, a restore's counters,
+    replication's random stream) the next decision uses the new array, never the old one."""
+    from server.service import DecisionServicer
+    from server.settings import Settings
+
+    sv = DecisionServicer(Settings(data_dir=tmp_path, durability="snapshot"))
+    sv.ready = True
+    sv.registry.create(pb.Experiment(
+        experiment_id="e", arms=[pb.Arm(arm_id=f"a{i}") for i in range(3)],
+        policy=pb.Policy(thompson=pb.Policy.Thompson()), reward_type=pb.REWARD_TYPE_BINARY,
+        seed=1))
+    exp = sv.registry.get("e")
+    every = pb.SelectArmRequest(experiment_id="e")
+    for _ in range(5):
+        sv.SelectArm(every, None)
+    old_selections, old_successes = exp.selections, exp.state[0]
+    exp.update_arms(["a3"], ["a0"])  # a3 is position 2: past the old arrays' rows for it
+    only_new = pb.SelectArmRequest(experiment_id="e", eligible_arm_ids=["a3"])
+    for _ in range(4):
+        assert sv.SelectArm(only_new, None).arm_id == "a3"
+    assert exp.selections.tolist() == [*old_selections.tolist()[1:], 4]
+    assert old_selections.sum() == 5  # the replaced counts were left alone
+    exp.selections = exp.selections.copy()  # as a snapshot's restore replaces the counters
+    sv.SelectArm(only_new, None)
+    assert exp.selections[2] == 5
+    exp.rng = seed_state(99)  # as replication gives a worker its own stream
+    drawn = exp.rng.copy()
+    sv.SelectArm(every, None)
+    assert not np.array_equal(exp.rng, drawn)
+    sv.registry.reset("e")
+    sv.SelectArm(every, None)
+    assert exp.selections.sum() == 1 and exp.state[0] is not old_successes
 
 
 def test_decision_store_batch_ids_equal_single_ids_whatever_the_prefix():

@@ -19,7 +19,7 @@ PARAMS = {
     "lin_thompson": [0.5, 1.5],
 }
 API = ("NAME", "PARAM_NAMES", "CONTEXTUAL", "ESTIMATED_PROPENSITY", "new_state", "select",
-       "update", "select_reference", "update_reference", "select_batch", "update_batch",
+       "bind_select", "update", "select_reference", "update_reference", "select_batch", "update_batch",
        "select_batch_reference", "update_batch_reference")
 
 
@@ -123,6 +123,40 @@ def test_select_matches_reference(name, k, d, seed):
             cold = selections[eligible] < burn_in
             if not cold.any():
                 assert p >= floor - 1e-12
+
+
+@pytest.mark.parametrize("name", list(PARAMS))
+def test_bound_select_follows_updates_and_equals_select(name):
+    """The server binds a policy's kernel to an experiment's arrays once (``bind_select``) and
+    calls it for every decision while rewards change the state in place and eligible arms,
+    context, ``t`` and slate size vary: every call must equal ``select`` on a twin."""
+    mod = POLICIES[name]
+    gen = np.random.default_rng(17)
+    k, d = 12, (4 if mod.CONTEXTUAL else 0)
+    params = np.array(PARAMS[name])
+    state, twin = _trained_pair(mod, k, d, params, gen, 40, 0.97, draws=8)
+    twin = tuple(a.copy() for a in state)
+    selections, twin_selections = np.zeros(k, np.int64), np.zeros(k, np.int64)
+    rng, twin_rng = seed_state(5), seed_state(5)
+    call = mod.bind_select(state, params, selections, 0.02, 2, 8, rng,
+                           np.arange(k, dtype=np.int64), np.zeros(d), 0, np.empty(1, np.int64))
+    for t in range(60):
+        m = int(gen.integers(1, k + 1))
+        eligible = gen.choice(k, size=m, replace=False).astype(np.int64)
+        n = int(gen.integers(1, m + 1))
+        context = gen.standard_normal(d)
+        out, twin_out = np.empty(n, np.int64), np.empty(n, np.int64)
+        p = call(eligible, context, t, out)
+        p_twin = mod.select(twin, params, eligible, context, t, twin_selections, 0.02, 2, 8,
+                            twin_rng, twin_out)
+        assert out.tolist() == twin_out.tolist() and p == p_twin
+        assert np.array_equal(rng, twin_rng)
+        selections[out] += 1
+        twin_selections[twin_out] += 1
+        reward = _reward(mod, gen)
+        mod.update(state, params, int(out[0]), reward, context, 0.97)
+        mod.update(twin, params, int(out[0]), reward, context, 0.97)
+    _assert_states_equal(state, twin)
 
 
 @pytest.mark.parametrize("name", list(PARAMS))

@@ -10,7 +10,11 @@ from hypothesis import strategies as st
 
 from decision.v1 import decision_pb2 as pb
 from kernels.wire import (
+    arm_field,
     encode_arm_ids,
+    ranked_field,
+    select_response,
+    select_response_reference,
     select_responses,
     select_responses_bound,
     select_responses_reference,
@@ -65,3 +69,33 @@ def test_encode_arm_ids_offsets():
     arm_bytes, starts = encode_arm_ids(["a", "bcd", "é"])
     assert starts.tolist() == [0, 1, 4, 6]
     assert arm_bytes.tobytes() == "abcdé".encode()
+
+
+@pytest.mark.parametrize("version", [0, 1, 127, 128, 16_384, 2**40, 2**64 - 1])
+@pytest.mark.parametrize("propensity", [0.0, -0.0, 1.0, 0.25, 1e-300, float("inf")])
+def test_select_response_at_the_edges(version, propensity):
+    """One SelectArmResponse joined from pieces: the same bytes as protobuf's, with 0.0 left
+    out and -0.0 kept, a 2-byte id length past 127 bytes and every varint width."""
+    for decision_id, arm_id in (("a1b2c3-1f", "arm-3"), ("x" * 130, "é" * 70), ("d", "")):
+        got = select_response(decision_id, arm_field(arm_id), propensity, version)
+        assert got == select_response_reference(decision_id, arm_id, propensity, version)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    decision_id=st.text(min_size=1, max_size=200),
+    arm_ids=st.lists(st.text(max_size=150), min_size=1, max_size=6),
+    propensity=st.floats(allow_nan=False),
+    version=st.integers(0, 2**64 - 1),
+    slate=st.booleans(),
+)
+def test_select_response_equals_protobufs_bytes(decision_id, arm_ids, propensity, version,
+                                               slate):
+    ranked = arm_ids if slate else []
+    got = select_response(decision_id, arm_field(arm_ids[0]), propensity, version,
+                          b"".join(ranked_field(a) for a in ranked))
+    assert got == select_response_reference(decision_id, arm_ids[0], propensity, version,
+                                            ranked)
+    parsed = pb.SelectArmResponse.FromString(got)
+    assert (parsed.decision_id, parsed.arm_id, list(parsed.ranked_arm_ids)) == (
+        decision_id, arm_ids[0], ranked)
