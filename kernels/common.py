@@ -242,11 +242,11 @@ def finalize_reference(scores, probs, eligible, selections, floor, burn_in, sour
 def compiled(kernel, *args):
     """``kernel``'s machine code for arguments of exactly ``args``' types: the entry point its
     dispatcher calls once it has typed every argument, found among the compiled
-    specialisations, loaded from the cache or compiled. Typing 11 arguments costs the
-    dispatcher ≈ 2.4k instructions per call (callgrind, Thompson's ``_select``), a fifth of a
-    decision's kernel call. Nothing checks the types on the entry point's calls: only
-    arguments of these same types (dtype, dimensions, layout; a C-contiguous 1-D int64 array
-    for an int64 array given here) may be passed to it."""
+    specialisations, loaded from the cache or compiled. The policies' ``bind_select`` take it
+    for a kernel of one structure (the state's arrays and scalars, typed in Python: slow) and
+    the per-call arrays. Nothing checks the types on the entry point's calls: only arguments
+    of these same types (dtype, dimensions, layout; a C-contiguous 1-D int64 array for an
+    int64 array given here) may be passed to it."""
     signature = tuple(kernel.typeof_pyval(a) for a in args)
     found = kernel.overloads.get(signature)
     return found.entry_point if found is not None else kernel.compile(signature)

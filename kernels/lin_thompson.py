@@ -16,7 +16,8 @@ reusing each arm's mean and standard deviation. The rounds depend on the context
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.experimental import structref
 
 from .common import (
     _count_selections,
@@ -98,18 +99,41 @@ def _select_batch(a_inv, theta, params, eligible, contexts, selections, floor, b
 
 
 
+@structref.register
+class _BoundType(types.StructRef):
+    """:func:`bind_select`'s arrays and scalars as one kernel argument."""
+
+
+class _Bound(structref.StructRefProxy):
+    def __new__(cls, *fields):
+        return _new_bound(*fields)  # compiled once, then loaded from the cache
+
+
+structref.define_proxy(_Bound, _BoundType, ["a_inv", "theta", "params", "selections", "floor",
+                                            "burn_in", "draws", "rng"])
+
+
+@njit(**JIT)
+def _new_bound(a_inv, theta, params, selections, floor, burn_in, draws, rng):
+    return _Bound(a_inv, theta, params, selections, floor, burn_in, draws, rng)
+
+
+@njit(**JIT)
+def _select_bound(b, eligible, x, out):
+    return _select(b.a_inv, b.theta, b.params, eligible, x, b.selections, b.floor, b.burn_in,
+                   b.draws, b.rng, out)
+
+
 def bind_select(state, params, selections, floor, burn_in, draws, rng, eligible, context, t, out):
     """:func:`select` for this state, these scalars and per-call arguments of the types of
     the ``eligible``, ``context``, ``t`` and ``out`` given: ``call(eligible, context, t, out)``
-    returns what ``select`` would, without the dispatcher typing every argument on each call
-    (:func:`kernels.common.compiled`; the server's hot path)."""
-    a_inv, theta = state[0], state[2]
-    kernel = compiled(_select, a_inv, theta, params, eligible, context, selections, floor, burn_in,
-                      draws, rng, out)
+    returns what ``select`` would, the state's arrays and scalars passed as one structure
+    and the kernel typed once (:func:`kernels.common.compiled`; the server's hot path)."""
+    bound = _Bound(state[0], state[2], params, selections, floor, burn_in, draws, rng)
+    kernel = compiled(_select_bound, bound, eligible, context, out)
 
     def call(eligible, context, t, out):
-        return kernel(a_inv, theta, params, eligible, context, selections, floor, burn_in, draws,
-                      rng, out)
+        return kernel(bound, eligible, context, out)
 
     return call
 

@@ -23,7 +23,8 @@ per arm updated since its column was last drawn.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.experimental import structref
 
 from .common import (
     _count_selections,
@@ -113,17 +114,42 @@ def _update_batch(successes, failures, mc_valid, arms, rewards, discount):
 
 
 
+@structref.register
+class _BoundType(types.StructRef):
+    """:func:`bind_select`'s arrays and scalars as one kernel argument."""
+
+
+class _Bound(structref.StructRefProxy):
+    def __new__(cls, *fields):
+        return _new_bound(*fields)  # compiled once, then loaded from the cache
+
+
+structref.define_proxy(_Bound, _BoundType, ["successes", "failures", "mc", "mc_valid", "params",
+                                            "selections", "floor", "burn_in", "rng"])
+
+
+@njit(**JIT)
+def _new_bound(successes, failures, mc, mc_valid, params, selections, floor, burn_in, rng):
+    return _Bound(successes, failures, mc, mc_valid, params, selections, floor, burn_in, rng)
+
+
+@njit(**JIT)
+def _select_bound(b, eligible, out):
+    return _select(b.successes, b.failures, b.mc, b.mc_valid, b.params, eligible, b.selections,
+                   b.floor, b.burn_in, b.rng, out)
+
+
 def bind_select(state, params, selections, floor, burn_in, draws, rng, eligible, context, t, out):
     """:func:`select` for this state, these scalars and per-call arguments of the types of
     the ``eligible``, ``context``, ``t`` and ``out`` given: ``call(eligible, context, t, out)``
-    returns what ``select`` would, without the dispatcher typing every argument on each call
-    (:func:`kernels.common.compiled`; the server's hot path)."""
-    s, f, mc, valid = state[0], state[1], state[2], state[3]
-    kernel = compiled(_select, s, f, mc, valid, params, eligible, selections, floor, burn_in, rng,
-                      out)
+    returns what ``select`` would, the state's arrays and scalars passed as one structure
+    and the kernel typed once (:func:`kernels.common.compiled`; the server's hot path)."""
+    bound = _Bound(state[0], state[1], state[2], state[3], params, selections, floor, burn_in,
+                   rng)
+    kernel = compiled(_select_bound, bound, eligible, out)
 
     def call(eligible, context, t, out):
-        return kernel(s, f, mc, valid, params, eligible, selections, floor, burn_in, rng, out)
+        return kernel(bound, eligible, out)
 
     return call
 

@@ -19,7 +19,8 @@ for the Monte-Carlo propensity, and select/update/random-number order are exactl
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.experimental import structref
 
 from .common import (
     _count_selections,
@@ -123,18 +124,43 @@ def _update_batch(trials, conversions, revenue_sum, revenue_sq, mc_valid, arms, 
 
 
 
+@structref.register
+class _BoundType(types.StructRef):
+    """:func:`bind_select`'s arrays and scalars as one kernel argument."""
+
+
+class _Bound(structref.StructRefProxy):
+    def __new__(cls, *fields):
+        return _new_bound(*fields)  # compiled once, then loaded from the cache
+
+
+structref.define_proxy(_Bound, _BoundType, ["trials", "conversions", "revenue", "mc", "mc_valid",
+                                            "params", "selections", "floor", "burn_in", "rng"])
+
+
+@njit(**JIT)
+def _new_bound(trials, conversions, revenue, mc, mc_valid, params, selections, floor, burn_in, rng):
+    return _Bound(trials, conversions, revenue, mc, mc_valid, params, selections, floor, burn_in,
+                  rng)
+
+
+@njit(**JIT)
+def _select_bound(b, eligible, out):
+    return _select(b.trials, b.conversions, b.revenue, b.mc, b.mc_valid, b.params, eligible,
+                   b.selections, b.floor, b.burn_in, b.rng, out)
+
+
 def bind_select(state, params, selections, floor, burn_in, draws, rng, eligible, context, t, out):
     """:func:`select` for this state, these scalars and per-call arguments of the types of
     the ``eligible``, ``context``, ``t`` and ``out`` given: ``call(eligible, context, t, out)``
-    returns what ``select`` would, without the dispatcher typing every argument on each call
-    (:func:`kernels.common.compiled`; the server's hot path)."""
-    trials, conversions, revenue, mc, valid = state[0], state[1], state[2], state[4], state[5]
-    kernel = compiled(_select, trials, conversions, revenue, mc, valid, params, eligible,
-                      selections, floor, burn_in, rng, out)
+    returns what ``select`` would, the state's arrays and scalars passed as one structure
+    and the kernel typed once (:func:`kernels.common.compiled`; the server's hot path)."""
+    bound = _Bound(state[0], state[1], state[2], state[4], state[5], params, selections, floor,
+                   burn_in, rng)
+    kernel = compiled(_select_bound, bound, eligible, out)
 
     def call(eligible, context, t, out):
-        return kernel(trials, conversions, revenue, mc, valid, params, eligible, selections, floor,
-                      burn_in, rng, out)
+        return kernel(bound, eligible, out)
 
     return call
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.experimental import structref
 
 from .common import (
     _count_selections,
@@ -85,17 +86,41 @@ def _update_batch(counts, reward_sum, arms, rewards, discount):
 
 
 
+@structref.register
+class _BoundType(types.StructRef):
+    """:func:`bind_select`'s arrays and scalars as one kernel argument."""
+
+
+class _Bound(structref.StructRefProxy):
+    def __new__(cls, *fields):
+        return _new_bound(*fields)  # compiled once, then loaded from the cache
+
+
+structref.define_proxy(_Bound, _BoundType, ["counts", "reward_sum", "params", "selections", "floor",
+                                            "burn_in", "rng"])
+
+
+@njit(**JIT)
+def _new_bound(counts, reward_sum, params, selections, floor, burn_in, rng):
+    return _Bound(counts, reward_sum, params, selections, floor, burn_in, rng)
+
+
+@njit(**JIT)
+def _select_bound(b, eligible, out):
+    return _select(b.counts, b.reward_sum, b.params, eligible, b.selections, b.floor, b.burn_in,
+                   b.rng, out)
+
+
 def bind_select(state, params, selections, floor, burn_in, draws, rng, eligible, context, t, out):
     """:func:`select` for this state, these scalars and per-call arguments of the types of
     the ``eligible``, ``context``, ``t`` and ``out`` given: ``call(eligible, context, t, out)``
-    returns what ``select`` would, without the dispatcher typing every argument on each call
-    (:func:`kernels.common.compiled`; the server's hot path)."""
-    counts, reward_sum = state[0], state[1]
-    kernel = compiled(_select, counts, reward_sum, params, eligible, selections, floor, burn_in,
-                      rng, out)
+    returns what ``select`` would, the state's arrays and scalars passed as one structure
+    and the kernel typed once (:func:`kernels.common.compiled`; the server's hot path)."""
+    bound = _Bound(state[0], state[1], params, selections, floor, burn_in, rng)
+    kernel = compiled(_select_bound, bound, eligible, out)
 
     def call(eligible, context, t, out):
-        return kernel(counts, reward_sum, params, eligible, selections, floor, burn_in, rng, out)
+        return kernel(bound, eligible, out)
 
     return call
 
