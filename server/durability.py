@@ -119,15 +119,15 @@ class PendingDecisions:
         if len(arm_ids) > positions.size:  # many arms, few decisions: name the used ones
             used, positions = np.unique(positions, return_inverse=True)
             arm_ids = [arm_ids[i] for i in used.tolist()]
-        block = st.DecisionBlock(
+        block = dict(  # built in place in the record, as the table (see _close_table)
             experiment_id=experiment_id, experiment_uid=uid, id_prefix=id_prefix,
             first_counter=first_counter, count=count, slate_size=size, arm_ids=arm_ids,
             arm_positions=positions.astype("<u4").tobytes(),
             propensities=propensities.astype("<f8").tobytes(), model_version=version,
             created=created)
         if contexts is not None:
-            block.context_dim = contexts.shape[1]
-            block.contexts = contexts.astype("<f8").tobytes()
+            block["context_dim"] = contexts.shape[1]
+            block["contexts"] = contexts.astype("<f8").tobytes()
         self._records.append(st.WalRecord(decision_block=block).SerializeToString())
         self.rows += count
 
@@ -135,14 +135,16 @@ class PendingDecisions:
         """Encode the open table's rows (if any) as the next record."""
         if not self.table_rows:
             return
-        table = st.DecisionTable(
+        # the table's fields as a dict: the record is built around them in place (a ready
+        # DecisionTable message would be copied into it: serialised and parsed again)
+        table = dict(
             decision_ids=self.ids, experiment_ids=self.experiment_ids,
             experiment_uids=self.uids, slate_sizes=self.slate_sizes, arm_ids=self.arm_ids,
             context_sizes=self.context_sizes, propensities=self.propensities,
             model_versions=self.versions, created=self.created,
         )
         if self.contexts:
-            table.contexts.extend(np.concatenate([c.ravel() for c in self.contexts]).tolist())
+            table["contexts"] = np.concatenate([c.ravel() for c in self.contexts]).tolist()
         self._records.append(st.WalRecord(decision_table=table).SerializeToString())
         self._clear_table()
 

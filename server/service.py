@@ -629,7 +629,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         """Log applied rewards and wait until they are durable; also when ``log`` is empty
         (all duplicates): an original may still be on its way to the disk."""
         if log:
-            self.durability.log(st.WalRecord(rewards=st.Rewards(items=log)))
+            self.durability.log(st.WalRecord(rewards={"items": log}))  # built in place
         await self.durability.commit()
 
     async def _log(self, record: st.WalRecord) -> None:
