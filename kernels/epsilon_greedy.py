@@ -23,7 +23,7 @@ from .common import (
     finalize_reference,
     max_tie_probs_reference,
 )
-from .config import JIT
+from .config import JIT, JIT_GIL
 from .rng import _uniform
 from .ucb1 import _count_summary, _update, _update_batch
 from .ucb1 import add_aggregate as add_aggregate  # same state layout (n, reward_sum)
@@ -72,7 +72,6 @@ def _select_batch(counts, reward_sum, params, eligible, t, selections, floor, bu
         _count_selections(selections, out[i])
 
 
-
 @structref.register
 class _BoundType(types.StructRef):
     """:func:`bind_select`'s arrays and scalars as one kernel argument."""
@@ -92,7 +91,7 @@ def _new_bound(counts, reward_sum, params, selections, floor, burn_in, rng):
     return _Bound(counts, reward_sum, params, selections, floor, burn_in, rng)
 
 
-@njit(**JIT)
+@njit(**JIT_GIL)
 def _select_bound(b, eligible, t, out):
     return _select(b.counts, b.reward_sum, b.params, eligible, t, b.selections, b.floor, b.burn_in,
                    b.rng, out)

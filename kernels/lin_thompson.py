@@ -28,7 +28,7 @@ from .common import (
     finalize_reference,
     round_probs_reference,
 )
-from .config import JIT
+from .config import JIT, JIT_GIL
 from .lin_ucb import (  # same state, update and (absent) aggregates as LinUCB
     _means_widths,
     _update,
@@ -98,7 +98,6 @@ def _select_batch(a_inv, theta, params, eligible, contexts, selections, floor, b
         _count_selections(selections, out[i])
 
 
-
 @structref.register
 class _BoundType(types.StructRef):
     """:func:`bind_select`'s arrays and scalars as one kernel argument."""
@@ -118,7 +117,7 @@ def _new_bound(a_inv, theta, params, selections, floor, burn_in, draws, rng):
     return _Bound(a_inv, theta, params, selections, floor, burn_in, draws, rng)
 
 
-@njit(**JIT)
+@njit(**JIT_GIL)
 def _select_bound(b, eligible, x, out):
     return _select(b.a_inv, b.theta, b.params, eligible, x, b.selections, b.floor, b.burn_in,
                    b.draws, b.rng, out)

@@ -27,7 +27,7 @@ from .common import (
     finalize_reference,
     max_tie_probs_reference,
 )
-from .config import JIT, JIT_DOT
+from .config import JIT, JIT_DOT, JIT_GIL
 
 NAME = "lin_ucb"
 PARAM_NAMES = ("alpha", "ridge")
@@ -123,7 +123,6 @@ def _update_batch(a_inv, b, theta, arms, rewards, contexts):
         _update(a_inv, b, theta, arms[i], rewards[i], contexts[i])
 
 
-
 @structref.register
 class _BoundType(types.StructRef):
     """:func:`bind_select`'s arrays and scalars as one kernel argument."""
@@ -143,7 +142,7 @@ def _new_bound(a_inv, theta, params, selections, floor, burn_in, rng):
     return _Bound(a_inv, theta, params, selections, floor, burn_in, rng)
 
 
-@njit(**JIT)
+@njit(**JIT_GIL)
 def _select_bound(b, eligible, x, out):
     return _select(b.a_inv, b.theta, b.params, eligible, x, b.selections, b.floor, b.burn_in, b.rng,
                    out)

@@ -37,7 +37,7 @@ from .common import (
     mc_cache,
     round_probs_reference,
 )
-from .config import JIT
+from .config import JIT, JIT_GIL
 from .rng import _beta
 
 NAME = "thompson"
@@ -113,7 +113,6 @@ def _update_batch(successes, failures, mc_valid, arms, rewards, discount):
         _update(successes, failures, mc_valid, arms[i], rewards[i], discount)
 
 
-
 @structref.register
 class _BoundType(types.StructRef):
     """:func:`bind_select`'s arrays and scalars as one kernel argument."""
@@ -133,7 +132,7 @@ def _new_bound(successes, failures, mc, mc_valid, params, selections, floor, bur
     return _Bound(successes, failures, mc, mc_valid, params, selections, floor, burn_in, rng)
 
 
-@njit(**JIT)
+@njit(**JIT_GIL)
 def _select_bound(b, eligible, out):
     return _select(b.successes, b.failures, b.mc, b.mc_valid, b.params, eligible, b.selections,
                    b.floor, b.burn_in, b.rng, out)

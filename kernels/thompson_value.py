@@ -33,7 +33,7 @@ from .common import (
     mc_cache,
     round_probs_reference,
 )
-from .config import JIT
+from .config import JIT, JIT_GIL
 from .rng import _beta, _gamma
 
 NAME = "thompson_value"
@@ -123,7 +123,6 @@ def _update_batch(trials, conversions, revenue_sum, revenue_sq, mc_valid, arms, 
                 discount)
 
 
-
 @structref.register
 class _BoundType(types.StructRef):
     """:func:`bind_select`'s arrays and scalars as one kernel argument."""
@@ -144,7 +143,7 @@ def _new_bound(trials, conversions, revenue, mc, mc_valid, params, selections, f
                   rng)
 
 
-@njit(**JIT)
+@njit(**JIT_GIL)
 def _select_bound(b, eligible, out):
     return _select(b.trials, b.conversions, b.revenue, b.mc, b.mc_valid, b.params, eligible,
                    b.selections, b.floor, b.burn_in, b.rng, out)

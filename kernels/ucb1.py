@@ -23,7 +23,7 @@ from .common import (
     finalize_reference,
     max_tie_probs_reference,
 )
-from .config import JIT
+from .config import JIT, JIT_GIL
 
 NAME = "ucb1"
 PARAM_NAMES = ("c",)
@@ -85,7 +85,6 @@ def _update_batch(counts, reward_sum, arms, rewards, discount):
         _update(counts, reward_sum, arms[i], rewards[i], discount)
 
 
-
 @structref.register
 class _BoundType(types.StructRef):
     """:func:`bind_select`'s arrays and scalars as one kernel argument."""
@@ -105,7 +104,7 @@ def _new_bound(counts, reward_sum, params, selections, floor, burn_in, rng):
     return _Bound(counts, reward_sum, params, selections, floor, burn_in, rng)
 
 
-@njit(**JIT)
+@njit(**JIT_GIL)
 def _select_bound(b, eligible, out):
     return _select(b.counts, b.reward_sum, b.params, eligible, b.selections, b.floor, b.burn_in,
                    b.rng, out)
