@@ -117,8 +117,7 @@ def select(state, params, eligible, context, t, selections, floor, burn_in, draw
     Scalars are passed through as given (the server's types: ``t`` and ``burn_in`` int,
     ``floor`` float).
     """
-    return bind_select(state, params, selections, floor, burn_in, draws, rng, eligible, context,
-                       t, out)(eligible, context, t, out)
+    return _select(state[0], state[1], params, eligible, t, selections, floor, burn_in, rng, out)
 
 
 def update(state, params, arm, reward, context, discount) -> None:

@@ -167,8 +167,8 @@ def select(state, params, eligible, context, t, selections, floor, burn_in, draw
 
     Scalars are passed through as given (the server's types: ``floor`` float, ``burn_in`` int).
     """
-    return bind_select(state, params, selections, floor, burn_in, draws, rng, eligible, context,
-                       t, out)(eligible, context, t, out)
+    return _select(state[0], state[2], params, eligible, context, selections, floor, burn_in,
+                   rng, out)
 
 
 def update(state, params, arm, reward, context, discount) -> None:

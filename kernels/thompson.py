@@ -160,8 +160,8 @@ def select(state, params, eligible, context, t, selections, floor, burn_in, draw
     other scalar types compile another specialisation. ``draws`` is ignored: ``R`` is the
     state's ``mc.shape[1]``.
     """
-    return bind_select(state, params, selections, floor, burn_in, draws, rng, eligible, context,
-                       t, out)(eligible, context, t, out)
+    return _select(state[0], state[1], state[2], state[3], params, eligible, selections, floor,
+                   burn_in, rng, out)
 
 
 def update(state, params, arm, reward, context, discount) -> None:

@@ -170,8 +170,8 @@ def select(state, params, eligible, context, t, selections, floor, burn_in, draw
     Scalars are passed through as given (the server's types: ``floor`` float, ``burn_in`` int);
     ``draws`` is ignored (``R`` is the state's ``mc.shape[1]``).
     """
-    return bind_select(state, params, selections, floor, burn_in, draws, rng, eligible, context,
-                       t, out)(eligible, context, t, out)
+    return _select(state[0], state[1], state[2], state[4], state[5], params, eligible,
+                   selections, floor, burn_in, rng, out)
 
 
 def update(state, params, arm, reward, context, discount) -> None:

@@ -22,7 +22,8 @@ from .wire import encode_arm_ids, select_responses, select_responses_bound
 
 
 def warm_up() -> float:
-    """Run select + update of every policy on small inputs; return the seconds taken."""
+    """Run select (also bound, as the server calls it) + update of every policy on small
+    inputs; return the seconds taken."""
     start = time.perf_counter()
     rng = seed_state(0)
     num_arms = 3
@@ -41,6 +42,9 @@ def warm_up() -> float:
                         state, params, eligible, context, 0, selections, floor, burn_in, 2, rng,
                         out,
                     )
+                # the server's per-decision call: the state as one structure (bind_select)
+                module.bind_select(state, params, selections, 0.1, 1, 2, rng, eligible, context,
+                                   0, out)(eligible, context, 0, out)
             for slate in (1, 2):  # the batch kernels: (rows, slate) outputs, (rows, d) contexts
                 for floor, burn_in in ((0.0, 0), (0.1, 1)):
                     module.select_batch(

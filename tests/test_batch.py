@@ -448,9 +448,8 @@ def test_decision_store_put_new_keeps_no_object_per_decision():
     assert store.columns().ids[-1] == f"me-{11_000:x}"
 
 
-def test_select_arm_shares_one_slate_tuple_per_arm(tmp_path):
-    """SelectArm's and BatchSelectArms' one-arm slates are the experiment's tuples (nothing
-    new kept per decision), rebuilt when the arms change."""
+def _servicer_with_thompson(tmp_path):
+    """An in-process servicer (no log) holding experiment "e": Thompson, arms a0..a2."""
     from server.service import DecisionServicer
     from server.settings import Settings
 
@@ -460,7 +459,13 @@ def test_select_arm_shares_one_slate_tuple_per_arm(tmp_path):
         experiment_id="e", arms=[pb.Arm(arm_id=f"a{i}") for i in range(3)],
         policy=pb.Policy(thompson=pb.Policy.Thompson()), reward_type=pb.REWARD_TYPE_BINARY,
         seed=1))
-    exp = sv.registry.get("e")
+    return sv, sv.registry.get("e")
+
+
+def test_select_arm_shares_one_slate_tuple_per_arm(tmp_path):
+    """SelectArm's and BatchSelectArms' one-arm slates are the experiment's tuples (nothing
+    new kept per decision), rebuilt when the arms change."""
+    sv, exp = _servicer_with_thompson(tmp_path)
     assert exp.slates_of_one == [("a0",), ("a1",), ("a2",)]
     for _ in range(20):
         answer = sv.SelectArm(pb.SelectArmRequest(experiment_id="e"), None)
@@ -479,16 +484,7 @@ def test_select_follows_replaced_arrays(tmp_path):
     """Experiment.select binds its kernel to the state, selection counts and random state
     once; when one of them is replaced (arms changed, reset, a restore's counters,
     replication's random stream) the next decision uses the new array, never the old one."""
-    from server.service import DecisionServicer
-    from server.settings import Settings
-
-    sv = DecisionServicer(Settings(data_dir=tmp_path, durability="snapshot"))
-    sv.ready = True
-    sv.registry.create(pb.Experiment(
-        experiment_id="e", arms=[pb.Arm(arm_id=f"a{i}") for i in range(3)],
-        policy=pb.Policy(thompson=pb.Policy.Thompson()), reward_type=pb.REWARD_TYPE_BINARY,
-        seed=1))
-    exp = sv.registry.get("e")
+    sv, exp = _servicer_with_thompson(tmp_path)
     every = pb.SelectArmRequest(experiment_id="e")
     for _ in range(5):
         sv.SelectArm(every, None)

@@ -125,8 +125,9 @@ def test_select_matches_reference(name, k, d, seed):
                 assert p >= floor - 1e-12
 
 
+@pytest.mark.parametrize(("floor", "burn_in"), [(0.02, 2), (0.0, 0)])
 @pytest.mark.parametrize("name", list(PARAMS))
-def test_bound_select_follows_updates_and_equals_select(name):
+def test_bound_select_follows_updates_and_equals_select(name, floor, burn_in):
     """The server binds a policy's kernel to an experiment's arrays once (``bind_select``) and
     calls it for every decision while rewards change the state in place and eligible arms,
     context, ``t`` and slate size vary: every call must equal ``select`` on a twin."""
@@ -134,11 +135,11 @@ def test_bound_select_follows_updates_and_equals_select(name):
     gen = np.random.default_rng(17)
     k, d = 12, (4 if mod.CONTEXTUAL else 0)
     params = np.array(PARAMS[name])
-    state, twin = _trained_pair(mod, k, d, params, gen, 40, 0.97, draws=8)
+    state, _ = _trained_pair(mod, k, d, params, gen, 40, 0.97, draws=8)
     twin = tuple(a.copy() for a in state)
     selections, twin_selections = np.zeros(k, np.int64), np.zeros(k, np.int64)
     rng, twin_rng = seed_state(5), seed_state(5)
-    call = mod.bind_select(state, params, selections, 0.02, 2, 8, rng,
+    call = mod.bind_select(state, params, selections, floor, burn_in, 8, rng,
                            np.arange(k, dtype=np.int64), np.zeros(d), 0, np.empty(1, np.int64))
     for t in range(60):
         m = int(gen.integers(1, k + 1))
@@ -147,8 +148,8 @@ def test_bound_select_follows_updates_and_equals_select(name):
         context = gen.standard_normal(d)
         out, twin_out = np.empty(n, np.int64), np.empty(n, np.int64)
         p = call(eligible, context, t, out)
-        p_twin = mod.select(twin, params, eligible, context, t, twin_selections, 0.02, 2, 8,
-                            twin_rng, twin_out)
+        p_twin = mod.select(twin, params, eligible, context, t, twin_selections, floor, burn_in,
+                            8, twin_rng, twin_out)
         assert out.tolist() == twin_out.tolist() and p == p_twin
         assert np.array_equal(rng, twin_rng)
         selections[out] += 1
