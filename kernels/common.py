@@ -247,9 +247,7 @@ def compiled(kernel, *args):
     the per-call arrays. Nothing checks the types on the entry point's calls: only arguments
     of these same types (dtype, dimensions, layout; a C-contiguous 1-D int64 array for an
     int64 array given here) may be passed to it."""
-    signature = tuple(kernel.typeof_pyval(a) for a in args)
-    found = kernel.overloads.get(signature)
-    return found.entry_point if found is not None else kernel.compile(signature)
+    return kernel.compile(tuple(kernel.typeof_pyval(a) for a in args))  # a known one if any
 
 
 def batch_select_reference(select_reference, state, params, eligible, contexts, t, selections,

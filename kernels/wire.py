@@ -155,11 +155,15 @@ def varint(value: int) -> bytes:
     return bytes(out)
 
 
+def _length_delimited(tag: int, data: bytes) -> bytes:
+    """``tag`` (one byte), the size of ``data`` as a varint, ``data``."""
+    return bytes((tag,)) + varint(len(data)) + data
+
+
 def string_field(tag: int, text: str) -> bytes:
-    """A length-delimited field: ``tag`` (one byte), the UTF-8 size as a varint, the bytes;
-    nothing for an empty text (protobuf leaves out a default string)."""
-    data = text.encode()
-    return bytes((tag,)) + varint(len(data)) + data if data else b""
+    """A length-delimited field of ``text``'s UTF-8; nothing for an empty text (protobuf
+    leaves out a default string)."""
+    return _length_delimited(tag, text.encode()) if text else b""
 
 
 def arm_field(arm_id: str) -> bytes:
@@ -169,8 +173,7 @@ def arm_field(arm_id: str) -> bytes:
 
 def ranked_field(arm_id: str) -> bytes:
     """One ``SelectArmResponse.ranked_arm_ids`` entry on the wire (an empty id is kept)."""
-    data = arm_id.encode()
-    return bytes((_TAG_RANKED_ARM_IDS,)) + varint(len(data)) + data
+    return _length_delimited(_TAG_RANKED_ARM_IDS, arm_id.encode())
 
 
 @functools.lru_cache(maxsize=4096)

@@ -180,6 +180,7 @@ def test_no_compilation_on_the_request_path(tmp_path):
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["before"], "no kernels found"
+    assert all(n >= 1 for k, n in result["before"].items() if k.endswith("._select")), result
     bound = [n for k, n in result["before"].items() if k.endswith("._select_bound")]
     assert len(bound) == 6 and min(bound) >= 1, result  # every policy's hot-path kernel
     assert result["after"] == result["before"]
