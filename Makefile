@@ -42,7 +42,7 @@ bench: $(STAMP)
 		--no-plots --out benchmarks/results/grpc_throughput_working_echo.json
 	$(BIN)/python benchmarks/grpc_throughput.py --only select_thompson_k10 --duration 12 --rounds 8 \
 		--no-plots --out benchmarks/results/grpc_throughput_select_long.json
-	$(BIN)/python benchmarks/grpc_throughput.py --only select_thompson_k10 --duration 12 --rounds 8 \
+	$(BIN)/python benchmarks/grpc_throughput.py --only select_thompson_k10 --duration 30 --rounds 20 \
 		--echo-sched-batch --no-plots \
 		--out benchmarks/results/grpc_throughput_select_long_echo_sched_batch.json
 	$(BIN)/python benchmarks/instructions.py --out benchmarks/results/instructions.json; \

@@ -25,7 +25,9 @@ processes) point the two servers are measured in alternating slices (``--rounds`
 ``--duration`` seconds per server in all, ``--warmup`` seconds before each slice excluded), so
 that load from other processes on a shared machine lands on both alike. Reported per point: QPS
 (calls completed in the window / duration), p50 / p90 / p99 / p99.9 latency of the calls started
-in the window, server CPU seconds per call (from /proc), and banditd / echo ratios. Batch
+in the window, server CPU seconds per call (from /proc), and banditd / echo ratios, the QPS
+ratio with a 95% bootstrap interval over its paired rounds (``qps_ratio_ci95``; the calls of
+every slice are kept as ``round_calls``). Batch
 scenarios also report decisions (or rewards) per second. Results: JSON plus two PNG plots
 (throughput vs concurrency, latency CDF of SelectArm Thompson K = 10).
 """
@@ -365,6 +367,22 @@ def capture_response(target: str, method: str, payload: bytes) -> bytes:
         return ch.unary_unary(f"/{SERVICE}/{method}")(payload, timeout=60)
 
 
+def ratio_interval(a: list[int], b: list[int], resamples: int = 10_000,
+                   seed: int = 0) -> tuple[float, float]:
+    """A 95% bootstrap interval of ``sum(a) / sum(b)`` from paired rounds: round ``i`` measured
+    ``a[i]`` and ``b[i]`` (calls completed in its slice of each server, back to back), and
+    the rounds are resampled with replacement (seeded). A slow moment of the shared machine
+    lands on one round of both servers; what the rounds disagree on is the measurement's own
+    spread, which this turns into an interval for the run's QPS ratio."""
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape or x.size < 2 or not y.all():
+        raise ValueError("ratio_interval needs two or more paired rounds, none of b zero")
+    picks = np.random.default_rng(seed).integers(0, x.size, size=(resamples, x.size))
+    ratios = x[picks].sum(axis=1) / y[picks].sum(axis=1)
+    low, high = np.percentile(ratios, [2.5, 97.5])
+    return float(low), float(high)
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a and b else None
 
@@ -394,6 +412,7 @@ def run(args) -> dict:
                          "processes": processes, "response_bytes": len(response)}
                 # ABBA slices: a load change on the (shared) machine hits both servers alike.
                 slices = {"echo": ([], 0.0), "banditd": ([], 0.0)}
+                round_calls: dict[str, list[int]] = {"echo": [], "banditd": []}
                 part = args.duration / args.rounds
                 for r in range(args.rounds):
                     order = ["echo", "banditd"] if (n + r) % 2 == 0 else ["banditd", "echo"]
@@ -402,17 +421,25 @@ def run(args) -> dict:
                         results, cpu = measure(pool, server.target, server.pid, scenario,
                                                concurrency, processes, args.warmup, part)
                         slices[name] = (slices[name][0] + results, slices[name][1] + cpu)
+                        round_calls[name].append(sum(r["completed"] for r in results))
                 for name, (results, cpu) in slices.items():
                     point[name] = _summary(results, args.duration, scenario.items, cpu)
                 b, e = point["banditd"], point["echo"]
                 point["qps_ratio"] = _ratio(b["qps"], e["qps"])
                 point["p99_ratio"] = _ratio(b["p99_us"], e["p99_us"])
+                point["round_calls"] = round_calls
+                if args.rounds > 1:
+                    low, high = ratio_interval(round_calls["banditd"], round_calls["echo"])
+                    point["qps_ratio_ci95"] = [round(low, 3), round(high, 3)]
                 points.append(point)
                 extra = f" {b['items_per_s']:>9,}/s" if "items_per_s" in b else ""
                 print(f"[{n:>2}/{total}] {scenario.name:<34} c={concurrency:<3} p={processes} | "
                       f"echo {e['qps']:>8.0f} qps p99 {e['p99_us']:>8.0f} µs | banditd "
                       f"{b['qps']:>8.0f} qps p99 {b['p99_us']:>8.0f} µs{extra} | "
-                      f"ratio qps {point['qps_ratio']} p99 {point['p99_ratio']}"
+                      f"ratio qps {point['qps_ratio']}"
+                      + (" [{}, {}]".format(*point["qps_ratio_ci95"])
+                         if "qps_ratio_ci95" in point else "")
+                      + f" p99 {point['p99_ratio']}"
                       + (f" ERRORS {b['errors']}+{e['errors']}" if b["errors"] or e["errors"]
                          else ""), flush=True)
         report = {

@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 BENCH = ROOT / "benchmarks"
@@ -20,11 +22,12 @@ def _run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 
 def test_grpc_throughput_against_a_working_echo(tmp_path):
-    """Also with the echo's gRPC threads scheduled as banditd's (the like-for-like run)."""
+    """Also with the echo's gRPC threads scheduled as banditd's (the like-for-like run), two
+    rounds per point: each slice's calls are kept and give the ratio's interval."""
     out = tmp_path / "throughput.json"
     _run(str(BENCH / "grpc_throughput.py"), "--quick", "--only", "select_thompson_k10",
-         "--echo-work-us", "50", "--echo-sched-batch", "--rounds", "1", "--no-plots",
-         "--out", str(out))
+         "--echo-work-us", "50", "--echo-sched-batch", "--duration", "1", "--rounds", "2",
+         "--no-plots", "--out", str(out))
     report = json.loads(out.read_text())
     assert report["settings"]["echo_work_us"] == 50
     assert report["settings"]["echo_sched_batch"] is True
@@ -34,6 +37,31 @@ def test_grpc_throughput_against_a_working_echo(tmp_path):
         for server in ("echo", "banditd"):
             assert p[server]["errors"] == 0 and p[server]["calls"] > 0
         assert p["qps_ratio"] == round(p["banditd"]["qps"] / p["echo"]["qps"], 3)
+        for server in ("echo", "banditd"):
+            assert len(p["round_calls"][server]) == 2
+            assert sum(p["round_calls"][server]) == p[server]["calls"]
+        low, high = p["qps_ratio_ci95"]
+        assert low - 0.001 <= p["qps_ratio"] <= high + 0.001
+
+
+def test_ratio_interval_of_paired_rounds():
+    """The QPS ratio's bootstrap interval: no width when every round agrees, around the
+    ratio of the sums otherwise, narrower with more rounds of the same spread, the same
+    for the same data (seeded)."""
+    sys.path.insert(0, str(BENCH))
+    from grpc_throughput import ratio_interval
+
+    assert ratio_interval([90, 180, 45], [100, 200, 50]) == (0.9, 0.9)
+    a, b = [880, 950, 860, 930, 900, 870], [1000, 1010, 990, 1005, 985, 1000]
+    low, high = ratio_interval(a, b)
+    assert low < sum(a) / sum(b) < high and low > 0.85 and high < 0.93
+    low4, high4 = ratio_interval(a * 4, b * 4)
+    assert high4 - low4 < 0.6 * (high - low)
+    assert ratio_interval(a, b) == (low, high)
+    with pytest.raises(ValueError):
+        ratio_interval([1], [1])
+    with pytest.raises(ValueError):
+        ratio_interval([1, 2], [1, 0])
 
 
 def test_durability_snapshot_latency_classifies_every_call():
@@ -87,3 +115,53 @@ def test_instructions_reads_callgrind_totals_and_needs_valgrind(tmp_path):
                           timeout=120, cwd=ROOT, env=dict(os.environ, PATH=str(tmp_path)))
     assert proc.returncode == 2 and "needs valgrind" in proc.stderr
     assert not (tmp_path / "i.json").exists()
+
+
+def test_pool_runs_puts_rounds_of_the_same_points_together(tmp_path):
+    """Two runs' rounds pooled per point: the ratio of all calls, an interval narrower than
+    either run's, and runs measured with other settings (or before rounds were kept)
+    refused with a message."""
+    sys.path.insert(0, str(BENCH))
+    from grpc_throughput import ratio_interval
+
+    settings = {"duration_s": 12, "warmup_s": 0.3, "rounds": 4, "echo_work_us": 0.0,
+                "echo_sched_batch": True}
+
+    def run(banditd, echo):
+        return {"settings": settings, "points": [{
+            "scenario": "select_thompson_k10", "concurrency": 32, "processes": 1,
+            "qps_ratio": round(sum(banditd) / sum(echo), 3),
+            "round_calls": {"banditd": banditd, "echo": echo}}]}
+
+    first = run([880, 950, 860, 930], [1000, 1010, 990, 1005])
+    second = run([900, 870, 940, 890], [985, 1000, 1020, 990])
+    paths = []
+    for i, report in enumerate((first, second)):
+        paths.append(tmp_path / f"run{i}.json")
+        paths[-1].write_text(json.dumps(report))
+    out = tmp_path / "pooled.json"
+    proc = _run(str(BENCH / "pool_runs.py"), *map(str, paths), "--out", str(out))
+    assert "2 runs, 8 rounds" in proc.stdout
+    (point,) = json.loads(out.read_text())["points"]
+    banditd = [880, 950, 860, 930, 900, 870, 940, 890]
+    echo = [1000, 1010, 990, 1005, 985, 1000, 1020, 990]
+    assert point["qps_ratio"] == round(sum(banditd) / sum(echo), 3)
+    assert point["run_ratios"] == [first["points"][0]["qps_ratio"],
+                                   second["points"][0]["qps_ratio"]]
+    low, high = point["qps_ratio_ci95"]
+    assert (low, high) == tuple(round(x, 3) for x in ratio_interval(banditd, echo))
+    one_low, one_high = ratio_interval(first["points"][0]["round_calls"]["banditd"],
+                                       first["points"][0]["round_calls"]["echo"])
+    assert high - low < one_high - one_low
+
+    other = run([900] * 4, [1000] * 4)
+    other["settings"] = {**settings, "rounds": 8}
+    paths[1].write_text(json.dumps(other))
+    proc = subprocess.run([sys.executable, str(BENCH / "pool_runs.py"), *map(str, paths)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 1 and "other settings" in proc.stderr
+    del first["points"][0]["round_calls"]
+    paths[0].write_text(json.dumps(first))
+    proc = subprocess.run([sys.executable, str(BENCH / "pool_runs.py"), str(paths[0])],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 1 and "keeps no round_calls" in proc.stderr
