@@ -40,7 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/grpc_throughput.py --out benchmarks/results/grpc_throughput.json
 	$(BIN)/python benchmarks/grpc_throughput.py --only select_thompson_k10 --echo-work-us 20 \
 		--no-plots --out benchmarks/results/grpc_throughput_working_echo.json
-	$(BIN)/python benchmarks/grpc_throughput.py --only select_thompson_k10 --duration 12 --rounds 8 \
+	$(BIN)/python benchmarks/grpc_throughput.py --only select_thompson_k10 --duration 30 --rounds 20 \
 		--no-plots --out benchmarks/results/grpc_throughput_select_long.json
 	$(BIN)/python benchmarks/grpc_throughput.py --only select_thompson_k10 --duration 30 --rounds 20 \
 		--echo-sched-batch --no-plots \

@@ -26,8 +26,8 @@ processes) point the two servers are measured in alternating slices (``--rounds`
 that load from other processes on a shared machine lands on both alike. Reported per point: QPS
 (calls completed in the window / duration), p50 / p90 / p99 / p99.9 latency of the calls started
 in the window, server CPU seconds per call (from /proc), and banditd / echo ratios, the QPS
-ratio with a 95% bootstrap interval over its paired rounds (``qps_ratio_ci95``; the calls of
-every slice are kept as ``round_calls``). Batch
+and p99 ratios with 95% bootstrap intervals over their paired rounds (``qps_ratio_ci95``,
+``p99_ratio_ci95``; the calls of every slice are kept as ``round_calls``). Batch
 scenarios also report decisions (or rewards) per second. Results: JSON plus two PNG plots
 (throughput vs concurrency, latency CDF of SelectArm Thompson K = 10).
 """
@@ -383,6 +383,24 @@ def ratio_interval(a: list[int], b: list[int], resamples: int = 10_000,
     return float(low), float(high)
 
 
+def p99_ratio_interval(a: list[np.ndarray], b: list[np.ndarray], resamples: int = 2_000,
+                       seed: int = 0) -> tuple[float, float]:
+    """A 95% bootstrap interval of the p99 ratio (p99 of all of ``a``'s latencies / all of
+    ``b``'s) from paired rounds: round ``i``'s latencies are ``a[i]`` and ``b[i]``, and the
+    same resampled rounds (with replacement, seeded) are taken from both. The latencies are
+    not kept in the JSON, so runs are not pooled on this one."""
+    if len(a) != len(b) or len(a) < 2 or not all(len(x) for x in (*a, *b)):
+        raise ValueError("p99_ratio_interval needs two or more paired rounds with calls")
+    rng = np.random.default_rng(seed)
+    ratios = np.empty(resamples)
+    for i in range(resamples):
+        picks = rng.integers(0, len(a), size=len(a))
+        ratios[i] = (np.percentile(np.concatenate([a[k] for k in picks]), 99)
+                     / np.percentile(np.concatenate([b[k] for k in picks]), 99))
+    low, high = np.percentile(ratios, [2.5, 97.5])
+    return float(low), float(high)
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a and b else None
 
@@ -413,6 +431,7 @@ def run(args) -> dict:
                 # ABBA slices: a load change on the (shared) machine hits both servers alike.
                 slices = {"echo": ([], 0.0), "banditd": ([], 0.0)}
                 round_calls: dict[str, list[int]] = {"echo": [], "banditd": []}
+                round_latencies: dict[str, list[np.ndarray]] = {"echo": [], "banditd": []}
                 part = args.duration / args.rounds
                 for r in range(args.rounds):
                     order = ["echo", "banditd"] if (n + r) % 2 == 0 else ["banditd", "echo"]
@@ -422,6 +441,8 @@ def run(args) -> dict:
                                                concurrency, processes, args.warmup, part)
                         slices[name] = (slices[name][0] + results, slices[name][1] + cpu)
                         round_calls[name].append(sum(r["completed"] for r in results))
+                        round_latencies[name].append(
+                            np.concatenate([r["latencies"] for r in results]))
                 for name, (results, cpu) in slices.items():
                     point[name] = _summary(results, args.duration, scenario.items, cpu)
                 b, e = point["banditd"], point["echo"]
@@ -431,6 +452,9 @@ def run(args) -> dict:
                 if args.rounds > 1:
                     low, high = ratio_interval(round_calls["banditd"], round_calls["echo"])
                     point["qps_ratio_ci95"] = [round(low, 3), round(high, 3)]
+                    low, high = p99_ratio_interval(round_latencies["banditd"],
+                                                   round_latencies["echo"])
+                    point["p99_ratio_ci95"] = [round(low, 3), round(high, 3)]
                 points.append(point)
                 extra = f" {b['items_per_s']:>9,}/s" if "items_per_s" in b else ""
                 print(f"[{n:>2}/{total}] {scenario.name:<34} c={concurrency:<3} p={processes} | "
@@ -440,6 +464,8 @@ def run(args) -> dict:
                       + (" [{}, {}]".format(*point["qps_ratio_ci95"])
                          if "qps_ratio_ci95" in point else "")
                       + f" p99 {point['p99_ratio']}"
+                      + (" [{}, {}]".format(*point["p99_ratio_ci95"])
+                         if "p99_ratio_ci95" in point else "")
                       + (f" ERRORS {b['errors']}+{e['errors']}" if b["errors"] or e["errors"]
                          else ""), flush=True)
         report = {

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import ROOT
@@ -42,6 +43,8 @@ def test_grpc_throughput_against_a_working_echo(tmp_path):
             assert sum(p["round_calls"][server]) == p[server]["calls"]
         low, high = p["qps_ratio_ci95"]
         assert low - 0.001 <= p["qps_ratio"] <= high + 0.001
+        low, high = p["p99_ratio_ci95"]
+        assert low - 0.01 <= p["p99_ratio"] <= high + 0.01
 
 
 def test_ratio_interval_of_paired_rounds():
@@ -115,6 +118,27 @@ def test_instructions_reads_callgrind_totals_and_needs_valgrind(tmp_path):
                           timeout=120, cwd=ROOT, env=dict(os.environ, PATH=str(tmp_path)))
     assert proc.returncode == 2 and "needs valgrind" in proc.stderr
     assert not (tmp_path / "i.json").exists()
+
+
+def test_p99_ratio_interval_of_paired_rounds():
+    """The p99 ratio's bootstrap interval: around the true ratio of two servers whose
+    latencies differ by a factor, narrower with more rounds, seeded, and refusing rounds that
+    do not pair up."""
+    sys.path.insert(0, str(BENCH))
+    from grpc_throughput import p99_ratio_interval
+
+    rng = np.random.default_rng(7)
+    echo = [rng.lognormal(7.0, 0.4, size=2_000) for _ in range(8)]
+    banditd = [1.2 * rng.lognormal(7.0, 0.4, size=2_000) for _ in range(8)]
+    low, high = p99_ratio_interval(banditd, echo, resamples=400)
+    assert 1.05 < low < 1.2 < high < 1.35
+    low32, high32 = p99_ratio_interval(banditd * 4, echo * 4, resamples=400)
+    assert high32 - low32 < 0.7 * (high - low)
+    assert p99_ratio_interval(banditd, echo, resamples=400) == (low, high)
+    with pytest.raises(ValueError):
+        p99_ratio_interval(banditd[:1], echo[:1])
+    with pytest.raises(ValueError):
+        p99_ratio_interval(banditd, echo[:7])
 
 
 def test_pool_runs_puts_rounds_of_the_same_points_together(tmp_path):
