@@ -367,6 +367,18 @@ def capture_response(target: str, method: str, payload: bytes) -> bytes:
         return ch.unary_unary(f"/{SERVICE}/{method}")(payload, timeout=60)
 
 
+def _paired_resamples(rounds: int, resamples: int, seed: int) -> np.ndarray:
+    """A bootstrap over paired rounds: ``resamples`` rows of ``rounds`` round indices drawn
+    with replacement (seeded); each row takes the same rounds from both servers."""
+    return np.random.default_rng(seed).integers(0, rounds, size=(resamples, rounds))
+
+
+def _central_95(values: np.ndarray) -> tuple[float, float]:
+    """The 2.5th and 97.5th percentiles of the resampled statistic."""
+    low, high = np.percentile(values, [2.5, 97.5])
+    return float(low), float(high)
+
+
 def ratio_interval(a: list[int], b: list[int], resamples: int = 10_000,
                    seed: int = 0) -> tuple[float, float]:
     """A 95% bootstrap interval of ``sum(a) / sum(b)`` from paired rounds: round ``i`` measured
@@ -377,28 +389,28 @@ def ratio_interval(a: list[int], b: list[int], resamples: int = 10_000,
     x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if x.shape != y.shape or x.size < 2 or not y.all():
         raise ValueError("ratio_interval needs two or more paired rounds, none of b zero")
-    picks = np.random.default_rng(seed).integers(0, x.size, size=(resamples, x.size))
-    ratios = x[picks].sum(axis=1) / y[picks].sum(axis=1)
-    low, high = np.percentile(ratios, [2.5, 97.5])
-    return float(low), float(high)
+    picks = _paired_resamples(x.size, resamples, seed)
+    return _central_95(x[picks].sum(axis=1) / y[picks].sum(axis=1))
 
 
 def p99_ratio_interval(a: list[np.ndarray], b: list[np.ndarray], resamples: int = 2_000,
                        seed: int = 0) -> tuple[float, float]:
     """A 95% bootstrap interval of the p99 ratio (p99 of all of ``a``'s latencies / all of
     ``b``'s) from paired rounds: round ``i``'s latencies are ``a[i]`` and ``b[i]``, and the
-    same resampled rounds (with replacement, seeded) are taken from both. The latencies are
-    not kept in the JSON, so runs are not pooled on this one."""
+    same resampled rounds (as in :func:`ratio_interval`) are taken from both. The latencies
+    are not kept in the JSON, so runs are not pooled on this one."""
     if len(a) != len(b) or len(a) < 2 or not all(len(x) for x in (*a, *b)):
         raise ValueError("p99_ratio_interval needs two or more paired rounds with calls")
-    rng = np.random.default_rng(seed)
-    ratios = np.empty(resamples)
-    for i in range(resamples):
-        picks = rng.integers(0, len(a), size=len(a))
-        ratios[i] = (np.percentile(np.concatenate([a[k] for k in picks]), 99)
-                     / np.percentile(np.concatenate([b[k] for k in picks]), 99))
-    low, high = np.percentile(ratios, [2.5, 97.5])
-    return float(low), float(high)
+    ratios = [np.percentile(np.concatenate([a[k] for k in row]), 99)
+              / np.percentile(np.concatenate([b[k] for k in row]), 99)
+              for row in _paired_resamples(len(a), resamples, seed)]
+    return _central_95(np.asarray(ratios))
+
+
+def _interval_text(point: dict, ratio: str) -> str:
+    """`` [low, high]`` of the point's ``<ratio>_ratio_ci95`` ("" without one)."""
+    interval = point.get(f"{ratio}_ratio_ci95")
+    return "" if interval is None else " [{}, {}]".format(*interval)
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -460,12 +472,8 @@ def run(args) -> dict:
                 print(f"[{n:>2}/{total}] {scenario.name:<34} c={concurrency:<3} p={processes} | "
                       f"echo {e['qps']:>8.0f} qps p99 {e['p99_us']:>8.0f} µs | banditd "
                       f"{b['qps']:>8.0f} qps p99 {b['p99_us']:>8.0f} µs{extra} | "
-                      f"ratio qps {point['qps_ratio']}"
-                      + (" [{}, {}]".format(*point["qps_ratio_ci95"])
-                         if "qps_ratio_ci95" in point else "")
-                      + f" p99 {point['p99_ratio']}"
-                      + (" [{}, {}]".format(*point["p99_ratio_ci95"])
-                         if "p99_ratio_ci95" in point else "")
+                      f"ratio qps {point['qps_ratio']}{_interval_text(point, 'qps')}"
+                      f" p99 {point['p99_ratio']}{_interval_text(point, 'p99')}"
                       + (f" ERRORS {b['errors']}+{e['errors']}" if b["errors"] or e["errors"]
                          else ""), flush=True)
         report = {

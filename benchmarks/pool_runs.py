@@ -34,24 +34,23 @@ def pool(reports: list[dict]) -> dict:
         other = {k: report["settings"].get(k) for k in SAME}
         if other != settings:
             raise ValueError(f"run {i} was measured with other settings: {other} != {settings}")
-    rounds: dict[tuple, dict[str, list[int]]] = {}
-    ratios: dict[tuple, list[float]] = {}
+    pooled: dict[tuple, dict[str, list]] = {}  # per point: both servers' rounds, run ratios
     for i, report in enumerate(reports):
         for p in report["points"]:
             if "round_calls" not in p:
                 raise ValueError(f"run {i} keeps no round_calls (measured before they were kept)")
             key = (p["scenario"], p["concurrency"], p["processes"])
-            both = rounds.setdefault(key, {"echo": [], "banditd": []})
-            for server in both:
-                both[server] += p["round_calls"][server]
-            ratios.setdefault(key, []).append(p["qps_ratio"])
+            point = pooled.setdefault(key, {"echo": [], "banditd": [], "run_ratios": []})
+            point["echo"] += p["round_calls"]["echo"]
+            point["banditd"] += p["round_calls"]["banditd"]
+            point["run_ratios"].append(p["qps_ratio"])
     points = []
-    for (scenario, concurrency, processes), both in rounds.items():
-        b, e = both["banditd"], both["echo"]
+    for (scenario, concurrency, processes), point in pooled.items():
+        b, e = point["banditd"], point["echo"]
         low, high = ratio_interval(b, e)
         points.append({"scenario": scenario, "concurrency": concurrency, "processes": processes,
-                       "runs": len(ratios[(scenario, concurrency, processes)]),
-                       "rounds": len(b), "run_ratios": ratios[(scenario, concurrency, processes)],
+                       "runs": len(point["run_ratios"]), "rounds": len(b),
+                       "run_ratios": point["run_ratios"],
                        "qps_ratio": round(sum(b) / sum(e), 3),
                        "qps_ratio_ci95": [round(low, 3), round(high, 3)]})
     return {"settings": settings, "runs": len(reports), "points": points}
