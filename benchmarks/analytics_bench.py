@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -23,6 +22,9 @@ import grpc
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from local_server import machine  # noqa: E402
+
 from conftest import running_server  # noqa: E402  (the tests' real-server harness)
 from decision.v1 import decision_pb2 as pb  # noqa: E402
 from decision.v1 import decision_pb2_grpc as pb_grpc  # noqa: E402
@@ -96,10 +98,7 @@ def main() -> None:
                                              strategy=strategy, min_allocation=10,
                                              max_allocation=2000, seed=1), groups=100)
     report = {
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "cpu_model": next((line.split(":", 1)[1].strip()
-                                       for line in Path("/proc/cpuinfo").read_text().splitlines()
-                                       if line.startswith("model name")), "unknown")},
+        "machine": machine(),
         "repeats": args.repeats,
         "results": results,
     }

@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -37,6 +35,7 @@ from decision.v1 import decision_pb2_grpc as pb_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from local_server import LocalServer as Server  # noqa: E402
+from local_server import machine  # noqa: E402
 
 
 def _channel(port: int) -> grpc.Channel:
@@ -229,8 +228,7 @@ def main() -> None:
                 "restore": lambda: restore_time(big, big)}[args.only]
         print(json.dumps(part(), indent=2))
         return
-    report: dict = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                                "python": platform.python_version()}, "throughput": []}
+    report: dict = {"machine": machine(), "throughput": []}
     for mode, writers in (("os", 4), ("fsync", 64), ("snapshot", 4)):
         row = reward_throughput(mode, writers, args.batch, args.seconds)
         report["throughput"].append(row)

@@ -38,8 +38,6 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
-import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -52,7 +50,7 @@ import grpc
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from local_server import LocalServer, process_cpu_seconds, stop_process  # noqa: E402
+from local_server import LocalServer, machine, process_cpu_seconds, stop_process  # noqa: E402
 
 from decision.v1 import decision_pb2 as pb  # noqa: E402
 from decision.v1 import decision_pb2_grpc as pb_grpc  # noqa: E402
@@ -498,19 +496,6 @@ def run(args) -> dict:
             banditd.stop()
         shutil.rmtree(data, ignore_errors=True)
     return report
-
-
-def machine() -> dict:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"platform": platform.platform(), "python": platform.python_version(),
-            "cpu_model": model, "cpus": os.cpu_count(), "grpcio": grpc.__version__}
 
 
 # ----------------------------------------------------------------------------- output

@@ -49,8 +49,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT), str(ROOT / "proto")]
 
-from grpc_throughput import CONTROL, SERVICE, machine  # noqa: E402
-from local_server import free_port, stop_process, wait_serving  # noqa: E402
+from grpc_throughput import CONTROL, SERVICE  # noqa: E402
+from local_server import free_port, machine, stop_process, wait_serving  # noqa: E402
 
 from decision.v1 import decision_pb2 as pb  # noqa: E402
 

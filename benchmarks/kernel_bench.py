@@ -23,16 +23,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import numba
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from local_server import machine  # noqa: E402
 
 from kernels import POLICIES  # noqa: E402
 from kernels.config import FASTMATH, JIT  # noqa: E402
@@ -51,16 +52,6 @@ DRAWS = 32
 CACHED_ROUNDS = ("thompson", "thompson_value")  # policies whose Monte-Carlo rounds are cached
 PRE_UPDATES = 500
 BATCH_ROWS = 1000
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def time_us(fn, iters: int, repeats: int) -> float:
@@ -208,13 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     result = {
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "cpu_model": cpu_model(),
-            "numpy": np.__version__,
-            "numba": numba.__version__,
-        },
+        "machine": machine(),
         "settings": {
             "draws": DRAWS,
             "fastmath_dot_products": sorted(FASTMATH),

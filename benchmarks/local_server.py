@@ -1,4 +1,5 @@
-"""A ``banditd serve`` subprocess on 127.0.0.1 for benchmarks and load tests.
+"""A ``banditd serve`` subprocess on 127.0.0.1 for benchmarks and load tests, and the
+machine and commit every benchmark's results file records (:func:`machine`).
 
 Bounded: it waits at most ``start_timeout`` seconds for health SERVING, and its owner stops
 it (SIGTERM, or SIGKILL) — use it as a context manager so that happens on every exit path.
@@ -7,15 +8,48 @@ it (SIGTERM, or SIGKILL) — use it as a context manager so that happens on ever
 from __future__ import annotations
 
 import os
+import platform
 import signal
 import socket
 import subprocess
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def machine() -> dict:
+    """Where and from what a benchmark ran: platform, CPU, library versions and the commit
+    (``+dirty`` when the work tree differed from it, ``unknown`` outside a git clone)."""
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"platform": platform.platform(), "python": platform.python_version(),
+            "cpu_model": model, "cpus": os.cpu_count(), "commit": _commit()}
+    for package in ("grpcio", "protobuf", "numpy", "numba"):
+        info[package] = metadata.version(package)
+    return info
+
+
+def _commit() -> str:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
+                              check=True, timeout=30).stdout.strip()
+    try:
+        head = git("rev-parse", "--short=12", "HEAD")
+        return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 def free_port() -> int:

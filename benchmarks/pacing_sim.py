@@ -26,8 +26,6 @@ import argparse
 import asyncio
 import json
 import math
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -44,6 +42,7 @@ from decision.v1 import decision_pb2_grpc as pb_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from local_server import LocalServer as Server  # noqa: E402
+from local_server import machine  # noqa: E402
 
 DAY = 86_400.0
 START = datetime(2026, 1, 5, tzinfo=timezone.utc).timestamp()  # a Monday, UTC midnight
@@ -292,8 +291,7 @@ async def run(args: argparse.Namespace) -> dict:
     late = {name: _summary(r[learned_from:], allowed[learned_from:]) for name, r in rows.items()}
     gain = late["banditd"]["conversions_per_cost"] / late["even_throttle"]["conversions_per_cost"]
     return {
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "python": platform.python_version()},
+        "machine": machine(),
         "setup": {"days": args.days, "forecast_auctions_per_day": args.auctions,
                   "traffic_factor_range": [0.5, 3.0], "daily_budget": budget,
                   "base_bid": BASE_BID, "clearing_price": "lognormal(log 0.55, 0.45)",

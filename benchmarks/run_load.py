@@ -18,7 +18,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -26,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from local_server import LocalServer  # noqa: E402
+from local_server import LocalServer, machine  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -79,8 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         "run_time": args.run_time, "users": args.users, "locust_processes": args.processes,
         "locust_exit_code": code,
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "cpus": os.cpu_count()},
+        "machine": machine(),
         "requests": rows,
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")

@@ -34,10 +34,9 @@ from grpc_throughput import (  # noqa: E402
     Scenario,
     _experiment,
     _summary,
-    machine,
     measure,
 )
-from local_server import LocalServer, free_port  # noqa: E402
+from local_server import LocalServer, free_port, machine  # noqa: E402
 
 from decision.v1 import decision_pb2 as pb  # noqa: E402
 from decision.v1 import decision_pb2_grpc as pb_grpc  # noqa: E402

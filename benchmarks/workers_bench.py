@@ -33,7 +33,6 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
-import platform
 import resource
 import signal
 import statistics
@@ -50,7 +49,7 @@ from decision.v1 import decision_pb2 as pb
 from decision.v1 import decision_pb2_grpc as pb_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from local_server import wait_serving  # noqa: E402
+from local_server import machine, wait_serving  # noqa: E402
 
 EXPERIMENT = "bench"
 ARMS = 10
@@ -352,9 +351,7 @@ def main() -> None:
                           probe=True))
         print(json.dumps(probes[-1]), flush=True)
     result = {
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "python": platform.python_version(),
-                    "load_average_at_end": os.getloadavg()},
+        "machine": {**machine(), "load_average_at_end": os.getloadavg()},
         "client": f"{args.clients} client processes (grpc.aio), {args.concurrency} "
                   "BatchSelectArms in flight each (closed loops), one connection per worker each, "
                   "loops bound to connections evenly; request serialised once, replies counted "
