@@ -4,10 +4,16 @@
                                         [--concurrency 8] [--out benchmarks/results/profile]
 
 Starts ``banditd serve`` on 127.0.0.1, drives one scenario of ``grpc_throughput.py`` with the
-same closed-loop client, and attaches ``py-spy record`` (native frames included) to the server
-for ``--seconds``. Writes ``<out>/<scenario>.raw`` (collapsed stacks: feed them to
-``flamegraph.pl`` or speedscope) and ``<out>/<scenario>.txt`` (the functions with the most
-samples, self and total), then stops everything.
+same closed-loop client, and attaches ``py-spy record`` to the server for ``--seconds``
+(Python frames, sampled without pausing the server; ``--native`` adds C/Cython frames and
+pauses it per sample). Writes ``<out>/<scenario>.raw`` (collapsed stacks: feed them to
+``flamegraph.pl`` or speedscope) and ``<out>/<scenario>.txt`` (the shares of busy samples and of
+banditd's own code, then the functions with the most samples, self and total), then stops
+everything.
+
+Idle samples: py-spy counts a thread blocked in C (the event loop's ``epoll_wait``, gRPC's
+poller threads in ``Thread.run``) as active, so the report also gives every share over the
+samples whose innermost frame is not one of those waits (``IDLE``).
 """
 
 from __future__ import annotations
@@ -29,12 +35,25 @@ from local_server import LocalServer  # noqa: E402
 
 from decision.v1 import decision_pb2_grpc as pb_grpc  # noqa: E402
 
+# Innermost frames of a thread waiting, not working (see the module's docstring).
+IDLE = ("EpollSelector.select (selectors.py", "Thread.run (threading.py")
+# banditd's own code: a frame in one of these folders, above the event loop's dispatch (the
+# server's start-up frames, server/__main__ and cli, sit under every loop sample).
+OWN = ("(server/", "(kernels/")
+LOOP = "BaseEventLoop._run_once ("
+
+
+def _in_banditd(frames: list[str]) -> bool:
+    start = next((i + 1 for i, f in enumerate(frames) if f.startswith(LOOP)), 0)
+    return any(mark in frame for frame in frames[start:] for mark in OWN)
+
 
 def _top(raw: Path, limit: int = 40) -> str:
-    """Self and total sample counts per function from py-spy's ``raw`` (collapsed) output."""
+    """Self and total sample counts per function from py-spy's ``raw`` (collapsed) output,
+    after the shares of busy samples and of samples inside banditd's code."""
     own: collections.Counter[str] = collections.Counter()
     total: collections.Counter[str] = collections.Counter()
-    samples = 0
+    samples = idle = ours = 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack:
@@ -43,9 +62,15 @@ def _top(raw: Path, limit: int = 40) -> str:
         samples += n
         frames = stack.split(";")
         own[frames[-1]] += n
+        idle += n if frames[-1].startswith(IDLE) else 0
+        ours += n if _in_banditd(frames) else 0
         for frame in set(frames):
             total[frame] += n
-    lines = [f"{samples} samples", "", "self %  function"]
+    busy = samples - idle
+    lines = [f"{samples} samples, {busy} busy ({100 * busy / max(samples, 1):.1f}%: innermost "
+             "frame not an event-loop or gRPC-thread wait)",
+             f"in banditd's code (server/, kernels/): {100 * ours / max(samples, 1):.1f}% of all, "
+             f"{100 * ours / max(busy, 1):.1f}% of busy samples", "", "self %  function"]
     lines += [f"{100 * n / samples:6.1f}  {f}" for f, n in own.most_common(limit)]
     lines += ["", "total %  function"]
     lines += [f"{100 * n / samples:6.1f}  {f}" for f, n in total.most_common(limit)]
