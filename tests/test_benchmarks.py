@@ -13,6 +13,9 @@ import pytest
 from conftest import ROOT
 
 BENCH = ROOT / "benchmarks"
+sys.path.insert(0, str(BENCH))
+from local_server import machine  # noqa: E402
+from profile_server import _top  # noqa: E402
 
 
 def _run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -28,8 +31,11 @@ def test_grpc_throughput_against_a_working_echo(tmp_path):
     out = tmp_path / "throughput.json"
     _run(str(BENCH / "grpc_throughput.py"), "--quick", "--only", "select_thompson_k10",
          "--echo-work-us", "50", "--echo-sched-batch", "--duration", "1", "--rounds", "2",
-         "--no-plots", "--out", str(out))
+         "--out", str(out))
     report = json.loads(out.read_text())
+    assert report["machine"]["commit"] == machine()["commit"] != "unknown"
+    for png in ("throughput_qps.png", "throughput_latency_cdf.png"):  # the plots, as PNGs
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert report["settings"]["echo_work_us"] == 50
     assert report["settings"]["echo_sched_batch"] is True
     points = report["points"]
@@ -189,3 +195,54 @@ def test_pool_runs_puts_rounds_of_the_same_points_together(tmp_path):
     proc = subprocess.run([sys.executable, str(BENCH / "pool_runs.py"), str(paths[0])],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 1 and "keeps no round_calls" in proc.stderr
+
+
+def test_pooled_results_are_rebuilt_from_the_committed_runs(tmp_path):
+    """The pooled SelectArm results in benchmarks/results come from the runs kept beside them
+    (benchmarks/results/runs/): pooling those again gives the same file."""
+    results = BENCH / "results"
+    for pooled, pattern in (("grpc_throughput_select_pooled.json", "select_bare_*.json"),
+                            ("grpc_throughput_select_pooled_echo_sched_batch.json",
+                             "select_sched_batch_*.json")):
+        runs = sorted((results / "runs").glob(pattern))
+        assert len(runs) == 4, runs
+        out = tmp_path / pooled
+        _run(str(BENCH / "pool_runs.py"), *map(str, runs), "--out", str(out))
+        assert json.loads(out.read_text())["points"] == \
+            json.loads((results / pooled).read_text())["points"]
+
+
+def test_profile_report_separates_waits_and_banditd_code(tmp_path):
+    """profile_server's report from py-spy's collapsed stacks: waits in epoll and gRPC's
+    threads are not busy; banditd's code counts above the event loop's dispatch only."""
+    loop = ("<module> (server/__main__.py:3);main (server/cli.py:155);"
+            "BaseEventLoop._run_once (asyncio/base_events.py:1922)")
+    raw = tmp_path / "p.raw"
+    raw.write_text("\n".join([
+        f"{loop};EpollSelector.select (selectors.py:468) 50",
+        "_bootstrap (threading.py:1002);Thread.run (threading.py:982) 30",
+        f"{loop};Handle._run (asyncio/events.py:80);handler (server/app.py:73);"
+        "select (kernels/thompson.py:121) 6",
+        f"{loop};Handle._run (asyncio/events.py:80) 10",
+        "_bootstrap (threading.py:1002);run (server/wal.py:200) 4",
+    ]) + "\n")
+    report = _top(raw)
+    assert report.startswith("100 samples, 20 busy (20.0%")
+    assert "in banditd's code (server/, kernels/): 10.0% of all, 50.0% of busy samples" in report
+    assert "  50.0  EpollSelector.select (selectors.py:468)" in report
+
+
+def test_make_load_writes_reports_of_a_real_run(tmp_path):
+    """run_load.py (``make load``): a short headless Locust run against its own server; its
+    CSV and HTML reports and a summary with the requests it counted, none failed."""
+    out = tmp_path / "locust"
+    _run(str(BENCH / "run_load.py"), "--run-time", "4s", "--users", "4", "--spawn-rate", "4",
+         "--out", str(out))
+    for name in ("banditd_stats.csv", "banditd_failures.csv", "banditd.html"):
+        assert (out / name).stat().st_size > 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["locust_exit_code"] == 0
+    assert summary["machine"]["commit"] == machine()["commit"]
+    rows = {r["name"]: r for r in summary["requests"]}
+    assert rows["Aggregated"]["requests"] > 0 and rows["Aggregated"]["failures"] == 0
+    assert any(name.startswith("SelectArm") for name in rows), sorted(rows)
