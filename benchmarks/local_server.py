@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def machine() -> dict:
     """Where and from what a benchmark ran: platform, CPU, library versions and the commit
-    (``+dirty`` when the work tree differed from it, ``unknown`` outside a git clone)."""
+    (``+dirty`` when tracked code differed from it: results files and Markdown do not count,
+    since a chain of benchmarks rewrites results as it goes; ``unknown`` outside a git clone)."""
     model = "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -47,7 +48,9 @@ def _commit() -> str:
                               check=True, timeout=30).stdout.strip()
     try:
         head = git("rev-parse", "--short=12", "HEAD")
-        return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                      ":!benchmarks/results", ":!*.md")
+        return head + ("+dirty" if changed else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
