@@ -33,6 +33,7 @@ Consistency rules (the leader's side is :class:`ReplicationLeader`, the follower
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import logging
 import math
@@ -60,7 +61,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("banditd")
 
-FLUSH_SECONDS = 0.002  # a follower gathers this long of decisions into one PublishDecisions
 ACK_TIMEOUT_SECONDS = 5.0  # longest wait of a configuration change for the followers
 DECISION_WAIT_SECONDS = 1.0  # longest wait of a reward for its follower's decision
 MAX_BACKLOG_BYTES = 512 << 20  # a follower this far behind is dropped (and the server stops)
@@ -109,7 +109,8 @@ class _Follower:
         self.backlog: list[bytes] = []  # records not yet sent
         self.backlog_bytes = 0
         self.ack_requested = False
-        self.wakeup = asyncio.Event()
+        self.wakeup = asyncio.Event()  # records queued for it
+        self.hurry = asyncio.Event()  # send them now: somebody waits for this follower
         self.live = True
         self.published_counter = 0  # its decision ids up to this counter are applied here
         self.counter_waiters = _Waiters()  # rewards awaiting its decisions, by counter
@@ -145,6 +146,7 @@ class ReplicationLeader(rpb_grpc.ReplicationServiceServicer):
         fut = self._ack_waiters.add(seq)
         for f in lagging:
             f.ack_requested = True
+            f.hurry.set()
             f.wakeup.set()
         try:
             await asyncio.wait_for(fut, ACK_TIMEOUT_SECONDS)
@@ -152,6 +154,14 @@ class ReplicationLeader(rpb_grpc.ReplicationServiceServicer):
             slow = [f.index for f in self._followers.values() if f.acked < seq]
             log.warning("record %d not confirmed by worker(s) %s within %.0f s; answering "
                         "anyway (it is logged here)", seq, slow, ACK_TIMEOUT_SECONDS)
+
+    def hurry(self, index: int) -> None:
+        """Send follower ``index`` its queued records without gathering more first: it
+        forwarded a write and answers it once it has applied the log up to that write."""
+        f = self._followers.get(index)
+        if f is not None:
+            f.hurry.set()
+            f.wakeup.set()
 
     def _release_acks(self) -> None:
         self._ack_waiters.release(
@@ -191,6 +201,7 @@ class ReplicationLeader(rpb_grpc.ReplicationServiceServicer):
         image = snapshot.image(snapshot.capture(
             seq, self.servicer.registry, DecisionStore(1, 1.0), self.servicer.campaigns))
         f = _Follower(index, request.decision_id_prefix, seq)
+        flush = self.servicer.settings.replication_flush_seconds
         self._followers[index] = f
         self._by_prefix[f.prefix] = f
         # its decision tables carry consecutive ids: stored without a dict entry per id
@@ -201,6 +212,10 @@ class ReplicationLeader(rpb_grpc.ReplicationServiceServicer):
             yield rpb.SubscribeResponse(image=image, last_seq=seq, sent=time.time())
             while True:
                 await f.wakeup.wait()
+                if not f.hurry.is_set():  # gather a few ms of records into one message
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(f.hurry.wait(), flush)
+                f.hurry.clear()
                 f.wakeup.clear()
                 if f.backlog_bytes > MAX_BACKLOG_BYTES:
                     await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -339,7 +354,8 @@ class ReplicaDurability(Durability):
     async def start(self) -> None:
         assert self._stub is not None
         self.publisher = DecisionPublisher(self._stub, self.index, self.replica_decisions,
-                                           self.pending, self._lost)
+                                           self.pending, self._lost,
+                                           self.settings.replication_flush_seconds)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._follow()), loop.create_task(self.publisher.run())]
 
@@ -425,8 +441,9 @@ class DecisionPublisher:
 
     def __init__(self, stub: rpb_grpc.ReplicationServiceStub, index: int,
                  decisions: ReplicaDecisions, rows: PendingDecisions,
-                 on_error: Callable[[str], None]) -> None:
+                 on_error: Callable[[str], None], flush_seconds: float) -> None:
         self._stub = stub
+        self._flush_seconds = flush_seconds
         self._index = index
         self._decisions = decisions
         self._rows = rows
@@ -461,7 +478,7 @@ class DecisionPublisher:
             while True:
                 await self._wakeup.wait()
                 if not self._urgent:
-                    await asyncio.sleep(FLUSH_SECONDS)  # gather a few ms of decisions
+                    await asyncio.sleep(self._flush_seconds)  # gather a few ms of decisions
                 await self._send()
         except asyncio.CancelledError:
             raise

@@ -50,6 +50,15 @@ class Settings(BaseSettings):
         1, ge=1, le=64,
         description="Server processes sharing the port (SO_REUSEPORT); 1 = a single process.",
     )
+    replication_flush_seconds: float = Field(
+        0.01, gt=0, le=0.1, description="With several workers: how long a follower gathers "
+        "its decisions into one message to the leader, and the leader its log records into "
+        "one message to each follower (sent at once to a follower waiting for them: a "
+        "configuration change, a write it forwarded). Each message costs both processes a "
+        "gRPC call's CPU: 0.01 instead of 0.002 cut 2 workers' server CPU per decision from "
+        "1.14-1.15x to 1.03-1.08x one worker's (batch 1,000). The time adds to the "
+        "propagation delay and to what a follower's crash can lose of its decisions.",
+    )
 
     # Limits: requests beyond them get RESOURCE_EXHAUSTED / INVALID_ARGUMENT.
     max_experiments: int = Field(10_000, ge=1, description="Experiments held at once.")

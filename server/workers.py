@@ -59,8 +59,10 @@ DECISION_IDS: dict[str, Callable[[Any], Iterable[str]]] = {
 }
 
 WORKER_KEY = "banditd-worker"
+FORWARDED_BY_KEY = "banditd-forwarded-by"  # a follower's index, on the calls it forwards
 SEQ_KEY = "banditd-seq"
-_NOT_FORWARDED = frozenset({"user-agent", "content-type", "te", "host", WORKER_KEY})
+_NOT_FORWARDED = frozenset({"user-agent", "content-type", "te", "host", WORKER_KEY,
+                            FORWARDED_BY_KEY})
 
 
 @dataclass
@@ -123,7 +125,7 @@ def attach(role: WorkerRole, servicer: DecisionServicer, server: grpc.aio.Server
                                    role.index, role.leader_address, role.on_lost)
     _use_decision_store(servicer, decisions)
     servicer.durability = durability
-    forwarder = _Forwarder(servicer, durability, role.leader_address, metadata)
+    forwarder = _Forwarder(servicer, durability, role.leader_address, metadata, role.index)
     handlers = {
         m.name: (_local_handler(m, servicer, metadata) if m.name in LOCAL_RPCS
                  else forwarder.handler(m.name))
@@ -157,6 +159,7 @@ def _leader_handler(method, servicer: DecisionServicer, leader: ReplicationLeade
     behavior = getattr(servicer, method.name)
     waits = inspect.iscoroutinefunction(behavior)
     decision_ids = DECISION_IDS.get(method.name)
+    forwarded = method.name not in LOCAL_RPCS  # followers send these here
 
     async def call(request, context):
         if decision_ids is not None and leader.has_followers:
@@ -165,8 +168,13 @@ def _leader_handler(method, servicer: DecisionServicer, leader: ReplicationLeade
         if waits:
             response = await response
         # Everything this call logged has a sequence number <= this one: a follower that
-        # forwarded it answers once it has applied the stream up to here.
+        # forwarded it answers once it has applied the stream up to here, so the stream
+        # goes to it now rather than after gathering more records.
         context.set_trailing_metadata((*metadata, (SEQ_KEY, str(leader.seq))))
+        if forwarded and leader.has_followers:
+            origin = _forwarded_by(context.invocation_metadata())
+            if origin is not None:
+                leader.hurry(origin)
         return response
 
     return _with_metadata(call, method, metadata, servicer.metrics)
@@ -177,8 +185,9 @@ class _Forwarder:
     the leader's status) out, then read-your-writes."""
 
     def __init__(self, servicer: DecisionServicer, durability: ReplicaDurability,
-                 leader_address: Awaitable[str], metadata) -> None:
+                 leader_address: Awaitable[str], metadata, index: int) -> None:
         self._servicer = servicer
+        self._forwarded_by = ((FORWARDED_BY_KEY, str(index)),)
         self._durability = durability
         self._leader_address = leader_address
         self._metadata = metadata
@@ -220,7 +229,7 @@ class _Forwarder:
                 publisher.send_now()  # the leader would wait for these decisions
             call = (await self._call(name))(
                 request, timeout=context.time_remaining(),
-                metadata=_forwardable(context.invocation_metadata()))
+                metadata=(*_forwardable(context.invocation_metadata()), *self._forwarded_by))
             try:
                 response = await call
             except grpc.aio.AioRpcError as exc:
@@ -251,6 +260,14 @@ class _Forwarder:
     async def close(self) -> None:
         if self._channel is not None:
             await self._channel.close()
+
+
+def _forwarded_by(metadata) -> int | None:
+    """The index of the follower that forwarded a call (its metadata), else None."""
+    for key, value in metadata or ():
+        if key == FORWARDED_BY_KEY:
+            return int(value) if value.isdigit() else None
+    return None
 
 
 def _forwardable(metadata) -> tuple[tuple[str, Any], ...]:

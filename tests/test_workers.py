@@ -15,7 +15,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import grpc
 import pytest
@@ -27,7 +29,8 @@ from decision.v1 import decision_pb2 as pb
 from decision.v1 import decision_pb2_grpc as pb_grpc
 from server.app import SERVICE
 from server.decision_store import split_decision_id
-from server.workers import LOCAL_RPCS
+from server.replication import ReplicationLeader, _Follower
+from server.workers import FORWARDED_BY_KEY, LOCAL_RPCS, _forwardable, _forwarded_by
 
 BIN = Path(sys.executable).parent
 START_TIMEOUT = 300  # a cold Numba cache compiles every kernel first
@@ -237,7 +240,11 @@ def test_rewards_through_every_worker_add_up_exactly_and_survive_a_restart(worke
 
 
 def test_three_workers_share_the_port_and_a_dead_worker_stops_all(workers):
-    w = workers(3, "three", "--set", "durability=snapshot")
+    """Also with messages between workers gathered for 50 ms instead of 10 (the setting is
+    used on both sides): configuration is still acknowledged at once, and every worker counts
+    every worker's selections exactly."""
+    w = workers(3, "three", "--set", "durability=snapshot",
+                "--set", "replication_flush_seconds=0.05")
     assert sorted(w.stubs) == [0, 1, 2]  # SO_REUSEPORT spread connections over all three
     w.stubs[2].CreateExperiment(pb.CreateExperimentRequest(experiment=make_experiment("e3")))
     for stub in w.stubs.values():  # configuration is acknowledged once every worker has it
@@ -246,6 +253,10 @@ def test_three_workers_share_the_port_and_a_dead_worker_stops_all(workers):
     slates = {i: [tuple(s.SelectArm(pb.SelectArmRequest(experiment_id="e3", num_arms=3)).ranked_arm_ids)
                   for _ in range(12)] for i, s in w.stubs.items()}
     assert slates[0] != slates[1] != slates[2] != slates[0]
+    arms = [a.arm_id for a in w.stubs[0].GetExperiment(
+        pb.GetExperimentRequest(experiment_id="e3")).arms]
+    counted = Counter(arm for made in slates.values() for slate in made for arm in slate)
+    wait_for_stats(w, "e3", {arm: (counted[arm], 0, 0.0) for arm in arms})
     pids = w.pids()
     assert len(pids) == 3
     os.kill(pids[1], signal.SIGKILL)
@@ -290,3 +301,21 @@ def test_every_rpc_is_local_or_forwarded_by_one_table():
               "UpdateCampaign", "PaceBid", "RecordSpend",
               "GetPacingStatus"}  # a status read settles expired reservations: a write
     assert not writes & LOCAL_RPCS  # forwarded: anything not listed as local
+
+
+def test_a_forwarded_write_hurries_the_stream_to_its_follower():
+    """The leader gathers log records for ``replication_flush_seconds`` before sending them
+    to a follower, except to a follower waiting for them: the one that forwarded a write
+    names itself in the call's metadata (not passed on from clients), and the leader then
+    sends at once."""
+    leader = ReplicationLeader(SimpleNamespace(durability=None))
+    follower = _Follower(1, "f-1", 0)
+    leader._followers[1] = follower
+    leader.hurry(7)  # no such follower: nothing to do
+    assert not follower.hurry.is_set() and not follower.wakeup.is_set()
+    leader.hurry(1)
+    assert follower.hurry.is_set() and follower.wakeup.is_set()
+    assert _forwarded_by([("x-trace", "a"), (FORWARDED_BY_KEY, "1")]) == 1
+    assert _forwarded_by([(FORWARDED_BY_KEY, "one")]) is None
+    assert _forwarded_by([("x-trace", "a")]) is None
+    assert _forwardable([("x-trace", "a"), (FORWARDED_BY_KEY, "3")]) == (("x-trace", "a"),)
