@@ -205,7 +205,7 @@ def test_pooled_results_are_rebuilt_from_the_committed_runs(tmp_path):
                             ("grpc_throughput_select_pooled_echo_sched_batch.json",
                              "select_sched_batch_*.json")):
         runs = sorted((results / "runs").glob(pattern))
-        assert len(runs) == 4, runs
+        assert len(runs) == 5, runs
         out = tmp_path / pooled
         _run(str(BENCH / "pool_runs.py"), *map(str, runs), "--out", str(out))
         assert json.loads(out.read_text())["points"] == \
