@@ -246,3 +246,26 @@ def test_make_load_writes_reports_of_a_real_run(tmp_path):
     rows = {r["name"]: r for r in summary["requests"]}
     assert rows["Aggregated"]["requests"] > 0 and rows["Aggregated"]["failures"] == 0
     assert any(name.startswith("SelectArm") for name in rows), sorted(rows)
+
+
+def test_workers_bench_compares_one_and_two_workers(tmp_path):
+    """workers_bench.py's smoke run: one and two workers serve the same batches (every
+    decision counted, both workers of the pair used), the pair's ratio is the ratio of its
+    rates, and the propagation probe measured rewards crossing from leader to follower."""
+    out = tmp_path / "workers.json"
+    _run(str(BENCH / "workers_bench.py"), "--quick", "--batches", "100", "--max-wait", "1",
+         "--out", str(out))
+    report = json.loads(out.read_text())
+    assert report["machine"]["commit"] == machine()["commit"]
+    rows = {(r["workers"], r["batch"]): r for r in report["throughput"] if "workers" in r}
+    one, two = rows[(1, 100)], rows[(2, 100)]
+    for row in (one, two):
+        assert row["decisions"] > 0 and row["decisions"] % 100 == 0
+        assert sum(row["decisions_per_worker"]) == row["decisions"]
+    assert len(two["decisions_per_worker"]) == 2 and min(two["decisions_per_worker"]) > 0
+    (pair,) = [r for r in report["throughput"] if "ratio_2_vs_1" in r]
+    assert pair["ratio_of_each_pair"] == [
+        round(two["decisions_per_s"] / one["decisions_per_s"], 2)]
+    (probe,) = report["propagation_under_load"]
+    assert probe["propagation_ms"]["probes"] > 0
+    assert 0 < probe["propagation_ms"]["p50"] <= probe["propagation_ms"]["p99"]
