@@ -379,7 +379,8 @@ def test_a_follower_counts_a_refused_call_before_its_status_is_sent():
 
     metrics = Metrics()
     servicer = SimpleNamespace(ready=False, metrics=metrics)
-    forwarder = _Forwarder(servicer, durability=None, leader_address=None, metadata=())
+    forwarder = _Forwarder(servicer, durability=None, leader_address=None, metadata=(),
+                           index=1)
     context = _AbortRecorder(metrics)
     with pytest.raises(grpc.aio.AbortError):
         asyncio.run(forwarder.forward("SelectArm", b"", context))
@@ -413,7 +414,7 @@ def test_a_follower_counts_a_leader_refusal_once_even_if_sending_it_fails():
     from types import SimpleNamespace
 
     from server.metrics import Metrics
-    from server.workers import _Forwarder
+    from server.workers import FORWARDED_BY_KEY, _Forwarder
 
     metrics = Metrics()
 
@@ -428,13 +429,16 @@ def test_a_follower_counts_a_leader_refusal_once_even_if_sending_it_fails():
             self.counts_at_abort = dict(self._metrics._stats.counts)
             raise RuntimeError("the call is already over")
 
+    sent = []
+
     async def refused(request, timeout, metadata):
+        sent.append(metadata)
         raise grpc.aio.AioRpcError(grpc.StatusCode.NOT_FOUND, grpc.aio.Metadata(),
                                    grpc.aio.Metadata(), "experiment 'x' not found")
 
     forwarder = _Forwarder(SimpleNamespace(ready=True, metrics=metrics),
                            durability=SimpleNamespace(publisher=None), leader_address=None,
-                           metadata=())
+                           metadata=(), index=1)
 
     async def leader_call(name):
         return refused
@@ -445,6 +449,8 @@ def test_a_follower_counts_a_leader_refusal_once_even_if_sending_it_fails():
         asyncio.run(forwarder.forward("GetExperiment", b"", context))
     assert context.counts_at_abort == {("GetExperiment", "NOT_FOUND"): 1}
     assert metrics._stats.counts == {("GetExperiment", "NOT_FOUND"): 1}
+    # the leader learns which follower forwarded the call (it hurries that follower's stream)
+    assert (FORWARDED_BY_KEY, "1") in sent[0]
 
 
 def test_select_from_bytes_decides_as_the_typed_path(tmp_path, monkeypatch):
