@@ -115,6 +115,11 @@ class _Follower:
         self.published_counter = 0  # its decision ids up to this counter are applied here
         self.counter_waiters = _Waiters()  # rewards awaiting its decisions, by counter
 
+    def send_now(self) -> None:
+        """Send its queued records without gathering more first."""
+        self.hurry.set()
+        self.wakeup.set()
+
 
 class ReplicationLeader(rpb_grpc.ReplicationServiceServicer):
     """Worker 0's side: streams the log to followers, takes in their decisions."""
@@ -146,8 +151,7 @@ class ReplicationLeader(rpb_grpc.ReplicationServiceServicer):
         fut = self._ack_waiters.add(seq)
         for f in lagging:
             f.ack_requested = True
-            f.hurry.set()
-            f.wakeup.set()
+            f.send_now()
         try:
             await asyncio.wait_for(fut, ACK_TIMEOUT_SECONDS)
         except TimeoutError:
@@ -160,8 +164,7 @@ class ReplicationLeader(rpb_grpc.ReplicationServiceServicer):
         forwarded a write and answers it once it has applied the log up to that write."""
         f = self._followers.get(index)
         if f is not None:
-            f.hurry.set()
-            f.wakeup.set()
+            f.send_now()
 
     def _release_acks(self) -> None:
         self._ack_waiters.release(
@@ -503,10 +506,16 @@ class DecisionPublisher:
         await self._send()
 
 
+def metadata_value(metadata, key: str) -> str | None:
+    """The value of ``key`` in gRPC metadata (pairs), None if absent."""
+    for k, value in metadata or ():
+        if k == key:
+            return value
+    return None
+
+
 def leader_seq(metadata) -> int:
     """The ``banditd-seq`` value of a leader's trailing metadata (0 if absent)."""
-    for key, value in metadata or ():
-        if key == "banditd-seq":
-            return int(value)
-    return 0
+    value = metadata_value(metadata, "banditd-seq")
+    return int(value) if value is not None else 0
 

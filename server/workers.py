@@ -36,6 +36,7 @@ from server.replication import (
     ReplicaDurability,
     ReplicationLeader,
     leader_seq,
+    metadata_value,
 )
 from server.service import DecisionServicer
 from server.settings import Settings
@@ -264,10 +265,8 @@ class _Forwarder:
 
 def _forwarded_by(metadata) -> int | None:
     """The index of the follower that forwarded a call (its metadata), else None."""
-    for key, value in metadata or ():
-        if key == FORWARDED_BY_KEY:
-            return int(value) if value.isdigit() else None
-    return None
+    value = metadata_value(metadata, FORWARDED_BY_KEY)
+    return int(value) if value is not None and value.isdigit() else None
 
 
 def _forwardable(metadata) -> tuple[tuple[str, Any], ...]:
