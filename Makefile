@@ -4,8 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-PROTO_SRC := proto/decision/v1/decision.proto proto/banditd/storage/v1/storage.proto \
-             proto/banditd/replication/v1/replication.proto
+
 
 .PHONY: run test proto proto-check lint bench load docker-lint clean
 
@@ -25,13 +24,12 @@ test: $(STAMP)
 
 ## Regenerate the checked-in Python code (+ .pyi) from proto/.
 proto: $(STAMP)
-	$(BIN)/python -m grpc_tools.protoc -I proto --python_out=proto --pyi_out=proto \
-		--grpc_python_out=proto $(PROTO_SRC)
+	$(BIN)/python proto/generate.py
 
 lint: $(STAMP)
 	cd proto && ../$(BIN)/buf lint
 	$(BIN)/hadolint Dockerfile
-	$(BIN)/ruff check server kernels clients benchmarks tests
+	$(BIN)/ruff check server kernels clients benchmarks tests proto/generate.py
 	$(BIN)/mypy server kernels clients
 
 ## Benchmarks (bounded, loopback only); results go to benchmarks/results/*.json (+ PNG plots).

@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from local_server import machine  # noqa: E402
 
+from banditd.decision.v1 import decision_pb2 as pb  # noqa: E402
+from banditd.decision.v1 import decision_pb2_grpc as pb_grpc  # noqa: E402
 from conftest import running_server  # noqa: E402  (the tests' real-server harness)
-from decision.v1 import decision_pb2 as pb  # noqa: E402
-from decision.v1 import decision_pb2_grpc as pb_grpc  # noqa: E402
 
 
 def _median_us(fn, repeats: int) -> float:

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import grpc
 
-from decision.v1 import decision_pb2 as pb
-from decision.v1 import decision_pb2_grpc as pb_grpc
+from banditd.decision.v1 import decision_pb2 as pb
+from banditd.decision.v1 import decision_pb2_grpc as pb_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from local_server import LocalServer as Server  # noqa: E402

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import grpc
 
-from decision.v1 import decision_pb2 as pb
-from decision.v1 import decision_pb2_grpc as pb_grpc
+from banditd.decision.v1 import decision_pb2 as pb
+from banditd.decision.v1 import decision_pb2_grpc as pb_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from local_server import free_port, wait_serving  # noqa: E402
@@ -86,7 +86,7 @@ def _one_run(calls: int) -> tuple[float, dict]:
     data = tempfile.mkdtemp(prefix="banditd-bench-")
     env = dict(os.environ, BANDITD_HOST="127.0.0.1", BANDITD_PORT=str(port), BANDITD_DATA_DIR=data)
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "server", "serve"], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "banditd", "serve"], env=env,
                             stderr=subprocess.DEVNULL)
     results = {}
     try:

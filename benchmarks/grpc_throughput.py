@@ -52,8 +52,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from local_server import LocalServer, machine, process_cpu_seconds, stop_process  # noqa: E402
 
-from decision.v1 import decision_pb2 as pb  # noqa: E402
-from decision.v1 import decision_pb2_grpc as pb_grpc  # noqa: E402
+from banditd.decision.v1 import decision_pb2 as pb  # noqa: E402
+from banditd.decision.v1 import decision_pb2_grpc as pb_grpc  # noqa: E402
 
 SERVICE = "decision.v1.DecisionService"
 CONTROL = "/bench.Echo/SetResponse"  # echo server: payload = method + b"\n" + response bytes
@@ -105,7 +105,7 @@ def serve_echo(port_file: Path, work_us: float = 0.0, sched_batch: bool = False)
             return handler
 
     async def main() -> None:
-        from server.scheduling import batch_helper_threads
+        from banditd.server.scheduling import batch_helper_threads
 
         with batch_helper_threads(sched_batch):
             server = grpc.aio.server(options=[("grpc.max_send_message_length", -1),

@@ -52,7 +52,7 @@ sys.path[:0] = [str(HERE), str(ROOT), str(ROOT / "proto")]
 from grpc_throughput import CONTROL, SERVICE  # noqa: E402
 from local_server import free_port, machine, stop_process, wait_serving  # noqa: E402
 
-from decision.v1 import decision_pb2 as pb  # noqa: E402
+from banditd.decision.v1 import decision_pb2 as pb  # noqa: E402
 
 METHOD = f"/{SERVICE}/SelectArm"
 EXPERIMENT = pb.Experiment(experiment_id="instr-thompson-10",
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         port = free_port()
         banditd = Callgrind("banditd", [
-            sys.executable, "-m", "server", "serve", "--host", "127.0.0.1", "--port", str(port),
+            sys.executable, "-m", "banditd", "serve", "--host", "127.0.0.1", "--port", str(port),
             "--data-dir", str(work / "data"), "--set", "snapshot_interval_seconds=0",
             "--set", "log_level=WARNING",
             "--set", f"decision_log_delay_seconds={args.decision_log_delay}"], work,

@@ -35,10 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from local_server import machine  # noqa: E402
 
-from kernels import POLICIES  # noqa: E402
-from kernels.config import FASTMATH, JIT  # noqa: E402
-from kernels.rng import NumpyDraws, seed_state  # noqa: E402
-from kernels.warmup import warm_up  # noqa: E402
+from banditd.kernels import POLICIES  # noqa: E402
+from banditd.kernels.config import FASTMATH, JIT  # noqa: E402
+from banditd.kernels.rng import NumpyDraws, seed_state  # noqa: E402
+from banditd.kernels.warmup import warm_up  # noqa: E402
 
 PARAMS = {
     "thompson": [1.0, 1.0],

@@ -108,7 +108,7 @@ class LocalServer:
     def __init__(self, data_dir: Path, start_timeout: float = 600.0, **settings: object) -> None:
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
-        args = [sys.executable, "-m", "server", "serve", "--host", "127.0.0.1",
+        args = [sys.executable, "-m", "banditd", "serve", "--host", "127.0.0.1",
                 "--port", str(self.port), "--data-dir", str(data_dir)]
         for name, value in settings.items():
             args += ["--set", f"{name}={value}"]

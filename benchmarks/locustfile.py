@@ -37,8 +37,8 @@ grpc_gevent.init_gevent()  # before any channel: gRPC's C core must yield to gev
 from locust import User, constant, events, task  # noqa: E402
 from locust.exception import StopUser  # noqa: E402
 
-from decision.v1 import decision_pb2 as pb  # noqa: E402
-from decision.v1 import decision_pb2_grpc as pb_grpc  # noqa: E402
+from banditd.decision.v1 import decision_pb2 as pb  # noqa: E402
+from banditd.decision.v1 import decision_pb2_grpc as pb_grpc  # noqa: E402
 
 CREATIVES = [f"creative-{i}" for i in range(20)]
 OFFERS = [f"offer-{i}" for i in range(12)]

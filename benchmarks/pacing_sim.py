@@ -37,8 +37,8 @@ import grpc
 import numpy as np
 from google.protobuf import timestamp_pb2
 
-from decision.v1 import decision_pb2 as pb
-from decision.v1 import decision_pb2_grpc as pb_grpc
+from banditd.decision.v1 import decision_pb2 as pb
+from banditd.decision.v1 import decision_pb2_grpc as pb_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from local_server import LocalServer as Server  # noqa: E402

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from grpc_throughput import SERVICE, ClientPool, build_scenarios  # noqa: E402
 from local_server import LocalServer  # noqa: E402
 
-from decision.v1 import decision_pb2_grpc as pb_grpc  # noqa: E402
+from banditd.decision.v1 import decision_pb2_grpc as pb_grpc  # noqa: E402
 
 # Innermost frames of a thread waiting, not working (see the module's docstring).
 IDLE = ("EpollSelector.select (selectors.py", "Thread.run (threading.py")

@@ -38,8 +38,8 @@ from grpc_throughput import (  # noqa: E402
 )
 from local_server import LocalServer, free_port, machine  # noqa: E402
 
-from decision.v1 import decision_pb2 as pb  # noqa: E402
-from decision.v1 import decision_pb2_grpc as pb_grpc  # noqa: E402
+from banditd.decision.v1 import decision_pb2 as pb  # noqa: E402
+from banditd.decision.v1 import decision_pb2_grpc as pb_grpc  # noqa: E402
 
 STALL_US = 50_000.0
 

@@ -45,8 +45,8 @@ from pathlib import Path
 
 import grpc
 
-from decision.v1 import decision_pb2 as pb
-from decision.v1 import decision_pb2_grpc as pb_grpc
+from banditd.decision.v1 import decision_pb2 as pb
+from banditd.decision.v1 import decision_pb2_grpc as pb_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from local_server import machine, wait_serving  # noqa: E402
@@ -62,7 +62,7 @@ class Workers:
         port_file = data_dir.parent / f"{data_dir.name}.port"
         self.log = data_dir.parent / f"{data_dir.name}.log"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "serve", "--workers", str(n), "--port", "0",
+            [sys.executable, "-m", "banditd", "serve", "--workers", str(n), "--port", "0",
              "--port-file", str(port_file), "--data-dir", str(data_dir),
              "--set", "snapshot_interval_seconds=0"],
             stderr=open(self.log, "a"), start_new_session=True)  # noqa: SIM115

@@ -1,5 +1,5 @@
 """Python clients for banditd over the generated decision.v1 stubs."""
 
-from clients.client import AsyncBanditClient, BanditClient, RetryPolicy
+from banditd.clients.client import AsyncBanditClient, BanditClient, RetryPolicy
 
 __all__ = ["AsyncBanditClient", "BanditClient", "RetryPolicy"]

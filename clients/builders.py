@@ -7,7 +7,7 @@ from typing import Any
 
 from google.protobuf import field_mask_pb2, timestamp_pb2
 
-from decision.v1 import decision_pb2 as pb
+from banditd.decision.v1 import decision_pb2 as pb
 
 REWARD_TYPES = {
     "binary": pb.REWARD_TYPE_BINARY,

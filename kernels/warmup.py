@@ -16,9 +16,7 @@ import numpy as np
 
 from . import POLICIES
 from .allocation import prob_best_beta, prob_best_value
-from .checks import first_out_of_range
 from .rng import seed_state
-from .wire import encode_arm_ids, select_responses, select_responses_bound
 
 
 def warm_up() -> float:
@@ -62,12 +60,6 @@ def warm_up() -> float:
                 np.empty(1, dtype=np.int64),
             )
     ones = np.ones(num_arms)
-    first_out_of_range(ones, 1.0)
     prob_best_beta(ones, ones, 2, rng)
     prob_best_value(ones, ones, ones + 1.0, ones, 2, rng)
-    # as BatchSelectArms calls it: a read-only prefix (np.frombuffer of bytes), int counters
-    arm_bytes, arm_starts = encode_arm_ids(["a", "b"])
-    out = np.empty(select_responses_bound(2, 1, 1), dtype=np.uint8)
-    select_responses(np.frombuffer(b"p", dtype=np.uint8), 1, np.zeros(2, dtype=np.int64),
-                     arm_bytes, arm_starts, np.ones(2).view(np.uint8), 0, out)
     return time.perf_counter() - start

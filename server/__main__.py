@@ -1,3 +1,5 @@
-from server.cli import main
+"""``python -m banditd.server``: the ``banditd`` command line."""
+
+from banditd.server.cli import main
 
 raise SystemExit(main())

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from server.settings import Settings
+from banditd.server.settings import Settings
 
 log = logging.getLogger("banditd")
 
@@ -69,7 +69,7 @@ def load_settings(args: argparse.Namespace) -> Settings:
 
 
 async def _serve(settings: Settings, port_file: Path | None) -> None:
-    from server.app import create_server
+    from banditd.server.api.app import create_server
 
     app, port = await create_server(settings)
     log.info("listening on %s:%d (NOT_SERVING until kernels are warm)", settings.host, port)
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     tag = ""
     try:
         if args.command == "worker":
-            from server.workers import worker_settings
+            from banditd.server.cluster.workers import worker_settings
 
             settings = worker_settings(args.settings)
             tag = f"[{args.index}]"
@@ -128,13 +128,13 @@ def main(argv: list[str] | None = None) -> int:
         format=f"%(asctime)s %(levelname)s %(name)s{tag}: %(message)s",
     )
     if args.command == "worker":
-        from server.workers import run_worker
+        from banditd.server.cluster.workers import run_worker
 
         return run_worker(settings, args.index)
     if args.command == "check-health":
         return _check_health(settings)
     if args.command == "snapshot":
-        from server.snapshot import SnapshotError, describe
+        from banditd.server.storage.snapshot import SnapshotError, describe
 
         try:
             print(describe(args.path))
@@ -143,13 +143,13 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     if args.command == "warmup":
-        from kernels.warmup import warm_up
+        from banditd.server.warmup import warm_up
 
         print(f"kernels compiled and cached in {warm_up():.2f} s")
         return 0
     try:
         if settings.workers > 1:
-            from server.supervisor import supervise
+            from banditd.server.cluster.supervisor import supervise
 
             return supervise(settings, args.port_file)
         asyncio.run(_serve(settings, args.port_file))

@@ -1,6 +1,6 @@
 """Domain errors and the one place that maps them to gRPC status codes.
 
-Handlers raise these; every RPC goes through :func:`server.app.bytes_handler`, which answers
+Handlers raise these; every RPC goes through :func:`api.app.bytes_handler`, which answers
 an exception with :func:`status_of`: a domain error becomes its status code with the error's
 message, and any other exception becomes INTERNAL (logged) without taking the server down.
 """

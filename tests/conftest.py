@@ -13,10 +13,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from decision.v1 import decision_pb2 as pb
-from decision.v1 import decision_pb2_grpc as pb_grpc
-from server.app import BanditServer, create_server
-from server.settings import Settings
+from banditd.decision.v1 import decision_pb2 as pb
+from banditd.decision.v1 import decision_pb2_grpc as pb_grpc
+from banditd.server.api.app import BanditServer, create_server
+from banditd.server.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 

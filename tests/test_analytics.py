@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from conftest import create
-from decision.v1 import decision_pb2 as pb
-from kernels.allocation import (
+from banditd.decision.v1 import decision_pb2 as pb
+from banditd.kernels.allocation import (
     prob_best_beta,
     prob_best_beta_reference,
     prob_best_value,
     prob_best_value_reference,
 )
-from kernels.rng import NumpyDraws, Xoshiro, seed_state
+from banditd.kernels.rng import NumpyDraws, Xoshiro, seed_state
+from conftest import create
 
 
 def exact_p_b_beats_a(a1, b1, a2, b2) -> float:

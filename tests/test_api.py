@@ -6,8 +6,8 @@ import grpc
 import numpy as np
 import pytest
 
+from banditd.decision.v1 import decision_pb2 as pb
 from conftest import create
-from decision.v1 import decision_pb2 as pb
 
 
 def stats(stub, experiment_id):

@@ -8,16 +8,16 @@ import asyncio
 import grpc
 import numpy as np
 import pytest
-from banditd.storage.v1 import storage_pb2 as st
 from test_durability import stub_for
 
+from banditd.decision.v1 import decision_pb2 as pb
+from banditd.kernels.rng import seed_state
+from banditd.server.api.metrics import Metrics
+from banditd.server.api.service import DecisionServicer
+from banditd.server.settings import Settings
+from banditd.server.state.decision_store import DecisionColumns, DecisionRecord, DecisionStore
+from banditd.storage.v1 import storage_pb2 as st
 from conftest import RunningServer, create, make_experiment, running_server
-from decision.v1 import decision_pb2 as pb
-from kernels.rng import seed_state
-from server.decision_store import DecisionColumns, DecisionRecord, DecisionStore
-from server.metrics import Metrics
-from server.service import DecisionServicer
-from server.settings import Settings
 
 POLICIES = {
     "thompson": (pb.Policy(thompson=pb.Policy.Thompson()), 0, pb.REWARD_TYPE_BINARY),
@@ -95,7 +95,7 @@ def test_batch_equals_the_same_requests_one_by_one(stub, new_id, name):
 @pytest.mark.parametrize("shape", ["all arms", "eligible, slate of 2", "middle item differs"])
 def test_batch_of_copies_equals_the_same_requests_one_by_one(stub, new_id, name, shape):
     """n copies of one request take the uniform path (checked once, responses written by
-    kernels.wire for one-arm slates); a batch whose first and last items match but a middle
+    api.wire for one-arm slates); a batch whose first and last items match but a middle
     one differs must take the general path. Either way: the decisions one by one give."""
     policy, dim, reward_type = POLICIES[name]
     one, batch = new_id(), new_id()
@@ -450,8 +450,8 @@ def test_decision_store_put_new_keeps_no_object_per_decision():
 
 def _servicer_with_thompson(tmp_path):
     """An in-process servicer (no log) holding experiment "e": Thompson, arms a0..a2."""
-    from server.service import DecisionServicer
-    from server.settings import Settings
+    from banditd.server.api.service import DecisionServicer
+    from banditd.server.settings import Settings
 
     sv = DecisionServicer(Settings(data_dir=tmp_path, durability="snapshot"))
     sv.ready = True
@@ -811,7 +811,7 @@ def test_successful_calls_times_are_binned_in_bulk_as_one_by_one():
 
     from prometheus_client import generate_latest
 
-    from server import metrics as metrics_module
+    from banditd.server import metrics as metrics_module
 
     rng = np.random.default_rng(4)
     times = np.concatenate([rng.exponential(2e-4, 3000), metrics_module._BUCKETS, [0.0, 5.0]])

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from decision.v1 import decision_pb2 as pb
-from server.budget import allocate_budget, project_to_box
-from server.errors import InvalidArgument
+from banditd.decision.v1 import decision_pb2 as pb
+from banditd.server.ads.budget import allocate_budget, project_to_box
+from banditd.server.errors import InvalidArgument
 
 STRATEGIES = [
     pb.ALLOCATION_STRATEGY_EQUAL,
@@ -209,7 +209,7 @@ def test_monte_carlo_budget_is_enforced(stub):
        st.sampled_from([pb.ALLOCATION_STRATEGY_PERFORMANCE_BASED, pb.ALLOCATION_STRATEGY_THOMPSON]),
        st.floats(0, 50), st.floats(60, 400))
 def test_composite_and_thompson_keep_score_order_within_binding_bounds(rows, strategy, lo, hi):
-    from server.budget import strategy_scores
+    from banditd.server.ads.budget import strategy_scores
 
     groups = [pb.AdGroup(id=f"g{i}", spend=100.0, impressions=10.0 * c + 10, clicks=float(c),
                          conversions=float(min(c, k % (c + 1))), revenue=round(r, 2))

@@ -8,7 +8,7 @@ import grpc
 import pytest
 from test_serving import _free_port
 
-from clients import AsyncBanditClient, BanditClient, RetryPolicy
+from banditd.clients import AsyncBanditClient, BanditClient, RetryPolicy
 
 
 def test_sync_client_full_cycle(server, new_id):

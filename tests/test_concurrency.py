@@ -7,9 +7,9 @@ import random
 
 import grpc
 
+from banditd.decision.v1 import decision_pb2 as pb
+from banditd.decision.v1 import decision_pb2_grpc as pb_grpc
 from conftest import create
-from decision.v1 import decision_pb2 as pb
-from decision.v1 import decision_pb2_grpc as pb_grpc
 
 CLIENTS = 50
 PER_CLIENT = 60

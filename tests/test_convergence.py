@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kernels import POLICIES
-from kernels.rng import seed_state
+from banditd.kernels import POLICIES
+from banditd.kernels.rng import seed_state
 
 CTR_MEANS = np.linspace(0.01, 0.10, 10)  # best 0.10, runner-up 0.09: a CTR-like, narrow gap
 HORIZON = 150_000

@@ -15,15 +15,15 @@ from pathlib import Path
 
 import grpc
 import pytest
-from banditd.storage.v1 import storage_pb2 as st
 from test_serving import _free_port, _wait_serving
 
+from banditd.decision.v1 import decision_pb2 as pb
+from banditd.decision.v1 import decision_pb2_grpc as pb_grpc
+from banditd.server.settings import Settings
+from banditd.server.storage.snapshot import list_snapshots
+from banditd.server.storage.wal import HEADER, list_segments, read_segment
+from banditd.storage.v1 import storage_pb2 as st
 from conftest import RunningServer, create, running_server
-from decision.v1 import decision_pb2 as pb
-from decision.v1 import decision_pb2_grpc as pb_grpc
-from server.settings import Settings
-from server.snapshot import list_snapshots
-from server.wal import HEADER, list_segments, read_segment
 
 BIN = Path(sys.executable).parent
 

@@ -7,8 +7,8 @@ import math
 import grpc
 import pytest
 
+from banditd.decision.v1 import decision_pb2 as pb
 from conftest import create, make_experiment
-from decision.v1 import decision_pb2 as pb
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
@@ -248,8 +248,8 @@ def test_oversize_and_empty_batch(stub, binary):
 
 
 def test_limits(tmp_path):
+    from banditd.decision.v1 import decision_pb2_grpc as pb_grpc
     from conftest import running_server
-    from decision.v1 import decision_pb2_grpc as pb_grpc
 
     with running_server(tmp_path, max_experiments=2, max_arms=3, max_message_bytes=4096) as srv, \
             grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:

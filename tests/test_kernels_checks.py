@@ -1,4 +1,4 @@
-"""kernels.checks against its NumPy reference, on the values that matter (NaN, ±inf, the
+"""state.checks against its NumPy reference, on the values that matter (NaN, ±inf, the
 bound itself, just beyond it) and on random arrays."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from kernels.checks import first_out_of_range, first_out_of_range_reference
+from banditd.server.state.checks import first_out_of_range, first_out_of_range_reference
 
 BOUND = 1e12
 EDGES = [0.0, -0.0, 1.0, BOUND, -BOUND, math.nextafter(BOUND, math.inf), -1e300, math.nan,

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kernels import POLICIES
-from kernels.rng import NumpyDraws, Xoshiro, seed_state
-from kernels.warmup import warm_up
+from banditd.kernels import POLICIES
+from banditd.kernels.rng import NumpyDraws, Xoshiro, seed_state
+from banditd.kernels.warmup import warm_up
 
 PARAMS = {
     "thompson": [1.0, 2.0],

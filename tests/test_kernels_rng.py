@@ -7,8 +7,8 @@ import pytest
 from numba import njit
 from scipy import stats
 
-from kernels.config import JIT
-from kernels.rng import (
+from banditd.kernels.config import JIT
+from banditd.kernels.rng import (
     NumpyDraws,
     Xoshiro,
     _beta,

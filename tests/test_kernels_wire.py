@@ -1,4 +1,4 @@
-"""kernels.wire against its reference (protobuf's own serialisation of the same messages):
+"""api.wire against its reference (protobuf's own serialisation of the same messages):
 the bytes must be identical, for any arm ids, counters, propensities and model versions."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from decision.v1 import decision_pb2 as pb
-from kernels.wire import (
+from banditd.decision.v1 import decision_pb2 as pb
+from banditd.server.api.wire import (
     arm_field,
     encode_arm_ids,
     ranked_field,

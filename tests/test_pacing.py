@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from google.protobuf import field_mask_pb2, timestamp_pb2
 
+from banditd.decision.v1 import decision_pb2 as pb
+from banditd.decision.v1 import decision_pb2_grpc as pb_grpc
+from banditd.server.ads.pacing import HOURS, _Day, learn_plan
 from conftest import running_server
-from decision.v1 import decision_pb2 as pb
-from decision.v1 import decision_pb2_grpc as pb_grpc
-from server.pacing import HOURS, _Day, learn_plan
 
 DAY0 = datetime(2026, 6, 1, tzinfo=timezone.utc).timestamp()  # a UTC midnight
 
@@ -316,7 +316,7 @@ def test_campaigns_survive_crash_and_restart(tmp_path):
 
 
 def test_python_client_pacing_methods(server, new_id):
-    from clients import BanditClient
+    from banditd.clients import BanditClient
 
     cid = new_id()
     t = DAY0 + 3600 * 10

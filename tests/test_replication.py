@@ -8,17 +8,23 @@ import time
 
 import numpy as np
 import pytest
-from banditd.replication.v1 import replication_pb2 as rpb
-from banditd.storage.v1 import storage_pb2 as st
 
+from banditd.decision.v1 import decision_pb2 as pb
+from banditd.replication.v1 import replication_pb2 as rpb
+from banditd.server.ads.pacing import CampaignRegistry
+from banditd.server.api.service import DecisionServicer
+from banditd.server.cluster import replication
+from banditd.server.cluster.replication import (
+    ReplicaDecisions,
+    ReplicaDurability,
+    ReplicationLeader,
+)
+from banditd.server.settings import Settings
+from banditd.server.state import decision_store
+from banditd.server.state.registry import ExperimentRegistry
+from banditd.server.storage import snapshot
+from banditd.storage.v1 import storage_pb2 as st
 from conftest import make_experiment
-from decision.v1 import decision_pb2 as pb
-from server import decision_store, replication, snapshot
-from server.pacing import CampaignRegistry
-from server.registry import ExperimentRegistry
-from server.replication import ReplicaDecisions, ReplicaDurability, ReplicationLeader
-from server.service import DecisionServicer
-from server.settings import Settings
 
 
 class Context:
@@ -221,7 +227,7 @@ def test_leader_seq_from_trailing_metadata(metadata, seq):
 
 # -- the leader's store and counting of follower decision tables ----------------------------
 def _columns(ids: list[str], created: float = 10.0):
-    from server.decision_store import DecisionColumns
+    from banditd.server.state.decision_store import DecisionColumns
 
     n = len(ids)
     return DecisionColumns(ids, np.arange(n), [(f"arm{i}",) for i in range(n)], [None] * n,
@@ -230,7 +236,7 @@ def _columns(ids: list[str], created: float = 10.0):
 
 
 def test_store_keeps_a_registered_workers_consecutive_ids_without_the_id_dict():
-    from server.decision_store import DecisionStore
+    from banditd.server.state.decision_store import DecisionStore
 
     store = DecisionStore(capacity=8, ttl_seconds=100.0, id_prefix="me-0")
     store.register_prefix("w-1")

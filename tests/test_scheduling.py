@@ -7,8 +7,8 @@ import asyncio
 import threading
 import time
 
-import server.scheduling as scheduling
-from server.scheduling import ThreadTimers
+import banditd.server.scheduling as scheduling
+from banditd.server.scheduling import ThreadTimers
 
 
 def test_callbacks_run_on_the_loop_thread_in_due_order_and_cancelled_ones_never():
@@ -93,9 +93,9 @@ def test_a_far_off_or_infinite_timer_does_not_stop_the_others():
 def test_a_closed_loop_ends_the_thread_and_the_next_loop_gets_new_timers(tmp_path):
     """Timers made on a loop that has closed never run; Durability.timers() then makes new
     ones on the running loop, and the decision log's timer is set again there."""
-    from server.durability import Durability
-    from server.service import DecisionServicer
-    from server.settings import Settings
+    from banditd.server.api.service import DecisionServicer
+    from banditd.server.settings import Settings
+    from banditd.server.storage.durability import Durability
 
     servicer = DecisionServicer(Settings(host="127.0.0.1", port=0, data_dir=tmp_path))
     durability: Durability = servicer.durability

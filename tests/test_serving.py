@@ -17,8 +17,8 @@ from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from banditd.decision.v1 import decision_pb2 as pb
 from conftest import create
-from decision.v1 import decision_pb2 as pb
 
 BIN = Path(sys.executable).parent
 
@@ -38,7 +38,7 @@ def test_reflection_lists_the_service(channel):
 
 
 def test_health_watch_and_reflection_descriptors_through_generic_handlers(channel):
-    """Both services are served through generic handlers only (server.app.GenericHandlersOnly):
+    """Both services are served through generic handlers only (api.app.GenericHandlersOnly):
     the streaming health Watch and a reflection lookup by symbol still answer."""
     watch = health_pb2_grpc.HealthStub(channel).Watch(
         health_pb2.HealthCheckRequest(service="decision.v1.DecisionService"), timeout=10)
@@ -55,7 +55,7 @@ def test_health_watch_and_reflection_descriptors_through_generic_handlers(channe
 def test_no_registered_method_handlers_on_the_server(tmp_path, monkeypatch):
     """Generated add_*_to_server functions also call add_registered_method_handlers, which
     makes every call on the server dearer; the server gets generic handlers only
-    (server.app.GenericHandlersOnly) and still answers health checks."""
+    (api.app.GenericHandlersOnly) and still answers health checks."""
     from conftest import running_server
 
     real = grpc.aio.server
@@ -86,9 +86,9 @@ def test_start_up_collects_garbage_before_serving(tmp_path, monkeypatch):
     import gc
     import types
 
-    import server.app as app_module
+    import banditd.server.api.app as app_module
+    from banditd.server.settings import Settings
     from conftest import RunningServer
-    from server.settings import Settings
 
     srv = RunningServer(Settings(host="127.0.0.1", port=0, data_dir=tmp_path))
     calls = []
@@ -111,15 +111,15 @@ def test_start_up_collects_garbage_before_serving(tmp_path, monkeypatch):
 _NO_JIT_SCRIPT = r"""
 import asyncio, json, sys
 import grpc
-import kernels
-import kernels.allocation
-from decision.v1 import decision_pb2 as pb, decision_pb2_grpc as pb_grpc
-from server.app import create_server
-from server.settings import Settings
+from banditd import kernels
+from banditd.kernels import allocation as kernels_allocation
+from banditd.decision.v1 import decision_pb2 as pb, decision_pb2_grpc as pb_grpc
+from banditd.server.api.app import create_server
+from banditd.server.settings import Settings
 
 def signatures():
     out = {}
-    for name, module in [*kernels.POLICIES.items(), ("allocation", kernels.allocation)]:
+    for name, module in [*kernels.POLICIES.items(), ("allocation", kernels_allocation)]:
         for attr in dir(module):
             fn = getattr(module, attr)
             if hasattr(fn, "signatures") and hasattr(fn, "py_func"):
@@ -209,10 +209,10 @@ def _wait_serving(port: int, proc: subprocess.Popen, timeout: float = 300) -> No
     raise TimeoutError("server did not become SERVING")
 
 
-@pytest.mark.parametrize("entry", [["banditd"], ["python", "-m", "server"]])
+@pytest.mark.parametrize("entry", [["banditd"], ["python", "-m", "banditd"]])
 def test_cli_serves_checks_health_and_stops_gracefully_on_sigterm(tmp_path, entry):
     port = _free_port()
-    cmd = [str(BIN / "banditd")] if entry == ["banditd"] else [sys.executable, "-m", "server"]
+    cmd = [str(BIN / "banditd")] if entry == ["banditd"] else [sys.executable, "-m", "banditd"]
     env = dict(os.environ, BANDITD_HOST="127.0.0.1", BANDITD_DATA_DIR=str(tmp_path))
     proc = subprocess.Popen(cmd + ["serve", "--port", str(port), "--set", "grace_seconds=2"],
                             env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
@@ -223,7 +223,7 @@ def test_cli_serves_checks_health_and_stops_gracefully_on_sigterm(tmp_path, entr
                                timeout=30)
         assert check.returncode == 0 and check.stdout.strip() == "SERVING", check
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-            from decision.v1 import decision_pb2_grpc as pb_grpc
+            from banditd.decision.v1 import decision_pb2_grpc as pb_grpc
 
             create(pb_grpc.DecisionServiceStub(ch), "cli-check")
         proc.send_signal(signal.SIGTERM)
@@ -241,14 +241,14 @@ def test_grpc_helper_threads_run_under_sched_batch(tmp_path, enabled):
     """gRPC's threads (I/O, poller, timers) must not preempt the event loop: SCHED_BATCH for
     every thread but the loop's (the main thread of ``serve``), unless switched off."""
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "server", "serve", "--host", "127.0.0.1",
+    proc = subprocess.Popen([sys.executable, "-m", "banditd", "serve", "--host", "127.0.0.1",
                              "--port", str(port), "--data-dir", str(tmp_path),
                              "--set", f"batch_schedule_io_threads={str(enabled).lower()}"],
                             cwd=tmp_path, stderr=subprocess.PIPE, text=True)
     try:
         _wait_serving(port, proc)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:  # let gRPC start every thread
-            from decision.v1 import decision_pb2_grpc as pb_grpc
+            from banditd.decision.v1 import decision_pb2_grpc as pb_grpc
 
             stub = pb_grpc.DecisionServiceStub(ch)
             create(stub, "sched")
@@ -308,8 +308,8 @@ def test_prometheus_metrics_count_requests_by_code(tmp_path):
 
     from prometheus_client.parser import text_string_to_metric_families
 
+    from banditd.decision.v1 import decision_pb2_grpc as pb_grpc
     from conftest import running_server
-    from decision.v1 import decision_pb2_grpc as pb_grpc
 
     with running_server(tmp_path, metrics_port=0) as srv, \
             grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
@@ -353,9 +353,9 @@ def test_a_failed_call_is_counted_before_its_status_is_sent():
     # The client may scrape /metrics as soon as it has its answer.
     import asyncio
 
-    from server.app import bytes_handler
-    from server.errors import NotFound
-    from server.metrics import Metrics
+    from banditd.server.api.app import bytes_handler
+    from banditd.server.api.metrics import Metrics
+    from banditd.server.errors import NotFound
 
     method = pb.DESCRIPTOR.services_by_name["DecisionService"].methods_by_name["SelectArm"]
     metrics = Metrics()
@@ -374,8 +374,8 @@ def test_a_follower_counts_a_refused_call_before_its_status_is_sent():
     import asyncio
     from types import SimpleNamespace
 
-    from server.metrics import Metrics
-    from server.workers import _Forwarder
+    from banditd.server.api.metrics import Metrics
+    from banditd.server.cluster.workers import _Forwarder
 
     metrics = Metrics()
     servicer = SimpleNamespace(ready=False, metrics=metrics)
@@ -391,8 +391,8 @@ def test_a_cancelled_call_is_counted_once_as_cancelled():
     # gRPC cancels the handler's task when the client cancels or its deadline passes.
     import asyncio
 
-    from server.app import bytes_handler
-    from server.metrics import Metrics
+    from banditd.server.api.app import bytes_handler
+    from banditd.server.api.metrics import Metrics
 
     method = pb.DESCRIPTOR.services_by_name["DecisionService"].methods_by_name["GetAllocation"]
     metrics = Metrics()
@@ -413,8 +413,8 @@ def test_a_follower_counts_a_leader_refusal_once_even_if_sending_it_fails():
     import asyncio
     from types import SimpleNamespace
 
-    from server.metrics import Metrics
-    from server.workers import FORWARDED_BY_KEY, _Forwarder
+    from banditd.server.api.metrics import Metrics
+    from banditd.server.cluster.workers import FORWARDED_BY_KEY, _Forwarder
 
     metrics = Metrics()
 
@@ -460,10 +460,10 @@ def test_select_from_bytes_decides_as_the_typed_path(tmp_path, monkeypatch):
     requests overflows and is emptied; requests with a context are not kept."""
     import asyncio
 
-    import server.service as service_module
+    import banditd.server.api.service as service_module
+    from banditd.server.api.service import DecisionServicer
+    from banditd.server.settings import Settings
     from conftest import make_experiment
-    from server.service import DecisionServicer
-    from server.settings import Settings
 
     monkeypatch.setattr(service_module, "PLAN_LIMIT", 3)
 

@@ -24,13 +24,13 @@ import pytest
 from google.protobuf import timestamp_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from banditd.decision.v1 import decision_pb2 as pb
+from banditd.decision.v1 import decision_pb2_grpc as pb_grpc
+from banditd.server.api.app import SERVICE
+from banditd.server.cluster.replication import ReplicationLeader, _Follower
+from banditd.server.cluster.workers import FORWARDED_BY_KEY, LOCAL_RPCS, _forwardable, _forwarded_by
+from banditd.server.state.decision_store import split_decision_id
 from conftest import make_experiment
-from decision.v1 import decision_pb2 as pb
-from decision.v1 import decision_pb2_grpc as pb_grpc
-from server.app import SERVICE
-from server.decision_store import split_decision_id
-from server.replication import ReplicationLeader, _Follower
-from server.workers import FORWARDED_BY_KEY, LOCAL_RPCS, _forwardable, _forwarded_by
 
 BIN = Path(sys.executable).parent
 START_TIMEOUT = 300  # a cold Numba cache compiles every kernel first

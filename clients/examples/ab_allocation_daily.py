@@ -17,7 +17,7 @@ import sys
 import grpc
 import numpy as np
 
-from clients import BanditClient
+from banditd.clients import BanditClient
 
 CTR = {"control": 0.030, "variant-b": 0.034, "variant-c": 0.026}
 

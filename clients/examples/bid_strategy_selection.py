@@ -17,8 +17,8 @@ import sys
 import grpc
 import numpy as np
 
-from clients import BanditClient
-from decision.v1 import decision_pb2 as pb
+from banditd.clients import BanditClient
+from banditd.decision.v1 import decision_pb2 as pb
 
 STRATEGIES = ["target_cpa", "target_roas", "maximize_conversions", "manual_cpc"]
 # Profit index = theta . [1, conv_volume, order_value, budget_pressure, brand_share] + noise

@@ -10,7 +10,7 @@ import math
 import sys
 from typing import Any
 
-from clients import BanditClient
+from banditd.clients import BanditClient
 
 GROUPS: list[dict[str, Any]] = [
     {"id": "brand-exact", "spend": 400, "impressions": 20_000, "clicks": 1_400,

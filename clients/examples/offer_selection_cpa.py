@@ -16,8 +16,8 @@ import sys
 
 import grpc
 
-from clients import BanditClient
-from decision.v1 import decision_pb2 as pb
+from banditd.clients import BanditClient
+from banditd.decision.v1 import decision_pb2 as pb
 
 # offer -> (conversion rate, payout per conversion); EPC = CR x payout
 OFFERS = {

@@ -16,8 +16,8 @@ import sys
 import grpc
 import numpy as np
 
-from clients import BanditClient
-from decision.v1 import decision_pb2 as pb
+from banditd.clients import BanditClient
+from banditd.decision.v1 import decision_pb2 as pb
 
 CREATIVES = ["sports", "travel", "tech", "fashion", "finance"]
 DIM = 6

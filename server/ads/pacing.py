@@ -52,19 +52,19 @@ from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
-from banditd.storage.v1 import storage_pb2 as st
 
-from decision.v1 import decision_pb2 as pb
-from server.budget import project_to_box
-from server.errors import (
+from banditd.decision.v1 import decision_pb2 as pb
+from banditd.server.ads.budget import project_to_box
+from banditd.server.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
 )
-from server.registry import check_experiment_id
-from server.settings import Settings
+from banditd.server.settings import Settings
+from banditd.server.state.registry import check_experiment_id
+from banditd.storage.v1 import storage_pb2 as st
 
 MICROS = 1_000_000
 MAX_MONEY = 1e12  # currency units; in micros still far inside int64

@@ -5,14 +5,14 @@ The **leader** (worker 0) is a single server as before: it alone owns the data d
 every durability mode, also ``snapshot`` — it also numbers with a sequence number and streams,
 in log order, to every **follower** (workers 1 .. N-1), after a full image of its state in the
 snapshot format. A follower applies the stream with the replay code that restore uses
-(:meth:`server.durability.Durability.apply`), so its experiments are the leader's as of the
+(:meth:`storage.durability.Durability.apply`), so its experiments are the leader's as of the
 last record it applied.
 
 Followers decide (SelectArm) on their own replica with their own random stream, and hand
 their decision records to the leader every few milliseconds (``PublishDecisions``); the
 leader applies and logs them like its own, so its decision store knows every decision and
 exactly-once rewards stay at the leader. Every other write is forwarded to the leader
-(:mod:`server.workers`).
+(:mod:`cluster.workers`).
 
 Consistency rules (the leader's side is :class:`ReplicationLeader`, the follower's
 :class:`ReplicaDurability`):
@@ -44,20 +44,25 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
+
+from banditd.kernels.rng import jump_state
 from banditd.replication.v1 import replication_pb2 as rpb
 from banditd.replication.v1 import replication_pb2_grpc as rpb_grpc
+from banditd.server.ads.pacing import CampaignRegistry
+from banditd.server.settings import Settings
+from banditd.server.state.decision_store import DecisionRecord, DecisionStore, split_decision_id
+from banditd.server.state.registry import ExperimentRegistry
+from banditd.server.storage import snapshot
+from banditd.server.storage.durability import (
+    Durability,
+    PendingDecisions,
+    RestoreReport,
+    block_positions,
+)
 from banditd.storage.v1 import storage_pb2 as st
 
-from kernels.rng import jump_state
-from server import snapshot
-from server.decision_store import DecisionRecord, DecisionStore, split_decision_id
-from server.durability import Durability, PendingDecisions, RestoreReport, block_positions
-from server.pacing import CampaignRegistry
-from server.registry import ExperimentRegistry
-from server.settings import Settings
-
 if TYPE_CHECKING:
-    from server.service import DecisionServicer
+    from banditd.server.api.service import DecisionServicer
 
 log = logging.getLogger("banditd")
 
@@ -132,7 +137,7 @@ class ReplicationLeader(rpb_grpc.ReplicationServiceServicer):
         self._by_prefix: dict[str, _Follower] = {}
         self._ack_waiters = _Waiters()  # configuration changes awaiting followers, by seq
 
-    # -- the durability hook (server.durability.ReplicationLog) --------------------------------
+    # -- the durability hook (storage.durability.ReplicationLog) --------------------------------
     def publish(self, payload: bytes, origin: int) -> None:
         """Number one appended record and queue it for every follower but ``origin``."""
         self.seq += 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .config import JIT
+from banditd.kernels.config import JIT
 
 # Not nogil: a check this short would pay more to release and retake the GIL than it runs.
 _CHECK = dict(JIT, nogil=False)

@@ -13,28 +13,33 @@ from operator import attrgetter
 from typing import Any
 
 import numpy as np
-from banditd.storage.v1 import storage_pb2 as st
 from google.protobuf.message import DecodeError
 
-from decision.v1 import decision_pb2 as pb
-from decision.v1 import decision_pb2_grpc as pb_grpc
-from kernels.wire import select_response, select_responses, select_responses_bound
-from server import analytics
-from server.budget import allocate_budget
-from server.decision_store import DecisionColumns, DecisionRecord, DecisionStore, slate_tuples
-from server.durability import Durability
-from server.errors import (
+from banditd.decision.v1 import decision_pb2 as pb
+from banditd.decision.v1 import decision_pb2_grpc as pb_grpc
+from banditd.server.ads.budget import allocate_budget
+from banditd.server.ads.pacing import CampaignRegistry
+from banditd.server.api.metrics import Metrics
+from banditd.server.api.wire import select_response, select_responses, select_responses_bound
+from banditd.server.errors import (
     DomainError,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
     Unavailable,
 )
-from server.experiment import ContextRowError, Experiment
-from server.metrics import Metrics
-from server.pacing import CampaignRegistry
-from server.registry import ExperimentRegistry
-from server.settings import Settings
+from banditd.server.settings import Settings
+from banditd.server.state import analytics
+from banditd.server.state.decision_store import (
+    DecisionColumns,
+    DecisionRecord,
+    DecisionStore,
+    slate_tuples,
+)
+from banditd.server.state.experiment import ContextRowError, Experiment
+from banditd.server.state.registry import ExperimentRegistry
+from banditd.server.storage.durability import Durability
+from banditd.storage.v1 import storage_pb2 as st
 
 # SelectArm requests kept checked (see DecisionServicer.select_arm_bytes): at most this many,
 # of at most this many bytes each.
@@ -190,7 +195,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
     """Implements decision.v1.DecisionService over the registry and decision store.
 
     Methods that wait (for the log) are coroutines; those that never do (SelectArm,
-    BatchSelectArms) are plain methods, called by :func:`server.app.bytes_handler` without a
+    BatchSelectArms) are plain methods, called by :func:`api.app.bytes_handler` without a
     coroutine of their own. Errors are raised as :mod:`server.errors` domain errors."""
 
     def __init__(self, settings: Settings) -> None:
@@ -273,7 +278,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
 
     def select_arm_bytes(self, raw: bytes, context) -> bytes:
         """SelectArm from the request's bytes to the response's (how a single server serves
-        it, see :func:`server.app.add_decision_service`), the same decision as
+        it, see :func:`api.app.add_decision_service`), the same decision as
         :meth:`SelectArm`.
 
         A request seen before, byte for byte, is not parsed and checked again while the
@@ -298,7 +303,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
 
     def _select(self, p: _PreparedSelect) -> bytes:
         """The answer to a checked request, serialised: its decision drawn, stored and logged.
-        The response's bytes are joined from pieces (:func:`kernels.wire.select_response`),
+        The response's bytes are joined from pieces (:func:`api.wire.select_response`),
         not built through protobuf's API (≈ 1k instead of ≈ 4.5k instructions)."""
         experiment = p.experiment
         ranked, propensity = experiment.select(p.eligible, p.context, p.n)

@@ -13,12 +13,12 @@ from collections.abc import Callable
 
 import numpy as np
 
-from decision.v1 import decision_pb2 as pb
-from kernels.allocation import prob_best_beta, prob_best_value
-from kernels.rng import seed_state
-from server.budget import project_to_box, round_to_units
-from server.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
-from server.experiment import Experiment
+from banditd.decision.v1 import decision_pb2 as pb
+from banditd.kernels.allocation import prob_best_beta, prob_best_value
+from banditd.kernels.rng import seed_state
+from banditd.server.ads.budget import project_to_box, round_to_units
+from banditd.server.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from banditd.server.state.experiment import Experiment
 
 DEFAULT_DRAWS = 10_000
 MAX_DRAWS = 1_000_000

@@ -11,9 +11,9 @@ from types import ModuleType
 
 import numpy as np
 
-import kernels
-from decision.v1 import decision_pb2 as pb
-from server.errors import InvalidArgument
+from banditd.decision.v1 import decision_pb2 as pb
+from banditd.kernels import POLICIES
+from banditd.server.errors import InvalidArgument
 
 # (name, default, check, description of the valid range)
 _POSITIVE = (lambda x: x > 0, "> 0")
@@ -79,7 +79,7 @@ def resolve_policy(policy: pb.Policy, reward_type: int, context_dim: int) -> Pol
                 "experiment.policy.thompson supports reward_type REWARD_TYPE_BINARY or "
                 "REWARD_TYPE_VALUE; use ucb1 or epsilon_greedy for continuous rewards"
             )
-    kernel = kernels.POLICIES[kernel_name]
+    kernel = POLICIES[kernel_name]
     if kernel.CONTEXTUAL and context_dim == 0:
         raise InvalidArgument(f"experiment.context_dim must be > 0 for policy {kind}")
     if not kernel.CONTEXTUAL and context_dim != 0:

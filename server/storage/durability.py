@@ -46,16 +46,22 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-from banditd.storage.v1 import storage_pb2 as st
 
-from server import analytics, snapshot
-from server.decision_store import DecisionColumns, DecisionRecord, DecisionStore, slate_tuples
-from server.experiment import Experiment
-from server.pacing import CampaignRegistry
-from server.registry import ExperimentRegistry
-from server.scheduling import ThreadTimers, TimerHandle
-from server.settings import Settings
-from server.wal import WriteAheadLog, list_segments, read_segment
+from banditd.server.ads.pacing import CampaignRegistry
+from banditd.server.scheduling import ThreadTimers, TimerHandle
+from banditd.server.settings import Settings
+from banditd.server.state import analytics
+from banditd.server.state.decision_store import (
+    DecisionColumns,
+    DecisionRecord,
+    DecisionStore,
+    slate_tuples,
+)
+from banditd.server.state.experiment import Experiment
+from banditd.server.state.registry import ExperimentRegistry
+from banditd.server.storage import snapshot
+from banditd.server.storage.wal import WriteAheadLog, list_segments, read_segment
+from banditd.storage.v1 import storage_pb2 as st
 
 log = logging.getLogger("banditd")
 
@@ -196,7 +202,7 @@ def _add_selections(experiment: Experiment, counts: Iterable[tuple[str, int]]) -
 
 
 class ReplicationLog(Protocol):
-    """Where a leader of several workers sends every record it logs (server.replication)."""
+    """Where a leader of several workers sends every record it logs (cluster.replication)."""
 
     def publish(self, payload: bytes, origin: int) -> None: ...
 
@@ -236,7 +242,7 @@ class Durability:
         self._decision_timer: TimerHandle | None = None
         self._timers: ThreadTimers | None = None  # see timers()
         # Multi-worker leader only: every appended record also goes to the followers, in
-        # every durability mode (set by server.workers).
+        # every durability mode (set by cluster.workers).
         self.replication: ReplicationLog | None = None
 
     # -- restore (before serving; runs in a worker thread, nothing else touches state) ---------

@@ -38,10 +38,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from decision.v1 import decision_pb2 as pb
-from kernels.allocation import prob_best_beta
-from kernels.rng import seed_state
-from server.errors import InvalidArgument, ResourceExhausted
+from banditd.decision.v1 import decision_pb2 as pb
+from banditd.kernels.allocation import prob_best_beta
+from banditd.kernels.rng import seed_state
+from banditd.server.errors import InvalidArgument, ResourceExhausted
 
 MAX_GROUPS = 10_000
 MAX_DRAWS = 1_000_000

@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 import secrets
 
-from decision.v1 import decision_pb2 as pb
-from server.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
-from server.experiment import Experiment
-from server.policies import resolve_policy
-from server.settings import Settings
+from banditd.decision.v1 import decision_pb2 as pb
+from banditd.server.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
+from banditd.server.settings import Settings
+from banditd.server.state.experiment import Experiment
+from banditd.server.state.policies import resolve_policy
 
 EXPERIMENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 MAX_ARM_ID_LENGTH = 256

@@ -141,7 +141,7 @@ class DecisionStore:
 
     @property
     def id_prefix_bytes(self) -> np.ndarray:
-        """The prefix of this store's own ids, as UTF-8 bytes (``kernels.wire`` writes ids)."""
+        """The prefix of this store's own ids, as UTF-8 bytes (``api.wire`` writes ids)."""
         return np.frombuffer(self._prefix.encode(), dtype=np.uint8)
 
     def new_counters(self, n: int) -> int:

@@ -22,7 +22,7 @@ import struct
 import numpy as np
 from numba import njit
 
-from .config import JIT
+from banditd.kernels.config import JIT
 
 _TAG_RESPONSES = 0x0A  # field 1, length-delimited
 _TAG_DECISION_ID = 0x0A  # field 1, length-delimited
@@ -128,7 +128,7 @@ def select_responses_reference(prefix: str, first_counter: int, arms: np.ndarray
                                arm_ids: list[str], propensity: np.ndarray,
                                version: int) -> bytes:
     """The same bytes through protobuf's API: the messages built one by one, serialised."""
-    from decision.v1 import decision_pb2 as pb
+    from banditd.decision.v1 import decision_pb2 as pb
 
     response = pb.BatchSelectArmsResponse()
     for i, arm in enumerate(arms.tolist()):
@@ -207,7 +207,7 @@ def select_response(decision_id: str, arm: bytes, propensity: float, version: in
 def select_response_reference(decision_id: str, arm_id: str, propensity: float, version: int,
                               ranked_arm_ids: list[str] | None = None) -> bytes:
     """The same bytes through protobuf's API."""
-    from decision.v1 import decision_pb2 as pb
+    from banditd.decision.v1 import decision_pb2 as pb
 
     return pb.SelectArmResponse(decision_id=decision_id, arm_id=arm_id, propensity=propensity,
                                 ranked_arm_ids=ranked_arm_ids or [],

@@ -16,16 +16,16 @@ from google.protobuf.descriptor import MethodDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
-from decision.v1 import decision_pb2 as pb
-from server.durability import RestoreReport
-from server.errors import status_of
-from server.metrics import OK_TIMES_HELD, Metrics
-from server.scheduling import batch_helper_threads
-from server.service import DecisionServicer, request_parser
-from server.settings import Settings
+from banditd.decision.v1 import decision_pb2 as pb
+from banditd.server.api.metrics import OK_TIMES_HELD, Metrics
+from banditd.server.api.service import DecisionServicer, request_parser
+from banditd.server.errors import status_of
+from banditd.server.scheduling import batch_helper_threads
+from banditd.server.settings import Settings
+from banditd.server.storage.durability import RestoreReport
 
 if TYPE_CHECKING:
-    from server.workers import WorkerRole, WorkerRuntime
+    from banditd.server.cluster.workers import WorkerRole, WorkerRuntime
 
 log = logging.getLogger("banditd")
 
@@ -167,7 +167,7 @@ class BanditServer:
             await self.health.set(name, status)
 
     async def _warm_up(self) -> None:
-        from kernels.warmup import warm_up
+        from banditd.server.warmup import warm_up
 
         # Compile (or load from numba's on-disk cache) and run every kernel before
         # reporting SERVING, so no request pays JIT time. Runs in a thread so the
@@ -238,7 +238,7 @@ async def create_server(
     """Build, bind and start the server; health turns SERVING once kernels are warm.
 
     Returns the server and the port it listens on (useful with ``port=0``). ``worker``:
-    this process is one of several sharing the port (see :mod:`server.workers`). gRPC's
+    this process is one of several sharing the port (see :mod:`cluster.workers`). gRPC's
     threads, created here, run under SCHED_BATCH unless disabled (:mod:`server.scheduling`).
     """
     options = [
@@ -261,7 +261,7 @@ async def _start(settings: Settings, options: list, worker: WorkerRole | None) -
     if worker is None:
         add_decision_service(servicer, server)
     else:
-        from server.workers import attach
+        from banditd.server.cluster.workers import attach
 
         runtime = attach(worker, servicer, server)
     address = f"{settings.host}:{settings.port}"

@@ -12,12 +12,12 @@ import math
 
 import numpy as np
 
-from decision.v1 import decision_pb2 as pb
-from kernels import wire
-from kernels.checks import first_out_of_range
-from kernels.rng import seed_state
-from server.errors import InvalidArgument, NotFound
-from server.policies import PolicySpec
+from banditd.decision.v1 import decision_pb2 as pb
+from banditd.kernels.rng import seed_state
+from banditd.server.api import wire
+from banditd.server.errors import InvalidArgument, NotFound
+from banditd.server.state.checks import first_out_of_range
+from banditd.server.state.policies import PolicySpec
 
 _EMPTY_CONTEXT = np.empty(0, dtype=np.float64)
 
@@ -65,7 +65,7 @@ class Experiment:
         self.arm_fields = [wire.arm_field(arm_id) for arm_id in self.arm_ids]
         self.ranked_fields = [wire.ranked_field(arm_id) for arm_id in self.arm_ids]
         self.all_arms = np.arange(len(self.arm_ids), dtype=np.int64)
-        # the arm ids' UTF-8 bytes and offsets, as kernels.wire writes them into responses
+        # the arm ids' UTF-8 bytes and offsets, as api.wire writes them into responses
         self.arm_wire = wire.encode_arm_ids(self.arm_ids)
         self.max_arm_bytes = int(np.diff(self.arm_wire[1]).max(initial=0))
 

@@ -12,7 +12,7 @@ snapshot is kept. A file whose magic, version, length or checksum is wrong is re
 never loaded.
 
 The server writes snapshots from a forked child process (see
-:meth:`server.durability.Durability.take_snapshot`): the child's memory is a copy-on-write
+:meth:`storage.durability.Durability.take_snapshot`): the child's memory is a copy-on-write
 image of the state at the log rotation instant, so ``capture`` + ``write`` run there, paced
 to a write rate, and the serving process never waits for serialisation.
 """
@@ -27,13 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from banditd.storage.v1 import storage_pb2 as st
 
-from decision.v1 import decision_pb2 as pb
-from server.decision_store import DecisionColumns, DecisionStore
-from server.pacing import Campaign, CampaignRegistry
-from server.registry import ExperimentRegistry
-from server.wal import fsync_dir, numbered_files
+from banditd.decision.v1 import decision_pb2 as pb
+from banditd.server.ads.pacing import Campaign, CampaignRegistry
+from banditd.server.state.decision_store import DecisionColumns, DecisionStore
+from banditd.server.state.registry import ExperimentRegistry
+from banditd.server.storage.wal import fsync_dir, numbered_files
+from banditd.storage.v1 import storage_pb2 as st
 
 MAGIC = b"BANDITD-SNAP"
 FORMAT_VERSION = 2

@@ -1,7 +1,7 @@
 """``banditd serve --workers N`` (N > 1): the supervisor of N worker processes.
 
 It checks the port (picks a free one for port 0), starts N worker processes (``banditd
-worker``, :mod:`server.workers`) that all bind it with SO_REUSEPORT (the kernel spreads
+worker``, :mod:`cluster.workers`) that all bind it with SO_REUSEPORT (the kernel spreads
 connections over them), passes the leader's private address to the followers, writes
 ``--port-file`` once every worker is SERVING, forwards SIGTERM / SIGINT (followers first,
 then the leader, so that the followers' last decisions reach the leader before its final
@@ -23,7 +23,7 @@ import socket
 import sys
 from pathlib import Path
 
-from server.settings import Settings
+from banditd.server.settings import Settings
 
 log = logging.getLogger("banditd")
 
@@ -62,7 +62,7 @@ async def _supervise(settings: Settings, port_file: Path | None) -> int:
     procs: list[asyncio.subprocess.Process] = []
     for index in range(settings.workers):
         procs.append(await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "server", "worker", "--index", str(index),
+            sys.executable, "-m", "banditd", "worker", "--index", str(index),
             "--settings", config,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             # Own session: a terminal's Ctrl-C reaches the supervisor only, which stops the

@@ -1,9 +1,9 @@
 """One of several worker processes on one port (``banditd serve --workers N``, started by
-:mod:`server.supervisor` as ``banditd worker``): how it serves DecisionService.
+:mod:`cluster.supervisor` as ``banditd worker``): how it serves DecisionService.
 
 All workers bind the public port with SO_REUSEPORT. Worker 0 is the **leader**: a single
 server as before plus a private 127.0.0.1 port with ``ReplicationService``
-(:mod:`server.replication`) and ``DecisionService``. Workers 1 .. N-1 are **followers**:
+(:mod:`cluster.replication`) and ``DecisionService``. Workers 1 .. N-1 are **followers**:
 they serve the RPCs in :data:`LOCAL_RPCS` from their replica and forward every other
 DecisionService RPC to the leader, answering with its response or status.
 
@@ -26,11 +26,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-from banditd.replication.v1 import replication_pb2_grpc as rpb_grpc
 
-from server.app import SERVICE_NAME, bytes_handler, register_decision_handlers, unary_methods
-from server.decision_store import DecisionStore
-from server.replication import (
+from banditd.replication.v1 import replication_pb2_grpc as rpb_grpc
+from banditd.server.api.app import (
+    SERVICE_NAME,
+    bytes_handler,
+    register_decision_handlers,
+    unary_methods,
+)
+from banditd.server.api.service import DecisionServicer
+from banditd.server.cluster.replication import (
     PRIVATE_CHANNEL_OPTIONS,
     ReplicaDecisions,
     ReplicaDurability,
@@ -38,8 +43,8 @@ from server.replication import (
     leader_seq,
     metadata_value,
 )
-from server.service import DecisionServicer
-from server.settings import Settings
+from banditd.server.settings import Settings
+from banditd.server.state.decision_store import DecisionStore
 
 log = logging.getLogger("banditd")
 
@@ -101,7 +106,7 @@ class WorkerRuntime:
 
 def attach(role: WorkerRole, servicer: DecisionServicer, server: grpc.aio.Server) -> WorkerRuntime:
     """Register DecisionService on ``server`` for worker ``role.index`` and set up its part
-    of the replication (called by :func:`server.app.create_server`)."""
+    of the replication (called by :func:`api.app.create_server`)."""
     settings = servicer.settings
     metadata = ((WORKER_KEY, str(role.index)),)
     prefix = f"{secrets.token_hex(6)}-{role.index}"  # decision ids name their worker
@@ -293,7 +298,7 @@ def _tell(*words: object) -> None:
 
 
 async def _worker(settings: Settings, index: int) -> int:
-    from server.app import create_server
+    from banditd.server.api.app import create_server
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -1,0 +1,1 @@
+"""More than one process: ``serve --workers N``'s supervisor, workers and replication."""

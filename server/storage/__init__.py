@@ -1,0 +1,2 @@
+"""Durability: the write-ahead log, snapshots and recovery. Storage moves opaque records; what
+a record means is the state machine's business."""
