@@ -104,6 +104,24 @@ def _check_health(settings: Settings) -> int:
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
+def _inspect_snapshot(path: Path) -> int:
+    """``banditd snapshot inspect PATH``: what a snapshot file holds."""
+    from banditd.server.state import image
+    from banditd.server.storage import snapshot
+
+    try:
+        message, section = snapshot.read(path)
+        snap = image.parse(message, path.name)
+        lines = image.describe(snap, section)
+    except (snapshot.SnapshotError, image.ImageError, OSError) as exc:
+        print(f"banditd: {exc}", file=sys.stderr)
+        return 1
+    print(f"{path}: banditd snapshot, format {snap.format_version}, "
+          f"{path.stat().st_size:,} bytes")
+    print("\n".join(lines))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     # Snapshots are written by a forked child that never touches gRPC; gRPC's own fork
     # handlers are not needed (and only log noise when other threads are busy).
@@ -134,16 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-health":
         return _check_health(settings)
     if args.command == "snapshot":
-        from banditd.server.storage.snapshot import SnapshotError, describe
-
-        try:
-            print(describe(args.path))
-        except (SnapshotError, OSError) as exc:
-            print(f"banditd: {exc}", file=sys.stderr)
-            return 1
-        return 0
+        return _inspect_snapshot(args.path)
     if args.command == "warmup":
-        from banditd.server.warmup import warm_up
+        from banditd.server.api.warmup import warm_up
 
         print(f"kernels compiled and cached in {warm_up():.2f} s")
         return 0

@@ -70,16 +70,16 @@ class RunningServer:
 
         async def die() -> None:
             await app.grpc_server.stop(0)
-            durability = app.servicer.durability
-            if durability._timer is not None:
-                durability._timer.cancel()
+            durability = app.storage
+            if durability._periodic_task is not None:
+                durability._periodic_task.cancel()
             if durability._timers is not None:
                 durability._timers.close()
             if durability.wal is not None and durability.wal._fd >= 0:
                 os.close(durability.wal._fd)  # buffered, unflushed records are lost
                 durability.wal._fd = -1
                 durability.wal._closed = True
-            app.servicer.metrics.close()
+            app.core.metrics.close()
 
         asyncio.run_coroutine_threadsafe(die(), self.loop).result(timeout=30)
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -168,3 +168,32 @@ def create(stub, experiment_id: str, **kw) -> pb.Experiment:
     return stub.CreateExperiment(
         pb.CreateExperimentRequest(experiment=make_experiment(experiment_id, **kw))
     )
+
+
+class InProcess:
+    """The DecisionService without a gRPC server, ready at once (nothing restored): its RPC
+    behaviours as methods (``SelectArm(request, None)``), its state machine and durability."""
+
+    def __init__(self, settings: Settings) -> None:
+        from banditd.server.api.app import build_service
+
+        self.service = build_service(settings)
+        self.service.core.ready = True
+        self.state = self.service.core.state
+        self.storage = self.service.core.storage
+        self.decisions_api = self.service.decisions
+        for name, behavior in self.service.behaviors().items():
+            setattr(self, name, behavior)
+
+    @property
+    def registry(self):
+        return self.state.experiments
+
+    @property
+    def decisions(self):
+        return self.state.store
+
+    def create_experiment(self, config: pb.Experiment):
+        """Create an experiment through its record, as CreateExperiment does."""
+        experiments = self.state.experiments
+        return experiments.apply_create(experiments.check_create(config))

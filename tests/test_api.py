@@ -191,7 +191,7 @@ def test_contextual_state_matches_ridge_regression(server, stub, new_id):
     batch = [pb.RecordRewardRequest(experiment_id=eid, arm_id="m", context=x.tolist(), reward=y)
              for x, y in zip(xs, ys, strict=True)]
     stub.BatchRecordRewards(pb.BatchRecordRewardsRequest(requests=batch))
-    theta = server.call(lambda: server.app.servicer.registry.get(eid).state[2][0].copy())
+    theta = server.call(lambda: server.app.state.experiments.get(eid).state[2][0].copy())
     expected = np.linalg.solve(2.0 * np.eye(d) + xs.T @ xs, xs.T @ ys)
     np.testing.assert_allclose(theta, expected, rtol=1e-9, atol=1e-12)
 

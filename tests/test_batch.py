@@ -13,11 +13,10 @@ from test_durability import stub_for
 from banditd.decision.v1 import decision_pb2 as pb
 from banditd.kernels.rng import seed_state
 from banditd.server.api.metrics import Metrics
-from banditd.server.api.service import DecisionServicer
 from banditd.server.settings import Settings
 from banditd.server.state.decision_store import DecisionColumns, DecisionRecord, DecisionStore
 from banditd.storage.v1 import storage_pb2 as st
-from conftest import RunningServer, create, make_experiment, running_server
+from conftest import InProcess, RunningServer, create, make_experiment, running_server
 
 POLICIES = {
     "thompson": (pb.Policy(thompson=pb.Policy.Thompson()), 0, pb.REWARD_TYPE_BINARY),
@@ -450,12 +449,10 @@ def test_decision_store_put_new_keeps_no_object_per_decision():
 
 def _servicer_with_thompson(tmp_path):
     """An in-process servicer (no log) holding experiment "e": Thompson, arms a0..a2."""
-    from banditd.server.api.service import DecisionServicer
     from banditd.server.settings import Settings
 
-    sv = DecisionServicer(Settings(data_dir=tmp_path, durability="snapshot"))
-    sv.ready = True
-    sv.registry.create(pb.Experiment(
+    sv = InProcess(Settings(data_dir=tmp_path, durability="snapshot"))
+    sv.create_experiment(pb.Experiment(
         experiment_id="e", arms=[pb.Arm(arm_id=f"a{i}") for i in range(3)],
         policy=pb.Policy(thompson=pb.Policy.Thompson()), reward_type=pb.REWARD_TYPE_BINARY,
         seed=1))
@@ -502,7 +499,7 @@ def test_select_follows_replaced_arrays(tmp_path):
     drawn = exp.rng.copy()
     sv.SelectArm(every, None)
     assert not np.array_equal(exp.rng, drawn)
-    sv.registry.reset("e")
+    sv.registry.apply_reset(st.ResetExperiment(experiment_id="e"))
     sv.SelectArm(every, None)
     assert exp.selections.sum() == 1 and exp.state[0] is not old_successes
 
@@ -569,11 +566,9 @@ def _block_servicers(tmp_path):
         async def wait_applied(self) -> None:
             pass
 
-    source = DecisionServicer(Settings(data_dir=tmp_path / "a", durability="snapshot",
-                                       workers=2))
-    source.durability.replication = recorder = Recorder()
-    replica = DecisionServicer(Settings(data_dir=tmp_path / "b", durability="snapshot"))
-    source.ready = replica.ready = True  # nothing to restore
+    source = InProcess(Settings(data_dir=tmp_path / "a", durability="snapshot", workers=2))
+    source.storage.replication = recorder = Recorder()
+    replica = InProcess(Settings(data_dir=tmp_path / "b", durability="snapshot"))
     return source, recorder, replica
 
 
@@ -608,7 +603,7 @@ def test_batch_groups_are_logged_as_blocks_that_replay_to_the_same_records(tmp_p
         for items in batches:
             reply = source.BatchSelectArms(pb.BatchSelectArmsRequest(requests=items), None)
             ids += [r.decision_id for r in reply.responses]
-            source.durability._encode_pending()
+            source.storage.hand_over_pending()
         return ids
 
     ids = asyncio.run(main())
@@ -620,7 +615,7 @@ def test_batch_groups_are_logged_as_blocks_that_replay_to_the_same_records(tmp_p
     if registered:
         replica.decisions.register_prefix(source.decisions.id_prefix)
     for record in records:
-        replica.durability.apply(record)
+        replica.state.apply(record)
     assert bool(replica.decisions._index) != registered  # a ring, or the id dict
     assert [_record(replica.decisions, i) for i in ids] == [
         _record(source.decisions, i) for i in ids]
@@ -659,7 +654,7 @@ def test_damaged_decision_records_are_refused_and_change_nothing(tmp_path, damag
             slate_sizes=[1, 1], arm_ids=["a0", "a1"], propensities=[0.5] * 2,
             model_versions=[0] * 2, created=[1.0] * 2))
     with pytest.raises(ValueError):
-        replica.durability.apply(record)
+        replica.state.apply(record)
     store = replica.decisions
     assert len(store) == 0 and len(store._ids) == len(store._slates) == store.capacity
     assert replica.registry.get("t").selections.sum() == 0
@@ -682,7 +677,7 @@ def test_single_and_batch_decisions_are_logged_in_the_order_they_were_made(tmp_p
                 for _ in range(2):
                     ids.append(source.SelectArm(pb.SelectArmRequest(experiment_id="t"),
                                                 None).decision_id)
-        source.durability._encode_pending()  # one log write for all of them
+        source.storage.hand_over_pending()  # one log write for all of them
         return ids
 
     ids = asyncio.run(main())
@@ -699,7 +694,7 @@ def test_single_and_batch_decisions_are_logged_in_the_order_they_were_made(tmp_p
                                                             b.first_counter + b.count)]
     assert logged == ids
     for r in records:
-        replica.durability.apply(r)
+        replica.state.apply(r)
     assert replica.decisions.columns().ids == ids
 
 
@@ -726,7 +721,7 @@ def test_a_reward_that_came_before_its_decision_stays_counted_once_after_replay(
         else:
             decisions = [source.SelectArm(pb.SelectArmRequest(experiment_id="t"), None)
                          for _ in range(4)]
-        source.durability._encode_pending()
+        source.storage.hand_over_pending()
         if between == "reset":
             await replica.ResetExperiment(pb.ResetExperimentRequest(experiment_id="t"), None)
         rewarded = "u" if between == "other experiment" else "t"
@@ -735,7 +730,7 @@ def test_a_reward_that_came_before_its_decision_stays_counted_once_after_replay(
                                         arm_id=early.arm_id, reward=1.0)
         first = await replica.RecordReward(reward, None)  # before the decision: a tombstone
         for record in recorder.records:
-            replica.durability.apply(st.WalRecord.FromString(record))
+            replica.state.apply(st.WalRecord.FromString(record))
         retry = await replica.RecordReward(reward, None)
         other = None
         if between != "reset":  # (a reset leaves the earlier decisions nothing to reward)

@@ -34,7 +34,7 @@ def start_server(data_dir: Path, **overrides) -> RunningServer:
 
 def take_snapshot(srv: RunningServer) -> Path:
     return asyncio.run_coroutine_threadsafe(
-        srv.app.servicer.durability.take_snapshot(), srv.loop).result(timeout=120)
+        srv.app.storage.take_snapshot(), srv.loop).result(timeout=120)
 
 
 def stub_for(port: int) -> tuple[grpc.Channel, pb_grpc.DecisionServiceStub]:
@@ -400,18 +400,18 @@ def test_shutdown_stops_a_paced_snapshot_writer(tmp_path):
                         snapshot_write_mb_per_s=0.001) as srv:
         ch, stub = stub_for(srv.port)
         create(stub, "big", arms=arms)
-        durability = srv.app.servicer.durability
+        durability = srv.app.storage
         deadline = time.monotonic() + 60
-        while durability.writer_pid is None:
+        while durability.snapshots.writer_pid is None:
             assert time.monotonic() < deadline, "no periodic snapshot started"
             time.sleep(0.01)
-        pid = durability.writer_pid
+        pid = durability.snapshots.writer_pid
         for _ in range(3):  # logged after the snapshot instant: only the final one has them
             stub.RecordReward(pb.RecordRewardRequest(experiment_id="big", arm_id="a7", reward=1))
         ch.close()
     assert not Path(f"/proc/{pid}").exists()  # killed and reaped
     assert list(tmp_path.glob("*.tmp")) == []
-    assert durability.snapshots_taken == 1  # the final one only
+    assert durability.snapshots.taken == 1  # the final one only
     with running_server(tmp_path, durability="os", snapshot_interval_seconds=0) as srv:
         ch, stub = stub_for(srv.port)
         report = srv.app.restore_report
@@ -431,7 +431,7 @@ def test_decision_records_are_written_after_the_configured_delay(tmp_path, delay
     with running_server(tmp_path, decision_log_delay_seconds=delay,
                         snapshot_interval_seconds=0) as server:
         loop = server.loop
-        durability = server.app.servicer.durability
+        durability = server.app.storage
 
         def on_loop(fn):
             async def call():
@@ -441,10 +441,10 @@ def test_decision_records_are_written_after_the_configured_delay(tmp_path, delay
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
             stub = pb_grpc.DecisionServiceStub(ch)
             create(stub, "delay")
-            on_loop(durability._encode_pending)
+            on_loop(durability.hand_over_pending)
             before = on_loop(loop.time)
             decision = stub.SelectArm(pb.SelectArmRequest(experiment_id="delay"))
-            timer_at, after = on_loop(lambda: (durability._decision_timer.when(), loop.time()))
+            timer_at, after = on_loop(lambda: (durability._lazy_timer.when(), loop.time()))
             assert before <= timer_at - delay <= after
 
             def logged() -> set[str]:

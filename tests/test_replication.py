@@ -11,8 +11,6 @@ import pytest
 
 from banditd.decision.v1 import decision_pb2 as pb
 from banditd.replication.v1 import replication_pb2 as rpb
-from banditd.server.ads.pacing import CampaignRegistry
-from banditd.server.api.service import DecisionServicer
 from banditd.server.cluster import replication
 from banditd.server.cluster.replication import (
     ReplicaDecisions,
@@ -21,10 +19,11 @@ from banditd.server.cluster.replication import (
 )
 from banditd.server.settings import Settings
 from banditd.server.state import decision_store
-from banditd.server.state.registry import ExperimentRegistry
+from banditd.server.state.decisions import PendingDecisions
+from banditd.server.state.machine import StateMachine
 from banditd.server.storage import snapshot
 from banditd.storage.v1 import storage_pb2 as st
-from conftest import make_experiment
+from conftest import InProcess, make_experiment
 
 
 class Context:
@@ -37,13 +36,14 @@ class Context:
 CTX = Context()
 
 
-def leader_for(tmp_path) -> tuple[DecisionServicer, ReplicationLeader]:
+def leader_for(tmp_path) -> tuple[InProcess, ReplicationLeader]:
     settings = Settings(host="127.0.0.1", port=0, data_dir=tmp_path, workers=2,
                         durability="snapshot")  # no log on disk: the stream only
-    servicer = DecisionServicer(settings)
-    servicer.ready = True
-    leader = ReplicationLeader(servicer)
-    servicer.durability.replication = leader
+    servicer = InProcess(settings)
+    servicer.settings = settings
+    leader = ReplicationLeader(settings, servicer.state, servicer.storage)
+    leader.gate = servicer.service.core
+    servicer.storage.replication = leader
     return servicer, leader
 
 
@@ -73,12 +73,12 @@ def test_stream_is_an_image_then_the_log_without_the_followers_own_decisions(tmp
         await create(servicer)
         stream, image = await subscribe(leader)
         assert image.last_seq == leader.seq == 1
-        snap, _ = snapshot.decode(image.image, "image")
+        snap = st.Snapshot.FromString(snapshot.decode(image.image, "image")[0])
         assert [e.config.experiment_id for e in snap.experiments] == ["e"]
         assert not snap.decisions.decision_ids  # followers keep no decision records
 
         mine = servicer.SelectArm(pb.SelectArmRequest(experiment_id="e"), CTX)
-        servicer.durability._encode_pending()  # what the delayed decision flush does
+        servicer.storage.hand_over_pending()  # what the delayed decision flush does
         await leader.PublishDecisions(rpb.PublishDecisionsRequest(
             worker_index=1, records=[follower_decisions("f-1", [1])], last_decision_counter=1), CTX)
         message = await anext(stream)
@@ -190,13 +190,15 @@ def test_follower_replays_the_stream_to_the_leaders_state_with_its_own_random_st
         await servicer.ResetExperiment(pb.ResetExperimentRequest(experiment_id="lin"), CTX)
         message = await anext(stream)
 
-        registry = ExperimentRegistry(servicer.settings)
-        follower = ReplicaDurability(servicer.settings, registry, ReplicaDecisions("f-1"),
-                                     CampaignRegistry(servicer.settings), 1,
-                                     asyncio.get_running_loop().create_future(), print)
+        decisions = ReplicaDecisions("f-1")
+        state = StateMachine(servicer.settings, decisions)
+        state.experiments.stream = 1
+        registry = state.experiments
+        follower = ReplicaDurability(servicer.settings, state, PendingDecisions(), decisions,
+                                     1, asyncio.get_running_loop().create_future(), print)
         follower._load_image(image.image)
         for payload in message.records:
-            follower.apply(st.WalRecord.FromString(payload))
+            state.apply_bytes(payload)
         for name in ("t", "lin"):
             mine, theirs = servicer.registry.get(name), registry.get(name)
             assert mine.arm_ids == theirs.arm_ids and mine.uid == theirs.uid
@@ -270,20 +272,20 @@ def test_counting_a_table_fast_or_row_by_row_gives_the_same_selections(tmp_path)
             experiment_uids=[one.uid] * 3, slate_sizes=[1, 2, 1],
             arm_ids=["a", "b", "a", "gone"], context_sizes=[0, 0, 0],
             propensities=[0.5] * 3, model_versions=[0] * 3, created=[time.time()] * 3)
-        servicer.durability.apply(st.WalRecord(decision_table=table))
+        servicer.state.apply(st.WalRecord(decision_table=table))
         assert one.selections.tolist() == [2, 1, 0]
         mixed = st.DecisionTable(  # two experiments and a stale incarnation: row by row
             decision_ids=["y-1", "y-2", "y-3"], experiment_ids=["one", "two", "one"],
             experiment_uids=[one.uid, two.uid, one.uid + 100], slate_sizes=[1, 1, 1],
             arm_ids=["c", "b", "a"], context_sizes=[0, 0, 0], propensities=[0.5] * 3,
             model_versions=[0] * 3, created=[time.time()] * 3)
-        servicer.durability.apply(st.WalRecord(decision_table=mixed))
+        servicer.state.apply(st.WalRecord(decision_table=mixed))
         assert one.selections.tolist() == [2, 1, 1] and two.selections.tolist() == [0, 1]
         stale = st.DecisionTable(decision_ids=["z-1"], experiment_ids=["one"],
                                  experiment_uids=[one.uid + 100], slate_sizes=[1],
                                  arm_ids=["a"], context_sizes=[0], propensities=[0.5],
                                  model_versions=[0], created=[time.time()])
-        servicer.durability.apply(st.WalRecord(decision_table=stale))
+        servicer.state.apply(st.WalRecord(decision_table=stale))
         assert one.selections.tolist() == [2, 1, 1]
 
     asyncio.run(main())

@@ -93,12 +93,12 @@ def test_a_far_off_or_infinite_timer_does_not_stop_the_others():
 def test_a_closed_loop_ends_the_thread_and_the_next_loop_gets_new_timers(tmp_path):
     """Timers made on a loop that has closed never run; Durability.timers() then makes new
     ones on the running loop, and the decision log's timer is set again there."""
-    from banditd.server.api.service import DecisionServicer
+    from banditd.server.api.app import standalone_parts
     from banditd.server.settings import Settings
     from banditd.server.storage.durability import Durability
 
-    servicer = DecisionServicer(Settings(host="127.0.0.1", port=0, data_dir=tmp_path))
-    durability: Durability = servicer.durability
+    durability: Durability = standalone_parts(
+        Settings(host="127.0.0.1", port=0, data_dir=tmp_path)).storage
 
     async def first():
         durability.timers().call_later(0.05, lambda: None)

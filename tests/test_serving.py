@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import grpc
 import numpy as np
@@ -94,7 +95,7 @@ def test_start_up_collects_garbage_before_serving(tmp_path, monkeypatch):
     calls = []
 
     def collect(generation: int = 2) -> int:
-        calls.append((generation, srv.app.servicer.ready))
+        calls.append((generation, srv.app.core.ready))
         return gc.collect(generation)
 
     monkeypatch.setattr(app_module, "gc", types.SimpleNamespace(collect=collect))
@@ -353,7 +354,7 @@ def test_a_failed_call_is_counted_before_its_status_is_sent():
     # The client may scrape /metrics as soon as it has its answer.
     import asyncio
 
-    from banditd.server.api.app import bytes_handler
+    from banditd.server.api.handlers import bytes_handler
     from banditd.server.api.metrics import Metrics
     from banditd.server.errors import NotFound
 
@@ -364,7 +365,7 @@ def test_a_failed_call_is_counted_before_its_status_is_sent():
         raise NotFound(f"experiment {request.experiment_id!r} not found")
 
     context = _AbortRecorder(metrics)
-    handler = bytes_handler(select, method, metrics)
+    handler = bytes_handler(select, method, metrics, SimpleNamespace(ready=True))
     with pytest.raises(grpc.aio.AbortError):
         asyncio.run(handler(pb.SelectArmRequest(experiment_id="x").SerializeToString(), context))
     assert context.counts_at_abort == {("SelectArm", "NOT_FOUND"): 1}
@@ -378,9 +379,8 @@ def test_a_follower_counts_a_refused_call_before_its_status_is_sent():
     from banditd.server.cluster.workers import _Forwarder
 
     metrics = Metrics()
-    servicer = SimpleNamespace(ready=False, metrics=metrics)
-    forwarder = _Forwarder(servicer, durability=None, leader_address=None, metadata=(),
-                           index=1)
+    forwarder = _Forwarder(durability=None, leader_address=None, metadata=(), index=1)
+    forwarder.core = SimpleNamespace(ready=False, metrics=metrics)
     context = _AbortRecorder(metrics)
     with pytest.raises(grpc.aio.AbortError):
         asyncio.run(forwarder.forward("SelectArm", b"", context))
@@ -391,7 +391,7 @@ def test_a_cancelled_call_is_counted_once_as_cancelled():
     # gRPC cancels the handler's task when the client cancels or its deadline passes.
     import asyncio
 
-    from banditd.server.api.app import bytes_handler
+    from banditd.server.api.handlers import bytes_handler
     from banditd.server.api.metrics import Metrics
 
     method = pb.DESCRIPTOR.services_by_name["DecisionService"].methods_by_name["GetAllocation"]
@@ -400,7 +400,7 @@ def test_a_cancelled_call_is_counted_once_as_cancelled():
     async def allocate(request, context):
         raise asyncio.CancelledError
 
-    handler = bytes_handler(allocate, method, metrics)
+    handler = bytes_handler(allocate, method, metrics, SimpleNamespace(ready=True))
     with pytest.raises(asyncio.CancelledError):
         asyncio.run(handler(pb.GetAllocationRequest(experiment_id="x").SerializeToString(),
                             _AbortRecorder(metrics)))
@@ -436,9 +436,9 @@ def test_a_follower_counts_a_leader_refusal_once_even_if_sending_it_fails():
         raise grpc.aio.AioRpcError(grpc.StatusCode.NOT_FOUND, grpc.aio.Metadata(),
                                    grpc.aio.Metadata(), "experiment 'x' not found")
 
-    forwarder = _Forwarder(SimpleNamespace(ready=True, metrics=metrics),
-                           durability=SimpleNamespace(publisher=None), leader_address=None,
+    forwarder = _Forwarder(durability=SimpleNamespace(publisher=None), leader_address=None,
                            metadata=(), index=1)
+    forwarder.core = SimpleNamespace(ready=True, metrics=metrics)
 
     async def leader_call(name):
         return refused
@@ -460,17 +460,18 @@ def test_select_from_bytes_decides_as_the_typed_path(tmp_path, monkeypatch):
     requests overflows and is emptied; requests with a context are not kept."""
     import asyncio
 
-    import banditd.server.api.service as service_module
-    from banditd.server.api.service import DecisionServicer
+    import banditd.server.api.decisions as decisions_module
+    from banditd.server.api.app import build_service
+    from banditd.server.api.service import DecisionService
     from banditd.server.settings import Settings
     from conftest import make_experiment
 
-    monkeypatch.setattr(service_module, "PLAN_LIMIT", 3)
+    monkeypatch.setattr(decisions_module, "PLAN_LIMIT", 3)
 
-    def servicer(directory) -> DecisionServicer:
-        s = DecisionServicer(Settings(host="127.0.0.1", port=0, data_dir=directory,
-                                      durability="snapshot"))
-        s.ready = True
+    def servicer(directory) -> DecisionService:
+        s = build_service(Settings(host="127.0.0.1", port=0, data_dir=directory,
+                                   durability="snapshot"))
+        s.core.ready = True
         return s
 
     rng = np.random.default_rng(5)
@@ -489,14 +490,16 @@ def test_select_from_bytes_decides_as_the_typed_path(tmp_path, monkeypatch):
             requests.append(pb.SelectArmRequest(experiment_id="lin", num_arms=1,
                                                 context=rng.uniform(-1, 1, 2).tolist()))
 
-    async def decide(s: DecisionServicer, raw: bool) -> list[tuple]:
+    async def decide(service: DecisionService, raw: bool) -> list[tuple]:
+        s = service.decisions
+        create = service.behaviors()["CreateExperiment"]
         arms = [f"a{j}" for j in range(6)]
         for experiment in (make_experiment("t", arms=arms, seed=3),
                            make_experiment("u", arms=arms, seed=4,
                                            policy=pb.Policy(ucb1=pb.Policy.Ucb1())),
                            make_experiment("lin", arms=arms, seed=5, context_dim=2,
                                            policy=pb.Policy(lin_ucb=pb.Policy.LinUcb()))):
-            await s.CreateExperiment(pb.CreateExperimentRequest(experiment=experiment), None)
+            await create(pb.CreateExperimentRequest(experiment=experiment), None)
         out = []
         for r in requests:
             if raw:
@@ -513,5 +516,5 @@ def test_select_from_bytes_decides_as_the_typed_path(tmp_path, monkeypatch):
     typed = asyncio.run(decide(servicer(tmp_path / "typed"), raw=False))
     assert asyncio.run(decide(raw_servicer, raw=True)) == typed
     assert len({t[0] for t in typed}) == 6  # every arm was chosen at some point
-    assert 0 < len(raw_servicer._plans) <= 3
-    assert all(not p.context.size for p in raw_servicer._plans.values())
+    assert 0 < len(raw_servicer.decisions._plans) <= 3
+    assert all(not p.context.size for p in raw_servicer.decisions._plans.values())

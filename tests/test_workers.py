@@ -308,7 +308,7 @@ def test_a_forwarded_write_hurries_the_stream_to_its_follower():
     to a follower, except to a follower waiting for them: the one that forwarded a write
     names itself in the call's metadata (not passed on from clients), and the leader then
     sends at once."""
-    leader = ReplicationLeader(SimpleNamespace(durability=None))
+    leader = ReplicationLeader(SimpleNamespace(), SimpleNamespace(), None)
     follower = _Follower(1, "f-1", 0)
     leader._followers[1] = follower
     leader.hurry(7)  # no such follower: nothing to do

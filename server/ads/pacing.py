@@ -62,8 +62,8 @@ from banditd.server.errors import (
     NotFound,
     ResourceExhausted,
 )
+from banditd.server.ids import check_experiment_id
 from banditd.server.settings import Settings
-from banditd.server.state.registry import check_experiment_id
 from banditd.storage.v1 import storage_pb2 as st
 
 MICROS = 1_000_000
@@ -220,35 +220,47 @@ class Campaign:
             self.plan = np.full(HOURS, 1.0 / HOURS)
 
     # -- time ------------------------------------------------------------------------------
-    def advance(self, t: float, out: list, replay: bool = False) -> float:
-        """Bring the state to event time t: day rollover (its new state appended to ``out``
-        as a WalRecord) and reservation expiry. Returns t, moved up to the current day's
-        start if it is earlier."""
-        day = self.day
-        if day is None and self.day_key:  # reconfigured or loaded: rebuild the day's bounds
-            day = self.day = _Day(date.fromisoformat(self.day_key), self.zone, self.plan)
-        if day is None or t >= day.end:
-            local = datetime.fromtimestamp(t, self.zone).date()
-            if day is not None:
-                self._rollover(replay)
-            self.day_key = local.isoformat()
-            ledger = self._ledger(self.day_key)
-            day = self.day = _Day(local, self.zone, self.plan)
-            self.control_time = max(t, day.start)
-            self.control_spent = ledger[0] + ledger[1]
-            self.control_bids = 0
-            if self.days_learned and not replay:
-                out.append(st.WalRecord(campaign_state=self.to_proto()))
-        t = max(t, day.start)
-        self._expire(t)
-        return t
+    def _current_day(self) -> _Day | None:
+        """The current day's bounds and plan (rebuilt after a reconfiguration or a load)."""
+        if self.day is None and self.day_key:
+            self.day = _Day(date.fromisoformat(self.day_key), self.zone, self.plan)
+        return self.day
 
-    def _rollover(self, replay: bool) -> None:
+    def day_change(self, t: float) -> st.CampaignDay | None:
+        """The record that must be applied before an event at time t: a new local day (None
+        while t is within the current day). Changes nothing."""
+        day = self._current_day()
+        if day is not None and t < day.end:
+            return None
+        local = datetime.fromtimestamp(t, self.zone).date()
+        return st.CampaignDay(campaign_id=self.campaign_id, day=local.isoformat(), event_time=t)
+
+    def apply_day(self, record: st.CampaignDay) -> None:
+        """Apply a ``campaign_day`` record: learn from the day that ended (if any) and start
+        ``record.day``."""
+        if self._current_day() is not None:
+            self._rollover()
+        self.day_key = record.day
+        ledger = self._ledger(self.day_key)
+        day = self.day = _Day(date.fromisoformat(record.day), self.zone, self.plan)
+        self.control_time = max(record.event_time, day.start)
+        self.control_spent = ledger[0] + ledger[1]
+        self.control_bids = 0
+        self._expire(self.control_time)
+
+    def _in_day(self, t: float) -> float:
+        """t moved up to the current day's start if it is earlier (a late event counts in the
+        current day); the current day must cover t (see :meth:`day_change`)."""
+        day = self._current_day()
+        assert day is not None and t < day.end, "apply the day_change record first"
+        return max(t, day.start)
+
+    def _rollover(self) -> None:
         """The day ended: learn the plan from it, start the multiplier from its mean."""
         self.history = self.history * self.settings.pacing_history_decay + self.today
         self.today = np.zeros((HOURS, 3))
         self.days_learned += 1
-        if self.config.pacing_mode == pb.PACING_MODE_SMOOTH and not replay:
+        if self.config.pacing_mode == pb.PACING_MODE_SMOOTH:
             self.plan = learn_plan(self.plan, self.history, self.settings.pacing_plan_max_shift)
         if self.multiplier_count:
             self.multiplier = self.multiplier_sum / self.multiplier_count
@@ -267,6 +279,7 @@ class Campaign:
         return ledger
 
     def _expire(self, t: float) -> None:
+        """Release the reservations that expired by t (part of applying any record at t)."""
         reservations = self.reservations
         while reservations:
             bid_id, r = next(iter(reservations.items()))
@@ -282,80 +295,109 @@ class Campaign:
             self.closed.popitem(last=False)
 
     # -- controller ------------------------------------------------------------------------
-    def _control(self, t: float, committed: int) -> bool:
-        """Update the multiplier if due; returns True when the budget is projected to run
-        out before the end of the day while spend is ahead of the plan."""
+    def _control(self, t: float, committed: int) -> tuple[float, bool, bool]:
+        """The controller's step for a bid at t with ``committed`` = spent + reserved (the
+        reservations expired by t released): (multiplier, whether it updated now, whether the
+        budget is projected to run out before the end of the day while spend is ahead of the
+        plan). Changes nothing."""
         day = self.day
         assert day is not None
         if self.config.pacing_mode == pb.PACING_MODE_ASAP:
-            self.multiplier = 1.0
-            return False
+            return 1.0, False, False
         s = self.settings
         dt = t - self.control_time
-        self.control_bids += 1
         due = dt >= s.pacing_control_interval_seconds and (
-            self.control_bids >= MIN_CONTROL_BIDS or dt >= 4 * s.pacing_control_interval_seconds)
+            self.control_bids + 1 >= MIN_CONTROL_BIDS
+            or dt >= 4 * s.pacing_control_interval_seconds)
         if not due:
-            return False
+            return self.multiplier, False, False
         rate = (committed - self.control_spent) / dt
         horizon = max(min(s.pacing_horizon_seconds, day.end - t), 1.0)
         desired = max(self.budget * day.fraction(t + horizon) - committed, 0.0) / horizon
         ratio = (2.0 if desired > 0 else 0.5) if rate <= 0 else desired / rate
         ratio = min(max(ratio, 0.5), 2.0)
-        self.multiplier = min(max(self.multiplier * ratio**GAIN, s.pacing_min_multiplier), 1.0)
-        self.control_time, self.control_spent, self.control_bids = t, committed, 0
+        m = min(max(self.multiplier * ratio**GAIN, s.pacing_min_multiplier), 1.0)
         ahead = committed > self.budget * day.fraction(t)
-        return bool(ahead and rate > 0 and t + (self.budget - committed) / rate < day.end)
+        slowing = bool(ahead and rate > 0 and t + (self.budget - committed) / rate < day.end)
+        return m, True, slowing
+
+    def _committed(self, t: float) -> int:
+        """spent + reserved of the current day once the reservations expired by t are gone."""
+        spent, reserved = self.ledgers[self.day_key]
+        for r in self.reservations.values():  # in expiry order
+            if r.expires > t:
+                break
+            if r.day == self.day_key:
+                reserved -= r.amount
+        return spent + reserved
 
     # -- requests --------------------------------------------------------------------------
-    def pace(self, base_bid: float, t: float, out: list) -> pb.PaceBidResponse:
-        """One auction: the paced bid, reserved (its WalRecord appended to ``out``)."""
+    def decide_bid(self, base_bid: float, t: float) -> tuple[st.PaceEvent, pb.PaceBidResponse]:
+        """One auction at event time t: its record (applied by :meth:`apply_pace`) and the
+        answer. The current day must cover t (see :meth:`day_change`). Changes nothing."""
         if not math.isfinite(base_bid) or base_bid < 0 or base_bid > MAX_MONEY:
             raise InvalidArgument(f"base_bid must be in [0, {MAX_MONEY:g}], got {base_bid}")
-        t = self.advance(t, out)
+        t = self._in_day(t)
         day = self.day
         assert day is not None
         segment = day.segment(t)
-        slot = day.slots[segment]
-        self.today[slot, 0] += 1
+        event = st.PaceEvent(campaign_id=self.campaign_id, event_time=t,
+                             slot=day.slots[segment])
         if self.config.paused:
-            return pb.PaceBidResponse(bid=0.0, pacing_multiplier=0.0, reason="paused")
-        ledger = self.ledgers[self.day_key]
-        spent, reserved = ledger
-        slowing = self._control(t, spent + reserved)
-        m = self.multiplier
-        self.multiplier_sum += m
-        self.multiplier_count += 1
+            event.multiplier = self.multiplier
+            return event, pb.PaceBidResponse(bid=0.0, pacing_multiplier=0.0, reason="paused")
+        committed = self._committed(t)
+        m, control, slowing = self._control(t, committed)
+        event.multiplier, event.control = m, control
         if base_bid == 0:
-            return pb.PaceBidResponse(bid=0.0, pacing_multiplier=m, reason="zero_base_bid")
-        available = self.budget - spent - reserved
+            return event, pb.PaceBidResponse(bid=0.0, pacing_multiplier=m, reason="zero_base_bid")
+        available = self.budget - committed
         if available <= 0:
+            spent = self.ledgers[self.day_key][0]
             reason = "budget_exhausted" if spent >= self.budget else "budget_reserved"
-            return pb.PaceBidResponse(bid=0.0, pacing_multiplier=m, reason=reason)
+            return event, pb.PaceBidResponse(bid=0.0, pacing_multiplier=m, reason=reason)
         wanted = int(base_bid * m * MICROS)
         hour_cap = int(self.config.bid_cap_fraction * self.budget * day.weights[segment])
         amount = min(wanted, self.max_bid, hour_cap, available)
         if amount <= 0:
-            return pb.PaceBidResponse(bid=0.0, pacing_multiplier=m, reason="capped")
-        self._counter += 1
-        bid_id = f"{self._prefix}-{self._counter:x}"
-        expires = t + self.config.reservation_ttl_seconds
-        self.reservations[bid_id] = Reservation(self.day_key, amount, expires, slot)
-        ledger[1] += amount
-        out.append(st.WalRecord(reservation=st.BidReservation(
-            campaign_id=self.campaign_id, bid_id=bid_id, day=self.day_key,
-            amount_micros=amount, expires=expires, slot=slot, event_time=t, multiplier=m)))
+            return event, pb.PaceBidResponse(bid=0.0, pacing_multiplier=m, reason="capped")
+        event.bid_id = f"{self._prefix}-{self._counter + 1:x}"
+        event.amount_micros = amount
+        event.expires = t + self.config.reservation_ttl_seconds
         reason = "capped" if amount < wanted else ("slowing_down" if slowing else "paced")
-        return pb.PaceBidResponse(bid=amount / MICROS, pacing_multiplier=m, bid_id=bid_id,
-                                  reason=reason)
+        return event, pb.PaceBidResponse(bid=amount / MICROS, pacing_multiplier=m,
+                                         bid_id=event.bid_id, reason=reason)
 
-    def settle(self, bid_id: str, won: bool, cost: float, conversions: float, t: float,
-               out: list) -> pb.RecordSpendResponse:
-        """RecordSpend: release or charge a reservation (its WalRecord appended to ``out``)."""
+    def apply_pace(self, event: st.PaceEvent) -> None:
+        """Apply a ``pace`` record: the reservations expired by its time released, the bid
+        counted as the hour's traffic, the controller's step taken and the bid reserved."""
+        t = event.event_time
+        self._expire(t)
+        self.today[event.slot, 0] += 1
+        if self.config.paused:
+            return
+        if event.control:
+            spent, reserved = self.ledgers[self.day_key]
+            self.control_time, self.control_spent, self.control_bids = t, spent + reserved, 0
+        else:
+            self.control_bids += 1
+        self.multiplier = event.multiplier
+        self.multiplier_sum += event.multiplier
+        self.multiplier_count += 1
+        if event.amount_micros:
+            self._counter += 1
+            self.reservations[event.bid_id] = Reservation(
+                self.day_key, event.amount_micros, event.expires, event.slot)
+            self.ledgers[self.day_key][1] += event.amount_micros
+
+    def check_settlement(self, bid_id: str, won: bool, cost: float, conversions: float,
+                         t: float) -> st.SpendSettlement | pb.RecordSpendResponse:
+        """RecordSpend at event time t: its record (applied by :meth:`apply_settlement`), or
+        the answer to a retry of a settled bid. The current day must cover t. Changes
+        nothing."""
         if not bid_id:
             raise InvalidArgument("bid_id is required")
-        if won:
-            cost_micros = _money(cost, "cost", allow_zero=True)
+        cost_micros = _money(cost, "cost", allow_zero=True) if won else 0
         if not math.isfinite(conversions) or conversions < 0 or conversions > MAX_MONEY:
             raise InvalidArgument(f"conversions must be in [0, {MAX_MONEY:g}], got {conversions}")
         reservation = self.reservations.get(bid_id)
@@ -366,16 +408,13 @@ class Campaign:
             if expired:
                 raise self._expired(bid_id)
             raise NotFound(f"bid '{bid_id}' not found in campaign '{self.campaign_id}'")
-        t = self.advance(t, out)
-        if bid_id not in self.reservations:  # expired by this very event time
+        t = self._in_day(t)
+        if reservation.expires <= t:  # expired by this very event time
             raise self._expired(bid_id)
-        charged = min(cost_micros, reservation.amount) if won else 0
-        self._apply_settlement(bid_id, charged, conversions if won else 0.0)
-        out.append(st.WalRecord(spend=st.SpendSettlement(
-            campaign_id=self.campaign_id, bid_id=bid_id, won=won, charged_micros=charged,
-            conversions=conversions if won else 0.0, event_time=t)))
-        return pb.RecordSpendResponse(charged=charged / MICROS,
-                                      capped=bool(won and cost_micros > reservation.amount))
+        return st.SpendSettlement(
+            campaign_id=self.campaign_id, bid_id=bid_id, won=won,
+            charged_micros=min(cost_micros, reservation.amount) if won else 0,
+            conversions=conversions if won else 0.0, event_time=t)
 
     def _expired(self, bid_id: str) -> FailedPrecondition:
         return FailedPrecondition(
@@ -383,48 +422,58 @@ class Campaign:
             f"{self.config.reservation_ttl_seconds:g} s (reservation_ttl_seconds); "
             "its spend was not recorded")
 
-    def _apply_settlement(self, bid_id: str, charged: int, conversions: float) -> None:
-        r = self.reservations.pop(bid_id)
+    def apply_settlement(self, s: st.SpendSettlement) -> None:
+        """Apply a ``spend`` record: the reservations expired by its time released, then its
+        bid's reservation settled (charged, or released for a loss)."""
+        self._expire(s.event_time)
+        r = self.reservations.pop(s.bid_id, None)
+        if r is None:  # expired (older logs) or settled already
+            return
         ledger = self.ledgers[r.day]
         ledger[1] -= r.amount
-        ledger[0] += charged
+        ledger[0] += s.charged_micros
         if r.day == self.day_key:
-            self.today[r.slot, 1] += charged
-            self.today[r.slot, 2] += conversions
-        self._close(bid_id, expired=False)
+            self.today[r.slot, 1] += s.charged_micros
+            self.today[r.slot, 2] += s.conversions
+        self._close(s.bid_id, expired=False)
 
-    def status(self, t: float, out: list) -> pb.PacingStatus:
-        if self.day is not None and t < self.day.start:  # an earlier day: its ledger
+    def status(self, t: float) -> pb.PacingStatus:
+        """The pacing status as of event time t. For a t in the current day or later, the
+        day_change record must be applied first. Changes nothing."""
+        day = self._current_day()
+        if day is not None and t < day.start:  # an earlier day: its ledger
             day_key = datetime.fromtimestamp(t, self.zone).date().isoformat()
             spent, reserved = self.ledgers.get(day_key, [0, 0])
             planned = 0.0
+            expiring = []
         else:
-            t = self.advance(t, out)
-            assert self.day is not None
+            t = self._in_day(t)
             day_key = self.day_key
             spent, reserved = self.ledgers[day_key]
-            planned = self.budget * self.day.fraction(t) / MICROS
+            planned = self.budget * self.day.fraction(t) / MICROS  # type: ignore[union-attr]
+            expiring = [r for r in self.reservations.values() if r.expires <= t]
+        open_ = [r for r in self.reservations.values() if r.day == day_key]
+        reserved -= sum(r.amount for r in expiring if r.day == day_key)
         return pb.PacingStatus(
             campaign_id=self.campaign_id, spent=spent / MICROS, reserved=reserved / MICROS,
             remaining=max(self.budget - spent - reserved, 0) / MICROS,
             utilization=spent / self.budget, pacing_multiplier=self.multiplier, day=day_key,
             hourly_plan=self.plan.tolist(), planned_spend=planned,
-            open_reservations=sum(1 for r in self.reservations.values() if r.day == day_key),
+            open_reservations=len(open_) - sum(1 for r in expiring if r.day == day_key),
             campaign=self.config, days_learned=self.days_learned)
 
-    # -- replay ----------------------------------------------------------------------------
-    def replay_reservation(self, r: st.BidReservation) -> None:
-        self.advance(r.event_time, [], replay=True)
+    # -- older logs ------------------------------------------------------------------------
+    def apply_reservation(self, r: st.BidReservation) -> None:
+        """Apply a ``reservation`` record of an older log (its day begun as it did then)."""
+        day = self.day_change(r.event_time)
+        if day is not None:
+            self.apply_day(day)
+        self._expire(r.event_time)
         self.reservations[r.bid_id] = Reservation(r.day, r.amount_micros, r.expires, r.slot)
         self._ledger(r.day)[1] += r.amount_micros
         if r.day == self.day_key:
             self.today[r.slot, 0] += 1
         self.multiplier = r.multiplier
-
-    def replay_settlement(self, s: st.SpendSettlement) -> None:
-        self.advance(s.event_time, [], replay=True)
-        if s.bid_id in self.reservations:
-            self._apply_settlement(s.bid_id, s.charged_micros, s.conversions)
 
     # -- snapshot --------------------------------------------------------------------------
     def to_proto(self) -> st.CampaignState:
@@ -487,7 +536,9 @@ class CampaignRegistry:
             raise NotFound(f"campaign '{campaign_id}' not found")
         return campaign
 
-    def create(self, config: pb.Campaign) -> pb.Campaign:
+    def check_create(self, config: pb.Campaign) -> pb.Campaign:
+        """Validate a new campaign; its record: the configuration with defaults filled in.
+        Changes nothing."""
         normalized = normalize(config, self.settings.pacing_reservation_ttl_seconds)
         if normalized.campaign_id in self._campaigns:
             raise AlreadyExists(f"campaign '{normalized.campaign_id}' already exists")
@@ -495,10 +546,11 @@ class CampaignRegistry:
             raise ResourceExhausted(
                 f"the server holds {len(self._campaigns)} campaigns, the limit is "
                 f"{self.settings.max_campaigns} (max_campaigns)")
-        self.upsert(normalized)
         return normalized
 
-    def update(self, config: pb.Campaign, paths: list[str] | None) -> pb.Campaign:
+    def check_update(self, config: pb.Campaign, paths: list[str] | None) -> pb.Campaign:
+        """Validate a change (``paths``: the update mask's, None = replace all); its record:
+        the whole new configuration. Changes nothing."""
         campaign = self.get(config.campaign_id)
         merged = pb.Campaign()
         merged.CopyFrom(campaign.config)
@@ -518,12 +570,11 @@ class CampaignRegistry:
                     setattr(merged, path, getattr(config, path))
                 else:
                     merged.ClearField(path)
-        normalized = normalize(merged, self.settings.pacing_reservation_ttl_seconds)
-        campaign.configure(normalized)
-        return normalized
+        return normalize(merged, self.settings.pacing_reservation_ttl_seconds)
 
-    def upsert(self, config: pb.Campaign) -> Campaign:
-        """Create or reconfigure from an already-normalised config (also replay)."""
+    def apply_config(self, config: pb.Campaign) -> Campaign:
+        """Apply a ``campaign`` record: create the campaign, or reconfigure it (a normalised
+        configuration from :meth:`check_create` / :meth:`check_update`)."""
         campaign = self._campaigns.get(config.campaign_id)
         if campaign is None:
             campaign = self._campaigns[config.campaign_id] = Campaign(
@@ -533,4 +584,9 @@ class CampaignRegistry:
         return campaign
 
     def load(self, state: st.CampaignState) -> None:
-        self.upsert(state.config).load(state)
+        """Apply a ``campaign_state`` record (snapshots, older logs): the whole state."""
+        self.apply_config(state.config).load(state)
+
+    def campaign_of(self, record) -> Campaign:
+        """The campaign a pacing record (campaign_day, pace, spend, reservation) belongs to."""
+        return self.get(record.campaign_id)

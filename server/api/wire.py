@@ -212,3 +212,19 @@ def select_response_reference(decision_id: str, arm_id: str, propensity: float, 
     return pb.SelectArmResponse(decision_id=decision_id, arm_id=arm_id, propensity=propensity,
                                 ranked_arm_ids=ranked_arm_ids or [],
                                 model_version=version).SerializeToString()
+
+
+class ArmWire:
+    """An experiment's arms as SelectArm's responses carry them, encoded once per arm list:
+    each arm as ``arm_id`` and as a ``ranked_arm_ids`` entry, and the (bytes, starts) pair
+    :func:`select_responses` takes."""
+
+    __slots__ = ("arms_version", "arm_fields", "ranked_fields", "arm_bytes", "arm_starts",
+                 "max_arm_bytes")
+
+    def __init__(self, arm_ids: list[str], arms_version: int) -> None:
+        self.arms_version = arms_version
+        self.arm_fields = [arm_field(arm_id) for arm_id in arm_ids]
+        self.ranked_fields = [ranked_field(arm_id) for arm_id in arm_ids]
+        self.arm_bytes, self.arm_starts = encode_arm_ids(arm_ids)
+        self.max_arm_bytes = int(np.diff(self.arm_starts).max(initial=0))

@@ -45,24 +45,19 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import numpy as np
 
-from banditd.kernels.rng import jump_state
 from banditd.replication.v1 import replication_pb2 as rpb
 from banditd.replication.v1 import replication_pb2_grpc as rpb_grpc
-from banditd.server.ads.pacing import CampaignRegistry
 from banditd.server.settings import Settings
+from banditd.server.state import image
 from banditd.server.state.decision_store import DecisionRecord, DecisionStore, split_decision_id
-from banditd.server.state.registry import ExperimentRegistry
+from banditd.server.state.decisions import PendingDecisions
+from banditd.server.state.machine import StateMachine
 from banditd.server.storage import snapshot
-from banditd.server.storage.durability import (
-    Durability,
-    PendingDecisions,
-    RestoreReport,
-    block_positions,
-)
-from banditd.storage.v1 import storage_pb2 as st
+from banditd.server.storage.durability import Durability
+from banditd.server.storage.recovery import RestoreReport
 
 if TYPE_CHECKING:
-    from banditd.server.api.service import DecisionServicer
+    from banditd.server.api.handlers import Readiness
 
 log = logging.getLogger("banditd")
 
@@ -129,9 +124,11 @@ class _Follower:
 class ReplicationLeader(rpb_grpc.ReplicationServiceServicer):
     """Worker 0's side: streams the log to followers, takes in their decisions."""
 
-    def __init__(self, servicer: DecisionServicer) -> None:
-        self.servicer = servicer
-        self.durability = servicer.durability
+    def __init__(self, settings: Settings, state: StateMachine, durability: Durability) -> None:
+        self.settings = settings
+        self.state = state
+        self.durability = durability
+        self.gate: Readiness | None = None  # the server's readiness (set when it is built)
         self.seq = 0  # records published since this process started
         self._followers: dict[int, _Follower] = {}
         self._by_prefix: dict[str, _Follower] = {}
@@ -183,7 +180,7 @@ class ReplicationLeader(rpb_grpc.ReplicationServiceServicer):
     async def await_decisions(self, decision_ids: Iterable[str]) -> None:
         """Wait (bounded) until every follower decision among ``decision_ids`` that this
         leader does not know yet has been published to it."""
-        decisions = self.servicer.decisions
+        decisions = self.state.store
         now = time.time()
         futures = []
         for decision_id in decision_ids:
@@ -199,25 +196,26 @@ class ReplicationLeader(rpb_grpc.ReplicationServiceServicer):
 
     # -- RPCs ------------------------------------------------------------------------------------
     async def Subscribe(self, request, context):
-        while not self.servicer.ready:  # restore first: the image is the restored state
+        while self.gate is None or not self.gate.ready:  # the image is the restored state
             await asyncio.sleep(0.05)
         index = int(request.worker_index)
         # The image and the follower's place in the stream are taken at one instant (no
         # await in between). Followers keep no decision records: none in the image.
-        self.durability._encode_pending()  # counted in the image: not sent to it again
+        self.durability.hand_over_pending()  # counted in the image: not sent to it again
         seq = self.seq
-        image = snapshot.image(snapshot.capture(
-            seq, self.servicer.registry, DecisionStore(1, 1.0), self.servicer.campaigns))
+        cap = image.capture(self.state)
+        cap.decisions = None
+        data = snapshot.image(*image.encode(cap, seq))
         f = _Follower(index, request.decision_id_prefix, seq)
-        flush = self.servicer.settings.replication_flush_seconds
+        flush = self.settings.replication_flush_seconds
         self._followers[index] = f
         self._by_prefix[f.prefix] = f
         # its decision tables carry consecutive ids: stored without a dict entry per id
-        self.servicer.decisions.register_prefix(f.prefix)
+        self.state.store.register_prefix(f.prefix)
         log.info("worker %d subscribed at sequence %d (image of %d bytes)", index, seq,
-                 len(image))
+                 len(data))
         try:
-            yield rpb.SubscribeResponse(image=image, last_seq=seq, sent=time.time())
+            yield rpb.SubscribeResponse(image=data, last_seq=seq, sent=time.time())
             while True:
                 await f.wakeup.wait()
                 if not f.hurry.is_set():  # gather a few ms of records into one message
@@ -245,11 +243,12 @@ class ReplicationLeader(rpb_grpc.ReplicationServiceServicer):
         durability = self.durability
         for payload in request.records:
             try:
-                durability.apply(st.WalRecord.FromString(payload))
+                self.state.apply_bytes(payload)
             except Exception:  # never log what could not be applied: restore would stop there
                 log.exception("decision records of worker %d not applied", origin)
                 continue
-            durability.append(payload, wait_free=True, origin=origin)
+            durability.append(payload, origin=origin)
+        durability.written_lazily()
         f = self._followers.get(origin)
         if f is not None:
             if request.last_decision_counter > f.published_counter:
@@ -267,6 +266,8 @@ class ReplicationLeader(rpb_grpc.ReplicationServiceServicer):
 class ReplicaDecisions(DecisionStore):
     """A follower's decision store: it names decisions (``<prefix>-<counter>``, the prefix
     naming the worker) and keeps none; the leader keeps them all and answers every reward."""
+
+    keeps_records = False
 
     def __init__(self, prefix: str) -> None:
         super().__init__(1, 1.0, id_prefix=prefix)
@@ -296,11 +297,11 @@ class ReplicaDurability(Durability):
     """A follower's state source: the leader's image and log stream instead of the data
     directory (a follower writes nothing to disk); its decision records go to the leader."""
 
-    def __init__(self, settings: Settings, registry: ExperimentRegistry,
-                 decisions: ReplicaDecisions, campaigns: CampaignRegistry, index: int,
-                 leader_address: Awaitable[str],
+    def __init__(self, settings: Settings, state: StateMachine, pending: PendingDecisions,
+                 decisions: ReplicaDecisions, index: int, leader_address: Awaitable[str],
                  on_lost: Callable[[str], None]) -> None:
-        super().__init__(settings, registry, decisions, campaigns)
+        super().__init__(settings, state, pending)
+        self.state = state
         self.replica_decisions = decisions
         self.index = index
         self.mode = f"replica of worker 0 ({settings.durability})"
@@ -334,29 +335,8 @@ class ReplicaDurability(Durability):
                              seconds=time.perf_counter() - started)
 
     def _load_image(self, data: bytes) -> None:
-        snap, section = snapshot.decode(data, "leader image")
-        snapshot.load(snap, section, self.registry, self.decisions, self.campaigns)
-        for e in self.registry.experiments():
-            self._own_stream(e)
-
-    def _own_stream(self, experiment) -> None:
-        # The leader draws from the experiment's stream itself; follower i from the same
-        # stream jumped i x 2**128 draws ahead: no two workers make the same draws.
-        experiment.rng = jump_state(experiment.rng, self.index)
-
-    def _replay_decision_table(self, t: st.DecisionTable) -> None:
-        self._count_selections(t)  # only the counts: no record columns to build
-
-    def _replay_decision_block(self, b: st.DecisionBlock) -> None:
-        self._count_block(b, block_positions(b))
-
-    def apply(self, record: st.WalRecord) -> None:
-        super().apply(record)
-        op = record.WhichOneof("op")
-        if op == "create_experiment":
-            self._own_stream(self.registry.get(record.create_experiment.experiment_id))
-        elif op == "reset_experiment":
-            self._own_stream(self.registry.get(record.reset_experiment.experiment_id))
+        message, section = snapshot.decode(data, "leader image")
+        self.state.load_image(message, section, "leader image")
 
     # -- stream --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -376,7 +356,7 @@ class ReplicaDurability(Durability):
                     raise ConnectionError("the leader ended the stream")
                 slice_start = time.perf_counter()
                 for payload in message.records:
-                    self.apply(st.WalRecord.FromString(payload))
+                    self.state.apply_bytes(payload)
                     if time.perf_counter() - slice_start > 0.005:  # let requests in between
                         await asyncio.sleep(0)
                         slice_start = time.perf_counter()
@@ -409,12 +389,12 @@ class ReplicaDurability(Durability):
         return True
 
     # -- what a follower must not do -----------------------------------------------------------
-    def decisions_logged(self) -> None:
+    def written_lazily(self) -> None:
         """The handler's decision records go to the leader (which logs and keeps them)."""
         assert self.publisher is not None
         self.publisher.decisions_made()
 
-    def append(self, payload: bytes, wait_free: bool = False, origin: int = 0) -> None:
+    def append(self, payload: bytes, origin: int = 0) -> None:
         raise RuntimeError("a follower forwards every change to the leader")
 
     async def commit(self, replicated: bool = False) -> None:

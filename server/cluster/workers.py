@@ -28,13 +28,16 @@ from typing import Any
 import grpc
 
 from banditd.replication.v1 import replication_pb2_grpc as rpb_grpc
-from banditd.server.api.app import (
+from banditd.server.api.app import Parts, create_server
+from banditd.server.api.core import Core
+from banditd.server.api.handlers import (
     SERVICE_NAME,
+    Handler,
     bytes_handler,
     register_decision_handlers,
     unary_methods,
 )
-from banditd.server.api.service import DecisionServicer
+from banditd.server.api.service import DecisionService
 from banditd.server.cluster.replication import (
     PRIVATE_CHANNEL_OPTIONS,
     ReplicaDecisions,
@@ -45,6 +48,9 @@ from banditd.server.cluster.replication import (
 )
 from banditd.server.settings import Settings
 from banditd.server.state.decision_store import DecisionStore
+from banditd.server.state.decisions import PendingDecisions
+from banditd.server.state.machine import StateMachine
+from banditd.server.storage.durability import Durability
 
 log = logging.getLogger("banditd")
 
@@ -82,13 +88,41 @@ class WorkerRole:
 
 
 class WorkerRuntime:
-    """The multi-worker parts of one worker's server (started and stopped with it)."""
+    """The multi-worker parts of one worker's server: how its RPCs are routed, and what
+    starts and stops with it (the leader's private server, a follower's forwarder)."""
 
-    def __init__(self, private: grpc.aio.Server | None = None, private_port: int = 0,
-                 forwarder: _Forwarder | None = None) -> None:
-        self.private = private
-        self.private_port = private_port
+    def __init__(self, role: WorkerRole, metadata, leader: ReplicationLeader | None = None,
+                 forwarder: _Forwarder | None = None, settings: Settings | None = None) -> None:
+        self.role = role
+        self.metadata = metadata
+        self.leader = leader
         self.forwarder = forwarder
+        self.private: grpc.aio.Server | None = None
+        self.private_port = 0
+        if leader is not None:
+            self.private = grpc.aio.server(options=PRIVATE_CHANNEL_OPTIONS)
+            rpb_grpc.add_ReplicationServiceServicer_to_server(leader, self.private)
+            self.private_port = self.private.add_insecure_port("127.0.0.1:0")
+            if self.private_port == 0:
+                raise OSError("could not listen on a private 127.0.0.1 port")
+
+    def routes(self, service: DecisionService) -> dict[str, Handler]:
+        """The worker's DecisionService handlers (for :func:`api.app.create_server`)."""
+        core = service.core
+        behaviors = service.behaviors()
+        if self.leader is not None:
+            self.leader.gate = core
+            handlers = {m.name: _leader_handler(m, behaviors[m.name], core, self.leader,
+                                                self.metadata)
+                        for m in unary_methods()}
+            assert self.private is not None
+            register_decision_handlers(self.private, handlers)
+            return handlers
+        assert self.forwarder is not None
+        self.forwarder.core = core
+        return {m.name: (_with_metadata(behaviors[m.name], m, self.metadata, core)
+                         if m.name in LOCAL_RPCS else self.forwarder.handler(m.name))
+                for m in unary_methods()}
 
     async def start(self) -> None:
         if self.private is not None:
@@ -104,65 +138,44 @@ class WorkerRuntime:
 # -- one worker's server ----------------------------------------------------------------------
 
 
-def attach(role: WorkerRole, servicer: DecisionServicer, server: grpc.aio.Server) -> WorkerRuntime:
-    """Register DecisionService on ``server`` for worker ``role.index`` and set up its part
-    of the replication (called by :func:`api.app.create_server`)."""
-    settings = servicer.settings
+def worker_parts(role: WorkerRole, settings: Settings) -> tuple[Parts, WorkerRuntime]:
+    """The server parts of worker ``role.index`` (for :func:`api.app.create_server`)."""
     metadata = ((WORKER_KEY, str(role.index)),)
     prefix = f"{secrets.token_hex(6)}-{role.index}"  # decision ids name their worker
+    pending = PendingDecisions()
     if role.index == 0:
-        _use_decision_store(servicer, DecisionStore(
+        state = StateMachine(settings, DecisionStore(
             settings.decision_capacity, settings.decision_ttl_seconds, id_prefix=prefix))
-        leader = ReplicationLeader(servicer)
-        servicer.durability.replication = leader
-        handlers = {m.name: _leader_handler(m, servicer, leader, metadata)
-                    for m in unary_methods()}
-        register_decision_handlers(server, handlers)
-        private = grpc.aio.server(options=PRIVATE_CHANNEL_OPTIONS)
-        register_decision_handlers(private, handlers)
-        rpb_grpc.add_ReplicationServiceServicer_to_server(leader, private)
-        port = private.add_insecure_port("127.0.0.1:0")
-        if port == 0:
-            raise OSError("could not listen on a private 127.0.0.1 port")
-        return WorkerRuntime(private=private, private_port=port)
-    assert role.leader_address is not None
-    decisions = ReplicaDecisions(prefix)
-    durability = ReplicaDurability(settings, servicer.registry, decisions, servicer.campaigns,
-                                   role.index, role.leader_address, role.on_lost)
-    _use_decision_store(servicer, decisions)
-    servicer.durability = durability
-    forwarder = _Forwarder(servicer, durability, role.leader_address, metadata, role.index)
-    handlers = {
-        m.name: (_local_handler(m, servicer, metadata) if m.name in LOCAL_RPCS
-                 else forwarder.handler(m.name))
-        for m in unary_methods()
-    }
-    register_decision_handlers(server, handlers)
-    return WorkerRuntime(forwarder=forwarder)
+        storage = Durability(settings, state, pending)
+        leader = ReplicationLeader(settings, state, storage)
+        storage.replication = leader
+        runtime = WorkerRuntime(role, metadata, leader=leader)
+    else:
+        assert role.leader_address is not None
+        decisions = ReplicaDecisions(prefix)
+        state = StateMachine(settings, decisions)
+        state.experiments.stream = role.index
+        storage = ReplicaDurability(settings, state, pending, decisions, role.index,
+                                    role.leader_address, role.on_lost)
+        runtime = WorkerRuntime(role, metadata,
+                                forwarder=_Forwarder(storage, role.leader_address, metadata,
+                                                     role.index))
+    return Parts(state, storage, pending, routes=runtime.routes, companion=runtime,
+                 reuse_port=True), runtime
 
 
-def _use_decision_store(servicer: DecisionServicer, store: DecisionStore) -> None:
-    servicer.decisions = store
-    servicer.durability.decisions = store
-
-
-def _with_metadata(behavior, method, metadata, metrics) -> grpc.RpcMethodHandler:
-    inner = bytes_handler(behavior, method, metrics)
+def _with_metadata(behavior, method, metadata, core: Core) -> Handler:
+    inner = bytes_handler(behavior, method, core.metrics, core)
 
     async def handle(raw: bytes, context) -> bytes:
         context.set_trailing_metadata(metadata)  # kept by an abort too
         return await inner(raw, context)
 
-    return grpc.unary_unary_rpc_method_handler(handle)
+    return handle
 
 
-def _local_handler(method, servicer: DecisionServicer, metadata) -> grpc.RpcMethodHandler:
-    return _with_metadata(getattr(servicer, method.name), method, metadata, servicer.metrics)
-
-
-def _leader_handler(method, servicer: DecisionServicer, leader: ReplicationLeader,
-                    metadata) -> grpc.RpcMethodHandler:
-    behavior = getattr(servicer, method.name)
+def _leader_handler(method, behavior, core: Core, leader: ReplicationLeader,
+                    metadata) -> Handler:
     waits = inspect.iscoroutinefunction(behavior)
     decision_ids = DECISION_IDS.get(method.name)
     forwarded = method.name not in LOCAL_RPCS  # followers send these here
@@ -183,16 +196,16 @@ def _leader_handler(method, servicer: DecisionServicer, leader: ReplicationLeade
                 leader.hurry(origin)
         return response
 
-    return _with_metadata(call, method, metadata, servicer.metrics)
+    return _with_metadata(call, method, metadata, core)
 
 
 class _Forwarder:
     """A follower's forwarding of RPCs to the leader: request bytes in, response bytes (or
     the leader's status) out, then read-your-writes."""
 
-    def __init__(self, servicer: DecisionServicer, durability: ReplicaDurability,
-                 leader_address: Awaitable[str], metadata, index: int) -> None:
-        self._servicer = servicer
+    def __init__(self, durability: ReplicaDurability, leader_address: Awaitable[str], metadata,
+                 index: int) -> None:
+        self.core: Core | None = None  # the server's (set when it is built)
         self._forwarded_by = ((FORWARDED_BY_KEY, str(index)),)
         self._durability = durability
         self._leader_address = leader_address
@@ -200,11 +213,11 @@ class _Forwarder:
         self._channel: grpc.aio.Channel | None = None
         self._calls: dict[str, Any] = {}
 
-    def handler(self, name: str) -> grpc.RpcMethodHandler:
+    def handler(self, name: str) -> Handler:
         async def forward(request: bytes, context):
             return await self.forward(name, request, context)
 
-        return grpc.unary_unary_rpc_method_handler(forward)  # no (de)serialisation
+        return forward  # bytes in, bytes out: no (de)serialisation
 
     async def _call(self, name: str):
         call = self._calls.get(name)
@@ -222,10 +235,11 @@ class _Forwarder:
         started = time.perf_counter()
 
         def observe(code: str) -> None:
-            self._servicer.metrics.observe(name, code, time.perf_counter() - started)
+            assert self.core is not None
+            self.core.metrics.observe(name, code, time.perf_counter() - started)
 
         context.set_trailing_metadata(self._metadata)
-        if not self._servicer.ready:
+        if self.core is None or not self.core.ready:
             observe("UNAVAILABLE")
             await context.abort(grpc.StatusCode.UNAVAILABLE,
                                 "server is starting (loading the leader's state); retry")
@@ -298,8 +312,6 @@ def _tell(*words: object) -> None:
 
 
 async def _worker(settings: Settings, index: int) -> int:
-    from banditd.server.api.app import create_server
-
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     failures: list[str] = []
@@ -326,10 +338,10 @@ async def _worker(settings: Settings, index: int) -> int:
         stop.set()
 
     control_task = loop.create_task(control())
-    app, port = await create_server(settings, role)
+    parts, runtime = worker_parts(role, settings)
+    app, port = await create_server(settings, parts)
     if index == 0:
-        assert app.worker is not None
-        _tell("leader", f"127.0.0.1:{app.worker.private_port}")
+        _tell("leader", f"127.0.0.1:{runtime.private_port}")
     try:
         if await app.wait_ready_or(stop):
             _tell("serving", port)

@@ -26,8 +26,9 @@ STATS_DRAW_BUDGET = 1_000_000  # GetArmStats: draws x arms at most (10,000 draws
 MAX_PERIOD_LENGTH = 64
 
 
-def ingest(experiment: Experiment, request: pb.IngestMetricsRequest) -> pb.IngestMetricsResponse:
-    """Validate the whole request, then replace the period's aggregates for its arms."""
+def check_ingest(experiment: Experiment, request: pb.IngestMetricsRequest) -> None:
+    """Validate an IngestMetrics request (its record is the request itself; applied by
+    :meth:`ExperimentRegistry.apply_ingest`). Changes nothing."""
     if experiment.spec.contextual:
         raise FailedPrecondition(
             f"experiment '{experiment.experiment_id}' is contextual ({experiment.spec.kind}): "
@@ -43,7 +44,6 @@ def ingest(experiment: Experiment, request: pb.IngestMetricsRequest) -> pb.Inges
         raise InvalidArgument(f"period must be 1-{MAX_PERIOD_LENGTH} characters, got {period!r}")
     if not request.metrics:
         raise InvalidArgument("metrics is empty")
-    rows: list[tuple[int, float, float, float]] = []
     seen: set[str] = set()
     for i, m in enumerate(request.metrics):
         field = f"metrics[{i}]"
@@ -65,9 +65,6 @@ def ingest(experiment: Experiment, request: pb.IngestMetricsRequest) -> pb.Inges
             raise InvalidArgument(
                 f"{field}: successes ({m.successes}) exceed trials ({m.trials})"
             )
-        rows.append((arm, m.trials, m.successes, m.value))
-    replaced, new = experiment.ingest(period, rows)
-    return pb.IngestMetricsResponse(replaced_arms=replaced, new_arms=new)
 
 
 def next_period(periods) -> str:

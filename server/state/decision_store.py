@@ -112,6 +112,8 @@ class DecisionColumns:
 class DecisionStore:
     """decision_id -> decision, insertion ordered, with capacity and TTL."""
 
+    keeps_records = True  # a follower's store keeps none (cluster.replication)
+
     def __init__(self, capacity: int, ttl_seconds: float, id_prefix: str | None = None) -> None:
         self.capacity = capacity
         self.ttl_seconds = ttl_seconds
@@ -408,15 +410,31 @@ class DecisionStore:
         if expire and n:
             self._expire(float(batch.created[-1]))
 
+    def find(self, decision_id: str, now: float) -> int | None:
+        """The row (sequence number) of ``decision_id`` as of time ``now`` (seconds since the
+        epoch), or None if unknown or expired by then."""
+        seq = self._seq(decision_id)
+        if seq is None or now - self._created[seq % self.capacity] > self.ttl_seconds:
+            return None
+        return seq
+
+    def uid_of(self, seq: int) -> int:
+        """The experiment incarnation of row ``seq`` (a live row: from :meth:`find`)."""
+        return int(self._uids[seq % self.capacity])
+
+    def mark_rewarded_row(self, seq: int) -> None:
+        """Remember that the decision in row ``seq`` has had its reward (no-op for a row
+        evicted since it was found)."""
+        if seq >= self._head:
+            self._rewarded[seq % self.capacity] = True
+
     def get(self, decision_id: str, now: float | None = None) -> DecisionRecord | None:
         """The live record of ``decision_id`` (a copy), or None if unknown or expired."""
-        seq = self._seq(decision_id)
+        seq = self.find(decision_id, now if now is not None else time.time())
         if seq is None:
             return None
         pos = seq % self.capacity
         created = float(self._created[pos])
-        if (now if now is not None else time.time()) - created > self.ttl_seconds:
-            return None
         return DecisionRecord(int(self._uids[pos]), self._slates[pos],  # type: ignore[arg-type]
                               self._contexts[pos], float(self._propensities[pos]),
                               int(self._versions[pos]), created, bool(self._rewarded[pos]), seq)
@@ -431,8 +449,7 @@ class DecisionStore:
     def mark_rewarded(self, record: DecisionRecord) -> None:
         """Remember that the stored decision ``record`` came from has had its reward."""
         record.rewarded = True
-        if record.row >= self._head:
-            self._rewarded[record.row % self.capacity] = True
+        self.mark_rewarded_row(record.row)
 
     def _expire(self, now: float) -> None:
         # Rows are in creation order, so expired ones sit at the front.

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterable
 
 import numpy as np
 
 from banditd.decision.v1 import decision_pb2 as pb
 from banditd.kernels.rng import seed_state
-from banditd.server.api import wire
 from banditd.server.errors import InvalidArgument, NotFound
 from banditd.server.state.checks import first_out_of_range
 from banditd.server.state.policies import PolicySpec
@@ -50,9 +50,11 @@ class Experiment:
         self.burn_in = int(config.min_selections)
         self.discount = float(config.discount) if config.HasField("discount") else 1.0
         self.arm_ids: list[str] = [arm.arm_id for arm in config.arms]
-        self._slate_buffers: dict[int, np.ndarray] = {}  # slate size -> select()'s output
-        # select()'s kernel: (state, selections, rng) it was bound to, call, counts view
-        self._bound: tuple = (None, None, None, None, None)
+        self.arms_version = 0  # goes up whenever the arm list changes
+        self._slate_buffers: dict[int, np.ndarray] = {}  # slate size -> decide()'s output
+        # decide()'s kernel: the (state, selections, rng) it was bound to, and the call
+        self._bound: tuple = (None, None, None, None)
+        self._counts = memoryview(np.zeros(0, dtype=np.int64))  # item view of selections
         self._reindex()
         self._reset_state()
 
@@ -61,13 +63,8 @@ class Experiment:
         self.arm_index = {arm_id: i for i, arm_id in enumerate(self.arm_ids)}
         # the slate of one arm, per arm: shared by every decision that names only that arm
         self.slates_of_one = [(arm_id,) for arm_id in self.arm_ids]
-        # each arm as SelectArmResponse's arm_id and as a ranked_arm_ids entry, on the wire
-        self.arm_fields = [wire.arm_field(arm_id) for arm_id in self.arm_ids]
-        self.ranked_fields = [wire.ranked_field(arm_id) for arm_id in self.arm_ids]
         self.all_arms = np.arange(len(self.arm_ids), dtype=np.int64)
-        # the arm ids' UTF-8 bytes and offsets, as api.wire writes them into responses
-        self.arm_wire = wire.encode_arm_ids(self.arm_ids)
-        self.max_arm_bytes = int(np.diff(self.arm_wire[1]).max(initial=0))
+        self.arms_version += 1
 
     def _reset_state(self) -> None:
         k = len(self.arm_ids)
@@ -191,49 +188,65 @@ class Experiment:
         return n
 
     # -- operations ------------------------------------------------------------
-    def select(self, eligible: np.ndarray, context: np.ndarray, n: int
+    def decide(self, eligible: np.ndarray, context: np.ndarray, n: int
                ) -> tuple[list[int], float]:
-        """Choose ``n`` ranked arms among ``eligible``; returns (positions, propensity).
+        """Draw a slate of ``n`` ranked arms among ``eligible``: (positions, propensity). Only
+        the random stream moves; the decision is applied (counted, stored) by
+        :class:`state.decisions.Decisions`.
 
         The kernel is called through its module's ``bind_select`` (typed once per state, see
         :func:`kernels.common.compiled`), bound again when the state, the selection counts or
         the random state were replaced (arms changed, reset, restore, replication). It writes
-        into a buffer kept per slate size and the selection counts go up through an item
-        view: no NumPy call on the way but the kernel's. ``eligible`` must be an int64 and
-        ``context`` a float64 C-contiguous 1-D array (:meth:`eligible_array`,
-        :meth:`context_array`): the bound kernel does not check them."""
+        into a buffer kept per slate size: no NumPy call on the way but the kernel's.
+        ``eligible`` must be an int64 and ``context`` a float64 C-contiguous 1-D array
+        (:meth:`eligible_array`, :meth:`context_array`): the bound kernel does not check them."""
         out = self._slate_buffers.get(n)
         if out is None:
             out = self._slate_buffers[n] = np.empty(n, dtype=np.int64)
-        state, selections, rng, call, counts = self._bound
+        state, selections, rng, call = self._bound
         if state is not self.state or selections is not self.selections or rng is not self.rng:
-            state, selections, rng, call, counts = self._bind(eligible, context, out)
+            call = self._bind(eligible, context, out)
         propensity = call(eligible, context, self.version, out)
-        ranked = out.tolist()
-        for arm in ranked:
-            counts[arm] += 1
-        return ranked, propensity
+        return out.tolist(), propensity
 
-    def _bind(self, eligible: np.ndarray, context: np.ndarray, out: np.ndarray) -> tuple:
-        """:meth:`select`'s kernel bound to the current arrays (and its counts view)."""
+    def _bind(self, eligible: np.ndarray, context: np.ndarray, out: np.ndarray):
+        """:meth:`decide`'s kernel bound to the current arrays."""
         call = self.spec.kernel.bind_select(
             self.state, self.spec.params, self.selections, self.floor, self.burn_in, self.draws,
             self.rng, eligible, context, self.version, out)
-        self._bound = (self.state, self.selections, self.rng, call, self.selections.data)
-        return self._bound
+        self._bound = (self.state, self.selections, self.rng, call)
+        return call
 
-    def select_many(self, eligible: np.ndarray, contexts: np.ndarray, out: np.ndarray,
+    def count_selections(self, ranked: list[int]) -> None:
+        """Count a decision's slate (arm positions) as selected."""
+        counts = self._counts
+        if counts.obj is not self.selections:
+            counts = self._counts = self.selections.data
+        for arm in ranked:
+            counts[arm] += 1
+
+    def add_selections(self, counts: Iterable[tuple[str, int]]) -> None:
+        """Add (arm id, selections) pairs; arms the experiment no longer has are skipped."""
+        index, selections = self.arm_index, self.selections
+        for arm_id, k in counts:
+            pos = index.get(arm_id)
+            if k and pos is not None:
+                selections[pos] += k
+
+    def decide_many(self, eligible: np.ndarray, contexts: np.ndarray, out: np.ndarray,
                     propensity: np.ndarray) -> None:
         """``out.shape[0]`` decisions in one kernel call: row ``i`` of ``out`` (``n`` ranked
         positions) and ``propensity[i]`` for ``contexts[i]`` (a ``(rows, context_dim)`` array).
-        The same decisions as :meth:`select` row by row (selections counted in between)."""
+        The same decisions as :meth:`decide` row by row, each applied before the next: the
+        kernel counts them in a copy of the selection counts (burn-in sees them), the copy is
+        dropped, and applying the decisions counts them for real."""
         self.spec.kernel.select_batch(
             self.state,
             self.spec.params,
             eligible,
             contexts,
             self.version,
-            self.selections,
+            self.selections.copy(),
             self.floor,
             self.burn_in,
             self.draws,

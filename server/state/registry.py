@@ -2,36 +2,16 @@
 
 from __future__ import annotations
 
-import re
 import secrets
 
 from banditd.decision.v1 import decision_pb2 as pb
+from banditd.kernels.rng import jump_state
 from banditd.server.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
+from banditd.server.ids import check_experiment_id, check_new_arm_ids
 from banditd.server.settings import Settings
 from banditd.server.state.experiment import Experiment
 from banditd.server.state.policies import resolve_policy
-
-EXPERIMENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-MAX_ARM_ID_LENGTH = 256
-
-
-def check_experiment_id(experiment_id: str, field: str = "experiment_id") -> None:
-    if not EXPERIMENT_ID.fullmatch(experiment_id):
-        raise InvalidArgument(
-            f"{field} {experiment_id!r} must be 1-128 characters of letters, digits and ._:-"
-        )
-
-
-def check_new_arm_ids(arm_ids, field: str) -> None:
-    seen: set[str] = set()
-    for i, arm_id in enumerate(arm_ids):
-        if not arm_id:
-            raise InvalidArgument(f"{field}[{i}] is empty")
-        if len(arm_id) > MAX_ARM_ID_LENGTH:
-            raise InvalidArgument(f"{field}[{i}] is longer than {MAX_ARM_ID_LENGTH} characters")
-        if arm_id in seen:
-            raise InvalidArgument(f"{field}[{i}]: duplicate arm id '{arm_id}'")
-        seen.add(arm_id)
+from banditd.storage.v1 import storage_pb2 as st
 
 
 class ExperimentRegistry:
@@ -44,6 +24,10 @@ class ExperimentRegistry:
         # Goes up on every change of which experiments exist or of their arms (and resets):
         # what was validated against the registry before is checked again after it.
         self.generation = 0
+        # Which random stream of each experiment's seed this process draws from: worker i of
+        # several draws from the seed's stream jumped i x 2**128 draws ahead, so no two
+        # workers make the same draws.
+        self.stream = 0
 
     def _uid(self) -> int:
         uid = self.next_uid
@@ -61,17 +45,28 @@ class ExperimentRegistry:
         self.generation += 1
 
     def restore(self, config: pb.Experiment, uid: int) -> Experiment:
-        """Re-create a logged or snapshotted experiment as it was (no limit checks: it was
-        accepted once, and lowering a limit must not lose data on restart)."""
+        """Re-create an experiment as it was, with incarnation ``uid`` (snapshots, and
+        :meth:`apply_create`). No limit checks: it was accepted once, and lowering a limit must
+        not lose data on restart."""
         copy = pb.Experiment()
         copy.CopyFrom(config)
         spec = resolve_policy(copy.policy, copy.reward_type, copy.context_dim)
         experiment = Experiment(copy, spec, uid, self.settings.propensity_draws,
                                 self.settings.max_abs_value)
+        self.own_stream(experiment)
         self._experiments[copy.experiment_id] = experiment
         self.generation += 1
         self.next_uid = max(self.next_uid, uid + 1)
         return experiment
+
+    def own_stream(self, experiment: Experiment) -> None:
+        """Move ``experiment``'s random state to this process's stream (see ``stream``)."""
+        if self.stream:
+            experiment.rng = jump_state(experiment.rng, self.stream)
+
+    def find(self, experiment_id: str) -> Experiment | None:
+        """The experiment, or None."""
+        return self._experiments.get(experiment_id)
 
     def get(self, experiment_id: str) -> Experiment:
         experiment = self._experiments.get(experiment_id)
@@ -80,7 +75,9 @@ class ExperimentRegistry:
             raise NotFound(f"experiment '{experiment_id}' not found")
         return experiment
 
-    def create(self, request: pb.Experiment) -> Experiment:
+    def check_create(self, request: pb.Experiment) -> pb.Experiment:
+        """Validate a new experiment; its record: the configuration with defaults filled in
+        (a random seed when none is given). Changes nothing."""
         config = pb.Experiment()
         config.CopyFrom(request)
         check_experiment_id(config.experiment_id, "experiment.experiment_id")
@@ -112,7 +109,7 @@ class ExperimentRegistry:
                 f"experiment.context_dim is {config.context_dim}, the limit is "
                 f"{self.settings.max_context_dim}"
             )
-        spec = resolve_policy(config.policy, config.reward_type, config.context_dim)
+        spec = resolve_policy(config.policy, config.reward_type, config.context_dim)  # fills in
         self._check_floor(config.exploration_floor, len(arm_ids), "experiment.exploration_floor")
         if config.HasField("discount"):
             d = config.discount
@@ -126,11 +123,11 @@ class ExperimentRegistry:
             config.discount = 1.0
         if not config.HasField("seed"):
             config.seed = secrets.randbits(63)
-        experiment = Experiment(config, spec, self._uid(), self.settings.propensity_draws,
-                                self.settings.max_abs_value)
-        self._experiments[config.experiment_id] = experiment
-        self.generation += 1
-        return experiment
+        return config
+
+    def apply_create(self, config: pb.Experiment) -> Experiment:
+        """Apply a ``create_experiment`` record (a configuration from :meth:`check_create`)."""
+        return self.restore(config, self._uid())
 
     @staticmethod
     def _check_floor(floor: float, num_arms: int, field: str) -> None:
@@ -139,14 +136,25 @@ class ExperimentRegistry:
                 f"{field} is {floor}: it must be >= 0 and floor x arms ({num_arms}) <= 1"
             )
 
-    def delete(self, experiment_id: str) -> None:
-        self.get(experiment_id)
-        del self._experiments[experiment_id]
+    def apply_delete(self, record: st.DeleteExperiment) -> None:
+        """Apply a ``delete_experiment`` record (the experiment exists: checked by the caller
+        with :meth:`get`)."""
+        del self._experiments[record.experiment_id]
         self.generation += 1
 
-    def reset(self, experiment_id: str) -> Experiment:
-        experiment = self.get(experiment_id)
+    def apply_ingest(self, record: pb.IngestMetricsRequest) -> tuple[int, int]:
+        """Apply an ``ingest_metrics`` record (checked by :func:`analytics.check_ingest` when it
+        was made): replace the period's aggregates of its arms. (replaced, new) arm counts."""
+        experiment = self.get(record.experiment_id)
+        index = experiment.arm_index
+        return experiment.ingest(record.period, [
+            (index[m.arm_id], m.trials, m.successes, m.value) for m in record.metrics])
+
+    def apply_reset(self, record: st.ResetExperiment) -> Experiment:
+        """Apply a ``reset_experiment`` record: a new incarnation with fresh statistics."""
+        experiment = self.get(record.experiment_id)
         experiment.reset(self._uid())
+        self.own_stream(experiment)
         self.generation += 1
         return experiment
 
@@ -157,9 +165,10 @@ class ExperimentRegistry:
         next_token = page[-1] if len(ids) > size else ""
         return [self._experiments[i] for i in page], next_token
 
-    def update_arms(
-        self, experiment_id: str, add: list[str], remove: list[str], enforce_limits: bool = True
-    ) -> Experiment:
+    def check_update_arms(self, request: pb.UpdateArmsRequest) -> None:
+        """Validate an arm change (its record is the request itself). Changes nothing."""
+        experiment_id = request.experiment_id
+        add, remove = list(request.add_arm_ids), list(request.remove_arm_ids)
         experiment = self.get(experiment_id)
         if not add and not remove:
             raise InvalidArgument("add_arm_ids and remove_arm_ids are both empty")
@@ -180,11 +189,16 @@ class ExperimentRegistry:
         remaining = experiment.num_arms - len(remove) + len(add)
         if remaining < 1:
             raise InvalidArgument("an experiment must keep at least one arm")
-        if enforce_limits and remaining > self.settings.max_arms:
+        if remaining > self.settings.max_arms:
             raise ResourceExhausted(
                 f"experiment would have {remaining} arms, the limit is {self.settings.max_arms}"
             )
         self._check_floor(experiment.floor, remaining, "experiment.exploration_floor")
-        experiment.update_arms(add, remove)
+
+    def apply_update_arms(self, record: pb.UpdateArmsRequest) -> Experiment:
+        """Apply an ``update_arms`` record (checked by :meth:`check_update_arms` when it was
+        made; no limit checks here: a lowered limit must not lose data on restart)."""
+        experiment = self.get(record.experiment_id)
+        experiment.update_arms(list(record.add_arm_ids), list(record.remove_arm_ids))
         self.generation += 1
         return experiment

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class WalRecord(_message.Message):
-    __slots__ = ("create_experiment", "delete_experiment", "update_arms", "reset_experiment", "ingest_metrics", "rewards", "decisions", "campaign", "campaign_state", "reservation", "spend", "decision_table", "reward_table", "decision_block")
+    __slots__ = ("create_experiment", "delete_experiment", "update_arms", "reset_experiment", "ingest_metrics", "rewards", "decisions", "campaign", "campaign_state", "reservation", "spend", "decision_table", "reward_table", "decision_block", "campaign_day", "pace")
     CREATE_EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
     DELETE_EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
     UPDATE_ARMS_FIELD_NUMBER: _ClassVar[int]
@@ -23,6 +23,8 @@ class WalRecord(_message.Message):
     DECISION_TABLE_FIELD_NUMBER: _ClassVar[int]
     REWARD_TABLE_FIELD_NUMBER: _ClassVar[int]
     DECISION_BLOCK_FIELD_NUMBER: _ClassVar[int]
+    CAMPAIGN_DAY_FIELD_NUMBER: _ClassVar[int]
+    PACE_FIELD_NUMBER: _ClassVar[int]
     create_experiment: _decision_pb2.Experiment
     delete_experiment: DeleteExperiment
     update_arms: _decision_pb2.UpdateArmsRequest
@@ -37,7 +39,9 @@ class WalRecord(_message.Message):
     decision_table: DecisionTable
     reward_table: RewardTable
     decision_block: DecisionBlock
-    def __init__(self, create_experiment: _Optional[_Union[_decision_pb2.Experiment, _Mapping]] = ..., delete_experiment: _Optional[_Union[DeleteExperiment, _Mapping]] = ..., update_arms: _Optional[_Union[_decision_pb2.UpdateArmsRequest, _Mapping]] = ..., reset_experiment: _Optional[_Union[ResetExperiment, _Mapping]] = ..., ingest_metrics: _Optional[_Union[_decision_pb2.IngestMetricsRequest, _Mapping]] = ..., rewards: _Optional[_Union[Rewards, _Mapping]] = ..., decisions: _Optional[_Union[Decisions, _Mapping]] = ..., campaign: _Optional[_Union[_decision_pb2.Campaign, _Mapping]] = ..., campaign_state: _Optional[_Union[CampaignState, _Mapping]] = ..., reservation: _Optional[_Union[BidReservation, _Mapping]] = ..., spend: _Optional[_Union[SpendSettlement, _Mapping]] = ..., decision_table: _Optional[_Union[DecisionTable, _Mapping]] = ..., reward_table: _Optional[_Union[RewardTable, _Mapping]] = ..., decision_block: _Optional[_Union[DecisionBlock, _Mapping]] = ...) -> None: ...
+    campaign_day: CampaignDay
+    pace: PaceEvent
+    def __init__(self, create_experiment: _Optional[_Union[_decision_pb2.Experiment, _Mapping]] = ..., delete_experiment: _Optional[_Union[DeleteExperiment, _Mapping]] = ..., update_arms: _Optional[_Union[_decision_pb2.UpdateArmsRequest, _Mapping]] = ..., reset_experiment: _Optional[_Union[ResetExperiment, _Mapping]] = ..., ingest_metrics: _Optional[_Union[_decision_pb2.IngestMetricsRequest, _Mapping]] = ..., rewards: _Optional[_Union[Rewards, _Mapping]] = ..., decisions: _Optional[_Union[Decisions, _Mapping]] = ..., campaign: _Optional[_Union[_decision_pb2.Campaign, _Mapping]] = ..., campaign_state: _Optional[_Union[CampaignState, _Mapping]] = ..., reservation: _Optional[_Union[BidReservation, _Mapping]] = ..., spend: _Optional[_Union[SpendSettlement, _Mapping]] = ..., decision_table: _Optional[_Union[DecisionTable, _Mapping]] = ..., reward_table: _Optional[_Union[RewardTable, _Mapping]] = ..., decision_block: _Optional[_Union[DecisionBlock, _Mapping]] = ..., campaign_day: _Optional[_Union[CampaignDay, _Mapping]] = ..., pace: _Optional[_Union[PaceEvent, _Mapping]] = ...) -> None: ...
 
 class DeleteExperiment(_message.Message):
     __slots__ = ("experiment_id",)
@@ -68,7 +72,7 @@ class Reward(_message.Message):
     def __init__(self, experiment_id: _Optional[str] = ..., arm_id: _Optional[str] = ..., reward: _Optional[float] = ..., context: _Optional[_Iterable[float]] = ..., decision_id: _Optional[str] = ..., tombstone: _Optional[bool] = ...) -> None: ...
 
 class RewardTable(_message.Message):
-    __slots__ = ("experiment_ids", "arm_ids", "rewards", "context_sizes", "contexts", "decision_ids", "tombstones")
+    __slots__ = ("experiment_ids", "arm_ids", "rewards", "context_sizes", "contexts", "decision_ids", "tombstones", "created")
     EXPERIMENT_IDS_FIELD_NUMBER: _ClassVar[int]
     ARM_IDS_FIELD_NUMBER: _ClassVar[int]
     REWARDS_FIELD_NUMBER: _ClassVar[int]
@@ -76,6 +80,7 @@ class RewardTable(_message.Message):
     CONTEXTS_FIELD_NUMBER: _ClassVar[int]
     DECISION_IDS_FIELD_NUMBER: _ClassVar[int]
     TOMBSTONES_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
     experiment_ids: _containers.RepeatedScalarFieldContainer[str]
     arm_ids: _containers.RepeatedScalarFieldContainer[str]
     rewards: _containers.RepeatedScalarFieldContainer[float]
@@ -83,7 +88,8 @@ class RewardTable(_message.Message):
     contexts: _containers.RepeatedScalarFieldContainer[float]
     decision_ids: _containers.RepeatedScalarFieldContainer[str]
     tombstones: _containers.RepeatedScalarFieldContainer[bool]
-    def __init__(self, experiment_ids: _Optional[_Iterable[str]] = ..., arm_ids: _Optional[_Iterable[str]] = ..., rewards: _Optional[_Iterable[float]] = ..., context_sizes: _Optional[_Iterable[int]] = ..., contexts: _Optional[_Iterable[float]] = ..., decision_ids: _Optional[_Iterable[str]] = ..., tombstones: _Optional[_Iterable[bool]] = ...) -> None: ...
+    created: float
+    def __init__(self, experiment_ids: _Optional[_Iterable[str]] = ..., arm_ids: _Optional[_Iterable[str]] = ..., rewards: _Optional[_Iterable[float]] = ..., context_sizes: _Optional[_Iterable[int]] = ..., contexts: _Optional[_Iterable[float]] = ..., decision_ids: _Optional[_Iterable[str]] = ..., tombstones: _Optional[_Iterable[bool]] = ..., created: _Optional[float] = ...) -> None: ...
 
 class Rewards(_message.Message):
     __slots__ = ("items",)
@@ -330,3 +336,33 @@ class DecisionTable(_message.Message):
     contexts: _containers.RepeatedScalarFieldContainer[float]
     experiment_ids: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, decision_ids: _Optional[_Iterable[str]] = ..., experiment_uids: _Optional[_Iterable[int]] = ..., slate_sizes: _Optional[_Iterable[int]] = ..., arm_ids: _Optional[_Iterable[str]] = ..., propensities: _Optional[_Iterable[float]] = ..., model_versions: _Optional[_Iterable[int]] = ..., created: _Optional[_Iterable[float]] = ..., rewarded: _Optional[_Iterable[bool]] = ..., context_sizes: _Optional[_Iterable[int]] = ..., contexts: _Optional[_Iterable[float]] = ..., experiment_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CampaignDay(_message.Message):
+    __slots__ = ("campaign_id", "day", "event_time")
+    CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
+    DAY_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TIME_FIELD_NUMBER: _ClassVar[int]
+    campaign_id: str
+    day: str
+    event_time: float
+    def __init__(self, campaign_id: _Optional[str] = ..., day: _Optional[str] = ..., event_time: _Optional[float] = ...) -> None: ...
+
+class PaceEvent(_message.Message):
+    __slots__ = ("campaign_id", "event_time", "slot", "multiplier", "control", "bid_id", "amount_micros", "expires")
+    CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TIME_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_FIELD_NUMBER: _ClassVar[int]
+    BID_ID_FIELD_NUMBER: _ClassVar[int]
+    AMOUNT_MICROS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_FIELD_NUMBER: _ClassVar[int]
+    campaign_id: str
+    event_time: float
+    slot: int
+    multiplier: float
+    control: bool
+    bid_id: str
+    amount_micros: int
+    expires: float
+    def __init__(self, campaign_id: _Optional[str] = ..., event_time: _Optional[float] = ..., slot: _Optional[int] = ..., multiplier: _Optional[float] = ..., control: _Optional[bool] = ..., bid_id: _Optional[str] = ..., amount_micros: _Optional[int] = ..., expires: _Optional[float] = ...) -> None: ...

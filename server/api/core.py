@@ -1,0 +1,72 @@
+"""What the DecisionService handlers share (:class:`Core`), and how they change state.
+
+Every handler follows one shape: check the request against the state, build the record of the
+change (if any), apply it through the state machine and log it (:meth:`Core.write`). No
+handler changes state by another route. Handlers run on the grpc.aio event loop; the checks,
+the apply and the append of one request run without an await in between, so a request's
+check-then-apply is atomic without locks.
+"""
+
+from __future__ import annotations
+
+import time
+
+from banditd.server.api.metrics import Metrics
+from banditd.server.errors import InvalidArgument, ResourceExhausted
+from banditd.server.settings import Settings
+from banditd.server.state.decisions import PendingDecisions
+from banditd.server.state.machine import StateMachine
+from banditd.server.storage.durability import Durability
+from banditd.storage.v1 import storage_pb2 as st
+
+
+class Core:
+    """What every handler works with: settings, the state machine, durability, metrics, and
+    whether the server is ready (the one readiness check is in :func:`handlers.bytes_handler`)."""
+
+    def __init__(self, settings: Settings, state: StateMachine, storage: Durability,
+                 pending: PendingDecisions, metrics: Metrics) -> None:
+        self.settings = settings
+        self.state = state
+        self.storage = storage
+        self.pending = pending  # decision records until the log takes them
+        self.metrics = metrics
+        self.ready = False  # set once kernels are warm and the state is restored
+
+    @property
+    def logging(self) -> bool:
+        """Whether records are written at all (a log, or other workers to send them to)."""
+        return self.storage.logging
+
+    async def write(self, record: st.WalRecord, replicated: bool = False) -> object:
+        """Apply a checked change's record, log it and wait until it is durable (and with
+        ``replicated``, applied by every other worker: configuration changes). Returns what
+        the record's applier returned."""
+        result = self.state.apply(record)
+        if self.logging:
+            self.storage.append(record.SerializeToString())
+            await self.storage.commit(replicated)
+        return result
+
+    async def synced(self) -> None:
+        """Wait until everything logged so far is durable: an answer that reports an earlier
+        change (a duplicate) must not go out before that change's record is on disk."""
+        await self.storage.commit()
+
+    def check_batch(self, size: int) -> None:
+        if size == 0:
+            raise InvalidArgument("requests is empty")
+        if size > self.settings.max_batch_size:
+            raise ResourceExhausted(
+                f"requests has {size} items, the limit is {self.settings.max_batch_size}")
+
+
+def event_time(request) -> float:
+    """The request's event_time in seconds since the epoch, or the server clock."""
+    if not request.HasField("event_time"):
+        return time.time()
+    ts = request.event_time
+    if not (0 <= ts.seconds < 7_258_118_400 and 0 <= ts.nanos < 1_000_000_000):  # < 2200
+        raise InvalidArgument(
+            f"event_time must be between 1970 and 2200, got {ts.seconds} s {ts.nanos} ns")
+    return ts.seconds + ts.nanos * 1e-9

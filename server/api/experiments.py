@@ -1,0 +1,57 @@
+"""Experiments: CreateExperiment, GetExperiment, ListExperiments, DeleteExperiment,
+UpdateArms, ResetExperiment."""
+
+from __future__ import annotations
+
+from banditd.decision.v1 import decision_pb2 as pb
+from banditd.server.api.core import Core
+from banditd.server.errors import InvalidArgument
+from banditd.storage.v1 import storage_pb2 as st
+
+
+class ExperimentHandlers:
+    RPCS = ("CreateExperiment", "GetExperiment", "ListExperiments", "DeleteExperiment",
+            "UpdateArms", "ResetExperiment")
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.experiments = core.state.experiments
+
+    async def CreateExperiment(self, request: pb.CreateExperimentRequest, context
+                               ) -> pb.Experiment:
+        if not request.HasField("experiment"):
+            raise InvalidArgument("experiment is required")
+        config = self.experiments.check_create(request.experiment)
+        experiment = await self.core.write(st.WalRecord(create_experiment=config),
+                                           replicated=True)
+        return experiment.config  # type: ignore[attr-defined]
+
+    async def GetExperiment(self, request: pb.GetExperimentRequest, context) -> pb.Experiment:
+        return self.experiments.get(request.experiment_id).config
+
+    async def ListExperiments(self, request: pb.ListExperimentsRequest, context
+                              ) -> pb.ListExperimentsResponse:
+        experiments, token = self.experiments.list_page(request.page_size, request.page_token)
+        return pb.ListExperimentsResponse(experiments=[e.config for e in experiments],
+                                          next_page_token=token)
+
+    async def DeleteExperiment(self, request: pb.DeleteExperimentRequest, context
+                               ) -> pb.DeleteExperimentResponse:
+        self.experiments.get(request.experiment_id)
+        await self.core.write(st.WalRecord(
+            delete_experiment=st.DeleteExperiment(experiment_id=request.experiment_id)),
+            replicated=True)
+        return pb.DeleteExperimentResponse()
+
+    async def UpdateArms(self, request: pb.UpdateArmsRequest, context) -> pb.UpdateArmsResponse:
+        self.experiments.check_update_arms(request)
+        experiment = await self.core.write(st.WalRecord(update_arms=request), replicated=True)
+        return pb.UpdateArmsResponse(experiment=experiment.config)  # type: ignore[attr-defined]
+
+    async def ResetExperiment(self, request: pb.ResetExperimentRequest, context
+                              ) -> pb.ResetExperimentResponse:
+        self.experiments.get(request.experiment_id)
+        experiment = await self.core.write(st.WalRecord(
+            reset_experiment=st.ResetExperiment(experiment_id=request.experiment_id)),
+            replicated=True)
+        return pb.ResetExperimentResponse(experiment=experiment.config)  # type: ignore[attr-defined]

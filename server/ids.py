@@ -1,0 +1,29 @@
+"""The ids clients choose (experiments, campaigns, arms) and their checks."""
+
+from __future__ import annotations
+
+import re
+
+from banditd.server.errors import InvalidArgument
+
+EXPERIMENT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+MAX_ARM_ID_LENGTH = 256
+
+
+def check_experiment_id(experiment_id: str, field: str = "experiment_id") -> None:
+    if not EXPERIMENT_ID.fullmatch(experiment_id):
+        raise InvalidArgument(
+            f"{field} {experiment_id!r} must be 1-128 characters of letters, digits and ._:-"
+        )
+
+
+def check_new_arm_ids(arm_ids, field: str) -> None:
+    seen: set[str] = set()
+    for i, arm_id in enumerate(arm_ids):
+        if not arm_id:
+            raise InvalidArgument(f"{field}[{i}] is empty")
+        if len(arm_id) > MAX_ARM_ID_LENGTH:
+            raise InvalidArgument(f"{field}[{i}] is longer than {MAX_ARM_ID_LENGTH} characters")
+        if arm_id in seen:
+            raise InvalidArgument(f"{field}[{i}]: duplicate arm id '{arm_id}'")
+        seen.add(arm_id)

@@ -1,0 +1,189 @@
+"""Reward records: how a reward changes state (learned once per decision), and its record.
+
+A reward is applied in one way, live and on replay (:meth:`Learning.apply`): its decision is
+marked rewarded in the decision store — or, for a reward by explicit arm whose decision is
+unknown, a rewarded *tombstone* is stored under the decision id, so that a retry is recognised —
+and the experiment learns it (one kernel call per experiment and record). Deciding whether a
+reward is a duplicate is the request's check, made before its record exists: a duplicate makes
+no record.
+
+The record is a ``RewardTable`` (``banditd.storage.v1``): the rewards of one request as columns,
+with the time they were recorded (which decides, on replay as live, whether a decision had
+expired by then).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from banditd.server.state.decision_store import DecisionRecord, DecisionStore
+from banditd.server.state.experiment import Experiment
+from banditd.server.state.registry import ExperimentRegistry
+from banditd.storage.v1 import storage_pb2 as st
+
+_EMPTY = np.empty(0, dtype=np.float64)
+
+
+class RewardRows:
+    """The rewards of one request, as the columns of a ``reward_table`` record. Rows added
+    live also carry what the request's checks already looked up (the experiment object, the
+    arm's position, the decision's row), so applying them does not look those up again; rows
+    decoded from the log look them up."""
+
+    __slots__ = ("created", "experiment_ids", "arm_ids", "rewards", "contexts", "decision_ids",
+                 "tombstones", "experiments", "arms", "seqs")
+
+    def __init__(self, created: float) -> None:
+        self.created = created  # seconds since the epoch
+        self.experiment_ids: list[str] = []
+        self.arm_ids: list[str] = []
+        self.rewards: list[float] = []
+        self.contexts: list[np.ndarray] = []
+        self.decision_ids: list[str] = []
+        self.tombstones: list[bool] = []
+        self.experiments: list[Experiment | None] = []
+        self.arms: list[int] = []
+        self.seqs: list[int] = []  # decision store row, -1 = look it up
+
+    def __len__(self) -> int:
+        return len(self.rewards)
+
+    def add(self, experiment: Experiment, arm: int, reward: float, context: np.ndarray,
+            decision_id: str, tombstone: bool, seq: int = -1) -> None:
+        """One checked reward of arm position ``arm``; ``seq``: its decision's row when the
+        check found it (the decision belongs to this experiment incarnation)."""
+        self.experiment_ids.append(experiment.experiment_id)
+        self.arm_ids.append(experiment.arm_ids[arm])
+        self.rewards.append(reward)
+        self.contexts.append(context)
+        self.decision_ids.append(decision_id)
+        self.tombstones.append(tombstone)
+        self.experiments.append(experiment)
+        self.arms.append(arm)
+        self.seqs.append(seq)
+
+    def encode(self) -> st.WalRecord:
+        table = dict(
+            experiment_ids=self.experiment_ids, arm_ids=self.arm_ids, rewards=self.rewards,
+            context_sizes=[len(c) for c in self.contexts], decision_ids=self.decision_ids,
+            tombstones=self.tombstones, created=self.created)
+        with_context = [c for c in self.contexts if len(c)]
+        if with_context:
+            table["contexts"] = np.concatenate(with_context).tolist()
+        return st.WalRecord(reward_table=table)  # built in place
+
+    @classmethod
+    def decode(cls, t: st.RewardTable) -> RewardRows:
+        """A logged ``RewardTable``'s rows (nothing looked up yet)."""
+        n = len(t.rewards)
+        for name in ("experiment_ids", "arm_ids", "context_sizes", "decision_ids", "tombstones"):
+            if len(getattr(t, name)) != n:
+                raise ValueError(f"reward table of {n} rewards has {len(getattr(t, name))} "
+                                 f"{name}")
+        rows = cls(t.created)
+        rows.experiment_ids = list(t.experiment_ids)
+        rows.arm_ids = list(t.arm_ids)
+        rows.rewards = list(t.rewards)
+        values = np.array(t.contexts, dtype=np.float64)
+        sizes = list(t.context_sizes)
+        if sum(sizes) != len(values):
+            raise ValueError(f"reward table's context sizes add up to {sum(sizes)}, it has "
+                             f"{len(values)} context values")
+        offsets = np.cumsum([0, *sizes]).tolist()
+        rows.contexts = [values[a:b] if b > a else _EMPTY
+                         for a, b in zip(offsets, offsets[1:], strict=False)]
+        rows.decision_ids = list(t.decision_ids)
+        rows.tombstones = list(t.tombstones)
+        rows.experiments = [None] * n
+        rows.arms = [-1] * n
+        rows.seqs = [-1] * n
+        return rows
+
+    @classmethod
+    def decode_legacy(cls, record: st.Rewards) -> RewardRows:
+        """The rows of a ``rewards`` record (the message-per-reward form of older logs)."""
+        t = st.RewardTable(created=0.0)
+        for r in record.items:
+            t.experiment_ids.append(r.experiment_id)
+            t.arm_ids.append(r.arm_id)
+            t.rewards.append(r.reward)
+            t.context_sizes.append(len(r.context))
+            t.contexts.extend(r.context)
+            t.decision_ids.append(r.decision_id)
+            t.tombstones.append(r.tombstone)
+        return cls.decode(t)
+
+
+class _Group:
+    """The rewards of one experiment within a record, learned with one kernel call."""
+
+    __slots__ = ("experiment", "arms", "rewards", "contexts")
+
+    def __init__(self, experiment: Experiment) -> None:
+        self.experiment = experiment
+        self.arms: list[int] = []
+        self.rewards: list[float] = []
+        self.contexts: list[np.ndarray] = []
+
+    def learn(self) -> None:
+        e = self.experiment
+        n = len(self.arms)
+        if n == 1:
+            e.reward(self.arms[0], self.rewards[0], self.contexts[0])
+            return
+        contexts = np.array(self.contexts) if e.context_dim else np.empty((n, 0))
+        e.reward_many(np.array(self.arms, dtype=np.int64),
+                      np.array(self.rewards, dtype=np.float64), contexts)
+
+
+class Learning:
+    """Applies reward records to the experiments and the decision store."""
+
+    def __init__(self, experiments: ExperimentRegistry, store: DecisionStore) -> None:
+        self.experiments = experiments
+        self.store = store
+
+    def apply(self, rows: RewardRows) -> None:
+        """Apply a ``reward_table`` record: per row, its decision's bookkeeping; then each
+        experiment learns its rows in order (the same state as one by one)."""
+        groups: dict[int, _Group] = {}
+        # a record of older logs has no time: decisions are then found whatever their age
+        now = rows.created if rows.created else -np.inf
+        for i in range(len(rows.rewards)):
+            e = rows.experiments[i]
+            if e is None:
+                e = self.experiments.get(rows.experiment_ids[i])
+            arm = rows.arms[i]
+            if arm < 0:
+                arm = e.arm_index[rows.arm_ids[i]]
+            group = groups.get(e.uid)
+            if group is None:
+                group = groups[e.uid] = _Group(e)
+            decision_id = rows.decision_ids[i]
+            if decision_id:
+                self._settle(e, arm, decision_id, rows.tombstones[i], rows.seqs[i], now,
+                             e.version + len(group.arms), rows.created)
+            group.arms.append(arm)
+            group.rewards.append(rows.rewards[i])
+            group.contexts.append(rows.contexts[i])
+        for group in groups.values():
+            group.learn()
+
+    def _settle(self, e: Experiment, arm: int, decision_id: str, tombstone: bool, seq: int,
+                now: float, version: int, created: float) -> None:
+        """The decision store's side of one reward: its decision marked rewarded (when it
+        belongs to this incarnation), or a rewarded tombstone stored for an unknown one.
+        ``version``: the experiment's model version just before this reward is learned."""
+        store = self.store
+        if seq < 0:
+            found = store.find(decision_id, now)
+            if found is None:
+                if tombstone:
+                    store.put(decision_id, DecisionRecord(
+                        e.uid, (e.arm_ids[arm],), None, 0.0, version,
+                        created if created else 0.0, rewarded=True), expire=False)
+                return
+            if store.uid_of(found) != e.uid:
+                return  # made before a reset, or for another experiment
+            seq = found
+        store.mark_rewarded_row(seq)
