@@ -1,6 +1,6 @@
 """Instructions per unary SelectArm call: banditd against the bare echo, counted by callgrind.
 
-    python benchmarks/instructions.py [--calls 4000] [--concurrency 8] [--repeats 3]
+    python -m benchmarks.instructions [--calls 4000] [--concurrency 8] [--repeats 3]
                                       [--cache-sim] [--out benchmarks/results/instructions.json]
 
 QPS ratios on a small shared VM move by ±5–10% between runs, more than most single changes to
@@ -45,14 +45,9 @@ from pathlib import Path
 
 import grpc
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path[:0] = [str(HERE), str(ROOT), str(ROOT / "proto")]
-
-from grpc_throughput import CONTROL, SERVICE  # noqa: E402
-from local_server import free_port, machine, stop_process, wait_serving  # noqa: E402
-
-from banditd.decision.v1 import decision_pb2 as pb  # noqa: E402
+from banditd.decision.v1 import decision_pb2 as pb
+from benchmarks.grpc_throughput import CONTROL, SERVICE
+from benchmarks.local_server import ROOT, free_port, machine, stop_process, wait_serving
 
 METHOD = f"/{SERVICE}/SelectArm"
 EXPERIMENT = pb.Experiment(experiment_id="instr-thompson-10",
@@ -176,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="also count callgrind's simulated cache misses (slower)")
     ap.add_argument("--decision-log-delay", type=float, default=1.0,
                     help="banditd's decision_log_delay_seconds under callgrind (see above)")
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "instructions.json")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/instructions.json"))
     args = ap.parse_args(argv)
     if args.repeats < 1:
         ap.error("--repeats must be at least 1")
@@ -195,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             args.cache_sim)
         servers.append(banditd)
         port_file = work / "echo.port"
-        echo = Callgrind("echo", [sys.executable, str(HERE / "grpc_throughput.py"),
+        echo = Callgrind("echo", [sys.executable, "-m", "benchmarks.grpc_throughput",
                                   "--serve-echo", str(port_file)], work, args.cache_sim)
         servers.append(echo)
         deadline = time.monotonic() + 1200

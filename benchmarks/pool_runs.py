@@ -1,6 +1,6 @@
 """Pool several ``grpc_throughput.py`` runs of the same points into one QPS ratio per point.
 
-    python benchmarks/pool_runs.py RUN.json [RUN.json ...] [--out pooled.json]
+    python -m benchmarks.pool_runs RUN.json [RUN.json ...] [--out pooled.json]
 
 A single run's ratio at one point comes from its ABBA rounds, and on a shared VM the rounds
 of one run scatter (slices of 1.5 s moved by ±20% on the development VM), so its 95% interval
@@ -19,8 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from grpc_throughput import ratio_interval  # noqa: E402
+from benchmarks.grpc_throughput import ratio_interval
 
 SAME = ("duration_s", "warmup_s", "rounds", "echo_work_us", "echo_sched_batch")
 
