@@ -201,6 +201,7 @@ async def _closed_loop(cmd: dict) -> dict:
 
 def _client_process(conn) -> None:
     """A client process: runs one measurement per command received, until None."""
+    conn.send("ready")  # imports done: the first slice must not pay for them
     while True:
         cmd = conn.recv()
         if cmd is None:
@@ -221,6 +222,10 @@ class ClientPool:
             proc.start()
             self.conns.append(parent)
             self.procs.append(proc)
+        for conn in self.conns:
+            if not conn.poll(120) or conn.recv() != "ready":
+                self.close()
+                raise RuntimeError("a client process did not start within 120 s")
 
     def run(self, processes: int, concurrency: int, base: dict) -> list[dict]:
         """Split ``concurrency`` loops over ``processes`` processes; one result each."""
