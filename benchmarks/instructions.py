@@ -9,18 +9,18 @@ the hot path are worth. Instructions executed per call do not: both servers (the
 off) run under ``valgrind --tool=callgrind`` with instrumentation off; a grpc.aio client sends
 ``--calls`` / 2 warm-up calls of SelectArm (Thompson K = 10), then instrumentation is switched
 on (``callgrind_control``) for ``--calls`` calls at ``--concurrency`` in flight, and the
-server's user-space instructions in that window (every thread) are divided by the calls. On
-the development VM banditd's QPS ratio to the echo, averaged over the six points of a long
-run, came out near echo instructions / banditd instructions (2026-12-04: 0.87–0.91 in three
-runs against 0.906), while single points spread several percent either side.
+server's user-space instructions in that window (every thread) are divided by the calls.
+Averaged over the six points of a long ``grpc_throughput`` run, banditd's QPS ratio to the
+echo comes out near echo instructions / banditd instructions; single points spread several
+percent either side.
 
 The count of one window is not fixed: gRPC's threads and the event loop interleave
-differently from one run to the next (under callgrind too), and a whole run of the same echo
-gave 459.7k instructions per call on one day and 437.0k on another. So each server is counted
-``--repeats`` times, the two alternating (echo first, then banditd first, ...), and the JSON
-keeps every count; the median of each server is its figure. ``--cache-sim`` adds
-callgrind's simulated first-level and last-level cache misses per call to each window (a
-model of the cache, not this CPU's counters, which the VM does not expose).
+differently from one run to the next (under callgrind too), and whole runs of the same echo
+can differ by about 5%. So each server is counted ``--repeats`` times, the two alternating
+(echo first, then banditd first, ...), and the JSON keeps every count; the median of each
+server is its figure. ``--cache-sim`` adds callgrind's simulated first-level and last-level
+cache misses per call to each window (a model of the cache, not this CPU's counters, which
+the VM does not expose).
 
 Under callgrind a server runs ≈ 50× slower, which changes what is time-based: the decision
 log is written every ``decision_log_delay_seconds``, so it is set to 1 s here (≈ 100

@@ -37,7 +37,7 @@ def pool(reports: list[dict]) -> dict:
     for i, report in enumerate(reports):
         for p in report["points"]:
             if "round_calls" not in p:
-                raise ValueError(f"run {i} keeps no round_calls (measured before they were kept)")
+                raise ValueError(f"run {i} keeps no round_calls: its rounds cannot be pooled")
             key = (p["scenario"], p["concurrency"], p["processes"])
             point = pooled.setdefault(key, {"echo": [], "banditd": [], "run_ratios": []})
             point["echo"] += p["round_calls"]["echo"]
