@@ -34,30 +34,30 @@ lint: $(STAMP)
 
 ## Benchmarks (bounded, loopback only); results go to benchmarks/results/*.json (+ PNG plots).
 bench: $(STAMP)
-	$(BIN)/python benchmarks/kernel_bench.py --out benchmarks/results/kernels.json
-	$(BIN)/python benchmarks/grpc_throughput.py --out benchmarks/results/grpc_throughput.json
-	$(BIN)/python benchmarks/grpc_throughput.py --only select_thompson_k10 --echo-work-us 20 \
+	$(BIN)/python -m benchmarks.kernel_bench --out benchmarks/results/kernels.json
+	$(BIN)/python -m benchmarks.grpc_throughput --out benchmarks/results/grpc_throughput.json
+	$(BIN)/python -m benchmarks.grpc_throughput --only select_thompson_k10 --echo-work-us 20 \
 		--no-plots --out benchmarks/results/grpc_throughput_working_echo.json
-	$(BIN)/python benchmarks/grpc_throughput.py --only select_thompson_k10 --duration 30 --rounds 20 \
+	$(BIN)/python -m benchmarks.grpc_throughput --only select_thompson_k10 --duration 30 --rounds 20 \
 		--no-plots --out benchmarks/results/grpc_throughput_select_long.json
-	$(BIN)/python benchmarks/grpc_throughput.py --only select_thompson_k10 --duration 30 --rounds 20 \
+	$(BIN)/python -m benchmarks.grpc_throughput --only select_thompson_k10 --duration 30 --rounds 20 \
 		--echo-sched-batch --no-plots \
 		--out benchmarks/results/grpc_throughput_select_long_echo_sched_batch.json
-	$(BIN)/python benchmarks/instructions.py --out benchmarks/results/instructions.json; \
+	$(BIN)/python -m benchmarks.instructions --out benchmarks/results/instructions.json; \
 		rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 2 ]  # 2: no valgrind on this machine, skipped
-	$(BIN)/python benchmarks/first_request.py --out benchmarks/results/first_request.json
-	$(BIN)/python benchmarks/startup_load.py --out benchmarks/results/startup_load.json
-	$(BIN)/python benchmarks/analytics_bench.py --out benchmarks/results/analytics.json
-	$(BIN)/python benchmarks/durability_bench.py --out benchmarks/results/durability.json
-	$(BIN)/python benchmarks/pacing_sim.py --out benchmarks/results/pacing.json
-	$(BIN)/python benchmarks/workers_bench.py --out benchmarks/results/workers.json
+	$(BIN)/python -m benchmarks.first_request --out benchmarks/results/first_request.json
+	$(BIN)/python -m benchmarks.startup_load --out benchmarks/results/startup_load.json
+	$(BIN)/python -m benchmarks.analytics_bench --out benchmarks/results/analytics.json
+	$(BIN)/python -m benchmarks.durability_bench --out benchmarks/results/durability.json
+	$(BIN)/python -m benchmarks.pacing_sim --out benchmarks/results/pacing.json
+	$(BIN)/python -m benchmarks.workers_bench --out benchmarks/results/workers.json
 
 ## Locust load test: a local server, a headless run of LOAD_TIME with LOAD_USERS users;
 ## CSV + HTML reports in benchmarks/results/locust/ (e.g. make load LOAD_TIME=5m LOAD_USERS=64).
 LOAD_TIME  ?= 60s
 LOAD_USERS ?= 32
 load: $(STAMP)
-	$(BIN)/python benchmarks/run_load.py --run-time $(LOAD_TIME) --users $(LOAD_USERS) \
+	$(BIN)/python -m benchmarks.run_load --run-time $(LOAD_TIME) --users $(LOAD_USERS) \
 		--out benchmarks/results/locust
 
 clean:

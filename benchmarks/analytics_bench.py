@@ -4,7 +4,7 @@ Two figures per call: the server-side handler (the servicer method awaited in-pr
 validation + compiled Monte-Carlo + response building, no network) and the round trip
 through a real server on 127.0.0.1 with the generated sync stub. Median of repeated calls.
 
-    python benchmarks/analytics_bench.py [--out benchmarks/results/analytics.json]
+    python -m benchmarks.analytics_bench [--out benchmarks/results/analytics.json]
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,13 +20,10 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from local_server import machine  # noqa: E402
-
-from banditd.decision.v1 import decision_pb2 as pb  # noqa: E402
-from banditd.decision.v1 import decision_pb2_grpc as pb_grpc  # noqa: E402
-from conftest import running_server  # noqa: E402  (the tests' real-server harness)
+from banditd.decision.v1 import decision_pb2 as pb
+from banditd.decision.v1 import decision_pb2_grpc as pb_grpc
+from benchmarks.in_process import InProcessServer
+from benchmarks.local_server import machine
 
 
 def _median_us(fn, repeats: int) -> float:
@@ -46,7 +42,8 @@ def main() -> None:
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     results = []
-    with running_server(Path(tempfile.mkdtemp()), max_arms=1000) as srv, \
+    with tempfile.TemporaryDirectory(prefix="banditd-analytics-") as data, \
+            InProcessServer(Path(data), max_arms=1000) as srv, \
             grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
         stub = pb_grpc.DecisionServiceStub(ch)
         servicer = srv.app.servicer

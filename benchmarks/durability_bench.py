@@ -12,7 +12,7 @@
 3. Restore time of a data directory holding a 1,000,000-arm experiment and 1,000,000 stored
    decisions (server start to health SERVING, minus the start time of an empty server).
 
-    python benchmarks/durability_bench.py [--out benchmarks/results/durability.json] [--quick]
+    python -m benchmarks.durability_bench [--out benchmarks/results/durability.json] [--quick]
                                           [--only throughput|snapshot|restore]
                                           [--mb-per-s RATE] [--interval SECONDS]
 """
@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,10 +31,8 @@ import grpc
 
 from banditd.decision.v1 import decision_pb2 as pb
 from banditd.decision.v1 import decision_pb2_grpc as pb_grpc
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from local_server import LocalServer as Server  # noqa: E402
-from local_server import machine  # noqa: E402
+from benchmarks.local_server import LocalServer as Server
+from benchmarks.local_server import machine
 
 
 def _channel(port: int) -> grpc.Channel:

@@ -9,7 +9,7 @@ single first call is one noisy sample, so the median and the max over restarts a
 reported. For scale: a request that had to JIT-compile a kernel would take
 hundreds of milliseconds (compiling all kernels from scratch takes 15-25 s).
 
-    python benchmarks/first_request.py [--restarts 5] [--out benchmarks/results/first_request.json]
+    python -m benchmarks.first_request [--restarts 5] [--out benchmarks/results/first_request.json]
 """
 
 from __future__ import annotations
@@ -29,9 +29,7 @@ import grpc
 
 from banditd.decision.v1 import decision_pb2 as pb
 from banditd.decision.v1 import decision_pb2_grpc as pb_grpc
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from local_server import free_port, wait_serving  # noqa: E402
+from benchmarks.local_server import free_port, wait_serving
 
 POLICIES = {
     "thompson": (pb.Policy(thompson=pb.Policy.Thompson()), pb.REWARD_TYPE_BINARY, 0),

@@ -1,6 +1,6 @@
 """gRPC throughput and latency of banditd vs a bare grpc.aio echo server: same client, same run.
 
-    python benchmarks/grpc_throughput.py [--out benchmarks/results/grpc_throughput.json]
+    python -m benchmarks.grpc_throughput [--out benchmarks/results/grpc_throughput.json]
                                          [--duration 3] [--quick] [--only SCENARIO ...]
                                          [--echo-work-us N] [--echo-sched-batch]
 
@@ -49,11 +49,15 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from local_server import LocalServer, machine, process_cpu_seconds, stop_process  # noqa: E402
-
-from banditd.decision.v1 import decision_pb2 as pb  # noqa: E402
-from banditd.decision.v1 import decision_pb2_grpc as pb_grpc  # noqa: E402
+from banditd.decision.v1 import decision_pb2 as pb
+from banditd.decision.v1 import decision_pb2_grpc as pb_grpc
+from benchmarks.local_server import (
+    ROOT,
+    LocalServer,
+    machine,
+    process_cpu_seconds,
+    stop_process,
+)
 
 SERVICE = "decision.v1.DecisionService"
 CONTROL = "/bench.Echo/SetResponse"  # echo server: payload = method + b"\n" + response bytes
@@ -129,9 +133,11 @@ class EchoServer:
 
     def __init__(self, directory: Path, work_us: float = 0.0, sched_batch: bool = False) -> None:
         port_file = directory / "echo.port"
-        self.proc = subprocess.Popen([sys.executable, __file__, "--serve-echo", str(port_file),
+        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.grpc_throughput",
+                                      "--serve-echo", str(port_file),
                                       "--echo-work-us", str(work_us)]
-                                     + (["--echo-sched-batch"] if sched_batch else []))
+                                     + (["--echo-sched-batch"] if sched_batch else []),
+                                     cwd=ROOT)
         deadline = time.monotonic() + 60
         while not port_file.exists() or not port_file.read_text().endswith("\n"):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -195,6 +201,7 @@ async def _closed_loop(cmd: dict) -> dict:
 
 def _client_process(conn) -> None:
     """A client process: runs one measurement per command received, until None."""
+    conn.send("ready")  # imports done: the first slice must not pay for them
     while True:
         cmd = conn.recv()
         if cmd is None:
@@ -215,6 +222,10 @@ class ClientPool:
             proc.start()
             self.conns.append(parent)
             self.procs.append(proc)
+        for conn in self.conns:
+            if not conn.poll(120) or conn.recv() != "ready":
+                self.close()
+                raise RuntimeError("a client process did not start within 120 s")
 
     def run(self, processes: int, concurrency: int, base: dict) -> list[dict]:
         """Split ``concurrency`` loops over ``processes`` processes; one result each."""

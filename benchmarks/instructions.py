@@ -1,6 +1,6 @@
 """Instructions per unary SelectArm call: banditd against the bare echo, counted by callgrind.
 
-    python benchmarks/instructions.py [--calls 4000] [--concurrency 8] [--repeats 3]
+    python -m benchmarks.instructions [--calls 4000] [--concurrency 8] [--repeats 3]
                                       [--cache-sim] [--out benchmarks/results/instructions.json]
 
 QPS ratios on a small shared VM move by ±5–10% between runs, more than most single changes to
@@ -9,18 +9,18 @@ the hot path are worth. Instructions executed per call do not: both servers (the
 off) run under ``valgrind --tool=callgrind`` with instrumentation off; a grpc.aio client sends
 ``--calls`` / 2 warm-up calls of SelectArm (Thompson K = 10), then instrumentation is switched
 on (``callgrind_control``) for ``--calls`` calls at ``--concurrency`` in flight, and the
-server's user-space instructions in that window (every thread) are divided by the calls. On
-the development VM banditd's QPS ratio to the echo, averaged over the six points of a long
-run, came out near echo instructions / banditd instructions (2026-12-04: 0.87–0.91 in three
-runs against 0.906), while single points spread several percent either side.
+server's user-space instructions in that window (every thread) are divided by the calls.
+Averaged over the six points of a long ``grpc_throughput`` run, banditd's QPS ratio to the
+echo comes out near echo instructions / banditd instructions; single points spread several
+percent either side.
 
 The count of one window is not fixed: gRPC's threads and the event loop interleave
-differently from one run to the next (under callgrind too), and a whole run of the same echo
-gave 459.7k instructions per call on one day and 437.0k on another. So each server is counted
-``--repeats`` times, the two alternating (echo first, then banditd first, ...), and the JSON
-keeps every count; the median of each server is its figure. ``--cache-sim`` adds
-callgrind's simulated first-level and last-level cache misses per call to each window (a
-model of the cache, not this CPU's counters, which the VM does not expose).
+differently from one run to the next (under callgrind too), and whole runs of the same echo
+can differ by about 5%. So each server is counted ``--repeats`` times, the two alternating
+(echo first, then banditd first, ...), and the JSON keeps every count; the median of each
+server is its figure. ``--cache-sim`` adds callgrind's simulated first-level and last-level
+cache misses per call to each window (a model of the cache, not this CPU's counters, which
+the VM does not expose).
 
 Under callgrind a server runs ≈ 50× slower, which changes what is time-based: the decision
 log is written every ``decision_log_delay_seconds``, so it is set to 1 s here (≈ 100
@@ -45,14 +45,9 @@ from pathlib import Path
 
 import grpc
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path[:0] = [str(HERE), str(ROOT), str(ROOT / "proto")]
-
-from grpc_throughput import CONTROL, SERVICE  # noqa: E402
-from local_server import free_port, machine, stop_process, wait_serving  # noqa: E402
-
-from banditd.decision.v1 import decision_pb2 as pb  # noqa: E402
+from banditd.decision.v1 import decision_pb2 as pb
+from benchmarks.grpc_throughput import CONTROL, SERVICE
+from benchmarks.local_server import ROOT, free_port, machine, stop_process, wait_serving
 
 METHOD = f"/{SERVICE}/SelectArm"
 EXPERIMENT = pb.Experiment(experiment_id="instr-thompson-10",
@@ -176,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="also count callgrind's simulated cache misses (slower)")
     ap.add_argument("--decision-log-delay", type=float, default=1.0,
                     help="banditd's decision_log_delay_seconds under callgrind (see above)")
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "instructions.json")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/instructions.json"))
     args = ap.parse_args(argv)
     if args.repeats < 1:
         ap.error("--repeats must be at least 1")
@@ -195,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             args.cache_sim)
         servers.append(banditd)
         port_file = work / "echo.port"
-        echo = Callgrind("echo", [sys.executable, str(HERE / "grpc_throughput.py"),
+        echo = Callgrind("echo", [sys.executable, "-m", "benchmarks.grpc_throughput",
                                   "--serve-echo", str(port_file)], work, args.cache_sim)
         servers.append(echo)
         deadline = time.monotonic() + 1200

@@ -1,11 +1,11 @@
 """Kernel micro-benchmark: µs per select and per update, compiled kernel vs NumPy reference.
 
-    python benchmarks/kernel_bench.py [--out benchmarks/results/kernels.json] [--quick]
+    python -m benchmarks.kernel_bench [--out benchmarks/results/kernels.json] [--quick]
 
 Select = one decision (num_arms=1), all arms eligible, draws=32, floor 0, burn-in 0, on a state
 that has had some updates. The kernel is called through its public Python function (what the
 server pays); the reference is the module's ``select_reference`` / ``update_reference`` with
-:class:`kernels.rng.NumpyDraws` (vectorised NumPy, the fair fast reference); kernel and
+:class:`banditd.kernels.rng.NumpyDraws` (vectorised NumPy, the fair fast reference); kernel and
 reference each work on their own copy of the state.
 Each figure is the median over repeats of the mean time per call (time.perf_counter_ns).
 
@@ -24,21 +24,16 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from local_server import machine  # noqa: E402
-
-from banditd.kernels import POLICIES  # noqa: E402
-from banditd.kernels.config import FASTMATH, JIT  # noqa: E402
-from banditd.kernels.rng import NumpyDraws, seed_state  # noqa: E402
-from banditd.kernels.warmup import warm_up  # noqa: E402
+from banditd.kernels import POLICIES
+from banditd.kernels.config import FASTMATH, JIT
+from banditd.kernels.rng import NumpyDraws, seed_state
+from banditd.kernels.warmup import warm_up
+from benchmarks.local_server import machine
 
 PARAMS = {
     "thompson": [1.0, 1.0],

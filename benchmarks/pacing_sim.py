@@ -17,7 +17,7 @@ A day "allows" full delivery when bidding the base bid on every auction would ha
 at least the budget. Writes a JSON of metrics and a PNG of planned vs actual cumulative
 spend for a sample day.
 
-    python benchmarks/pacing_sim.py [--days 100] [--auctions 4000] [--out ...] [--quick]
+    python -m benchmarks.pacing_sim [--days 100] [--auctions 4000] [--out ...] [--quick]
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import asyncio
 import json
 import math
 import shutil
-import sys
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -39,10 +38,8 @@ from google.protobuf import timestamp_pb2
 
 from banditd.decision.v1 import decision_pb2 as pb
 from banditd.decision.v1 import decision_pb2_grpc as pb_grpc
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from local_server import LocalServer as Server  # noqa: E402
-from local_server import machine  # noqa: E402
+from benchmarks.local_server import LocalServer as Server
+from benchmarks.local_server import machine
 
 DAY = 86_400.0
 START = datetime(2026, 1, 5, tzinfo=timezone.utc).timestamp()  # a Monday, UTC midnight

@@ -1,6 +1,6 @@
 """Pool several ``grpc_throughput.py`` runs of the same points into one QPS ratio per point.
 
-    python benchmarks/pool_runs.py RUN.json [RUN.json ...] [--out pooled.json]
+    python -m benchmarks.pool_runs RUN.json [RUN.json ...] [--out pooled.json]
 
 A single run's ratio at one point comes from its ABBA rounds, and on a shared VM the rounds
 of one run scatter (slices of 1.5 s moved by ±20% on the development VM), so its 95% interval
@@ -19,8 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from grpc_throughput import ratio_interval  # noqa: E402
+from benchmarks.grpc_throughput import ratio_interval
 
 SAME = ("duration_s", "warmup_s", "rounds", "echo_work_us", "echo_sched_batch")
 
@@ -38,7 +37,7 @@ def pool(reports: list[dict]) -> dict:
     for i, report in enumerate(reports):
         for p in report["points"]:
             if "round_calls" not in p:
-                raise ValueError(f"run {i} keeps no round_calls (measured before they were kept)")
+                raise ValueError(f"run {i} keeps no round_calls: its rounds cannot be pooled")
             key = (p["scenario"], p["concurrency"], p["processes"])
             point = pooled.setdefault(key, {"echo": [], "banditd": [], "run_ratios": []})
             point["echo"] += p["round_calls"]["echo"]

@@ -1,6 +1,6 @@
 """Profile banditd under load with py-spy: where does a request's server time go?
 
-    python benchmarks/profile_server.py [--scenario select_thompson_k10] [--seconds 10]
+    python -m benchmarks.profile_server [--scenario select_thompson_k10] [--seconds 10]
                                         [--concurrency 8] [--out benchmarks/results/profile]
 
 Starts ``banditd serve`` on 127.0.0.1, drives one scenario of ``grpc_throughput.py`` with the
@@ -29,11 +29,9 @@ from pathlib import Path
 
 import grpc
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from grpc_throughput import SERVICE, ClientPool, build_scenarios  # noqa: E402
-from local_server import LocalServer  # noqa: E402
-
-from banditd.decision.v1 import decision_pb2_grpc as pb_grpc  # noqa: E402
+from banditd.decision.v1 import decision_pb2_grpc as pb_grpc
+from benchmarks.grpc_throughput import SERVICE, ClientPool, build_scenarios
+from benchmarks.local_server import LocalServer
 
 # Innermost frames of a thread waiting, not working (see the module's docstring).
 IDLE = ("EpollSelector.select (selectors.py", "Thread.run (threading.py")

@@ -1,6 +1,6 @@
 """``make load``: a local banditd, a bounded headless Locust run against it, its reports.
 
-    python benchmarks/run_load.py [--run-time 60s] [--users 32] [--spawn-rate 8]
+    python -m benchmarks.run_load [--run-time 60s] [--users 32] [--spawn-rate 8]
                                   [--out benchmarks/results/locust]
 
 Starts ``banditd serve`` on 127.0.0.1 (a free port, a temporary data directory, default
@@ -17,15 +17,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from local_server import LocalServer, machine  # noqa: E402
+from benchmarks.local_server import LocalServer, machine
 
 HERE = Path(__file__).resolve().parent
 
@@ -69,9 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                    "--html", str(prefix) + ".html", "--only-summary"]
             if args.processes > 1:
                 cmd += ["--processes", str(args.processes)]
-            env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-                [str(HERE.parent), str(HERE.parent / "proto"), os.environ.get("PYTHONPATH", "")]))
-            code = subprocess.call(cmd, env=env)
+            code = subprocess.call(cmd)
     finally:
         shutil.rmtree(data, ignore_errors=True)
     rows = summarise(Path(str(prefix) + "_stats.csv"))

@@ -1,6 +1,6 @@
 """The first seconds of traffic after a start: tail latency and full garbage collections.
 
-    python benchmarks/startup_load.py [--restarts 5] [--seconds 8] [--concurrency 32]
+    python -m benchmarks.startup_load [--restarts 5] [--seconds 8] [--concurrency 32]
                                       [--out benchmarks/results/startup_load.json]
 
 For each of ``--restarts`` fresh ``banditd serve`` processes (127.0.0.1, default settings,
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import tempfile
 import urllib.request
 from pathlib import Path
@@ -28,18 +27,16 @@ import grpc
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from grpc_throughput import (  # noqa: E402
+from banditd.decision.v1 import decision_pb2 as pb
+from banditd.decision.v1 import decision_pb2_grpc as pb_grpc
+from benchmarks.grpc_throughput import (
     ClientPool,
     Scenario,
     _experiment,
     _summary,
     measure,
 )
-from local_server import LocalServer, free_port, machine  # noqa: E402
-
-from banditd.decision.v1 import decision_pb2 as pb  # noqa: E402
-from banditd.decision.v1 import decision_pb2_grpc as pb_grpc  # noqa: E402
+from benchmarks.local_server import LocalServer, free_port, machine
 
 STALL_US = 50_000.0
 

@@ -23,7 +23,7 @@ the leader (explicit arm, a separate 2-arm experiment, every 50 ms) and polls th
 the time from the leader's answer to the follower's is an upper bound of the stream's
 latency (it includes one poll call).
 
-    python benchmarks/workers_bench.py [--out benchmarks/results/workers.json] [--quick]
+    python -m benchmarks.workers_bench [--out benchmarks/results/workers.json] [--quick]
 """
 
 from __future__ import annotations
@@ -47,9 +47,7 @@ import grpc
 
 from banditd.decision.v1 import decision_pb2 as pb
 from banditd.decision.v1 import decision_pb2_grpc as pb_grpc
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from local_server import machine, wait_serving  # noqa: E402
+from benchmarks.local_server import machine, wait_serving
 
 EXPERIMENT = "bench"
 ARMS = 10

@@ -10,12 +10,13 @@ import sys
 import numpy as np
 import pytest
 
+from benchmarks.grpc_throughput import p99_ratio_interval, ratio_interval
+from benchmarks.instructions import event_totals, summarise, totals
+from benchmarks.local_server import machine
+from benchmarks.profile_server import _top
 from conftest import ROOT
 
-BENCH = ROOT / "benchmarks"
-sys.path.insert(0, str(BENCH))
-from local_server import machine  # noqa: E402
-from profile_server import _top  # noqa: E402
+RESULTS = ROOT / "benchmarks" / "results"
 
 
 def _run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -29,7 +30,7 @@ def test_grpc_throughput_against_a_working_echo(tmp_path):
     """Also with the echo's gRPC threads scheduled as banditd's (the like-for-like run), two
     rounds per point: each slice's calls are kept and give the ratio's interval."""
     out = tmp_path / "throughput.json"
-    _run(str(BENCH / "grpc_throughput.py"), "--quick", "--only", "select_thompson_k10",
+    _run("-m", "benchmarks.grpc_throughput", "--quick", "--only", "select_thompson_k10",
          "--echo-work-us", "50", "--echo-sched-batch", "--duration", "1", "--rounds", "2",
          "--out", str(out))
     report = json.loads(out.read_text())
@@ -57,9 +58,6 @@ def test_ratio_interval_of_paired_rounds():
     """The QPS ratio's bootstrap interval: no width when every round agrees, around the
     ratio of the sums otherwise, narrower with more rounds of the same spread, the same
     for the same data (seeded)."""
-    sys.path.insert(0, str(BENCH))
-    from grpc_throughput import ratio_interval
-
     assert ratio_interval([90, 180, 45], [100, 200, 50]) == (0.9, 0.9)
     a, b = [880, 950, 860, 930, 900, 870], [1000, 1010, 990, 1005, 985, 1000]
     low, high = ratio_interval(a, b)
@@ -74,7 +72,7 @@ def test_ratio_interval_of_paired_rounds():
 
 
 def test_durability_snapshot_latency_classifies_every_call():
-    proc = _run(str(BENCH / "durability_bench.py"), "--quick", "--only", "snapshot")
+    proc = _run("-m", "benchmarks.durability_bench", "--quick", "--only", "snapshot")
     result = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert result["big_experiment_arms"] == 100_000 and result["snapshot_interval_s"] == 1.0
     assert result["calls_without_snapshot"] + result["calls_during_snapshot"] == 3000
@@ -83,7 +81,7 @@ def test_durability_snapshot_latency_classifies_every_call():
 
 def test_startup_load_reads_full_collections_from_metrics(tmp_path):
     out = tmp_path / "startup.json"
-    _run(str(BENCH / "startup_load.py"), "--restarts", "1", "--seconds", "1",
+    _run("-m", "benchmarks.startup_load", "--restarts", "1", "--seconds", "1",
          "--concurrency", "4", "--out", str(out))
     report = json.loads(out.read_text())
     (start,) = report["starts"]
@@ -98,9 +96,6 @@ def test_instructions_reads_callgrind_totals_and_needs_valgrind(tmp_path):
     total of a dump is read, a server's repeated windows give their median, and without
     valgrind on PATH it says so and exits with 2."""
     import os
-
-    sys.path.insert(0, str(BENCH))
-    from instructions import event_totals, summarise, totals
 
     rows = [{"instructions_per_call": n} for n in (459_686, 436_864, 437_750)]
     assert summarise(rows) == {"windows": rows, "instructions_per_call": 437_750,
@@ -119,7 +114,7 @@ def test_instructions_reads_callgrind_totals_and_needs_valgrind(tmp_path):
                                     "I1mr": 73025105, "D1mr": 32663700, "D1mw": 8221244,
                                     "ILmr": 9519, "DLmr": 197221, "DLmw": 73597}
     assert totals(cached) == 1751001306
-    proc = subprocess.run([sys.executable, str(BENCH / "instructions.py"), "--out",
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.instructions", "--out",
                            str(tmp_path / "i.json")], capture_output=True, text=True,
                           timeout=120, cwd=ROOT, env=dict(os.environ, PATH=str(tmp_path)))
     assert proc.returncode == 2 and "needs valgrind" in proc.stderr
@@ -130,9 +125,6 @@ def test_p99_ratio_interval_of_paired_rounds():
     """The p99 ratio's bootstrap interval: around the true ratio of two servers whose
     latencies differ by a factor, narrower with more rounds, seeded, and refusing rounds that
     do not pair up."""
-    sys.path.insert(0, str(BENCH))
-    from grpc_throughput import p99_ratio_interval
-
     rng = np.random.default_rng(7)
     echo = [rng.lognormal(7.0, 0.4, size=2_000) for _ in range(8)]
     banditd = [1.2 * rng.lognormal(7.0, 0.4, size=2_000) for _ in range(8)]
@@ -151,9 +143,6 @@ def test_pool_runs_puts_rounds_of_the_same_points_together(tmp_path):
     """Two runs' rounds pooled per point: the ratio of all calls, an interval narrower than
     either run's, and runs measured with other settings (or before rounds were kept)
     refused with a message."""
-    sys.path.insert(0, str(BENCH))
-    from grpc_throughput import ratio_interval
-
     settings = {"duration_s": 12, "warmup_s": 0.3, "rounds": 4, "echo_work_us": 0.0,
                 "echo_sched_batch": True}
 
@@ -170,7 +159,7 @@ def test_pool_runs_puts_rounds_of_the_same_points_together(tmp_path):
         paths.append(tmp_path / f"run{i}.json")
         paths[-1].write_text(json.dumps(report))
     out = tmp_path / "pooled.json"
-    proc = _run(str(BENCH / "pool_runs.py"), *map(str, paths), "--out", str(out))
+    proc = _run("-m", "benchmarks.pool_runs", *map(str, paths), "--out", str(out))
     assert "2 runs, 8 rounds" in proc.stdout
     (point,) = json.loads(out.read_text())["points"]
     banditd = [880, 950, 860, 930, 900, 870, 940, 890]
@@ -187,12 +176,12 @@ def test_pool_runs_puts_rounds_of_the_same_points_together(tmp_path):
     other = run([900] * 4, [1000] * 4)
     other["settings"] = {**settings, "rounds": 8}
     paths[1].write_text(json.dumps(other))
-    proc = subprocess.run([sys.executable, str(BENCH / "pool_runs.py"), *map(str, paths)],
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.pool_runs", *map(str, paths)],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 1 and "other settings" in proc.stderr
     del first["points"][0]["round_calls"]
     paths[0].write_text(json.dumps(first))
-    proc = subprocess.run([sys.executable, str(BENCH / "pool_runs.py"), str(paths[0])],
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.pool_runs", str(paths[0])],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 1 and "keeps no round_calls" in proc.stderr
 
@@ -200,16 +189,15 @@ def test_pool_runs_puts_rounds_of_the_same_points_together(tmp_path):
 def test_pooled_results_are_rebuilt_from_the_committed_runs(tmp_path):
     """The pooled SelectArm results in benchmarks/results come from the runs kept beside them
     (benchmarks/results/runs/): pooling those again gives the same file."""
-    results = BENCH / "results"
     for pooled, pattern in (("grpc_throughput_select_pooled.json", "select_bare_*.json"),
                             ("grpc_throughput_select_pooled_echo_sched_batch.json",
                              "select_sched_batch_*.json")):
-        runs = sorted((results / "runs").glob(pattern))
+        runs = sorted((RESULTS / "runs").glob(pattern))
         assert len(runs) == 5, runs
         out = tmp_path / pooled
-        _run(str(BENCH / "pool_runs.py"), *map(str, runs), "--out", str(out))
+        _run("-m", "benchmarks.pool_runs", *map(str, runs), "--out", str(out))
         assert json.loads(out.read_text())["points"] == \
-            json.loads((results / pooled).read_text())["points"]
+            json.loads((RESULTS / pooled).read_text())["points"]
 
 
 def test_profile_report_separates_waits_and_banditd_code(tmp_path):
@@ -236,7 +224,7 @@ def test_make_load_writes_reports_of_a_real_run(tmp_path):
     """run_load.py (``make load``): a short headless Locust run against its own server; its
     CSV and HTML reports and a summary with the requests it counted, none failed."""
     out = tmp_path / "locust"
-    _run(str(BENCH / "run_load.py"), "--run-time", "4s", "--users", "4", "--spawn-rate", "4",
+    _run("-m", "benchmarks.run_load", "--run-time", "4s", "--users", "4", "--spawn-rate", "4",
          "--out", str(out))
     for name in ("banditd_stats.csv", "banditd_failures.csv", "banditd.html"):
         assert (out / name).stat().st_size > 0
@@ -253,7 +241,7 @@ def test_workers_bench_compares_one_and_two_workers(tmp_path):
     decision counted, both workers of the pair used), the pair's ratio is the ratio of its
     rates, and the propagation probe measured rewards crossing from leader to follower."""
     out = tmp_path / "workers.json"
-    _run(str(BENCH / "workers_bench.py"), "--quick", "--batches", "100", "--max-wait", "1",
+    _run("-m", "benchmarks.workers_bench", "--quick", "--batches", "100", "--max-wait", "1",
          "--out", str(out))
     report = json.loads(out.read_text())
     assert report["machine"]["commit"] == machine()["commit"]
