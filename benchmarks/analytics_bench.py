@@ -1,6 +1,6 @@
 """Analyst RPC benchmark: GetAllocation, GetArmStats, IngestMetrics, AllocateBudget.
 
-Two figures per call: the server-side handler (the servicer method awaited in-process,
+Two figures per call: the server-side handler (the RPC's behaviour awaited in-process,
 validation + compiled Monte-Carlo + response building, no network) and the round trip
 through a real server on 127.0.0.1 with the generated sync stub. Median of repeated calls.
 
@@ -46,11 +46,11 @@ def main() -> None:
             InProcessServer(Path(data), max_arms=1000) as srv, \
             grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
         stub = pb_grpc.DecisionServiceStub(ch)
-        servicer = srv.app.servicer
+        behaviors = srv.app.service.behaviors()
 
         def server_side(method: str, request):
             async def call():
-                return await getattr(servicer, method)(request, None)
+                return await behaviors[method](request, None)
 
             return lambda: asyncio.run_coroutine_threadsafe(call(), srv.loop).result()
 

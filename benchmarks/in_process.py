@@ -1,5 +1,5 @@
 """A banditd server inside the benchmark's own process, on its own event loop in a background
-thread, so a benchmark can await a servicer method directly on the server's loop (no network)
+thread, so a benchmark can await an RPC's behaviour directly on the server's loop (no network)
 and also call it over gRPC on 127.0.0.1.
 
 Bounded: :meth:`InProcessServer.start` waits at most ``start_timeout`` seconds for health
@@ -18,7 +18,7 @@ from banditd.server.settings import Settings
 
 class InProcessServer:
     """``with InProcessServer(data_dir, max_arms=1000) as srv:`` — ``srv.port``, ``srv.loop``
-    (the server's event loop) and ``srv.app.servicer`` are valid inside the block."""
+    (the server's event loop) and ``srv.app.service`` are valid inside the block."""
 
     def __init__(self, data_dir: Path, start_timeout: float = 600.0, **settings: object) -> None:
         self.settings = Settings(host="127.0.0.1", port=0, data_dir=data_dir, **settings)
