@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from banditd.server.settings import Settings
+from banditd.server.storage.recovery import RecoveryRefused
 
 log = logging.getLogger("banditd")
 
@@ -38,6 +39,11 @@ def _parser() -> argparse.ArgumentParser:
         help="server processes sharing the port, 1 = a single process (BANDITD_WORKERS)",
     )
     serve.add_argument(
+        "--start-from-remains", action="store_true", default=None,
+        help="start even if the data directory cannot give the whole state back, from the "
+        "records that can still be applied (BANDITD_START_FROM_REMAINS)",
+    )
+    serve.add_argument(
         "--port-file", type=Path,
         help="write the bound port to this file once listening (with --workers N > 1: once "
         "every worker is SERVING)",
@@ -56,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def load_settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
-    for name in ("host", "port", "data_dir", "log_level", "workers"):
+    for name in ("host", "port", "data_dir", "log_level", "workers", "start_from_remains"):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
@@ -164,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return supervise(settings, args.port_file)
         asyncio.run(_serve(settings, args.port_file))
-    except OSError as exc:
+    except (OSError, RecoveryRefused) as exc:
         print(f"banditd: {exc}", file=sys.stderr)
         return 1
     return 0

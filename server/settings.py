@@ -37,6 +37,16 @@ class Settings(BaseSettings):
         "1.2-1.7x at 10 MB/s, 2.3x at 20, 2-4x at 100); a snapshot takes size / rate, keep it "
         "well under the interval. 0 = unlimited (the shutdown snapshot always is).",
     )
+    start_from_remains: bool = Field(
+        False, description="Start even when the data directory cannot give the whole state "
+        "back (no readable snapshot and the log does not reach back to its start): rebuild "
+        "from the records that can still be applied. Without it such a server refuses to "
+        "start, and deletes nothing.",
+    )
+    log_retry_seconds: float = Field(
+        1.0, gt=0, le=60, description="After a failed log write (disk full, I/O error): how "
+        "often the log checks whether it can write again. Changes are refused meanwhile.",
+    )
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="Prometheus metrics port; unset = no endpoint."
     )

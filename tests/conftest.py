@@ -80,6 +80,7 @@ class RunningServer:
                 durability.wal._fd = -1
                 durability.wal._closed = True
             app.core.metrics.close()
+            durability._lock.release()  # a dead process's flock goes with it
 
         asyncio.run_coroutine_threadsafe(die(), self.loop).result(timeout=30)
         self.loop.call_soon_threadsafe(self.loop.stop)

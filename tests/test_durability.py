@@ -342,8 +342,10 @@ def test_damaged_newest_snapshot_falls_back_to_previous(tmp_path, damage):
         assert everything(stub) == before  # previous snapshot + the log kept back to it
         report = srv2.app.restore_report
         assert report.snapshot == snaps[1][1].name
-        assert any("ignored snapshot" in p for p in report.problems)
+        assert any("unreadable snapshot" in p for p in report.problems)
         ch.close()
+    moved = list((tmp_path / "damaged").glob(newest.name + ".*"))  # kept, never deleted
+    assert len(moved) == 1 and not newest.exists()
 
 
 def test_snapshot_inspect_cli(tmp_path):

@@ -530,6 +530,10 @@ class CampaignRegistry:
     def clear(self) -> None:
         self._campaigns.clear()
 
+    def adopt(self, other: CampaignRegistry) -> None:
+        """Take over ``other``'s campaigns (see :meth:`StateMachine.adopt`)."""
+        self._campaigns = other._campaigns
+
     def get(self, campaign_id: str) -> Campaign:
         campaign = self._campaigns.get(campaign_id)
         if campaign is None:

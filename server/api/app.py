@@ -143,6 +143,14 @@ class BanditServer:
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("SERVING on port %d (durability: %s)", self.port, self.storage.mode)
 
+    def _writable(self, writable: bool, why: str) -> None:
+        """The log stopped or resumed taking records: health follows (a load balancer
+        takes the server out of rotation meanwhile; reads and SelectArm still answer)."""
+        if self.core.ready:
+            status = (health_pb2.HealthCheckResponse.SERVING if writable
+                      else health_pb2.HealthCheckResponse.NOT_SERVING)
+            asyncio.get_running_loop().create_task(self._set_health(status))
+
     async def wait_ready(self) -> None:
         """Wait until health is SERVING (re-raises a warm-up failure)."""
         assert self._warmup is not None
@@ -190,6 +198,7 @@ async def create_server(settings: Settings, parts: Parts | None = None
     """
     if parts is None:
         parts = standalone_parts(settings)
+    parts.storage.lock()  # one server per data directory, before anything in it is read
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         # Only requests are bounded: a response is built after state changed, so it
@@ -217,6 +226,8 @@ async def _start(settings: Settings, options: list, parts: Parts) -> BanditServe
     if port == 0:
         raise OSError(f"could not listen on {address}")
     app = BanditServer(server, service, parts, port)
+    parts.storage.on_writable = app._writable
+    metrics.track_log(lambda: parts.storage.writable, lambda: parts.storage.failures)
     generic_only = GenericHandlersOnly(server)
     health_pb2_grpc.add_HealthServicer_to_server(app.health, generic_only)
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(

@@ -38,10 +38,16 @@ class Core:
         """Whether records are written at all (a log, or other workers to send them to)."""
         return self.storage.logging
 
+    def check_writable(self) -> None:
+        """Before a change is applied: UNAVAILABLE while the log refuses records (fail-stop,
+        see :mod:`storage.durability`); the change is then not made at all."""
+        self.storage.check_writable()
+
     async def write(self, record: st.WalRecord, replicated: bool = False) -> object:
         """Apply a checked change's record, log it and wait until it is durable (and with
         ``replicated``, applied by every other worker: configuration changes). Returns what
         the record's applier returned."""
+        self.check_writable()
         result = self.state.apply(record)
         if self.logging:
             self.storage.append(record.SerializeToString())

@@ -395,6 +395,7 @@ class DecisionHandlers:
 
     async def _learn(self, rows: RewardRows) -> None:
         """Apply the rewards' record and log it; return once it is durable."""
+        self.core.check_writable()
         self.learning.apply(rows)
         core = self.core
         if core.logging:

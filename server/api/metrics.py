@@ -126,6 +126,15 @@ class Metrics:
         self.experiments.set_function(experiments)
         self.decisions.set_function(decisions)
 
+    def track_log(self, writable: Callable[[], bool], failures: Callable[[], int]) -> None:
+        """The log's health: whether it takes records (0 while a failed write is being
+        recovered from, see storage.durability) and its write failures since start."""
+        Gauge("banditd_log_writable", "1 while the write-ahead log takes records, 0 after a "
+              "failed write until it can write again.",
+              registry=self.registry).set_function(lambda: float(writable()))
+        Gauge("banditd_log_write_failures", "Failed log writes (or fsyncs) since start.",
+              registry=self.registry).set_function(lambda: float(failures()))
+
     def observe(self, method: str, code: str, seconds: float) -> None:
         """Count one RPC of ``method`` ending with status ``code`` after ``seconds``."""
         stats = self._stats

@@ -43,6 +43,7 @@ class PacingHandlers:
         record = campaign.day_change(t)
         if record is None:
             return False
+        self.core.check_writable()
         wal = st.WalRecord(campaign_day=record)
         self.core.state.apply(wal)
         if self.core.logging:
@@ -60,6 +61,7 @@ class PacingHandlers:
     async def PaceBid(self, request: pb.PaceBidRequest, context) -> pb.PaceBidResponse:
         campaign = self.campaigns.get(request.campaign_id)
         t = event_time(request)
+        self.core.check_writable()  # a bid spends money: never one the log would not have
         new_day = self._begin_day(campaign, t)
         event, response = campaign.decide_bid(request.base_bid, t)
         record = st.WalRecord(pace=event)

@@ -273,6 +273,9 @@ class ReplicaDecisions(DecisionStore):
         super().__init__(1, 1.0, id_prefix=prefix)
         self.prefix = prefix
 
+    def fresh(self) -> ReplicaDecisions:
+        return ReplicaDecisions(self.prefix)
+
     @property
     def counter(self) -> int:
         """Counter of the newest decision id handed out."""
@@ -316,6 +319,9 @@ class ReplicaDurability(Durability):
         self._closing = False
         self.publisher: DecisionPublisher | None = None
         self.lag_seconds = 0.0  # of the newest stream message: applied minus sent
+
+    def lock(self) -> None:
+        """A follower owns no data directory (the leader does)."""
 
     # -- image ---------------------------------------------------------------------------------
     async def load(self) -> RestoreReport:

@@ -126,6 +126,20 @@ class DecisionStore:
         self._issuers = {self._prefix: 0}  # id prefix -> its ring (0: this store's own ids)
         self.clear()
 
+    def fresh(self) -> DecisionStore:
+        """An empty store of the same capacity, TTL, id prefix and registered issuers."""
+        other = type(self)(self.capacity, self.ttl_seconds, id_prefix=self._prefix)
+        for prefix in self._issuers:
+            other.register_prefix(prefix)
+        return other
+
+    def adopt(self, other: DecisionStore) -> None:
+        """Take over ``other``'s records (a store rebuilt from the disk); ids issued here
+        before are never issued again."""
+        counter = max(self._counter, other._counter)
+        self.__dict__.update(other.__dict__)
+        self._counter = counter
+
     # -- ids -------------------------------------------------------------------------------
     @property
     def last_counter(self) -> int:

@@ -77,6 +77,20 @@ class StateMachine:
             "campaign_state": self.campaigns.load,
         }
 
+    def fresh(self) -> StateMachine:
+        """An empty state machine of the same configuration: same settings, same random
+        stream per experiment, a decision store issuing the same ids (to rebuild into)."""
+        other = StateMachine(self.settings, self.store.fresh())
+        other.experiments.stream = self.experiments.stream
+        return other
+
+    def adopt(self, other: StateMachine) -> None:  # type: ignore[override]
+        """Take over ``other``'s contents in place (a state rebuilt from the disk): the
+        objects handlers hold stay the same, what they hold is ``other``'s."""
+        self.experiments.adopt(other.experiments)
+        self.store.adopt(other.store)
+        self.campaigns.adopt(other.campaigns)
+
     def apply(self, record: st.WalRecord) -> object:
         """Apply one record; returns what its applier returns."""
         op = record.WhichOneof("op")

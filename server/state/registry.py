@@ -44,6 +44,12 @@ class ExperimentRegistry:
         self._experiments.clear()
         self.generation += 1
 
+    def adopt(self, other: ExperimentRegistry) -> None:
+        """Take over ``other``'s experiments (see :meth:`StateMachine.adopt`)."""
+        self._experiments = other._experiments
+        self.next_uid = max(self.next_uid, other.next_uid)
+        self.generation = max(self.generation, other.generation) + 1
+
     def restore(self, config: pb.Experiment, uid: int) -> Experiment:
         """Re-create an experiment as it was, with incarnation ``uid`` (snapshots, and
         :meth:`apply_create`). No limit checks: it was accepted once, and lowering a limit must
