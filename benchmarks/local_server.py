@@ -110,6 +110,7 @@ class LocalServer:
         self.target = f"127.0.0.1:{self.port}"
         args = [sys.executable, "-m", "banditd", "serve", "--host", "127.0.0.1",
                 "--port", str(self.port), "--data-dir", str(data_dir)]
+        settings.setdefault("drain_seconds", 0)  # nothing to drain: stop at once
         for name, value in settings.items():
             args += ["--set", f"{name}={value}"]
         started = time.perf_counter()

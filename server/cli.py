@@ -87,8 +87,9 @@ async def _serve(settings: Settings, port_file: Path | None) -> None:
         loop.add_signal_handler(sig, stop.set)
     await app.wait_ready_or(stop)
     await stop.wait()
-    log.info("shutting down (grace %.1f s)", settings.grace_seconds)
-    await app.stop(settings.grace_seconds)
+    log.info("shutting down (drain %.1f s, grace %.1f s)", settings.drain_seconds,
+             settings.grace_seconds)
+    await app.stop(settings.grace_seconds, settings.drain_seconds)
     log.info("stopped")
 
 

@@ -44,10 +44,28 @@ class Unavailable(DomainError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+# Longest status message sent: gRPC carries it in a header, and a message over the peer's
+# metadata limit (8 KiB by default) turns the answer into RESOURCE_EXHAUSTED on the client.
+MAX_MESSAGE = 1024
+SHOWN = 64  # characters of a client's string echoed in a message
+
+
+def shown(text: str, limit: int = SHOWN) -> str:
+    """A client-given string (an id, a name) as an error message shows it: quoted, and cut
+    to ``limit`` characters with its length when longer."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text):,} characters)"
+
+
 def status_of(exc: Exception, method: str) -> tuple[grpc.StatusCode, str]:
     """The status an RPC of ``method`` that raised ``exc`` answers with: a domain error's code
-    and message; anything else INTERNAL, logged with its traceback (the server goes on)."""
+    and message (at most ``MAX_MESSAGE`` characters); anything else INTERNAL, logged with its
+    traceback (the server goes on)."""
     if isinstance(exc, DomainError):
-        return exc.code, str(exc)
+        message = str(exc)
+        if len(message) > MAX_MESSAGE:
+            message = message[: MAX_MESSAGE - 40] + f"... ({len(message):,} characters)"
+        return exc.code, message
     log.error("internal error in %s", method, exc_info=exc)
     return grpc.StatusCode.INTERNAL, f"internal error in {method}"

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _physical_memory() -> int:
+    """Bytes of physical memory (8 GiB where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
 
 
 class Settings(BaseSettings):
@@ -81,6 +90,16 @@ class Settings(BaseSettings):
     max_monte_carlo_samples: int = Field(
         20_000_000, ge=1, description="num_draws x arms allowed per GetAllocation/AllocateBudget."
     )
+    max_ingest_periods: int = Field(
+        3660, ge=1, description="Ingested periods (IngestMetrics) an arm may hold, e.g. ten "
+        "years of days.",
+    )
+    memory_budget_bytes: int = Field(
+        default_factory=lambda: _physical_memory() // 2, ge=1,
+        description="Memory the experiments' arms and the decision store may take, bytes "
+        "(estimated; checked when experiments are created and arms added). Default: half "
+        "of this machine's memory.",
+    )
     max_message_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Largest gRPC request accepted, in bytes."
     )
@@ -123,7 +142,33 @@ class Settings(BaseSettings):
     pacing_history_decay: float = Field(
         0.7, ge=0, lt=1, description="Weight of older days in the hourly history (per day).",
     )
-    grace_seconds: float = Field(5.0, ge=0, description="Graceful-shutdown grace period, s.")
+    max_event_time_skew_seconds: float = Field(
+        3600.0, ge=0, description="How far ahead of the server clock a request's event_time "
+        "may be, seconds (pacing's clock: a later time is INVALID_ARGUMENT).",
+    )
+    drain_seconds: float = Field(
+        5.0, ge=0, description="On SIGTERM: seconds the server keeps serving with health "
+        "NOT_SERVING, so load balancers stop sending it calls, before it stops accepting "
+        "new ones.",
+    )
+    grace_seconds: float = Field(
+        5.0, ge=0, description="After the drain: seconds in-flight calls get to finish.",
+    )
+    # Connections (closed when idle, so idle clients cannot use up the fd limit).
+    max_connection_idle_seconds: float = Field(
+        300.0, gt=0, description="A connection with no call for this long is closed (GOAWAY).",
+    )
+    handshake_timeout_seconds: float = Field(
+        10.0, gt=0, description="A connection that has not completed its handshake (HTTP/2 "
+        "preface, TLS) within this is closed.",
+    )
+    keepalive_time_seconds: float = Field(
+        60.0, gt=0, description="Seconds between the server's keepalive pings on a connection.",
+    )
+    keepalive_timeout_seconds: float = Field(
+        20.0, gt=0, description="A connection whose keepalive ping is not answered within "
+        "this is closed.",
+    )
     log_level: str = Field("INFO", description="Python logging level.")
 
     @model_validator(mode="after")

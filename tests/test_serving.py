@@ -215,7 +215,8 @@ def test_cli_serves_checks_health_and_stops_gracefully_on_sigterm(tmp_path, entr
     port = _free_port()
     cmd = [str(BIN / "banditd")] if entry == ["banditd"] else [sys.executable, "-m", "banditd"]
     env = dict(os.environ, BANDITD_HOST="127.0.0.1", BANDITD_DATA_DIR=str(tmp_path))
-    proc = subprocess.Popen(cmd + ["serve", "--port", str(port), "--set", "grace_seconds=2"],
+    proc = subprocess.Popen(cmd + ["serve", "--port", str(port), "--set", "grace_seconds=2",
+                                   "--set", "drain_seconds=0"],
                             env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
     try:
         _wait_serving(port, proc)

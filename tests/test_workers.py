@@ -47,7 +47,7 @@ class Workers:
         self.proc = subprocess.Popen(
             [str(BIN / "banditd"), "serve", "--workers", str(n), "--port", "0",
              "--port-file", str(port_file), "--data-dir", str(data_dir),
-             "--set", "grace_seconds=2", *args],
+             "--set", "grace_seconds=2", "--set", "drain_seconds=0", *args],
             stderr=open(self.log, "a"), start_new_session=True)  # noqa: SIM115 (the child writes it)
         deadline = time.monotonic() + START_TIMEOUT
         while not port_file.exists() or not port_file.read_text().strip():

@@ -95,10 +95,16 @@ def _validate(request: pb.AllocateBudgetRequest) -> None:
             )
 
 
+# A spend, impression or click count below this is no denominator (a ratio over 1e-310
+# overflows to inf, and inf / inf made NaN shares): the group's ratio field, or the mean.
+_MIN_DENOMINATOR = 1e-9
+
+
 def _ratio(num: np.ndarray, den: np.ndarray, fallback: np.ndarray) -> np.ndarray:
-    """num / den where den > 0, else the fallback field where > 0, else NaN (missing)."""
+    """num / den where den is one (> _MIN_DENOMINATOR), else the fallback field where > 0,
+    else NaN (missing)."""
     out = np.full(num.shape, np.nan)
-    has = den > 0
+    has = den > _MIN_DENOMINATOR
     out[has] = num[has] / den[has]
     use_field = ~has & (fallback > 0)
     out[use_field] = fallback[use_field]

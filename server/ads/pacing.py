@@ -61,6 +61,7 @@ from banditd.server.errors import (
     InvalidArgument,
     NotFound,
     ResourceExhausted,
+    shown,
 )
 from banditd.server.ids import check_experiment_id
 from banditd.server.settings import Settings
@@ -75,6 +76,7 @@ PRIOR_CONVERSIONS = 5.0  # shrinkage of an hour's conversions per cost to the ov
 CLOSED_BIDS_KEPT = 20_000  # closed bid ids remembered per campaign (answers retries)
 LEDGER_DAYS_KEPT = 8
 DEFAULT_CAP_FRACTION = 0.10
+MAX_ZONE_NAME = 64
 _MUTABLE = ("daily_budget", "max_bid", "bid_cap_fraction", "time_zone", "paused",
             "pacing_mode", "reservation_ttl_seconds")
 
@@ -89,10 +91,13 @@ def _money(value: float, field: str, allow_zero: bool = False) -> int:
 
 
 def _zone(name: str) -> ZoneInfo:
+    if len(name) > MAX_ZONE_NAME:
+        raise InvalidArgument(f"time_zone {shown(name)} is not an IANA time zone (names are "
+                              f"at most {MAX_ZONE_NAME} characters)")
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise InvalidArgument(f"time_zone {name!r} is not an IANA time zone") from None
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name the OS rejects
+        raise InvalidArgument(f"time_zone {shown(name)} is not an IANA time zone") from None
 
 
 def normalize(config: pb.Campaign, ttl_default: float) -> pb.Campaign:
@@ -407,7 +412,7 @@ class Campaign:
                 return pb.RecordSpendResponse(duplicate=True)
             if expired:
                 raise self._expired(bid_id)
-            raise NotFound(f"bid '{bid_id}' not found in campaign '{self.campaign_id}'")
+            raise NotFound(f"bid {shown(bid_id)} not found in campaign '{self.campaign_id}'")
         t = self._in_day(t)
         if reservation.expires <= t:  # expired by this very event time
             raise self._expired(bid_id)
@@ -537,7 +542,7 @@ class CampaignRegistry:
     def get(self, campaign_id: str) -> Campaign:
         campaign = self._campaigns.get(campaign_id)
         if campaign is None:
-            raise NotFound(f"campaign '{campaign_id}' not found")
+            raise NotFound(f"campaign {shown(campaign_id)} not found")
         return campaign
 
     def check_create(self, config: pb.Campaign) -> pb.Campaign:

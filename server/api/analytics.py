@@ -21,7 +21,8 @@ class AnalyticsHandlers:
 
     async def IngestMetrics(self, request: pb.IngestMetricsRequest, context
                             ) -> pb.IngestMetricsResponse:
-        analytics.check_ingest(self.experiments.get(request.experiment_id), request)
+        analytics.check_ingest(self.experiments.get(request.experiment_id), request,
+                               self.settings.max_ingest_periods)
         replaced, new = await self.core.write(st.WalRecord(ingest_metrics=request),
                                               replicated=True)  # type: ignore[misc]
         return pb.IngestMetricsResponse(replaced_arms=replaced, new_arms=new)

@@ -169,9 +169,14 @@ class BanditServer:
             raise ready.exception()  # type: ignore[misc]
         return True
 
-    async def stop(self, grace: float | None) -> None:
-        """Graceful stop: drain in-flight RPCs, then a final snapshot and close the log."""
+    async def stop(self, grace: float | None, drain: float = 0.0) -> None:
+        """Graceful stop: health NOT_SERVING at once, serving on for ``drain`` seconds (load
+        balancers move traffic away), then no new calls and in-flight ones get ``grace``
+        seconds; then a final snapshot and the log closed."""
         await self.health.enter_graceful_shutdown()
+        if drain > 0 and self.core.ready:
+            log.info("draining for %.1f s (health NOT_SERVING, still serving)", drain)
+            await asyncio.sleep(drain)
         started = self._warmup is not None and self._warmup.done() and \
             self._warmup.exception() is None
         if self._warmup is not None and not self._warmup.done():
@@ -205,11 +210,28 @@ async def create_server(settings: Settings, parts: Parts | None = None
         # must never be refused for size (the batch-size limit bounds it instead).
         ("grpc.max_send_message_length", -1),
         ("grpc.so_reuseport", 1 if parts.reuse_port else 0),
+        ("grpc.max_connection_idle_ms", int(settings.max_connection_idle_seconds * 1000)),
+        ("grpc.server_handshake_timeout_ms", int(settings.handshake_timeout_seconds * 1000)),
+        ("grpc.keepalive_time_ms", int(settings.keepalive_time_seconds * 1000)),
+        ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout_seconds * 1000)),
     ]
+    _raise_open_files_limit()
     with batch_helper_threads(settings.batch_schedule_io_threads):
         app = await _start(settings, options, parts)
     app._warmup = asyncio.create_task(app._warm_up())
     return app, app.port
+
+
+def _raise_open_files_limit() -> None:
+    """Every connection is a file descriptor: take the hard limit as the soft one."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, OSError, ValueError):  # not on this OS, or not allowed
+        pass
 
 
 async def _start(settings: Settings, options: list, parts: Parts) -> BanditServer:

@@ -59,6 +59,25 @@ class Core:
         change (a duplicate) must not go out before that change's record is on disk."""
         await self.storage.commit()
 
+    def event_time(self, request) -> float:
+        """The request's event_time in seconds since the epoch, or the server clock. A time
+        more than ``max_event_time_skew_seconds`` ahead of the server clock is refused: one
+        far-future event would move a campaign's day there for good."""
+        now = time.time()
+        if not request.HasField("event_time"):
+            return now
+        ts = request.event_time
+        if not (ts.seconds >= 0 and 0 <= ts.nanos < 1_000_000_000):
+            raise InvalidArgument(f"event_time must be a time after 1970, got {ts.seconds} s "
+                                  f"{ts.nanos} ns")
+        t = ts.seconds + ts.nanos * 1e-9
+        skew = self.settings.max_event_time_skew_seconds
+        if t > now + skew:
+            raise InvalidArgument(
+                f"event_time is {t - now:.0f} s ahead of the server clock; at most "
+                f"{skew:g} s ahead is accepted (max_event_time_skew_seconds)")
+        return t
+
     def check_batch(self, size: int) -> None:
         if size == 0:
             raise InvalidArgument("requests is empty")
@@ -67,12 +86,3 @@ class Core:
                 f"requests has {size} items, the limit is {self.settings.max_batch_size}")
 
 
-def event_time(request) -> float:
-    """The request's event_time in seconds since the epoch, or the server clock."""
-    if not request.HasField("event_time"):
-        return time.time()
-    ts = request.event_time
-    if not (0 <= ts.seconds < 7_258_118_400 and 0 <= ts.nanos < 1_000_000_000):  # < 2200
-        raise InvalidArgument(
-            f"event_time must be between 1970 and 2200, got {ts.seconds} s {ts.nanos} ns")
-    return ts.seconds + ts.nanos * 1e-9

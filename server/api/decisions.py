@@ -23,7 +23,8 @@ from banditd.server.api.wire import (
     select_responses,
     select_responses_bound,
 )
-from banditd.server.errors import DomainError, InvalidArgument, NotFound
+from banditd.server.errors import DomainError, InvalidArgument, NotFound, shown
+from banditd.server.ids import check_decision_id
 from banditd.server.state.decision_store import DecisionColumns, slate_tuples
 from banditd.server.state.experiment import ContextRowError, Experiment
 from banditd.server.state.rewards import RewardRows
@@ -292,6 +293,7 @@ class DecisionHandlers:
         experiment = self.experiments.get(request.experiment_id)
         reward = experiment.check_reward(request.reward)
         decision_id = request.decision_id
+        check_decision_id(decision_id)
         record = self.store.get(decision_id, now) if decision_id else None
         if record is not None and record.experiment_uid != experiment.uid:
             record = None  # made before a reset, or for another experiment
@@ -302,7 +304,7 @@ class DecisionHandlers:
             arm_id = request.arm_id or slate[0]
             if arm_id not in slate:
                 raise InvalidArgument(
-                    f"arm_id '{arm_id}' is not part of decision '{decision_id}' "
+                    f"arm_id {shown(arm_id)} is not part of decision '{decision_id}' "
                     f"(it returned {', '.join(slate)})"
                 )
             arm = experiment.arm_index.get(arm_id)
@@ -324,7 +326,7 @@ class DecisionHandlers:
         arm = experiment.arm_index.get(request.arm_id)
         if arm is None:
             raise NotFound(
-                f"arm '{request.arm_id}' not found in experiment '{experiment.experiment_id}'"
+                f"arm {shown(request.arm_id)} not found in experiment '{experiment.experiment_id}'"
             )
         context = experiment.context_array(request.context)
         return _PreparedReward(experiment, arm, reward, context, decision_id, None)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from banditd.decision.v1 import decision_pb2 as pb
 from banditd.server.ads.pacing import MICROS, Campaign
-from banditd.server.api.core import Core, event_time
+from banditd.server.api.core import Core
 from banditd.server.errors import InvalidArgument
 from banditd.storage.v1 import storage_pb2 as st
 
@@ -53,14 +53,14 @@ class PacingHandlers:
     async def GetPacingStatus(self, request: pb.GetPacingStatusRequest, context
                               ) -> pb.PacingStatus:
         campaign = self.campaigns.get(request.campaign_id)
-        t = event_time(request)
+        t = self.core.event_time(request)
         if self._begin_day(campaign, t):
             await self.core.synced()
         return campaign.status(t)
 
     async def PaceBid(self, request: pb.PaceBidRequest, context) -> pb.PaceBidResponse:
         campaign = self.campaigns.get(request.campaign_id)
-        t = event_time(request)
+        t = self.core.event_time(request)
         self.core.check_writable()  # a bid spends money: never one the log would not have
         new_day = self._begin_day(campaign, t)
         event, response = campaign.decide_bid(request.base_bid, t)
@@ -78,7 +78,7 @@ class PacingHandlers:
     async def RecordSpend(self, request: pb.RecordSpendRequest, context
                           ) -> pb.RecordSpendResponse:
         campaign = self.campaigns.get(request.campaign_id)
-        t = event_time(request)
+        t = self.core.event_time(request)
         self._begin_day(campaign, t)  # written with the settlement, or waited for below
         checked = campaign.check_settlement(request.bid_id, request.won, request.cost,
                                             request.conversions, t)

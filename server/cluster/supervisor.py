@@ -102,7 +102,7 @@ async def _supervise(settings: Settings, port_file: Path | None) -> int:
                 if port_file is not None:
                     port_file.write_text(f"{settings.port}\n")
                 log.info("SERVING on port %d with %d workers", settings.port, len(procs))
-    codes = await _stop_workers(procs, settings.grace_seconds)
+    codes = await _stop_workers(procs, settings.grace_seconds + settings.drain_seconds)
     for task in watchers:
         task.cancel()
     clean = requested and all(code == 0 for code in codes)

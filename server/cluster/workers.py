@@ -350,7 +350,7 @@ async def _worker(settings: Settings, index: int) -> int:
         return 1
     await stop.wait()
     log.info("worker %d shutting down (grace %.1f s)", index, settings.grace_seconds)
-    await app.stop(settings.grace_seconds)
+    await app.stop(settings.grace_seconds, settings.drain_seconds)
     control_task.cancel()
     if failures:
         log.error("worker %d stopped: %s", index, failures[0])

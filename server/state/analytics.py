@@ -17,7 +17,13 @@ from banditd.decision.v1 import decision_pb2 as pb
 from banditd.kernels.allocation import prob_best_beta, prob_best_value
 from banditd.kernels.rng import seed_state
 from banditd.server.ads.budget import project_to_box, round_to_units
-from banditd.server.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from banditd.server.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    shown,
+)
 from banditd.server.state.experiment import Experiment
 
 DEFAULT_DRAWS = 10_000
@@ -26,9 +32,11 @@ STATS_DRAW_BUDGET = 1_000_000  # GetArmStats: draws x arms at most (10,000 draws
 MAX_PERIOD_LENGTH = 64
 
 
-def check_ingest(experiment: Experiment, request: pb.IngestMetricsRequest) -> None:
+def check_ingest(experiment: Experiment, request: pb.IngestMetricsRequest,
+                 max_periods: int) -> None:
     """Validate an IngestMetrics request (its record is the request itself; applied by
-    :meth:`ExperimentRegistry.apply_ingest`). Changes nothing."""
+    :meth:`ExperimentRegistry.apply_ingest`); ``max_periods``: periods an arm may hold.
+    Changes nothing."""
     if experiment.spec.contextual:
         raise FailedPrecondition(
             f"experiment '{experiment.experiment_id}' is contextual ({experiment.spec.kind}): "
@@ -50,7 +58,8 @@ def check_ingest(experiment: Experiment, request: pb.IngestMetricsRequest) -> No
         arm = experiment.arm_index.get(m.arm_id)
         if arm is None:
             raise NotFound(
-                f"{field}: arm '{m.arm_id}' not found in experiment '{experiment.experiment_id}'"
+                f"{field}: arm {shown(m.arm_id)} not found in experiment "
+                f"'{experiment.experiment_id}'"
             )
         if m.arm_id in seen:
             raise InvalidArgument(f"{field}: duplicate arm id '{m.arm_id}'")
@@ -65,6 +74,11 @@ def check_ingest(experiment: Experiment, request: pb.IngestMetricsRequest) -> No
             raise InvalidArgument(
                 f"{field}: successes ({m.successes}) exceed trials ({m.trials})"
             )
+        held = experiment.period_counts.get(m.arm_id, 0)
+        if held >= max_periods and m.arm_id not in experiment.periods.get(period, ()):
+            raise ResourceExhausted(
+                f"{field}: arm {shown(m.arm_id)} holds {held} ingested periods, the limit is "
+                f"{max_periods} (max_ingest_periods); re-send an existing period to replace it")
 
 
 def next_period(periods) -> str:
@@ -185,7 +199,10 @@ def arm_stats_job(experiment: Experiment) -> Callable[[], pb.GetArmStatsResponse
                 probability_best=float(p_best[i]),
             )
             for name, values in post.items():
-                setattr(stats, name, float(values[i]))
+                value = float(values[i])
+                # every number sent is finite: an untried ucb1 arm has no bound yet (it is
+                # chosen first) and reports 0
+                setattr(stats, name, value if math.isfinite(value) else 0.0)
             arms.append(stats)
         return pb.GetArmStatsResponse(arms=arms, model_version=version)
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from banditd.decision.v1 import decision_pb2 as pb
 from banditd.kernels.rng import seed_state
-from banditd.server.errors import InvalidArgument, NotFound
+from banditd.server.errors import InvalidArgument, NotFound, shown
 from banditd.server.state.checks import first_out_of_range
 from banditd.server.state.policies import PolicySpec
 
@@ -51,6 +51,7 @@ class Experiment:
         self.discount = float(config.discount) if config.HasField("discount") else 1.0
         self.arm_ids: list[str] = [arm.arm_id for arm in config.arms]
         self.arms_version = 0  # goes up whenever the arm list changes
+        self.footprint = 0  # estimated bytes (state.footprint), kept by the registry
         self._slate_buffers: dict[int, np.ndarray] = {}  # slate size -> decide()'s output
         # decide()'s kernel: the (state, selections, rng) it was bound to, and the call
         self._bound: tuple = (None, None, None, None)
@@ -74,11 +75,25 @@ class Experiment:
         self.reward_sum = np.zeros(k, dtype=np.float64)
         self.positives = np.zeros(k, dtype=np.int64)  # live rewards > 0 (conversions)
         # Ingested aggregates: period -> arm_id -> (trials, successes, value), and their
-        # per-arm totals (trials, successes, value), re-summed exactly on every ingest.
+        # per-arm totals (trials, successes, value), kept exact (see _add_exact).
         self.periods: dict[str, dict[str, tuple[float, float, float]]] = {}
         self.ingested = np.zeros((k, 3), dtype=np.float64)
+        self._sums: dict[str, list[list[float]]] = {}  # arm_id -> 3 exact partial sums
+        self.period_counts: dict[str, int] = {}  # arm_id -> periods holding it
         self.rng = seed_state(int(self.config.seed))
         self.version = 0
+
+    def load_periods(self, periods: dict[str, dict[str, tuple[float, float, float]]]) -> None:
+        """Take restored ingest periods (a snapshot's), with their exact per-arm sums."""
+        self.periods = periods
+        self._sums = {}
+        self.period_counts = {}
+        for book in periods.values():
+            for arm_id, numbers in book.items():
+                sums = self._sums.setdefault(arm_id, [[], [], []])
+                for column in range(3):
+                    _add_exact(sums[column], numbers[column])
+                self.period_counts[arm_id] = self.period_counts.get(arm_id, 0) + 1
 
     def reset(self, uid: int) -> None:
         self.uid = uid
@@ -102,6 +117,9 @@ class Experiment:
             for period in self.periods.values():  # a re-added arm starts from the prior
                 for arm_id in gone:
                     period.pop(arm_id, None)
+            for arm_id in gone:
+                self._sums.pop(arm_id, None)
+                self.period_counts.pop(arm_id, None)
             self.arm_ids = [a for a in self.arm_ids if a not in gone]
         if add:
             fresh = self.spec.kernel.new_state(
@@ -158,7 +176,8 @@ class Experiment:
                 if not arm_id:
                     raise InvalidArgument(f"{field}[{i}] is empty")
                 raise NotFound(
-                    f"{field}[{i}]: arm '{arm_id}' not found in experiment '{self.experiment_id}'"
+                    f"{field}[{i}]: arm {shown(arm_id)} not found in experiment "
+                    f"'{self.experiment_id}'"
                 )
             out.append(pos)
         if len(set(out)) != len(out):
@@ -303,6 +322,8 @@ class Experiment:
 
         ``rows``: (arm position, trials, successes, value). Returns (replaced, new) arm counts.
         Re-sending identical numbers changes nothing at all, so repeats are exact no-ops.
+        The per-arm totals are exact sums of the periods' numbers (the same as summing every
+        period again with ``math.fsum``), kept in O(1) per ingest.
         """
         book = self.periods.setdefault(period, {})
         value_rewards = self.reward_type != pb.REWARD_TYPE_BINARY
@@ -319,15 +340,35 @@ class Experiment:
             fresh = (trials, successes, value)
             if fresh == old:
                 continue
+            if arm_id not in book:
+                self.period_counts[arm_id] = self.period_counts.get(arm_id, 0) + 1
             book[arm_id] = fresh
             changed = True
             d_trials, d_successes, d_value = (f - o for f, o in zip(fresh, old, strict=True))
             total = d_value if value_rewards else d_successes
             self.spec.kernel.add_aggregate(self.state, arm, d_trials, d_successes, total)
-            for column in range(3):  # exact totals, independent of the ingest history
-                self.ingested[arm, column] = math.fsum(
-                    p[arm_id][column] for p in self.periods.values() if arm_id in p
-                )
+            sums = self._sums.setdefault(arm_id, [[], [], []])
+            for column in range(3):
+                _add_exact(sums[column], fresh[column])
+                _add_exact(sums[column], -old[column])
+                self.ingested[arm, column] = math.fsum(sums[column])
         if changed:
             self.version += 1
         return replaced, new
+
+
+def _add_exact(partials: list[float], x: float) -> None:
+    """Add ``x`` to the exact sum held as non-overlapping ``partials`` (Shewchuk's algorithm,
+    the one behind ``math.fsum``): ``math.fsum(partials)`` is then the correctly rounded sum of
+    everything added, whatever the order, and adding ``-x`` removes ``x`` exactly."""
+    i = 0
+    for y in partials:
+        if abs(x) < abs(y):
+            x, y = y, x
+        hi = x + y
+        lo = y - (hi - x)
+        if lo:
+            partials[i] = lo
+            i += 1
+        x = hi
+    partials[i:] = [x]

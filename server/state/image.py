@@ -144,8 +144,8 @@ def load(state: StateMachine, snap: st.Snapshot, section: memoryview) -> None:
             setattr(e, name, _from_array(getattr(es, name), section))
         registry.own_stream(e)  # the image holds the stream it was taken from
         e.version = es.version
-        e.periods = {pm.period: {m.arm_id: (m.trials, m.successes, m.value) for m in pm.metrics}
-                     for pm in es.periods}
+        e.load_periods({pm.period: {m.arm_id: (m.trials, m.successes, m.value)
+                                    for m in pm.metrics} for pm in es.periods})
     registry.next_uid = max(registry.next_uid, snap.next_uid)
     state.store.load_columns(table_columns(snap.decisions))
     state.campaigns.clear()

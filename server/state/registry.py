@@ -6,11 +6,12 @@ import secrets
 
 from banditd.decision.v1 import decision_pb2 as pb
 from banditd.kernels.rng import jump_state
-from banditd.server.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
+from banditd.server.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted, shown
 from banditd.server.ids import check_experiment_id, check_new_arm_ids
 from banditd.server.settings import Settings
 from banditd.server.state.experiment import Experiment
-from banditd.server.state.policies import resolve_policy
+from banditd.server.state.footprint import experiment_bytes, store_bytes
+from banditd.server.state.policies import PolicySpec, resolve_policy
 from banditd.storage.v1 import storage_pb2 as st
 
 
@@ -59,6 +60,7 @@ class ExperimentRegistry:
         spec = resolve_policy(copy.policy, copy.reward_type, copy.context_dim)
         experiment = Experiment(copy, spec, uid, self.settings.propensity_draws,
                                 self.settings.max_abs_value)
+        self._measure(experiment)
         self.own_stream(experiment)
         self._experiments[copy.experiment_id] = experiment
         self.generation += 1
@@ -129,6 +131,9 @@ class ExperimentRegistry:
             config.discount = 1.0
         if not config.HasField("seed"):
             config.seed = secrets.randbits(63)
+        self._check_memory(
+            self._footprint(spec, len(arm_ids), config.context_dim, sum(map(len, arm_ids))),
+            config.context_dim, f"experiment '{config.experiment_id}' with {len(arm_ids)} arms")
         return config
 
     def apply_create(self, config: pb.Experiment) -> Experiment:
@@ -183,7 +188,8 @@ class ExperimentRegistry:
         for i, arm_id in enumerate(remove):
             if arm_id not in experiment.arm_index:
                 raise NotFound(
-                    f"remove_arm_ids[{i}]: arm '{arm_id}' not found in experiment '{experiment_id}'"
+                    f"remove_arm_ids[{i}]: arm {shown(arm_id)} not found in experiment "
+                    f"'{experiment_id}'"
                 )
         removing = set(remove)
         for i, arm_id in enumerate(add):
@@ -200,11 +206,47 @@ class ExperimentRegistry:
                 f"experiment would have {remaining} arms, the limit is {self.settings.max_arms}"
             )
         self._check_floor(experiment.floor, remaining, "experiment.exploration_floor")
+        added = self._footprint(experiment.spec, remaining, experiment.context_dim,
+                                sum(map(len, experiment.arm_ids)) + sum(map(len, add))) \
+            - self._footprint(experiment.spec, experiment.num_arms, experiment.context_dim,
+                              sum(map(len, experiment.arm_ids)))
+        if added > 0:
+            self._check_memory(added, experiment.context_dim,
+                               f"{len(add)} more arms for experiment '{experiment_id}'")
+
+    def _footprint(self, spec: PolicySpec, num_arms: int, context_dim: int,
+                   arm_id_chars: int) -> int:
+        return experiment_bytes(spec.kernel, spec.params, num_arms, context_dim,
+                                self.settings.propensity_draws, arm_id_chars)
+
+    def footprint(self, context_dim: int = 0) -> int:
+        """Estimated bytes of every experiment and of a full decision store whose largest
+        context has at least ``context_dim`` values."""
+        held = sum(e.footprint for e in self._experiments.values())
+        widest = max((e.context_dim for e in self._experiments.values()), default=0)
+        return held + store_bytes(self.settings.decision_capacity, max(widest, context_dim))
+
+    def _check_memory(self, added: int, context_dim: int, what: str) -> None:
+        """RESOURCE_EXHAUSTED if ``added`` more bytes would take the state past the budget."""
+        budget = self.settings.memory_budget_bytes
+        now = self.footprint()
+        after = self.footprint(context_dim) + added
+        if after > budget:
+            raise ResourceExhausted(
+                f"{what} would take the server's state to about {after / 1e6:,.0f} MB "
+                f"(now {now / 1e6:,.0f} MB); the memory budget is {budget / 1e6:,.0f} MB "
+                "(memory_budget_bytes)")
 
     def apply_update_arms(self, record: pb.UpdateArmsRequest) -> Experiment:
         """Apply an ``update_arms`` record (checked by :meth:`check_update_arms` when it was
         made; no limit checks here: a lowered limit must not lose data on restart)."""
         experiment = self.get(record.experiment_id)
         experiment.update_arms(list(record.add_arm_ids), list(record.remove_arm_ids))
+        self._measure(experiment)
         self.generation += 1
         return experiment
+
+    def _measure(self, e: Experiment) -> None:
+        """Keep ``e.footprint``, its estimated bytes, current."""
+        e.footprint = self._footprint(e.spec, e.num_arms, e.context_dim,
+                                      sum(map(len, e.arm_ids)))
