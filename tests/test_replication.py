@@ -37,7 +37,7 @@ CTX = Context()
 
 
 def leader_for(tmp_path) -> tuple[InProcess, ReplicationLeader]:
-    settings = Settings(host="127.0.0.1", port=0, data_dir=tmp_path, workers=2,
+    settings = Settings(host="127.0.0.1", port=0, data_dir=tmp_path, workers=3,
                         durability="snapshot")  # no log on disk: the stream only
     servicer = InProcess(settings)
     servicer.settings = settings
@@ -49,10 +49,13 @@ def leader_for(tmp_path) -> tuple[InProcess, ReplicationLeader]:
 
 def follower_decisions(prefix: str, counters, experiment: str = "e", uid: int = 1,
                        arm: str = "a") -> bytes:
-    return st.WalRecord(decisions=st.Decisions(items=[
-        st.Decision(decision_id=f"{prefix}-{c:x}", experiment_id=experiment, experiment_uid=uid,
-                    arm_ids=[arm], propensity=0.5, created=time.time()) for c in counters
-    ])).SerializeToString()
+    counters = list(counters)
+    n = len(counters)
+    return st.WalRecord(decision_table=st.DecisionTable(
+        decision_ids=[f"{prefix}-{c:x}" for c in counters], experiment_ids=[experiment] * n,
+        experiment_uids=[uid] * n, slate_sizes=[1] * n, arm_ids=[arm] * n,
+        propensities=[0.5] * n, model_versions=[0] * n, created=[time.time()] * n,
+        context_sizes=[0] * n)).SerializeToString()
 
 
 async def subscribe(leader: ReplicationLeader, index: int = 1, prefix: str = "f-1"):
@@ -195,7 +198,7 @@ def test_follower_replays_the_stream_to_the_leaders_state_with_its_own_random_st
         state.experiments.stream = 1
         registry = state.experiments
         follower = ReplicaDurability(servicer.settings, state, PendingDecisions(), decisions,
-                                     1, asyncio.get_running_loop().create_future(), print)
+                                     1, asyncio.get_running_loop().create_future(), print, "t")
         follower._load_image(image.image)
         for payload in message.records:
             state.apply_bytes(payload)

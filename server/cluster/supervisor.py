@@ -7,7 +7,8 @@ connections over them), passes the leader's private address to the followers, wr
 then the leader, so that the followers' last decisions reach the leader before its final
 snapshot), and exits non-zero, stopping the rest, when a worker dies unexpectedly.
 
-Control lines: supervisor -> worker on the worker's stdin (``leader <host:port>``; end of
+Control lines: supervisor -> worker on the worker's stdin (``secret <hex>`` first: the private
+port's per-start credential; ``leader <host:port>``; end of
 input = the supervisor is gone, the worker stops); worker -> supervisor on its stdout
 (``leader <host:port>`` from worker 0, ``serving <port>`` from each). The supervisor imports
 no kernels: it starts in a fraction of a second.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import signal
 import socket
 import sys
@@ -59,6 +61,9 @@ async def _supervise(settings: Settings, port_file: Path | None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, events.put_nowait, ("stop", -1, sig.name))
     config = settings.model_dump_json()
+    # The private port's credential, new each start, given to the workers on their stdin (not
+    # in argv or the environment, which other processes can read).
+    secret = secrets.token_hex(32)
     procs: list[asyncio.subprocess.Process] = []
     for index in range(settings.workers):
         procs.append(await asyncio.create_subprocess_exec(
@@ -69,6 +74,8 @@ async def _supervise(settings: Settings, port_file: Path | None) -> int:
             # workers in order. A worker whose supervisor vanishes sees its stdin close.
             start_new_session=True,
         ))
+        assert procs[-1].stdin is not None
+        procs[-1].stdin.write(f"secret {secret}\n".encode())
 
     async def watch(index: int, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None

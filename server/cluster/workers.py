@@ -40,11 +40,14 @@ from banditd.server.api.handlers import (
 from banditd.server.api.service import DecisionService
 from banditd.server.cluster.replication import (
     PRIVATE_CHANNEL_OPTIONS,
+    TOKEN_KEY,
+    InternalAuth,
     ReplicaDecisions,
     ReplicaDurability,
     ReplicationLeader,
     leader_seq,
     metadata_value,
+    private_channel,
 )
 from banditd.server.settings import Settings
 from banditd.server.state.decision_store import DecisionStore
@@ -73,7 +76,7 @@ DECISION_IDS: dict[str, Callable[[Any], Iterable[str]]] = {
 WORKER_KEY = "banditd-worker"
 FORWARDED_BY_KEY = "banditd-forwarded-by"  # a follower's index, on the calls it forwards
 SEQ_KEY = "banditd-seq"
-_NOT_FORWARDED = frozenset({"user-agent", "content-type", "te", "host", WORKER_KEY,
+_NOT_FORWARDED = frozenset({"user-agent", "content-type", "te", "host", WORKER_KEY, TOKEN_KEY,
                             FORWARDED_BY_KEY})
 
 
@@ -83,6 +86,7 @@ class WorkerRole:
 
     index: int  # 0 = leader
     count: int
+    secret: str  # the supervisor's per-start secret: the private port's credential
     leader_address: asyncio.Future[str] | None = None  # followers: host:port of the leader
     on_lost: Callable[[str], None] = field(default=lambda why: None)  # follower lost leader
 
@@ -100,7 +104,8 @@ class WorkerRuntime:
         self.private: grpc.aio.Server | None = None
         self.private_port = 0
         if leader is not None:
-            self.private = grpc.aio.server(options=PRIVATE_CHANNEL_OPTIONS)
+            self.private = grpc.aio.server(options=PRIVATE_CHANNEL_OPTIONS,
+                                           interceptors=[InternalAuth(role.secret)])
             rpb_grpc.add_ReplicationServiceServicer_to_server(leader, self.private)
             self.private_port = self.private.add_insecure_port("127.0.0.1:0")
             if self.private_port == 0:
@@ -112,12 +117,15 @@ class WorkerRuntime:
         behaviors = service.behaviors()
         if self.leader is not None:
             self.leader.gate = core
-            handlers = {m.name: _leader_handler(m, behaviors[m.name], core, self.leader,
-                                                self.metadata)
-                        for m in unary_methods()}
             assert self.private is not None
-            register_decision_handlers(self.private, handlers)
-            return handlers
+            # the private port's calls come from followers (authenticated): only there is a
+            # follower's banditd-forwarded-by honoured
+            register_decision_handlers(self.private, {
+                m.name: _leader_handler(m, behaviors[m.name], core, self.leader, self.metadata,
+                                        private=True) for m in unary_methods()})
+            return {m.name: _leader_handler(m, behaviors[m.name], core, self.leader,
+                                            self.metadata, private=False)
+                    for m in unary_methods()}
         assert self.forwarder is not None
         self.forwarder.core = core
         return {m.name: (_with_metadata(behaviors[m.name], m, self.metadata, core)
@@ -156,10 +164,10 @@ def worker_parts(role: WorkerRole, settings: Settings) -> tuple[Parts, WorkerRun
         state = StateMachine(settings, decisions)
         state.experiments.stream = role.index
         storage = ReplicaDurability(settings, state, pending, decisions, role.index,
-                                    role.leader_address, role.on_lost)
+                                    role.leader_address, role.on_lost, role.secret)
         runtime = WorkerRuntime(role, metadata,
                                 forwarder=_Forwarder(storage, role.leader_address, metadata,
-                                                     role.index))
+                                                     role.index, role.secret))
     return Parts(state, storage, pending, routes=runtime.routes, companion=runtime,
                  reuse_port=True), runtime
 
@@ -175,10 +183,10 @@ def _with_metadata(behavior, method, metadata, core: Core) -> Handler:
 
 
 def _leader_handler(method, behavior, core: Core, leader: ReplicationLeader,
-                    metadata) -> Handler:
+                    metadata, private: bool) -> Handler:
     waits = inspect.iscoroutinefunction(behavior)
     decision_ids = DECISION_IDS.get(method.name)
-    forwarded = method.name not in LOCAL_RPCS  # followers send these here
+    forwarded = private and method.name not in LOCAL_RPCS  # followers send these here
 
     async def call(request, context):
         if decision_ids is not None and leader.has_followers:
@@ -204,7 +212,8 @@ class _Forwarder:
     the leader's status) out, then read-your-writes."""
 
     def __init__(self, durability: ReplicaDurability, leader_address: Awaitable[str], metadata,
-                 index: int) -> None:
+                 index: int, token: str = "") -> None:
+        self._token = token
         self.core: Core | None = None  # the server's (set when it is built)
         self._forwarded_by = ((FORWARDED_BY_KEY, str(index)),)
         self._durability = durability
@@ -224,8 +233,7 @@ class _Forwarder:
         if call is None:
             if self._channel is None:
                 # A channel of its own: forwarded calls do not queue behind the stream.
-                self._channel = grpc.aio.insecure_channel(
-                    await self._leader_address, options=PRIVATE_CHANNEL_OPTIONS)
+                self._channel = private_channel(await self._leader_address, self._token)
             call = self._calls[name] = self._channel.unary_unary(f"/{SERVICE_NAME}/{name}")
         return call
 
@@ -321,7 +329,7 @@ async def _worker(settings: Settings, index: int) -> int:
         stop.set()
 
     leader = loop.create_future()
-    role = WorkerRole(index, settings.workers, leader, lost)
+    secret = loop.create_future()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     reader = asyncio.StreamReader()
@@ -333,14 +341,24 @@ async def _worker(settings: Settings, index: int) -> int:
             command, _, argument = line.decode().strip().partition(" ")
             if command == "leader" and not leader.done():
                 leader.set_result(argument)
+            elif command == "secret" and not secret.done():
+                secret.set_result(argument)
         if not stop.is_set():
             log.warning("supervisor gone; stopping")
         stop.set()
 
     control_task = loop.create_task(control())
+    try:
+        token = await asyncio.wait_for(secret, 60)  # the supervisor's first line
+    except TimeoutError:
+        log.error("worker %d: no secret from the supervisor", index)
+        return 1
+    role = WorkerRole(index, settings.workers, token, leader, lost)
     parts, runtime = worker_parts(role, settings)
     app, port = await create_server(settings, parts)
     if index == 0:
+        log.info("internal port 127.0.0.1:%d (this server's workers only)",
+                 runtime.private_port)
         _tell("leader", f"127.0.0.1:{runtime.private_port}")
     try:
         if await app.wait_ready_or(stop):
