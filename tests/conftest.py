@@ -198,3 +198,128 @@ class InProcess:
         """Create an experiment through its record, as CreateExperiment does."""
         experiments = self.state.experiments
         return experiments.apply_create(experiments.check_create(config))
+
+
+BIN = Path(__import__("sys").executable).parent
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    """``banditd serve`` as a real process on 127.0.0.1 (for kill -9, signals, a second
+    process): its stub, health, log; stopped (SIGTERM, then SIGKILL) by its owner."""
+
+    def __init__(self, data_dir: Path, *args: str, port: int | None = None,
+                 wait: bool = True, env: dict | None = None, **settings) -> None:
+        import subprocess
+
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.log = data_dir.parent / f"{data_dir.name}-{self.port}.log"
+        cmd = [str(BIN / "banditd"), "serve", "--host", "127.0.0.1", "--port", str(self.port),
+               "--data-dir", str(data_dir), *args]
+        settings.setdefault("drain_seconds", 0)
+        for name, value in settings.items():
+            cmd += ["--set", f"{name}={value}"]
+        with open(self.log, "a") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=log,
+                                         env=dict(os.environ, **(env or {})))
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        self.stub = pb_grpc.DecisionServiceStub(self.channel)
+        if wait:
+            self.wait_serving()
+
+    def health(self) -> str:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        try:
+            reply = health_pb2_grpc.HealthStub(self.channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=2)
+        except grpc.RpcError as exc:
+            return exc.code().name
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+    def wait_serving(self, timeout: float = 600) -> None:
+        self.wait_for(lambda: self.health() == "SERVING", timeout, "SERVING")
+
+    def wait_for(self, condition, timeout: float, what: str) -> None:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert self.proc.poll() is None, f"banditd exited:\n{self.log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"not {what} in {timeout} s"
+            time.sleep(0.05)
+
+    def text(self) -> str:
+        return self.log.read_text()
+
+    def kill(self) -> None:
+        """kill -9."""
+        import signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=60)
+        self.channel.close()
+
+    def stop(self) -> int:
+        import signal
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.channel.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str = "16m", inodes: int | None = None) -> Iterator[Path]:
+    """A size- (and inode-) limited tmpfs mounted at ``path`` (the tests run as root, as CI
+    does); unmounted on exit."""
+    import subprocess
+
+    path.mkdir(parents=True, exist_ok=True)
+    options = f"size={size}" + (f",nr_inodes={inodes}" if inodes else "")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], check=True,
+                   capture_output=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
+
+
+def fill(directory: Path) -> Path:
+    """Write into ``directory`` until its filesystem is full; the file that holds it."""
+    filler = directory / "filler"
+    block = b"\0" * 65536
+    with open(filler, "wb", buffering=0) as f:
+        while True:
+            try:
+                f.write(block)
+            except OSError:
+                break
+        for size in (4096, 512, 1):  # the last crumbs too
+            while True:
+                try:
+                    f.write(b"\0" * size)
+                except OSError:
+                    break
+    return filler
