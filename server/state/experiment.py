@@ -71,7 +71,8 @@ class Experiment:
 
     def _reset_state(self) -> None:
         k = len(self.arm_ids)
-        self.state = self.spec.kernel.new_state(k, self.context_dim, self.spec.params, self.draws)
+        self.state = self.spec.kernel.new_state(num_arms=k, dim=self.context_dim,
+                                                params=self.spec.params, draws=self.draws)
         self.selections = np.zeros(k, dtype=np.int64)
         self.rewards = np.zeros(k, dtype=np.int64)
         self.reward_sum = np.zeros(k, dtype=np.float64)
@@ -95,7 +96,8 @@ class Experiment:
         """Remove then add arms; the remaining arms keep their state. Validated by the caller."""
         if remove:
             drop = np.array([self.arm_index[a] for a in remove], dtype=np.int64)
-            self.state = tuple(np.ascontiguousarray(np.delete(a, drop, axis=0)) for a in self.state)
+            self.state = self.state._make(np.ascontiguousarray(np.delete(a, drop, axis=0))
+                                          for a in self.state)
             self.selections = np.delete(self.selections, drop)
             self.rewards = np.delete(self.rewards, drop)
             self.reward_sum = np.delete(self.reward_sum, drop)
@@ -108,9 +110,9 @@ class Experiment:
             self.arm_ids = [a for a in self.arm_ids if a not in gone]
         if add:
             fresh = self.spec.kernel.new_state(
-                len(add), self.context_dim, self.spec.params, self.draws
+                num_arms=len(add), dim=self.context_dim, params=self.spec.params, draws=self.draws
             )
-            self.state = tuple(
+            self.state = self.state._make(
                 np.ascontiguousarray(np.concatenate([old, new], axis=0))
                 for old, new in zip(self.state, fresh, strict=True)
             )
@@ -217,8 +219,9 @@ class Experiment:
     def _bind(self, eligible: np.ndarray, context: np.ndarray, out: np.ndarray) -> tuple:
         """:meth:`select`'s kernel bound to the current arrays (and its counts view)."""
         call = self.spec.kernel.bind_select(
-            self.state, self.spec.params, self.selections, self.floor, self.burn_in, self.draws,
-            self.rng, eligible, context, self.version, out)
+            state=self.state, params=self.spec.params, selections=self.selections,
+            floor=self.floor, burn_in=self.burn_in, draws=self.draws, rng=self.rng,
+            eligible=eligible, context=context, t=self.version, out=out)
         self._bound = (self.state, self.selections, self.rng, call, self.selections.data)
         return self._bound
 
@@ -228,18 +231,18 @@ class Experiment:
         positions) and ``propensity[i]`` for ``contexts[i]`` (a ``(rows, context_dim)`` array).
         The same decisions as :meth:`select` row by row (selections counted in between)."""
         self.spec.kernel.select_batch(
-            self.state,
-            self.spec.params,
-            eligible,
-            contexts,
-            self.version,
-            self.selections,
-            self.floor,
-            self.burn_in,
-            self.draws,
-            self.rng,
-            out,
-            propensity,
+            state=self.state,
+            params=self.spec.params,
+            eligible=eligible,
+            contexts=contexts,
+            t=self.version,
+            selections=self.selections,
+            floor=self.floor,
+            burn_in=self.burn_in,
+            draws=self.draws,
+            rng=self.rng,
+            out=out,
+            propensity=propensity,
         )
 
     def context_rows(self, rows: list, field: str = "context") -> np.ndarray:
@@ -268,7 +271,8 @@ class Experiment:
 
     def reward(self, arm: int, reward: float, context: np.ndarray) -> None:
         """Learn from one reward of the arm at position ``arm`` (validated by the caller)."""
-        self.spec.kernel.update(self.state, self.spec.params, arm, reward, context, self.discount)
+        self.spec.kernel.update(state=self.state, params=self.spec.params, arm=arm, reward=reward,
+                                context=context, discount=self.discount)
         self.rewards[arm] += 1
         self.reward_sum[arm] += reward
         if reward > 0:
@@ -278,8 +282,8 @@ class Experiment:
     def reward_many(self, arms: np.ndarray, rewards: np.ndarray, contexts: np.ndarray) -> None:
         """Learn from rewards ``rewards[i]`` of arm positions ``arms[i]`` (contexts: ``(rows,
         context_dim)``) in one kernel call: the same state as :meth:`reward` row by row."""
-        self.spec.kernel.update_batch(self.state, self.spec.params, arms, rewards, contexts,
-                                      self.discount)
+        self.spec.kernel.update_batch(state=self.state, params=self.spec.params, arms=arms,
+                                      rewards=rewards, contexts=contexts, discount=self.discount)
         np.add.at(self.rewards, arms, 1)
         np.add.at(self.reward_sum, arms, rewards)  # in row order, as one by one
         np.add.at(self.positives, arms[rewards > 0], 1)
@@ -310,7 +314,8 @@ class Experiment:
             changed = True
             d_trials, d_successes, d_value = (f - o for f, o in zip(fresh, old, strict=True))
             total = d_value if value_rewards else d_successes
-            self.spec.kernel.add_aggregate(self.state, arm, d_trials, d_successes, total)
+            self.spec.kernel.add_aggregate(state=self.state, arm=arm, trials=d_trials,
+                                           successes=d_successes, total=total)
             for column in range(3):  # exact totals, independent of the ingest history
                 self.ingested[arm, column] = math.fsum(
                     p[arm_id][column] for p in self.periods.values() if arm_id in p

@@ -118,8 +118,8 @@ def capture(lsn: int, registry: ExperimentRegistry, decisions: DecisionStore,
     for e in registry.experiments():
         config = pb.Experiment()
         config.CopyFrom(e.config)
-        cache = set(e.spec.kernel.CACHE_ARRAYS)
-        state = [None if i in cache else a for i, a in enumerate(e.state)]
+        cache = set(e.spec.kernel.CACHE_FIELDS)
+        state = [None if name in cache else a for name, a in e.state._asdict().items()]
         counters = {name: getattr(e, name) for name in _COUNTERS}
         periods = {p: dict(arms) for p, arms in e.periods.items()}
         cap.experiments.append(_ExperimentImage(config, e.uid, e.version, state, counters, periods))
@@ -262,9 +262,9 @@ def load(snap: st.Snapshot, section: memoryview, registry: ExperimentRegistry,
     registry.clear()
     for es in snap.experiments:
         e = registry.restore(es.config, es.uid)
-        for i, msg in enumerate(es.state):
+        for name, msg in zip(e.state._fields, es.state, strict=True):  # in State order
             if msg.dtype:  # cache arrays were left out: keep new_state's (invalid) ones
-                e.state[i][...] = _from_array(msg, section)
+                getattr(e.state, name)[...] = _from_array(msg, section)
         for name in _COUNTERS:
             setattr(e, name, _from_array(getattr(es, name), section))
         e.version = es.version
