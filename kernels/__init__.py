@@ -7,10 +7,11 @@ A policy module declares ``NAME``, ``PARAM_NAMES`` (its float64 ``params`` vecto
 field order), ``CACHE_FIELDS`` (the State fields that only cache derived values), and
 ``new_state``, ``add_aggregate``, ``summary``, two jitted kernels ``_select`` / ``_update`` and
 their references ``select_reference`` / ``update_reference``. From these
-:func:`kernels.common.policy_api` writes ``select``, ``bind_select`` (``select`` typed once for
-a state: the server's per-decision call), ``update``, ``select_batch``, ``update_batch`` (many
-decisions / rewards in one compiled call) and ``select_batch_reference``,
-``update_batch_reference``. Every public function takes keyword arguments only.
+:func:`kernels.common.policy_api` writes ``select``, ``update``, ``bind_select`` /
+``bind_update`` (the two typed or bound once for a state: the server's per-decision and
+per-reward calls), ``select_batch``, ``update_batch`` (many decisions / rewards in one compiled
+call) and ``select_batch_reference``, ``update_batch_reference``. Every public function takes
+keyword arguments only.
 
 Adding a policy: its module, its test module (tests/test_kernels_<name>.py) and its entry in
 ``POLICIES`` (the registry the server, the warm-up and the generic kernel tests go through).

@@ -36,8 +36,9 @@ The policy API, written once
 ----------------------------
 A policy module declares ``State`` (a NamedTuple of its arrays, first axis = arm), two jitted
 kernels ``_select`` and ``_update``, and their references; :func:`policy_api` writes the rest
-for it: ``select``, ``update``, ``select_batch``, ``update_batch``, ``bind_select``, the batch
-references, and the jitted ``_select_bound``, ``_select_batch`` and ``_update_batch``.
+for it: ``select``, ``update``, ``select_batch``, ``update_batch``, ``bind_select``,
+``bind_update``, the batch references, and the jitted ``_select_bound``, ``_select_batch`` and
+``_update_batch``.
 
 A kernel's parameter names say what it is given: the name of a ``State`` field is that array;
 any other name is one of :data:`SELECT_ARGS` / :data:`UPDATE_ARGS`, the public functions'
@@ -51,10 +52,10 @@ NamedTuple goes through Numba's slow path (~0.8 µs), so the fields are passed, 
         return _select(state[0], state[1], state[2], state[3], params, eligible, selections,
                        floor, burn_in, rng, out)
 
-    def _select_bound(b, eligible, out):   # @njit: the server's per-decision kernel
-        state = b.state
-        return _select(state[0], state[1], state[2], state[3], b.params, eligible,
-                       b.selections, b.floor, b.burn_in, b.rng, out)
+    def _select_bound(bound, eligible, out):   # @njit: the server's per-decision kernel
+        state = bound.state
+        return _select(state[0], state[1], state[2], state[3], bound.params, eligible,
+                       bound.selections, bound.floor, bound.burn_in, bound.rng, out)
 
 (all of it is in :data:`GENERATED`). Why source text rather than closures over the kernel:
 Numba's on-disk cache keys a closure on its pickled cells, and a dispatcher pickles
@@ -302,6 +303,10 @@ _PER_CALL = ("eligible", "context", "t", "out")
 _BATCH_NAMES = {"context": "contexts", "arm": "arms", "reward": "rewards"}
 _ROWS = {"context": "contexts[i]", "out": "out[i]", "arm": "arms[i]", "reward": "rewards[i]"}
 
+# names of the generated functions' arguments and locals: no State field may take one
+_RESERVED = {*SELECT_ARGS, *UPDATE_ARGS, *_BATCH_NAMES.values(), "propensity", "state", "bound",
+             "kernel", "call", "i"}
+
 GENERATED: dict[str, str] = {}  # "module.function" -> the source policy_api generated for it
 
 
@@ -348,6 +353,7 @@ class PolicyAPI(NamedTuple):
     select_batch: Callable[..., None]
     update_batch: Callable[..., None]
     bind_select: Callable[..., Callable[..., float]]
+    bind_update: Callable[..., Callable[..., None]]
     select_batch_reference: Callable[..., None]
     update_batch_reference: Callable[..., None]
     select_bound_kernel: Any
@@ -362,6 +368,10 @@ def policy_api(state_type: type, select_kernel: Any, update_kernel: Any,
     jitted kernels are ``select_kernel`` and ``update_kernel`` (see the module docstring:
     their parameter names say what each is given)."""
     fields = state_type._fields  # type: ignore[attr-defined]
+    clash = set(fields) & _RESERVED
+    if clash:
+        raise TypeError(f"{state_type.__qualname__} fields {sorted(clash)} are names the "
+                        "generated functions use")
     select_names = _parameters(select_kernel, fields, SELECT_ARGS,
                                ("eligible", "selections", "out"))
     update_names = _parameters(update_kernel, fields, UPDATE_ARGS, ("arm",))
@@ -377,6 +387,7 @@ def policy_api(state_type: type, select_kernel: Any, update_kernel: Any,
     per_call = ", ".join(n for n in select_names if n in _PER_CALL)
     batch_select = [_BATCH_NAMES.get(n, n) for n in select_names] + ["propensity"]
     batch_update = [_BATCH_NAMES.get(n, n) for n in update_names]
+    update_fields = [n for n in update_names if n in fields]
     sources = {
         "select": (select_kernel, f"""\
 def select(*, state, params, eligible, context, t, selections, floor, burn_in, draws, rng, out):
@@ -394,6 +405,14 @@ def select_batch(*, state, params, eligible, contexts, t, selections, floor, bur
         "update_batch": (update_kernel, f"""\
 def update_batch(*, state, params, arms, rewards, contexts, discount):
     _update_batch({_call(batch_update, state_arg)})
+"""),
+        "bind_update": (update_kernel, f"""\
+def bind_update(*, state, params, discount):
+{"".join(f"    {n} = {state_arg(n)}{chr(10)}" for n in update_fields)}
+    def call(arm, reward, context):
+        _update({_call(update_names, lambda n: n)})
+
+    return call
 """),
         "bind_select": (select_kernel, f"""\
 def bind_select(*, state, params, selections, floor, burn_in, draws, rng, eligible, context, t,
@@ -418,9 +437,9 @@ def bind_select(*, state, params, selections, floor, burn_in, draws, rng, eligib
     select_batch_reference, update_batch_reference = _batch_references(
         select_reference, update_reference, module)
     return PolicyAPI(functions["select"], functions["update"], functions["select_batch"],
-                     functions["update_batch"], functions["bind_select"], select_batch_reference,
-                     update_batch_reference, select_bound, select_batch_kernel,
-                     update_batch_kernel)
+                     functions["update_batch"], functions["bind_select"],
+                     functions["bind_update"], select_batch_reference, update_batch_reference,
+                     select_bound, select_batch_kernel, update_batch_kernel)
 
 
 def _parameters(kernel: Any, fields: tuple[str, ...], allowed: tuple[str, ...],
@@ -454,13 +473,13 @@ def _select_kernels(kernel: Any, names: tuple[str, ...], fields: tuple[str, ...]
         def bound_arg(name: str) -> str:
             if name in fields:
                 return f"state[{bound_fields.index(name)}]"
-            return name if name in _PER_CALL else f"b.{name}"
+            return name if name in _PER_CALL else f"bound.{name}"
 
         per_call = ", ".join(n for n in names if n in _PER_CALL)
         batch = ", ".join([_BATCH_NAMES.get(n, n) for n in names] + ["propensity"])
         bound = f"""\
-def _select_bound(b, {per_call}):
-    state = b.state
+def _select_bound(bound, {per_call}):
+    state = bound.state
     return _select({_call(names, bound_arg)})
 """
         loop = f"""\
@@ -556,6 +575,10 @@ _DOCS = {
     as one :class:`kernels.common.BoundSelect` to a kernel typed once
     (:func:`kernels.common.compiled`; the server's per-decision call). The arrays are bound,
     not copied: updates in place are seen; a replaced array needs a new binding.""",
+    "bind_update": """:func:`update` for this state, ``params`` and ``discount``:
+    ``call(arm, reward, context)`` does what ``update`` would, with the state's arrays taken
+    once here (the server's per-reward call: positional, no argument matching). The arrays
+    are bound, not copied: a replaced array needs a new binding.""",
     "select_batch_reference": """Twin of ``select_batch``: row ``i`` of ``out`` /
     ``propensity`` is what ``select_reference`` gives for ``contexts[i]`` after the decisions
     of rows ``< i`` were counted in ``selections``.""",

@@ -91,8 +91,8 @@ def select_reference(*, state: State, params, eligible, context, t, selections, 
     return finalize_reference(scores, probs, eligible, selections, floor, burn_in, source, out)
 
 
-# select, update, their batch forms, bind_select and the batch references: the same for every
+# select, update, their batch and bound forms and the batch references: the same for every
 # policy, written once in kernels.common and generated from State and the functions above.
-(select, update, select_batch, update_batch, bind_select, select_batch_reference,
+(select, update, select_batch, update_batch, bind_select, bind_update, select_batch_reference,
  update_batch_reference, _select_bound, _select_batch, _update_batch) = policy_api(
     State, _select, _update, select_reference, update_reference)

@@ -149,8 +149,8 @@ def summary(*, state: State, params, binary: bool) -> dict[str, np.ndarray]:
     return {"posterior_alpha": a, "posterior_beta": b, "score": a / (a + b)}
 
 
-# select, update, their batch forms, bind_select and the batch references: the same for every
+# select, update, their batch and bound forms and the batch references: the same for every
 # policy, written once in kernels.common and generated from State and the functions above.
-(select, update, select_batch, update_batch, bind_select, select_batch_reference,
+(select, update, select_batch, update_batch, bind_select, bind_update, select_batch_reference,
  update_batch_reference, _select_bound, _select_batch, _update_batch) = policy_api(
     State, _select, _update, select_reference, update_reference)

@@ -61,6 +61,8 @@ def warm_up() -> float:
             if not module.CONTEXTUAL:
                 module.update(state=state, params=params, arm=0, reward=0.0, context=context,
                               discount=0.99)
+            # the server's per-reward call (bind_update)
+            module.bind_update(state=state, params=params, discount=1.0)(0, 1.0, context)
             module.select(
                 state=state, params=params, eligible=eligible[:1], context=context, t=3,
                 selections=selections, floor=0.0, burn_in=0, draws=2, rng=rng,

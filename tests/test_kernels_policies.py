@@ -24,10 +24,10 @@ from banditd.kernels.rng import Xoshiro, seed_state
 from banditd.kernels.warmup import warm_up
 
 API = ("NAME", "PARAM_NAMES", "EXAMPLE_PARAMS", "CONTEXTUAL", "ESTIMATED_PROPENSITY", "REWARDS",
-       "State", "CACHE_FIELDS", "new_state", "select", "bind_select", "update",
+       "State", "CACHE_FIELDS", "new_state", "select", "bind_select", "update", "bind_update",
        "select_reference", "update_reference", "select_batch", "update_batch",
        "select_batch_reference", "update_batch_reference", "add_aggregate", "summary")
-FUNCTIONS = ("new_state", "select", "bind_select", "update", "select_reference",
+FUNCTIONS = ("new_state", "select", "bind_select", "update", "bind_update", "select_reference",
              "update_reference", "select_batch", "update_batch", "select_batch_reference",
              "update_batch_reference", "add_aggregate", "summary")
 
@@ -144,6 +144,27 @@ def test_bound_select_follows_updates_and_equals_select(name, floor, burn_in):
             mod.update(state=s, params=params, arm=int(out[0]), reward=r, context=context,
                        discount=0.97)
     assert_states_equal(state, twin)
+
+
+@pytest.mark.parametrize("name", list(POLICIES))
+def test_bound_update_equals_update(name):
+    """The server learns each reward through ``bind_update``'s call, bound once to the state's
+    arrays: it must leave exactly the state ``update`` leaves on a twin."""
+    mod = POLICIES[name]
+    gen = np.random.default_rng(23)
+    k, d = 6, (3 if mod.CONTEXTUAL else 0)
+    params = params_of(mod)
+    for discount in (1.0, 0.95) if not mod.CONTEXTUAL else (1.0,):
+        state, _ = trained_pair(mod, k, d, params, gen, 20, 0.97, draws=4)
+        twin = copy_state(state)
+        call = mod.bind_update(state=state, params=params, discount=discount)
+        for _ in range(50):
+            arm, r, x = int(gen.integers(k)), reward(mod, gen), gen.standard_normal(d)
+            call(arm, r, x)
+            mod.update(state=twin, params=params, arm=arm, reward=r, context=x,
+                       discount=discount)
+        for a, b in zip(state, twin, strict=True):
+            assert np.array_equal(a, b)
 
 
 @pytest.mark.parametrize("name", list(POLICIES))

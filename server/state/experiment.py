@@ -53,6 +53,7 @@ class Experiment:
         self._slate_buffers: dict[int, np.ndarray] = {}  # slate size -> select()'s output
         # select()'s kernel: (state, selections, rng) it was bound to, call, counts view
         self._bound: tuple = (None, None, None, None, None)
+        self._bound_update: tuple = (None, None)  # reward()'s kernel: state bound to, call
         self._reindex()
         self._reset_state()
 
@@ -270,14 +271,23 @@ class Experiment:
         return ctx
 
     def reward(self, arm: int, reward: float, context: np.ndarray) -> None:
-        """Learn from one reward of the arm at position ``arm`` (validated by the caller)."""
-        self.spec.kernel.update(state=self.state, params=self.spec.params, arm=arm, reward=reward,
-                                context=context, discount=self.discount)
+        """Learn from one reward of the arm at position ``arm`` (validated by the caller),
+        through the kernel module's ``bind_update`` (bound again when the state was replaced)."""
+        state, update = self._bound_update
+        if state is not self.state:
+            state, update = self._bind_update()
+        update(arm, reward, context)
         self.rewards[arm] += 1
         self.reward_sum[arm] += reward
         if reward > 0:
             self.positives[arm] += 1
         self.version += 1
+
+    def _bind_update(self) -> tuple:
+        call = self.spec.kernel.bind_update(state=self.state, params=self.spec.params,
+                                            discount=self.discount)
+        self._bound_update = (self.state, call)
+        return self._bound_update
 
     def reward_many(self, arms: np.ndarray, rewards: np.ndarray, contexts: np.ndarray) -> None:
         """Learn from rewards ``rewards[i]`` of arm positions ``arms[i]`` (contexts: ``(rows,
