@@ -57,7 +57,11 @@ NamedTuple goes through Numba's slow path (~0.8 µs), so the fields are passed, 
         return _select(state[0], state[1], state[2], state[3], bound.params, eligible,
                        bound.selections, bound.floor, bound.burn_in, bound.rng, out)
 
-(all of it is in :data:`GENERATED`). Why source text rather than closures over the kernel:
+(all of it is in :data:`GENERATED`). A public function's keyword arguments and the
+NamedTuple's indexing cost ~0.1 µs per Python call (CPython specialises neither); the server's
+per-request calls go through ``bind_select`` / ``bind_update``, whose calls pay neither.
+
+Why source text rather than closures over the kernel:
 Numba's on-disk cache keys a closure on its pickled cells, and a dispatcher pickles
 differently in every process, so a jitted closure is compiled again at every start (measured:
 a new cache entry per run). Generated source is cached like hand-written code: it is compiled

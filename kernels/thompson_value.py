@@ -58,7 +58,8 @@ CACHE_FIELDS = ("mc", "mc_valid")
 
 def new_state(*, num_arms: int, dim: int, params: np.ndarray, draws: int = 32) -> State:
     """Zero statistics; ``draws`` (R >= 1) Monte-Carlo rounds cached per arm, all invalid."""
-    return State(*(np.zeros(num_arms) for _ in range(4)), *mc_cache(num_arms, draws))
+    return State(np.zeros(num_arms), np.zeros(num_arms), np.zeros(num_arms), np.zeros(num_arms),
+                 *mc_cache(num_arms, draws))
 
 
 @njit(inline="always", **JIT)
