@@ -5,7 +5,7 @@ Arguments use exactly the server's dtypes: float64 state/params/context, int64 e
 selections / out, uint64[4] rng, Python float floor/discount/reward and Python int
 t/burn-in/draws/arm; the batch kernels take 2-D C-contiguous contexts ``(rows, d)`` and
 outputs ``(rows, slate)``, int64 arms and float64 rewards; states come from
-``new_state(k, d, params, draws)`` as on the server.
+``new_state(num_arms=k, dim=d, params=params, draws=draws)`` as on the server.
 """
 
 from __future__ import annotations
@@ -31,33 +31,42 @@ def warm_up() -> float:
         dims = (1, 4) if module.CONTEXTUAL else (0,)
         params = np.ones(len(module.PARAM_NAMES), dtype=np.float64)
         for dim in dims:
-            state = module.new_state(num_arms, dim, params, 2)
+            state = module.new_state(num_arms=num_arms, dim=dim, params=params, draws=2)
             context = np.ones(dim, dtype=np.float64)
             for slate in (1, 2):
                 out = np.empty(slate, dtype=np.int64)
                 for floor, burn_in in ((0.0, 0), (0.1, 0), (0.0, 1)):
                     module.select(
-                        state, params, eligible, context, 0, selections, floor, burn_in, 2, rng,
-                        out,
+                        state=state, params=params, eligible=eligible, context=context, t=0,
+                        selections=selections, floor=floor, burn_in=burn_in, draws=2, rng=rng,
+                        out=out,
                     )
                 # the server's per-decision call: the state as one structure (bind_select)
-                module.bind_select(state, params, selections, 0.1, 1, 2, rng, eligible, context,
-                                   0, out)(eligible, context, 0, out)
+                module.bind_select(state=state, params=params, selections=selections, floor=0.1,
+                                   burn_in=1, draws=2, rng=rng, eligible=eligible,
+                                   context=context, t=0, out=out)(eligible, context, 0, out)
             for slate in (1, 2):  # the batch kernels: (rows, slate) outputs, (rows, d) contexts
                 for floor, burn_in in ((0.0, 0), (0.1, 1)):
                     module.select_batch(
-                        state, params, eligible, np.ones((2, dim)), 0, selections, floor,
-                        burn_in, 2, rng, np.empty((2, slate), dtype=np.int64), np.empty(2),
+                        state=state, params=params, eligible=eligible,
+                        contexts=np.ones((2, dim)), t=0, selections=selections, floor=floor,
+                        burn_in=burn_in, draws=2, rng=rng,
+                        out=np.empty((2, slate), dtype=np.int64), propensity=np.empty(2),
                     )
-            module.update_batch(state, params, np.arange(2, dtype=np.int64), np.ones(2),
-                                np.ones((2, dim)), 1.0)
+            module.update_batch(state=state, params=params, arms=np.arange(2, dtype=np.int64),
+                                rewards=np.ones(2), contexts=np.ones((2, dim)), discount=1.0)
             for arm in range(num_arms):
-                module.update(state, params, arm, 1.0, context, 1.0)
+                module.update(state=state, params=params, arm=arm, reward=1.0, context=context,
+                              discount=1.0)
             if not module.CONTEXTUAL:
-                module.update(state, params, 0, 0.0, context, 0.99)
+                module.update(state=state, params=params, arm=0, reward=0.0, context=context,
+                              discount=0.99)
+            # the server's per-reward call (bind_update)
+            module.bind_update(state=state, params=params, discount=1.0)(0, 1.0, context)
             module.select(
-                state, params, eligible[:1], context, 3, selections, 0.0, 0, 2, rng,
-                np.empty(1, dtype=np.int64),
+                state=state, params=params, eligible=eligible[:1], context=context, t=3,
+                selections=selections, floor=0.0, burn_in=0, draws=2, rng=rng,
+                out=np.empty(1, dtype=np.int64),
             )
     ones = np.ones(num_arms)
     prob_best_beta(ones, ones, 2, rng)

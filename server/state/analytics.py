@@ -97,7 +97,8 @@ def next_period(periods) -> str:
 def posterior_copy(experiment: Experiment) -> dict[str, np.ndarray]:
     """The policy's per-arm posterior figures (``kernel.summary``), as fresh arrays."""
     binary = experiment.reward_type == pb.REWARD_TYPE_BINARY
-    post = experiment.spec.kernel.summary(experiment.state, experiment.spec.params, binary)
+    post = experiment.spec.kernel.summary(state=experiment.state, params=experiment.spec.params,
+                                          binary=binary)
     return {name: np.array(values, dtype=np.float64) for name, values in post.items()}
 
 

@@ -55,6 +55,7 @@ class Experiment:
         self._slate_buffers: dict[int, np.ndarray] = {}  # slate size -> decide()'s output
         # decide()'s kernel: the (state, selections, rng) it was bound to, and the call
         self._bound: tuple = (None, None, None, None)
+        self._bound_update: tuple = (None, None)  # reward()'s kernel: state bound to, call
         self._counts = memoryview(np.zeros(0, dtype=np.int64))  # item view of selections
         self._reindex()
         self._reset_state()
@@ -69,7 +70,8 @@ class Experiment:
 
     def _reset_state(self) -> None:
         k = len(self.arm_ids)
-        self.state = self.spec.kernel.new_state(k, self.context_dim, self.spec.params, self.draws)
+        self.state = self.spec.kernel.new_state(num_arms=k, dim=self.context_dim,
+                                                params=self.spec.params, draws=self.draws)
         self.selections = np.zeros(k, dtype=np.int64)
         self.rewards = np.zeros(k, dtype=np.int64)
         self.reward_sum = np.zeros(k, dtype=np.float64)
@@ -107,7 +109,8 @@ class Experiment:
         """Remove then add arms; the remaining arms keep their state. Validated by the caller."""
         if remove:
             drop = np.array([self.arm_index[a] for a in remove], dtype=np.int64)
-            self.state = tuple(np.ascontiguousarray(np.delete(a, drop, axis=0)) for a in self.state)
+            self.state = self.state._make(np.ascontiguousarray(np.delete(a, drop, axis=0))
+                                          for a in self.state)
             self.selections = np.delete(self.selections, drop)
             self.rewards = np.delete(self.rewards, drop)
             self.reward_sum = np.delete(self.reward_sum, drop)
@@ -123,9 +126,9 @@ class Experiment:
             self.arm_ids = [a for a in self.arm_ids if a not in gone]
         if add:
             fresh = self.spec.kernel.new_state(
-                len(add), self.context_dim, self.spec.params, self.draws
+                num_arms=len(add), dim=self.context_dim, params=self.spec.params, draws=self.draws
             )
-            self.state = tuple(
+            self.state = self.state._make(
                 np.ascontiguousarray(np.concatenate([old, new], axis=0))
                 for old, new in zip(self.state, fresh, strict=True)
             )
@@ -231,8 +234,9 @@ class Experiment:
     def _bind(self, eligible: np.ndarray, context: np.ndarray, out: np.ndarray):
         """:meth:`decide`'s kernel bound to the current arrays."""
         call = self.spec.kernel.bind_select(
-            self.state, self.spec.params, self.selections, self.floor, self.burn_in, self.draws,
-            self.rng, eligible, context, self.version, out)
+            state=self.state, params=self.spec.params, selections=self.selections,
+            floor=self.floor, burn_in=self.burn_in, draws=self.draws, rng=self.rng,
+            eligible=eligible, context=context, t=self.version, out=out)
         self._bound = (self.state, self.selections, self.rng, call)
         return call
 
@@ -260,18 +264,18 @@ class Experiment:
         kernel counts them in a copy of the selection counts (burn-in sees them), the copy is
         dropped, and applying the decisions counts them for real."""
         self.spec.kernel.select_batch(
-            self.state,
-            self.spec.params,
-            eligible,
-            contexts,
-            self.version,
-            self.selections.copy(),
-            self.floor,
-            self.burn_in,
-            self.draws,
-            self.rng,
-            out,
-            propensity,
+            state=self.state,
+            params=self.spec.params,
+            eligible=eligible,
+            contexts=contexts,
+            t=self.version,
+            selections=self.selections.copy(),
+            floor=self.floor,
+            burn_in=self.burn_in,
+            draws=self.draws,
+            rng=self.rng,
+            out=out,
+            propensity=propensity,
         )
 
     def context_rows(self, rows: list, field: str = "context") -> np.ndarray:
@@ -299,19 +303,29 @@ class Experiment:
         return ctx
 
     def reward(self, arm: int, reward: float, context: np.ndarray) -> None:
-        """Learn from one reward of the arm at position ``arm`` (validated by the caller)."""
-        self.spec.kernel.update(self.state, self.spec.params, arm, reward, context, self.discount)
+        """Learn from one reward of the arm at position ``arm`` (validated by the caller),
+        through the kernel module's ``bind_update`` (bound again when the state was replaced)."""
+        state, update = self._bound_update
+        if state is not self.state:
+            state, update = self._bind_update()
+        update(arm, reward, context)
         self.rewards[arm] += 1
         self.reward_sum[arm] += reward
         if reward > 0:
             self.positives[arm] += 1
         self.version += 1
 
+    def _bind_update(self) -> tuple:
+        call = self.spec.kernel.bind_update(state=self.state, params=self.spec.params,
+                                            discount=self.discount)
+        self._bound_update = (self.state, call)
+        return self._bound_update
+
     def reward_many(self, arms: np.ndarray, rewards: np.ndarray, contexts: np.ndarray) -> None:
         """Learn from rewards ``rewards[i]`` of arm positions ``arms[i]`` (contexts: ``(rows,
         context_dim)``) in one kernel call: the same state as :meth:`reward` row by row."""
-        self.spec.kernel.update_batch(self.state, self.spec.params, arms, rewards, contexts,
-                                      self.discount)
+        self.spec.kernel.update_batch(state=self.state, params=self.spec.params, arms=arms,
+                                      rewards=rewards, contexts=contexts, discount=self.discount)
         np.add.at(self.rewards, arms, 1)
         np.add.at(self.reward_sum, arms, rewards)  # in row order, as one by one
         np.add.at(self.positives, arms[rewards > 0], 1)
@@ -346,7 +360,8 @@ class Experiment:
             changed = True
             d_trials, d_successes, d_value = (f - o for f, o in zip(fresh, old, strict=True))
             total = d_value if value_rewards else d_successes
-            self.spec.kernel.add_aggregate(self.state, arm, d_trials, d_successes, total)
+            self.spec.kernel.add_aggregate(state=self.state, arm=arm, trials=d_trials,
+                                           successes=d_successes, total=total)
             sums = self._sums.setdefault(arm_id, [[], [], []])
             for column in range(3):
                 _add_exact(sums[column], fresh[column])

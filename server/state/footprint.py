@@ -27,7 +27,8 @@ def experiment_bytes(kernel: ModuleType, params: np.ndarray, num_arms: int, cont
                      draws: int, arm_id_chars: int) -> int:
     """Estimated bytes of an experiment with ``num_arms`` arms whose ids have
     ``arm_id_chars`` characters in all."""
-    per_arm = sum(int(a.nbytes) for a in kernel.new_state(1, context_dim, params, draws))
+    per_arm = sum(int(a.nbytes) for a in kernel.new_state(num_arms=1, dim=context_dim,
+                                                          params=params, draws=draws))
     return (EXPERIMENT_OBJECTS + num_arms * (per_arm + COUNTER_BYTES + PER_ARM_OBJECTS)
             + arm_id_chars * PER_ARM_ID_CHAR)
 

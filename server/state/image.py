@@ -85,8 +85,8 @@ def capture(state: StateMachine) -> Capture:
     for e in registry.experiments():
         config = pb.Experiment()
         config.CopyFrom(e.config)
-        cache = set(e.spec.kernel.CACHE_ARRAYS)
-        arrays = [None if i in cache else a for i, a in enumerate(e.state)]
+        cache = set(e.spec.kernel.CACHE_FIELDS)
+        arrays = [None if name in cache else a for name, a in e.state._asdict().items()]
         counters = {name: getattr(e, name) for name in _COUNTERS}
         periods = {p: dict(arms) for p, arms in e.periods.items()}
         cap.experiments.append(_ExperimentImage(config, e.uid, e.version, arrays, counters,
@@ -137,9 +137,12 @@ def load(state: StateMachine, snap: st.Snapshot, section: memoryview) -> None:
     registry.clear()
     for es in snap.experiments:
         e = registry.restore(es.config, es.uid)
-        for i, msg in enumerate(es.state):
+        if len(es.state) != len(e.state):
+            raise ImageError(f"experiment '{es.config.experiment_id}': {len(es.state)} state "
+                             f"arrays, its policy has {len(e.state)}")
+        for name, msg in zip(e.state._fields, es.state, strict=True):  # in State order
             if msg.dtype:  # cache arrays were left out: keep new_state's (invalid) ones
-                e.state[i][...] = _from_array(msg, section)
+                getattr(e.state, name)[...] = _from_array(msg, section)
         for name in _COUNTERS:
             setattr(e, name, _from_array(getattr(es, name), section))
         registry.own_stream(e)  # the image holds the stream it was taken from
