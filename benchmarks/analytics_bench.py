@@ -27,7 +27,7 @@ from local_server import machine  # noqa: E402
 
 from banditd.decision.v1 import decision_pb2 as pb  # noqa: E402
 from banditd.decision.v1 import decision_pb2_grpc as pb_grpc  # noqa: E402
-from conftest import running_server  # noqa: E402  (the tests' real-server harness)
+from helpers import running_server  # noqa: E402  (the tests' real-server harness)
 
 
 def _median_us(fn, repeats: int) -> float:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from banditd.decision.v1 import decision_pb2 as pb
-from conftest import create
+from helpers import create
 
 
 def stats(stub, experiment_id):

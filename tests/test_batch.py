@@ -8,7 +8,6 @@ import asyncio
 import grpc
 import numpy as np
 import pytest
-from test_durability import stub_for
 
 from banditd.decision.v1 import decision_pb2 as pb
 from banditd.kernels.rng import seed_state
@@ -17,7 +16,7 @@ from banditd.server.api.service import DecisionServicer
 from banditd.server.settings import Settings
 from banditd.server.state.decision_store import DecisionColumns, DecisionRecord, DecisionStore
 from banditd.storage.v1 import storage_pb2 as st
-from conftest import RunningServer, create, make_experiment, running_server
+from helpers import ROOT, RunningServer, create, make_experiment, running_server, stub_for
 
 POLICIES = {
     "thompson": (pb.Policy(thompson=pb.Policy.Thompson()), 0, pb.REWARD_TYPE_BINARY),
@@ -337,8 +336,6 @@ def test_locustfile_runs_against_a_real_server(server, tmp_path):
     import os
     import subprocess
     import sys
-
-    from conftest import ROOT
 
     cmd = [sys.executable, "-m", "locust", "-f", str(ROOT / "benchmarks" / "locustfile.py"),
            "--headless", "--host", f"127.0.0.1:{server.port}", "--users", "4",

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 BENCH = ROOT / "benchmarks"
 sys.path.insert(0, str(BENCH))

@@ -9,7 +9,7 @@ import grpc
 
 from banditd.decision.v1 import decision_pb2 as pb
 from banditd.decision.v1 import decision_pb2_grpc as pb_grpc
-from conftest import create
+from helpers import create
 
 CLIENTS = 50
 PER_CLIENT = 60

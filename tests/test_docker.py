@@ -12,14 +12,10 @@ import os
 import shlex
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
-from test_serving import _free_port, _wait_serving
+from helpers import BIN, ROOT, free_port, wait_serving
 
-from conftest import ROOT
-
-BIN = Path(sys.executable).parent
 DOCKERFILE = ROOT / "Dockerfile"
 
 
@@ -43,7 +39,7 @@ def _image_env(tmp_path: Path) -> dict[str, str]:
                 env[key] = value
     env.update(
         BANDITD_HOST="127.0.0.1",  # tests never listen beyond loopback
-        BANDITD_PORT=str(_free_port()),
+        BANDITD_PORT=str(free_port()),
         BANDITD_DATA_DIR=str(tmp_path / "data"),
         NUMBA_CACHE_DIR=str(tmp_path / "numba-cache"),
         PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
@@ -74,7 +70,7 @@ def test_image_commands_work_when_run_directly(tmp_path):
     (tmp_path / "data").mkdir()
     proc = subprocess.Popen(entrypoint + cmd, env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_serving(int(env["BANDITD_PORT"]), proc)
+        wait_serving(int(env["BANDITD_PORT"]), proc)
         check = subprocess.run(health_cmd, env=env, capture_output=True, text=True, timeout=30)
         assert check.returncode == 0, check.stderr
         proc.send_signal(signal.SIGTERM)

@@ -8,38 +8,33 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import grpc
 import pytest
-from test_serving import _free_port, _wait_serving
 
 from banditd.decision.v1 import decision_pb2 as pb
 from banditd.decision.v1 import decision_pb2_grpc as pb_grpc
-from banditd.server.settings import Settings
 from banditd.server.storage.snapshot import list_snapshots
 from banditd.server.storage.wal import HEADER, list_segments, read_segment
 from banditd.storage.v1 import storage_pb2 as st
-from conftest import RunningServer, create, running_server
-
-BIN = Path(sys.executable).parent
-
-
-def start_server(data_dir: Path, **overrides) -> RunningServer:
-    return RunningServer(Settings(host="127.0.0.1", port=0, data_dir=data_dir, **overrides)).start()
+from helpers import (
+    BIN,
+    RunningServer,
+    create,
+    free_port,
+    running_server,
+    start_server,
+    stub_for,
+    wait_serving,
+)
 
 
 def take_snapshot(srv: RunningServer) -> Path:
     return asyncio.run_coroutine_threadsafe(
         srv.app.servicer.durability.take_snapshot(), srv.loop).result(timeout=120)
-
-
-def stub_for(port: int) -> tuple[grpc.Channel, pb_grpc.DecisionServiceStub]:
-    ch = grpc.insecure_channel(f"127.0.0.1:{port}")
-    return ch, pb_grpc.DecisionServiceStub(ch)
 
 
 def everything(stub) -> dict:
@@ -150,7 +145,7 @@ def _serve(port: int, data_dir: Path, mode: str) -> subprocess.Popen:
         [str(BIN / "banditd"), "serve", "--port", str(port), "--data-dir", str(data_dir),
          "--set", f"durability={mode}", "--set", "snapshot_interval_seconds=0.3"],
         stderr=open(data_dir.parent / f"server-{port}.log", "a"))  # noqa: SIM115 (the child writes it)
-    _wait_serving(port, proc)
+    wait_serving(port, proc)
     return proc
 
 
@@ -177,7 +172,7 @@ def test_kill_9_loses_no_acknowledged_reward(tmp_path, mode, trials):
     for trial in range(trials):
         data = tmp_path / f"trial{trial}"
         data.mkdir()
-        port = _free_port()
+        port = free_port()
         proc = _serve(port, data, mode)
         ch, stub = stub_for(port)
         create(stub, "k9", arms=[f"a{i}" for i in range(5)], seed=trial)

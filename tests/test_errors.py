@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from banditd.decision.v1 import decision_pb2 as pb
-from conftest import create, make_experiment
+from helpers import create, make_experiment, running_server
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
@@ -249,7 +249,6 @@ def test_oversize_and_empty_batch(stub, binary):
 
 def test_limits(tmp_path):
     from banditd.decision.v1 import decision_pb2_grpc as pb_grpc
-    from conftest import running_server
 
     with running_server(tmp_path, max_experiments=2, max_arms=3, max_message_bytes=4096) as srv, \
             grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 EXAMPLES = sorted((ROOT / "clients" / "examples").glob("*.py"))
 

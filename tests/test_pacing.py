@@ -15,7 +15,7 @@ from google.protobuf import field_mask_pb2, timestamp_pb2
 from banditd.decision.v1 import decision_pb2 as pb
 from banditd.decision.v1 import decision_pb2_grpc as pb_grpc
 from banditd.server.ads.pacing import HOURS, _Day, learn_plan
-from conftest import running_server
+from helpers import ROOT, running_server
 
 DAY0 = datetime(2026, 6, 1, tzinfo=timezone.utc).timestamp()  # a UTC midnight
 
@@ -339,8 +339,6 @@ def test_pacing_simulator_smoke(tmp_path):
     import json
     import subprocess
     import sys
-
-    from conftest import ROOT
 
     out = tmp_path / "pacing.json"
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pacing_sim.py"), "--days", "4",

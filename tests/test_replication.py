@@ -24,7 +24,7 @@ from banditd.server.state import decision_store
 from banditd.server.state.registry import ExperimentRegistry
 from banditd.server.storage import snapshot
 from banditd.storage.v1 import storage_pb2 as st
-from conftest import make_experiment
+from helpers import make_experiment
 
 
 class Context:

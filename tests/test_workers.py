@@ -13,7 +13,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -30,9 +29,8 @@ from banditd.server.api.app import SERVICE
 from banditd.server.cluster.replication import ReplicationLeader, _Follower
 from banditd.server.cluster.workers import FORWARDED_BY_KEY, LOCAL_RPCS, _forwardable, _forwarded_by
 from banditd.server.state.decision_store import split_decision_id
-from conftest import make_experiment
+from helpers import BIN, make_experiment
 
-BIN = Path(sys.executable).parent
 START_TIMEOUT = 300  # a cold Numba cache compiles every kernel first
 
 
