@@ -808,7 +808,7 @@ def test_successful_calls_times_are_binned_in_bulk_as_one_by_one():
 
     from prometheus_client import generate_latest
 
-    from banditd.server import metrics as metrics_module
+    from banditd.server.api import metrics as metrics_module
 
     rng = np.random.default_rng(4)
     times = np.concatenate([rng.exponential(2e-4, 3000), metrics_module._BUCKETS, [0.0, 5.0]])
