@@ -26,11 +26,14 @@ test: $(STAMP)
 proto: $(STAMP)
 	$(BIN)/python proto/generate.py
 
+## The linters alone (make test runs them too). mypy checks the installed banditd package
+## through a symlink tree of the package-dir mapping (tests/typecheck.py builds it).
 lint: $(STAMP)
 	cd proto && ../$(BIN)/buf lint
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/ruff check server kernels clients benchmarks tests proto/generate.py
-	$(BIN)/mypy server kernels clients
+	$(BIN)/python tests/typecheck.py
+	$(BIN)/python tests/typecheck.py tests/helpers.py tests/conftest.py tests/typecheck.py
 
 ## Benchmarks (bounded, loopback only); results go to benchmarks/results/*.json (+ PNG plots).
 bench: $(STAMP)

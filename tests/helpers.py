@@ -164,7 +164,7 @@ def make_experiment(
     experiment_id: str,
     arms: tuple[str, ...] | list[str] = ("a", "b", "c"),
     policy: pb.Policy | None = None,
-    reward_type: int = pb.REWARD_TYPE_BINARY,
+    reward_type: Any = pb.REWARD_TYPE_BINARY,  # a RewardType, or any int to test checks
     context_dim: int = 0,
     seed: int | None = 1,
     **fields: Any,
