@@ -329,6 +329,7 @@ def test_metrics_exposition_counts_requests_and_latencies():
     assert "banditd_decisions_stored 7.0" in text and "banditd_experiments 2.0" in text
 
 
+@pytest.mark.slow
 def test_locustfile_runs_against_a_real_server(server, tmp_path):
     """The Locust load test (benchmarks/locustfile.py) for a few seconds: every request
     kind is sent and none fails."""

@@ -25,6 +25,7 @@ def _run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.slow
 def test_grpc_throughput_against_a_working_echo(tmp_path):
     """Also with the echo's gRPC threads scheduled as banditd's (the like-for-like run), two
     rounds per point: each slice's calls are kept and give the ratio's interval."""
@@ -73,6 +74,7 @@ def test_ratio_interval_of_paired_rounds():
         ratio_interval([1, 2], [1, 0])
 
 
+@pytest.mark.slow
 def test_durability_snapshot_latency_classifies_every_call():
     proc = _run(str(BENCH / "durability_bench.py"), "--quick", "--only", "snapshot")
     result = json.loads(proc.stdout[proc.stdout.index("{"):])
@@ -81,6 +83,7 @@ def test_durability_snapshot_latency_classifies_every_call():
     assert result["snapshot_bytes"] > 100_000 * 8  # the big experiment's arrays were written
 
 
+@pytest.mark.slow
 def test_startup_load_reads_full_collections_from_metrics(tmp_path):
     out = tmp_path / "startup.json"
     _run(str(BENCH / "startup_load.py"), "--restarts", "1", "--seconds", "1",
@@ -93,6 +96,7 @@ def test_startup_load_reads_full_collections_from_metrics(tmp_path):
     assert report["starts_with_full_collection"] == int(start["full_collections_during_load"] > 0)
 
 
+@pytest.mark.slow
 def test_instructions_reads_callgrind_totals_and_needs_valgrind(tmp_path):
     """benchmarks/instructions.py (run by `make bench`, minutes under callgrind): the event
     total of a dump is read, a server's repeated windows give their median, and without
@@ -126,6 +130,7 @@ def test_instructions_reads_callgrind_totals_and_needs_valgrind(tmp_path):
     assert not (tmp_path / "i.json").exists()
 
 
+@pytest.mark.slow
 def test_p99_ratio_interval_of_paired_rounds():
     """The p99 ratio's bootstrap interval: around the true ratio of two servers whose
     latencies differ by a factor, narrower with more rounds, seeded, and refusing rounds that
@@ -147,6 +152,7 @@ def test_p99_ratio_interval_of_paired_rounds():
         p99_ratio_interval(banditd, echo[:7])
 
 
+@pytest.mark.slow
 def test_pool_runs_puts_rounds_of_the_same_points_together(tmp_path):
     """Two runs' rounds pooled per point: the ratio of all calls, an interval narrower than
     either run's, and runs measured with other settings (or before rounds were kept)
@@ -197,6 +203,7 @@ def test_pool_runs_puts_rounds_of_the_same_points_together(tmp_path):
     assert proc.returncode == 1 and "keeps no round_calls" in proc.stderr
 
 
+@pytest.mark.slow
 def test_pooled_results_are_rebuilt_from_the_committed_runs(tmp_path):
     """The pooled SelectArm results in benchmarks/results come from the runs kept beside them
     (benchmarks/results/runs/): pooling those again gives the same file."""
@@ -232,6 +239,7 @@ def test_profile_report_separates_waits_and_banditd_code(tmp_path):
     assert "  50.0  EpollSelector.select (selectors.py:468)" in report
 
 
+@pytest.mark.slow
 def test_make_load_writes_reports_of_a_real_run(tmp_path):
     """run_load.py (``make load``): a short headless Locust run against its own server; its
     CSV and HTML reports and a summary with the requests it counted, none failed."""
@@ -248,6 +256,7 @@ def test_make_load_writes_reports_of_a_real_run(tmp_path):
     assert any(name.startswith("SelectArm") for name in rows), sorted(rows)
 
 
+@pytest.mark.slow
 def test_workers_bench_compares_one_and_two_workers(tmp_path):
     """workers_bench.py's smoke run: one and two workers serve the same batches (every
     decision counted, both workers of the pair used), the pair's ratio is the ratio of its

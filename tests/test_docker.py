@@ -14,7 +14,11 @@ import signal
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from helpers import BIN, ROOT, free_port, wait_serving
+
+pytestmark = pytest.mark.slow  # the image's build-time warm-up compiles every kernel into an empty cache
 
 DOCKERFILE = ROOT / "Dockerfile"
 

@@ -32,6 +32,11 @@ from helpers import (
 )
 
 
+def slow(value):
+    """A parametrization left out of the fast tier (one case of each kind stays in it)."""
+    return pytest.param(value, marks=pytest.mark.slow)
+
+
 def take_snapshot(srv: RunningServer) -> Path:
     return asyncio.run_coroutine_threadsafe(
         srv.app.servicer.durability.take_snapshot(), srv.loop).result(timeout=120)
@@ -92,7 +97,7 @@ def populate(stub) -> list[str]:
     return pending
 
 
-@pytest.mark.parametrize("mode", ["os", "fsync", "snapshot"])
+@pytest.mark.parametrize("mode", ["os", slow("fsync"), slow("snapshot")])
 def test_graceful_restart_restores_everything(tmp_path, mode):
     with running_server(tmp_path, durability=mode) as srv:
         ch, stub = stub_for(srv.port)
@@ -112,7 +117,7 @@ def test_graceful_restart_restores_everything(tmp_path, mode):
         ch.close()
 
 
-@pytest.mark.parametrize("with_snapshot", [False, True])
+@pytest.mark.parametrize("with_snapshot", [slow(False), True])
 def test_crash_restores_from_log(tmp_path, with_snapshot):
     """A crash (no final snapshot): newest snapshot (if any) + log tail = the exact state."""
     srv = start_server(tmp_path, durability="os")
@@ -166,6 +171,7 @@ def _traffic(port: int, stop: threading.Event, acked: dict, inflight: dict, seed
                 return  # the server was killed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode,trials", [("os", 5), ("fsync", 2)])
 def test_kill_9_loses_no_acknowledged_reward(tmp_path, mode, trials):
     rnd = random.Random(42)
@@ -274,7 +280,7 @@ def _expected(order: list[str], records: int) -> dict:
     return counts
 
 
-@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("seed", [slow(0), slow(1), slow(2), slow(3)])
 def test_truncated_log_recovers_to_last_complete_record(tmp_path, seed):
     order = _logged_rewards(tmp_path, 40)
     (_, segment), = list_segments(tmp_path)
@@ -290,7 +296,7 @@ def test_truncated_log_recovers_to_last_complete_record(tmp_path, seed):
     assert (tmp_path / "damaged").exists() == (cut not in ends)
 
 
-@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("seed", [0, slow(1), slow(2), slow(3)])
 def test_corrupt_log_byte_stops_replay_at_that_record(tmp_path, seed):
     order = _logged_rewards(tmp_path, 40)
     (_, segment), = list_segments(tmp_path)
@@ -308,7 +314,7 @@ def test_corrupt_log_byte_stops_replay_at_that_record(tmp_path, seed):
     assert counts_again == counts
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip", "garbage"])
+@pytest.mark.parametrize("damage", [slow("truncate"), "flip", slow("garbage")])
 def test_damaged_newest_snapshot_falls_back_to_previous(tmp_path, damage):
     with running_server(tmp_path, durability="os", snapshot_interval_seconds=0) as srv:
         ch, stub = stub_for(srv.port)
@@ -331,7 +337,7 @@ def test_damaged_newest_snapshot_falls_back_to_previous(tmp_path, damage):
         data[len(data) // 2] ^= 0x01
         newest.write_bytes(bytes(data))
     else:
-        newest.write_bytes(os.urandom(len(data)))
+        newest.write_bytes(random.Random(7).randbytes(len(data)))
     with running_server(tmp_path, durability="os") as srv2:
         ch, stub = stub_for(srv2.port)
         assert everything(stub) == before  # previous snapshot + the log kept back to it
@@ -341,6 +347,7 @@ def test_damaged_newest_snapshot_falls_back_to_previous(tmp_path, damage):
         ch.close()
 
 
+@pytest.mark.slow
 def test_snapshot_inspect_cli(tmp_path):
     with running_server(tmp_path, durability="os") as srv:
         ch, stub = stub_for(srv.port)
@@ -369,6 +376,7 @@ def test_snapshot_inspect_cli(tmp_path):
     assert bad.returncode == 1 and "bad magic" in bad.stderr and "Traceback" not in bad.stderr
 
 
+@pytest.mark.slow
 def test_segments_are_pruned_after_snapshots(tmp_path):
     with running_server(tmp_path, durability="os", snapshot_interval_seconds=0) as srv:
         ch, stub = stub_for(srv.port)
@@ -386,6 +394,7 @@ def test_segments_are_pruned_after_snapshots(tmp_path):
         assert first + len(scan.records) - 1 > older or path == list_segments(tmp_path)[-1][1]
 
 
+@pytest.mark.slow
 def test_shutdown_stops_a_paced_snapshot_writer(tmp_path):
     """A graceful stop during a slow periodic snapshot kills that writer (no older snapshot
     renamed into place later, no temp file left) and writes the final snapshot unpaced."""
@@ -417,7 +426,7 @@ def test_shutdown_stops_a_paced_snapshot_writer(tmp_path):
         ch.close()
 
 
-@pytest.mark.parametrize("delay", [0.025, 0.5])
+@pytest.mark.parametrize("delay", [0.025, slow(0.5)])
 def test_decision_records_are_written_after_the_configured_delay(tmp_path, delay):
     """A SelectArm's decision record is handed to the log by a timer set to
     ``decision_log_delay_seconds`` when the first pending decision is made (checked on the

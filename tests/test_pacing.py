@@ -333,6 +333,7 @@ def test_python_client_pacing_methods(server, new_id):
         assert (s.spent, s.utilization) == (pytest.approx(0.4), pytest.approx(0.4 / 240))
 
 
+@pytest.mark.slow
 def test_pacing_simulator_smoke(tmp_path):
     """benchmarks/pacing_sim.py against a real server for a few days: never overspends,
     delivers the budget on days whose traffic allows it, writes its JSON and plot."""

@@ -189,6 +189,7 @@ def test_no_compilation_on_the_request_path(tmp_path):
     assert result["after"] == result["before"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("entry", [["banditd"], ["python", "-m", "banditd"]])
 def test_cli_serves_checks_health_and_stops_gracefully_on_sigterm(tmp_path, entry):
     port = free_port()
@@ -215,6 +216,7 @@ def test_cli_serves_checks_health_and_stops_gracefully_on_sigterm(tmp_path, entr
             proc.wait()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policy")
 @pytest.mark.parametrize("enabled", [True, False])
 def test_grpc_helper_threads_run_under_sched_batch(tmp_path, enabled):
@@ -250,6 +252,7 @@ def test_grpc_helper_threads_run_under_sched_batch(tmp_path, enabled):
     assert set(grpc_threads) == {expected}, policy
 
 
+@pytest.mark.slow
 def test_check_health_fails_when_nothing_listens():
     check = subprocess.run([str(BIN / "banditd"), "check-health"],
                            env=dict(os.environ, BANDITD_PORT=str(free_port())),
@@ -257,6 +260,7 @@ def test_check_health_fails_when_nothing_listens():
     assert check.returncode == 1 and "UNAVAILABLE" in check.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args,env,contains",
     [
@@ -274,6 +278,7 @@ def test_invalid_settings_fail_at_start_with_clear_message(args, env, contains):
     assert "invalid settings" in proc.stderr and contains in proc.stderr
 
 
+@pytest.mark.slow
 def test_port_in_use_is_reported_not_a_traceback(server, tmp_path):
     proc = subprocess.run([str(BIN / "banditd"), "serve", "--port", str(server.port)],
                           env=dict(os.environ, BANDITD_DATA_DIR=str(tmp_path)),
