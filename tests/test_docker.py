@@ -51,6 +51,27 @@ def _image_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+_CACHE_USE_SCRIPT = r"""
+import json
+from banditd.kernels import POLICIES, allocation
+from banditd.server.api import wire
+from banditd.server.state import checks
+from banditd.server.warmup import warm_up
+warm_up()  # what the server runs before SERVING
+hits, misses = {}, {}
+for name, module in [*POLICIES.items(), ("allocation", allocation), ("wire", wire),
+                     ("checks", checks)]:
+    for attr, fn in vars(module).items():
+        stats = getattr(fn, "stats", None)
+        if stats is not None and hasattr(fn, "py_func"):
+            if stats.cache_hits:
+                hits[f"{name}.{attr}"] = sum(stats.cache_hits.values())
+            if stats.cache_misses:
+                misses[f"{name}.{attr}"] = sum(stats.cache_misses.values())
+print(json.dumps({"hits": hits, "misses": misses}))
+"""
+
+
 def test_hadolint_clean():
     proc = subprocess.run([str(BIN / "hadolint"), str(DOCKERFILE)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -63,7 +84,14 @@ def test_image_commands_work_when_run_directly(tmp_path):
     assert runs == ["banditd warmup"]
     warm = subprocess.run(shlex.split(runs[0]), env=env, capture_output=True, text=True, timeout=900)
     assert warm.returncode == 0, warm.stderr
-    assert any(Path(env["NUMBA_CACHE_DIR"]).rglob("*.nbi")), "warm-up wrote no Numba cache"
+    # what the build step leaves in the image: a container's start compiles nothing
+    loaded = subprocess.run([str(BIN / "python"), "-c", _CACHE_USE_SCRIPT], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert loaded.returncode == 0, loaded.stderr
+    use = json.loads(loaded.stdout)
+    assert use["misses"] == {}, use
+    assert {"thompson._select_bound", "lin_ucb._select_batch", "allocation._prob_best",
+            "wire.select_responses", "checks.first_out_of_range"} <= set(use["hits"]), use
 
     entrypoint = json.loads(next(rest for word, rest in steps if word == "ENTRYPOINT"))
     cmd = json.loads(next(rest for word, rest in steps if word == "CMD"))

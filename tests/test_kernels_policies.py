@@ -3,12 +3,17 @@ plus propensity, floor, burn-in and Sherman–Morrison checks."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
+from banditd.decision.v1 import decision_pb2 as pb
 from banditd.kernels import POLICIES
 from banditd.kernels.rng import NumpyDraws, Xoshiro, seed_state
-from banditd.kernels.warmup import warm_up
+from banditd.server.state.policies import resolve_policy
 
 PARAMS = {
     "thompson": [1.0, 2.0],
@@ -18,9 +23,6 @@ PARAMS = {
     "lin_ucb": [0.8, 1.5],
     "lin_thompson": [0.5, 1.5],
 }
-API = ("NAME", "PARAM_NAMES", "CONTEXTUAL", "ESTIMATED_PROPENSITY", "new_state", "select",
-       "bind_select", "update", "select_reference", "update_reference", "select_batch", "update_batch",
-       "select_batch_reference", "update_batch_reference")
 
 
 def _reward(mod, gen):
@@ -60,17 +62,100 @@ def _trained_pair(mod, k, d, params, gen, n_updates, discount, draws=32):
     return state, ref
 
 
-def test_registry_and_module_shape():
-    assert set(POLICIES) == set(PARAMS)
-    for name, mod in POLICIES.items():
-        for attr in API:
-            assert hasattr(mod, attr), f"{name} lacks {attr}"
-        assert name == mod.NAME
-        assert len(mod.PARAM_NAMES) == len(PARAMS[name])
+@pytest.mark.parametrize(("policy", "reward_type", "dim", "kernel", "params"), [
+    (pb.Policy(thompson=pb.Policy.Thompson(alpha=2, beta=3)), pb.REWARD_TYPE_BINARY, 0,
+     "thompson", [2.0, 3.0]),
+    (pb.Policy(thompson=pb.Policy.Thompson(alpha=2, value_prior_mean=4)), pb.REWARD_TYPE_VALUE, 0,
+     "thompson_value", [2.0, 1.0, 4.0, 1.0]),
+    (pb.Policy(ucb1=pb.Policy.Ucb1(c=0.7)), pb.REWARD_TYPE_CONTINUOUS, 0, "ucb1", [0.7]),
+    (pb.Policy(epsilon_greedy=pb.Policy.EpsilonGreedy(decay=0.01)), pb.REWARD_TYPE_BINARY, 0,
+     "epsilon_greedy", [0.1, 0.01]),
+    (pb.Policy(lin_ucb=pb.Policy.LinUcb(alpha=0.8)), pb.REWARD_TYPE_CONTINUOUS, 3, "lin_ucb",
+     [0.8, 1.0]),
+    (pb.Policy(lin_thompson=pb.Policy.LinThompson(v=0.5, ridge=1.5)), pb.REWARD_TYPE_BINARY, 3,
+     "lin_thompson", [0.5, 1.5]),
+], ids=list(PARAMS))
+def test_every_kernel_is_reached_from_the_proto_with_its_parameters_in_order(
+        policy, reward_type, dim, kernel, params):
+    """The server's policy table picks each registered kernel and hands it the request's
+    values (defaults for unset ones) in the kernel's PARAM_NAMES order."""
+    spec = resolve_policy(policy, reward_type, dim)
+    module = POLICIES[kernel]
+    assert spec.kernel is module and kernel == module.NAME
+    assert spec.params.dtype == np.float64 and spec.params.tolist() == params
+    assert len(module.PARAM_NAMES) == len(PARAMS[kernel])
+    assert (dim > 0) == module.CONTEXTUAL
 
 
-def test_warm_up_runs():
-    assert warm_up() >= 0.0
+def test_the_registry_holds_exactly_the_six_policies():
+    assert sorted(POLICIES) == sorted(PARAMS)
+    assert all(name == mod.NAME for name, mod in POLICIES.items())
+
+
+_WARM_UP_SCRIPT = r"""
+import json, time
+import numpy as np
+from banditd.kernels import POLICIES, allocation
+from banditd.kernels.rng import seed_state
+from banditd.kernels.warmup import warm_up
+
+def compiled():
+    return {f"{name}.{attr}": len(fn.signatures)
+            for name, module in [*POLICIES.items(), ("allocation", allocation)]
+            for attr, fn in vars(module).items()
+            if hasattr(fn, "signatures") and hasattr(fn, "py_func")}
+
+before = compiled()
+start = time.perf_counter()
+seconds = warm_up()
+outer = time.perf_counter() - start
+warm = compiled()
+# Then what the server does, on other sizes (more arms, longer slates and batches) with the
+# server's dtypes: float64 arrays, int64 indices, uint64[4] rng, Python scalars.
+rng = seed_state(1)
+k = 7
+for module in POLICIES.values():
+    params = np.ones(len(module.PARAM_NAMES))
+    dim = 5 if module.CONTEXTUAL else 0
+    state = module.new_state(k, dim, params, 4)
+    selections = np.zeros(k, dtype=np.int64)
+    eligible = np.array([1, 3, 4, 6], dtype=np.int64)
+    context = np.full(dim, 0.5)
+    out = np.empty(3, dtype=np.int64)
+    module.select(state, params, eligible, context, 5, selections, 0.05, 2, 4, rng, out)
+    module.bind_select(state, params, selections, 0.0, 0, 4, rng, eligible, context, 0,
+                       out)(eligible, context, 6, out)
+    module.select_batch(state, params, eligible, np.full((5, dim), 0.25), 7, selections, 0.0,
+                        0, 4, rng, np.empty((5, 2), dtype=np.int64), np.empty(5))
+    module.update(state, params, 2, 0.0, context, 1.0)
+    module.update_batch(state, params, np.array([0, 6, 6], dtype=np.int64), np.ones(3),
+                        np.full((3, dim), 0.75), 1.0)
+allocation.prob_best_beta(np.full(4, 2.0), np.full(4, 3.0), 50, rng)
+allocation.prob_best_value(np.full(4, 2.0), np.full(4, 3.0), np.full(4, 4.0), np.ones(4), 50, rng)
+print(json.dumps({"before": before, "warm": warm, "used": compiled(), "seconds": seconds,
+                  "outer": outer}))
+"""
+
+
+@pytest.mark.slow  # a fresh process; the fast tier has test_serving's
+def test_warm_up_compiles_every_entry_point_so_later_calls_compile_nothing():
+    """In a fresh process: nothing is compiled before warm_up(); after it every policy's
+    entry points are (from Numba's cache or compiled); calls of other sizes with the
+    server's dtypes then add no signature. warm_up returns the seconds it took."""
+    proc = subprocess.run([sys.executable, "-c", _WARM_UP_SCRIPT], capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(result["before"].values()) == {0}
+    # the compiled entry points each module defines (lin_thompson updates with lin_ucb's)
+    entry_points = [f"{name}.{fn}" for name in PARAMS
+                    for fn in ("_select", "_select_bound", "_select_batch", "_update",
+                               "_update_batch") if f"{name}.{fn}" in result["warm"]]
+    assert len(entry_points) >= 5 * len(PARAMS) - 1
+    assert all(result["warm"][fn] >= 1 for fn in [*entry_points, "allocation._prob_best"]), \
+        result["warm"]
+    assert result["used"] == result["warm"]
+    assert 0 < result["seconds"] <= result["outer"]
 
 
 CASES = [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -112,15 +114,50 @@ def test_beta_distribution(a, b):
     assert stats.kstest(x, stats.beta(a, b).cdf).pvalue > 1e-3
 
 
-def test_numpy_draws_has_same_method_names():
-    src = NumpyDraws(1)
-    for name in ("uniform", "normal", "randint", "uniforms", "normals", "betas", "gammas"):
-        assert hasattr(src, name) and hasattr(Xoshiro, name)
-    assert 0 <= src.randint(5) < 5
-    assert src.betas(np.full(4, 2.0), np.full(4, 3.0)).shape == (4,)
-    assert src.normals((3, 2)).shape == (3, 2)
-    cr, g = src.beta_gammas(np.ones(3), np.ones(3), np.full(3, 2.0))
-    assert cr.shape == g.shape == (3,)
+def _public_methods(cls) -> dict[str, list[str]]:
+    return {name: list(inspect.signature(fn).parameters)
+            for name, fn in vars(cls).items() if callable(fn) and not name.startswith("_")}
+
+
+def test_numpy_draws_and_xoshiro_are_interchangeable_sources():
+    """The references take either source: NumpyDraws offers exactly Xoshiro's drawing
+    methods with the same parameters, and is reproducible from its seed."""
+    numpy_methods = _public_methods(NumpyDraws)
+    xoshiro_methods = _public_methods(Xoshiro)
+    assert sorted(numpy_methods) == ["beta", "beta_gammas", "betas", "gamma", "gammas",
+                                     "normal", "normals", "randint", "uniform", "uniforms"]
+    assert {n: xoshiro_methods[n] for n in numpy_methods} == numpy_methods
+    a, b, shape = np.array([0.5, 2.0, 30.0]), np.array([1.0, 3.0, 400.0]), np.full(3, 2.5)
+    for source in (NumpyDraws, Xoshiro):
+        one, two = source(8), source(8)
+        draws = [one.uniform(), one.randint(7), one.normal(), one.gamma(0.7), one.beta(2, 3),
+                 *one.uniforms(3), *one.normals((2, 2)).ravel(), *one.gammas(shape),
+                 *one.betas(a, b), *np.concatenate(one.beta_gammas(a, b, shape))]
+        again = [two.uniform(), two.randint(7), two.normal(), two.gamma(0.7), two.beta(2, 3),
+                 *two.uniforms(3), *two.normals((2, 2)).ravel(), *two.gammas(shape),
+                 *two.betas(a, b), *np.concatenate(two.beta_gammas(a, b, shape))]
+        assert draws == again, source.__name__
+    assert NumpyDraws(8).uniforms(5).tolist() != NumpyDraws(9).uniforms(5).tolist()
+    assert {NumpyDraws(seed).randint(5) for seed in range(200)} == {0, 1, 2, 3, 4}
+
+
+def test_xoshiro_vectorised_draws_are_its_scalar_stream_in_c_order():
+    """uniforms / normals / gammas / betas / beta_gammas draw element by element in C order
+    (beta then gamma per element), as the compiled kernels consume the stream."""
+    a = np.array([[0.5, 2.0], [30.0, 1.0]])
+    b = np.array([[1.0, 3.0], [400.0, 1.0]])
+    shape = np.array([[2.5, 0.3], [1.0, 40.0]])
+    vec, one = Xoshiro(21), Xoshiro(21)
+    assert vec.uniforms((2, 3)).ravel().tolist() == [one.uniform() for _ in range(6)]
+    assert vec.normals(4).tolist() == [one.normal() for _ in range(4)]
+    assert vec.gammas(shape).ravel().tolist() == [one.gamma(k) for k in shape.ravel()]
+    assert vec.betas(a, b).ravel().tolist() == [one.beta(x, y) for x, y in
+                                                zip(a.ravel(), b.ravel(), strict=True)]
+    be, ga = vec.beta_gammas(a, b, shape)
+    pairs = [(one.beta(x, y), one.gamma(k))
+             for x, y, k in zip(a.ravel(), b.ravel(), shape.ravel(), strict=True)]
+    assert list(zip(be.ravel().tolist(), ga.ravel().tolist(), strict=True)) == pairs
+    assert vec.s == one.s  # both consumed exactly the same draws
 
 
 def _bits(words) -> np.ndarray:

@@ -352,4 +352,9 @@ def test_pacing_simulator_smoke(tmp_path):
     assert banditd["min_utilization_allowed_days"] >= 0.95
     for day in report["per_day"]:
         assert day["banditd"]["spent"] <= report["setup"]["daily_budget"] + 1e-6
-    assert (tmp_path / "pacing.png").stat().st_size > 10_000
+    # the plot: a PNG of the 9 x 5 in figure at 110 dpi, where the report says it is
+    assert report["plot"] == str(tmp_path / "pacing.png")
+    png = (tmp_path / "pacing.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR"
+    size = (int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big"))
+    assert size == (990, 550)
