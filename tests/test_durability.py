@@ -189,14 +189,20 @@ def test_kill_9_loses_no_acknowledged_reward(tmp_path, mode, trials):
                    for i in range(8)]
         for t in threads:
             t.start()
-        time.sleep(rnd.uniform(0.4, 1.5))  # a random moment in sustained traffic
+        # a random moment in sustained traffic, counted in acknowledged rewards (seeded), not
+        # in seconds: the same amount of traffic before the kill however busy the machine is
+        kill_after = rnd.randrange(50, 300)
+        deadline = time.monotonic() + 300  # bounds the wait only
+        while len(acked) < kill_after and any(t.is_alive() for t in threads):
+            assert time.monotonic() < deadline, f"{len(acked)} rewards acknowledged"
+            time.sleep(0.002)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         stop.set()
         for t in threads:
             t.join(timeout=30)
         ch.close()
-        assert len(acked) > 50, "too little traffic before the kill to mean anything"
+        assert len(acked) >= kill_after
 
         proc = _serve(port, data, mode)
         try:

@@ -284,8 +284,14 @@ def test_huge_finite_values_are_rejected_not_learned(stub, contextual, new_id, v
            pb.RecordRewardRequest(experiment_id=eid, arm_id="a", context=[1, 0, 0, 0], reward=value),
            contains="|reward|")
     assert snapshot(stub, eid) == before
+    # still a healthy model: it decides, and learns from a sane reward
     d = stub.SelectArm(pb.SelectArmRequest(experiment_id=eid, context=[1, 0, 0, 0]))
-    assert d.propensity > 0  # still a healthy model
+    assert d.arm_id in ("a", "b") and 0 < d.propensity <= 1
+    stub.RecordReward(pb.RecordRewardRequest(experiment_id=eid, decision_id=d.decision_id,
+                                             reward=2.5))
+    learned = {a.arm_id: (a.rewards, a.reward_sum) for a in stub.GetArmStats(
+        pb.GetArmStatsRequest(experiment_id=eid)).arms}
+    assert learned[d.arm_id] == (1, 2.5)
 
 
 def test_malformed_ids_are_invalid_argument(stub, binary):
