@@ -278,6 +278,11 @@ def _reward_counts(tmp_path: Path) -> tuple[dict, bool]:
             ch.close()
 
 
+def _set_aside(data_dir: Path) -> list[bytes]:
+    """The contents of the files restore moved to ``damaged/``."""
+    return [p.read_bytes() for p in sorted((data_dir / "damaged").glob("*"))]
+
+
 def _expected(order: list[str], records: int) -> dict:
     """Counts after the first `records` log records (record 1 = create)."""
     counts = {"a": 0, "b": 0, "c": 0}
@@ -294,12 +299,14 @@ def test_truncated_log_recovers_to_last_complete_record(tmp_path, seed):
     cut = random.Random(seed).randrange(1, ends[-1])
     with open(segment, "r+b") as f:
         f.truncate(cut)
+    truncated = segment.read_bytes()
     complete = sum(1 for e in ends if e <= cut)
     counts, exists = _reward_counts(tmp_path)
     assert exists == (complete >= 1)
     if exists:
         assert counts == _expected(order, complete)
-    assert (tmp_path / "damaged").exists() == (cut not in ends)
+    # a torn tail is set aside whole, as it was on disk; a cut between records is no damage
+    assert _set_aside(tmp_path) == ([] if cut in ends else [truncated])
 
 
 @pytest.mark.parametrize("seed", [0, slow(1), slow(2), slow(3)])
@@ -314,10 +321,11 @@ def test_corrupt_log_byte_stops_replay_at_that_record(tmp_path, seed):
     intact = sum(1 for e in ends if e <= pos)  # records entirely before the damaged byte
     counts, exists = _reward_counts(tmp_path)
     assert exists and counts == _expected(order, intact)
-    assert (tmp_path / "damaged").exists()
+    assert _set_aside(tmp_path) == [bytes(data)]  # the damaged segment, kept as it was
     # the server keeps working after the recovery point, and a restart is clean
     counts_again, _ = _reward_counts(tmp_path)
     assert counts_again == counts
+    assert _set_aside(tmp_path) == [bytes(data)]  # nothing more set aside
 
 
 @pytest.mark.parametrize("damage", [slow("truncate"), "flip", slow("garbage")])
