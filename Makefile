@@ -24,8 +24,8 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)
 
-## The quick loop: every test not marked slow (under a minute with a warm Numba cache); it
-## still starts a real server and calls every RPC through it.
+## The quick loop: every test not marked slow (about 40 s of CPU with a warm Numba cache);
+## it still starts a real server and calls every RPC through it.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
 
