@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 
-.PHONY: run test proto proto-check lint bench load docker-lint clean
+.PHONY: run test test-fast proto proto-check lint bench load docker-lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,19 +18,29 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/banditd serve
 
-## Whole test suite (includes the proto drift check, buf lint and hadolint).
+## Whole test suite, what CI runs (.ci/run): also ruff, mypy, buf lint, hadolint and the
+## proto drift check (tests/test_lint.py, test_proto.py, test_docker.py).
+## Extra pytest arguments: make test ARGS='-k pacing -x'
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(ARGS)
+
+## The quick loop: every test not marked slow (about 40 s of CPU with a warm Numba cache);
+## it still starts a real server and calls every RPC through it.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
 
 ## Regenerate the checked-in Python code (+ .pyi) from proto/.
 proto: $(STAMP)
 	$(BIN)/python proto/generate.py
 
+## The linters alone (make test runs them too). mypy checks the installed banditd package
+## through a symlink tree of the package-dir mapping (tests/typecheck.py builds it).
 lint: $(STAMP)
 	cd proto && ../$(BIN)/buf lint
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/ruff check server kernels clients benchmarks tests proto/generate.py
-	$(BIN)/mypy server kernels clients
+	$(BIN)/python tests/typecheck.py
+	$(BIN)/python tests/typecheck.py tests/helpers.py tests/conftest.py tests/typecheck.py
 
 ## Benchmarks (bounded, loopback only); results go to benchmarks/results/*.json (+ PNG plots).
 bench: $(STAMP)

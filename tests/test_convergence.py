@@ -18,6 +18,8 @@ import pytest
 from banditd.kernels import POLICIES
 from banditd.kernels.rng import seed_state
 
+pytestmark = pytest.mark.slow  # hundreds of thousands of simulated decisions per policy
+
 CTR_MEANS = np.linspace(0.01, 0.10, 10)  # best 0.10, runner-up 0.09: a CTR-like, narrow gap
 HORIZON = 150_000
 FINAL = 10_000

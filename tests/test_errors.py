@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from banditd.decision.v1 import decision_pb2 as pb
-from conftest import create, make_experiment
+from helpers import create, make_experiment, running_server
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
@@ -249,7 +249,6 @@ def test_oversize_and_empty_batch(stub, binary):
 
 def test_limits(tmp_path):
     from banditd.decision.v1 import decision_pb2_grpc as pb_grpc
-    from conftest import running_server
 
     with running_server(tmp_path, max_experiments=2, max_arms=3, max_message_bytes=4096) as srv, \
             grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
@@ -285,8 +284,14 @@ def test_huge_finite_values_are_rejected_not_learned(stub, contextual, new_id, v
            pb.RecordRewardRequest(experiment_id=eid, arm_id="a", context=[1, 0, 0, 0], reward=value),
            contains="|reward|")
     assert snapshot(stub, eid) == before
+    # still a healthy model: it decides, and learns from a sane reward
     d = stub.SelectArm(pb.SelectArmRequest(experiment_id=eid, context=[1, 0, 0, 0]))
-    assert d.propensity > 0  # still a healthy model
+    assert d.arm_id in ("a", "b") and 0 < d.propensity <= 1
+    stub.RecordReward(pb.RecordRewardRequest(experiment_id=eid, decision_id=d.decision_id,
+                                             reward=2.5))
+    learned = {a.arm_id: (a.rewards, a.reward_sum) for a in stub.GetArmStats(
+        pb.GetArmStatsRequest(experiment_id=eid)).arms}
+    assert learned[d.arm_id] == (1, 2.5)
 
 
 def test_malformed_ids_are_invalid_argument(stub, binary):

@@ -29,7 +29,7 @@ from banditd.server.ads.budget import allocate_budget
 from banditd.server.storage.snapshot import list_snapshots
 from banditd.server.storage.wal import list_segments, read_segment
 from banditd.storage.v1 import storage_pb2 as st
-from conftest import (
+from helpers import (
     ServerProcess,
     create,
     fill,
@@ -400,7 +400,7 @@ def test_the_footprint_estimate_is_not_below_what_an_experiment_takes(tmp_path):
     import tracemalloc
 
     from banditd.server.settings import Settings
-    from conftest import InProcess
+    from helpers import InProcess
 
     sv = InProcess(Settings(data_dir=tmp_path, durability="snapshot"))
     for policy, dim in ((pb.Policy(thompson=pb.Policy.Thompson()), 0),

@@ -6,6 +6,9 @@ one module per policy (tests/test_kernels_<name>.py)."""
 from __future__ import annotations
 
 import inspect
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +22,10 @@ from kernel_helpers import (
     trained_pair,
 )
 
+from banditd.decision.v1 import decision_pb2 as pb
 from banditd.kernels import POLICIES
 from banditd.kernels.rng import Xoshiro, seed_state
-from banditd.kernels.warmup import warm_up
+from banditd.server.state.policies import resolve_policy
 
 API = ("NAME", "PARAM_NAMES", "EXAMPLE_PARAMS", "CONTEXTUAL", "ESTIMATED_PROPENSITY", "REWARDS",
        "State", "CACHE_FIELDS", "new_state", "select", "bind_select", "update", "bind_update",
@@ -49,8 +53,98 @@ def test_registry_and_module_shape(name):
     assert (Path(__file__).parent / f"test_kernels_{name}.py").exists(), "one test module each"
 
 
-def test_warm_up_runs():
-    assert warm_up() >= 0.0
+@pytest.mark.parametrize(("policy", "reward_type", "dim", "kernel", "params"), [
+    (pb.Policy(thompson=pb.Policy.Thompson(alpha=2, beta=3)), pb.REWARD_TYPE_BINARY, 0,
+     "thompson", [2.0, 3.0]),
+    (pb.Policy(thompson=pb.Policy.Thompson(alpha=2, value_prior_mean=4)), pb.REWARD_TYPE_VALUE, 0,
+     "thompson_value", [2.0, 1.0, 4.0, 1.0]),
+    (pb.Policy(ucb1=pb.Policy.Ucb1(c=0.7)), pb.REWARD_TYPE_CONTINUOUS, 0, "ucb1", [0.7]),
+    (pb.Policy(epsilon_greedy=pb.Policy.EpsilonGreedy(decay=0.01)), pb.REWARD_TYPE_BINARY, 0,
+     "epsilon_greedy", [0.1, 0.01]),
+    (pb.Policy(lin_ucb=pb.Policy.LinUcb(alpha=0.8)), pb.REWARD_TYPE_CONTINUOUS, 3, "lin_ucb",
+     [0.8, 1.0]),
+    (pb.Policy(lin_thompson=pb.Policy.LinThompson(v=0.5, ridge=1.5)), pb.REWARD_TYPE_BINARY, 3,
+     "lin_thompson", [0.5, 1.5]),
+], ids=["thompson", "thompson_value", "ucb1", "epsilon_greedy", "lin_ucb", "lin_thompson"])
+def test_every_kernel_is_reached_from_the_proto_with_its_parameters_in_order(
+        policy, reward_type, dim, kernel, params):
+    """The server's policy table picks each registered kernel and hands it the request's
+    values (defaults for unset ones) in the kernel's PARAM_NAMES order."""
+    spec = resolve_policy(policy, reward_type, dim)
+    module = POLICIES[kernel]
+    assert spec.kernel is module and kernel == module.NAME
+    assert spec.params.dtype == np.float64 and spec.params.tolist() == params
+    assert (dim > 0) == module.CONTEXTUAL
+
+
+_WARM_UP_SCRIPT = r"""
+import json, time
+import numpy as np
+from banditd.kernels import POLICIES, allocation
+from banditd.kernels.rng import seed_state
+from banditd.decision.v1 import decision_pb2 as pb
+from banditd.server.state.policies import resolve_policy
+
+def compiled():
+    return {f"{name}.{attr}": len(fn.signatures)
+            for name, module in [*POLICIES.items(), ("allocation", allocation)]
+            for attr, fn in vars(module).items()
+            if hasattr(fn, "signatures") and hasattr(fn, "py_func")}
+
+before = compiled()
+start = time.perf_counter()
+seconds = warm_up()
+outer = time.perf_counter() - start
+warm = compiled()
+# Then what the server does, on other sizes (more arms, longer slates and batches) with the
+# server's dtypes: float64 arrays, int64 indices, uint64[4] rng, Python scalars.
+rng = seed_state(1)
+k = 7
+for module in POLICIES.values():
+    params = np.ones(len(module.PARAM_NAMES))
+    dim = 5 if module.CONTEXTUAL else 0
+    state = module.new_state(num_arms=k, dim=dim, params=params, draws=4)
+    selections = np.zeros(k, dtype=np.int64)
+    eligible = np.array([1, 3, 4, 6], dtype=np.int64)
+    context = np.full(dim, 0.5)
+    out = np.empty(3, dtype=np.int64)
+    module.select(state=state, params=params, eligible=eligible, context=context, t=5,
+                  selections=selections, floor=0.05, burn_in=2, draws=4, rng=rng, out=out)
+    module.bind_select(state=state, params=params, selections=selections, floor=0.0, burn_in=0,
+                       draws=4, rng=rng, eligible=eligible, context=context, t=0,
+                       out=out)(eligible, context, 6, out)
+    module.select_batch(state=state, params=params, eligible=eligible,
+                        contexts=np.full((5, dim), 0.25), t=7, selections=selections, floor=0.0,
+                        burn_in=0, draws=4, rng=rng, out=np.empty((5, 2), dtype=np.int64),
+                        propensity=np.empty(5))
+    module.update(state=state, params=params, arm=2, reward=0.0, context=context, discount=1.0)
+    module.bind_update(state=state, params=params, discount=1.0)(2, 1.0, context)
+    module.update_batch(state=state, params=params, arms=np.array([0, 6, 6], dtype=np.int64),
+                        rewards=np.ones(3), contexts=np.full((3, dim), 0.75), discount=1.0)
+allocation.prob_best_beta(np.full(4, 2.0), np.full(4, 3.0), 50, rng)
+allocation.prob_best_value(np.full(4, 2.0), np.full(4, 3.0), np.full(4, 4.0), np.ones(4), 50, rng)
+print(json.dumps({"before": before, "warm": warm, "used": compiled(), "seconds": seconds,
+                  "outer": outer}))
+"""
+
+
+@pytest.mark.slow  # a fresh process; the fast tier has test_serving's
+def test_warm_up_compiles_every_entry_point_so_later_calls_compile_nothing():
+    """In a fresh process: nothing is compiled before warm_up(); after it every policy's
+    entry points are (from Numba's cache or compiled); calls of other sizes with the
+    server's dtypes then add no signature. warm_up returns the seconds it took."""
+    proc = subprocess.run([sys.executable, "-c", _WARM_UP_SCRIPT], capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(result["before"].values()) == {0}
+    entry_points = [f"{name}.{fn}" for name in POLICIES
+                    for fn in ("_select", "_select_bound", "_select_batch", "_update",
+                               "_update_batch") if f"{name}.{fn}" in result["warm"]]
+    assert len(entry_points) >= 5 * len(POLICIES) - 1
+    assert all(result["warm"][fn] >= 1 for fn in entry_points), result["warm"]
+    assert result["used"] == result["warm"]
+    assert 0 < result["seconds"] <= result["outer"]
 
 
 CASES = [

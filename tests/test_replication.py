@@ -23,7 +23,7 @@ from banditd.server.state.decisions import PendingDecisions
 from banditd.server.state.machine import StateMachine
 from banditd.server.storage import snapshot
 from banditd.storage.v1 import storage_pb2 as st
-from conftest import InProcess, make_experiment
+from helpers import InProcess, make_experiment
 
 
 class Context:
@@ -90,7 +90,8 @@ def test_stream_is_an_image_then_the_log_without_the_followers_own_decisions(tmp
         table = st.WalRecord.FromString(only).decision_table
         assert table.decision_ids[0] == mine.decision_id
         # the leader knows and counts the follower's decision like its own
-        assert servicer.decisions.get("f-1-1") is not None
+        record = servicer.decisions.get("f-1-1", time.time())
+        assert (record.arm_ids, record.propensity, record.rewarded) == (("a",), 0.5, False)
         assert servicer.registry.get("e").selections.sum() == 2
         await stream.aclose()
         assert not leader.has_followers
@@ -98,37 +99,48 @@ def test_stream_is_an_image_then_the_log_without_the_followers_own_decisions(tmp
     asyncio.run(main())
 
 
+def _finishes_without_waiting(coroutine) -> bool:
+    """Whether ``coroutine`` runs to its end without once suspending (no wait of any
+    length); it is closed either way."""
+    try:
+        coroutine.send(None)
+    except StopIteration:
+        return True
+    coroutine.close()
+    return False
+
+
 def test_reward_waits_for_a_followers_decision_until_it_is_published(tmp_path, monkeypatch):
-    monkeypatch.setattr(replication, "DECISION_WAIT_SECONDS", 0.2)
+    # No clock is read: an hour's bound can only end by the publication; calls that must not
+    # wait are checked to finish without suspending at all.
+    monkeypatch.setattr(replication, "DECISION_WAIT_SECONDS", 3600.0)
 
     async def main():
         servicer, leader = leader_for(tmp_path)
         await create(servicer)
         stream, _ = await subscribe(leader, prefix="f-1")
         waiting = asyncio.ensure_future(leader.await_decisions(["f-1-2"]))
-        await asyncio.sleep(0.05)
+        for _ in range(10):
+            await asyncio.sleep(0)
         assert not waiting.done()
         await leader.PublishDecisions(rpb.PublishDecisionsRequest(
             worker_index=1, records=[follower_decisions("f-1", [1, 2])], last_decision_counter=2),
             CTX)
-        await asyncio.wait_for(waiting, 0.05)  # released by the publication, not the timeout
+        await asyncio.wait_for(waiting, 30)  # released by the publication
         reply = await servicer.RecordReward(
             pb.RecordRewardRequest(experiment_id="e", decision_id="f-1-2", reward=1), CTX)
         assert not reply.duplicate
         # Published already, unknown prefixes, the leader's own and malformed ids: no wait.
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        await leader.await_decisions(["f-1-1", "other-3", "", "f-1-zz", "nodash"])
-        assert loop.time() - started < 0.1
-        # Never published: bounded wait, then the reward is NOT_FOUND as in one process.
-        started = loop.time()
-        await leader.await_decisions(["f-1-9"])
-        assert 0.19 < loop.time() - started < 1.0
+        assert _finishes_without_waiting(leader.await_decisions(
+            ["f-1-1", "other-3", "", "f-1-zz", "nodash", servicer.decisions.new_id()]))
+        # Never published: a wait, bounded by DECISION_WAIT_SECONDS; then the reward is
+        # NOT_FOUND as in one process.
+        assert not _finishes_without_waiting(leader.await_decisions(["f-1-9"]))
+        monkeypatch.setattr(replication, "DECISION_WAIT_SECONDS", 0.01)
+        await asyncio.wait_for(leader.await_decisions(["f-1-9"]), 30)
         await stream.aclose()
         # A follower that left is not waited for.
-        started = loop.time()
-        await leader.await_decisions(["f-1-a"])
-        assert loop.time() - started < 0.1
+        assert _finishes_without_waiting(leader.await_decisions(["f-1-a"]))
 
     asyncio.run(main())
 

@@ -21,7 +21,7 @@ from banditd.server.storage import snapshot
 from banditd.server.storage.recovery import recover
 from banditd.server.storage.wal import list_segments, read_segment
 from banditd.storage.v1 import storage_pb2 as st
-from conftest import make_experiment, running_server
+from helpers import make_experiment, running_server
 
 DAY = 86_400.0
 T0 = 1_767_225_600.0  # 2026-01-01 00:00 UTC

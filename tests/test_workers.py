@@ -13,7 +13,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -30,9 +29,8 @@ from banditd.server.api.app import SERVICE
 from banditd.server.cluster.replication import ReplicationLeader, _Follower
 from banditd.server.cluster.workers import FORWARDED_BY_KEY, LOCAL_RPCS, _forwardable, _forwarded_by
 from banditd.server.state.decision_store import split_decision_id
-from conftest import make_experiment
+from helpers import BIN, make_experiment
 
-BIN = Path(sys.executable).parent
 START_TIMEOUT = 300  # a cold Numba cache compiles every kernel first
 
 
@@ -136,6 +134,7 @@ def workers(tmp_path):
             w.kill()
 
 
+@pytest.mark.slow
 def test_rewards_through_every_worker_add_up_exactly_and_survive_a_restart(workers):
     w = workers(2)
     leader, follower = w.stubs[0], w.stubs[1]
@@ -239,6 +238,7 @@ def test_rewards_through_every_worker_add_up_exactly_and_survive_a_restart(worke
     assert w2.stop() == 0
 
 
+@pytest.mark.slow
 def test_three_workers_share_the_port_and_a_dead_worker_stops_all(workers):
     """Also with messages between workers gathered for 50 ms instead of 10 (the setting is
     used on both sides): configuration is still acknowledged at once, and every worker counts
@@ -269,6 +269,7 @@ def test_three_workers_share_the_port_and_a_dead_worker_stops_all(workers):
             Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
 
 
+@pytest.mark.slow
 def test_workers_stop_when_their_supervisor_is_killed(workers):
     w = workers(2, "orphans")
     pids = w.pids()
@@ -282,6 +283,7 @@ def test_workers_stop_when_their_supervisor_is_killed(workers):
             Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
 
 
+@pytest.mark.slow
 def test_port_in_use_is_refused(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

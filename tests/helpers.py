@@ -1,0 +1,334 @@
+"""Helpers shared by the test modules: real banditd servers (in-process on port 0, or a
+``banditd serve`` subprocess), stubs and experiment builders.
+
+Test modules import this plain module (``from helpers import ...``); they never import
+``conftest`` or one another (tests/test_layout.py checks). Fixtures live in conftest.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from banditd.decision.v1 import decision_pb2 as pb
+from banditd.decision.v1 import decision_pb2_grpc as pb_grpc
+from banditd.server.api.app import BanditServer, create_server
+from banditd.server.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # the venv's console scripts: banditd, buf, hadolint
+
+T = TypeVar("T")
+
+
+class RunningServer:
+    """A banditd server running on its own event loop in a background thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.loop = asyncio.new_event_loop()
+        self.app: BanditServer | None = None
+        self.port = 0
+        self._started = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="banditd-test", daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self._main())
+        except BaseException as exc:  # surfaced to the test in start()
+            self._error = exc
+            self._started.set()
+
+    async def _main(self) -> None:
+        self._stop = asyncio.Event()
+        self.app, self.port = await create_server(self.settings)
+        await self.app.wait_ready()
+        self._started.set()
+        await self._stop.wait()
+        await self.app.stop(None)
+
+    def start(self) -> RunningServer:
+        self._thread.start()
+        if not self._started.wait(timeout=600):
+            raise TimeoutError("banditd did not become ready in 600 s")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def stop(self) -> None:
+        if self._stop is not None and not self._stop.is_set():
+            self.loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=30)
+
+    def crash(self) -> None:
+        """Stop like a killed process: no final snapshot, the log left as it is on disk."""
+        assert self.app is not None
+        app = self.app
+
+        async def die() -> None:
+            await app.grpc_server.stop(0)
+            durability = app.storage
+            if durability._periodic_task is not None:
+                durability._periodic_task.cancel()
+            if durability._timers is not None:
+                durability._timers.close()
+            if durability.wal is not None and durability.wal._fd >= 0:
+                os.close(durability.wal._fd)  # buffered, unflushed records are lost
+                durability.wal._fd = -1
+                durability.wal._closed = True
+            app.core.metrics.close()
+            durability._lock.release()  # a dead process's flock goes with it
+
+        asyncio.run_coroutine_threadsafe(die(), self.loop).result(timeout=30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=30)
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn()`` on the server's loop thread (to inspect state safely)."""
+        done = threading.Event()
+        box: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                box["value"] = fn()
+            finally:
+                done.set()
+
+        self.loop.call_soon_threadsafe(run)
+        done.wait(timeout=30)
+        return box["value"]
+
+
+def start_server(data_dir: Path, **overrides: Any) -> RunningServer:
+    """A started in-process server on 127.0.0.1, port 0; the caller stops (or crashes) it."""
+    return RunningServer(Settings(host="127.0.0.1", port=0, data_dir=data_dir,
+                                  **overrides)).start()
+
+
+@contextlib.contextmanager
+def running_server(data_dir: Path, **overrides: Any) -> Iterator[RunningServer]:
+    """An in-process server for the ``with`` block, stopped gracefully after it."""
+    server = start_server(data_dir, **overrides)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def stub_for(port: int) -> tuple[grpc.Channel, pb_grpc.DecisionServiceStub]:
+    """A channel to 127.0.0.1:``port`` (the caller closes it) and its DecisionService stub."""
+    ch = grpc.insecure_channel(f"127.0.0.1:{port}")
+    return ch, pb_grpc.DecisionServiceStub(ch)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (for subprocesses that need a fixed one)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_serving(port: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Wait until the server subprocess ``proc`` answers SERVING on ``port``; fail early if
+    it exits. ``timeout`` only bounds the wait (a cold Numba cache compiles first)."""
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        health = health_pb2_grpc.HealthStub(ch)
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else "exited"
+            try:
+                if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
+                        health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    raise TimeoutError("server did not become SERVING")
+
+
+def make_experiment(
+    experiment_id: str,
+    arms: tuple[str, ...] | list[str] = ("a", "b", "c"),
+    policy: pb.Policy | None = None,
+    reward_type: Any = pb.REWARD_TYPE_BINARY,  # a RewardType, or any int to test checks
+    context_dim: int = 0,
+    seed: int | None = 1,
+    **fields: Any,
+) -> pb.Experiment:
+    """An Experiment message: Thompson over arms a, b, c with seed 1 unless told otherwise."""
+    experiment = pb.Experiment(
+        experiment_id=experiment_id,
+        arms=[pb.Arm(arm_id=a) for a in arms],
+        policy=policy or pb.Policy(thompson=pb.Policy.Thompson()),
+        reward_type=reward_type,
+        context_dim=context_dim,
+        **fields,
+    )
+    if seed is not None:
+        experiment.seed = seed
+    return experiment
+
+
+def create(stub: pb_grpc.DecisionServiceStub, experiment_id: str, **kw: Any) -> pb.Experiment:
+    """CreateExperiment of ``make_experiment(experiment_id, **kw)``; the created experiment."""
+    return stub.CreateExperiment(
+        pb.CreateExperimentRequest(experiment=make_experiment(experiment_id, **kw))
+    )
+
+
+class InProcess:
+    """The DecisionService without a gRPC server, ready at once (nothing restored): its RPC
+    behaviours as methods (``SelectArm(request, None)``), its state machine and durability."""
+
+    def __init__(self, settings: Settings) -> None:
+        from banditd.server.api.app import build_service
+
+        self.service = build_service(settings)
+        self.service.core.ready = True
+        self.state = self.service.core.state
+        self.storage = self.service.core.storage
+        self.decisions_api = self.service.decisions
+        for name, behavior in self.service.behaviors().items():
+            setattr(self, name, behavior)
+
+    @property
+    def registry(self):
+        return self.state.experiments
+
+    @property
+    def decisions(self):
+        return self.state.store
+
+    def create_experiment(self, config: pb.Experiment):
+        """Create an experiment through its record, as CreateExperiment does."""
+        experiments = self.state.experiments
+        return experiments.apply_create(experiments.check_create(config))
+
+
+class ServerProcess:
+    """``banditd serve`` as a real process on 127.0.0.1 (for kill -9, signals, a second
+    process): its stub, health, log; stopped (SIGTERM, then SIGKILL) by its owner."""
+
+    def __init__(self, data_dir: Path, *args: str, port: int | None = None,
+                 wait: bool = True, env: dict | None = None, **settings) -> None:
+        import subprocess
+
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.log = data_dir.parent / f"{data_dir.name}-{self.port}.log"
+        cmd = [str(BIN / "banditd"), "serve", "--host", "127.0.0.1", "--port", str(self.port),
+               "--data-dir", str(data_dir), *args]
+        settings.setdefault("drain_seconds", 0)
+        for name, value in settings.items():
+            cmd += ["--set", f"{name}={value}"]
+        with open(self.log, "a") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=log,
+                                         env=dict(os.environ, **(env or {})))
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
+        self.stub = pb_grpc.DecisionServiceStub(self.channel)
+        if wait:
+            self.wait_serving()
+
+    def health(self) -> str:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        try:
+            reply = health_pb2_grpc.HealthStub(self.channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=2)
+        except grpc.RpcError as exc:
+            return exc.code().name
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+    def wait_serving(self, timeout: float = 600) -> None:
+        self.wait_for(lambda: self.health() == "SERVING", timeout, "SERVING")
+
+    def wait_for(self, condition, timeout: float, what: str) -> None:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert self.proc.poll() is None, f"banditd exited:\n{self.log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"not {what} in {timeout} s"
+            time.sleep(0.05)
+
+    def text(self) -> str:
+        return self.log.read_text()
+
+    def kill(self) -> None:
+        """kill -9."""
+        import signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=60)
+        self.channel.close()
+
+    def stop(self) -> int:
+        import signal
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.channel.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str = "16m", inodes: int | None = None) -> Iterator[Path]:
+    """A size- (and inode-) limited tmpfs mounted at ``path`` (the tests run as root, as CI
+    does); unmounted on exit."""
+    import subprocess
+
+    path.mkdir(parents=True, exist_ok=True)
+    options = f"size={size}" + (f",nr_inodes={inodes}" if inodes else "")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], check=True,
+                   capture_output=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
+
+
+def fill(directory: Path) -> Path:
+    """Write into ``directory`` until its filesystem is full; the file that holds it."""
+    filler = directory / "filler"
+    block = b"\0" * 65536
+    with open(filler, "wb", buffering=0) as f:
+        while True:
+            try:
+                f.write(block)
+            except OSError:
+                break
+        for size in (4096, 512, 1):  # the last crumbs too
+            while True:
+                try:
+                    f.write(b"\0" * size)
+                except OSError:
+                    break
+    return filler
