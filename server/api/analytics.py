@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 from banditd.decision.v1 import decision_pb2 as pb
 from banditd.server.ads.budget import allocate_budget
@@ -23,8 +24,8 @@ class AnalyticsHandlers:
                             ) -> pb.IngestMetricsResponse:
         analytics.check_ingest(self.experiments.get(request.experiment_id), request,
                                self.settings.max_ingest_periods)
-        replaced, new = await self.core.write(st.WalRecord(ingest_metrics=request),
-                                              replicated=True)  # type: ignore[misc]
+        counts = await self.core.write(st.WalRecord(ingest_metrics=request), replicated=True)
+        replaced, new = cast(tuple[int, int], counts)
         return pb.IngestMetricsResponse(replaced_arms=replaced, new_arms=new)
 
     async def GetArmStats(self, request: pb.GetArmStatsRequest, context

@@ -54,7 +54,7 @@ from banditd.server.state.decision_store import DecisionRecord, DecisionStore, s
 from banditd.server.state.decisions import PendingDecisions
 from banditd.server.state.machine import StateMachine
 from banditd.server.storage import snapshot
-from banditd.server.storage.durability import Durability
+from banditd.server.storage.durability import Durability, PendingRecords
 from banditd.server.storage.recovery import RestoreReport
 from banditd.storage.v1 import storage_pb2 as st
 
@@ -316,6 +316,7 @@ class ReplicationLeader(rpb_grpc.ReplicationServiceServicer):
         if f is None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"worker {origin} is not subscribed")
+            raise AssertionError("abort returned")
         for i, payload in enumerate(request.records):
             try:
                 kind = st.WalRecord.FromString(payload).WhichOneof("op")
@@ -519,7 +520,7 @@ class DecisionPublisher:
     it encodes them in (as the leader's own do per log write)."""
 
     def __init__(self, stub: rpb_grpc.ReplicationServiceStub, index: int,
-                 decisions: ReplicaDecisions, rows: PendingDecisions,
+                 decisions: ReplicaDecisions, rows: PendingRecords,
                  on_error: Callable[[str], None], flush_seconds: float) -> None:
         self._stub = stub
         self._flush_seconds = flush_seconds

@@ -56,7 +56,7 @@ class Experiment:
         # decide()'s kernel: the (state, selections, rng) it was bound to, and the call
         self._bound: tuple = (None, None, None, None)
         self._bound_update: tuple = (None, None)  # reward()'s kernel: state bound to, call
-        self._counts = memoryview(np.zeros(0, dtype=np.int64))  # item view of selections
+        self._counts = np.zeros(0, dtype=np.int64).data  # item view of selections
         self._reindex()
         self._reset_state()
 

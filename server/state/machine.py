@@ -84,7 +84,7 @@ class StateMachine:
         other.experiments.stream = self.experiments.stream
         return other
 
-    def adopt(self, other: StateMachine) -> None:  # type: ignore[override]
+    def adopt(self, other: StateMachine) -> None:
         """Take over ``other``'s contents in place (a state rebuilt from the disk): the
         objects handlers hold stay the same, what they hold is ``other``'s."""
         self.experiments.adopt(other.experiments)

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from typing_extensions import Self
+
 from banditd.server.storage import snapshot
 from banditd.server.storage.wal import list_segments, read_segment
 
@@ -37,11 +39,11 @@ class Machine(Protocol):
 
     def load_image(self, message: bytes, section: memoryview, name: str) -> int: ...
 
-    def fresh(self) -> Machine:
+    def fresh(self) -> Self:
         """An empty machine of the same configuration (to rebuild the state into)."""
         ...
 
-    def adopt(self, other: Machine) -> None:
+    def adopt(self, other: Self) -> None:
         """Take over ``other``'s contents (a rebuilt state), in place."""
         ...
 
