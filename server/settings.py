@@ -34,17 +34,17 @@ class Settings(BaseSettings):
     decision_log_delay_seconds: float = Field(
         0.025, gt=0, le=1.0, description="Longest wait before SelectArm's decision records are "
         "written to the log (without waiting for them; a crash loses at most this much of "
-        "them). Each write costs the event loop a few hundred µs on ext4: 0.025 s instead of "
-        "0.005 measured +4.7% SelectArm QPS at 32 in flight.",
+        "them). Each write costs the event loop a few hundred µs: fewer, larger writes leave "
+        "more of it to requests.",
     )
     snapshot_interval_seconds: float = Field(
         300.0, ge=0, description="Seconds between snapshots; 0 = only on graceful shutdown."
     )
     snapshot_write_mb_per_s: float = Field(
         10.0, ge=0, description="Write-rate cap of periodic snapshots, MB/s: the disk I/O of a "
-        "faster writer delays the serving process (measured SelectArm p99 during a snapshot: "
-        "1.2-1.7x at 10 MB/s, 2.3x at 20, 2-4x at 100); a snapshot takes size / rate, keep it "
-        "well under the interval. 0 = unlimited (the shutdown snapshot always is).",
+        "faster writer delays the serving process (its p99 grows with the rate); a snapshot "
+        "takes size / rate, keep it well under the interval. 0 = unlimited (the shutdown "
+        "snapshot always is).",
     )
     start_from_remains: bool = Field(
         False, description="Start even when the data directory cannot give the whole state "
@@ -62,8 +62,8 @@ class Settings(BaseSettings):
     batch_schedule_io_threads: bool = Field(
         True, description="Linux: run the threads gRPC creates at start (I/O, poller, "
         "timers) under SCHED_BATCH, so their wake-ups do not preempt the "
-        "event loop; measured +8-11% SelectArm QPS and -15% server CPU per call on a busy "
-        "2-core host. No effect elsewhere.",
+        "event loop (more throughput and less CPU per call on a busy host). No effect "
+        "elsewhere.",
     )
     workers: int = Field(
         1, ge=1, le=64,
@@ -74,8 +74,7 @@ class Settings(BaseSettings):
         "its decisions into one message to the leader, and the leader its log records into "
         "one message to each follower (sent at once to a follower waiting for them: a "
         "configuration change, a write it forwarded). Each message costs both processes a "
-        "gRPC call's CPU: 0.01 instead of 0.002 cut 2 workers' server CPU per decision from "
-        "1.14-1.15x to 1.03-1.08x one worker's (batch 1,000). The time adds to the "
+        "gRPC call's CPU, so gathering longer costs less per decision; the time adds to the "
         "propagation delay and to what a follower's crash can lose of its decisions.",
     )
 

@@ -209,8 +209,8 @@ def project_to_box(shares: np.ndarray, total: float, lo, hi) -> np.ndarray:
     # search over the sorted breakpoints (spent evaluated directly: running sums of slopes
     # cancel badly when shares span many orders of magnitude) finds the piece where it
     # reaches the total; on that piece every group is at lo, at hi or at lam * share, and
-    # the total gives lam. (It was a 200-step bisection of lam: ~1.6 ms at 10 groups, a
-    # third of a GetAllocation.)
+    # the total gives lam (exact, unlike a bisection of lam, and a few steps instead of
+    # hundreds).
     unit = np.where(positive, shares / top, 0.0)
     lo_u = lo_all / total
     hi_u = np.minimum(hi_all, total) / total
