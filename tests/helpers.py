@@ -24,8 +24,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from banditd.decision.v1 import decision_pb2 as pb
 from banditd.decision.v1 import decision_pb2_grpc as pb_grpc
-from banditd.server.api.app import BanditServer, create_server
 from banditd.server.settings import Settings
+from benchmarks.in_process import InProcessServer
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's console scripts: banditd, buf, hadolint
@@ -33,47 +33,9 @@ BIN = Path(sys.executable).parent  # the venv's console scripts: banditd, buf, h
 T = TypeVar("T")
 
 
-class RunningServer:
-    """A banditd server running on its own event loop in a background thread."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.loop = asyncio.new_event_loop()
-        self.app: BanditServer | None = None
-        self.port = 0
-        self._started = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="banditd-test", daemon=True)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        try:
-            self.loop.run_until_complete(self._main())
-        except BaseException as exc:  # surfaced to the test in start()
-            self._error = exc
-            self._started.set()
-
-    async def _main(self) -> None:
-        self._stop = asyncio.Event()
-        self.app, self.port = await create_server(self.settings)
-        await self.app.wait_ready()
-        self._started.set()
-        await self._stop.wait()
-        await self.app.stop(None)
-
-    def start(self) -> RunningServer:
-        self._thread.start()
-        if not self._started.wait(timeout=600):
-            raise TimeoutError("banditd did not become ready in 600 s")
-        if self._error is not None:
-            raise self._error
-        return self
-
-    def stop(self) -> None:
-        if self._stop is not None and not self._stop.is_set():
-            self.loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(timeout=30)
+class RunningServer(InProcessServer):
+    """A banditd server running on its own event loop in a background thread (the
+    benchmarks' harness), which a test may also crash or inspect."""
 
     def crash(self) -> None:
         """Stop like a killed process: no final snapshot, the log left as it is on disk."""
