@@ -22,8 +22,9 @@ class AnalyticsHandlers:
     async def IngestMetrics(self, request: pb.IngestMetricsRequest, context
                             ) -> pb.IngestMetricsResponse:
         analytics.check_ingest(self.experiments.get(request.experiment_id), request)
-        replaced, new = await self.core.write(st.WalRecord(ingest_metrics=request),
-                                              replicated=True)  # type: ignore[misc]
+        replaced, new = await self.core.write_audited(  # type: ignore[misc]
+            st.WalRecord(ingest_metrics=request), context, "IngestMetrics",
+            [request.experiment_id, request.period])
         return pb.IngestMetricsResponse(replaced_arms=replaced, new_arms=new)
 
     async def GetArmStats(self, request: pb.GetArmStatsRequest, context

@@ -32,6 +32,7 @@ from banditd.server.api.handlers import (
 )
 from banditd.server.api.metrics import Metrics
 from banditd.server.api.service import DecisionService
+from banditd.server.api.tls import ServerCertificates
 from banditd.server.scheduling import batch_helper_threads
 from banditd.server.settings import Settings
 from banditd.server.state.decisions import PendingDecisions
@@ -110,6 +111,14 @@ class BanditServer:
         self.health = health.aio.HealthServicer()
         self._warmup: asyncio.Task | None = None
         self.restore_report: RestoreReport | None = None
+        self.certificates: ServerCertificates | None = None  # with TLS
+
+    def reload(self) -> None:
+        """SIGHUP: read the tokens file and the TLS files again (each kept as it was when its
+        new files cannot be used)."""
+        self.core.auth.reload()
+        if self.certificates is not None:
+            self.certificates.reload()
 
     async def _set_health(self, status: int) -> None:
         for name in ("", SERVICE_NAME):
@@ -204,19 +213,27 @@ async def create_server(settings: Settings, parts: Parts | None = None
 
 
 async def _start(settings: Settings, options: list, parts: Parts) -> BanditServer:
-    server = grpc.aio.server(options=options)
+    # Past max_concurrent_rpcs calls in progress, gRPC itself answers RESOURCE_EXHAUSTED at
+    # once (before any handler runs): load is shed instead of queued without limit.
+    server = grpc.aio.server(options=options,
+                             maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
     service = build_service(settings, parts)
     metrics = service.metrics
     routes = parts.routes or local_routes
     register_decision_handlers(server, routes(service))
     address = f"{settings.host}:{settings.port}"
+    certificates = ServerCertificates(settings) if settings.tls else None
     try:
-        port = server.add_insecure_port(address)
+        if certificates is not None:
+            port = server.add_secure_port(address, certificates.credentials())
+        else:
+            port = server.add_insecure_port(address)
     except RuntimeError as exc:  # grpc reports a failed bind this way
         raise OSError(f"could not listen on {address}: {exc}") from None
     if port == 0:
         raise OSError(f"could not listen on {address}")
     app = BanditServer(server, service, parts, port)
+    app.certificates = certificates
     generic_only = GenericHandlersOnly(server)
     health_pb2_grpc.add_HealthServicer_to_server(app.health, generic_only)
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(

@@ -26,7 +26,8 @@ class PacingHandlers:
         if not request.HasField("campaign"):
             raise InvalidArgument("campaign is required")
         config = self.campaigns.check_create(request.campaign)
-        await self.core.write(st.WalRecord(campaign=config), replicated=True)
+        await self.core.write_audited(st.WalRecord(campaign=config), context, "CreateCampaign",
+                                      [config.campaign_id])
         return config
 
     async def UpdateCampaign(self, request: pb.UpdateCampaignRequest, context) -> pb.Campaign:
@@ -34,7 +35,8 @@ class PacingHandlers:
             raise InvalidArgument("campaign is required")
         paths = list(request.update_mask.paths) if request.HasField("update_mask") else None
         config = self.campaigns.check_update(request.campaign, paths)
-        await self.core.write(st.WalRecord(campaign=config), replicated=True)
+        await self.core.write_audited(st.WalRecord(campaign=config), context, "UpdateCampaign",
+                                      [config.campaign_id])
         return config
 
     def _begin_day(self, campaign: Campaign, t: float) -> bool:

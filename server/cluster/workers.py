@@ -29,7 +29,7 @@ import grpc
 
 from banditd.replication.v1 import replication_pb2_grpc as rpb_grpc
 from banditd.server.api.app import Parts, create_server
-from banditd.server.api.core import Core
+from banditd.server.api.core import FORWARDED_PEER_KEY, Core
 from banditd.server.api.handlers import (
     SERVICE_NAME,
     Handler,
@@ -46,6 +46,7 @@ from banditd.server.cluster.replication import (
     leader_seq,
     metadata_value,
 )
+from banditd.server.errors import STATUS_DETAILS_KEY
 from banditd.server.settings import Settings
 from banditd.server.state.decision_store import DecisionStore
 from banditd.server.state.decisions import PendingDecisions
@@ -74,7 +75,7 @@ WORKER_KEY = "banditd-worker"
 FORWARDED_BY_KEY = "banditd-forwarded-by"  # a follower's index, on the calls it forwards
 SEQ_KEY = "banditd-seq"
 _NOT_FORWARDED = frozenset({"user-agent", "content-type", "te", "host", WORKER_KEY,
-                            FORWARDED_BY_KEY})
+                            FORWARDED_BY_KEY, FORWARDED_PEER_KEY})
 
 
 @dataclass
@@ -249,7 +250,8 @@ class _Forwarder:
                 publisher.send_now()  # the leader would wait for these decisions
             call = (await self._call(name))(
                 request, timeout=context.time_remaining(),
-                metadata=(*_forwardable(context.invocation_metadata()), *self._forwarded_by))
+                metadata=(*_forwardable(context.invocation_metadata()), *self._forwarded_by,
+                          (FORWARDED_PEER_KEY, context.peer() or "")))
             try:
                 response = await call
             except grpc.aio.AioRpcError as exc:
@@ -290,9 +292,10 @@ def _forwarded_by(metadata) -> int | None:
 
 def _forwardable(metadata) -> tuple[tuple[str, Any], ...]:
     """Metadata worth passing on between client, follower and leader (not the transport's
-    own keys, nor the worker keys, which each worker sets itself)."""
+    own keys but a rich error status, nor the worker keys, which each worker sets itself)."""
     return tuple((k, v) for k, v in (metadata or ())
-                 if not k.startswith((":", "grpc-")) and k not in _NOT_FORWARDED)
+                 if (k == STATUS_DETAILS_KEY or not k.startswith((":", "grpc-")))
+                 and k not in _NOT_FORWARDED)
 
 
 # -- one worker process ------------------------------------------------------------------------
