@@ -202,12 +202,13 @@ def is_loopback(host: str) -> bool:
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     """One message per ``BANDITD_*`` variable of ``environ`` that is not a setting, naming
     the closest setting (pydantic-settings ignores them: a typo would go unnoticed)."""
-    known = {f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields}
+    known = sorted(name.upper() for name in Settings.model_fields)
     problems = []
     for variable in sorted(environ):
-        if variable.upper().startswith(ENV_PREFIX) and variable.upper() not in known:
-            close = difflib.get_close_matches(variable.upper(), sorted(known), n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]}?" if close else ""
+        name = variable.upper()
+        if name.startswith(ENV_PREFIX) and name[len(ENV_PREFIX):] not in known:
+            close = difflib.get_close_matches(name[len(ENV_PREFIX):], known, n=1, cutoff=0.6)
+            hint = f"; did you mean {ENV_PREFIX}{close[0]}?" if close else ""
             problems.append(f"{variable} is not a setting{hint}")
     return problems
 

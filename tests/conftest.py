@@ -197,3 +197,93 @@ class InProcess:
         """Create an experiment through its record, as CreateExperiment does."""
         experiments = self.state.experiments
         return experiments.apply_create(experiments.check_create(config))
+
+
+# -- TLS and tokens ---------------------------------------------------------------------------
+
+
+class Pki:
+    """A certificate authority made for a test, and the files of what it signed."""
+
+    def __init__(self, directory: Path, name: str = "test-ca") -> None:
+        import datetime
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        self._x509, self._hashes, self._ec, self._oid = x509, hashes, ec, NameOID
+        self._serialization = serialization
+        self._now = datetime.datetime.now(datetime.timezone.utc)
+        self._day = datetime.timedelta(days=1)
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self._key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        self._cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+                      .public_key(self._key.public_key())
+                      .serial_number(x509.random_serial_number())
+                      .not_valid_before(self._now - self._day).not_valid_after(self._now + self._day)
+                      .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                      .sign(self._key, hashes.SHA256()))
+        self.ca = directory / f"{name}.pem"
+        self.ca.write_bytes(self._pem(self._cert))
+
+    def _pem(self, cert) -> bytes:
+        return cert.public_bytes(self._serialization.Encoding.PEM)
+
+    def issue(self, cn: str, server: bool) -> tuple[Path, Path]:
+        """A certificate for ``cn`` (a server's for localhost and 127.0.0.1, else a client's):
+        (certificate file, key file)."""
+        import ipaddress
+
+        x509 = self._x509
+        from cryptography.x509.oid import ExtendedKeyUsageOID
+
+        key = self._ec.generate_private_key(self._ec.SECP256R1())
+        builder = (x509.CertificateBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(self._oid.COMMON_NAME, cn)]))
+                   .issuer_name(self._cert.subject).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number())
+                   .not_valid_before(self._now - self._day).not_valid_after(self._now + self._day)
+                   .add_extension(x509.ExtendedKeyUsage(
+                       [ExtendedKeyUsageOID.SERVER_AUTH if server else
+                        ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
+        if server:
+            builder = builder.add_extension(x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False)
+        cert = builder.sign(self._key, self._hashes.SHA256())
+        cert_file = self.directory / f"{self.name}-{cn}.pem"
+        key_file = self.directory / f"{self.name}-{cn}.key"
+        cert_file.write_bytes(self._pem(cert))
+        key_file.write_bytes(key.private_bytes(
+            self._serialization.Encoding.PEM, self._serialization.PrivateFormat.PKCS8,
+            self._serialization.NoEncryption()))
+        return cert_file, key_file
+
+
+def write_tokens(path: Path, tokens: dict[str, tuple[str, str]]) -> Path:
+    """A tokens file: name -> (token, role), as `<sha256> <role> <name>` lines."""
+    import hashlib
+
+    path.write_text("# test tokens\n" + "".join(
+        f"{hashlib.sha256(token.encode()).hexdigest()} {role} {name}\n"
+        for name, (token, role) in tokens.items()))
+    return path
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    """The call metadata that carries ``token``."""
+    return (("authorization", f"Bearer {token}"),)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -343,6 +343,7 @@ async def _worker(settings: Settings, index: int) -> int:
     control_task = loop.create_task(control())
     parts, runtime = worker_parts(role, settings)
     app, port = await create_server(settings, parts)
+    loop.add_signal_handler(signal.SIGHUP, app.reload)
     if index == 0:
         _tell("leader", f"127.0.0.1:{runtime.private_port}")
     try:
