@@ -13,7 +13,8 @@ MAX_ARM_ID_LENGTH = 256
 def check_experiment_id(experiment_id: str, field: str = "experiment_id") -> None:
     if not EXPERIMENT_ID.fullmatch(experiment_id):
         raise InvalidArgument(
-            f"{field} {experiment_id!r} must be 1-128 characters of letters, digits and ._:-"
+            f"{field} {experiment_id!r} must be 1-128 characters of letters, digits and ._:-",
+            field=field
         )
 
 
@@ -21,9 +22,11 @@ def check_new_arm_ids(arm_ids, field: str) -> None:
     seen: set[str] = set()
     for i, arm_id in enumerate(arm_ids):
         if not arm_id:
-            raise InvalidArgument(f"{field}[{i}] is empty")
+            raise InvalidArgument(f"{field}[{i}] is empty", field=f"{field}[{i}]")
         if len(arm_id) > MAX_ARM_ID_LENGTH:
-            raise InvalidArgument(f"{field}[{i}] is longer than {MAX_ARM_ID_LENGTH} characters")
+            raise InvalidArgument(f"{field}[{i}] is longer than {MAX_ARM_ID_LENGTH} characters",
+                                  field=f"{field}[{i}]")
         if arm_id in seen:
-            raise InvalidArgument(f"{field}[{i}]: duplicate arm id '{arm_id}'")
+            raise InvalidArgument(f"{field}[{i}]: duplicate arm id '{arm_id}'",
+                                  field=f"{field}[{i}]")
         seen.add(arm_id)

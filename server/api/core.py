@@ -75,7 +75,7 @@ class Core:
 
     def check_batch(self, size: int) -> None:
         if size == 0:
-            raise InvalidArgument("requests is empty")
+            raise InvalidArgument("requests is empty", field="requests")
         if size > self.settings.max_batch_size:
             raise ResourceExhausted(
                 f"requests has {size} items, the limit is {self.settings.max_batch_size}")
@@ -99,5 +99,6 @@ def event_time(request) -> float:
     ts = request.event_time
     if not (0 <= ts.seconds < 7_258_118_400 and 0 <= ts.nanos < 1_000_000_000):  # < 2200
         raise InvalidArgument(
-            f"event_time must be between 1970 and 2200, got {ts.seconds} s {ts.nanos} ns")
+            f"event_time must be between 1970 and 2200, got {ts.seconds} s {ts.nanos} ns",
+            field="event_time")
     return ts.seconds + ts.nanos * 1e-9

@@ -20,7 +20,7 @@ class ExperimentHandlers:
     async def CreateExperiment(self, request: pb.CreateExperimentRequest, context
                                ) -> pb.Experiment:
         if not request.HasField("experiment"):
-            raise InvalidArgument("experiment is required")
+            raise InvalidArgument("experiment is required", field="experiment")
         config = self.experiments.check_create(request.experiment)
         experiment = await self.core.write_audited(
             st.WalRecord(create_experiment=config), context, "CreateExperiment",

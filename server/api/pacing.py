@@ -24,7 +24,7 @@ class PacingHandlers:
 
     async def CreateCampaign(self, request: pb.CreateCampaignRequest, context) -> pb.Campaign:
         if not request.HasField("campaign"):
-            raise InvalidArgument("campaign is required")
+            raise InvalidArgument("campaign is required", field="campaign")
         config = self.campaigns.check_create(request.campaign)
         await self.core.write_audited(st.WalRecord(campaign=config), context, "CreateCampaign",
                                       [config.campaign_id])
@@ -32,7 +32,7 @@ class PacingHandlers:
 
     async def UpdateCampaign(self, request: pb.UpdateCampaignRequest, context) -> pb.Campaign:
         if not request.HasField("campaign"):
-            raise InvalidArgument("campaign is required")
+            raise InvalidArgument("campaign is required", field="campaign")
         paths = list(request.update_mask.paths) if request.HasField("update_mask") else None
         config = self.campaigns.check_update(request.campaign, paths)
         await self.core.write_audited(st.WalRecord(campaign=config), context, "UpdateCampaign",
