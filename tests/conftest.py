@@ -6,12 +6,17 @@ import asyncio
 import contextlib
 import itertools
 import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from banditd.decision.v1 import decision_pb2 as pb
 from banditd.decision.v1 import decision_pb2_grpc as pb_grpc
@@ -19,6 +24,7 @@ from banditd.server.api.app import BanditServer, create_server
 from banditd.server.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
 
 
 class RunningServer:
@@ -287,3 +293,42 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class Served:
+    """``banditd serve`` as a subprocess on a free 127.0.0.1 port, with its stderr in a
+    file."""
+
+    def __init__(self, tmp_path: Path, *args: str, env: dict | None = None) -> None:
+        self.port = free_port()
+        self.log = tmp_path / "server.log"
+        self.proc = subprocess.Popen(
+            [str(BIN / "banditd"), "serve", "--port", str(self.port), "--data-dir",
+             str(tmp_path / "data"), "--set", "grace_seconds=1", *args],
+            stderr=open(self.log, "a"), env=dict(os.environ, **(env or {})))  # noqa: SIM115
+
+    def wait_serving(self, channel: grpc.Channel) -> None:
+        health = health_pb2_grpc.HealthStub(channel)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()
+            try:
+                if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(self.log.read_text())
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=60)
+
+
+def until(predicate, what: str, timeout: float = 30) -> None:
+    """Wait (at most ``timeout`` s) until ``predicate()``; fail with ``what``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)

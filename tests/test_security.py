@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
@@ -25,7 +24,7 @@ from banditd.decision.v1 import decision_pb2_grpc as pb_grpc
 from banditd.server.api.auth import RPC_ROLES, Authenticator, TokensFileError, token_digest
 from banditd.server.api.handlers import SERVICE
 from banditd.server.settings import Settings, is_loopback, unknown_variables
-from conftest import Pki, bearer, free_port, make_experiment, running_server, write_tokens
+from conftest import Pki, Served, bearer, make_experiment, running_server, until, write_tokens
 
 BIN = Path(sys.executable).parent
 TOKENS = {"bidder": ("t-decide-1f0c", "decide"), "analyst": ("t-read-77aa", "read"),
@@ -193,43 +192,6 @@ def test_mutual_tls_refuses_a_client_without_a_certificate_of_its_ca(tmp_path, p
 # -- a real process, real signals ------------------------------------------------------------
 
 
-class Served:
-    """``banditd serve`` as a subprocess, with its stderr in a file."""
-
-    def __init__(self, tmp_path: Path, *args: str, env: dict | None = None) -> None:
-        self.port = free_port()
-        self.log = tmp_path / "server.log"
-        self.proc = subprocess.Popen(
-            [str(BIN / "banditd"), "serve", "--port", str(self.port), "--data-dir",
-             str(tmp_path / "data"), "--set", "grace_seconds=1", *args],
-            stderr=open(self.log, "a"), env=dict(os.environ, **(env or {})))  # noqa: SIM115
-
-    def wait_serving(self, channel: grpc.Channel) -> None:
-        health = health_pb2_grpc.HealthStub(channel)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()
-            try:
-                if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(self.log.read_text())
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=60)
-
-
-def _until(predicate, what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.05)
-
-
 def test_sighup_reloads_the_tokens_file_and_the_certificates(tmp_path, pki):
     cert = tmp_path / "server.pem"
     key = tmp_path / "server.key"
@@ -259,13 +221,13 @@ def test_sighup_reloads_the_tokens_file_and_the_certificates(tmp_path, pki):
         # new tokens
         write_tokens(tokens, {"new": ("t-new", "read")})
         server.proc.send_signal(signal.SIGHUP)
-        _until(lambda: code("t-new", pki.ca) == grpc.StatusCode.OK, "new token not accepted")
+        until(lambda: code("t-new", pki.ca) == grpc.StatusCode.OK, "new token not accepted")
         assert code("t-old", pki.ca) == grpc.StatusCode.UNAUTHENTICATED
 
         # a broken file is refused on reload; the tokens in force stay
         tokens.write_text("not a token line\n")
         server.proc.send_signal(signal.SIGHUP)
-        _until(lambda: "tokens file not reloaded" in server.log.read_text(),
+        until(lambda: "tokens file not reloaded" in server.log.read_text(),
                "a broken tokens file was not reported")
         assert code("t-new", pki.ca) == grpc.StatusCode.OK
 
@@ -276,7 +238,7 @@ def test_sighup_reloads_the_tokens_file_and_the_certificates(tmp_path, pki):
         key.write_bytes(second[1].read_bytes())
         assert code("t-new", other.ca) == grpc.StatusCode.UNAVAILABLE  # not reloaded yet
         server.proc.send_signal(signal.SIGHUP)
-        _until(lambda: code("t-new", other.ca) == grpc.StatusCode.OK, "new certificate not served")
+        until(lambda: code("t-new", other.ca) == grpc.StatusCode.OK, "new certificate not served")
         assert code("t-new", pki.ca) == grpc.StatusCode.UNAVAILABLE
         assert server.proc.poll() is None
         log = server.log.read_text()
