@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from banditd.decision.v1 import decision_pb2 as pb
+from banditd.server.api.auth import Authenticator
 from conftest import create
 
 BIN = Path(sys.executable).parent
@@ -324,9 +325,15 @@ def test_prometheus_metrics_count_requests_by_code(tmp_path):
         text = urllib.request.urlopen(url, timeout=10).read().decode()
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for f in text_string_to_metric_families(text) for s in f.samples}
-    assert samples[("banditd_requests_total", (("code", "OK"), ("method", "SelectArm")))] == 3
-    assert samples[("banditd_requests_total", (("code", "NOT_FOUND"), ("method", "SelectArm")))] == 1
-    assert samples[("banditd_handler_seconds_count", (("method", "SelectArm"),))] == 4
+    unary = (("grpc_service", "decision.v1.DecisionService"), ("grpc_type", "unary"))
+
+    def labels(method: str, *more) -> tuple:
+        return tuple(sorted((*unary, ("grpc_method", method), *more)))
+
+    assert samples[("grpc_server_handled_total", labels("SelectArm", ("grpc_code", "OK")))] == 3
+    assert samples[("grpc_server_handled_total",
+                    labels("SelectArm", ("grpc_code", "NOT_FOUND")))] == 1
+    assert samples[("grpc_server_handling_seconds_count", labels("SelectArm"))] == 4
     assert samples[("banditd_experiments", ())] == 1
     assert samples[("banditd_decisions_stored", ())] == 3
     # the client library's process and garbage-collector families
@@ -344,6 +351,12 @@ class _AbortRecorder:
 
     def set_trailing_metadata(self, metadata):
         pass
+
+    def trailing_metadata(self):
+        return ()
+
+    def peer(self):
+        return "ipv4:127.0.0.1:1"
 
     async def abort(self, code, details, trailing_metadata=()):
         self.counts_at_abort = dict(self._metrics._stats.counts)
@@ -365,7 +378,7 @@ def test_a_failed_call_is_counted_before_its_status_is_sent():
         raise NotFound(f"experiment {request.experiment_id!r} not found")
 
     context = _AbortRecorder(metrics)
-    handler = bytes_handler(select, method, metrics, SimpleNamespace(ready=True))
+    handler = bytes_handler(select, method, metrics, SimpleNamespace(ready=True, auth=Authenticator(None)))
     with pytest.raises(grpc.aio.AbortError):
         asyncio.run(handler(pb.SelectArmRequest(experiment_id="x").SerializeToString(), context))
     assert context.counts_at_abort == {("SelectArm", "NOT_FOUND"): 1}
@@ -400,7 +413,7 @@ def test_a_cancelled_call_is_counted_once_as_cancelled():
     async def allocate(request, context):
         raise asyncio.CancelledError
 
-    handler = bytes_handler(allocate, method, metrics, SimpleNamespace(ready=True))
+    handler = bytes_handler(allocate, method, metrics, SimpleNamespace(ready=True, auth=Authenticator(None)))
     with pytest.raises(asyncio.CancelledError):
         asyncio.run(handler(pb.GetAllocationRequest(experiment_id="x").SerializeToString(),
                             _AbortRecorder(metrics)))

@@ -20,6 +20,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
+from banditd.server.api import telemetry
 from banditd.server.api.core import Core
 from banditd.server.api.handlers import (
     SERVICE,
@@ -80,7 +81,9 @@ def build_service(settings: Settings, parts: Parts | None = None) -> DecisionSer
         parts = standalone_parts(settings)
     metrics = Metrics()
     metrics.track(lambda: len(parts.state.experiments), lambda: len(parts.state.store))
-    return DecisionService(Core(settings, parts.state, parts.storage, parts.pending, metrics))
+    core = Core(settings, parts.state, parts.storage, parts.pending, metrics)
+    telemetry.register(core)
+    return DecisionService(core)
 
 
 def local_routes(service: DecisionService) -> dict[str, Handler]:

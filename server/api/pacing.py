@@ -67,6 +67,7 @@ class PacingHandlers:
         record = st.WalRecord(pace=event)
         campaign.apply_pace(event)
         core = self.core
+        core.metrics.paced(request.campaign_id, event.amount_micros > 0)
         if core.logging:
             if event.amount_micros or new_day:
                 core.storage.append(record.SerializeToString())

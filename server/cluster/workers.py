@@ -21,11 +21,12 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from banditd.replication.v1 import replication_pb2_grpc as rpb_grpc
 from banditd.server.api.app import Parts, create_server
@@ -111,6 +112,7 @@ class WorkerRuntime:
         """The worker's DecisionService handlers (for :func:`api.app.create_server`)."""
         core = service.core
         behaviors = service.behaviors()
+        service.metrics.add_families(self._replication_metrics)
         if self.leader is not None:
             self.leader.gate = core
             handlers = {m.name: _leader_handler(m, behaviors[m.name], core, self.leader,
@@ -124,6 +126,25 @@ class WorkerRuntime:
         return {m.name: (_with_metadata(behaviors[m.name], m, self.metadata, core)
                          if m.name in LOCAL_RPCS else self.forwarder.handler(m.name))
                 for m in unary_methods()}
+
+    def _replication_metrics(self) -> Iterator[Metric]:
+        """The leader: ``banditd_replication_lag_records{follower}`` (records it published
+        that the follower has not reported applied); a follower:
+        ``banditd_replication_lag_seconds`` (from the leader sending its newest message to
+        this worker applying it)."""
+        if self.leader is not None:
+            lag = GaugeMetricFamily("banditd_replication_lag_records", "Log records published "
+                                    "to a follower that it has not reported applied yet.",
+                                    labels=["follower"])
+            for index, behind in self.leader.lag_records().items():
+                lag.add_metric([str(index)], float(behind))
+            yield lag
+        if self.forwarder is not None:
+            seconds = GaugeMetricFamily("banditd_replication_lag_seconds", "Time from the "
+                                        "leader sending its newest stream message to this "
+                                        "follower applying it, seconds.")
+            seconds.add_metric([], self.forwarder.durability.lag_seconds)
+            yield seconds
 
     async def start(self) -> None:
         if self.private is not None:
@@ -208,7 +229,7 @@ class _Forwarder:
                  index: int) -> None:
         self.core: Core | None = None  # the server's (set when it is built)
         self._forwarded_by = ((FORWARDED_BY_KEY, str(index)),)
-        self._durability = durability
+        self.durability = durability
         self._leader_address = leader_address
         self._metadata = metadata
         self._channel: grpc.aio.Channel | None = None
@@ -245,7 +266,7 @@ class _Forwarder:
             await context.abort(grpc.StatusCode.UNAVAILABLE,
                                 "server is starting (loading the leader's state); retry")
         try:
-            publisher = self._durability.publisher
+            publisher = self.durability.publisher
             if name in DECISION_IDS and publisher is not None and publisher.pending:
                 publisher.send_now()  # the leader would wait for these decisions
             call = (await self._call(name))(
@@ -260,7 +281,7 @@ class _Forwarder:
                 refused = None
                 trailing = await call.trailing_metadata()
                 seq = leader_seq(trailing)
-                if seq and not await self._durability.wait_applied_seq(seq):
+                if seq and not await self.durability.wait_applied_seq(seq):
                     log.warning("%s: answered before applying the leader's log up to %d",
                                 name, seq)
                 context.set_trailing_metadata((*self._metadata, *_forwardable(trailing)))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 from typing import Protocol
 
@@ -30,6 +31,7 @@ from banditd.server.settings import Settings
 from banditd.server.storage.recovery import Machine, RestoreReport, recover
 from banditd.server.storage.snapshotter import Snapshotter
 from banditd.server.storage.wal import WriteAheadLog
+from banditd.server.timings import Timings
 
 log = logging.getLogger("banditd")
 
@@ -67,6 +69,9 @@ class Durability:
         self.last_lsn = 0  # lsn of the last record applied (restored or appended)
         self.snapshots = Snapshotter(self.directory, machine, settings.snapshot_write_mb_per_s)
         self.snapshot_lsn = -1  # lsn of the newest snapshot written by this process
+        self.snapshot_seconds = Timings()  # from the fork to the file in place
+        self.last_snapshot_time = 0.0  # when the newest snapshot was in place (epoch s)
+        self.snapshot_failures = 0
         self._snapshot_lock = asyncio.Lock()
         self._periodic_task: asyncio.Task | None = None
         self._lazy_timer: TimerHandle | None = None
@@ -164,14 +169,21 @@ class Durability:
         write rate; the final snapshot of a shutdown is not): forked at the log rotation
         instant (see :mod:`storage.snapshotter`)."""
         async with self._snapshot_lock:
+            started = time.perf_counter()
             if self.wal is not None:
                 lsn, pid = await self.wal.rotate(
                     lambda last: (last, self.snapshots.fork_writer(last, paced)))
             else:
                 self.last_lsn += 1  # snapshot-only mode: lsn just numbers the snapshots
                 lsn, pid = self.last_lsn, self.snapshots.fork_writer(self.last_lsn, paced)
-            path = await self.snapshots.finish(pid, lsn)
+            try:
+                path = await self.snapshots.finish(pid, lsn)
+            except Exception:
+                self.snapshot_failures += 1
+                raise
             self.snapshot_lsn = lsn
+            self.snapshot_seconds.observe(time.perf_counter() - started)
+            self.last_snapshot_time = time.time()
             log.info("snapshot %s: %.1f MB (fork %.1f ms)", path.name,
                      path.stat().st_size / 1e6, self.snapshots.last_fork_seconds * 1000)
             return path

@@ -15,11 +15,14 @@ import asyncio
 import logging
 import os
 import struct
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
+
+from banditd.server.timings import Timings
 
 log = logging.getLogger("banditd")
 T = TypeVar("T")
@@ -113,6 +116,8 @@ class WriteAheadLog:
         self._closed = False
         self.bytes_written = 0
         self.flushes = 0
+        self.write_seconds = Timings()  # per write(2) of a group of records
+        self.fsync_seconds = Timings()  # per fsync (fsync mode, rotation, close)
         # Called (on the loop thread) before every write: lets the owner append records it
         # has been collecting lazily (decision records), so they are written in order.
         self.collect: Callable[[], None] | None = None
@@ -169,18 +174,25 @@ class WriteAheadLog:
             self._buffer.clear()
             self._write_all(data)
         if sync:
-            os.fsync(self._fd)
+            self._fsync(self._fd)
         waiters, self._waiters = self._waiters, []
         for fut in waiters:
             if not fut.done():
                 fut.set_result(None)
 
-    def _write_all(self, data: bytes) -> None:
+    def _write_all(self, data: bytes, fd: int | None = None) -> None:
+        started = time.perf_counter()
         view = memoryview(data)
         while view:
-            n = os.write(self._fd, view)
+            n = os.write(self._fd if fd is None else fd, view)
             view = view[n:]
+        self.write_seconds.observe(time.perf_counter() - started)
         self.bytes_written += len(data)
+
+    def _fsync(self, fd: int) -> None:
+        started = time.perf_counter()
+        os.fsync(fd)
+        self.fsync_seconds.observe(time.perf_counter() - started)
 
     async def _flusher(self) -> None:
         while not self._closed:
@@ -214,12 +226,9 @@ class WriteAheadLog:
                 fut.set_result(None)
 
     def _write_and_sync(self, fd: int, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-        os.fsync(fd)
-        self.bytes_written += len(data)
+        if data:
+            self._write_all(data, fd)
+        self._fsync(fd)
 
     async def close(self) -> None:
         self._closed = True
