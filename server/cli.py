@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "warmup":
         from banditd.server.api.warmup import warm_up
 
-        print(f"kernels compiled and cached in {warm_up():.2f} s")
+        print(f"kernels compiled and cached in {warm_up():.2f} s")  # every policy
         return 0
     log.info("banditd %s starting", version(), extra={"fields": {"settings": effective(settings)}})
     try:

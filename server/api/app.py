@@ -65,6 +65,10 @@ class Parts:
     routes: Routes | None = None  # None: every RPC served here (:func:`local_routes`)
     companion: Companion | None = None
     reuse_port: bool = False  # several processes share the port (SO_REUSEPORT)
+    # Compile every policy's kernels at start, not only those of the restored state (a
+    # worker of several: experiments also arrive from the leader's stream, where a follower
+    # could not wait for a compilation before its next SelectArm).
+    all_kernels: bool = False
 
 
 def standalone_parts(settings: Settings) -> Parts:
@@ -109,6 +113,7 @@ class BanditServer:
         self.state = parts.state
         self.storage = parts.storage
         self.companion = parts.companion
+        self.all_kernels = parts.all_kernels
         self.port = port
         self.metrics_port: int | None = None
         self.health = health.aio.HealthServicer()
@@ -128,13 +133,6 @@ class BanditServer:
             await self.health.set(name, status)
 
     async def _warm_up(self) -> None:
-        from banditd.server.api.warmup import warm_up
-
-        # Compile (or load from numba's on-disk cache) and run every kernel before
-        # reporting SERVING, so no request pays JIT time. Runs in a thread so the
-        # health service keeps answering NOT_SERVING meanwhile.
-        seconds = await asyncio.to_thread(warm_up)
-        log.info("kernels ready in %.2f s", seconds)
         # Restore before serving: nothing else touches the state until `ready`.
         report = await self.storage.load()
         for problem in report.problems:
@@ -146,6 +144,15 @@ class BanditServer:
             len(self.state.store),
         )
         self.restore_report = report
+        # Compile (or load from numba's on-disk cache) and run the shared kernels and those
+        # of the policies in use before reporting SERVING, so no request pays JIT time (other
+        # policies: on first use, see api.warmup). In a thread, so the health service keeps
+        # answering NOT_SERVING meanwhile.
+        policies = None if self.all_kernels else {
+            e.spec.kernel.NAME for e in self.state.experiments.experiments()}
+        seconds = await asyncio.to_thread(self.core.kernels.start, policies)
+        log.info("kernels ready in %.2f s (policies: %s)", seconds,
+                 ", ".join(sorted(self.core.kernels.ready)) or "none yet")
         await self.storage.start()
         # Collect what start-up left (compilation, restore) now, while not serving: left
         # for later, the first full collection came a few seconds into the traffic and

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 
 from banditd.server.api.auth import Authenticator, current_caller
 from banditd.server.api.metrics import Metrics
+from banditd.server.api.warmup import Kernels
 from banditd.server.errors import InvalidArgument, ResourceExhausted
 from banditd.server.settings import Settings
 from banditd.server.state.audit import log_entry
@@ -41,6 +42,7 @@ class Core:
         self.metrics = metrics
         self.ready = False  # set once kernels are warm and the state is restored
         self.auth = Authenticator(settings.auth_tokens_file)
+        self.kernels = Kernels()  # compiled policies (the rest are compiled on first use)
 
     @property
     def logging(self) -> bool:

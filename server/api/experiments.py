@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from banditd.decision.v1 import decision_pb2 as pb
 from banditd.server.api.core import Core
+from banditd.server.api.warmup import kernel_of
 from banditd.server.errors import InvalidArgument
 from banditd.storage.v1 import storage_pb2 as st
 
@@ -21,6 +22,9 @@ class ExperimentHandlers:
                                ) -> pb.Experiment:
         if not request.HasField("experiment"):
             raise InvalidArgument("experiment is required", field="experiment")
+        # A policy no experiment has used yet is compiled first, off the event loop; the
+        # checks below then run with the state as it is after that wait.
+        await self.core.kernels.ensure(kernel_of(request.experiment))
         config = self.experiments.check_create(request.experiment)
         experiment = await self.core.write_audited(
             st.WalRecord(create_experiment=config), context, "CreateExperiment",

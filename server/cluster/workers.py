@@ -183,7 +183,7 @@ def worker_parts(role: WorkerRole, settings: Settings) -> tuple[Parts, WorkerRun
                                 forwarder=_Forwarder(storage, role.leader_address, metadata,
                                                      role.index))
     return Parts(state, storage, pending, routes=runtime.routes, companion=runtime,
-                 reuse_port=True), runtime
+                 reuse_port=True, all_kernels=True), runtime
 
 
 def _with_metadata(behavior, method, metadata, core: Core) -> Handler:
