@@ -6,13 +6,24 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 
-.PHONY: run test proto proto-check lint bench load docker-lint clean
+.PHONY: run test proto proto-check lint bench load docker-lint clean constraints
 
-$(STAMP): pyproject.toml
+# Every version is pinned by $(CONSTRAINTS), the same file the Dockerfile installs with.
+CONSTRAINTS := constraints.txt
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[dev]'
 	touch $(STAMP)
+
+## Re-pin $(CONSTRAINTS) to the newest versions pyproject.toml allows (in a scratch venv).
+constraints:
+	rm -rf .venv-pin && $(PYTHON) -m venv .venv-pin
+	.venv-pin/bin/python -m pip install --quiet '.[dev]'
+	{ sed -n '1,3p' $(CONSTRAINTS); .venv-pin/bin/python -m pip freeze --exclude-editable \
+		| grep -v '^banditd'; } > $(CONSTRAINTS).new && mv $(CONSTRAINTS).new $(CONSTRAINTS)
+	rm -rf .venv-pin
 
 ## Start the server on its embedded default (127.0.0.1:50051, ./data).
 run: $(STAMP)

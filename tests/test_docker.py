@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from test_serving import _free_port, _wait_serving
 
 from conftest import ROOT
@@ -44,6 +46,7 @@ def _image_env(tmp_path: Path) -> dict[str, str]:
     env.update(
         BANDITD_HOST="127.0.0.1",  # tests never listen beyond loopback
         BANDITD_PORT=str(_free_port()),
+        BANDITD_METRICS_PORT=str(_free_port()),
         BANDITD_DATA_DIR=str(tmp_path / "data"),
         NUMBA_CACHE_DIR=str(tmp_path / "numba-cache"),
         PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
@@ -64,6 +67,9 @@ def test_image_commands_work_when_run_directly(tmp_path):
     warm = subprocess.run(shlex.split(runs[0]), env=env, capture_output=True, text=True, timeout=900)
     assert warm.returncode == 0, warm.stderr
     assert any(Path(env["NUMBA_CACHE_DIR"]).rglob("*.nbi")), "warm-up wrote no Numba cache"
+    # the image's cache holds code for a generic CPU only: it serves on any host CPU model
+    assert env["NUMBA_CPU_NAME"] == "generic"
+    assert _cache_targets(Path(env["NUMBA_CACHE_DIR"])) == {("generic", "")}
 
     entrypoint = json.loads(next(rest for word, rest in steps if word == "ENTRYPOINT"))
     cmd = json.loads(next(rest for word, rest in steps if word == "CMD"))
@@ -85,3 +91,57 @@ def test_image_commands_work_when_run_directly(tmp_path):
             proc.wait()
     after = subprocess.run(health_cmd, env=env, capture_output=True, text=True, timeout=30)
     assert after.returncode == 1  # the health command really detects a dead server
+
+
+def _cache_targets(cache: Path) -> set[tuple[str, str]]:
+    """(CPU name, CPU features) of every entry of a Numba cache's index files (the key a
+    process must match to load the entry: numba.core.caching's index key holds the code
+    generator's magic tuple, (target triple, CPU name, features))."""
+    import pickle
+
+    targets = set()
+    for index in cache.rglob("*.nbi"):
+        with open(index, "rb") as f:
+            pickle.load(f)  # numba's version
+            _stamp, overloads = pickle.loads(f.read())
+        for key in overloads:
+            _triple, cpu, features = key[1]
+            targets.add((cpu, features))
+    return targets
+
+
+def test_plaintext_on_every_address_is_refused_unless_allowed(tmp_path):
+    env = _image_env(tmp_path)
+    env["BANDITD_HOST"] = "0.0.0.0"  # the image's own host; refused before anything listens
+    proc = subprocess.run(["banditd", "serve"], env=env, capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "BANDITD_ALLOW_INSECURE=true" in proc.stderr
+
+
+def test_dockerfile_and_makefile_install_the_same_pinned_versions():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    makefile = (ROOT / "Makefile").read_text()
+    constraints = re.search(r"^CONSTRAINTS\s*:=\s*(\S+)", makefile, re.M).group(1)
+    assert "-c $(CONSTRAINTS) -e '.[dev]'" in makefile
+    installs = [rest for word, rest in _instructions() if word == "RUN" and "pip install" in rest]
+    assert len(installs) == 1 and f"-c {constraints} ." in installs[0]
+    assert any(word == "COPY" and constraints in rest.split() for word, rest in _instructions())
+    pinned = {}
+    for line in (ROOT / constraints).read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, sep, version = line.partition("==")
+            assert sep and version, f"{line!r} is not pinned exactly"
+            pinned[re.sub(r"[-_.]+", "-", name).lower()] = version
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [*project["dependencies"], *project["optional-dependencies"]["dev"]]
+    for requirement in wanted:
+        name = re.split(r"[<>=!~\[ ]", requirement, maxsplit=1)[0]
+        assert re.sub(r"[-_.]+", "-", name).lower() in pinned, f"{name} is not in {constraints}"
+
+
+def test_the_image_exposes_the_grpc_and_metrics_ports():
+    env = dict(pair.split("=", 1) for word, rest in _instructions() if word == "ENV"
+               for pair in shlex.split(rest))
+    exposed = next(rest for word, rest in _instructions() if word == "EXPOSE").split()
+    assert exposed == [env["BANDITD_PORT"], env["BANDITD_METRICS_PORT"]]
