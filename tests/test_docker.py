@@ -59,6 +59,7 @@ def test_hadolint_clean():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@pytest.mark.timeout(900)  # the build-time warm-up compiles every kernel into an empty cache
 def test_image_commands_work_when_run_directly(tmp_path):
     steps = _instructions()
     env = _image_env(tmp_path)
