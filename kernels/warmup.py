@@ -1,8 +1,9 @@
 """Compile (or load from Numba's on-disk cache) and exercise every public kernel.
 
 The server calls :func:`warm_up` with the policies its state uses before reporting SERVING,
-and :func:`warm_up_policy` for another policy before its first experiment is created, so that
-no request pays JIT time.
+:func:`warm_up_policy` for another policy before its first experiment is created and
+:func:`warm_up_allocation` before the first request that needs it, so that no decision pays
+JIT time.
 Arguments use exactly the server's dtypes: float64 state/params/context, int64 eligible /
 selections / out, uint64[4] rng, Python float floor/discount/reward and Python int
 t/burn-in/draws/arm; the batch kernels take 2-D C-contiguous contexts ``(rows, d)`` and
@@ -23,19 +24,21 @@ from .allocation import prob_best_beta, prob_best_value
 from .rng import seed_state
 
 
-def warm_up(policies: Iterable[str] | None = None) -> float:
+def warm_up(policies: Iterable[str] | None = None, allocation: bool = True) -> float:
     """Run select (also bound, as the server calls it) + update of the policies named (kernel
-    names of :data:`POLICIES`; default: all) and the shared kernels on small inputs; return
-    the seconds taken."""
+    names of :data:`POLICIES`; default: all) and, with ``allocation``, the Monte-Carlo
+    allocation kernels on small inputs; return the seconds taken."""
     start = time.perf_counter()
+    seed_state(0)
     for name in POLICIES if policies is None else policies:
         warm_up_policy(POLICIES[name])
-    warm_up_shared()
+    if allocation:
+        warm_up_allocation()
     return time.perf_counter() - start
 
 
-def warm_up_shared() -> None:
-    """The kernels every server calls whatever its policies (allocation, random streams)."""
+def warm_up_allocation() -> None:
+    """The probability-best kernels (GetArmStats, GetAllocation, THOMPSON AllocateBudget)."""
     rng = seed_state(0)
     ones = np.ones(3)
     prob_best_beta(ones, ones, 2, rng)

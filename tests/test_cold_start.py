@@ -1,6 +1,7 @@
-"""Start-up compiles only the shared kernels and those of the policies the restored state uses;
-CreateExperiment compiles a new policy's kernels (off the event loop) before answering; SelectArm
-and the other hot-path RPCs never compile or load a kernel.
+"""Start-up compiles only the serving helpers and the kernels of the policies the restored state
+uses; CreateExperiment compiles a new policy's kernels (off the event loop) before answering, the
+first allocation request the allocation kernels; SelectArm and the other hot-path RPCs never
+compile or load a kernel.
 
 Run in a fresh process (nothing compiled in memory yet): every Numba dispatcher of banditd is
 watched, and a dispatcher that gains a specialisation (compiled, or loaded from the on-disk
@@ -95,6 +96,12 @@ async def main(data):
                 experiment_id=name, arm_id="b", context=context, reward=1.0))
             after = loaded()
             out["hot_path_loads"][name] = sorted(n for n in after if after[n] > created[n])
+        before = loaded()
+        split = await stub.GetAllocation(pb.GetAllocationRequest(experiment_id="thompson",
+                                                                 num_draws=100))
+        out["allocation_total"] = sum(a.percentage for a in split.allocations)
+        after = loaded()
+        out["allocation_loaded"] = sorted(n for n in after if after[n] > before[n])
     await app.stop(None)
     print(json.dumps(out))
 
@@ -107,11 +114,14 @@ def test_only_used_policies_compile_at_start_and_selects_never_compile(tmp_path)
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    # an empty state: no policy compiled at start, the shared kernels are
+    # an empty state: no policy and no allocation kernel at start, the serving helpers are
     assert out["ready_at_start"] == []
     assert out["policy_modules_loaded_at_start"] == []
-    assert any(".allocation." in n for n in out["shared_loaded_at_start"])
+    assert not any(".allocation." in n for n in out["shared_loaded_at_start"])
     assert any(".wire." in n for n in out["shared_loaded_at_start"])
+    # the first GetAllocation compiled them
+    assert "banditd.kernels.allocation._prob_best" in out["allocation_loaded"]
+    assert abs(out["allocation_total"] - 100.0) < 0.01
     # each CreateExperiment of a new policy compiled (or loaded) its kernels first
     for policy, names in out["create_loaded"].items():
         assert any(n.startswith(f"banditd.kernels.{policy}.") for n in names), (policy, names)
