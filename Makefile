@@ -54,6 +54,11 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.grpc_throughput --only select_thompson_k10 --duration 30 --rounds 20 \
 		--echo-sched-batch --no-plots \
 		--out benchmarks/results/grpc_throughput_select_long_echo_sched_batch.json
+	$(BIN)/python -m benchmarks.grpc_throughput --only select_thompson_k10 --rounds 4 --duration 6 \
+		--no-plots --out benchmarks/results/grpc_throughput_select_plain.json
+	$(BIN)/python -m benchmarks.grpc_throughput --only select_thompson_k10 --rounds 4 --duration 6 \
+		--tls --no-plots --out benchmarks/results/grpc_throughput_select_tls.json
+	$(BIN)/python -m benchmarks.cold_start --out benchmarks/results/cold_start.json
 	$(BIN)/python -m benchmarks.instructions --out benchmarks/results/instructions.json; \
 		rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 2 ]  # 2: no valgrind on this machine, skipped
 	$(BIN)/python -m benchmarks.first_request --out benchmarks/results/first_request.json
