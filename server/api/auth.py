@@ -45,6 +45,9 @@ RPC_ROLES: dict[str, str] = {
 
 METADATA_KEY = "authorization"
 _PREFIX = 8  # digest bytes that pick the candidates (the full digest then decides)
+_BEARER = ("Bearer ", "bearer ")
+_sha256 = hashlib.sha256
+_compare_digest = hmac.compare_digest
 _HEX_DIGEST = re.compile(r"[0-9a-fA-F]{64}")
 
 
@@ -180,23 +183,19 @@ class Authenticator:
 
     def identify(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> Caller | None:
         """The caller named by the ``authorization: Bearer <token>`` of ``metadata``, or
-        None (no such metadata, or an unknown token)."""
+        None (no such metadata, or an unknown token). Runs on every call: kept lean."""
         value = None
-        for key, v in metadata or ():
+        for key, item in metadata or ():
             if key == METADATA_KEY:
-                value = v
+                value = item
                 break
-        if not isinstance(value, str):
+        if not isinstance(value, str) or value[:7] not in _BEARER:
             return None
-        scheme, _, token = value.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            return None
-        digest = hashlib.sha256(token.strip().encode()).digest()
-        found = None
+        digest = _sha256(value[7:].strip().encode()).digest()
         for candidate, caller in self._table.get(digest[:_PREFIX], ()):
-            if hmac.compare_digest(candidate, digest):
-                found = caller
-        return found
+            if _compare_digest(candidate, digest):
+                return caller
+        return None
 
     def checker(self, rpc: str) -> Callable[[object], None] | None:
         """For the handler of ``rpc``: a function of the call's context that raises
