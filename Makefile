@@ -58,6 +58,7 @@ bench: $(STAMP)
 		--no-plots --out benchmarks/results/grpc_throughput_select_plain.json
 	$(BIN)/python -m benchmarks.grpc_throughput --only select_thompson_k10 --rounds 4 --duration 6 \
 		--tls --no-plots --out benchmarks/results/grpc_throughput_select_tls.json
+	$(BIN)/python -m benchmarks.auth_check --out benchmarks/results/auth_check.json
 	$(BIN)/python -m benchmarks.cold_start --out benchmarks/results/cold_start.json
 	$(BIN)/python -m benchmarks.instructions --out benchmarks/results/instructions.json; \
 		rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 2 ]  # 2: no valgrind on this machine, skipped
