@@ -33,6 +33,9 @@ class InProcessServer:
         self._started = threading.Event()
         self._stop: asyncio.Event | None = None
         self._error: BaseException | None = None
+        # Set by a harness that kills the server's loop (a simulated crash): the abandoned
+        # coroutine must then not run the graceful stop when it is garbage-collected.
+        self._crashed = False
         self._thread = threading.Thread(target=self._run, name="banditd-bench", daemon=True)
 
     def _run(self) -> None:
@@ -51,7 +54,8 @@ class InProcessServer:
             self._started.set()
             await self._stop.wait()
         finally:
-            await self.app.stop(None)
+            if not self._crashed:
+                await self.app.stop(None)
 
     @classmethod
     def on_loopback(cls, data_dir: Path, **settings: Any) -> InProcessServer:

@@ -32,6 +32,12 @@ class Context:
     async def abort(self, code, details="", trailing_metadata=()):
         raise AssertionError(f"{code.name}: {details}")
 
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:1"
+
+    def invocation_metadata(self) -> tuple:
+        return ()
+
 
 CTX = Context()
 

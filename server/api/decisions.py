@@ -99,7 +99,10 @@ def _copies_of(request) -> bool:
 
 
 def _in_batch(index: int, exc: DomainError) -> DomainError:
-    """The same error, its message prefixed with the batch index it came from."""
+    """The same error, its message (and field) prefixed with the batch index it came from."""
+    if isinstance(exc, InvalidArgument):
+        field = f"requests[{index}].{exc.field}" if exc.field else f"requests[{index}]"
+        return InvalidArgument(f"requests[{index}]: {exc}", field=field)
     return type(exc)(f"requests[{index}]: {exc}")
 
 
@@ -305,7 +308,7 @@ class DecisionHandlers:
             if arm_id not in slate:
                 raise InvalidArgument(
                     f"arm_id {shown(arm_id)} is not part of decision '{decision_id}' "
-                    f"(it returned {', '.join(slate)})"
+                    f"(it returned {', '.join(slate)})", field="arm_id"
                 )
             arm = experiment.arm_index.get(arm_id)
             if arm is None:  # the arm was removed since the decision
@@ -322,7 +325,8 @@ class DecisionHandlers:
                     f"'{experiment.experiment_id}' (unknown or expired); send arm_id (and "
                     "context) to record the reward without it"
                 )
-            raise InvalidArgument("set decision_id, or arm_id (and context) for an explicit arm")
+            raise InvalidArgument("set decision_id, or arm_id (and context) for an explicit arm",
+                                  field="decision_id")
         arm = experiment.arm_index.get(request.arm_id)
         if arm is None:
             raise NotFound(

@@ -24,17 +24,19 @@ class PacingHandlers:
 
     async def CreateCampaign(self, request: pb.CreateCampaignRequest, context) -> pb.Campaign:
         if not request.HasField("campaign"):
-            raise InvalidArgument("campaign is required")
+            raise InvalidArgument("campaign is required", field="campaign")
         config = self.campaigns.check_create(request.campaign)
-        await self.core.write(st.WalRecord(campaign=config), replicated=True)
+        await self.core.write_audited(st.WalRecord(campaign=config), context, "CreateCampaign",
+                                      [config.campaign_id])
         return config
 
     async def UpdateCampaign(self, request: pb.UpdateCampaignRequest, context) -> pb.Campaign:
         if not request.HasField("campaign"):
-            raise InvalidArgument("campaign is required")
+            raise InvalidArgument("campaign is required", field="campaign")
         paths = list(request.update_mask.paths) if request.HasField("update_mask") else None
         config = self.campaigns.check_update(request.campaign, paths)
-        await self.core.write(st.WalRecord(campaign=config), replicated=True)
+        await self.core.write_audited(st.WalRecord(campaign=config), context, "UpdateCampaign",
+                                      [config.campaign_id])
         return config
 
     def _begin_day(self, campaign: Campaign, t: float) -> bool:
@@ -67,6 +69,7 @@ class PacingHandlers:
         record = st.WalRecord(pace=event)
         campaign.apply_pace(event)
         core = self.core
+        core.metrics.paced(request.campaign_id, event.amount_micros > 0)
         if core.logging:
             if event.amount_micros or new_day:
                 core.storage.append(record.SerializeToString())

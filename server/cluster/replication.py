@@ -196,6 +196,10 @@ class ReplicationLeader(rpb_grpc.ReplicationServiceServicer):
         self._by_prefix: dict[str, _Follower] = {}
         self._ack_waiters = _Waiters()  # configuration changes awaiting followers, by seq
 
+    def lag_records(self) -> dict[int, int]:
+        """Per follower: the records published that it has not reported applied."""
+        return {f.index: self.seq - f.acked for f in list(self._followers.values())}
+
     # -- the durability hook (storage.durability.ReplicationLog) --------------------------------
     def publish(self, payload: bytes, origin: int) -> None:
         """Number one appended record and queue it for every follower but ``origin``."""

@@ -5,7 +5,8 @@ worker``, :mod:`cluster.workers`) that all bind it with SO_REUSEPORT (the kernel
 connections over them), passes the leader's private address to the followers, writes
 ``--port-file`` once every worker is SERVING, forwards SIGTERM / SIGINT (followers first,
 then the leader, so that the followers' last decisions reach the leader before its final
-snapshot), and exits non-zero, stopping the rest, when a worker dies unexpectedly.
+snapshot) and SIGHUP (every worker re-reads its tokens and TLS files), and exits non-zero,
+stopping the rest, when a worker dies unexpectedly.
 
 Control lines: supervisor -> worker on the worker's stdin (``secret <hex>`` first: the private
 port's per-start credential; ``leader <host:port>``; end of
@@ -85,6 +86,13 @@ async def _supervise(settings: Settings, port_file: Path | None) -> int:
                 events.put_nowait((kind, index, argument))
         events.put_nowait(("exit", index, str(await proc.wait())))
 
+    def reload() -> None:  # SIGHUP: every worker re-reads its tokens and TLS files
+        for proc in procs:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGHUP)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     watchers = [loop.create_task(watch(i, p)) for i, p in enumerate(procs)]
     log.info("supervisor: %d workers on %s:%d", settings.workers, settings.host, settings.port)
     serving: set[int] = set()

@@ -21,15 +21,16 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from banditd.replication.v1 import replication_pb2_grpc as rpb_grpc
 from banditd.server.api.app import Parts, create_server
-from banditd.server.api.core import Core
+from banditd.server.api.core import FORWARDED_PEER_KEY, Core
 from banditd.server.api.handlers import (
     SERVICE_NAME,
     Handler,
@@ -49,6 +50,7 @@ from banditd.server.cluster.replication import (
     metadata_value,
     private_channel,
 )
+from banditd.server.errors import STATUS_DETAILS_KEY
 from banditd.server.settings import Settings
 from banditd.server.state.decision_store import DecisionStore
 from banditd.server.state.decisions import PendingDecisions
@@ -77,7 +79,7 @@ WORKER_KEY = "banditd-worker"
 FORWARDED_BY_KEY = "banditd-forwarded-by"  # a follower's index, on the calls it forwards
 SEQ_KEY = "banditd-seq"
 _NOT_FORWARDED = frozenset({"user-agent", "content-type", "te", "host", WORKER_KEY, TOKEN_KEY,
-                            FORWARDED_BY_KEY})
+                            FORWARDED_BY_KEY, FORWARDED_PEER_KEY})
 
 
 @dataclass
@@ -115,6 +117,7 @@ class WorkerRuntime:
         """The worker's DecisionService handlers (for :func:`api.app.create_server`)."""
         core = service.core
         behaviors = service.behaviors()
+        service.metrics.add_families(self._replication_metrics)
         if self.leader is not None:
             self.leader.gate = core
             assert self.private is not None
@@ -131,6 +134,25 @@ class WorkerRuntime:
         return {m.name: (_with_metadata(behaviors[m.name], m, self.metadata, core)
                          if m.name in LOCAL_RPCS else self.forwarder.handler(m.name))
                 for m in unary_methods()}
+
+    def _replication_metrics(self) -> Iterator[Metric]:
+        """The leader: ``banditd_replication_lag_records{follower}`` (records it published
+        that the follower has not reported applied); a follower:
+        ``banditd_replication_lag_seconds`` (from the leader sending its newest message to
+        this worker applying it)."""
+        if self.leader is not None:
+            lag = GaugeMetricFamily("banditd_replication_lag_records", "Log records published "
+                                    "to a follower that it has not reported applied yet.",
+                                    labels=["follower"])
+            for index, behind in self.leader.lag_records().items():
+                lag.add_metric([str(index)], float(behind))
+            yield lag
+        if self.forwarder is not None:
+            seconds = GaugeMetricFamily("banditd_replication_lag_seconds", "Time from the "
+                                        "leader sending its newest stream message to this "
+                                        "follower applying it, seconds.")
+            seconds.add_metric([], self.forwarder.durability.lag_seconds)
+            yield seconds
 
     async def start(self) -> None:
         if self.private is not None:
@@ -169,7 +191,7 @@ def worker_parts(role: WorkerRole, settings: Settings) -> tuple[Parts, WorkerRun
                                 forwarder=_Forwarder(storage, role.leader_address, metadata,
                                                      role.index, role.secret))
     return Parts(state, storage, pending, routes=runtime.routes, companion=runtime,
-                 reuse_port=True), runtime
+                 reuse_port=True, all_kernels=True), runtime
 
 
 def _with_metadata(behavior, method, metadata, core: Core) -> Handler:
@@ -216,7 +238,7 @@ class _Forwarder:
         self._token = token
         self.core: Core | None = None  # the server's (set when it is built)
         self._forwarded_by = ((FORWARDED_BY_KEY, str(index)),)
-        self._durability = durability
+        self.durability = durability
         self._leader_address = leader_address
         self._metadata = metadata
         self._channel: grpc.aio.Channel | None = None
@@ -252,12 +274,13 @@ class _Forwarder:
             await context.abort(grpc.StatusCode.UNAVAILABLE,
                                 "server is starting (loading the leader's state); retry")
         try:
-            publisher = self._durability.publisher
+            publisher = self.durability.publisher
             if name in DECISION_IDS and publisher is not None and publisher.pending:
                 publisher.send_now()  # the leader would wait for these decisions
             call = (await self._call(name))(
                 request, timeout=context.time_remaining(),
-                metadata=(*_forwardable(context.invocation_metadata()), *self._forwarded_by))
+                metadata=(*_forwardable(context.invocation_metadata()), *self._forwarded_by,
+                          (FORWARDED_PEER_KEY, context.peer() or "")))
             try:
                 response = await call
             except grpc.aio.AioRpcError as exc:
@@ -266,7 +289,7 @@ class _Forwarder:
                 refused = None
                 trailing = await call.trailing_metadata()
                 seq = leader_seq(trailing)
-                if seq and not await self._durability.wait_applied_seq(seq):
+                if seq and not await self.durability.wait_applied_seq(seq):
                     log.warning("%s: answered before applying the leader's log up to %d",
                                 name, seq)
                 context.set_trailing_metadata((*self._metadata, *_forwardable(trailing)))
@@ -298,9 +321,10 @@ def _forwarded_by(metadata) -> int | None:
 
 def _forwardable(metadata) -> tuple[tuple[str, Any], ...]:
     """Metadata worth passing on between client, follower and leader (not the transport's
-    own keys, nor the worker keys, which each worker sets itself)."""
+    own keys but a rich error status, nor the worker keys, which each worker sets itself)."""
     return tuple((k, v) for k, v in (metadata or ())
-                 if not k.startswith((":", "grpc-")) and k not in _NOT_FORWARDED)
+                 if (k == STATUS_DETAILS_KEY or not k.startswith((":", "grpc-")))
+                 and k not in _NOT_FORWARDED)
 
 
 # -- one worker process ------------------------------------------------------------------------
@@ -356,6 +380,7 @@ async def _worker(settings: Settings, index: int) -> int:
     role = WorkerRole(index, settings.workers, token, leader, lost)
     parts, runtime = worker_parts(role, settings)
     app, port = await create_server(settings, parts)
+    loop.add_signal_handler(signal.SIGHUP, app.reload)
     if index == 0:
         log.info("internal port 127.0.0.1:%d (this server's workers only)",
                  runtime.private_port)
