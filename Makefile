@@ -50,8 +50,8 @@ lint: $(STAMP)
 	cd proto && ../$(BIN)/buf lint
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/ruff check server kernels clients benchmarks tests proto/generate.py
-	$(BIN)/python tests/typecheck.py
-	$(BIN)/python tests/typecheck.py tests/helpers.py tests/conftest.py tests/typecheck.py
+	$(BIN)/python tests/typecheck.py build/mypy-path/banditd tests/helpers.py tests/conftest.py \
+		tests/typecheck.py
 
 ## Benchmarks (bounded, loopback only); results go to benchmarks/results/*.json (+ PNG plots).
 bench: $(STAMP)

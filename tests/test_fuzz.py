@@ -45,7 +45,7 @@ def _state(stub):
 
 
 @pytest.mark.slow
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(selects | rewards | ingests, min_size=1, max_size=5))
 def test_random_requests_never_break_the_server(stub, requests):
     for eid, kw in (("fz-bin", {}),
