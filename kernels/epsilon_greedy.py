@@ -27,6 +27,8 @@ from .config import JIT, JIT_GIL
 from .rng import _uniform
 from .ucb1 import _count_summary, _update, _update_batch
 from .ucb1 import add_aggregate as add_aggregate  # same state layout (n, reward_sum)
+from .ucb1 import retract as retract
+from .ucb1 import revalue as revalue
 from .ucb1 import update_reference as _ucb1_update_reference
 
 NAME = "epsilon_greedy"

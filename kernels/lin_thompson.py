@@ -42,6 +42,12 @@ from .lin_ucb import (
     add_aggregate as add_aggregate,
 )
 from .lin_ucb import (
+    retract as retract,
+)
+from .lin_ucb import (
+    revalue as revalue,
+)
+from .lin_ucb import (
     summary as summary,
 )
 from .rng import _normal, _normals_into
@@ -53,7 +59,8 @@ ESTIMATED_PROPENSITY = True
 CACHE_ARRAYS: tuple[int, ...] = ()  # no derived caches in the state (contexts differ)
 
 __all__ = ["new_state", "select", "update", "select_reference", "update_reference",
-           "select_batch", "update_batch", "select_batch_reference", "update_batch_reference"]
+           "select_batch", "update_batch", "select_batch_reference", "update_batch_reference",
+           "revalue", "retract"]
 
 
 @njit(**JIT)

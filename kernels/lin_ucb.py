@@ -123,6 +123,19 @@ def _update_batch(a_inv, b, theta, arms, rewards, contexts):
         _update(a_inv, b, theta, arms[i], rewards[i], contexts[i])
 
 
+@njit(**JIT)
+def _revalue(a_inv, b, theta, arm, delta, x):
+    """b[arm] += delta * x, then θ̂ = A⁻¹b as :func:`_update` computes it."""
+    d = x.shape[0]
+    for i in range(d):
+        b[arm, i] += delta * x[i]
+    for i in range(d):
+        acc = 0.0
+        for j in range(d):
+            acc += a_inv[arm, i, j] * b[arm, j]
+        theta[arm, i] = acc
+
+
 @structref.register
 class _BoundType(types.StructRef):
     """:func:`bind_select`'s arrays and scalars as one kernel argument."""
@@ -232,6 +245,20 @@ def update_batch_reference(state, params, arms, rewards, contexts, discount) -> 
 def add_aggregate(state, arm: int, trials: float, successes: float, total: float) -> None:
     """Aggregates carry no context: contextual policies cannot learn from them."""
     raise NotImplementedError(f"{NAME} learns from (context, reward) pairs only")
+
+
+def revalue(state, params, arm: int, old: float, new: float, context) -> None:
+    """One observation (``context``, ``old``) that ``arm`` learned becomes (``context``,
+    ``new``) (a late reward replacing a default). A⁻¹ does not depend on rewards, so only
+    b changes (by (new - old)·x) and θ̂ = A⁻¹b is recomputed: the state of having learned
+    ``new`` instead (b the same sum, its terms added in another order)."""
+    _revalue(state[0], state[1], state[2], arm, new - old, context)
+
+
+def retract(state, params, arm: int, reward: float, context) -> None:
+    """Not supported: removing x xᵀ from A⁻¹ (a Sherman–Morrison downdate) does not give
+    back the earlier A⁻¹ exactly in floating point."""
+    raise NotImplementedError(f"{NAME} cannot remove an observation exactly")
 
 
 def summary(state, params, binary: bool) -> dict[str, np.ndarray]:

@@ -234,6 +234,24 @@ def add_aggregate(state, arm: int, trials: float, successes: float, total: float
     valid[arm] = 0.0
 
 
+def revalue(state, params, arm: int, old: float, new: float, context) -> None:
+    """One reward ``old`` that ``arm`` learned becomes ``new`` (a late reward replacing a
+    default): the counts are those of having learned ``new`` instead (0/1 rewards: exactly).
+    Undiscounted experiments only."""
+    s, f, _, valid = state
+    s[arm] += new - old
+    f[arm] += old - new
+    valid[arm] = 0.0
+
+
+def retract(state, params, arm: int, reward: float, context) -> None:
+    """Remove one learned reward of ``arm``: the inverse of :func:`update` without discount."""
+    s, f, _, valid = state
+    s[arm] -= reward
+    f[arm] -= 1.0 - reward
+    valid[arm] = 0.0
+
+
 def summary(state, params, binary: bool) -> dict[str, np.ndarray]:
     """Beta posterior of each arm's success rate and its mean (the arm's score)."""
     a = params[0] + state[0]

@@ -255,6 +255,33 @@ def add_aggregate(state, arm: int, trials: float, successes: float, total: float
     state[5][arm] = 0.0
 
 
+def revalue(state, params, arm: int, old: float, new: float, context) -> None:
+    """One reward ``old`` that ``arm`` learned becomes ``new`` (a late reward replacing a
+    default): the statistics are those of having learned ``new`` instead (the same sums, the
+    terms added in another order). Undiscounted experiments only."""
+    _, conv, rev, sq, _, valid = state
+    if old > 0.0:
+        conv[arm] -= 1.0
+        rev[arm] -= old
+        sq[arm] -= old * old
+    if new > 0.0:
+        conv[arm] += 1.0
+        rev[arm] += new
+        sq[arm] += new * new
+    valid[arm] = 0.0
+
+
+def retract(state, params, arm: int, reward: float, context) -> None:
+    """Remove one learned reward of ``arm``: the inverse of :func:`update` without discount."""
+    trials, conv, rev, sq, _, valid = state
+    trials[arm] -= 1.0
+    if reward > 0.0:
+        conv[arm] -= 1.0
+        rev[arm] -= reward
+        sq[arm] -= reward * reward
+    valid[arm] = 0.0
+
+
 def summary(state, params, binary: bool) -> dict[str, np.ndarray]:
     """Posteriors: CR ~ Beta(alpha, beta); revenue per conversion = rate / Gamma(shape); score =
     posterior mean CR x posterior mean revenue per conversion."""

@@ -191,6 +191,19 @@ def add_aggregate(state, arm: int, trials: float, successes: float, total: float
     state[1][arm] += total
 
 
+def revalue(state, params, arm: int, old: float, new: float, context) -> None:
+    """One reward ``old`` that ``arm`` learned becomes ``new`` (a late reward replacing a
+    default): the reward sum is that of having learned ``new`` instead (the same terms, added
+    in another order). Undiscounted experiments only."""
+    state[1][arm] += new - old
+
+
+def retract(state, params, arm: int, reward: float, context) -> None:
+    """Remove one learned reward of ``arm``: the inverse of :func:`update` without discount."""
+    state[0][arm] -= 1.0
+    state[1][arm] -= reward
+
+
 def summary(state, params, binary: bool) -> dict[str, np.ndarray]:
     """The policy's score per arm; with binary rewards also a Beta(1 + sum, 1 + n - sum)
     posterior (uniform prior) so that allocation and probability-best are defined."""

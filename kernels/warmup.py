@@ -53,6 +53,7 @@ def warm_up() -> float:
                                 np.ones((2, dim)), 1.0)
             for arm in range(num_arms):
                 module.update(state, params, arm, 1.0, context, 1.0)
+            module.revalue(state, params, 0, 0.0, 1.0, context)  # a late reward
             if not module.CONTEXTUAL:
                 module.update(state, params, 0, 0.0, context, 0.99)
             module.select(
