@@ -1,4 +1,6 @@
-"""``banditd`` command line: ``banditd serve [--port N ...]`` (also ``python -m server``)."""
+"""``banditd`` command line: ``banditd serve [--port N ...]`` (also ``python -m banditd``), and
+tools that talk to a running server (``check-health``, ``export``) or read its files
+(``snapshot inspect``)."""
 
 from __future__ import annotations
 
@@ -46,12 +48,35 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--index", type=int, required=True)
     worker.add_argument("--settings", required=True, help="the supervisor's settings, JSON")
     sub.add_parser("check-health", help="exit 0 if the local server reports SERVING")
+    export = sub.add_parser(
+        "export", help="write an experiment's logged decisions (JSON lines or Parquet), read "
+        "from a running server")
+    export.add_argument("experiment_id")
+    export.add_argument("--out", "-o", type=Path,
+                        help="output file (default: JSON lines to stdout)")
+    export.add_argument("--format", choices=("jsonl", "parquet"),
+                        help="default: parquet for a .parquet file, else jsonl")
+    export.add_argument("--start", type=_when,
+                        help="decisions made at or after this time (ISO 8601; UTC without zone)")
+    export.add_argument("--end", type=_when, help="decisions made before this time")
+    export.add_argument("--address",
+                        help="host:port of the server (default: BANDITD_HOST:BANDITD_PORT)")
+    export.add_argument("--timeout", type=float, default=600.0, help="seconds (default 600)")
     sub.add_parser("warmup", help="compile every kernel into the Numba on-disk cache")
     snap = sub.add_parser("snapshot", help="snapshot tools")
     snap_sub = snap.add_subparsers(dest="snapshot_command", required=True)
     inspect = snap_sub.add_parser("inspect", help="print what a snapshot file contains")
     inspect.add_argument("path", type=Path)
     return parser
+
+
+def _when(text: str):
+    import datetime as dt
+
+    try:
+        return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
 
 
 def load_settings(args: argparse.Namespace) -> Settings:
@@ -104,6 +129,32 @@ def _check_health(settings: Settings) -> int:
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
+def _export(settings: Settings, args: argparse.Namespace) -> int:
+    """``banditd export EXPERIMENT``: the decision log of a running server, to a file."""
+    import grpc
+
+    from banditd.clients.export import export
+    from banditd.decision.v1 import decision_pb2_grpc as pb_grpc
+
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    address = args.address or f"{host}:{settings.port}"
+    fmt = args.format or ("parquet" if args.out and args.out.suffix == ".parquet" else "jsonl")
+    try:
+        with grpc.insecure_channel(address) as channel:
+            n = export(pb_grpc.DecisionServiceStub(channel), args.experiment_id, args.out, fmt,
+                       args.start, args.end, stdout=sys.stdout)
+    except grpc.RpcError as exc:
+        print(f"banditd: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:
+        print(f"banditd: {exc}", file=sys.stderr)
+        return 1
+    if args.out is not None:
+        print(f"{n} decisions of '{args.experiment_id}' written to {args.out} ({fmt})",
+              file=sys.stderr)
+    return 0
+
+
 def _inspect_snapshot(path: Path) -> int:
     """``banditd snapshot inspect PATH``: what a snapshot file holds."""
     from banditd.server.state import image
@@ -151,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_worker(settings, args.index)
     if args.command == "check-health":
         return _check_health(settings)
+    if args.command == "export":
+        return _export(settings, args)
     if args.command == "snapshot":
         return _inspect_snapshot(args.path)
     if args.command == "warmup":
