@@ -337,3 +337,48 @@ def test_windows_that_passed_while_the_server_was_down_are_settled_on_restore(tm
             stats, version = _stats(pb_grpc.DecisionServiceStub(ch), "w")
         assert _logged_defaults(data) == 25  # and logged (before the final snapshot)
     assert version == 25 and sum(s[2] for s in stats) == 25  # settled before SERVING
+
+
+# -- the decision store's side ----------------------------------------------------------------
+
+def _columns(created, uid=1):
+    from banditd.server.state.decision_store import DecisionColumns
+
+    n = len(created)
+    return DecisionColumns([f"p-{i + 1:x}" for i in range(n)], np.full(n, uid, dtype=np.int64),
+                           [("a",)] * n, [None] * n, np.full(n, 0.5),
+                           np.zeros(n, dtype=np.int64), np.array(created, dtype=float),
+                           np.zeros(n, dtype=np.bool_))
+
+
+def test_rows_out_of_creation_order_are_settled_once_and_never_early():
+    """Other workers' decisions reach the leader a few ms late, so creation times are not
+    quite sorted: every row is still found, once, and only once its window has passed."""
+    from banditd.server.state.decision_store import DecisionStore
+
+    store = DecisionStore(100, 1e9)
+    created = [1.0, 2.0, 5.0, 3.0, 4.0, 6.0, 5.5, 7.0]
+    store.put_many(_columns(created), expire=False)
+    uids = np.array([1])
+    seen: list[int] = []
+    cursor = 0
+    for deadline in (0.5, 3.5, 4.5, 5.2, 6.5, 100.0):
+        seqs, cursor = store.unsettled(cursor, uids, deadline, 1000)
+        assert all(created[s] <= deadline for s in seqs.tolist())
+        seen += seqs.tolist()
+        store.mark_defaulted_rows(seqs, 0.0)
+    assert sorted(seen) == list(range(len(created))) and len(seen) == len(set(seen))
+    assert store.unsettled(0, np.array([2]), 100.0, 1000)[0].size == 0  # another incarnation
+
+
+def test_rows_the_sweep_has_not_seen_outlive_the_ttl():
+    from banditd.server.state.decision_store import DecisionStore
+
+    store = DecisionStore(100, 1.0)
+    store.put_many(_columns([float(i) for i in range(10)]), expire=False)
+    store.expire_hold = 4  # the sweep has looked at rows 0..3
+    store._expire(100.0)
+    assert store.head == 4 and len(store) == 6
+    store.expire_hold = np.inf
+    store._expire(100.0)
+    assert len(store) == 0

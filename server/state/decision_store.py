@@ -593,10 +593,11 @@ class DecisionStore:
         for first, rows in self._pieces(seq, self._tail):
             created = self._created[rows]
             ends = int(np.searchsorted(created, deadline, side="right"))
-            mine = np.isin(self._uids[rows], uids) & ~self._rewarded[rows] & \
-                ~self._defaulted[rows] & (self._own[rows] != -2)
-            early = np.flatnonzero(mine & (created > deadline))
-            if len(early) and early[0] < ends:
+            due = slice(rows.start, rows.start + ends)  # only these are looked at
+            mine = np.isin(self._uids[due], uids) & ~self._rewarded[due] & \
+                ~self._defaulted[due] & (self._own[due] != -2)
+            early = np.flatnonzero(mine & (created[:ends] > deadline))  # out of order
+            if len(early):
                 ends = int(early[0])
             hits = np.flatnonzero(mine[:ends])
             if count + len(hits) >= limit:
