@@ -245,6 +245,19 @@ def test_late_rewards_that_cannot_be_exact_are_refused(tmp_path):
     assert reward(sv, "lin", slates[0].decision_id, 1.0).late
 
 
+def test_a_late_reward_never_takes_back_what_a_re_added_arm_did_not_learn(tmp_path):
+    sv = service(tmp_path)
+    sv.create_experiment(make_experiment("w", arms=("a", "b"), reward_wait_seconds=5))
+    made = sv.SelectArm(pb.SelectArmRequest(experiment_id="w", eligible_arm_ids=["a"]), None)
+    sweep(sv, after=6)
+    for change in ({"remove_arm_ids": ["a"]}, {"add_arm_ids": ["a"]}):
+        run(sv.UpdateArms(pb.UpdateArmsRequest(experiment_id="w", **change), None))
+    before = learned(sv, "w")
+    with pytest.raises(FailedPrecondition, match="added again"):
+        reward(sv, "w", made.decision_id, 1.0)
+    assert learned(sv, "w") == before
+
+
 def test_batch_rewards_say_which_were_late(tmp_path):
     sv = service(tmp_path)
     sv.create_experiment(make_experiment("w", reward_wait_seconds=5))

@@ -318,8 +318,7 @@ class DecisionHandlers:
             corrects = None
             if record.defaulted:  # settled with the default: this late reward corrects it
                 corrects = slate[0]
-                defaulted_arm = experiment.arm_index.get(corrects, -1)
-                why = experiment.correction_refused(defaulted_arm >= 0 and defaulted_arm != arm)
+                why = experiment.correction_refused(experiment.arm_index.get(corrects, -1), arm)
                 if why is not None:
                     raise FailedPrecondition(
                         f"decision '{decision_id}' was settled with the default reward (its "

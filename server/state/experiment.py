@@ -303,19 +303,27 @@ class Experiment:
         self.reward_sum[arm] += reward
         self.positives[arm] += int(reward > 0)
 
-    def correction_refused(self, retracts: bool) -> str | None:
-        """Why a late reward cannot correct this experiment's default exactly (None: it can).
-        ``retracts``: the default was learned for another arm (still held), whose observation
-        the correction removes."""
+    def correction_refused(self, defaulted_arm: int, arm: int) -> str | None:
+        """Why a late reward for position ``arm`` cannot replace this experiment's default
+        reward, learned for position ``defaulted_arm`` (-1: removed since), exactly (None: it
+        can)."""
         if self.discount < 1.0:
             return (f"experiment '{self.experiment_id}' is discounted ({self.discount:g} < 1): "
                     "the default reward has been discounted since, so a late reward cannot "
                     "replace it exactly")
-        if retracts and self.spec.contextual:
+        if defaulted_arm < 0:
+            return None  # nothing to take back: the reward is learned as on time
+        if defaulted_arm != arm and self.spec.contextual:
             return (f"experiment '{self.experiment_id}' is contextual: a late reward for another "
                     "arm of the slate would remove the default's observation from the first "
                     "arm's A^-1, which floating point cannot undo exactly; send late rewards "
                     "for the first arm only")
+        d = self.default_reward
+        events = int(self.rewards[defaulted_arm])
+        positive = int(self.positives[defaulted_arm])
+        if events < 1 or (d > 0 and positive < 1) or (d <= 0 and events - positive < 1):
+            return (f"arm '{self.arm_ids[defaulted_arm]}' has not learned the default reward "
+                    "it would give back (it was removed and added again since)")
         return None
 
     def reward_many(self, arms: np.ndarray, rewards: np.ndarray, contexts: np.ndarray) -> None:
