@@ -213,6 +213,9 @@ class DecisionStore:
         self._row_views: tuple[Any, ...] = tuple(a.data for a in (
             self._uids, self._propensities, self._versions, self._created, self._rewarded,
             self._defaulted, self._own, self._owner, self._own_rows[0]))
+        # ... and those a reward writes (:meth:`mark_rewarded_row`)
+        self._reward_views: tuple[Any, ...] = tuple(a.data for a in (
+            self._rewarded, self._reward, self._slot))
 
     def __len__(self) -> int:
         """Rows held (a re-stored or discarded id's old row counts until it is evicted)."""
@@ -467,9 +470,10 @@ class DecisionStore:
         in ``slot`` of its slate (no-op for a row evicted since it was found)."""
         if seq >= self._head:
             pos = seq % self.capacity
-            self._rewarded[pos] = True
-            self._reward[pos] = reward
-            self._slot[pos] = slot
+            rewarded, rewards, slots = self._reward_views
+            rewarded[pos] = True
+            rewards[pos] = reward
+            slots[pos] = slot
 
     def mark_defaulted_rows(self, seqs: np.ndarray, reward: float) -> None:
         """Remember that the decisions in rows ``seqs`` were settled with the default reward

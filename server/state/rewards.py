@@ -175,7 +175,8 @@ class Learning:
         experiment learns its rows in order (the same state as one by one), then the
         corrections of default rewards, in order."""
         groups: dict[int, _Group] = {}
-        corrected = dict(zip(rows.corrections, rows.corrected_arm_ids, strict=True))
+        corrected = (dict(zip(rows.corrections, rows.corrected_arm_ids, strict=True))
+                     if rows.corrections else None)
         late: list[tuple[Experiment, int, float, np.ndarray, str]] = []
         # a record of older logs has no time: decisions are then found whatever their age
         now = rows.created if rows.created else -np.inf
@@ -193,7 +194,7 @@ class Learning:
             if decision_id:
                 self._settle(e, arm, decision_id, rows.tombstones[i], rows.seqs[i], now,
                              e.version + len(group.arms), rows.created, rows.rewards[i])
-            if i in corrected:
+            if corrected is not None and i in corrected:
                 late.append((e, arm, rows.rewards[i], rows.contexts[i], corrected[i]))
                 continue
             group.arms.append(arm)
