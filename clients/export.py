@@ -94,8 +94,8 @@ def write_jsonl(chunks: Iterable[list[pb.DecisionRow]], out: IO[str]) -> int:
 def write_parquet(chunks: Iterable[list[pb.DecisionRow]], path: Path) -> int:
     """Write the decisions as one Parquet file (one row group per 1,000-row message at most
     in memory at once); returns how many."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    import pyarrow as pa  # type: ignore[import-untyped]
+    import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
     schema = pa.schema([
         ("decision_id", pa.string()), ("time", pa.timestamp("us", tz="UTC")),

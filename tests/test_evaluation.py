@@ -11,7 +11,7 @@ import pytest
 from banditd.decision.v1 import decision_pb2 as pb
 from banditd.server.state import evaluation
 from benchmarks import ope_accuracy
-from conftest import create
+from helpers import create
 
 
 def _data(seed: int, n: int = 400, k: int = 4, d: int = 0):

@@ -18,9 +18,10 @@ import pytest
 from google.protobuf import timestamp_pb2
 
 from banditd.decision.v1 import decision_pb2 as pb
+from banditd.server.api.auth import Authenticator
 from banditd.server.api.handlers import SERVICE, stream_handler
 from banditd.server.api.metrics import Metrics
-from conftest import create
+from helpers import create
 
 BIN = Path(sys.executable).parent
 LIN = pb.Policy(lin_ucb=pb.Policy.LinUcb())
@@ -87,7 +88,7 @@ def test_a_time_range_and_many_messages(stub, new_id):
 
 
 def test_defaults_and_late_rewards_are_marked(tmp_path):
-    from conftest import running_server
+    from helpers import running_server
 
     with running_server(tmp_path, reward_sweep_interval_seconds=0.05) as server, \
             grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
@@ -147,9 +148,9 @@ def test_a_stream_is_refused_until_ready_and_counted():
 
     context = Context()
     with pytest.raises(grpc.aio.AbortError):
-        asyncio.run(collect(SimpleNamespace(ready=False)))
+        asyncio.run(collect(SimpleNamespace(ready=False, auth=Authenticator(None))))
     assert context.status[0] == grpc.StatusCode.UNAVAILABLE
-    assert asyncio.run(collect(SimpleNamespace(ready=True))) == [b"", b""]
+    assert asyncio.run(collect(SimpleNamespace(ready=True, auth=Authenticator(None)))) == [b"", b""]
     assert metrics._stats.counts == {("ExportDecisions", "UNAVAILABLE"): 1,
                                      ("ExportDecisions", "OK"): 1}
 

@@ -20,7 +20,7 @@ from banditd.server.errors import FailedPrecondition, InvalidArgument
 from banditd.server.settings import Settings
 from banditd.server.storage.wal import list_segments, read_segment
 from banditd.storage.v1 import storage_pb2 as st
-from conftest import InProcess, make_experiment, running_server
+from helpers import InProcess, make_experiment, running_server
 
 THOMPSON = pb.Policy(thompson=pb.Policy.Thompson())
 POLICIES = {
@@ -56,8 +56,8 @@ def learned(sv: InProcess, experiment_id: str) -> dict:
     """The experiment's learned statistics (the policy's arrays but its caches, the counters,
     the model version)."""
     e = sv.registry.get(experiment_id)
-    cache = set(e.spec.kernel.CACHE_ARRAYS)
-    return {"state": [a.tolist() for i, a in enumerate(e.state) if i not in cache],
+    cache = set(e.spec.kernel.CACHE_FIELDS)
+    return {"state": [getattr(e.state, f).tolist() for f in e.state._fields if f not in cache],
             "rewards": e.rewards.tolist(), "reward_sum": e.reward_sum.tolist(),
             "positives": e.positives.tolist(), "selections": e.selections.tolist(),
             "version": e.version}

@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import AsyncIterator
+from typing import cast
 
 import numpy as np
 from google.protobuf import timestamp_pb2
 
 from banditd.decision.v1 import decision_pb2 as pb
 from banditd.server.api.core import Core
+from banditd.server.api.warmup import ALLOCATION
 from banditd.server.errors import FailedPrecondition, InvalidArgument
 from banditd.server.state import evaluation
 from banditd.server.state.decision_store import DecisionColumns
@@ -35,11 +37,12 @@ def _seconds(request, field: str, unset: float) -> float:
     ts = getattr(request, field)
     if not (0 <= ts.seconds < 7_258_118_400 and 0 <= ts.nanos < 1_000_000_000):  # < 2200
         raise InvalidArgument(
-            f"{field} must be between 1970 and 2200, got {ts.seconds} s {ts.nanos} ns")
+            f"{field} must be between 1970 and 2200, got {ts.seconds} s {ts.nanos} ns",
+            field=field)
     return ts.seconds + ts.nanos * 1e-9
 
 
-def _status(rewarded: bool, defaulted: bool) -> int:
+def _status(rewarded: bool, defaulted: bool) -> pb.RewardStatus:
     if rewarded:
         return pb.REWARD_STATUS_LATE if defaulted else pb.REWARD_STATUS_REWARDED
     return pb.REWARD_STATUS_DEFAULT if defaulted else pb.REWARD_STATUS_PENDING
@@ -88,7 +91,7 @@ class DecisionLogHandlers:
         end = _seconds(request, "end_time", math.inf)
         if start >= end:
             raise InvalidArgument(f"start_time ({start:.6f}) must be before end_time "
-                                  f"({end:.6f})")
+                                  f"({end:.6f})", field="start_time")
         cols = self.store.decisions_of(experiment.uid, start, end)
         for first in range(0, len(cols), EXPORT_ROWS):
             yield pb.ExportDecisionsResponse(
@@ -98,22 +101,27 @@ class DecisionLogHandlers:
                              ) -> pb.EvaluatePolicyResponse:
         experiment = self.experiments.get(request.experiment_id)
         if not request.HasField("policy"):
-            raise InvalidArgument("policy is required: the candidate policy to evaluate")
+            raise InvalidArgument("policy is required: the candidate policy to evaluate",
+                                  field="policy")
         candidate = pb.Policy()
         candidate.CopyFrom(request.policy)
         kind = candidate.WhichOneof("kind")
         linear = kind in ("lin_ucb", "lin_thompson")
         if linear and not experiment.context_dim:
             raise InvalidArgument(f"policy.{kind} needs a contextual experiment; experiment "
-                                  f"'{experiment.experiment_id}' has context_dim 0")
+                                  f"'{experiment.experiment_id}' has context_dim 0",
+                                  field=f"policy.{kind}")
         spec = resolve_policy(candidate, experiment.reward_type,
                               experiment.context_dim if linear else 0, "policy")
         resamples = (request.num_bootstrap if request.HasField("num_bootstrap")
                      else DEFAULT_BOOTSTRAP)
         if not MIN_BOOTSTRAP <= resamples <= MAX_BOOTSTRAP:
             raise InvalidArgument(f"num_bootstrap must be in [{MIN_BOOTSTRAP}, "
-                                  f"{MAX_BOOTSTRAP}], got {resamples}")
+                                  f"{MAX_BOOTSTRAP}], got {resamples}", field="num_bootstrap")
         seed = request.seed if request.HasField("seed") else int(experiment.config.seed)
+        if kind == "thompson":  # its probabilities come from the allocation kernels
+            await self.core.kernels.ensure(ALLOCATION)
+            experiment = self.experiments.get(request.experiment_id)  # may have changed since
         arms, propensities, rewards, contexts = _logged(experiment, self.store.decisions_of(
             experiment.uid, -math.inf, math.inf))
         if not len(arms):
@@ -157,6 +165,6 @@ def _logged(experiment: Experiment, cols: DecisionColumns
     arms = np.array([index.get(s[0], -1) for s in cols.slates], dtype=np.int64)
     keep = np.flatnonzero(settled & (arms >= 0) & np.isfinite(rewards))
     d = experiment.context_dim
-    contexts = (np.stack([cols.contexts[i] for i in keep.tolist()]) if d and len(keep)
-                else np.empty((len(keep), d)))
+    rows = [cast(np.ndarray, cols.contexts[i]) for i in keep.tolist()]
+    contexts = np.stack(rows) if d and len(keep) else np.empty((len(keep), d))
     return arms[keep], cols.propensities[keep], rewards[keep], contexts

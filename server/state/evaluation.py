@@ -176,12 +176,13 @@ def candidate_probabilities(c: CandidateState, contexts: np.ndarray) -> np.ndarr
             return _argmax_shares(mu + params[0] * width)
         return _gaussian_best(mu, params[0] * width, LIN_THOMPSON_DRAWS, c.seed)
     kernel = c.spec.kernel
-    state = kernel.new_state(k, 0, params, 1)
+    state = kernel.new_state(num_arms=k, dim=0, params=params, draws=1)
     for arm in range(k):
         trials, successes, total = c.counts[arm]
-        kernel.add_aggregate(state, arm, trials, successes, total)
+        kernel.add_aggregate(state=state, arm=arm, trials=trials, successes=successes,
+                             total=total)
     binary = c.reward_type == pb.REWARD_TYPE_BINARY
-    post = kernel.summary(state, params, binary)
+    post = kernel.summary(state=state, params=params, binary=binary)
     if kind == "thompson":
         rng = seed_state(c.seed)
         if "value_posterior_shape" in post:

@@ -61,14 +61,15 @@ def resolve_policy(policy: pb.Policy, reward_type: int, context_dim: int,
     if kind is None:
         raise InvalidArgument(
             f"{field}: set exactly one of thompson, ucb1, epsilon_greedy, "
-            "lin_ucb, lin_thompson"
+            "lin_ucb, lin_thompson", field=field
         )
     message = getattr(policy, kind)
     values: dict[str, float] = {}
     for name, default, (check, rule) in PARAMETERS[kind]:
         value = getattr(message, name) if message.HasField(name) else default
         if not math.isfinite(value) or not check(value):
-            raise InvalidArgument(f"{field}.{kind}.{name} must be {rule}, got {value}")
+            raise InvalidArgument(f"{field}.{kind}.{name} must be {rule}, got {value}",
+                                  field=f"{field}.{kind}.{name}")
         setattr(message, name, value)  # report the effective value back
         values[name] = value
 
@@ -79,14 +80,17 @@ def resolve_policy(policy: pb.Policy, reward_type: int, context_dim: int,
         elif reward_type != pb.REWARD_TYPE_BINARY:
             raise InvalidArgument(
                 f"{field}.thompson supports reward_type REWARD_TYPE_BINARY or "
-                "REWARD_TYPE_VALUE; use ucb1 or epsilon_greedy for continuous rewards"
+                "REWARD_TYPE_VALUE; use ucb1 or epsilon_greedy for continuous rewards",
+                field="experiment.reward_type"
             )
     kernel = POLICIES[kernel_name]
     if kernel.CONTEXTUAL and context_dim == 0:
-        raise InvalidArgument(f"experiment.context_dim must be > 0 for policy {kind}")
+        raise InvalidArgument(f"experiment.context_dim must be > 0 for policy {kind}",
+                              field="experiment.context_dim")
     if not kernel.CONTEXTUAL and context_dim != 0:
         raise InvalidArgument(
-            f"experiment.context_dim must be 0 for non-contextual policy {kind}, got {context_dim}"
+            f"experiment.context_dim must be 0 for non-contextual policy {kind}, got {context_dim}",
+            field="experiment.context_dim"
         )
     params = np.array([values[name] for name in kernel.PARAM_NAMES], dtype=np.float64)
     return PolicySpec(kind=kind, kernel=kernel, params=params)

@@ -20,6 +20,8 @@ learned: size ``decision_capacity`` for the window times the decision rate).
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 
 from banditd.server.state.decision_store import DecisionStore
@@ -99,6 +101,7 @@ class Settlement:
                 id_counters=counters.astype("<u8").tobytes())
             if e.context_dim:
                 record.context_dim = e.context_dim
-                record.contexts = np.stack(store.contexts_of(mine)).astype("<f8").tobytes()
+                contexts = cast(list[np.ndarray], store.contexts_of(mine))
+                record.contexts = np.stack(contexts).astype("<f8").tobytes()
             out.append((st.WalRecord(default_rewards=record), mine))
         return out
