@@ -143,7 +143,7 @@ def main() -> int:
             from benchmarks.in_process import InProcessServer
 
             data = stack.enter_context(tempfile.TemporaryDirectory(prefix="banditd-conv-"))
-            srv = stack.enter_context(InProcessServer(Path(data)))
+            srv = stack.enter_context(InProcessServer.on_loopback(Path(data)))
             target = f"127.0.0.1:{srv.port}"
         channel = stack.enter_context(grpc.insecure_channel(target))
         result = run(pb_grpc.DecisionServiceStub(channel), args.decisions, args.window,

@@ -208,7 +208,7 @@ def main() -> None:
     started = time.perf_counter()
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="banditd-ope-") as data, \
-            InProcessServer(Path(data), durability="snapshot",
+            InProcessServer.on_loopback(Path(data), durability="snapshot",
                             max_batch_size=max(10_000, args.decisions)) as srv, \
             grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
         assert srv.app is not None

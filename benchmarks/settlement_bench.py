@@ -68,7 +68,7 @@ def _requests(eid: str, config: dict, n: int) -> pb.BatchSelectArmsRequest:
 def _one_sweep(name: str, config: dict, decisions: int) -> tuple[float, float, int]:
     """(wall seconds, CPU seconds, log bytes) of one sweep settling ``decisions`` due ones."""
     with tempfile.TemporaryDirectory(prefix="banditd-settle-") as data, \
-            InProcessServer(Path(data), reward_sweep_interval_seconds=60,
+            InProcessServer.on_loopback(Path(data), reward_sweep_interval_seconds=60,
                             snapshot_interval_seconds=0,
                             decision_capacity=max(1_000_000, decisions)) as srv, \
             grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
