@@ -52,12 +52,13 @@ def timestamp(when: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
 
 def decision_rows(stub: pb_grpc.DecisionServiceStub, experiment_id: str,
                   start: dt.datetime | None = None, end: dt.datetime | None = None,
-                  timeout: float | None = None) -> Iterator[list[pb.DecisionRow]]:
+                  timeout: float | None = None, metadata: Any = None
+                  ) -> Iterator[list[pb.DecisionRow]]:
     """ExportDecisions' messages (lists of rows, oldest first) for decisions made in
-    [``start``, ``end``)."""
+    [``start``, ``end``); ``metadata``: sent with the call (a bearer token)."""
     request = pb.ExportDecisionsRequest(experiment_id=experiment_id, start_time=timestamp(start),
                                         end_time=timestamp(end))
-    for message in stub.ExportDecisions(request, timeout=timeout):
+    for message in stub.ExportDecisions(request, timeout=timeout, metadata=metadata):
         yield list(message.decisions)
 
 
@@ -116,12 +117,13 @@ def write_parquet(chunks: Iterable[list[pb.DecisionRow]], path: Path) -> int:
 
 def export(stub: pb_grpc.DecisionServiceStub, experiment_id: str, out: Path | None,
            fmt: str = "jsonl", start: dt.datetime | None = None,
-           end: dt.datetime | None = None, stdout: IO[str] | None = None) -> int:
+           end: dt.datetime | None = None, stdout: IO[str] | None = None,
+           timeout: float | None = None, metadata: Any = None) -> int:
     """Export an experiment's decisions to ``out`` (JSON lines to ``stdout`` when ``out`` is
     None); returns how many were written."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    chunks = decision_rows(stub, experiment_id, start, end)
+    chunks = decision_rows(stub, experiment_id, start, end, timeout, metadata)
     if fmt == "parquet":
         if out is None:
             raise ValueError("Parquet needs an output file")
