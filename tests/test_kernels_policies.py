@@ -120,6 +120,7 @@ for module in POLICIES.values():
                         burn_in=0, draws=4, rng=rng, out=np.empty((5, 2), dtype=np.int64),
                         propensity=np.empty(5))
     module.update(state=state, params=params, arm=2, reward=0.0, context=context, discount=1.0)
+    module.revalue(state=state, params=params, arm=2, old=0.0, new=1.0, context=context)
     module.bind_update(state=state, params=params, discount=1.0)(2, 1.0, context)
     module.update_batch(state=state, params=params, arms=np.array([0, 6, 6], dtype=np.int64),
                         rewards=np.ones(3), contexts=np.full((3, dim), 0.75), discount=1.0)
@@ -145,6 +146,7 @@ def test_warm_up_compiles_every_entry_point_so_later_calls_compile_nothing():
                                "_update_batch") if f"{name}.{fn}" in result["warm"]]
     assert len(entry_points) >= 5 * len(POLICIES) - 1
     assert all(result["warm"][fn] >= 1 for fn in entry_points), result["warm"]
+    assert result["warm"]["lin_ucb._revalue"] >= 1  # a late reward's correction
     assert result["used"] == result["warm"]
     assert 0 < result["seconds"] <= result["outer"]
 
