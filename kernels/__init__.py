@@ -5,7 +5,9 @@ A policy module declares ``NAME``, ``PARAM_NAMES`` (its float64 ``params`` vecto
 ``REWARDS`` (what ``update`` learns from: ``"binary"`` 0/1, ``"value"`` revenue >= 0, or
 ``"real"``), ``State`` (a NamedTuple of its arrays, first axis = arm; snapshots store them in
 field order), ``CACHE_FIELDS`` (the State fields that only cache derived values), and
-``new_state``, ``add_aggregate``, ``summary``, two jitted kernels ``_select`` / ``_update`` and
+``new_state``, ``add_aggregate``, ``summary``, ``revalue`` / ``retract`` (a learned reward
+replaced / removed, without discount: late rewards correcting a default; ``retract`` raises
+NotImplementedError where it cannot be exact), two jitted kernels ``_select`` / ``_update`` and
 their references ``select_reference`` / ``update_reference``. From these
 :func:`kernels.common.policy_api` writes ``select``, ``update``, ``bind_select`` /
 ``bind_update`` (the two typed or bound once for a state: the server's per-decision and

@@ -22,7 +22,7 @@ from .common import (
 )
 from .config import JIT
 from .rng import _uniform
-from .ucb1 import (  # same state layout (n, reward_sum), update and aggregates as UCB1
+from .ucb1 import (  # same state layout (n, reward_sum), update, aggregates, corrections as UCB1
     CACHE_FIELDS,
     REWARDS,
     State,
@@ -30,6 +30,8 @@ from .ucb1 import (  # same state layout (n, reward_sum), update and aggregates 
     _update,
     add_aggregate,
     new_state,
+    retract,
+    revalue,
     update_reference,
 )
 
@@ -39,7 +41,8 @@ EXAMPLE_PARAMS = (0.2, 0.01)
 CONTEXTUAL = False
 ESTIMATED_PROPENSITY = False
 
-__all__ = ["CACHE_FIELDS", "REWARDS", "State", "add_aggregate", "new_state", "update_reference"]
+__all__ = ["CACHE_FIELDS", "REWARDS", "State", "add_aggregate", "new_state", "retract", "revalue",
+           "update_reference"]
 
 
 @njit(**JIT)

@@ -20,7 +20,7 @@ from numba import njit
 
 from .common import _finalize, _round_probs, finalize_reference, policy_api, round_probs_reference
 from .config import JIT
-from .lin_ucb import (  # same state, update and (absent) aggregates and summary as LinUCB
+from .lin_ucb import (  # same state, update, corrections, (absent) aggregates, summary as LinUCB
     CACHE_FIELDS,
     REWARDS,
     State,
@@ -29,6 +29,9 @@ from .lin_ucb import (  # same state, update and (absent) aggregates and summary
     add_aggregate,
     mean_width_reference,
     new_state,
+    retract,
+    revalue,
+    revalue_reference,
     summary,
     update_reference,
 )
@@ -40,8 +43,8 @@ EXAMPLE_PARAMS = (0.5, 1.5)
 CONTEXTUAL = True
 ESTIMATED_PROPENSITY = True
 
-__all__ = ["CACHE_FIELDS", "REWARDS", "State", "add_aggregate", "new_state", "summary",
-           "update_reference"]
+__all__ = ["CACHE_FIELDS", "REWARDS", "State", "add_aggregate", "new_state", "retract",
+           "revalue", "revalue_reference", "summary", "update_reference"]
 
 
 @njit(**JIT)

@@ -115,6 +115,19 @@ def _update(a_inv, b, theta, arm, reward, context):
         theta[arm, i] = acc
 
 
+@njit(**JIT)
+def _revalue(a_inv, b, theta, arm, delta, x):
+    """b[arm] += delta * x, then θ̂ = A⁻¹b as :func:`_update` computes it."""
+    d = x.shape[0]
+    for i in range(d):
+        b[arm, i] += delta * x[i]
+    for i in range(d):
+        acc = 0.0
+        for j in range(d):
+            acc += a_inv[arm, i, j] * b[arm, j]
+        theta[arm, i] = acc
+
+
 def mean_width_reference(state: State, eligible, x) -> tuple[np.ndarray, np.ndarray]:
     """(θ̂ᵀx, sqrt(xᵀA⁻¹x)) per eligible arm, as one small product per arm (a stacked matmul):
     a single matrix-vector product can round identical rows differently (BLAS gemv blocking),
@@ -139,6 +152,26 @@ def update_reference(*, state: State, params, arm, reward, context, discount) ->
     a_inv[arm] -= np.outer(u, u) / (1.0 + x @ u)
     b[arm] += reward * x
     theta[arm] = a_inv[arm] @ b[arm]
+
+
+def revalue(*, state: State, params, arm: int, old: float, new: float, context) -> None:
+    """One observation (``context``, ``old``) that ``arm`` learned becomes (``context``,
+    ``new``) (a late reward replacing a default). A⁻¹ does not depend on rewards, so only
+    b changes (by (new - old)·x) and θ̂ = A⁻¹b is recomputed: the state of having learned
+    ``new`` instead (b the same sum, its terms added in another order)."""
+    _revalue(state.a_inv, state.b, state.theta, arm, new - old, context)
+
+
+def revalue_reference(*, state: State, params, arm: int, old: float, new: float,
+                      context) -> None:
+    state.b[arm] += (new - old) * context
+    state.theta[arm] = state.a_inv[arm] @ state.b[arm]
+
+
+def retract(*, state: State, params, arm: int, reward: float, context) -> None:
+    """Not supported: removing x xᵀ from A⁻¹ (a Sherman–Morrison downdate) does not give
+    back the earlier A⁻¹ exactly in floating point."""
+    raise NotImplementedError(f"{NAME} cannot remove an observation exactly")
 
 
 def add_aggregate(*, state: State, arm: int, trials: float, successes: float,

@@ -142,6 +142,23 @@ def add_aggregate(*, state: State, arm: int, trials: float, successes: float,
     state.mc_valid[arm] = 0.0
 
 
+def revalue(*, state: State, params, arm: int, old: float, new: float, context) -> None:
+    """One reward ``old`` that ``arm`` learned becomes ``new`` (a late reward replacing a
+    default): the counts are those of having learned ``new`` instead (0/1 rewards: exactly).
+    Undiscounted experiments only. Plain NumPy on one arm's counters, like
+    :func:`add_aggregate`: nothing to compile, so it is its own reference."""
+    state.successes[arm] += new - old
+    state.failures[arm] += old - new
+    state.mc_valid[arm] = 0.0
+
+
+def retract(*, state: State, params, arm: int, reward: float, context) -> None:
+    """Remove one learned reward of ``arm``: the inverse of :func:`update` without discount."""
+    state.successes[arm] -= reward
+    state.failures[arm] -= 1.0 - reward
+    state.mc_valid[arm] = 0.0
+
+
 def summary(*, state: State, params, binary: bool) -> dict[str, np.ndarray]:
     """Beta posterior of each arm's success rate and its mean (the arm's score)."""
     a = params[0] + state.successes

@@ -168,6 +168,32 @@ def add_aggregate(*, state: State, arm: int, trials: float, successes: float,
     state.mc_valid[arm] = 0.0
 
 
+def revalue(*, state: State, params, arm: int, old: float, new: float, context) -> None:
+    """One reward ``old`` that ``arm`` learned becomes ``new`` (a late reward replacing a
+    default): the statistics are those of having learned ``new`` instead (the same sums, the
+    terms added in another order). Undiscounted experiments only. Plain NumPy on one arm's
+    counters, like :func:`add_aggregate`: nothing to compile, so it is its own reference."""
+    if old > 0.0:
+        state.conversions[arm] -= 1.0
+        state.revenue_sum[arm] -= old
+        state.revenue_sq[arm] -= old * old
+    if new > 0.0:
+        state.conversions[arm] += 1.0
+        state.revenue_sum[arm] += new
+        state.revenue_sq[arm] += new * new
+    state.mc_valid[arm] = 0.0
+
+
+def retract(*, state: State, params, arm: int, reward: float, context) -> None:
+    """Remove one learned reward of ``arm``: the inverse of :func:`update` without discount."""
+    state.trials[arm] -= 1.0
+    if reward > 0.0:
+        state.conversions[arm] -= 1.0
+        state.revenue_sum[arm] -= reward
+        state.revenue_sq[arm] -= reward * reward
+    state.mc_valid[arm] = 0.0
+
+
 def summary(*, state: State, params, binary: bool) -> dict[str, np.ndarray]:
     """Posteriors: CR ~ Beta(alpha, beta); revenue per conversion = rate / Gamma(shape); score =
     posterior mean CR x posterior mean revenue per conversion."""

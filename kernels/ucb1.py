@@ -105,6 +105,20 @@ def add_aggregate(*, state: State, arm: int, trials: float, successes: float,
     state.reward_sum[arm] += total
 
 
+def revalue(*, state: State, params, arm: int, old: float, new: float, context) -> None:
+    """One reward ``old`` that ``arm`` learned becomes ``new`` (a late reward replacing a
+    default): the reward sum is that of having learned ``new`` instead (the same terms, added
+    in another order). Undiscounted experiments only. Plain NumPy on one arm's counters, like
+    :func:`add_aggregate`: nothing to compile, so it is its own reference."""
+    state.reward_sum[arm] += new - old
+
+
+def retract(*, state: State, params, arm: int, reward: float, context) -> None:
+    """Remove one learned reward of ``arm``: the inverse of :func:`update` without discount."""
+    state.counts[arm] -= 1.0
+    state.reward_sum[arm] -= reward
+
+
 def summary(*, state: State, params, binary: bool) -> dict[str, np.ndarray]:
     """The policy's score per arm; with binary rewards also a Beta(1 + sum, 1 + n - sum)
     posterior (uniform prior) so that allocation and probability-best are defined."""

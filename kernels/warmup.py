@@ -84,6 +84,8 @@ def warm_up_policy(module: ModuleType) -> None:
         if not module.CONTEXTUAL:
             module.update(state=state, params=params, arm=0, reward=0.0, context=context,
                           discount=0.99)
+        # a late reward correcting a default (lin_ucb's and lin_thompson's is compiled)
+        module.revalue(state=state, params=params, arm=0, old=0.0, new=1.0, context=context)
         # the server's per-reward call (bind_update)
         module.bind_update(state=state, params=params, discount=1.0)(0, 1.0, context)
         module.select(

@@ -1,4 +1,6 @@
-"""``banditd`` command line: ``banditd serve [--port N ...]`` (also ``python -m server``)."""
+"""``banditd`` command line: ``banditd serve [--port N ...]`` (also ``python -m banditd``), and
+tools that talk to a running server (``check-health``, ``export``) or read its files
+(``snapshot inspect``)."""
 
 from __future__ import annotations
 
@@ -83,26 +85,43 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--index", type=int, required=True)
     worker.add_argument("--settings", required=True, help="the supervisor's settings, JSON")
     health = sub.add_parser("check-health", help="exit 0 if the local server reports SERVING")
-    health.add_argument("--ca-file", type=Path,
-                        help="with TLS: PEM CAs to verify the server by (default: its own "
-                        "BANDITD_TLS_CERT_FILE, for a self-signed certificate)")
-    health.add_argument("--server-name",
-                        help="with TLS: the name the server's certificate is checked for "
-                        "(default: the certificate's first DNS name)")
-    health.add_argument("--cert-file", type=Path,
-                        help="with mutual TLS: the client certificate (default: the server's)")
-    health.add_argument("--key-file", type=Path,
-                        help="with mutual TLS: the client key (default: the server's)")
+    _add_tls_arguments(health)
     audit = sub.add_parser("audit", help="print the audit trail of a data directory (JSON lines)")
     audit.add_argument("--data-dir", type=Path, help="data directory (BANDITD_DATA_DIR)")
     audit.add_argument("--since", type=float, default=0.0,
                        help="only entries at or after this time (seconds since the epoch)")
+    export = sub.add_parser(
+        "export", help="write an experiment's logged decisions (JSON lines or Parquet), read "
+        "from a running server")
+    export.add_argument("experiment_id")
+    export.add_argument("--out", "-o", type=Path,
+                        help="output file (default: JSON lines to stdout)")
+    export.add_argument("--format", choices=("jsonl", "parquet"),
+                        help="default: parquet for a .parquet file, else jsonl")
+    export.add_argument("--start", type=_when,
+                        help="decisions made at or after this time (ISO 8601; UTC without zone)")
+    export.add_argument("--end", type=_when, help="decisions made before this time")
+    export.add_argument("--address",
+                        help="host:port of the server (default: BANDITD_HOST:BANDITD_PORT)")
+    export.add_argument("--timeout", type=float, default=600.0, help="seconds (default 600)")
+    export.add_argument("--token-file", type=Path,
+                        help="a file holding the bearer token to send (a read or admin token)")
+    _add_tls_arguments(export)
     sub.add_parser("warmup", help="compile every kernel into the Numba on-disk cache")
     snap = sub.add_parser("snapshot", help="snapshot tools")
     snap_sub = snap.add_subparsers(dest="snapshot_command", required=True)
     inspect = snap_sub.add_parser("inspect", help="print what a snapshot file contains")
     inspect.add_argument("path", type=Path)
     return parser
+
+
+def _when(text: str):
+    import datetime as dt
+
+    try:
+        return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}") from None
 
 
 def load_settings(args: argparse.Namespace) -> Settings:
@@ -140,24 +159,41 @@ async def _serve(settings: Settings, port_file: Path | None) -> None:
     log.info("stopped")
 
 
-def _health_channel(settings: Settings, args: argparse.Namespace):
-    """A channel to the local server: plaintext, or TLS trusting ``--ca-file`` (default: the
-    server's own certificate, enough for a self-signed one) for ``--server-name`` (default:
-    the certificate's first DNS name), with mutual TLS presenting ``--cert-file`` /
-    ``--key-file`` (default: the server's own pair)."""
+def _add_tls_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a command that talks to the server over TLS (see :func:`_channel`)."""
+    parser.add_argument("--ca-file", type=Path,
+                        help="with TLS: PEM CAs to verify the server by (default: its own "
+                        "BANDITD_TLS_CERT_FILE, for a self-signed certificate)")
+    parser.add_argument("--server-name",
+                        help="with TLS: the name the server's certificate is checked for "
+                        "(default: the certificate's first DNS name)")
+    parser.add_argument("--cert-file", type=Path,
+                        help="with mutual TLS: the client certificate (default: the server's)")
+    parser.add_argument("--key-file", type=Path,
+                        help="with mutual TLS: the client key (default: the server's)")
+
+
+def _channel(settings: Settings, args: argparse.Namespace, target: str | None = None):
+    """A channel to the server (``target``, default: the local one): plaintext, or (when the
+    server's settings have TLS, or ``--ca-file`` is given) TLS trusting ``--ca-file``
+    (default: the server's own certificate, enough for a self-signed
+    one) for ``--server-name`` (default: the certificate's first DNS name), with mutual TLS
+    presenting ``--cert-file`` / ``--key-file`` (default: the server's own pair)."""
     import grpc
 
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-    target = f"{host}:{settings.port}"
-    if not settings.tls:
+    target = target or f"{host}:{settings.port}"
+    if not settings.tls and args.ca_file is None:
         return grpc.insecure_channel(target)
-    assert settings.tls_cert_file is not None and settings.tls_key_file is not None
     ca = args.ca_file or settings.tls_cert_file
+    assert ca is not None
     pair: tuple[bytes | None, bytes | None] = (None, None)
-    if settings.tls_client_ca_file is not None:
-        pair = ((args.key_file or settings.tls_key_file).read_bytes(),
-                (args.cert_file or settings.tls_cert_file).read_bytes())
-    name = args.server_name or _first_dns_name(Path(settings.tls_cert_file)) or "localhost"
+    key = args.key_file or settings.tls_key_file
+    cert = args.cert_file or settings.tls_cert_file
+    if (settings.tls_client_ca_file is not None or args.cert_file is not None) and key and cert:
+        pair = (Path(key).read_bytes(), Path(cert).read_bytes())
+    name = args.server_name or (settings.tls_cert_file and
+                                _first_dns_name(Path(settings.tls_cert_file))) or "localhost"
     credentials = grpc.ssl_channel_credentials(Path(ca).read_bytes(), *pair)
     return grpc.secure_channel(target, credentials,
                                options=[("grpc.ssl_target_name_override", name)])
@@ -180,7 +216,7 @@ def _check_health(settings: Settings, args: argparse.Namespace) -> int:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     try:
-        with _health_channel(settings, args) as channel:
+        with _channel(settings, args) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=""), timeout=3
             )
@@ -190,6 +226,36 @@ def _check_health(settings: Settings, args: argparse.Namespace) -> int:
     name = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     print(name)
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def _export(settings: Settings, args: argparse.Namespace) -> int:
+    """``banditd export EXPERIMENT``: the decision log of a running server, to a file."""
+    import grpc
+
+    from banditd.clients.export import export
+    from banditd.decision.v1 import decision_pb2_grpc as pb_grpc
+
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    address = args.address or f"{host}:{settings.port}"
+    fmt = args.format or ("parquet" if args.out and args.out.suffix == ".parquet" else "jsonl")
+    try:
+        metadata = None
+        if args.token_file is not None:
+            metadata = (("authorization", f"Bearer {args.token_file.read_text().strip()}"),)
+        with _channel(settings, args, address) as channel:
+            n = export(pb_grpc.DecisionServiceStub(channel), args.experiment_id, args.out, fmt,
+                       args.start, args.end, stdout=sys.stdout, timeout=args.timeout,
+                       metadata=metadata)
+    except grpc.RpcError as exc:
+        print(f"banditd: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as exc:
+        print(f"banditd: {exc}", file=sys.stderr)
+        return 1
+    if args.out is not None:
+        print(f"{n} decisions of '{args.experiment_id}' written to {args.out} ({fmt})",
+              file=sys.stderr)
+    return 0
 
 
 def _inspect_snapshot(path: Path) -> int:
@@ -262,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_worker(settings, args.index)
     if args.command == "check-health":
         return _check_health(settings, args)
+    if args.command == "export":
+        return _export(settings, args)
     if args.command == "snapshot":
         return _inspect_snapshot(args.path)
     if args.command == "audit":

@@ -114,6 +114,11 @@ class Settings(BaseSettings):
     decision_ttl_seconds: float = Field(
         7 * 24 * 3600.0, gt=0, description="Seconds a decision accepts its reward."
     )
+    reward_sweep_interval_seconds: float = Field(
+        0.1, gt=0, le=60, description="Seconds between two looks for decisions whose reward "
+        "window (an experiment's reward_wait_seconds) passed without a reward: they are settled "
+        "with the default reward at most this long after their window ends.",
+    )
 
     propensity_draws: int = Field(
         32, ge=1, le=100_000, description="Monte-Carlo draws estimating Thompson propensities."

@@ -310,3 +310,76 @@ def test_workers_bench_compares_one_and_two_workers(tmp_path):
     (probe,) = report["propagation_under_load"]
     assert probe["propagation_ms"]["probes"] > 0
     assert 0 < probe["propagation_ms"]["p50"] <= probe["propagation_ms"]["p99"]
+
+
+@pytest.mark.slow
+def test_conversions_only_learns_every_decision_once_with_a_window(server, tmp_path):
+    """Only conversions are reported: with a window every decision is learned (a conversion or
+    the default 0), so each arm's rate is exactly conversions / decisions; without one, every
+    rate is 1.0. Late conversions are answered late = true."""
+    out = tmp_path / "conversions.json"
+    _run("-m", "benchmarks.conversions_only", "--target", f"127.0.0.1:{server.port}",
+         "--decisions", "4000", "--window", "0.3", "--delay", "0.2", "--late", "0.2",
+         "--rate", "8000", "--out", str(out))
+    report = json.loads(out.read_text())
+    assert report["late_conversions"] > 0
+    assert report["replies_late"] == report["late_conversions"]
+    assert report["replies_duplicate"] == 0
+    assert sum(a["decisions"] for a in report["arms"]) == 4000
+    for a in report["arms"]:
+        assert a["trials"] == a["decisions"] and a["successes"] == a["conversions"] > 0
+        assert a["conversion_rate"] == pytest.approx(a["conversions"] / a["decisions"])
+        assert a["no_window_trials"] == a["no_window_conversions"]
+        assert a["no_window_conversion_rate"] == 1.0
+
+
+@pytest.mark.slow
+def test_settlement_bench(tmp_path):
+    out = tmp_path / "settlement.json"
+    _run("-m", "benchmarks.settlement_bench", "--decisions", "3000", "--repeats", "1",
+         "--rate", "5000", "--seconds", "3", "--pairs", "1", "--out", str(out))
+    report = json.loads(out.read_text())
+    assert [r["config"] for r in report["sweep"]] == [
+        "thompson_k10", "thompson_k10_slate3", "lin_ucb_k20_d16"]
+    for row in report["sweep"]:
+        assert row["decisions"] == 3000 and row["log_bytes"] > 3000 * 16
+    runs = report["steady"]["runs"]
+    assert [r["window"] for r in runs] == [1.0, None]
+    assert runs[0]["settled"] > 0 and runs[1]["settled"] == 0
+
+
+@pytest.mark.slow
+def test_ope_accuracy(tmp_path):
+    out = tmp_path / "ope.json"
+    _run("-m", "benchmarks.ope_accuracy", "--runs", "2", "--decisions", "600", "--rounds", "6",
+         "--bootstrap", "200", "--out", str(out))
+    report = json.loads(out.read_text())
+    rows = report["summary"]
+    assert [(r["scenario"], r["runs"]) for r in rows] == [
+        ("bernoulli", 2), ("bernoulli", 2), ("linear", 2), ("linear", 2)]
+    for r in report["results"]:
+        assert r["decisions"] == 600
+        for e in ("ips", "snips", "doubly_robust"):
+            assert r[e]["ci"][0] < r[e]["value"] < r[e]["ci"][1]
+            assert abs(r[e]["value"] - r["truth"]) < 0.3
+
+
+def test_ab_compare_pairs_points_and_bounds_the_ratio():
+    """ab_compare: per point, the means of each side, their ratio and a bootstrap interval
+    that holds it; a point's runs are matched by (scenario, concurrency, processes)."""
+    from benchmarks.ab_compare import compare
+
+    def report(qps: float, cpu: float) -> dict:
+        return {"points": [{"scenario": "s", "concurrency": c, "processes": 1,
+                            "qps_ratio": qps * c, "banditd": {"server_cpu_us_per_call": cpu}}
+                           for c in (1, 8)]}
+
+    rows = compare([report(1.0, 10.0), report(1.2, 12.0)], [report(1.1, 9.0), report(1.3, 9.0)])
+    assert [(r["scenario"], r["concurrency"]) for r in rows] == [("s", 1), ("s", 8)]
+    for r in rows:
+        q, c = r["qps_ratio"], r["server_cpu_us_per_call"]
+        assert q["after_over_before"] == pytest.approx(1.2 / 1.1)
+        assert c["before_mean"] == 11.0 and c["after_mean"] == 9.0
+        assert c["after_over_before"] == pytest.approx(9.0 / 11.0)
+        assert c["ci95"][0] <= 9.0 / 11.0 <= c["ci95"][1]
+        assert q["ci95"][0] < q["after_over_before"] < q["ci95"][1]

@@ -383,7 +383,7 @@ def test_snapshot_inspect_cli(tmp_path):
     assert "linucb: policy lin_ucb, 2 arms, context_dim 3" in out.stdout
     assert "experiments: 5" in out.stdout
     # 3 x 60 single + 15 batch decisions, 1 tombstone; 160 + 6 batch rewards + the tombstone
-    assert "decisions: 196 (167 rewarded)" in out.stdout
+    assert "decisions: 196 (167 rewarded, 0 settled with the default reward)" in out.stdout
     assert "campaigns: 1" in out.stdout
     assert "spring: budget 100 Europe/Rome" in out.stdout and "spent 0.25, 1 open reserv" in out.stdout
     path.write_bytes(b"not a banditd snapshot file at all")

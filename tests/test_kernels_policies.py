@@ -30,10 +30,11 @@ from banditd.server.state.policies import resolve_policy
 API = ("NAME", "PARAM_NAMES", "EXAMPLE_PARAMS", "CONTEXTUAL", "ESTIMATED_PROPENSITY", "REWARDS",
        "State", "CACHE_FIELDS", "new_state", "select", "bind_select", "update", "bind_update",
        "select_reference", "update_reference", "select_batch", "update_batch",
-       "select_batch_reference", "update_batch_reference", "add_aggregate", "summary")
+       "select_batch_reference", "update_batch_reference", "add_aggregate", "summary", "revalue",
+       "retract")
 FUNCTIONS = ("new_state", "select", "bind_select", "update", "bind_update", "select_reference",
              "update_reference", "select_batch", "update_batch", "select_batch_reference",
-             "update_batch_reference", "add_aggregate", "summary")
+             "update_batch_reference", "add_aggregate", "summary", "revalue", "retract")
 
 
 @pytest.mark.parametrize("name", list(POLICIES))
@@ -119,6 +120,7 @@ for module in POLICIES.values():
                         burn_in=0, draws=4, rng=rng, out=np.empty((5, 2), dtype=np.int64),
                         propensity=np.empty(5))
     module.update(state=state, params=params, arm=2, reward=0.0, context=context, discount=1.0)
+    module.revalue(state=state, params=params, arm=2, old=0.0, new=1.0, context=context)
     module.bind_update(state=state, params=params, discount=1.0)(2, 1.0, context)
     module.update_batch(state=state, params=params, arms=np.array([0, 6, 6], dtype=np.int64),
                         rewards=np.ones(3), contexts=np.full((3, dim), 0.75), discount=1.0)
@@ -144,6 +146,7 @@ def test_warm_up_compiles_every_entry_point_so_later_calls_compile_nothing():
                                "_update_batch") if f"{name}.{fn}" in result["warm"]]
     assert len(entry_points) >= 5 * len(POLICIES) - 1
     assert all(result["warm"][fn] >= 1 for fn in entry_points), result["warm"]
+    assert result["warm"]["lin_ucb._revalue"] >= 1  # a late reward's correction
     assert result["used"] == result["warm"]
     assert 0 < result["seconds"] <= result["outer"]
 
@@ -419,3 +422,89 @@ def test_update_batch_matches_reference_and_single_updates(name):
         assert_states_equal(state, ref)
         for a, b in zip(state, single, strict=True):
             assert np.array_equal(a, b)
+
+
+def _exact_reward(mod, gen) -> float:
+    """A reward of the policy's kind whose sums and products are exact: 0/1, or a small
+    integer (a revenue of 0 half the time)."""
+    if mod.REWARDS == "binary":
+        return float(gen.random() < 0.4)
+    if mod.REWARDS == "value":
+        return float(gen.integers(1, 50)) if gen.random() < 0.5 else 0.0
+    return float(gen.integers(-3, 4))
+
+
+def _small_context(mod, gen) -> np.ndarray:
+    """Small integers (exact products), empty for a non-contextual policy."""
+    return gen.integers(-2, 3, 3 if mod.CONTEXTUAL else 0).astype(np.float64)
+
+
+def _learned(mod, state) -> list[np.ndarray]:
+    """The state's learned arrays (not the Monte-Carlo caches, which revalue invalidates)."""
+    return [getattr(state, f).copy() for f in mod.State._fields if f not in mod.CACHE_FIELDS]
+
+
+def _trained(mod, gen, updates: int):
+    state = mod.new_state(num_arms=4, dim=3 if mod.CONTEXTUAL else 0, params=params_of(mod),
+                          draws=8)
+    for _ in range(updates):
+        mod.update(state=state, params=params_of(mod), arm=int(gen.integers(4)),
+                   reward=_exact_reward(mod, gen), context=_small_context(mod, gen),
+                   discount=1.0)
+    return state
+
+
+@pytest.mark.parametrize("exact", [True, False])
+@pytest.mark.parametrize("name", list(POLICIES))
+def test_revalue_gives_the_state_of_the_reward_learned_instead(name, exact):
+    """A default learned, other updates, then the late reward: the learned arrays are those of
+    learning the late reward in time: the same bits for exact values (0/1, integers), within
+    1e-12 for any float (a reordered sum)."""
+    mod = POLICIES[name]
+    params = params_of(mod)
+    gen = np.random.default_rng(3)
+    for trial in range(20):
+        base = _trained(mod, gen, 30)
+        late, on_time = copy_state(base), copy_state(base)
+        arm, x = int(gen.integers(4)), _small_context(mod, gen)
+        default = 0.0 if trial % 2 else _exact_reward(mod, gen)
+        real = _exact_reward(mod, gen) if exact or mod.REWARDS == "binary" else reward(mod, gen)
+        mod.update(state=late, params=params, arm=arm, reward=default, context=x, discount=1.0)
+        mod.update(state=on_time, params=params, arm=arm, reward=real, context=x, discount=1.0)
+        for _ in range(10):  # other updates between the default and the correction
+            a, r, y = int(gen.integers(4)), _exact_reward(mod, gen), _small_context(mod, gen)
+            for s in (late, on_time):
+                mod.update(state=s, params=params, arm=a, reward=r, context=y, discount=1.0)
+        mod.revalue(state=late, params=params, arm=arm, old=default, new=real, context=x)
+        for got, want in zip(_learned(mod, late), _learned(mod, on_time), strict=True):
+            if exact:
+                np.testing.assert_array_equal(got, want)
+            else:
+                np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+        if "mc_valid" in mod.State._fields:
+            assert late.mc_valid[arm] == 0.0  # the arm's cached posterior draws are stale now
+
+
+@pytest.mark.parametrize("name", [n for n, m in POLICIES.items() if not m.CONTEXTUAL])
+def test_retract_undoes_an_update(name):
+    mod = POLICIES[name]
+    params = params_of(mod)
+    gen = np.random.default_rng(5)
+    for _ in range(20):
+        state = _trained(mod, gen, 30)
+        before = _learned(mod, state)
+        arm, r = int(gen.integers(4)), _exact_reward(mod, gen)
+        mod.update(state=state, params=params, arm=arm, reward=r, context=np.empty(0),
+                   discount=1.0)
+        assert any((a != b).any() for a, b in zip(_learned(mod, state), before, strict=True))
+        mod.retract(state=state, params=params, arm=arm, reward=r, context=np.empty(0))
+        for got, want in zip(_learned(mod, state), before, strict=True):
+            np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("name", [n for n, m in POLICIES.items() if m.CONTEXTUAL])
+def test_linear_policies_cannot_retract(name):
+    mod = POLICIES[name]
+    state = _trained(mod, np.random.default_rng(1), 5)
+    with pytest.raises(NotImplementedError):
+        mod.retract(state=state, params=params_of(mod), arm=0, reward=1.0, context=np.ones(3))

@@ -8,6 +8,7 @@ tokens file and the certificates are re-read by a real ``banditd serve`` on a re
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -246,6 +247,28 @@ def test_sighup_reloads_the_tokens_file_and_the_certificates(tmp_path, pki):
             assert token not in log  # tokens are never logged
     finally:
         assert server.stop() == 0
+
+
+def test_banditd_export_over_tls_with_a_read_token(tls_server, pki, tmp_path):
+    """ExportDecisions needs the read role, checked before the stream starts: banditd export
+    sends the token of --token-file over TLS (--ca-file), and is refused without one."""
+    target = f"127.0.0.1:{tls_server.port}"
+    with BanditClient(target, token=TOKENS["ops"][0], root_certificates=pki.ca,
+                      server_name="localhost") as ops:
+        ops.create_experiment("sec-export", ["x", "y"], "thompson", seed=4)
+        made = {ops.select_arm("sec-export").decision_id for _ in range(3)}
+    (tmp_path / "token").write_text(TOKENS["analyst"][0] + "\n")
+    command = [str(BIN / "banditd"), "export", "sec-export", "--address", target, "--ca-file",
+               str(pki.ca), "--server-name", "localhost"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BANDITD_")}
+    read = subprocess.run([*command, "--token-file", str(tmp_path / "token")], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert read.returncode == 0, read.stderr
+    rows = [json.loads(line) for line in read.stdout.splitlines()]
+    assert {r["decision_id"] for r in rows} == made
+    assert all(r["reward_status"] == "pending" for r in rows)
+    anonymous = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert anonymous.returncode == 1 and "UNAUTHENTICATED" in anonymous.stderr
 
 
 def test_check_health_over_tls(tmp_path, pki):

@@ -142,7 +142,8 @@ CASES = [
 ]
 
 async def main():
-    app, port = await create_server(Settings(host="127.0.0.1", port=0, data_dir=sys.argv[1]))
+    app, port = await create_server(Settings(host="127.0.0.1", port=0, data_dir=sys.argv[1],
+                                             reward_sweep_interval_seconds=0.05))
     await app.wait_ready()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
         stub = pb_grpc.DecisionServiceStub(ch)
@@ -177,6 +178,22 @@ async def main():
                     await stub.IngestMetrics(pb.IngestMetricsRequest(experiment_id=e.experiment_id, period="2025-01-01", metrics=[pb.ArmMetrics(arm_id="a", trials=10, successes=1, value=5)]))
                     if rtype != pb.REWARD_TYPE_CONTINUOUS:
                         await stub.GetAllocation(pb.GetAllocationRequest(experiment_id=e.experiment_id, min_percentage=1))
+                if discount is None:  # reward windows: settled by default, then late rewards
+                    w = pb.Experiment(experiment_id=f"w{n}", arms=[pb.Arm(arm_id=a) for a in "abc"],
+                                      policy=policy, reward_type=rtype, context_dim=dim, seed=n,
+                                      exploration_floor=floor, min_selections=burn,
+                                      reward_wait_seconds=0.2)
+                    await stub.CreateExperiment(pb.CreateExperimentRequest(experiment=w))
+                    ds = [await stub.SelectArm(pb.SelectArmRequest(experiment_id=w.experiment_id, context=ctx, num_arms=k)) for k in (1, 2)]
+                    await stub.BatchSelectArms(pb.BatchSelectArmsRequest(requests=[pb.SelectArmRequest(experiment_id=w.experiment_id, context=ctx)] * 3))
+                    while (await stub.GetArmStats(pb.GetArmStatsRequest(experiment_id=w.experiment_id))).model_version < 5:
+                        await asyncio.sleep(0.05)
+                    await stub.RecordReward(pb.RecordRewardRequest(experiment_id=w.experiment_id, decision_id=ds[0].decision_id, reward=1))
+                    if dim == 0:
+                        await stub.RecordReward(pb.RecordRewardRequest(experiment_id=w.experiment_id, decision_id=ds[1].decision_id, arm_id=ds[1].ranked_arm_ids[1], reward=1))
+                    await stub.EvaluatePolicy(pb.EvaluatePolicyRequest(experiment_id=w.experiment_id, policy=policy))
+                    async for _ in stub.ExportDecisions(pb.ExportDecisionsRequest(experiment_id=w.experiment_id)):
+                        pass
     after = signatures()
     await app.stop(None)
     print(json.dumps({"before": before, "after": after}))

@@ -8,6 +8,7 @@ replay), for every record type."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import grpc
 import numpy as np
@@ -74,6 +75,7 @@ def _traffic(stub) -> None:
                                              arm_id="a2", reward=1.0))
     stub.RecordReward(pb.RecordRewardRequest(experiment_id="lin", arm_id="a1", reward=2.0,
                                              context=[0.1, 0.2, 0.3]))
+    _windowed_traffic(stub, rng)
     stub.IngestMetrics(pb.IngestMetricsRequest(experiment_id="ts", period="2026-01-01",
                                                metrics=[pb.ArmMetrics(arm_id="a1", trials=50,
                                                                       successes=7)]))
@@ -109,6 +111,37 @@ def _traffic(stub) -> None:
     stub.GetPacingStatus(pb.GetPacingStatusRequest(campaign_id="c", event_time=_at(t + DAY)))
 
 
+def _windowed_traffic(stub, rng) -> None:
+    """Reward windows: decisions settled with the default reward by the server's sweep, then
+    late rewards correcting some (one for another arm of a slate)."""
+    stub.CreateExperiment(pb.CreateExperimentRequest(experiment=make_experiment(
+        "win", arms=["x", "y", "z"], seed=5, reward_wait_seconds=0.2)))
+    stub.CreateExperiment(pb.CreateExperimentRequest(experiment=make_experiment(
+        "winlin", arms=["x", "y"], seed=6, context_dim=2, reward_wait_seconds=0.2,
+        reward_type=pb.REWARD_TYPE_CONTINUOUS, default_reward=-1.0,
+        policy=pb.Policy(lin_thompson=pb.Policy.LinThompson()))))
+    made = [stub.SelectArm(pb.SelectArmRequest(experiment_id="win", num_arms=1 + i % 2))
+            for i in range(20)]
+    lin = stub.BatchSelectArms(pb.BatchSelectArmsRequest(requests=[pb.SelectArmRequest(
+        experiment_id="winlin", context=rng.uniform(-1, 1, 2).tolist()) for _ in range(10)]))
+    for d in made[:3]:
+        stub.RecordReward(pb.RecordRewardRequest(experiment_id="win",
+                                                 decision_id=d.decision_id, reward=1.0))
+    deadline = time.monotonic() + 30
+    while stub.GetArmStats(pb.GetArmStatsRequest(experiment_id="win")).model_version < 20 or \
+            stub.GetArmStats(pb.GetArmStatsRequest(experiment_id="winlin")).model_version < 10:
+        assert time.monotonic() < deadline, "the sweep did not settle the decisions"
+        time.sleep(0.05)
+    late = [pb.RecordRewardRequest(experiment_id="win", decision_id=made[4].decision_id,
+                                   reward=1.0),
+            pb.RecordRewardRequest(experiment_id="win", decision_id=made[5].decision_id,
+                                   reward=1.0, arm_id=made[5].ranked_arm_ids[1]),
+            pb.RecordRewardRequest(experiment_id="winlin",
+                                   decision_id=lin.responses[0].decision_id, reward=2.5)]
+    assert all(r.late for r in stub.BatchRecordRewards(
+        pb.BatchRecordRewardsRequest(requests=late)).responses)
+
+
 def _comparable(message: bytes, section: memoryview) -> dict:
     """An image as plain values, without what the log does not replay (random streams, the
     policies' cache arrays) or cannot (the time the image was taken)."""
@@ -131,7 +164,8 @@ def _comparable(message: bytes, section: memoryview) -> dict:
 
 def test_live_state_equals_the_replay_of_its_log(tmp_path):
     data = tmp_path / "data"
-    with running_server(data, snapshot_interval_seconds=0) as server:
+    with running_server(data, snapshot_interval_seconds=0,
+                        reward_sweep_interval_seconds=0.05) as server:
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             _traffic(pb_grpc.DecisionServiceStub(channel))
         storage = server.app.storage
@@ -152,16 +186,18 @@ def test_live_state_equals_the_replay_of_its_log(tmp_path):
              for _, path in list_segments(data) for p in read_segment(path).records}
     assert kinds == {"create_experiment", "delete_experiment", "update_arms",
                      "reset_experiment", "ingest_metrics", "decision_table", "decision_block",
-                     "reward_table", "campaign", "campaign_day", "pace", "spend"}
+                     "reward_table", "default_rewards", "campaign", "campaign_day", "pace",
+                     "spend"}
     message, pieces = replayed.image(report.last_lsn)
     again = _comparable(message, memoryview(b"".join(pieces)))
-    assert again["experiments"].keys() == live["experiments"].keys() == {"ts", "val", "lin"}
+    assert again["experiments"].keys() == live["experiments"].keys() == {
+        "ts", "val", "lin", "win", "winlin"}
     # every administrative change carries its audit entry, replayed with it
     audited = [st.Audit.FromString(a) for a in live["audit"]]
-    assert [a.rpc for a in audited] == ["CreateExperiment"] * 4 + ["IngestMetrics"] * 2 + [
+    assert [a.rpc for a in audited] == ["CreateExperiment"] * 6 + ["IngestMetrics"] * 2 + [
         "UpdateArms", "ResetExperiment", "DeleteExperiment", "CreateCampaign"] + [
         "UpdateCampaign"] * 2
-    assert audited[6].ids == ["ts", "a9", "a0"] and audited[-1].ids == ["c"]
+    assert audited[8].ids == ["ts", "a9", "a0"] and audited[-1].ids == ["c"]
     assert all(a.peer.startswith("ipv4:127.0.0.1:") and a.time > 0 for a in audited)
     for eid in live["experiments"]:
         assert again["experiments"][eid] == live["experiments"][eid], eid
@@ -172,7 +208,8 @@ def test_an_image_loads_back_to_the_same_state(tmp_path):
     """An image (what a snapshot file and a new follower get) loads into an empty state
     machine and gives back the same image, byte for byte but for its time."""
     data = tmp_path / "data"
-    with running_server(data, snapshot_interval_seconds=0) as server:
+    with running_server(data, snapshot_interval_seconds=0,
+                        reward_sweep_interval_seconds=0.05) as server:
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             _traffic(pb_grpc.DecisionServiceStub(channel))
         message, pieces = server.call(lambda: server.app.state.image(7))

@@ -241,6 +241,46 @@ def test_rewards_through_every_worker_add_up_exactly_and_survive_a_restart(worke
 
 
 @pytest.mark.slow
+def test_reward_windows_are_settled_once_by_the_leader_and_reach_every_worker(workers):
+    """Decisions of both workers whose window passes are settled by the leader's sweep (the
+    followers keep no decision records) and the settlement reaches the follower through the
+    stream; a late reward through the follower corrects it everywhere; ExportDecisions through
+    the follower streams the leader's log."""
+    w = workers(2, "data", "--set", "reward_sweep_interval_seconds=0.05")
+    leader, follower = w.stubs[0], w.stubs[1]
+    follower.CreateExperiment(pb.CreateExperimentRequest(experiment=make_experiment(
+        "win", arms=("a", "b", "c"), seed=3, reward_wait_seconds=0.3)))
+    made = []
+    for i in range(30):
+        made.append(w.stubs[i % 2].SelectArm(pb.SelectArmRequest(experiment_id="win")))
+    made += follower.BatchSelectArms(pb.BatchSelectArmsRequest(requests=[
+        pb.SelectArmRequest(experiment_id="win")] * 10)).responses
+    assert not follower.RecordReward(pb.RecordRewardRequest(
+        experiment_id="win", decision_id=made[1].decision_id, reward=1.0)).late
+    arms = [d.arm_id for d in made]
+    expected = {a: (arms.count(a), arms.count(a), 1.0 if a == made[1].arm_id else 0.0)
+                for a in "abc"}
+    wait_for_stats(w, "win", expected)  # every decision learned once, on both workers
+    late = follower.RecordReward(pb.RecordRewardRequest(
+        experiment_id="win", decision_id=made[2].decision_id, reward=1.0))
+    assert late.late and not late.duplicate
+    sums = {a: expected[a][2] + (1.0 if a == made[2].arm_id else 0.0) for a in "abc"}
+    wait_for_stats(w, "win", {a: (*expected[a][:2], sums[a]) for a in "abc"})
+    for stub in (leader, follower):
+        assert stub.GetArmStats(pb.GetArmStatsRequest(experiment_id="win")).model_version == 40
+    rows = [r for m in follower.ExportDecisions(pb.ExportDecisionsRequest(experiment_id="win"))
+            for r in m.decisions]
+    assert {r.decision_id for r in rows} == {d.decision_id for d in made}
+    statuses = Counter(r.reward_status for r in rows)
+    assert statuses == {pb.REWARD_STATUS_DEFAULT: 38, pb.REWARD_STATUS_REWARDED: 1,
+                        pb.REWARD_STATUS_LATE: 1}
+    with pytest.raises(grpc.RpcError) as err:
+        list(follower.ExportDecisions(pb.ExportDecisionsRequest(experiment_id="nope")))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert w.stop() == 0
+
+
+@pytest.mark.slow
 def test_three_workers_share_the_port_and_a_dead_worker_stops_all(workers):
     """Also with messages between workers gathered for 50 ms instead of 10 (the setting is
     used on both sides): configuration is still acknowledged at once, and every worker counts

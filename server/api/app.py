@@ -27,8 +27,11 @@ from banditd.server.api.handlers import (
     SERVICE_NAME,
     GenericHandlersOnly,
     Handler,
+    StreamHandler,
     bytes_handler,
     register_decision_handlers,
+    stream_handler,
+    streaming_methods,
     unary_methods,
 )
 from banditd.server.api.metrics import Metrics
@@ -52,7 +55,7 @@ class Companion(Protocol):
     async def stop(self, grace: float | None) -> None: ...
 
 
-Routes = Callable[[DecisionService], dict[str, Handler]]
+Routes = Callable[[DecisionService], dict[str, Handler | StreamHandler]]
 
 
 @dataclass
@@ -90,12 +93,14 @@ def build_service(settings: Settings, parts: Parts | None = None) -> DecisionSer
     return DecisionService(core)
 
 
-def local_routes(service: DecisionService) -> dict[str, Handler]:
+def local_routes(service: DecisionService) -> dict[str, Handler | StreamHandler]:
     """Every DecisionService RPC served by ``service`` (SelectArm from bytes to bytes)."""
     core = service.core
     behaviors = service.behaviors()
-    handlers = {m.name: bytes_handler(behaviors[m.name], m, core.metrics, core)
-                for m in unary_methods()}
+    handlers: dict[str, Handler | StreamHandler] = {
+        m.name: bytes_handler(behaviors[m.name], m, core.metrics, core) for m in unary_methods()}
+    handlers.update({m.name: stream_handler(behaviors[m.name], m, core.metrics, core)
+                     for m in streaming_methods()})
     handlers["SelectArm"] = bytes_handler(service.decisions.select_arm_bytes,
                                           SERVICE.methods_by_name["SelectArm"], core.metrics,
                                           core, raw=True)
@@ -154,6 +159,12 @@ class BanditServer:
         log.info("kernels ready in %.2f s (policies: %s)", seconds,
                  ", ".join(sorted(self.core.kernels.ready)) or "none yet")
         await self.storage.start()
+        if self.state.store.keeps_records:  # a follower keeps none: the leader settles
+            settled = await self.service.reward_windows.sweep()
+            if settled:
+                log.info("settled %d decisions whose reward window passed with the default "
+                         "reward", settled)
+            self.service.reward_windows.start()
         # Collect what start-up left (compilation, restore) now, while not serving: left
         # for later, the first full collection came a few seconds into the traffic and
         # stopped the event loop for 70-90 ms (136k objects).
@@ -201,6 +212,7 @@ class BanditServer:
         if self._warmup is not None and not self._warmup.done():
             self._warmup.cancel()
         await self.grpc_server.stop(grace)
+        await self.service.reward_windows.stop()
         if self.companion is not None:
             await self.companion.stop(grace)
         if started:

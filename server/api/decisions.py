@@ -23,7 +23,13 @@ from banditd.server.api.wire import (
     select_responses,
     select_responses_bound,
 )
-from banditd.server.errors import DomainError, InvalidArgument, NotFound, shown
+from banditd.server.errors import (
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    shown,
+)
 from banditd.server.ids import check_decision_id
 from banditd.server.state.decision_store import DecisionColumns, slate_tuples
 from banditd.server.state.experiment import ContextRowError, Experiment
@@ -70,17 +76,20 @@ class _SelectGroup:
 
 class _PreparedReward:
     """A checked reward: the experiment, the arm position, the value, the context, and its
-    decision (the store's record, when the decision is known for this incarnation)."""
+    decision (the store's record, when the decision is known for this incarnation); ``corrects``:
+    the arm id its decision's default reward was learned for, when this reward is late."""
 
-    __slots__ = ("experiment", "arm", "reward", "context", "decision_id", "record")
+    __slots__ = ("experiment", "arm", "reward", "context", "decision_id", "record", "corrects")
 
-    def __init__(self, experiment, arm, reward, context, decision_id, record) -> None:
+    def __init__(self, experiment, arm, reward, context, decision_id, record,
+                 corrects: str | None = None) -> None:
         self.experiment = experiment
         self.arm = arm
         self.reward = reward
         self.context = context
         self.decision_id = decision_id
         self.record = record
+        self.corrects = corrects
 
 
 def _copies_of(request) -> bool:
@@ -317,7 +326,16 @@ class DecisionHandlers:
                     f"'{experiment.experiment_id}'"
                 )
             context = record.context if record.context is not None else experiment.context_array(())
-            return _PreparedReward(experiment, arm, reward, context, decision_id, record)
+            corrects = None
+            if record.defaulted:  # settled with the default: this late reward corrects it
+                corrects = slate[0]
+                why = experiment.correction_refused(experiment.arm_index.get(corrects, -1), arm)
+                if why is not None:
+                    raise FailedPrecondition(
+                        f"decision '{decision_id}' was settled with the default reward (its "
+                        f"reward window passed): {why}")
+            return _PreparedReward(experiment, arm, reward, context, decision_id, record,
+                                   corrects)
         if not request.arm_id:
             if decision_id:
                 raise NotFound(
@@ -351,7 +369,7 @@ class DecisionHandlers:
                 if record.rewarded:
                     return False
                 rows.add(p.experiment, p.arm, p.reward, p.context, decision_id, False,
-                         record.row)
+                         record.row, p.corrects)
                 return True
             # An unknown decision rewarded by explicit arm: a rewarded tombstone is stored
             # under its id, so a retry of the same request is not counted twice, unless a
@@ -368,11 +386,12 @@ class DecisionHandlers:
     async def RecordReward(self, request, context):
         now = time.time()
         rows = RewardRows(now)
-        if not self._row(self._prepare_reward(request, now), rows, now, None):
+        p = self._prepare_reward(request, now)
+        if not self._row(p, rows, now, None):
             await self.core.synced()  # the original may still be on its way to the disk
             return pb.RecordRewardResponse(duplicate=True)
         await self._learn(rows)
-        return pb.RecordRewardResponse(duplicate=False)
+        return pb.RecordRewardResponse(late=p.corrects is not None)
 
     async def BatchRecordRewards(self, request, context):
         items = request.requests
@@ -390,7 +409,7 @@ class DecisionHandlers:
         seen: set[tuple[int, str]] = set()
         for p in prepared:
             if self._row(p, rows, now, seen):
-                add()
+                add(late=p.corrects is not None)
             else:
                 add(duplicate=True)
         if len(rows):
@@ -404,6 +423,8 @@ class DecisionHandlers:
         self.core.check_writable()
         self.learning.apply(rows)
         core = self.core
+        if rows.corrections:
+            core.metrics.late_rewards.inc(len(rows.corrections))
         if core.logging:
             core.storage.append(rows.encode().SerializeToString())
         await core.synced()

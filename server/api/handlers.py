@@ -1,5 +1,7 @@
 """How a DecisionService behaviour becomes a gRPC handler: parse, check readiness, call, map
-errors to status codes (:func:`errors.status_of`, the one place), count in the metrics.
+errors to status codes (:func:`errors.status_of`, the one place), count in the metrics. Unary
+RPCs take :func:`bytes_handler`, server-streaming ones (ExportDecisions) :func:`stream_handler`,
+the same steps around a stream of responses.
 
 Handlers take and return bytes and are registered through one generic handler: in grpc.aio
 the registered-method path costs about a fifth of a do-nothing handler's throughput, and
@@ -11,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, Protocol
 
 import grpc
@@ -29,6 +31,8 @@ SERVICE_NAME = SERVICE.full_name
 NOT_READY = "server is starting (compiling kernels, restoring state); retry shortly"
 
 Handler = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
+# a server-streaming RPC's handler: request bytes in, an async iterator of response bytes out
+StreamHandler = Callable[[bytes, grpc.aio.ServicerContext], AsyncIterator[bytes]]
 
 
 class Readiness(Protocol):
@@ -39,12 +43,22 @@ class Readiness(Protocol):
     auth: Authenticator
 
 
-def unary_methods() -> Iterator[MethodDescriptor]:
-    """The methods of ``decision.v1.DecisionService``; all are unary (only those are served)."""
+def _methods(streaming: bool) -> Iterator[MethodDescriptor]:
     for method in SERVICE.methods:
-        if method.client_streaming or method.server_streaming:
-            raise TypeError(f"{method.full_name}: only unary RPCs are served")
-        yield method
+        if method.client_streaming:
+            raise TypeError(f"{method.full_name}: client-streaming RPCs are not served")
+        if method.server_streaming == streaming:
+            yield method
+
+
+def unary_methods() -> Iterator[MethodDescriptor]:
+    """The unary methods of ``decision.v1.DecisionService``."""
+    return _methods(False)
+
+
+def streaming_methods() -> Iterator[MethodDescriptor]:
+    """The server-streaming methods of ``decision.v1.DecisionService``."""
+    return _methods(True)
 
 
 def request_parser(request_class: Any, name: str) -> Callable[[bytes], Any]:
@@ -124,6 +138,50 @@ def bytes_handler(behavior: Callable[..., Any], method: MethodDescriptor, metric
     return handler
 
 
+def stream_handler(behavior: Callable[..., AsyncIterator[Any]], method: MethodDescriptor,
+                   metrics: Metrics, gate: Readiness) -> StreamHandler:
+    """``behavior`` (an async generator function: ``method``'s request message in, response
+    messages out) as the bytes handler of server-streaming ``method``: refuses calls until
+    ``gate`` is ready (UNAVAILABLE), parses, serialises each response, answers an exception
+    (before or between responses) with its status and counts the call once it ends. With
+    authentication on (``gate.auth``), the caller's token is checked first."""
+    request_of = request_parser(message_factory.GetMessageClass(method.input_type),
+                                method.name)
+    name = method.name
+    observe = metrics.observe
+    clock = time.perf_counter
+    check_caller = gate.auth.checker(name)  # None: no authentication
+
+    async def handler(request: bytes, context: grpc.aio.ServicerContext
+                      ) -> AsyncIterator[bytes]:
+        start = clock()
+        try:
+            if check_caller is not None:
+                check_caller(context)
+            if not gate.ready:
+                raise Unavailable(NOT_READY)
+            async for response in behavior(request_of(request), context):
+                yield response.SerializeToString()
+        except (asyncio.CancelledError, GeneratorExit):  # the client went away
+            observe(name, "CANCELLED", clock() - start)
+            raise
+        except grpc.aio.AbortError:
+            observe(name, code_name(context.code()), clock() - start)
+            raise
+        except Exception as exc:
+            status, message = status_of(exc, name)
+            details = status_details(exc, message)
+        else:
+            observe(name, "OK", clock() - start)
+            return
+        observe(name, status.name, clock() - start)
+        if details:  # abort's metadata replaces what was set before (a worker's keys)
+            details = (*(context.trailing_metadata() or ()), *details)
+        await context.abort(status, message, details)
+
+    return handler
+
+
 def code_name(code: Any) -> str:
     """A status code's name for the metrics (``grpc.StatusCode`` or its integer value)."""
     if isinstance(code, grpc.StatusCode):
@@ -131,11 +189,15 @@ def code_name(code: Any) -> str:
     return next((c.name for c in grpc.StatusCode if c.value[0] == code), "UNKNOWN")
 
 
-def register_decision_handlers(server: grpc.aio.Server, handlers: dict[str, Handler]) -> None:
+def register_decision_handlers(server: grpc.aio.Server,
+                               handlers: dict[str, Handler | StreamHandler]) -> None:
     """Serve DecisionService on ``server`` through one generic handler (method name ->
-    bytes handler)."""
+    bytes handler, a stream handler for a server-streaming method)."""
+    methods = SERVICE.methods_by_name
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-        SERVICE_NAME, {name: grpc.unary_unary_rpc_method_handler(handler)
+        SERVICE_NAME, {name: grpc.unary_stream_rpc_method_handler(handler)
+                       if methods[name].server_streaming
+                       else grpc.unary_unary_rpc_method_handler(handler)  # type: ignore[arg-type]
                        for name, handler in handlers.items()}),))
 
 

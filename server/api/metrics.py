@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from prometheus_client import (
     CollectorRegistry,
+    Counter,
     Gauge,
     GCCollector,
     PlatformCollector,
@@ -143,6 +144,14 @@ class Metrics:
         )
         self.decisions = Gauge(
             "banditd_decisions_stored", "Decisions kept for late rewards.", registry=self.registry
+        )
+        self.default_rewards = Counter(
+            "banditd_default_rewards", "Decisions settled with their experiment's default "
+            "reward (no reward within the reward window).", registry=self.registry
+        )
+        self.late_rewards = Counter(
+            "banditd_late_rewards", "Rewards that corrected a default reward.",
+            registry=self.registry
         )
         self._http: Any = None
         # campaign_id -> [PaceBid calls, non-zero bids] answered by this process

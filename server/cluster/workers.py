@@ -21,7 +21,7 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,8 +34,11 @@ from banditd.server.api.core import FORWARDED_PEER_KEY, Core
 from banditd.server.api.handlers import (
     SERVICE_NAME,
     Handler,
+    StreamHandler,
     bytes_handler,
     register_decision_handlers,
+    stream_handler,
+    streaming_methods,
     unary_methods,
 )
 from banditd.server.api.service import DecisionService
@@ -62,7 +65,8 @@ log = logging.getLogger("banditd")
 # Answered by every worker from its own replica. Every other DecisionService RPC (every
 # write, and any RPC added to the service later unless it is listed here) is forwarded to
 # the leader, so that there is one place that orders writes, counts rewards exactly once
-# and keeps budgets.
+# and keeps budgets. Server-streaming RPCs (ExportDecisions: the decision log is the
+# leader's) are always forwarded.
 LOCAL_RPCS = frozenset({
     "GetExperiment", "ListExperiments", "SelectArm", "BatchSelectArms", "GetArmStats",
     "GetAllocation", "AllocateBudget",
@@ -113,7 +117,7 @@ class WorkerRuntime:
             if self.private_port == 0:
                 raise OSError("could not listen on a private 127.0.0.1 port")
 
-    def routes(self, service: DecisionService) -> dict[str, Handler]:
+    def routes(self, service: DecisionService) -> dict[str, Handler | StreamHandler]:
         """The worker's DecisionService handlers (for :func:`api.app.create_server`)."""
         core = service.core
         behaviors = service.behaviors()
@@ -123,17 +127,26 @@ class WorkerRuntime:
             assert self.private is not None
             # the private port's calls come from followers (authenticated): only there is a
             # follower's banditd-forwarded-by honoured
+            # server-streaming reads (ExportDecisions) are answered from the leader's state
+            streams: dict[str, Handler | StreamHandler] = {
+                m.name: _stream_with_metadata(behaviors[m.name], m, self.metadata, core)
+                for m in streaming_methods()}
             register_decision_handlers(self.private, {
-                m.name: _leader_handler(m, behaviors[m.name], core, self.leader, self.metadata,
-                                        private=True) for m in unary_methods()})
-            return {m.name: _leader_handler(m, behaviors[m.name], core, self.leader,
-                                            self.metadata, private=False)
-                    for m in unary_methods()}
+                **{m.name: _leader_handler(m, behaviors[m.name], core, self.leader,
+                                           self.metadata, private=True)
+                   for m in unary_methods()}, **streams})
+            return {**{m.name: _leader_handler(m, behaviors[m.name], core, self.leader,
+                                               self.metadata, private=False)
+                       for m in unary_methods()}, **streams}
         assert self.forwarder is not None
         self.forwarder.core = core
-        return {m.name: (_with_metadata(behaviors[m.name], m, self.metadata, core)
-                         if m.name in LOCAL_RPCS else self.forwarder.handler(m.name))
-                for m in unary_methods()}
+        handlers: dict[str, Handler | StreamHandler] = {
+            m.name: (_with_metadata(behaviors[m.name], m, self.metadata, core)
+                     if m.name in LOCAL_RPCS else self.forwarder.handler(m.name))
+            for m in unary_methods()}
+        handlers.update({m.name: self.forwarder.stream_handler(m.name)
+                         for m in streaming_methods()})
+        return handlers
 
     def _replication_metrics(self) -> Iterator[Metric]:
         """The leader: ``banditd_replication_lag_records{follower}`` (records it published
@@ -204,6 +217,17 @@ def _with_metadata(behavior, method, metadata, core: Core) -> Handler:
     return handle
 
 
+def _stream_with_metadata(behavior, method, metadata, core: Core) -> StreamHandler:
+    inner = stream_handler(behavior, method, core.metrics, core)
+
+    async def handle(raw: bytes, context) -> AsyncIterator[bytes]:
+        context.set_trailing_metadata(metadata)  # kept by an abort too
+        async for chunk in inner(raw, context):
+            yield chunk
+
+    return handle
+
+
 def _leader_handler(method, behavior, core: Core, leader: ReplicationLeader,
                     metadata, private: bool) -> Handler:
     waits = inspect.iscoroutinefunction(behavior)
@@ -250,14 +274,57 @@ class _Forwarder:
 
         return forward  # bytes in, bytes out: no (de)serialisation
 
-    async def _call(self, name: str):
+    def stream_handler(self, name: str) -> StreamHandler:
+        async def forward(request: bytes, context) -> AsyncIterator[bytes]:
+            async for chunk in self.forward_stream(name, request, context):
+                yield chunk
+
+        return forward
+
+    async def _call(self, name: str, streaming: bool = False):
         call = self._calls.get(name)
         if call is None:
             if self._channel is None:
                 # A channel of its own: forwarded calls do not queue behind the stream.
                 self._channel = private_channel(await self._leader_address, self._token)
-            call = self._calls[name] = self._channel.unary_unary(f"/{SERVICE_NAME}/{name}")
+            path = f"/{SERVICE_NAME}/{name}"
+            call = self._calls[name] = (self._channel.unary_stream(path) if streaming
+                                        else self._channel.unary_unary(path))
         return call
+
+    async def forward_stream(self, name: str, request: bytes, context
+                             ) -> AsyncIterator[bytes]:
+        """A server-streaming call forwarded to the leader: its messages passed on as they
+        come, its status answered (a read: no wait for the leader's log)."""
+        started = time.perf_counter()
+
+        def observe(code: str) -> None:
+            assert self.core is not None
+            self.core.metrics.observe(name, code, time.perf_counter() - started)
+
+        context.set_trailing_metadata(self._metadata)
+        if self.core is None or not self.core.ready:
+            observe("UNAVAILABLE")
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                "server is starting (loading the leader's state); retry")
+        call = (await self._call(name, streaming=True))(
+            request, timeout=context.time_remaining(),
+            metadata=(*_forwardable(context.invocation_metadata()), *self._forwarded_by))
+        try:
+            async for chunk in call:
+                yield chunk
+        except grpc.aio.AioRpcError as exc:
+            refused = exc
+        except (asyncio.CancelledError, GeneratorExit):
+            observe("CANCELLED")
+            call.cancel()
+            raise
+        else:
+            observe("OK")
+            return
+        observe(refused.code().name)
+        await context.abort(refused.code(), refused.details() or "",
+                            (*self._metadata, *_forwardable(refused.trailing_metadata())))
 
     async def forward(self, name: str, request: bytes, context) -> bytes:
         # Every call is counted once, before its answer goes out (abort sends the status

@@ -3,7 +3,10 @@
 Each record keeps what the reward needs (experiment, slate, context) and what
 off-policy evaluation needs (propensity, model version, time). Capacity and TTL
 bound memory: the oldest records go first. A record remembers whether it was
-rewarded, so a retried RecordReward is recognised as a duplicate.
+rewarded, so a retried RecordReward is recognised as a duplicate, whether it was
+settled with its experiment's default reward (reward windows: a later reward then
+corrects it), and the reward learned and the slot of the slate it was learned for
+(for the decision-log export).
 
 Storage is columnar: a ring of ``capacity`` rows (NumPy columns for the numbers, lists for
 the ids, slates and contexts). No Python object is made per decision beyond its id string and
@@ -26,7 +29,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -64,6 +67,7 @@ class DecisionRecord:
         "created",
         "rewarded",
         "row",
+        "defaulted",
     )
 
     def __init__(
@@ -76,6 +80,7 @@ class DecisionRecord:
         created: float,
         rewarded: bool = False,
         row: int = -1,
+        defaulted: bool = False,
     ) -> None:
         self.experiment_uid = experiment_uid
         self.arm_ids = arm_ids
@@ -85,17 +90,22 @@ class DecisionRecord:
         self.created = created  # wall clock, seconds since the epoch
         self.rewarded = rewarded
         self.row = row  # sequence number in the store (-1: not stored)
+        self.defaulted = defaulted  # settled with its experiment's default reward
 
 
 class DecisionColumns:
-    """Many decisions as columns, oldest first (the store's contents, or a batch to add)."""
+    """Many decisions as columns, oldest first (the store's contents, or a batch to add).
+    ``defaulted``, ``rewards`` and ``reward_slots`` (how each was settled) may be None: none
+    was settled by default, and no reward or slot is recorded (NaN, -1)."""
 
     __slots__ = ("ids", "uids", "slates", "contexts", "propensities", "versions", "created",
-                 "rewarded")
+                 "rewarded", "defaulted", "rewards", "reward_slots")
 
     def __init__(self, ids: list[str] | None, uids: np.ndarray, slates: list[tuple[str, ...]],
                  contexts: list[np.ndarray | None], propensities: np.ndarray,
-                 versions: np.ndarray, created: np.ndarray, rewarded: np.ndarray) -> None:
+                 versions: np.ndarray, created: np.ndarray, rewarded: np.ndarray,
+                 defaulted: np.ndarray | None = None, rewards: np.ndarray | None = None,
+                 reward_slots: np.ndarray | None = None) -> None:
         self.ids = ids
         self.uids = uids
         self.slates = slates
@@ -104,9 +114,22 @@ class DecisionColumns:
         self.versions = versions
         self.created = created
         self.rewarded = rewarded
+        self.defaulted = defaulted
+        self.rewards = rewards
+        self.reward_slots = reward_slots
 
     def __len__(self) -> int:
         return len(self.uids)
+
+    def tail(self, cut: int) -> DecisionColumns:
+        """Rows ``cut`` .. end."""
+        def part(a):
+            return None if a is None else a[cut:]
+
+        return DecisionColumns(part(self.ids), self.uids[cut:], self.slates[cut:],
+                               self.contexts[cut:], self.propensities[cut:], self.versions[cut:],
+                               self.created[cut:], self.rewarded[cut:], part(self.defaulted),
+                               part(self.rewards), part(self.reward_slots))
 
 
 class DecisionStore:
@@ -124,6 +147,7 @@ class DecisionStore:
         self._counter = 0
         self._puts = 0
         self._issuers = {self._prefix: 0}  # id prefix -> its ring (0: this store's own ids)
+        self.expire_hold: float = np.inf  # see _expire
         # Decisions dropped since the process started (restore included), for the metrics:
         # the oldest when the store is full, and those past their TTL.
         self.evicted = 0
@@ -192,21 +216,33 @@ class DecisionStore:
         self._versions = np.zeros(c, dtype=np.int64)
         self._created = np.zeros(c)
         self._rewarded = np.zeros(c, dtype=np.bool_)
+        self._defaulted = np.zeros(c, dtype=np.bool_)  # settled with the default reward
+        self._reward = np.full(c, np.nan)  # reward learned (rewarded or defaulted rows)
+        self._slot = np.full(c, -1, dtype=np.int32)  # slot it was learned for (same rows)
         self._own = np.full(c, -1, dtype=np.int64)  # row -> counter of its issued id (-1: none)
         self._owner = np.zeros(c, dtype=np.int16)  # row -> ring of that id (when _own >= 0)
         # per issuer: counter % capacity -> row seq
         self._own_rows = [np.full(c, -1, dtype=np.int64) for _ in self._issuers]
         self._head = 0  # sequence number of the oldest row held
         self._tail = 0  # sequence number the next row gets
+        self.generation = getattr(self, "generation", 0) + 1  # sequence numbers start again
         # Item views of the columns :meth:`put_new` writes (a memoryview's item assignment
         # is a few C lines; a NumPy one goes through its whole indexing machinery).
         self._row_views: tuple[Any, ...] = tuple(a.data for a in (
             self._uids, self._propensities, self._versions, self._created, self._rewarded,
-            self._own, self._owner, self._own_rows[0]))
+            self._defaulted, self._own, self._owner, self._own_rows[0]))
+        # ... and those a reward writes (:meth:`mark_rewarded_row`)
+        self._reward_views: tuple[Any, ...] = tuple(a.data for a in (
+            self._rewarded, self._reward, self._slot))
 
     def __len__(self) -> int:
         """Rows held (a re-stored or discarded id's old row counts until it is evicted)."""
         return self._tail - self._head
+
+    @property
+    def head(self) -> int:
+        """Sequence number of the oldest row held."""
+        return self._head
 
     def register_prefix(self, prefix: str) -> None:
         """Ids ``<prefix>-<counter in hex>`` are issued elsewhere with consecutive counters
@@ -319,6 +355,9 @@ class DecisionStore:
         self._versions[pos] = record.model_version
         self._created[pos] = record.created
         self._rewarded[pos] = record.rewarded
+        self._defaulted[pos] = record.defaulted
+        self._reward[pos] = np.nan
+        self._slot[pos] = -1
         self._own[pos] = -1
         if not self._keeps_id(self._index.get(decision_id), seq):
             self._index[decision_id] = seq
@@ -336,7 +375,7 @@ class DecisionStore:
         id string kept: :meth:`columns` writes it from the counter)."""
         counter = self._counter = self._counter + 1
         decision_id = self._id_format(counter)
-        uids, props, versions, times, rewarded, own, owner, ring = self._row_views
+        uids, props, versions, times, rewarded, defaulted, own, owner, ring = self._row_views
         c = self.capacity
         seq = self._tail
         pos = seq % c
@@ -353,6 +392,7 @@ class DecisionStore:
         versions[pos] = version
         times[pos] = created
         rewarded[pos] = False
+        defaulted[pos] = False
         own[pos] = counter
         owner[pos] = 0
         ring[counter % c] = seq
@@ -385,11 +425,7 @@ class DecisionStore:
             ring, first_counter = run
         if n > c:  # only the newest ``capacity`` can be kept
             cut = n - c
-            batch = DecisionColumns(None if batch.ids is None else batch.ids[cut:],
-                                    batch.uids[cut:], batch.slates[cut:],
-                                    batch.contexts[cut:], batch.propensities[cut:],
-                                    batch.versions[cut:], batch.created[cut:],
-                                    batch.rewarded[cut:])
+            batch = batch.tail(cut)
             if first_counter is not None:
                 first_counter += cut
             n = c
@@ -413,6 +449,9 @@ class DecisionStore:
             self._versions[rows] = batch.versions[part]
             self._created[rows] = batch.created[part]
             self._rewarded[rows] = batch.rewarded[part]
+            self._defaulted[rows] = False if batch.defaulted is None else batch.defaulted[part]
+            self._reward[rows] = np.nan if batch.rewards is None else batch.rewards[part]
+            self._slot[rows] = -1 if batch.reward_slots is None else batch.reward_slots[part]
             if first_counter is None:
                 self._own[rows] = -1
             else:
@@ -439,15 +478,37 @@ class DecisionStore:
             return None
         return seq
 
+    def uids_of(self, seqs: np.ndarray) -> np.ndarray:
+        """The experiment incarnations of live rows ``seqs``."""
+        return self._uids[seqs % self.capacity]
+
     def uid_of(self, seq: int) -> int:
         """The experiment incarnation of row ``seq`` (a live row: from :meth:`find`)."""
         return int(self._uids[seq % self.capacity])
 
-    def mark_rewarded_row(self, seq: int) -> None:
-        """Remember that the decision in row ``seq`` has had its reward (no-op for a row
-        evicted since it was found)."""
+    def mark_rewarded_row(self, seq: int, reward: float = np.nan, slot: int = -1) -> None:
+        """Remember that the decision in row ``seq`` has had its reward, ``reward`` for the arm
+        in ``slot`` of its slate (no-op for a row evicted since it was found)."""
         if seq >= self._head:
-            self._rewarded[seq % self.capacity] = True
+            pos = seq % self.capacity
+            rewarded, rewards, slots = self._reward_views
+            rewarded[pos] = True
+            rewards[pos] = reward
+            slots[pos] = slot
+
+    def mark_defaulted_rows(self, seqs: np.ndarray, reward: float) -> None:
+        """Remember that the decisions in rows ``seqs`` were settled with the default reward
+        ``reward`` for their first arm (rows evicted since they were found are skipped)."""
+        seqs = seqs[seqs >= self._head]
+        pos = seqs % self.capacity
+        self._defaulted[pos] = True
+        self._reward[pos] = reward
+        self._slot[pos] = 0
+
+    def slot_of(self, seq: int, arm_id: str) -> int:
+        """The slot of ``arm_id`` in the slate of live row ``seq`` (-1 if not in it)."""
+        slate = self._slates[seq % self.capacity]
+        return slate.index(arm_id) if slate is not None and arm_id in slate else -1
 
     def get(self, decision_id: str, now: float | None = None) -> DecisionRecord | None:
         """The live record of ``decision_id`` (a copy), or None if unknown or expired."""
@@ -458,7 +519,8 @@ class DecisionStore:
         created = float(self._created[pos])
         return DecisionRecord(int(self._uids[pos]), self._slates[pos],  # type: ignore[arg-type]
                               self._contexts[pos], float(self._propensities[pos]),
-                              int(self._versions[pos]), created, bool(self._rewarded[pos]), seq)
+                              int(self._versions[pos]), created, bool(self._rewarded[pos]), seq,
+                              bool(self._defaulted[pos]))
 
     def is_rewarded(self, record: DecisionRecord) -> bool:
         """Whether the stored decision ``record`` came from has had its reward by now (the
@@ -473,10 +535,13 @@ class DecisionStore:
         self.mark_rewarded_row(record.row)
 
     def _expire(self, now: float) -> None:
-        # Rows are in creation order, so expired ones sit at the front.
+        # Rows are in creation order, so expired ones sit at the front. Rows from
+        # ``expire_hold`` on are kept past the TTL (only capacity evicts them) until the reward
+        # windows' sweep has looked at them (see :class:`state.settlement.Settlement`).
         deadline = now - self.ttl_seconds
-        head, tail, c = self._head, self._tail, self.capacity
-        if head == tail or self._created[head % c] >= deadline:
+        head, c = self._head, self.capacity
+        tail = self._tail if self.expire_hold >= self._tail else int(self.expire_hold)
+        if head >= tail or self._created[head % c] >= deadline:
             return
         stop = head
         while stop < tail:  # chunked scan of the (sorted) creation times
@@ -519,15 +584,156 @@ class DecisionStore:
         return DecisionColumns(
             ids, self._uids[pos], [self._slates[p] for p in plist],  # type: ignore[misc]
             [self._contexts[p] for p in plist], self._propensities[pos], self._versions[pos],
-            self._created[pos], self._rewarded[pos])
+            self._created[pos], self._rewarded[pos], *self._settlement(pos))
+
+    def _settlement(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(defaulted, reward, slot) of rows at ring positions ``pos``; reward and slot are
+        NaN / -1 where the row has neither a reward nor a default (a row SelectArm stored over
+        an older one keeps that one's values until it is settled)."""
+        settled = self._rewarded[pos] | self._defaulted[pos]
+        return (self._defaulted[pos], np.where(settled, self._reward[pos], np.nan),
+                np.where(settled, self._slot[pos], -1).astype(np.int32))
+
+    # -- reward windows, export ------------------------------------------------------------
+    def _pieces(self, start: int, stop: int) -> Iterator[tuple[int, slice]]:
+        """(first sequence number, ring slice) of the at most two contiguous pieces of rows
+        ``start .. stop-1``."""
+        c = self.capacity
+        while start < stop:
+            pos = start % c
+            take = min(stop - start, c - pos)
+            yield start, slice(pos, pos + take)
+            start += take
+
+    def unsettled(self, start: int, uids: np.ndarray, deadline: float, limit: int
+                  ) -> tuple[np.ndarray, int]:
+        """Rows of experiment incarnations ``uids`` made at or before ``deadline`` (seconds
+        since the epoch) that have neither a reward nor a default, from sequence number
+        ``start`` on (older rows evicted since are skipped), at most ``limit``: (their sequence
+        numbers, where to look next time). Looking stops at the first such row made after
+        ``deadline`` (rows are in creation order, but for a few ms of other workers'
+        decisions), so no row of ``uids`` before the returned position is left unsettled."""
+        found: list[np.ndarray] = []
+        count = 0
+        seq = max(start, self._head)
+        for first, rows in self._pieces(seq, self._tail):
+            created = self._created[rows]
+            ends = int(np.searchsorted(created, deadline, side="right"))
+            due = slice(rows.start, rows.start + ends)  # only these are looked at
+            mine = np.isin(self._uids[due], uids) & ~self._rewarded[due] & \
+                ~self._defaulted[due] & (self._own[due] != -2)
+            early = np.flatnonzero(mine & (created[:ends] > deadline))  # out of order
+            if len(early):
+                ends = int(early[0])
+            hits = np.flatnonzero(mine[:ends])
+            if count + len(hits) >= limit:
+                hits = hits[:limit - count]
+                found.append(first + hits)
+                return np.concatenate(found), first + int(hits[-1]) + 1 if len(hits) else first
+            found.append(first + hits)
+            count += len(hits)
+            seq = first + ends
+            if ends < len(created):
+                break
+        return (np.concatenate(found) if found else np.empty(0, dtype=np.int64)), seq
+
+    def first_arms(self, seqs: np.ndarray) -> list[str]:
+        """The first arm of each live row's slate."""
+        slates = self._slates
+        return [slates[p][0] for p in (seqs % self.capacity).tolist()]  # type: ignore[index]
+
+    def contexts_of(self, seqs: np.ndarray) -> list[np.ndarray | None]:
+        """The stored context of each live row."""
+        contexts = self._contexts
+        return [contexts[p] for p in (seqs % self.capacity).tolist()]
+
+    def id_parts(self, seqs: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Each live row's id as (issuer prefixes, issuer index per row, counter per row):
+        row ``i``'s id is ``<prefixes[issuers[i]]>-<counters[i] in hex>``. A row whose id is
+        not of that form (never the case for ids a store issued) gets issuer -1."""
+        c = self.capacity
+        pos = seqs % c
+        counters = self._own[pos].copy()
+        rings = self._owner[pos].astype(np.int64)
+        prefixes = list(self._issuers)  # ring -> prefix
+        issuers = np.where(counters >= 0, rings, -1)
+        index = {prefix: i for i, prefix in enumerate(prefixes)}
+        for k in np.flatnonzero(counters < 0).tolist():  # ids kept as strings
+            parts = split_decision_id(self._ids[int(pos[k])] or "")
+            if parts is None:
+                continue
+            ring = index.get(parts[0])
+            if ring is None:
+                ring = index[parts[0]] = len(prefixes)
+                prefixes.append(parts[0])
+            issuers[k] = ring
+            counters[k] = parts[1]
+        return prefixes, issuers, counters
+
+    def rows_of_ids(self, prefixes: Sequence[str], issuers: np.ndarray, counters: np.ndarray,
+                    now: float) -> np.ndarray:
+        """The rows (sequence numbers; -1 = not held, or expired at ``now``) of the ids
+        ``<prefixes[issuers[i]]>-<counters[i] in hex>`` (see :meth:`id_parts`)."""
+        c = self.capacity
+        out = np.full(len(counters), -1, dtype=np.int64)
+        for i, prefix in enumerate(prefixes):
+            which = np.flatnonzero(issuers == i)
+            if not len(which):
+                continue
+            ring = self._issuers.get(prefix)
+            mine = counters[which]
+            if ring is not None:  # found through the issuer's ring
+                seqs = self._own_rows[ring][mine % c]
+                pos = seqs % c
+                ok = (seqs >= self._head) & (seqs < self._tail) & (self._own[pos] == mine) & \
+                    (self._owner[pos] == ring)
+                out[which[ok]] = seqs[ok]
+                which, mine = which[~ok], mine[~ok]
+            fmt = id_format(prefix)
+            for k, counter in zip(which.tolist(), mine.tolist(), strict=True):
+                seq = self._index.get(fmt(counter))
+                if seq is not None:
+                    out[k] = seq
+        live = out >= 0
+        if now > -np.inf:
+            live &= now - self._created[out % c] <= self.ttl_seconds
+        out[~live] = -1
+        return out
+
+    def decisions_of(self, uid: int, start: float, end: float) -> DecisionColumns:
+        """The decisions of experiment incarnation ``uid`` made in [``start``, ``end``) (seconds
+        since the epoch), oldest first, with their ids and how they were settled (copies, taken
+        at once). Rewarded tombstones (rewards by explicit arm for decisions made elsewhere:
+        propensity 0, which no decision of a policy has) are not decisions and are left out."""
+        c = self.capacity
+        parts = []
+        for first, rows in self._pieces(self._head, self._tail):
+            created = self._created[rows]
+            hit = (self._uids[rows] == uid) & (created >= start) & (created < end) & \
+                (self._propensities[rows] > 0) & (self._own[rows] != -2)
+            parts.append(first + np.flatnonzero(hit))
+        seqs = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+        prefixes, issuers, counters = self.id_parts(seqs)
+        formats = [id_format(prefix) for prefix in prefixes]
+        ids = [formats[i](k) if i >= 0 else self._ids[s % c] or ""
+               for i, k, s in zip(issuers.tolist(), counters.tolist(), seqs.tolist(),
+                                  strict=True)]
+        pos = seqs % c
+        plist = pos.tolist()
+        return DecisionColumns(
+            ids, self._uids[pos], [self._slates[p] for p in plist],  # type: ignore[misc]
+            [self._contexts[p] for p in plist], self._propensities[pos], self._versions[pos],
+            self._created[pos], self._rewarded[pos], *self._settlement(pos))
 
     def items(self) -> list[tuple[str, DecisionRecord]]:
         """The records, oldest first, as (decision_id, record) pairs."""
         cols = self.columns()
         assert cols.ids is not None
+        assert cols.defaulted is not None
         return [(cols.ids[i], DecisionRecord(int(cols.uids[i]), cols.slates[i], cols.contexts[i],
                                              float(cols.propensities[i]), int(cols.versions[i]),
-                                             float(cols.created[i]), bool(cols.rewarded[i])))
+                                             float(cols.created[i]), bool(cols.rewarded[i]),
+                                             defaulted=bool(cols.defaulted[i])))
                 for i in range(len(cols))]
 
     def load(self, pairs: Iterable[tuple[str, DecisionRecord]]) -> None:

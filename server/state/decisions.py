@@ -279,10 +279,17 @@ def table_columns(t: st.DecisionTable) -> DecisionColumns:
                 c += size
     rewarded = (np.array(t.rewarded, dtype=np.bool_) if len(t.rewarded)
                 else np.zeros(n, dtype=np.bool_))
+    settled = []  # how the rows were settled (snapshots; empty in log records and older files)
+    for name, dtype in (("defaulted", np.bool_), ("rewards", np.float64),
+                        ("reward_slots", np.int32)):
+        column = getattr(t, name)
+        if len(column) not in (0, n):
+            raise ValueError(f"decision table of {n} ids has {len(column)} {name}")
+        settled.append(np.array(column, dtype=dtype) if len(column) else None)
     return DecisionColumns(list(t.decision_ids), np.array(t.experiment_uids, dtype=np.int64),
                            slates, contexts, np.array(t.propensities, dtype=np.float64),
                            np.array(t.model_versions, dtype=np.int64),
-                           np.array(t.created, dtype=np.float64), rewarded)
+                           np.array(t.created, dtype=np.float64), rewarded, *settled)
 
 
 def columns_table(cols: DecisionColumns) -> st.DecisionTable:
@@ -299,6 +306,12 @@ def columns_table(cols: DecisionColumns) -> st.DecisionTable:
     table.model_versions.extend(cols.versions.tolist())
     table.created.extend(cols.created.tolist())
     table.rewarded.extend(cols.rewarded.tolist())
+    if cols.defaulted is not None and cols.defaulted.any():
+        table.defaulted.extend(cols.defaulted.tolist())
+    if cols.rewards is not None and cols.reward_slots is not None and \
+            (cols.reward_slots >= 0).any():
+        table.rewards.extend(cols.rewards.tolist())
+        table.reward_slots.extend(cols.reward_slots.tolist())
     table.context_sizes.extend([0 if c is None else len(c) for c in cols.contexts])
     contexts = [c for c in cols.contexts if c is not None]
     if contexts:

@@ -49,6 +49,10 @@ class Experiment:
         self.floor = float(config.exploration_floor)
         self.burn_in = int(config.min_selections)
         self.discount = float(config.discount) if config.HasField("discount") else 1.0
+        # reward window: seconds until a decision without a reward is learned with the default
+        self.reward_wait = (float(config.reward_wait_seconds)
+                            if config.HasField("reward_wait_seconds") else None)
+        self.default_reward = float(config.default_reward)
         self.arm_ids: list[str] = [arm.arm_id for arm in config.arms]
         self.arms_version = 0  # goes up whenever the arm list changes
         self.footprint = 0  # estimated bytes (state.footprint), kept by the registry
@@ -188,22 +192,7 @@ class Experiment:
         return np.array(out, dtype=np.int64)
 
     def check_reward(self, reward: float, field: str = "reward") -> float:
-        if not math.isfinite(reward):
-            raise InvalidArgument(f"{field} is {reward}, rewards must be finite", field=field)
-        if abs(reward) > self.max_abs:
-            raise InvalidArgument(f"{field} is {reward}, |reward| must be <= {self.max_abs:g}",
-                                  field=field)
-        if self.reward_type == pb.REWARD_TYPE_BINARY and reward not in (0.0, 1.0):
-            raise InvalidArgument(
-                f"{field} is {reward}, experiment '{self.experiment_id}' has binary rewards "
-                "(exactly 0 or 1)", field=field
-            )
-        if self.reward_type == pb.REWARD_TYPE_VALUE and reward < 0:
-            raise InvalidArgument(
-                f"{field} is {reward}, experiment '{self.experiment_id}' has value rewards (>= 0)",
-                field=field
-            )
-        return reward
+        return check_reward(reward, self.reward_type, self.max_abs, self.experiment_id, field)
 
     def slate_size(self, num_arms: int, eligible: int) -> int:
         n = num_arms if num_arms > 0 else 1
@@ -318,6 +307,56 @@ class Experiment:
             self.positives[arm] += 1
         self.version += 1
 
+    def correct(self, defaulted_arm: int, arm: int, reward: float, context: np.ndarray) -> None:
+        """A late ``reward`` for the arm at position ``arm`` replaces the default reward learned
+        for position ``defaulted_arm`` (-1: that arm was removed since): the statistics become
+        those of having learned ``reward`` for ``arm`` instead, and the model version does not
+        change (the decision was learned once). Checked by the caller: the experiment is not
+        discounted, and a contextual one corrects only the same arm (see
+        :meth:`correction_refused`)."""
+        kernel, state, params = self.spec.kernel, self.state, self.spec.params
+        default = self.default_reward
+        if defaulted_arm == arm:
+            kernel.revalue(state=state, params=params, arm=arm, old=default, new=reward,
+                           context=context)
+            self.reward_sum[arm] += reward - default
+            self.positives[arm] += int(reward > 0) - int(default > 0)
+            return
+        if defaulted_arm >= 0:
+            kernel.retract(state=state, params=params, arm=defaulted_arm, reward=default,
+                           context=context)
+            self.rewards[defaulted_arm] -= 1
+            self.reward_sum[defaulted_arm] -= default
+            self.positives[defaulted_arm] -= int(default > 0)
+        kernel.update(state=state, params=params, arm=arm, reward=reward, context=context,
+                      discount=1.0)
+        self.rewards[arm] += 1
+        self.reward_sum[arm] += reward
+        self.positives[arm] += int(reward > 0)
+
+    def correction_refused(self, defaulted_arm: int, arm: int) -> str | None:
+        """Why a late reward for position ``arm`` cannot replace this experiment's default
+        reward, learned for position ``defaulted_arm`` (-1: removed since), exactly (None: it
+        can)."""
+        if self.discount < 1.0:
+            return (f"experiment '{self.experiment_id}' is discounted ({self.discount:g} < 1): "
+                    "the default reward has been discounted since, so a late reward cannot "
+                    "replace it exactly")
+        if defaulted_arm < 0:
+            return None  # nothing to take back: the reward is learned as on time
+        if defaulted_arm != arm and self.spec.contextual:
+            return (f"experiment '{self.experiment_id}' is contextual: a late reward for another "
+                    "arm of the slate would remove the default's observation from the first "
+                    "arm's A^-1, which floating point cannot undo exactly; send late rewards "
+                    "for the first arm only")
+        d = self.default_reward
+        events = int(self.rewards[defaulted_arm])
+        positive = int(self.positives[defaulted_arm])
+        if events < 1 or (d > 0 and positive < 1) or (d <= 0 and events - positive < 1):
+            return (f"arm '{self.arm_ids[defaulted_arm]}' has not learned the default reward "
+                    "it would give back (it was removed and added again since)")
+        return None
+
     def _bind_update(self) -> tuple:
         call = self.spec.kernel.bind_update(state=self.state, params=self.spec.params,
                                             discount=self.discount)
@@ -373,6 +412,28 @@ class Experiment:
         if changed:
             self.version += 1
         return replaced, new
+
+
+def check_reward(reward: float, reward_type: int, max_abs: float, experiment_id: str,
+                 field: str = "reward") -> float:
+    """``reward`` if it is a valid reward of ``reward_type``, else InvalidArgument naming
+    ``field``."""
+    if not math.isfinite(reward):
+        raise InvalidArgument(f"{field} is {reward}, rewards must be finite", field=field)
+    if abs(reward) > max_abs:
+        raise InvalidArgument(f"{field} is {reward}, |reward| must be <= {max_abs:g}",
+                              field=field)
+    if reward_type == pb.REWARD_TYPE_BINARY and reward not in (0.0, 1.0):
+        raise InvalidArgument(
+            f"{field} is {reward}, experiment '{experiment_id}' has binary rewards "
+            "(exactly 0 or 1)", field=field
+        )
+    if reward_type == pb.REWARD_TYPE_VALUE and reward < 0:
+        raise InvalidArgument(
+            f"{field} is {reward}, experiment '{experiment_id}' has value rewards (>= 0)",
+            field=field
+        )
+    return reward
 
 
 def _add_exact(partials: list[float], x: float) -> None:

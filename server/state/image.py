@@ -185,6 +185,8 @@ def describe(snap: st.Snapshot, section: memoryview) -> list[str]:
                      f"{cs.config.time_zone}, day {cs.day or '-'} spent {spent:g}, "
                      f"{len(cs.reservations)} open reservations, {cs.days_learned} days learned")
     rewarded = sum(snap.decisions.rewarded)
-    lines.append(f"  decisions: {len(snap.decisions.decision_ids)} ({rewarded} rewarded)")
+    defaulted = sum(snap.decisions.defaulted)
+    lines.append(f"  decisions: {len(snap.decisions.decision_ids)} ({rewarded} rewarded, "
+                 f"{defaulted} settled with the default reward)")
     lines.append(f"  audit entries: {len(snap.audit)}")
     return lines

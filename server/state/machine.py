@@ -19,6 +19,7 @@ ingest_metrics     :meth:`ExperimentRegistry.apply_ingest`          state/regist
 decision_table     :meth:`Decisions.apply_table`                    state/decisions.py
 decision_block     :meth:`Decisions.apply_block`                    state/decisions.py
 reward_table       :meth:`Learning.apply`                           state/rewards.py
+default_rewards    :meth:`Learning.apply_defaults`                  state/rewards.py
 campaign           :meth:`CampaignRegistry.apply_config`            ads/pacing.py
 campaign_day       :meth:`Campaign.apply_day`                       ads/pacing.py
 pace               :meth:`Campaign.apply_pace`                      ads/pacing.py
@@ -71,6 +72,7 @@ class StateMachine:
             "decision_table": self.decisions.apply_table,
             "decision_block": self.decisions.apply_block,
             "reward_table": lambda t: self.learning.apply(RewardRows.decode(t)),
+            "default_rewards": self.learning.apply_defaults,
             "campaign": self.campaigns.apply_config,
             "campaign_day": lambda r: campaign(r).apply_day(r),
             "pace": lambda r: campaign(r).apply_pace(r),

@@ -53,21 +53,23 @@ class PolicySpec:
         return bool(self.kernel.CONTEXTUAL)
 
 
-def resolve_policy(policy: pb.Policy, reward_type: int, context_dim: int) -> PolicySpec:
-    """Validate ``policy`` (filling defaults into it, in place) and pick its kernel."""
+def resolve_policy(policy: pb.Policy, reward_type: int, context_dim: int,
+                   field: str = "experiment.policy") -> PolicySpec:
+    """Validate ``policy`` (filling defaults into it, in place) and pick its kernel; errors name
+    ``field``."""
     kind = policy.WhichOneof("kind")
     if kind is None:
         raise InvalidArgument(
-            "experiment.policy: set exactly one of thompson, ucb1, epsilon_greedy, "
-            "lin_ucb, lin_thompson", field="experiment.policy"
+            f"{field}: set exactly one of thompson, ucb1, epsilon_greedy, "
+            "lin_ucb, lin_thompson", field=field
         )
     message = getattr(policy, kind)
     values: dict[str, float] = {}
     for name, default, (check, rule) in PARAMETERS[kind]:
         value = getattr(message, name) if message.HasField(name) else default
         if not math.isfinite(value) or not check(value):
-            raise InvalidArgument(f"experiment.policy.{kind}.{name} must be {rule}, got {value}",
-                                  field=f"experiment.policy.{kind}.{name}")
+            raise InvalidArgument(f"{field}.{kind}.{name} must be {rule}, got {value}",
+                                  field=f"{field}.{kind}.{name}")
         setattr(message, name, value)  # report the effective value back
         values[name] = value
 
@@ -77,7 +79,7 @@ def resolve_policy(policy: pb.Policy, reward_type: int, context_dim: int) -> Pol
             kernel_name = "thompson_value"
         elif reward_type != pb.REWARD_TYPE_BINARY:
             raise InvalidArgument(
-                "experiment.policy.thompson supports reward_type REWARD_TYPE_BINARY or "
+                f"{field}.thompson supports reward_type REWARD_TYPE_BINARY or "
                 "REWARD_TYPE_VALUE; use ucb1 or epsilon_greedy for continuous rewards",
                 field="experiment.reward_type"
             )

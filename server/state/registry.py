@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 
 from banditd.decision.v1 import decision_pb2 as pb
@@ -9,7 +10,7 @@ from banditd.kernels.rng import jump_state
 from banditd.server.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted, shown
 from banditd.server.ids import check_experiment_id, check_new_arm_ids
 from banditd.server.settings import Settings
-from banditd.server.state.experiment import Experiment
+from banditd.server.state.experiment import Experiment, check_reward
 from banditd.server.state.footprint import experiment_bytes, store_bytes
 from banditd.server.state.policies import PolicySpec, resolve_policy
 from banditd.storage.v1 import storage_pb2 as st
@@ -21,6 +22,9 @@ class ExperimentRegistry:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._experiments: dict[str, Experiment] = {}
+        # experiments with a reward window (reward_wait_seconds), whose decisions the
+        # settlement sweep looks at
+        self.windowed: dict[str, Experiment] = {}
         self.next_uid = 1
         # Goes up on every change of which experiments exist or of their arms (and resets):
         # what was validated against the registry before is checked again after it.
@@ -43,6 +47,7 @@ class ExperimentRegistry:
 
     def clear(self) -> None:
         self._experiments.clear()
+        self.windowed.clear()
         self.generation += 1
 
     def adopt(self, other: ExperimentRegistry) -> None:
@@ -63,6 +68,8 @@ class ExperimentRegistry:
         self._measure(experiment)
         self.own_stream(experiment)
         self._experiments[copy.experiment_id] = experiment
+        if experiment.reward_wait is not None:
+            self.windowed[copy.experiment_id] = experiment
         self.generation += 1
         self.next_uid = max(self.next_uid, uid + 1)
         return experiment
@@ -132,6 +139,7 @@ class ExperimentRegistry:
                 )
         else:
             config.discount = 1.0
+        self._check_window(config)
         if not config.HasField("seed"):
             config.seed = secrets.randbits(63)
         self._check_memory(
@@ -142,6 +150,30 @@ class ExperimentRegistry:
     def apply_create(self, config: pb.Experiment) -> Experiment:
         """Apply a ``create_experiment`` record (a configuration from :meth:`check_create`)."""
         return self.restore(config, self._uid())
+
+    def _check_window(self, config: pb.Experiment) -> None:
+        """The reward window: > 0 and within the decision TTL (a decision is forgotten after
+        it); the default reward: a valid reward, set only with a window."""
+        if not config.HasField("reward_wait_seconds"):
+            if config.default_reward != 0.0:
+                raise InvalidArgument(
+                    f"experiment.default_reward is {config.default_reward}, but "
+                    "reward_wait_seconds is not set: the default reward is learned for "
+                    "decisions whose reward window passed, so it needs a window",
+                    field="experiment.default_reward")
+            return
+        wait = config.reward_wait_seconds
+        ttl = self.settings.decision_ttl_seconds
+        if not (math.isfinite(wait) and wait > 0.0):
+            raise InvalidArgument(f"experiment.reward_wait_seconds must be > 0, got {wait}",
+                                  field="experiment.reward_wait_seconds")
+        if wait > ttl:
+            raise InvalidArgument(
+                f"experiment.reward_wait_seconds is {wait:g}, it must not exceed the server's "
+                f"decision TTL ({ttl:g} s, decision_ttl_seconds): a decision is forgotten then",
+                field="experiment.reward_wait_seconds")
+        check_reward(config.default_reward, config.reward_type, self.settings.max_abs_value,
+                     config.experiment_id, "experiment.default_reward")
 
     @staticmethod
     def _check_floor(floor: float, num_arms: int, field: str) -> None:
@@ -155,6 +187,7 @@ class ExperimentRegistry:
         """Apply a ``delete_experiment`` record (the experiment exists: checked by the caller
         with :meth:`get`)."""
         del self._experiments[record.experiment_id]
+        self.windowed.pop(record.experiment_id, None)
         self.generation += 1
 
     def apply_ingest(self, record: pb.IngestMetricsRequest) -> tuple[int, int]:

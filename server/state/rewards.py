@@ -10,6 +10,16 @@ no record.
 The record is a ``RewardTable`` (``banditd.storage.v1``): the rewards of one request as columns,
 with the time they were recorded (which decides, on replay as live, whether a decision had
 expired by then).
+
+Reward windows (``Experiment.reward_wait_seconds``) add two things, both applied here:
+
+* a ``DefaultRewards`` record settles decisions that got no reward within their window: each is
+  learned once with the experiment's default reward, for the first arm of its slate, and marked
+  *defaulted* in the decision store (:meth:`Learning.apply_defaults`);
+* a reward for a defaulted decision is a *correction* (a row listed in the table's
+  ``corrections``, with the arm the default was learned for): the experiment's statistics become
+  those of having learned that reward instead of the default (:meth:`Experiment.correct`), which
+  needs no decision record, so a replica that keeps none applies it the same way.
 """
 
 from __future__ import annotations
@@ -31,7 +41,8 @@ class RewardRows:
     decoded from the log look them up."""
 
     __slots__ = ("created", "experiment_ids", "arm_ids", "rewards", "contexts", "decision_ids",
-                 "tombstones", "experiments", "arms", "seqs")
+                 "tombstones", "experiments", "arms", "seqs", "corrections",
+                 "corrected_arm_ids")
 
     def __init__(self, created: float) -> None:
         self.created = created  # seconds since the epoch
@@ -44,14 +55,21 @@ class RewardRows:
         self.experiments: list[Experiment | None] = []
         self.arms: list[int] = []
         self.seqs: list[int] = []  # decision store row, -1 = look it up
+        self.corrections: list[int] = []  # rows that correct a default reward, ascending
+        self.corrected_arm_ids: list[str] = []  # per correction: the arm the default was for
 
     def __len__(self) -> int:
         return len(self.rewards)
 
     def add(self, experiment: Experiment, arm: int, reward: float, context: np.ndarray,
-            decision_id: str, tombstone: bool, seq: int = -1) -> None:
+            decision_id: str, tombstone: bool, seq: int = -1,
+            corrects: str | None = None) -> None:
         """One checked reward of arm position ``arm``; ``seq``: its decision's row when the
-        check found it (the decision belongs to this experiment incarnation)."""
+        check found it (the decision belongs to this experiment incarnation); ``corrects``:
+        the decision was settled with the default reward, learned for this arm id."""
+        if corrects is not None:
+            self.corrections.append(len(self.rewards))
+            self.corrected_arm_ids.append(corrects)
         self.experiment_ids.append(experiment.experiment_id)
         self.arm_ids.append(experiment.arm_ids[arm])
         self.rewards.append(reward)
@@ -70,6 +88,9 @@ class RewardRows:
         with_context = [c for c in self.contexts if len(c)]
         if with_context:
             table["contexts"] = np.concatenate(with_context).tolist()
+        if self.corrections:
+            table["corrections"] = self.corrections
+            table["corrected_arm_ids"] = self.corrected_arm_ids
         return st.WalRecord(reward_table=table)  # built in place
 
     @classmethod
@@ -94,6 +115,12 @@ class RewardRows:
                          for a, b in zip(offsets, offsets[1:], strict=False)]
         rows.decision_ids = list(t.decision_ids)
         rows.tombstones = list(t.tombstones)
+        rows.corrections = list(t.corrections)
+        rows.corrected_arm_ids = list(t.corrected_arm_ids)
+        if len(rows.corrections) != len(rows.corrected_arm_ids) or \
+                any(i >= n for i in rows.corrections):
+            raise ValueError(f"reward table of {n} rewards has corrections "
+                             f"{rows.corrections[:5]} for {len(rows.corrected_arm_ids)} arms")
         rows.experiments = [None] * n
         rows.arms = [-1] * n
         rows.seqs = [-1] * n
@@ -145,8 +172,12 @@ class Learning:
 
     def apply(self, rows: RewardRows) -> None:
         """Apply a ``reward_table`` record: per row, its decision's bookkeeping; then each
-        experiment learns its rows in order (the same state as one by one)."""
+        experiment learns its rows in order (the same state as one by one), then the
+        corrections of default rewards, in order."""
         groups: dict[int, _Group] = {}
+        corrected = (dict(zip(rows.corrections, rows.corrected_arm_ids, strict=True))
+                     if rows.corrections else None)
+        late: list[tuple[Experiment, int, float, np.ndarray, str]] = []
         # a record of older logs has no time: decisions are then found whatever their age
         now = rows.created if rows.created else -np.inf
         for i in range(len(rows.rewards)):
@@ -162,28 +193,77 @@ class Learning:
             decision_id = rows.decision_ids[i]
             if decision_id:
                 self._settle(e, arm, decision_id, rows.tombstones[i], rows.seqs[i], now,
-                             e.version + len(group.arms), rows.created)
+                             e.version + len(group.arms), rows.created, rows.rewards[i])
+            if corrected is not None and i in corrected:
+                late.append((e, arm, rows.rewards[i], rows.contexts[i], corrected[i]))
+                continue
             group.arms.append(arm)
             group.rewards.append(rows.rewards[i])
             group.contexts.append(rows.contexts[i])
         for group in groups.values():
-            group.learn()
+            if group.arms:
+                group.learn()
+        for e, arm, reward, context, defaulted_arm_id in late:
+            e.correct(e.arm_index.get(defaulted_arm_id, -1), arm, reward, context)
 
     def _settle(self, e: Experiment, arm: int, decision_id: str, tombstone: bool, seq: int,
-                now: float, version: int, created: float) -> None:
+                now: float, version: int, created: float, reward: float) -> None:
         """The decision store's side of one reward: its decision marked rewarded (when it
-        belongs to this incarnation), or a rewarded tombstone stored for an unknown one.
-        ``version``: the experiment's model version just before this reward is learned."""
+        belongs to this incarnation) with the reward and the slot it was for, or a rewarded
+        tombstone stored for an unknown one. ``version``: the experiment's model version just
+        before this reward is learned."""
         store = self.store
+        arm_id = e.arm_ids[arm]
         if seq < 0:
             found = store.find(decision_id, now)
             if found is None:
                 if tombstone:
                     store.put(decision_id, DecisionRecord(
-                        e.uid, (e.arm_ids[arm],), None, 0.0, version,
+                        e.uid, (arm_id,), None, 0.0, version,
                         created if created else 0.0, rewarded=True), expire=False)
                 return
             if store.uid_of(found) != e.uid:
                 return  # made before a reset, or for another experiment
             seq = found
-        store.mark_rewarded_row(seq)
+        store.mark_rewarded_row(seq, reward, store.slot_of(seq, arm_id))
+
+    def apply_defaults(self, record: st.DefaultRewards, seqs: np.ndarray | None = None) -> None:
+        """Apply a ``default_rewards`` record: its decisions marked defaulted in the decision
+        store (``seqs``: their rows, when the sweep that made the record found them; else
+        looked up by id), and each learned with the default reward for its first arm (one
+        kernel call). A decision whose arm was removed since is marked but learns nothing."""
+        n = record.count
+        positions = np.frombuffer(record.arm_positions, dtype="<u4")
+        if positions.size != n or (n and int(positions.max()) >= len(record.arm_ids)):
+            raise ValueError(f"default rewards of {n} decisions have {positions.size} arm "
+                             f"positions for {len(record.arm_ids)} arms")
+        d = record.context_dim
+        contexts = np.frombuffer(record.contexts, dtype="<f8")
+        if contexts.size != n * d:
+            raise ValueError(f"default rewards of {n} decisions x {d} features have "
+                             f"{contexts.size} context values")
+        store = self.store
+        if store.keeps_records:
+            if seqs is None:
+                issuers = np.frombuffer(record.id_issuers, dtype="<u4").astype(np.int64)
+                counters = np.frombuffer(record.id_counters, dtype="<u8").astype(np.int64)
+                if issuers.size != n or counters.size != n or \
+                        (n and int(issuers.max()) >= len(record.id_prefixes)):
+                    raise ValueError(f"default rewards of {n} decisions have {issuers.size} "
+                                     f"issuers and {counters.size} counters")
+                seqs = store.rows_of_ids(record.id_prefixes, issuers, counters, -np.inf)
+                seqs = seqs[seqs >= 0]
+                seqs = seqs[store.uids_of(seqs) == record.experiment_uid]
+            store.mark_defaulted_rows(seqs, record.reward)
+        e = self.experiments.find(record.experiment_id)
+        if e is None or e.uid != record.experiment_uid or not n:
+            return  # deleted or reset since: nothing of that incarnation is learned any more
+        index = np.array([e.arm_index.get(a, -1) for a in record.arm_ids], dtype=np.int64)
+        arms = index[positions]
+        keep = arms >= 0
+        rows = contexts.reshape(n, d)
+        if not keep.all():
+            arms, rows = arms[keep], rows[keep]
+        if len(arms):
+            e.reward_many(arms, np.full(len(arms), record.reward),
+                          np.array(rows, dtype=np.float64))  # a writable copy for the kernel

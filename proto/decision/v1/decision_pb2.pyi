@@ -33,6 +33,14 @@ class PacingMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PACING_MODE_SMOOTH: _ClassVar[PacingMode]
     PACING_MODE_EVEN: _ClassVar[PacingMode]
     PACING_MODE_ASAP: _ClassVar[PacingMode]
+
+class RewardStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REWARD_STATUS_UNSPECIFIED: _ClassVar[RewardStatus]
+    REWARD_STATUS_PENDING: _ClassVar[RewardStatus]
+    REWARD_STATUS_REWARDED: _ClassVar[RewardStatus]
+    REWARD_STATUS_DEFAULT: _ClassVar[RewardStatus]
+    REWARD_STATUS_LATE: _ClassVar[RewardStatus]
 REWARD_TYPE_UNSPECIFIED: RewardType
 REWARD_TYPE_BINARY: RewardType
 REWARD_TYPE_VALUE: RewardType
@@ -47,6 +55,11 @@ PACING_MODE_UNSPECIFIED: PacingMode
 PACING_MODE_SMOOTH: PacingMode
 PACING_MODE_EVEN: PacingMode
 PACING_MODE_ASAP: PacingMode
+REWARD_STATUS_UNSPECIFIED: RewardStatus
+REWARD_STATUS_PENDING: RewardStatus
+REWARD_STATUS_REWARDED: RewardStatus
+REWARD_STATUS_DEFAULT: RewardStatus
+REWARD_STATUS_LATE: RewardStatus
 
 class Arm(_message.Message):
     __slots__ = ("arm_id",)
@@ -106,7 +119,7 @@ class Policy(_message.Message):
     def __init__(self, thompson: _Optional[_Union[Policy.Thompson, _Mapping]] = ..., ucb1: _Optional[_Union[Policy.Ucb1, _Mapping]] = ..., epsilon_greedy: _Optional[_Union[Policy.EpsilonGreedy, _Mapping]] = ..., lin_ucb: _Optional[_Union[Policy.LinUcb, _Mapping]] = ..., lin_thompson: _Optional[_Union[Policy.LinThompson, _Mapping]] = ...) -> None: ...
 
 class Experiment(_message.Message):
-    __slots__ = ("experiment_id", "arms", "policy", "context_dim", "reward_type", "seed", "exploration_floor", "min_selections", "discount")
+    __slots__ = ("experiment_id", "arms", "policy", "context_dim", "reward_type", "seed", "exploration_floor", "min_selections", "discount", "reward_wait_seconds", "default_reward")
     EXPERIMENT_ID_FIELD_NUMBER: _ClassVar[int]
     ARMS_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +129,8 @@ class Experiment(_message.Message):
     EXPLORATION_FLOOR_FIELD_NUMBER: _ClassVar[int]
     MIN_SELECTIONS_FIELD_NUMBER: _ClassVar[int]
     DISCOUNT_FIELD_NUMBER: _ClassVar[int]
+    REWARD_WAIT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_REWARD_FIELD_NUMBER: _ClassVar[int]
     experiment_id: str
     arms: _containers.RepeatedCompositeFieldContainer[Arm]
     policy: Policy
@@ -125,7 +140,9 @@ class Experiment(_message.Message):
     exploration_floor: float
     min_selections: int
     discount: float
-    def __init__(self, experiment_id: _Optional[str] = ..., arms: _Optional[_Iterable[_Union[Arm, _Mapping]]] = ..., policy: _Optional[_Union[Policy, _Mapping]] = ..., context_dim: _Optional[int] = ..., reward_type: _Optional[_Union[RewardType, str]] = ..., seed: _Optional[int] = ..., exploration_floor: _Optional[float] = ..., min_selections: _Optional[int] = ..., discount: _Optional[float] = ...) -> None: ...
+    reward_wait_seconds: float
+    default_reward: float
+    def __init__(self, experiment_id: _Optional[str] = ..., arms: _Optional[_Iterable[_Union[Arm, _Mapping]]] = ..., policy: _Optional[_Union[Policy, _Mapping]] = ..., context_dim: _Optional[int] = ..., reward_type: _Optional[_Union[RewardType, str]] = ..., seed: _Optional[int] = ..., exploration_floor: _Optional[float] = ..., min_selections: _Optional[int] = ..., discount: _Optional[float] = ..., reward_wait_seconds: _Optional[float] = ..., default_reward: _Optional[float] = ...) -> None: ...
 
 class CreateExperimentRequest(_message.Message):
     __slots__ = ("experiment",)
@@ -234,10 +251,12 @@ class RecordRewardRequest(_message.Message):
     def __init__(self, experiment_id: _Optional[str] = ..., decision_id: _Optional[str] = ..., arm_id: _Optional[str] = ..., context: _Optional[_Iterable[float]] = ..., reward: _Optional[float] = ...) -> None: ...
 
 class RecordRewardResponse(_message.Message):
-    __slots__ = ("duplicate",)
+    __slots__ = ("duplicate", "late")
     DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    LATE_FIELD_NUMBER: _ClassVar[int]
     duplicate: bool
-    def __init__(self, duplicate: _Optional[bool] = ...) -> None: ...
+    late: bool
+    def __init__(self, duplicate: _Optional[bool] = ..., late: _Optional[bool] = ...) -> None: ...
 
 class BatchRecordRewardsRequest(_message.Message):
     __slots__ = ("requests",)
@@ -542,3 +561,91 @@ class RecordSpendResponse(_message.Message):
     charged: float
     capped: bool
     def __init__(self, duplicate: _Optional[bool] = ..., charged: _Optional[float] = ..., capped: _Optional[bool] = ...) -> None: ...
+
+class ExportDecisionsRequest(_message.Message):
+    __slots__ = ("experiment_id", "start_time", "end_time")
+    EXPERIMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    experiment_id: str
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    def __init__(self, experiment_id: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class DecisionRow(_message.Message):
+    __slots__ = ("decision_id", "time", "arm_ids", "propensity", "model_version", "context", "reward_status", "reward", "rewarded_arm_id")
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    ARM_IDS_FIELD_NUMBER: _ClassVar[int]
+    PROPENSITY_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    REWARD_STATUS_FIELD_NUMBER: _ClassVar[int]
+    REWARD_FIELD_NUMBER: _ClassVar[int]
+    REWARDED_ARM_ID_FIELD_NUMBER: _ClassVar[int]
+    decision_id: str
+    time: _timestamp_pb2.Timestamp
+    arm_ids: _containers.RepeatedScalarFieldContainer[str]
+    propensity: float
+    model_version: int
+    context: _containers.RepeatedScalarFieldContainer[float]
+    reward_status: RewardStatus
+    reward: float
+    rewarded_arm_id: str
+    def __init__(self, decision_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., arm_ids: _Optional[_Iterable[str]] = ..., propensity: _Optional[float] = ..., model_version: _Optional[int] = ..., context: _Optional[_Iterable[float]] = ..., reward_status: _Optional[_Union[RewardStatus, str]] = ..., reward: _Optional[float] = ..., rewarded_arm_id: _Optional[str] = ...) -> None: ...
+
+class ExportDecisionsResponse(_message.Message):
+    __slots__ = ("decisions",)
+    DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    decisions: _containers.RepeatedCompositeFieldContainer[DecisionRow]
+    def __init__(self, decisions: _Optional[_Iterable[_Union[DecisionRow, _Mapping]]] = ...) -> None: ...
+
+class EvaluatePolicyRequest(_message.Message):
+    __slots__ = ("experiment_id", "policy", "num_bootstrap", "seed")
+    EXPERIMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    NUM_BOOTSTRAP_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    experiment_id: str
+    policy: Policy
+    num_bootstrap: int
+    seed: int
+    def __init__(self, experiment_id: _Optional[str] = ..., policy: _Optional[_Union[Policy, _Mapping]] = ..., num_bootstrap: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class PolicyEstimate(_message.Message):
+    __slots__ = ("value", "ci_low", "ci_high")
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    CI_LOW_FIELD_NUMBER: _ClassVar[int]
+    CI_HIGH_FIELD_NUMBER: _ClassVar[int]
+    value: float
+    ci_low: float
+    ci_high: float
+    def __init__(self, value: _Optional[float] = ..., ci_low: _Optional[float] = ..., ci_high: _Optional[float] = ...) -> None: ...
+
+class EvaluatePolicyResponse(_message.Message):
+    __slots__ = ("decisions", "ips", "snips", "doubly_robust", "logging_policy", "effective_sample_size", "max_weight", "candidate_shares")
+    DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    IPS_FIELD_NUMBER: _ClassVar[int]
+    SNIPS_FIELD_NUMBER: _ClassVar[int]
+    DOUBLY_ROBUST_FIELD_NUMBER: _ClassVar[int]
+    LOGGING_POLICY_FIELD_NUMBER: _ClassVar[int]
+    EFFECTIVE_SAMPLE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_SHARES_FIELD_NUMBER: _ClassVar[int]
+    decisions: int
+    ips: PolicyEstimate
+    snips: PolicyEstimate
+    doubly_robust: PolicyEstimate
+    logging_policy: PolicyEstimate
+    effective_sample_size: float
+    max_weight: float
+    candidate_shares: _containers.RepeatedCompositeFieldContainer[ArmShare]
+    def __init__(self, decisions: _Optional[int] = ..., ips: _Optional[_Union[PolicyEstimate, _Mapping]] = ..., snips: _Optional[_Union[PolicyEstimate, _Mapping]] = ..., doubly_robust: _Optional[_Union[PolicyEstimate, _Mapping]] = ..., logging_policy: _Optional[_Union[PolicyEstimate, _Mapping]] = ..., effective_sample_size: _Optional[float] = ..., max_weight: _Optional[float] = ..., candidate_shares: _Optional[_Iterable[_Union[ArmShare, _Mapping]]] = ...) -> None: ...
+
+class ArmShare(_message.Message):
+    __slots__ = ("arm_id", "share")
+    ARM_ID_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    arm_id: str
+    share: float
+    def __init__(self, arm_id: _Optional[str] = ..., share: _Optional[float] = ...) -> None: ...

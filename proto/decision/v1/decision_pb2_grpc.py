@@ -131,6 +131,16 @@ class DecisionServiceStub:
                 request_serializer=decision_dot_v1_dot_decision__pb2.RecordSpendRequest.SerializeToString,
                 response_deserializer=decision_dot_v1_dot_decision__pb2.RecordSpendResponse.FromString,
                 _registered_method=True)
+        self.ExportDecisions = channel.unary_stream(
+                '/decision.v1.DecisionService/ExportDecisions',
+                request_serializer=decision_dot_v1_dot_decision__pb2.ExportDecisionsRequest.SerializeToString,
+                response_deserializer=decision_dot_v1_dot_decision__pb2.ExportDecisionsResponse.FromString,
+                _registered_method=True)
+        self.EvaluatePolicy = channel.unary_unary(
+                '/decision.v1.DecisionService/EvaluatePolicy',
+                request_serializer=decision_dot_v1_dot_decision__pb2.EvaluatePolicyRequest.SerializeToString,
+                response_deserializer=decision_dot_v1_dot_decision__pb2.EvaluatePolicyResponse.FromString,
+                _registered_method=True)
 
 
 class DecisionServiceServicer:
@@ -194,7 +204,11 @@ class DecisionServiceServicer:
 
     def RecordReward(self, request, context):
         """Records the reward of a decision (or of an explicit arm). Exactly once per
-        decision: a retry is acknowledged with duplicate = true and not counted.
+        decision: a retry is acknowledged with duplicate = true and not counted. A
+        reward for a decision already settled with its experiment's default reward
+        corrects it (late = true). Errors: NOT_FOUND, INVALID_ARGUMENT,
+        FAILED_PRECONDITION (a late reward the policy cannot correct exactly: a
+        discounted experiment, or another arm of a contextual decision's slate).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -297,6 +311,26 @@ class DecisionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportDecisions(self, request, context):
+        """Streams an experiment's logged decisions (its current incarnation, those the
+        server still holds: the newest decision_capacity within the decision TTL),
+        oldest first, with propensity, model version, context and joined reward:
+        the data offline analysis starts from. Errors: NOT_FOUND, INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EvaluatePolicy(self, request, context):
+        """Off-policy estimate of a candidate policy's expected reward on an
+        experiment's logged, settled decisions (IPS, SNIPS, doubly robust), with 95%
+        bootstrap intervals. Errors: NOT_FOUND, INVALID_ARGUMENT,
+        FAILED_PRECONDITION (no settled decisions to evaluate on).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DecisionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -394,6 +428,16 @@ def add_DecisionServiceServicer_to_server(servicer, server):
                     servicer.RecordSpend,
                     request_deserializer=decision_dot_v1_dot_decision__pb2.RecordSpendRequest.FromString,
                     response_serializer=decision_dot_v1_dot_decision__pb2.RecordSpendResponse.SerializeToString,
+            ),
+            'ExportDecisions': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportDecisions,
+                    request_deserializer=decision_dot_v1_dot_decision__pb2.ExportDecisionsRequest.FromString,
+                    response_serializer=decision_dot_v1_dot_decision__pb2.ExportDecisionsResponse.SerializeToString,
+            ),
+            'EvaluatePolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.EvaluatePolicy,
+                    request_deserializer=decision_dot_v1_dot_decision__pb2.EvaluatePolicyRequest.FromString,
+                    response_serializer=decision_dot_v1_dot_decision__pb2.EvaluatePolicyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -911,6 +955,60 @@ class DecisionService:
             '/decision.v1.DecisionService/RecordSpend',
             decision_dot_v1_dot_decision__pb2.RecordSpendRequest.SerializeToString,
             decision_dot_v1_dot_decision__pb2.RecordSpendResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportDecisions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/decision.v1.DecisionService/ExportDecisions',
+            decision_dot_v1_dot_decision__pb2.ExportDecisionsRequest.SerializeToString,
+            decision_dot_v1_dot_decision__pb2.ExportDecisionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EvaluatePolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/decision.v1.DecisionService/EvaluatePolicy',
+            decision_dot_v1_dot_decision__pb2.EvaluatePolicyRequest.SerializeToString,
+            decision_dot_v1_dot_decision__pb2.EvaluatePolicyResponse.FromString,
             options,
             channel_credentials,
             insecure,

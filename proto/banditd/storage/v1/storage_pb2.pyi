@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class WalRecord(_message.Message):
-    __slots__ = ("create_experiment", "delete_experiment", "update_arms", "reset_experiment", "ingest_metrics", "rewards", "decisions", "campaign", "campaign_state", "reservation", "spend", "decision_table", "reward_table", "decision_block", "campaign_day", "pace", "audit")
+    __slots__ = ("create_experiment", "delete_experiment", "update_arms", "reset_experiment", "ingest_metrics", "rewards", "decisions", "campaign", "campaign_state", "reservation", "spend", "decision_table", "reward_table", "decision_block", "campaign_day", "pace", "default_rewards", "audit")
     CREATE_EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
     DELETE_EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
     UPDATE_ARMS_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +25,7 @@ class WalRecord(_message.Message):
     DECISION_BLOCK_FIELD_NUMBER: _ClassVar[int]
     CAMPAIGN_DAY_FIELD_NUMBER: _ClassVar[int]
     PACE_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_REWARDS_FIELD_NUMBER: _ClassVar[int]
     AUDIT_FIELD_NUMBER: _ClassVar[int]
     create_experiment: _decision_pb2.Experiment
     delete_experiment: DeleteExperiment
@@ -42,8 +43,9 @@ class WalRecord(_message.Message):
     decision_block: DecisionBlock
     campaign_day: CampaignDay
     pace: PaceEvent
+    default_rewards: DefaultRewards
     audit: Audit
-    def __init__(self, create_experiment: _Optional[_Union[_decision_pb2.Experiment, _Mapping]] = ..., delete_experiment: _Optional[_Union[DeleteExperiment, _Mapping]] = ..., update_arms: _Optional[_Union[_decision_pb2.UpdateArmsRequest, _Mapping]] = ..., reset_experiment: _Optional[_Union[ResetExperiment, _Mapping]] = ..., ingest_metrics: _Optional[_Union[_decision_pb2.IngestMetricsRequest, _Mapping]] = ..., rewards: _Optional[_Union[Rewards, _Mapping]] = ..., decisions: _Optional[_Union[Decisions, _Mapping]] = ..., campaign: _Optional[_Union[_decision_pb2.Campaign, _Mapping]] = ..., campaign_state: _Optional[_Union[CampaignState, _Mapping]] = ..., reservation: _Optional[_Union[BidReservation, _Mapping]] = ..., spend: _Optional[_Union[SpendSettlement, _Mapping]] = ..., decision_table: _Optional[_Union[DecisionTable, _Mapping]] = ..., reward_table: _Optional[_Union[RewardTable, _Mapping]] = ..., decision_block: _Optional[_Union[DecisionBlock, _Mapping]] = ..., campaign_day: _Optional[_Union[CampaignDay, _Mapping]] = ..., pace: _Optional[_Union[PaceEvent, _Mapping]] = ..., audit: _Optional[_Union[Audit, _Mapping]] = ...) -> None: ...
+    def __init__(self, create_experiment: _Optional[_Union[_decision_pb2.Experiment, _Mapping]] = ..., delete_experiment: _Optional[_Union[DeleteExperiment, _Mapping]] = ..., update_arms: _Optional[_Union[_decision_pb2.UpdateArmsRequest, _Mapping]] = ..., reset_experiment: _Optional[_Union[ResetExperiment, _Mapping]] = ..., ingest_metrics: _Optional[_Union[_decision_pb2.IngestMetricsRequest, _Mapping]] = ..., rewards: _Optional[_Union[Rewards, _Mapping]] = ..., decisions: _Optional[_Union[Decisions, _Mapping]] = ..., campaign: _Optional[_Union[_decision_pb2.Campaign, _Mapping]] = ..., campaign_state: _Optional[_Union[CampaignState, _Mapping]] = ..., reservation: _Optional[_Union[BidReservation, _Mapping]] = ..., spend: _Optional[_Union[SpendSettlement, _Mapping]] = ..., decision_table: _Optional[_Union[DecisionTable, _Mapping]] = ..., reward_table: _Optional[_Union[RewardTable, _Mapping]] = ..., decision_block: _Optional[_Union[DecisionBlock, _Mapping]] = ..., campaign_day: _Optional[_Union[CampaignDay, _Mapping]] = ..., pace: _Optional[_Union[PaceEvent, _Mapping]] = ..., default_rewards: _Optional[_Union[DefaultRewards, _Mapping]] = ..., audit: _Optional[_Union[Audit, _Mapping]] = ...) -> None: ...
 
 class Audit(_message.Message):
     __slots__ = ("time", "token_name", "peer", "rpc", "ids")
@@ -88,7 +90,7 @@ class Reward(_message.Message):
     def __init__(self, experiment_id: _Optional[str] = ..., arm_id: _Optional[str] = ..., reward: _Optional[float] = ..., context: _Optional[_Iterable[float]] = ..., decision_id: _Optional[str] = ..., tombstone: _Optional[bool] = ...) -> None: ...
 
 class RewardTable(_message.Message):
-    __slots__ = ("experiment_ids", "arm_ids", "rewards", "context_sizes", "contexts", "decision_ids", "tombstones", "created")
+    __slots__ = ("experiment_ids", "arm_ids", "rewards", "context_sizes", "contexts", "decision_ids", "tombstones", "created", "corrections", "corrected_arm_ids")
     EXPERIMENT_IDS_FIELD_NUMBER: _ClassVar[int]
     ARM_IDS_FIELD_NUMBER: _ClassVar[int]
     REWARDS_FIELD_NUMBER: _ClassVar[int]
@@ -97,6 +99,8 @@ class RewardTable(_message.Message):
     DECISION_IDS_FIELD_NUMBER: _ClassVar[int]
     TOMBSTONES_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
+    CORRECTIONS_FIELD_NUMBER: _ClassVar[int]
+    CORRECTED_ARM_IDS_FIELD_NUMBER: _ClassVar[int]
     experiment_ids: _containers.RepeatedScalarFieldContainer[str]
     arm_ids: _containers.RepeatedScalarFieldContainer[str]
     rewards: _containers.RepeatedScalarFieldContainer[float]
@@ -105,7 +109,9 @@ class RewardTable(_message.Message):
     decision_ids: _containers.RepeatedScalarFieldContainer[str]
     tombstones: _containers.RepeatedScalarFieldContainer[bool]
     created: float
-    def __init__(self, experiment_ids: _Optional[_Iterable[str]] = ..., arm_ids: _Optional[_Iterable[str]] = ..., rewards: _Optional[_Iterable[float]] = ..., context_sizes: _Optional[_Iterable[int]] = ..., contexts: _Optional[_Iterable[float]] = ..., decision_ids: _Optional[_Iterable[str]] = ..., tombstones: _Optional[_Iterable[bool]] = ..., created: _Optional[float] = ...) -> None: ...
+    corrections: _containers.RepeatedScalarFieldContainer[int]
+    corrected_arm_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, experiment_ids: _Optional[_Iterable[str]] = ..., arm_ids: _Optional[_Iterable[str]] = ..., rewards: _Optional[_Iterable[float]] = ..., context_sizes: _Optional[_Iterable[int]] = ..., contexts: _Optional[_Iterable[float]] = ..., decision_ids: _Optional[_Iterable[str]] = ..., tombstones: _Optional[_Iterable[bool]] = ..., created: _Optional[float] = ..., corrections: _Optional[_Iterable[int]] = ..., corrected_arm_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Rewards(_message.Message):
     __slots__ = ("items",)
@@ -330,7 +336,7 @@ class DecisionBlock(_message.Message):
     def __init__(self, experiment_id: _Optional[str] = ..., experiment_uid: _Optional[int] = ..., id_prefix: _Optional[str] = ..., first_counter: _Optional[int] = ..., count: _Optional[int] = ..., slate_size: _Optional[int] = ..., arm_ids: _Optional[_Iterable[str]] = ..., arm_positions: _Optional[bytes] = ..., propensities: _Optional[bytes] = ..., model_version: _Optional[int] = ..., created: _Optional[float] = ..., context_dim: _Optional[int] = ..., contexts: _Optional[bytes] = ...) -> None: ...
 
 class DecisionTable(_message.Message):
-    __slots__ = ("decision_ids", "experiment_uids", "slate_sizes", "arm_ids", "propensities", "model_versions", "created", "rewarded", "context_sizes", "contexts", "experiment_ids")
+    __slots__ = ("decision_ids", "experiment_uids", "slate_sizes", "arm_ids", "propensities", "model_versions", "created", "rewarded", "context_sizes", "contexts", "experiment_ids", "defaulted", "rewards", "reward_slots")
     DECISION_IDS_FIELD_NUMBER: _ClassVar[int]
     EXPERIMENT_UIDS_FIELD_NUMBER: _ClassVar[int]
     SLATE_SIZES_FIELD_NUMBER: _ClassVar[int]
@@ -342,6 +348,9 @@ class DecisionTable(_message.Message):
     CONTEXT_SIZES_FIELD_NUMBER: _ClassVar[int]
     CONTEXTS_FIELD_NUMBER: _ClassVar[int]
     EXPERIMENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULTED_FIELD_NUMBER: _ClassVar[int]
+    REWARDS_FIELD_NUMBER: _ClassVar[int]
+    REWARD_SLOTS_FIELD_NUMBER: _ClassVar[int]
     decision_ids: _containers.RepeatedScalarFieldContainer[str]
     experiment_uids: _containers.RepeatedScalarFieldContainer[int]
     slate_sizes: _containers.RepeatedScalarFieldContainer[int]
@@ -353,7 +362,10 @@ class DecisionTable(_message.Message):
     context_sizes: _containers.RepeatedScalarFieldContainer[int]
     contexts: _containers.RepeatedScalarFieldContainer[float]
     experiment_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, decision_ids: _Optional[_Iterable[str]] = ..., experiment_uids: _Optional[_Iterable[int]] = ..., slate_sizes: _Optional[_Iterable[int]] = ..., arm_ids: _Optional[_Iterable[str]] = ..., propensities: _Optional[_Iterable[float]] = ..., model_versions: _Optional[_Iterable[int]] = ..., created: _Optional[_Iterable[float]] = ..., rewarded: _Optional[_Iterable[bool]] = ..., context_sizes: _Optional[_Iterable[int]] = ..., contexts: _Optional[_Iterable[float]] = ..., experiment_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    defaulted: _containers.RepeatedScalarFieldContainer[bool]
+    rewards: _containers.RepeatedScalarFieldContainer[float]
+    reward_slots: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, decision_ids: _Optional[_Iterable[str]] = ..., experiment_uids: _Optional[_Iterable[int]] = ..., slate_sizes: _Optional[_Iterable[int]] = ..., arm_ids: _Optional[_Iterable[str]] = ..., propensities: _Optional[_Iterable[float]] = ..., model_versions: _Optional[_Iterable[int]] = ..., created: _Optional[_Iterable[float]] = ..., rewarded: _Optional[_Iterable[bool]] = ..., context_sizes: _Optional[_Iterable[int]] = ..., contexts: _Optional[_Iterable[float]] = ..., experiment_ids: _Optional[_Iterable[str]] = ..., defaulted: _Optional[_Iterable[bool]] = ..., rewards: _Optional[_Iterable[float]] = ..., reward_slots: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class CampaignDay(_message.Message):
     __slots__ = ("campaign_id", "day", "event_time")
@@ -384,3 +396,31 @@ class PaceEvent(_message.Message):
     amount_micros: int
     expires: float
     def __init__(self, campaign_id: _Optional[str] = ..., event_time: _Optional[float] = ..., slot: _Optional[int] = ..., multiplier: _Optional[float] = ..., control: _Optional[bool] = ..., bid_id: _Optional[str] = ..., amount_micros: _Optional[int] = ..., expires: _Optional[float] = ...) -> None: ...
+
+class DefaultRewards(_message.Message):
+    __slots__ = ("experiment_id", "experiment_uid", "reward", "created", "count", "arm_ids", "arm_positions", "context_dim", "contexts", "id_prefixes", "id_issuers", "id_counters")
+    EXPERIMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_UID_FIELD_NUMBER: _ClassVar[int]
+    REWARD_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    ARM_IDS_FIELD_NUMBER: _ClassVar[int]
+    ARM_POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_DIM_FIELD_NUMBER: _ClassVar[int]
+    CONTEXTS_FIELD_NUMBER: _ClassVar[int]
+    ID_PREFIXES_FIELD_NUMBER: _ClassVar[int]
+    ID_ISSUERS_FIELD_NUMBER: _ClassVar[int]
+    ID_COUNTERS_FIELD_NUMBER: _ClassVar[int]
+    experiment_id: str
+    experiment_uid: int
+    reward: float
+    created: float
+    count: int
+    arm_ids: _containers.RepeatedScalarFieldContainer[str]
+    arm_positions: bytes
+    context_dim: int
+    contexts: bytes
+    id_prefixes: _containers.RepeatedScalarFieldContainer[str]
+    id_issuers: bytes
+    id_counters: bytes
+    def __init__(self, experiment_id: _Optional[str] = ..., experiment_uid: _Optional[int] = ..., reward: _Optional[float] = ..., created: _Optional[float] = ..., count: _Optional[int] = ..., arm_ids: _Optional[_Iterable[str]] = ..., arm_positions: _Optional[bytes] = ..., context_dim: _Optional[int] = ..., contexts: _Optional[bytes] = ..., id_prefixes: _Optional[_Iterable[str]] = ..., id_issuers: _Optional[bytes] = ..., id_counters: _Optional[bytes] = ...) -> None: ...
