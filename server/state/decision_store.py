@@ -436,6 +436,11 @@ class DecisionStore:
         """The experiment incarnation of row ``seq`` (a live row: from :meth:`find`)."""
         return int(self._uids[seq % self.capacity])
 
+    def is_rewarded_row(self, seq: int) -> bool:
+        """Whether the decision in row ``seq`` has had its reward (False for a row evicted
+        since it was found)."""
+        return seq >= self._head and bool(self._rewarded[seq % self.capacity])
+
     def mark_rewarded_row(self, seq: int) -> None:
         """Remember that the decision in row ``seq`` has had its reward (no-op for a row
         evicted since it was found)."""

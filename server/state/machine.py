@@ -6,6 +6,13 @@ builds the record, applies it and logs it), the restore of a data directory (sna
 tail, :mod:`storage.recovery`) and a replica consuming the log, as in Raft's replicated state
 machine or Redis' AOF replay. The log itself never looks inside a record.
 
+An applier decides deterministically from the state and the record alone: a record that no
+longer applies (checked valid when it was made, but another replica's change came first in the
+shared log's order) changes nothing and raises the domain error its request gets; what a
+record's request answers (a duplicate reward, a bid cut to the budget left) is what the apply
+returns. Replicas that apply the same records in the same order reach the same state
+(:mod:`cluster.stream`).
+
 Record types and who applies them:
 
 ================== ================================================ ======================
@@ -19,6 +26,7 @@ ingest_metrics     :meth:`ExperimentRegistry.apply_ingest`          state/regist
 decision_table     :meth:`Decisions.apply_table`                    state/decisions.py
 decision_block     :meth:`Decisions.apply_block`                    state/decisions.py
 reward_table       :meth:`Learning.apply`                           state/rewards.py
+create_campaign    :meth:`CampaignRegistry.apply_create`            ads/pacing.py
 campaign           :meth:`CampaignRegistry.apply_config`            ads/pacing.py
 campaign_day       :meth:`Campaign.apply_day`                       ads/pacing.py
 pace               :meth:`Campaign.apply_pace`                      ads/pacing.py
@@ -66,6 +74,7 @@ class StateMachine:
             "decision_table": self.decisions.apply_table,
             "decision_block": self.decisions.apply_block,
             "reward_table": lambda t: self.learning.apply(RewardRows.decode(t)),
+            "create_campaign": self.campaigns.apply_create,
             "campaign": self.campaigns.apply_config,
             "campaign_day": lambda r: campaign(r).apply_day(r),
             "pace": lambda r: campaign(r).apply_pace(r),

@@ -3,9 +3,13 @@
 A reward is applied in one way, live and on replay (:meth:`Learning.apply`): its decision is
 marked rewarded in the decision store — or, for a reward by explicit arm whose decision is
 unknown, a rewarded *tombstone* is stored under the decision id, so that a retry is recognised —
-and the experiment learns it (one kernel call per experiment and record). Deciding whether a
-reward is a duplicate is the request's check, made before its record exists: a duplicate makes
-no record.
+and the experiment learns it (one kernel call per experiment and record). A request's check
+leaves out the rewards it already knows to be duplicates (they make no record), and the apply
+decides again, row by row: a row whose decision (same experiment incarnation) is rewarded by the
+time the record is applied, or whose tombstone exists by then, is skipped and reported a
+duplicate. On a single server the check has excluded them all; among replicas, where the same
+decision's reward may be checked on two replicas at once, the order of the shared log decides
+which one counts: exactly once, on every replica alike.
 
 The record is a ``RewardTable`` (``banditd.storage.v1``): the rewards of one request as columns,
 with the time they were recorded (which decides, on replay as live, whether a decision had
@@ -143,10 +147,12 @@ class Learning:
         self.experiments = experiments
         self.store = store
 
-    def apply(self, rows: RewardRows) -> None:
+    def apply(self, rows: RewardRows) -> list[bool]:
         """Apply a ``reward_table`` record: per row, its decision's bookkeeping; then each
-        experiment learns its rows in order (the same state as one by one)."""
+        experiment learns its rows in order (the same state as one by one). Returns, per row,
+        whether it was a duplicate (skipped: its decision had its reward already)."""
         groups: dict[int, _Group] = {}
+        duplicates = [False] * len(rows.rewards)
         # a record of older logs has no time: decisions are then found whatever their age
         now = rows.created if rows.created else -np.inf
         for i in range(len(rows.rewards)):
@@ -160,20 +166,25 @@ class Learning:
             if group is None:
                 group = groups[e.uid] = _Group(e)
             decision_id = rows.decision_ids[i]
-            if decision_id:
-                self._settle(e, arm, decision_id, rows.tombstones[i], rows.seqs[i], now,
-                             e.version + len(group.arms), rows.created)
+            if decision_id and not self._settle(e, arm, decision_id, rows.tombstones[i],
+                                                rows.seqs[i], now, e.version + len(group.arms),
+                                                rows.created):
+                duplicates[i] = True
+                continue
             group.arms.append(arm)
             group.rewards.append(rows.rewards[i])
             group.contexts.append(rows.contexts[i])
         for group in groups.values():
-            group.learn()
+            if group.arms:
+                group.learn()
+        return duplicates
 
     def _settle(self, e: Experiment, arm: int, decision_id: str, tombstone: bool, seq: int,
-                now: float, version: int, created: float) -> None:
+                now: float, version: int, created: float) -> bool:
         """The decision store's side of one reward: its decision marked rewarded (when it
         belongs to this incarnation), or a rewarded tombstone stored for an unknown one.
-        ``version``: the experiment's model version just before this reward is learned."""
+        ``version``: the experiment's model version just before this reward is learned.
+        False if the reward is a duplicate: its decision (or tombstone) is rewarded already."""
         store = self.store
         if seq < 0:
             found = store.find(decision_id, now)
@@ -182,8 +193,11 @@ class Learning:
                     store.put(decision_id, DecisionRecord(
                         e.uid, (e.arm_ids[arm],), None, 0.0, version,
                         created if created else 0.0, rewarded=True), expire=False)
-                return
+                return True
             if store.uid_of(found) != e.uid:
-                return  # made before a reset, or for another experiment
+                return True  # made before a reset, or for another experiment
             seq = found
+        if store.is_rewarded_row(seq):
+            return False
         store.mark_rewarded_row(seq)
+        return True
