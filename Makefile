@@ -12,7 +12,33 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(MAKE) --no-print-directory engine
 	touch $(STAMP)
+
+## The engine replicas share (--workers N, the replica tests): redis-server 7 from Debian's
+## packages, unpacked under .venv/engine (nothing installed system-wide, no daemon started).
+## Debian ships the server binary in redis-tools as redis-check-rdb, which is the server when
+## started under a name containing "redis-server"; the redis-server package would only add
+## that symlink and a system service. Skipped when redis-server or valkey-server is on PATH.
+ENGINE_DEBS := redis-tools liblzf1 libjemalloc2
+ENGINE_DIR  := $(VENV)/engine
+.PHONY: engine
+engine:
+	@if command -v redis-server >/dev/null || command -v valkey-server >/dev/null \
+		|| test -x $(BIN)/redis-server; then exit 0; fi; \
+	set -e; rm -rf $(ENGINE_DIR); mkdir -p $(ENGINE_DIR)/debs $(ENGINE_DIR)/root; \
+	cd $(ENGINE_DIR)/debs; \
+	apt-get download $(ENGINE_DEBS) 2>/dev/null \
+		|| { apt-get update -qq && apt-get download $(ENGINE_DEBS); }; \
+	for deb in *.deb; do dpkg -x $$deb ../root; done; \
+	ln -sf redis-check-rdb ../root/usr/bin/redis-server; \
+	libs=$$(cd ../root && ls -d $$PWD/usr/lib/*-linux-gnu | head -1); \
+	printf '%s\n' '#!/bin/sh' \
+		'# redis-server from .venv/engine (see the Makefile target engine)' \
+		"LD_LIBRARY_PATH=\"$$libs\$${LD_LIBRARY_PATH:+:\$$LD_LIBRARY_PATH}\" exec \"$$(cd ../root && pwd)/usr/bin/redis-server\" \"\$$@\"" \
+		> ../../bin/redis-server; \
+	chmod +x ../../bin/redis-server; \
+	../../bin/redis-server --version
 
 ## Start the server on its embedded default (127.0.0.1:50051, ./data).
 run: $(STAMP)

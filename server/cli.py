@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from banditd.server.cluster.engine import EngineError
 from banditd.server.settings import Settings
 from banditd.server.storage.recovery import RecoveryRefused
 
@@ -36,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--workers", type=int,
-        help="server processes sharing the port, 1 = a single process (BANDITD_WORKERS)",
+        help="replicas sharing the port (and an engine: an embedded one unless "
+        "BANDITD_REDIS_URL is set), 1 = a single process (BANDITD_WORKERS)",
     )
     serve.add_argument(
         "--start-from-remains", action="store_true", default=None,
@@ -46,11 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--port-file", type=Path,
         help="write the bound port to this file once listening (with --workers N > 1: once "
-        "every worker is SERVING)",
+        "every replica is SERVING)",
     )
-    worker = sub.add_parser("worker", help="(internal) one worker process of serve --workers N")
-    worker.add_argument("--index", type=int, required=True)
-    worker.add_argument("--settings", required=True, help="the supervisor's settings, JSON")
+    replica = sub.add_parser("replica", help="(internal) one replica of serve --workers N")
+    replica.add_argument("--index", type=int, required=True)
+    replica.add_argument("--settings", required=True, help="the supervisor's settings, JSON")
     sub.add_parser("check-health", help="exit 0 if the local server reports SERVING")
     sub.add_parser("warmup", help="compile every kernel into the Numba on-disk cache")
     snap = sub.add_parser("snapshot", help="snapshot tools")
@@ -77,7 +79,12 @@ def load_settings(args: argparse.Namespace) -> Settings:
 async def _serve(settings: Settings, port_file: Path | None) -> None:
     from banditd.server.api.app import create_server
 
-    app, port = await create_server(settings)
+    parts = None
+    if settings.redis_url is not None:  # one replica of several sharing the engine's log
+        from banditd.server.cluster.replica import replica_parts
+
+        parts = replica_parts(settings)
+    app, port = await create_server(settings, parts)
     log.info("listening on %s:%d (NOT_SERVING until kernels are warm)", settings.host, port)
     if port_file is not None:
         port_file.write_text(f"{port}\n")
@@ -136,10 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     tag = ""
     try:
-        if args.command == "worker":
-            from banditd.server.cluster.workers import worker_settings
+        if args.command == "replica":
+            from banditd.server.cluster.replica import replica_settings
 
-            settings = worker_settings(args.settings)
+            settings = replica_settings(args.settings)
             tag = f"[{args.index}]"
         else:
             settings = load_settings(args)
@@ -152,10 +159,10 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level.upper(),
         format=f"%(asctime)s %(levelname)s %(name)s{tag}: %(message)s",
     )
-    if args.command == "worker":
-        from banditd.server.cluster.workers import run_worker
+    if args.command == "replica":
+        from banditd.server.cluster.replica import run_replica
 
-        return run_worker(settings, args.index)
+        return run_replica(settings, args.index)
     if args.command == "check-health":
         return _check_health(settings)
     if args.command == "snapshot":
@@ -171,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return supervise(settings, args.port_file)
         asyncio.run(_serve(settings, args.port_file))
-    except (OSError, RecoveryRefused) as exc:
+    except (OSError, RecoveryRefused, EngineError) as exc:
         print(f"banditd: {exc}", file=sys.stderr)
         return 1
     return 0

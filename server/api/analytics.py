@@ -24,7 +24,7 @@ class AnalyticsHandlers:
                             ) -> pb.IngestMetricsResponse:
         analytics.check_ingest(self.experiments.get(request.experiment_id), request,
                                self.settings.max_ingest_periods)
-        counts = await self.core.write(st.WalRecord(ingest_metrics=request), replicated=True)
+        counts = await self.core.write(st.WalRecord(ingest_metrics=request))
         replaced, new = cast(tuple[int, int], counts)
         return pb.IngestMetricsResponse(replaced_arms=replaced, new_arms=new)
 

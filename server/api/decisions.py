@@ -362,17 +362,20 @@ class DecisionHandlers:
         return True
 
     async def RecordReward(self, request, context):
+        if request.decision_id:
+            await self.core.await_decisions((request.decision_id,))
         now = time.time()
         rows = RewardRows(now)
         if not self._row(self._prepare_reward(request, now), rows, now, None):
             await self.core.synced()  # the original may still be on its way to the disk
             return pb.RecordRewardResponse(duplicate=True)
-        await self._learn(rows)
-        return pb.RecordRewardResponse(duplicate=False)
+        duplicates = await self._learn(rows)
+        return pb.RecordRewardResponse(duplicate=duplicates[0])
 
     async def BatchRecordRewards(self, request, context):
         items = request.requests
         self.core.check_batch(len(items))
+        await self.core.await_decisions(item.decision_id for item in items if item.decision_id)
         now = time.time()
         prepared = []
         for i, item in enumerate(items):
@@ -384,22 +387,24 @@ class DecisionHandlers:
         add = response.responses.add
         rows = RewardRows(now)
         seen: set[tuple[int, str]] = set()
+        learned = []  # the response item of each row
         for p in prepared:
             if self._row(p, rows, now, seen):
-                add()
+                learned.append(add())
             else:
                 add(duplicate=True)
         if len(rows):
-            await self._learn(rows)
+            for item, duplicate in zip(learned, await self._learn(rows), strict=True):
+                item.duplicate = duplicate
         else:
             await self.core.synced()  # the originals may still be on their way to the disk
         return response
 
-    async def _learn(self, rows: RewardRows) -> None:
-        """Apply the rewards' record and log it; return once it is durable."""
-        self.core.check_writable()
-        self.learning.apply(rows)
-        core = self.core
-        if core.logging:
-            core.storage.append(rows.encode().SerializeToString())
-        await core.synced()
+    async def _learn(self, rows: RewardRows) -> list[bool]:
+        """Apply the rewards' record and log it; return once it is durable, with whether each
+        row was a duplicate (:meth:`Learning.apply`: never on a single server, whose checks
+        left them out; among replicas, when a retry of the same reward was learned through
+        another replica first)."""
+        learning = self.learning
+        return await self.core.write(rows.encode(),  # type: ignore[return-value]
+                                     lambda: learning.apply(rows))

@@ -22,8 +22,7 @@ class ExperimentHandlers:
         if not request.HasField("experiment"):
             raise InvalidArgument("experiment is required")
         config = self.experiments.check_create(request.experiment)
-        experiment = await self.core.write(st.WalRecord(create_experiment=config),
-                                           replicated=True)
+        experiment = await self.core.write(st.WalRecord(create_experiment=config))
         return experiment.config  # type: ignore[attr-defined]
 
     async def GetExperiment(self, request: pb.GetExperimentRequest, context) -> pb.Experiment:
@@ -39,19 +38,17 @@ class ExperimentHandlers:
                                ) -> pb.DeleteExperimentResponse:
         self.experiments.get(request.experiment_id)
         await self.core.write(st.WalRecord(
-            delete_experiment=st.DeleteExperiment(experiment_id=request.experiment_id)),
-            replicated=True)
+            delete_experiment=st.DeleteExperiment(experiment_id=request.experiment_id)))
         return pb.DeleteExperimentResponse()
 
     async def UpdateArms(self, request: pb.UpdateArmsRequest, context) -> pb.UpdateArmsResponse:
         self.experiments.check_update_arms(request)
-        experiment = await self.core.write(st.WalRecord(update_arms=request), replicated=True)
+        experiment = await self.core.write(st.WalRecord(update_arms=request))
         return pb.UpdateArmsResponse(experiment=experiment.config)  # type: ignore[attr-defined]
 
     async def ResetExperiment(self, request: pb.ResetExperimentRequest, context
                               ) -> pb.ResetExperimentResponse:
         self.experiments.get(request.experiment_id)
         experiment = await self.core.write(st.WalRecord(
-            reset_experiment=st.ResetExperiment(experiment_id=request.experiment_id)),
-            replicated=True)
+            reset_experiment=st.ResetExperiment(experiment_id=request.experiment_id)))
         return pb.ResetExperimentResponse(experiment=experiment.config)  # type: ignore[attr-defined]
