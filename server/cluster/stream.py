@@ -57,6 +57,7 @@ import struct
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from banditd.server.errors import DomainError, Unavailable
 from banditd.server.settings import Settings
@@ -161,8 +162,8 @@ class SharedLog(Durability):
         self.reachable = True
         self.why = ""
         self.lag_seconds = 0.0  # of the newest entry applied: now minus its id's time
-        self._redis = None  # the flusher's connection (redis.asyncio.Redis)
-        self._reader = None  # the consumer's (XREAD BLOCK holds its connection)
+        self._redis: Any = None  # the flusher's connection (redis.asyncio.Redis)
+        self._reader: Any = None  # the consumer's (XREAD BLOCK holds its connection)
         self._seq = 0
         self._writes: list[bytes] = []
         self._waiters: list[asyncio.Future | None] = []
@@ -237,6 +238,10 @@ class SharedLog(Durability):
         try:
             await self._redis.ping()
             loaded = await self._load_image_if_needed()
+            # Trimming keeps what a replica that has reported its position still needs;
+            # trimmed meanwhile (before the report): the image again.
+            await self._report()
+            loaded = await self._load_image_if_needed() or loaded
             if loaded:
                 report.snapshot = loaded
             first = self.entries
@@ -473,7 +478,7 @@ class SharedLog(Durability):
             raise
         except Exception as exc:
             self._unreachable(exc, "appending to the log")
-            self._failed(flush, exc)
+            self._flush_failed(flush, exc)
             await asyncio.sleep(self.settings.log_retry_seconds)
             return
         self._retry = None
@@ -482,7 +487,7 @@ class SharedLog(Durability):
         for s in [s for s in self._ack_events if s <= flush.seq]:
             self._ack_events.pop(s).set()
 
-    def _failed(self, flush: _Flush, exc: BaseException) -> None:
+    def _flush_failed(self, flush: _Flush, exc: BaseException) -> None:
         """An XADD the engine did not confirm: its waiting changes are refused; it is sent
         again (same number, so that it counts once if it had made it) with its decision
         records only."""
@@ -558,8 +563,11 @@ class SharedLog(Durability):
         while True:
             await asyncio.sleep(every)
             with contextlib.suppress(Exception):
-                await self._redis.hset(self.replicas_key, self.origin,
-                                       f"{self.position} {time.time():.3f}")
+                await self._report()
+
+    async def _report(self) -> None:
+        await self._redis.hset(self.replicas_key, self.origin,
+                               f"{self.position} {time.time():.3f}")
 
     async def _images(self) -> None:
         interval = self.settings.image_interval_seconds

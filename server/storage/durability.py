@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Protocol
 
@@ -151,6 +151,17 @@ class Durability:
         """Return once everything appended so far is as durable as the mode promises."""
         if self.wal is not None:
             await self.wal.commit()
+
+    # -- what only a replica does (cluster.stream.SharedLog; ``shared`` is True there) -------
+    async def submit(self, payload: bytes) -> object:
+        """A replica's change: appended to the shared log, answered once applied here."""
+        raise NotImplementedError("a single server applies and appends (Core.write)")
+
+    async def caught_up(self) -> None:
+        """A replica waits until it has applied what others acknowledged; nothing here."""
+
+    async def await_decisions(self, decision_ids: Iterable[str]) -> None:
+        """A replica waits for other replicas' recent decisions; nothing here."""
 
     def written_lazily(self) -> None:
         """Records were added to :attr:`pending` (or appended lazily): have them written (and
