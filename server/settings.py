@@ -88,11 +88,12 @@ class Settings(BaseSettings):
         "<6 hex digits per start>-<counter>); empty = the host name (a pod's name).",
     )
     replica_flush_seconds: float = Field(
-        0.005, gt=0, le=0.1,
+        0.02, gt=0, le=0.1,
         description="Replicas: longest wait before decision records go to the engine in one "
-        "entry (changes that are waited for go at once). Adds to the time a reward on "
-        "another replica may wait for its decision, and bounds what a replica's crash can "
-        "lose of its decisions.",
+        "entry (changes that are waited for go at once; the next entry takes whatever "
+        "gathered meanwhile). Each entry costs the replica an XADD and every replica its "
+        "read; the wait adds to the time a reward on another replica may wait for its "
+        "decision, and bounds what a replica's crash can lose of its decisions.",
     )
     image_interval_seconds: float = Field(
         60.0, ge=0,

@@ -59,6 +59,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from banditd.kernels.rng import jump_state
+from banditd.server.cluster.resp import Engine, parse_url
 from banditd.server.errors import DomainError, Unavailable
 from banditd.server.settings import Settings
 from banditd.server.state.decision_store import split_decision_id
@@ -96,6 +100,20 @@ def unframe(data: bytes) -> list[bytes]:
         out.append(bytes(view[i : i + size]))
         i += size
     return out
+
+
+class _NotAppliedInTime(Exception):
+    """A change the engine took was not read back within engine_apply_timeout_seconds."""
+
+
+def _expire(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_exception(_NotAppliedInTime())
+
+
+def _pairs(flat) -> dict:
+    """A flat [field, value, field, value, ...] reply as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True)) if flat else {}
 
 
 def _id_tuple(entry_id: str) -> tuple[int, int]:
@@ -162,7 +180,7 @@ class SharedLog(Durability):
         self.reachable = True
         self.why = ""
         self.lag_seconds = 0.0  # of the newest entry applied: now minus its id's time
-        self._redis: Any = None  # the flusher's connection (redis.asyncio.Redis)
+        self._redis: Any = None  # the flusher's connection (resp.Engine)
         self._reader: Any = None  # the consumer's (XREAD BLOCK holds its connection)
         self._seq = 0
         self._writes: list[bytes] = []
@@ -181,17 +199,10 @@ class SharedLog(Durability):
         self.images_uploaded = 0
 
     # -- engine connections --------------------------------------------------------------------
-    def _client(self, timeout: float):
-        import redis.asyncio as aioredis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
+    def _client(self, timeout: float) -> Engine:
         # No retries inside the client: a retried XADD could add an entry twice (flushes are
         # retried here, under the same number, which the consumers skip when seen again).
-        return aioredis.Redis.from_url(
-            self.url, password=self.password, socket_timeout=timeout,
-            socket_connect_timeout=self.settings.engine_timeout_seconds,
-            retry=Retry(NoBackoff(), 0), health_check_interval=0)
+        return Engine(parse_url(self.url, self.password), timeout)
 
     def lock(self) -> None:
         super().lock()
@@ -235,8 +246,12 @@ class SharedLog(Durability):
         self._redis = self._client(self.settings.engine_timeout_seconds)
         self._reader = self._client(self.settings.engine_timeout_seconds + BLOCK_MS / 1000)
         report = RestoreReport()
+        # This replica's jump of every seed's random stream: its matrix is built once, here
+        # off the event loop (0.1-2 s), not by the first experiment created.
+        await asyncio.to_thread(jump_state, np.ones(4, dtype=np.uint64),
+                                self.state.experiments.stream)
         try:
-            await self._redis.ping()
+            await self._redis.call("PING")
             loaded = await self._load_image_if_needed()
             # Trimming keeps what a replica that has reported its position still needs;
             # trimmed meanwhile (before the report): the image again.
@@ -259,10 +274,10 @@ class SharedLog(Durability):
         """Load the engine's image when this replica's position is behind the trimmed part
         of the stream (or before anything, when the stream was ever trimmed); what it
         loaded ("" if nothing)."""
-        trimmed = await self._redis.get(self.trimmed_key)
+        trimmed = await self._redis.call("GET", self.trimmed_key)
         if trimmed is None or _id_tuple(self.position) >= _id_tuple(trimmed.decode()):
             return ""
-        fields = await self._redis.hgetall(self.image_key)
+        fields = _pairs(await self._redis.call("HGETALL", self.image_key))
         if not fields:
             raise RuntimeError(f"the stream is trimmed up to {trimmed.decode()} but "
                                f"{self.image_key} holds no image")
@@ -282,10 +297,11 @@ class SharedLog(Durability):
 
     async def _catch_up(self) -> None:
         """Apply the stream up to its end as of now."""
-        last = await self._redis.xrevrange(self.log_key, count=1)
+        last = await self._redis.call("XREVRANGE", self.log_key, "+", "-", "COUNT", 1)
         end = _id_tuple(last[0][0].decode()) if last else (0, 0)
         while _id_tuple(self.position) < end:
-            reply = await self._reader.xread({self.log_key: self.position}, count=READ_COUNT)
+            reply = await self._reader.call("XREAD", "COUNT", READ_COUNT, "STREAMS",
+                                            self.log_key, self.position)
             if not reply:
                 break
             await self._apply_entries(reply[0][1])
@@ -300,16 +316,25 @@ class SharedLog(Durability):
 
     async def _consume(self) -> None:
         retry = self.settings.log_retry_seconds
+        timeouts = 0
         while not self._closing:
             try:
-                reply = await self._reader.xread({self.log_key: self.position},
-                                                 count=READ_COUNT, block=BLOCK_MS)
+                reply = await self._reader.call(
+                    "XREAD", "COUNT", READ_COUNT, "BLOCK", BLOCK_MS, "STREAMS", self.log_key,
+                    self.position, timeout=self.settings.engine_timeout_seconds + BLOCK_MS / 1000)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                # One read timeout may be this process's stall (a long step of the event
+                # loop), not the engine's: read again once before calling it unreachable.
+                timeouts += isinstance(exc, TimeoutError)
+                if isinstance(exc, TimeoutError) and timeouts == 1 and self.reachable:
+                    log.warning("reading the log timed out once; reading again")
+                    continue
                 self._unreachable(exc, "reading the log")
                 await asyncio.sleep(retry)
                 continue
+            timeouts = 0
             if self._image_request is not None:  # an idle stream: capture between reads
                 self._capture_image()
             if not self.reachable:
@@ -329,7 +354,7 @@ class SharedLog(Durability):
     async def _apply_entries(self, entries) -> None:
         slice_start = time.perf_counter()
         for entry_id, fields in entries:
-            self._apply_entry(entry_id.decode(), fields)
+            self._apply_entry(entry_id.decode(), _pairs(fields))
             if self._image_request is not None:
                 self._capture_image()
             if time.perf_counter() - slice_start > APPLY_SLICE_SECONDS:
@@ -393,20 +418,23 @@ class SharedLog(Durability):
         """Append a change's record to the next entry; return once it is applied here, with
         its applier's result (or raise its error)."""
         self.check_writable()
-        fut = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
         self._writes.append(payload)
         self._waiters.append(fut)
         self._urgent = True
         self._wakeup.set()
+        timer = loop.call_later(self.settings.engine_apply_timeout_seconds, _expire, fut)
         try:
-            return await asyncio.wait_for(asyncio.shield(fut),
-                                          self.settings.engine_apply_timeout_seconds)
-        except TimeoutError:
+            return await fut
+        except _NotAppliedInTime:
             raise Unavailable(
                 f"the change was sent to the engine at {self.where} but not applied here "
                 f"within {self.settings.engine_apply_timeout_seconds:g} s "
                 "(engine_apply_timeout_seconds); it is applied when its entry is read back "
                 "(a retry of a reward or spend is recognised as a duplicate)") from None
+        finally:
+            timer.cancel()
 
     def append(self, payload: bytes, origin: int = 0) -> None:
         """A record nobody waits for, in the next entry."""
@@ -464,16 +492,15 @@ class SharedLog(Durability):
             await self._send(flush)
 
     async def _send(self, flush: _Flush) -> None:
-        fields = {b"o": self._origin_bytes, b"s": str(flush.seq).encode(),
-                  b"c": str(flush.counter).encode()}
+        fields = ["XADD", self.log_key, "*", b"o", self._origin_bytes, b"s", flush.seq,
+                  b"c", flush.counter]
         if flush.decisions:
-            fields[b"d"] = frame(flush.decisions)
+            fields += [b"d", frame(flush.decisions)]
         if flush.writes:
-            fields[b"w"] = frame(flush.writes)
+            fields += [b"w", frame(flush.writes)]
         self._inflight[flush.seq] = flush
         try:
-            await asyncio.wait_for(self._redis.xadd(self.log_key, fields),
-                                   self.settings.engine_timeout_seconds)
+            await self._redis.call(*fields)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -541,8 +568,7 @@ class SharedLog(Durability):
         ``engine_apply_timeout_seconds``): what any replica acknowledged before this call is
         then visible here too."""
         try:
-            last = await asyncio.wait_for(self._redis.xrevrange(self.log_key, count=1),
-                                          self.settings.engine_timeout_seconds)
+            last = await self._redis.call("XREVRANGE", self.log_key, "+", "-", "COUNT", 1)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -566,7 +592,7 @@ class SharedLog(Durability):
                 await self._report()
 
     async def _report(self) -> None:
-        await self._redis.hset(self.replicas_key, self.origin,
+        await self._redis.call("HSET", self.replicas_key, self.origin,
                                f"{self.position} {time.time():.3f}")
 
     async def _images(self) -> None:
@@ -574,8 +600,8 @@ class SharedLog(Durability):
         while True:
             await asyncio.sleep(interval)
             try:
-                took = await self._redis.set(self.lease_key, self.origin, nx=True,
-                                             px=int(interval * 1000 * 0.9))
+                took = await self._redis.call("SET", self.lease_key, self.origin, "NX", "PX",
+                                              int(interval * 1000 * 0.9))
                 if took:
                     await self.upload_image()
             except asyncio.CancelledError:
@@ -593,8 +619,9 @@ class SharedLog(Durability):
         path = await self.snapshots.finish(pid, lsn)
         await self._acked_up_to(meta["uploader_seq"])  # own decisions in it are in the stream
         data = await asyncio.to_thread(path.read_bytes)
-        await self._redis.hset(self.image_key, mapping={
-            b"data": data, b"meta": json.dumps(meta).encode()})
+        await self._redis.call("HSET", self.image_key, "data", data, "meta",
+                               json.dumps(meta).encode(), timeout=max(
+                                   self.settings.engine_timeout_seconds, len(data) / 20e6))
         self.images_uploaded += 1
         log.info("image at %s uploaded (%.1f MB)", meta["position"], len(data) / 1e6)
         await self._trim(meta["position"])
@@ -619,18 +646,19 @@ class SharedLog(Durability):
     async def _trim(self, image_position: str) -> None:
         horizon = time.time() - max(3 * self.settings.image_interval_seconds, 30.0)
         needed = [image_position]
-        for origin, value in (await self._redis.hgetall(self.replicas_key)).items():
+        for origin, value in _pairs(await self._redis.call("HGETALL",
+                                                             self.replicas_key)).items():
             position, _, seen = value.decode().partition(" ")
             if float(seen or 0) >= horizon:
                 needed.append(position)
             else:
-                await self._redis.hdel(self.replicas_key, origin)
+                await self._redis.call("HDEL", self.replicas_key, origin)
         floor = min(needed, key=_id_tuple)
         ms, seq = _id_tuple(floor)
         if (ms, seq) == (0, 0):
             return
-        await self._redis.set(self.trimmed_key, floor)
-        await self._redis.xtrim(self.log_key, minid=floor, approximate=False)
+        await self._redis.call("SET", self.trimmed_key, floor)
+        await self._redis.call("XTRIM", self.log_key, "MINID", floor)
 
     # -- stopping ------------------------------------------------------------------------------
     async def take_snapshot(self, paced: bool = True) -> Path:
@@ -649,11 +677,10 @@ class SharedLog(Durability):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
-            await self._redis.hdel(self.replicas_key, self.origin)
+            await self._redis.call("HDEL", self.replicas_key, self.origin)
         for client in (self._redis, self._reader):
             if client is not None:
-                with contextlib.suppress(Exception):
-                    await client.aclose()
+                client.close()
         if self._timers is not None:
             self._timers.close()
         self._lock.release()
