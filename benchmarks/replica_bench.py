@@ -52,6 +52,8 @@ from benchmarks.grpc_throughput import (
 )
 from benchmarks.local_server import LocalServer, free_port, machine, process_cpu_seconds
 
+LAST_CPU: list[float] = []  # CPU seconds of each pid in the last measure() window
+
 
 class EngineProcess:
     """``redis-server`` on a 127.0.0.1 port, append-only file in ``directory``."""
@@ -98,9 +100,11 @@ def measure(pool: ClientPool, targets: list[str], pids: list[int], scenario: Sce
 
     def sample_cpu() -> None:
         time.sleep(max(0.0, start + warmup - time.monotonic()))
-        c0 = sum(process_cpu_seconds(p) for p in pids)
+        c0 = [process_cpu_seconds(p) for p in pids]
         time.sleep(max(0.0, start + warmup + duration - time.monotonic()))
-        box["cpu"] = sum(process_cpu_seconds(p) for p in pids) - c0
+        box["each"] = [process_cpu_seconds(p) - c for p, c in zip(pids, c0, strict=True)]
+        box["cpu"] = sum(box["each"])
+        LAST_CPU[:] = box["each"]
 
     sampler = threading.Thread(target=sample_cpu)
     sampler.start()
@@ -142,6 +146,7 @@ def cost(args, data: Path, pool: ClientPool) -> list[dict]:
                 calls: dict[str, list[int]] = {k: [] for k in sides}
                 cpu_rounds: dict[str, list[float]] = {k: [] for k in sides}
                 part = args.duration / args.rounds
+                engine_cpu = 0.0
                 for r in range(args.rounds):
                     order = list(sides) if r % 2 == 0 else list(sides)[::-1]
                     for side in order:
@@ -150,6 +155,8 @@ def cost(args, data: Path, pool: ClientPool) -> list[dict]:
                                                args.warmup, part)
                         slices[side] = (slices[side][0] + results, slices[side][1] + cpu)
                         n = sum(x["completed"] for x in results)
+                        if side == "replica":
+                            engine_cpu += LAST_CPU[-1]
                         calls[side].append(n)
                         cpu_rounds[side].append(cpu / max(n, 1) * 1e6)
                 row = {"scenario": name, "concurrency": concurrency, "rounds": args.rounds}
@@ -159,6 +166,7 @@ def cost(args, data: Path, pool: ClientPool) -> list[dict]:
                     summary["cpu_us_per_call_rounds"] = [round(x, 2) for x in cpu_rounds[side]]
                     row[side] = summary
                 s, r_ = row["standalone"], row["replica"]
+                r_["engine_cpu_us_per_call"] = round(engine_cpu / max(r_["calls"], 1) * 1e6, 2)
                 row["cpu_per_call_ratio"] = round(
                     r_["server_cpu_us_per_call"] / s["server_cpu_us_per_call"], 3)
                 # per round pair: the ratio of the replica's CPU per call to the standalone's

@@ -81,6 +81,7 @@ DECISION_WAIT_SECONDS = 1.0  # longest wait of a reward for another replica's de
 MAX_HELD_DECISIONS = 1_000_000  # decision rows held while the engine is unreachable
 MAX_RING_ISSUERS = 16  # other replicas whose decisions the store finds through a ring
 APPLY_SLICE_SECONDS = 0.005  # the consumer lets requests in between slices this long
+READ_BACK_WAIT_SECONDS = 0.005  # longest a change waits for the previous entry's read-back
 
 
 def frame(records: Iterable[bytes]) -> bytes:
@@ -190,6 +191,7 @@ class SharedLog(Durability):
         self._wakeup = asyncio.Event()
         self._urgent = False
         self._inflight: dict[int, _Flush] = {}  # flush number -> flush, until applied here
+        self._read_back = asyncio.Event()  # set when no own entry is on its way back
         self._decision_waiters: dict[str, list[tuple[int, asyncio.Future]]] = {}
         self._acked = 0  # newest own flush number the engine confirmed
         self._ack_events: dict[int, asyncio.Event] = {}
@@ -384,6 +386,8 @@ class SharedLog(Durability):
                     log.exception("decision records of %s (entry %s) not applied", origin,
                                   entry_id)
         flush = self._inflight.pop(seq, None) if origin == self.origin else None
+        if flush is not None and not self._inflight:
+            self._read_back.set()
         for i, payload in enumerate(unframe(fields.get(b"w", b""))):
             waiter = flush.waiters[i] if flush is not None and i < len(flush.waiters) else None
             try:
@@ -484,6 +488,13 @@ class SharedLog(Durability):
                 await self._wakeup.wait()
                 if not self._urgent:
                     await asyncio.sleep(delay)  # gather a few ms of decisions into one entry
+                elif self._inflight:
+                    # An own entry is still on its way back: gather what arrives meanwhile
+                    # into the next entry (one XADD, and one read by every replica, for
+                    # all of them), but wait no longer than READ_BACK_WAIT_SECONDS.
+                    self._read_back.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._read_back.wait(), READ_BACK_WAIT_SECONDS)
                 self._wakeup.clear()
                 self._urgent = False
                 if self._queued or not (self.pending.rows or self._writes):
