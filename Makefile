@@ -87,6 +87,9 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.durability_bench --out benchmarks/results/durability.json
 	$(BIN)/python -m benchmarks.pacing_sim --out benchmarks/results/pacing.json
 	$(BIN)/python -m benchmarks.workers_bench --out benchmarks/results/workers.json
+	$(BIN)/python -m benchmarks.replica_bench --out benchmarks/results/replicas.json
+	$(BIN)/python -m benchmarks.replica_bench --parts footprint \
+		--out benchmarks/results/replicas_footprint.json
 
 ## Locust load test: a local server, a headless run of LOAD_TIME with LOAD_USERS users;
 ## CSV + HTML reports in benchmarks/results/locust/ (e.g. make load LOAD_TIME=5m LOAD_USERS=64).

@@ -295,6 +295,85 @@ def scaling(args, data: Path, pool: ClientPool) -> list[dict]:
     return rows
 
 
+# -- footprint in the engine ------------------------------------------------------------------
+
+
+def footprint(args, data: Path, pool: ClientPool) -> dict:
+    """Bytes of log per decision and per reward, and the engine's memory per log entry: one
+    replica, 20,000 SelectArm then a RecordReward (by decision id) for each, unary, 32 in
+    flight; then the log's length, its entries' bytes and MEMORY USAGE of the stream key."""
+    import asyncio
+
+    import redis
+
+    engine = EngineProcess(data / "engine-footprint")
+    replica = LocalServer(data / "fp", snapshot_interval_seconds=0, log_level="WARNING",
+                          redis_url=engine.url, image_interval_seconds=0, replica_id="fp")
+    client = redis.Redis(port=engine.port)
+    n = 2_000 if args.quick else 20_000
+    try:
+        _scenarios(replica.target)
+
+        async def drive() -> list[str]:
+            async with grpc.aio.insecure_channel(replica.target) as ch:
+                stub = pb_grpc.DecisionServiceStub(ch)
+                ids: list[str] = []
+                sem = asyncio.Semaphore(32)
+
+                async def select() -> None:
+                    async with sem:
+                        r = await stub.SelectArm(pb.SelectArmRequest(
+                            experiment_id="tp-thompson-10"))
+                        ids.append(r.decision_id)
+
+                await asyncio.gather(*(select() for _ in range(n)))
+                await asyncio.sleep(0.5)  # the last decisions' entry
+                mark = client.xinfo_stream("banditd:log")["last-generated-id"]
+                box.update(after_decisions=mark)
+
+                async def reward(decision_id: str) -> None:
+                    async with sem:
+                        await stub.RecordReward(pb.RecordRewardRequest(
+                            experiment_id="tp-thompson-10", decision_id=decision_id,
+                            reward=1.0))
+
+                await asyncio.gather(*(reward(i) for i in ids))
+                return ids
+
+        box: dict = {}
+        asyncio.run(drive())
+
+        def sizes(low: bytes | str, high: bytes | str) -> tuple[int, int, int, int]:
+            entries = d_bytes = w_bytes = total = 0
+            for _, fields in client.xrange("banditd:log", low, high):
+                entries += 1
+                d_bytes += len(fields.get(b"d", b""))
+                w_bytes += len(fields.get(b"w", b""))
+                total += sum(len(k) + len(v) for k, v in fields.items())
+            return entries, d_bytes, w_bytes, total
+
+        first = client.xrange("banditd:log", count=1)[0][0]
+        e1, d1, _, t1 = sizes(first, box["after_decisions"])
+        e2, _, w2, t2 = sizes(b"(" + box["after_decisions"], b"+")
+        memory = client.memory_usage("banditd:log", samples=0)
+        row = {"decisions": n, "rewards": n,
+               "decision_entries": e1, "decision_bytes_per_decision": round(d1 / n, 1),
+               "entry_bytes_per_decision": round(t1 / n, 1),
+               "reward_entries": e2, "rewards_per_entry": round(n / max(e2, 1), 2),
+               "reward_bytes_per_reward": round(w2 / n, 1),
+               "entry_bytes_per_reward": round(t2 / n, 1),
+               "log_entries": client.xlen("banditd:log"),
+               "engine_memory_of_log_bytes": memory,
+               "engine_memory_per_entry_bytes": round(memory / client.xlen("banditd:log"), 1),
+               "engine_used_memory_bytes": client.info("memory")["used_memory"]}
+        print(json.dumps(row), flush=True)
+        return row
+    finally:
+        client.close()
+        replica.stop()
+        engine.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/replicas.json"))
@@ -304,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, nargs="*", default=[32])
     ap.add_argument("--load-concurrency", type=int, default=32)
     ap.add_argument("--propagation-seconds", type=float, default=8.0)
-    ap.add_argument("--parts", nargs="*", default=["cost", "propagation", "scaling"])
+    ap.add_argument("--parts", nargs="*",
+                    default=["cost", "propagation", "scaling", "footprint"])
     ap.add_argument("--quick", action="store_true", help="short runs (a smoke test)")
     args = ap.parse_args(argv)
     if args.quick:
@@ -318,8 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     report["settings"]["out"] = str(args.out)
     try:
         for part in args.parts:
-            report[part] = {"cost": cost, "propagation": propagation,
-                            "scaling": scaling}[part](args, data, pool)
+            report[part] = {"cost": cost, "propagation": propagation, "scaling": scaling,
+                            "footprint": footprint}[part](args, data, pool)
     finally:
         pool.close()
         shutil.rmtree(data, ignore_errors=True)
