@@ -252,8 +252,15 @@ class SharedLog(Durability):
         # off the event loop (0.1-2 s), not by the first experiment created.
         await asyncio.to_thread(jump_state, np.ones(4, dtype=np.uint64),
                                 self.state.experiments.stream)
+        while True:  # an engine that is not up yet (or restarting): wait for it
+            try:
+                await self._redis.call("PING")
+                break
+            except (ConnectionError, TimeoutError, OSError) as exc:
+                log.warning("the engine at %s is unreachable (%s); retrying in %g s",
+                            self.where, exc, self.settings.log_retry_seconds)
+                await asyncio.sleep(self.settings.log_retry_seconds)
         try:
-            await self._redis.call("PING")
             loaded = await self._load_image_if_needed()
             # Trimming keeps what a replica that has reported its position still needs;
             # trimmed meanwhile (before the report): the image again.

@@ -12,7 +12,7 @@ records on every full collection). Rows are found by id in one of two ways:
 
 * ids this store issued for a batch (``new_counters`` + ``put_many(..., first_counter=...)``),
   and batches of consecutive ids of another registered issuer (``register_prefix``: the other
-  workers of ``serve --workers N``, whose decisions the leader keeps): the id's counter
+  replicas sharing a log in the engine, whose decisions every replica keeps): the id's counter
   locates the row through a second ring per issuer (``counter % capacity -> row``), so a
   batch is stored with slice assignments only — no per-decision dict insert or delete, which
   in a million-entry dict cost more than the decisions themselves. Such a batch need not
@@ -112,7 +112,7 @@ class DecisionColumns:
 class DecisionStore:
     """decision_id -> decision, insertion ordered, with capacity and TTL."""
 
-    keeps_records = True  # a follower's store keeps none (cluster.replication)
+    keeps_records = True  # a store that keeps none only counts selections (decisions.py)
 
     def __init__(self, capacity: int, ttl_seconds: float, id_prefix: str | None = None) -> None:
         self.capacity = capacity
@@ -277,7 +277,7 @@ class DecisionStore:
         ``seq`` being stored under the same id: a rewarded row (a tombstone, stored when a
         reward by explicit arm came before its decision) is not displaced by an unrewarded
         one (that decision, turning up later). The live store does the same by reading its id
-        dict, which holds the tombstone, before the rings that hold a follower's decision; a
+        dict, which holds the tombstone, before the rings that hold another replica's decision; a
         replay, where such ids go through the dict too, would otherwise lose the reward."""
         c = self.capacity
         return earlier is not None and bool(self._rewarded[earlier % c]) and \
