@@ -80,8 +80,9 @@ class Workers:
             children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
             self.pids, self.engine_pids = [], []
             for pid in (int(p) for p in children.split()):
+                # (the engine rewrites its command line: "<binary> unixsocket:<path>")
                 command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
-                engine = command.endswith((b"redis-server", b"valkey-server"))
+                engine = command.split(b" ")[0].endswith((b"redis-server", b"valkey-server"))
                 (self.engine_pids if engine else self.pids).append(pid)
             self.pids.sort(key=_replica_index)
 
