@@ -6,12 +6,15 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 
-.PHONY: run test test-fast proto proto-check lint bench load docker-lint clean
+.PHONY: run test test-fast proto proto-check lint bench load docker-lint clean constraints
 
-$(STAMP): pyproject.toml
+# Every version is pinned by $(CONSTRAINTS), the same file the Dockerfile installs with.
+CONSTRAINTS := constraints.txt
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[dev]'
 	$(MAKE) --no-print-directory engine
 	touch $(STAMP)
 
@@ -39,6 +42,14 @@ engine:
 		> ../../bin/redis-server; \
 	chmod +x ../../bin/redis-server; \
 	../../bin/redis-server --version
+
+## Re-pin $(CONSTRAINTS) to the newest versions pyproject.toml allows (in a scratch venv).
+constraints:
+	rm -rf .venv-pin && $(PYTHON) -m venv .venv-pin
+	.venv-pin/bin/python -m pip install --quiet '.[dev]'
+	{ sed -n '1,3p' $(CONSTRAINTS); .venv-pin/bin/python -m pip freeze --exclude-editable \
+		| grep -v '^banditd'; } > $(CONSTRAINTS).new && mv $(CONSTRAINTS).new $(CONSTRAINTS)
+	rm -rf .venv-pin
 
 ## Start the server on its embedded default (127.0.0.1:50051, ./data).
 run: $(STAMP)
@@ -79,6 +90,12 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.grpc_throughput --only select_thompson_k10 --duration 30 --rounds 20 \
 		--echo-sched-batch --no-plots \
 		--out benchmarks/results/grpc_throughput_select_long_echo_sched_batch.json
+	$(BIN)/python -m benchmarks.grpc_throughput --only select_thompson_k10 --rounds 4 --duration 6 \
+		--no-plots --out benchmarks/results/grpc_throughput_select_plain.json
+	$(BIN)/python -m benchmarks.grpc_throughput --only select_thompson_k10 --rounds 4 --duration 6 \
+		--tls --no-plots --out benchmarks/results/grpc_throughput_select_tls.json
+	$(BIN)/python -m benchmarks.auth_check --out benchmarks/results/auth_check.json
+	$(BIN)/python -m benchmarks.cold_start --out benchmarks/results/cold_start.json
 	$(BIN)/python -m benchmarks.instructions --out benchmarks/results/instructions.json; \
 		rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 2 ]  # 2: no valgrind on this machine, skipped
 	$(BIN)/python -m benchmarks.first_request --out benchmarks/results/first_request.json

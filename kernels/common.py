@@ -30,7 +30,7 @@ expected inverse-propensity weight is ``1 - (1-p)^(R+1)`` rather than 1: small f
 large, noticeable for rarely chosen arms with small ``R``.)
 
 The helpers are inlined (``inline="always"``) into each policy's ``_select``: a real call that
-passes arrays updates their reference counts, which measured 0.1–0.2 µs per decision.
+passes arrays updates their reference counts (0.1–0.2 µs per decision).
 
 The policy API, written once
 ----------------------------
@@ -63,8 +63,8 @@ per-request calls go through ``bind_select`` / ``bind_update``, whose calls pay 
 
 Why source text rather than closures over the kernel:
 Numba's on-disk cache keys a closure on its pickled cells, and a dispatcher pickles
-differently in every process, so a jitted closure is compiled again at every start (measured:
-a new cache entry per run). Generated source is cached like hand-written code: it is compiled
+differently in every process, so a jitted closure is compiled again at every start (a new
+cache entry per run). Generated source is cached like hand-written code: it is compiled
 with the kernel's file as its file name and the kernel's first line as its line (Numba names a
 cache entry after module, function and line, and drops it when that file changes), in a
 namespace named after the kernel's module (which Numba imports to load it). As for every

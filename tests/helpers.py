@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -26,9 +27,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from banditd.decision.v1 import decision_pb2 as pb
 from banditd.decision.v1 import decision_pb2_grpc as pb_grpc
-from banditd.server.api.app import BanditServer, create_server
 from banditd.server.settings import Settings
 from banditd.storage.v1 import storage_pb2 as st
+from benchmarks.in_process import InProcessServer
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's console scripts: banditd, buf, hadolint
@@ -36,52 +37,9 @@ BIN = Path(sys.executable).parent  # the venv's console scripts: banditd, buf, h
 T = TypeVar("T")
 
 
-class RunningServer:
-    """A banditd server running on its own event loop in a background thread."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.loop = asyncio.new_event_loop()
-        self.app: BanditServer | None = None
-        self.port = 0
-        self._started = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="banditd-test", daemon=True)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        try:
-            self.loop.run_until_complete(self._main())
-        except BaseException as exc:  # surfaced to the test in start()
-            self._error = exc
-            self._started.set()
-
-    async def _main(self) -> None:
-        self._stop = asyncio.Event()
-        parts = None
-        if self.settings.redis_url is not None:  # a replica of the engine's shared log
-            from banditd.server.cluster.replica import replica_parts
-
-            parts = replica_parts(self.settings)
-        self.app, self.port = await create_server(self.settings, parts)
-        await self.app.wait_ready()
-        self._started.set()
-        await self._stop.wait()
-        await self.app.stop(None)
-
-    def start(self) -> RunningServer:
-        self._thread.start()
-        if not self._started.wait(timeout=600):
-            raise TimeoutError("banditd did not become ready in 600 s")
-        if self._error is not None:
-            raise self._error
-        return self
-
-    def stop(self) -> None:
-        if self._stop is not None and not self._stop.is_set():
-            self.loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(timeout=30)
+class RunningServer(InProcessServer):
+    """A banditd server running on its own event loop in a background thread (the
+    benchmarks' harness), which a test may also crash or inspect."""
 
     def crash(self) -> None:
         """Stop like a killed process: no final snapshot, the log left as it is on disk."""
@@ -102,6 +60,7 @@ class RunningServer:
             app.core.metrics.close()
             durability._lock.release()  # a dead process's flock goes with it
 
+        self._crashed = True
         asyncio.run_coroutine_threadsafe(die(), self.loop).result(timeout=30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=30)
@@ -597,4 +556,123 @@ def comparable_image(message: bytes, section: memoryview) -> dict:
             sorted((p.period, p.SerializeToString(deterministic=True)) for p in es.periods))
     out["decisions"] = snap.decisions.SerializeToString(deterministic=True)
     out["campaigns"] = [c.SerializeToString(deterministic=True) for c in snap.campaigns]
+    out["audit"] = [a.SerializeToString(deterministic=True) for a in snap.audit]
     return out
+# -- TLS and tokens ---------------------------------------------------------------------------
+
+
+class Pki:
+    """A certificate authority made for a test, and the files of what it signed."""
+
+    def __init__(self, directory: Path, name: str = "test-ca") -> None:
+        import datetime
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        self._x509, self._hashes, self._ec, self._oid = x509, hashes, ec, NameOID
+        self._serialization = serialization
+        self._now = datetime.datetime.now(datetime.timezone.utc)
+        self._day = datetime.timedelta(days=1)
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self._key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        self._cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+                      .public_key(self._key.public_key())
+                      .serial_number(x509.random_serial_number())
+                      .not_valid_before(self._now - self._day).not_valid_after(self._now + self._day)
+                      .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                      .sign(self._key, hashes.SHA256()))
+        self.ca = directory / f"{name}.pem"
+        self.ca.write_bytes(self._pem(self._cert))
+
+    def _pem(self, cert) -> bytes:
+        return cert.public_bytes(self._serialization.Encoding.PEM)
+
+    def issue(self, cn: str, server: bool) -> tuple[Path, Path]:
+        """A certificate for ``cn`` (a server's for localhost and 127.0.0.1, else a client's):
+        (certificate file, key file)."""
+        import ipaddress
+
+        x509 = self._x509
+        from cryptography.x509.oid import ExtendedKeyUsageOID
+
+        key = self._ec.generate_private_key(self._ec.SECP256R1())
+        builder = (x509.CertificateBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(self._oid.COMMON_NAME, cn)]))
+                   .issuer_name(self._cert.subject).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number())
+                   .not_valid_before(self._now - self._day).not_valid_after(self._now + self._day)
+                   .add_extension(x509.ExtendedKeyUsage(
+                       [ExtendedKeyUsageOID.SERVER_AUTH if server else
+                        ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
+        if server:
+            builder = builder.add_extension(x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False)
+        cert = builder.sign(self._key, self._hashes.SHA256())
+        cert_file = self.directory / f"{self.name}-{cn}.pem"
+        key_file = self.directory / f"{self.name}-{cn}.key"
+        cert_file.write_bytes(self._pem(cert))
+        key_file.write_bytes(key.private_bytes(
+            self._serialization.Encoding.PEM, self._serialization.PrivateFormat.PKCS8,
+            self._serialization.NoEncryption()))
+        return cert_file, key_file
+
+
+def write_tokens(path: Path, tokens: dict[str, tuple[str, str]]) -> Path:
+    """A tokens file: name -> (token, role), as `<sha256> <role> <name>` lines."""
+    import hashlib
+
+    path.write_text("# test tokens\n" + "".join(
+        f"{hashlib.sha256(token.encode()).hexdigest()} {role} {name}\n"
+        for name, (token, role) in tokens.items()))
+    return path
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    """The call metadata that carries ``token``."""
+    return (("authorization", f"Bearer {token}"),)
+
+
+class Served:
+    """``banditd serve`` as a subprocess on a free 127.0.0.1 port, with its stderr in a
+    file."""
+
+    def __init__(self, tmp_path: Path, *args: str, env: dict | None = None) -> None:
+        self.port = free_port()
+        self.log = tmp_path / "server.log"
+        self.proc = subprocess.Popen(
+            [str(BIN / "banditd"), "serve", "--port", str(self.port), "--data-dir",
+             str(tmp_path / "data"), "--set", "grace_seconds=1", *args],
+            stderr=open(self.log, "a"), env=dict(os.environ, **(env or {})))  # noqa: SIM115
+
+    def wait_serving(self, channel: grpc.Channel) -> None:
+        health = health_pb2_grpc.HealthStub(channel)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()
+            try:
+                if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(self.log.read_text())
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=60)
+
+
+def until(predicate, what: str, timeout: float = 30) -> None:
+    """Wait (at most ``timeout`` s) until ``predicate()``; fail with ``what``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)

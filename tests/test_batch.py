@@ -329,21 +329,25 @@ def test_metrics_exposition_counts_requests_and_latencies():
         metrics.observe("SelectArm", "OK", seconds)
     metrics.observe("RecordReward", "NOT_FOUND", 1e-5)
     text = generate_latest(metrics.registry).decode()
-    assert 'banditd_requests_total{code="OK",method="SelectArm"} 3.0' in text
-    assert 'banditd_requests_total{code="NOT_FOUND",method="RecordReward"} 1.0' in text
-    assert 'banditd_handler_seconds_bucket{le="2.5e-05",method="SelectArm"} 2.0' in text
-    assert 'banditd_handler_seconds_bucket{le="+Inf",method="SelectArm"} 3.0' in text
-    assert 'banditd_handler_seconds_bucket{le="1e-05",method="RecordReward"} 1.0' in text
+    select = 'grpc_method="SelectArm",grpc_service="decision.v1.DecisionService",grpc_type="unary"'
+    reward = select.replace("SelectArm", "RecordReward")
+    assert f'grpc_server_handled_total{{grpc_code="OK",{select}}} 3.0' in text
+    assert f'grpc_server_handled_total{{grpc_code="NOT_FOUND",{reward}}} 1.0' in text
+    assert f'grpc_server_handling_seconds_bucket{{{select},le="2.5e-05"}} 2.0' in text
+    assert f'grpc_server_handling_seconds_bucket{{{select},le="+Inf"}} 3.0' in text
+    assert f'grpc_server_handling_seconds_bucket{{{reward},le="1e-05"}} 1.0' in text
+    assert f'grpc_server_handling_seconds_bucket{{{select},le="10.0"}} 3.0' in text
     assert "banditd_decisions_stored 7.0" in text and "banditd_experiments 2.0" in text
 
 
 def _requests_by_code(server) -> Counter:
-    """The server's banditd_requests_total: (method, status code) -> calls."""
+    """The server's grpc_server_handled_total: (method, status code) -> calls."""
     counts: Counter = Counter()
-    for family in server.app.servicer.metrics.registry.collect():
+    for family in server.app.core.metrics.registry.collect():
         for sample in family.samples:
-            if sample.name == "banditd_requests_total":
-                counts[sample.labels["method"], sample.labels["code"]] += int(sample.value)
+            if sample.name == "grpc_server_handled_total":
+                counts[sample.labels["grpc_method"], sample.labels["grpc_code"]] += int(
+                    sample.value)
     return counts
 
 
@@ -867,11 +871,18 @@ def test_successful_calls_times_are_binned_in_bulk_as_one_by_one():
 
     def lines(m: Metrics) -> list[str]:
         return [line for line in generate_latest(m.registry).decode().splitlines()
-                if line.startswith(("banditd_requests_total", "banditd_handler_seconds"))
+                if line.startswith(("grpc_server_handled_total", "grpc_server_handling_seconds"))
                 and "_created" not in line]
 
+    def sums(got: list[str]) -> list[float]:
+        return [float(line.rsplit(" ", 1)[1]) for line in got if "_sum{" in line]
+
     got = lines(bulk)
-    assert got == lines(one_by_one)
-    assert f'banditd_requests_total{{code="OK",method="SelectArm"}} {float(len(times))}' in got
-    assert (f'banditd_handler_seconds_bucket{{le="0.0001",method="SelectArm"}} '
+    # the same lines; the sums equal but for float rounding (added in another order)
+    assert [x for x in got if "_sum{" not in x] == [
+        x for x in lines(one_by_one) if "_sum{" not in x]
+    assert np.allclose(sums(got), sums(lines(one_by_one)), rtol=1e-12)
+    select = 'grpc_method="SelectArm",grpc_service="decision.v1.DecisionService",grpc_type="unary"'
+    assert f'grpc_server_handled_total{{grpc_code="OK",{select}}} {float(len(times))}' in got
+    assert (f'grpc_server_handling_seconds_bucket{{{select},le="0.0001"}} '
             f'{float(sum(reference[:4]))}') in got

@@ -56,6 +56,20 @@ def test_grpc_throughput_against_a_working_echo(tmp_path):
         assert low - 0.01 <= p["p99_ratio"] <= high + 0.01
 
 
+def test_grpc_throughput_with_tls_and_tokens(tmp_path):
+    """--tls: both servers behind TLS, banditd checking the token the client sends; every call
+    succeeds (a refused token or handshake would count as errors)."""
+    out = tmp_path / "tls.json"
+    _run("-m", "benchmarks.grpc_throughput", "--quick", "--only", "select_thompson_k10",
+         "--tls", "--no-plots", "--out", str(out))
+    report = json.loads(out.read_text())
+    assert report["settings"]["tls"] is True
+    for p in report["points"]:
+        for server in ("echo", "banditd"):
+            assert p[server]["errors"] == 0 and p[server]["calls"] > 0
+        assert p["response_bytes"] > 20  # a real SelectArmResponse was captured over TLS
+
+
 def test_ratio_interval_of_paired_rounds():
     """The QPS ratio's bootstrap interval: no width when every round agrees, around the
     ratio of the sums otherwise, narrower with more rounds of the same spread, the same
@@ -101,7 +115,7 @@ def test_startup_load_counts_the_servers_full_collections(tmp_path):
     its /metrics: here an in-process server, so it is this process's own count."""
     import gc
 
-    from startup_load import full_collections
+    from benchmarks.startup_load import full_collections
 
     with running_server(tmp_path, metrics_port=0) as srv:
         before = gc.get_stats()[2]["collections"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -44,6 +45,7 @@ def _image_env(tmp_path: Path) -> dict[str, str]:
     env.update(
         BANDITD_HOST="127.0.0.1",  # tests never listen beyond loopback
         BANDITD_PORT=str(free_port()),
+        BANDITD_METRICS_PORT=str(free_port()),
         BANDITD_DATA_DIR=str(tmp_path / "data"),
         NUMBA_CACHE_DIR=str(tmp_path / "numba-cache"),
         PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
@@ -56,7 +58,7 @@ import json
 from banditd.kernels import POLICIES, allocation
 from banditd.server.api import wire
 from banditd.server.state import checks
-from banditd.server.warmup import warm_up
+from banditd.server.api.warmup import warm_up
 warm_up()  # what the server runs before SERVING
 hits, misses = {}, {}
 for name, module in [*POLICIES.items(), ("allocation", allocation), ("wire", wire),
@@ -95,6 +97,10 @@ def test_image_commands_work_when_run_directly(tmp_path):
     assert use["misses"] == {}, use
     assert {"thompson._select_bound", "lin_ucb._select_batch", "allocation._prob_best",
             "wire.select_responses", "checks.first_out_of_range"} <= set(use["hits"]), use
+    assert any(Path(env["NUMBA_CACHE_DIR"]).rglob("*.nbi")), "warm-up wrote no Numba cache"
+    # the image's cache holds code for a generic CPU only: it serves on any host CPU model
+    assert env["NUMBA_CPU_NAME"] == "generic"
+    assert _cache_targets(Path(env["NUMBA_CACHE_DIR"])) == {("generic", "")}
 
     entrypoint = json.loads(next(rest for word, rest in steps if word == "ENTRYPOINT"))
     cmd = json.loads(next(rest for word, rest in steps if word == "CMD"))
@@ -116,3 +122,57 @@ def test_image_commands_work_when_run_directly(tmp_path):
             proc.wait()
     after = subprocess.run(health_cmd, env=env, capture_output=True, text=True, timeout=30)
     assert after.returncode == 1  # the health command really detects a dead server
+
+
+def _cache_targets(cache: Path) -> set[tuple[str, str]]:
+    """(CPU name, CPU features) of every entry of a Numba cache's index files (the key a
+    process must match to load the entry: numba.core.caching's index key holds the code
+    generator's magic tuple, (target triple, CPU name, features))."""
+    import pickle
+
+    targets = set()
+    for index in cache.rglob("*.nbi"):
+        with open(index, "rb") as f:
+            pickle.load(f)  # numba's version
+            _stamp, overloads = pickle.loads(f.read())
+        for key in overloads:
+            _triple, cpu, features = key[1]
+            targets.add((cpu, features))
+    return targets
+
+
+def test_plaintext_on_every_address_is_refused_unless_allowed(tmp_path):
+    env = _image_env(tmp_path)
+    env["BANDITD_HOST"] = "0.0.0.0"  # the image's own host; refused before anything listens
+    proc = subprocess.run(["banditd", "serve"], env=env, capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "BANDITD_ALLOW_INSECURE=true" in proc.stderr
+
+
+def test_dockerfile_and_makefile_install_the_same_pinned_versions():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    makefile = (ROOT / "Makefile").read_text()
+    constraints = re.search(r"^CONSTRAINTS\s*:=\s*(\S+)", makefile, re.M).group(1)
+    assert "-c $(CONSTRAINTS) -e '.[dev]'" in makefile
+    installs = [rest for word, rest in _instructions() if word == "RUN" and "pip install" in rest]
+    assert len(installs) == 1 and f"-c {constraints} ." in installs[0]
+    assert any(word == "COPY" and constraints in rest.split() for word, rest in _instructions())
+    pinned = {}
+    for line in (ROOT / constraints).read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, sep, version = line.partition("==")
+            assert sep and version, f"{line!r} is not pinned exactly"
+            pinned[re.sub(r"[-_.]+", "-", name).lower()] = version
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [*project["dependencies"], *project["optional-dependencies"]["dev"]]
+    for requirement in wanted:
+        name = re.split(r"[<>=!~\[ ]", requirement, maxsplit=1)[0]
+        assert re.sub(r"[-_.]+", "-", name).lower() in pinned, f"{name} is not in {constraints}"
+
+
+def test_the_image_exposes_the_grpc_and_metrics_ports():
+    env = dict(pair.split("=", 1) for word, rest in _instructions() if word == "ENV"
+               for pair in shlex.split(rest))
+    exposed = next(rest for word, rest in _instructions() if word == "EXPOSE").split()
+    assert exposed == [env["BANDITD_PORT"], env["BANDITD_METRICS_PORT"]]

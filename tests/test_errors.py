@@ -6,6 +6,8 @@ import math
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from banditd.decision.v1 import decision_pb2 as pb
 from helpers import create, make_experiment, running_server
@@ -27,7 +29,48 @@ def expect(code, call, *args, contains=""):
         call(*args)
     assert err.value.code() == code, err.value.details()
     assert contains in err.value.details(), err.value.details()
+    if code == INVALID:  # every one names its field in a google.rpc.BadRequest too
+        bad_field(err.value)
     return err.value.details()
+
+
+def bad_field(error: grpc.RpcError) -> str:
+    """The field of the one BadRequest field violation an INVALID_ARGUMENT carries."""
+    status = rpc_status.from_call(error)
+    assert status is not None, f"no rich status: {error.details()}"
+    assert status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert status.message == error.details()
+    (detail,) = status.details
+    request = error_details_pb2.BadRequest()
+    assert detail.Unpack(request)
+    (violation,) = request.field_violations
+    assert violation.field and violation.description == error.details()
+    return violation.field
+
+
+@pytest.mark.parametrize("call, request_, field", [
+    ("CreateExperiment", pb.CreateExperimentRequest(experiment=make_experiment("f", arms=())),
+     "experiment.arms"),
+    ("CreateExperiment", pb.CreateExperimentRequest(experiment=make_experiment(
+        "f", policy=pb.Policy(ucb1=pb.Policy.Ucb1(c=-1.0)))), "experiment.policy.ucb1.c"),
+    ("CreateCampaign", pb.CreateCampaignRequest(campaign=pb.Campaign(
+        campaign_id="f", daily_budget=-1.0, max_bid=1.0)), "campaign.daily_budget"),
+    ("AllocateBudget", pb.AllocateBudgetRequest(total_budget=100.0, ad_groups=[
+        pb.AdGroup(id="a"), pb.AdGroup(id="a")]), "ad_groups[1].id"),
+])
+def test_invalid_argument_names_its_field_in_bad_request(stub, call, request_, field):
+    with pytest.raises(grpc.RpcError) as err:
+        getattr(stub, call)(request_)
+    assert err.value.code() == INVALID
+    assert bad_field(err.value) == field
+
+
+def test_a_batch_items_field_is_prefixed_with_its_index(stub, contextual):
+    items = [pb.SelectArmRequest(experiment_id=contextual, context=[0.0] * 4)] * 2 + [
+        pb.SelectArmRequest(experiment_id=contextual, context=[0.0] * 3)]
+    with pytest.raises(grpc.RpcError) as err:
+        stub.BatchSelectArms(pb.BatchSelectArmsRequest(requests=items))
+    assert bad_field(err.value) == "requests[2].context"
 
 
 @pytest.fixture

@@ -525,9 +525,11 @@ def test_sigterm_drains_health_first_and_finishes_calls_in_flight(tmp_path):
     with lock:
         assert len(outcomes) > answered_when_draining  # still answering while draining
         assert set(outcomes) == {"OK"}
+    # No new calls from here (as clients of a load balancer that saw NOT_SERVING): those
+    # sent after the drain may be refused, but every call in flight must still finish.
+    stop.set()
     assert server.proc.wait(timeout=60) == 0
     assert time.monotonic() - signalled >= 2.0
-    stop.set()
     for t in threads:
         t.join(timeout=60)
     assert "CANCELLED" not in outcomes

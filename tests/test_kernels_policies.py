@@ -84,6 +84,7 @@ from banditd.kernels import POLICIES, allocation
 from banditd.kernels.rng import seed_state
 from banditd.decision.v1 import decision_pb2 as pb
 from banditd.server.state.policies import resolve_policy
+from banditd.kernels.warmup import warm_up
 
 def compiled():
     return {f"{name}.{attr}": len(fn.signatures)

@@ -342,9 +342,10 @@ def test_pacing_simulator_smoke(tmp_path):
     import sys
 
     out = tmp_path / "pacing.json"
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pacing_sim.py"), "--days", "4",
-                    "--auctions", "1500", "--learned-after", "2", "--out", str(out)],
-                   check=True, timeout=600, capture_output=True)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.pacing_sim", "--days", "4",
+                           "--auctions", "1500", "--learned-after", "2", "--out", str(out)],
+                          cwd=ROOT, timeout=600, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     banditd = report["all_days"]["banditd"]
     assert banditd["overspend_total"] == 0 and banditd["days_with_overspend"] == 0

@@ -302,7 +302,17 @@ def test_a_partitioned_replica_refuses_changes_says_so_and_catches_up(tmp_path, 
         _eventually(lambda: health.Check(health_pb2.HealthCheckRequest()).status ==
                     health_pb2.HealthCheckResponse.SERVING, 30)
         _eventually(lambda: _stats(sc, "p")["y"] == (30, 30.0), 30)
-        # the decisions made while cut off reach the other replica: rewards need no arm_id
+        # the decisions made while cut off reach the engine once it is back (the held entry
+        # sent again), and then the other replica: rewards need no arm_id
+        origin = c.call(lambda: c.app.storage.origin).encode()
+
+        def held_decisions_sent() -> bool:
+            with engine.client() as client:
+                return any(f[b"o"] == origin and b"d" in f
+                           for _, f in client.xrange("banditd:log"))
+
+        _eventually(held_decisions_sent, 30)
+        _settle([a, c], engine)
         for d in during:
             sa.RecordReward(pb.RecordRewardRequest(experiment_id="p",
                                                    decision_id=d.decision_id, reward=1))
@@ -447,3 +457,144 @@ def test_an_engine_killed_with_kill_9_and_restarted_on_its_append_only_file_lose
     finally:
         a.stop()
         b.stop()
+
+
+def _two_free_ports() -> int:
+    """A port p of 127.0.0.1 such that p and p + 1 were both free a moment ago."""
+    import socket
+
+    for _ in range(100):
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+            with socket.socket() as second:
+                try:
+                    second.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+                return port
+    raise AssertionError("no two consecutive free ports")
+
+
+def test_workers_check_tokens_on_every_replica_export_lag_and_audit_the_caller(tmp_path):
+    """``--workers 2`` (two replicas of an embedded engine): every replica checks the bearer
+    token of every call and re-reads the tokens file on the supervisor's SIGHUP, each serves /metrics on metrics_port + its index with the lag
+    metrics the dashboard queries (0 once idle), and ``banditd audit`` on the stopped data
+    directory reads the engine's log and names the caller's token and address."""
+    import json
+    import re
+    import signal
+    import subprocess
+    import urllib.request
+
+    from helpers import (
+        BIN,
+        ROOT,
+        ServerProcess,
+        bearer,
+        free_port,
+        make_experiment,
+        write_tokens,
+    )
+
+    tokens = write_tokens(tmp_path / "tokens", {"ops": ("t-ops", "admin"),
+                                                "bidder": ("t-bid", "decide"),
+                                                "reader": ("t-read", "read")})
+    metrics_port = _two_free_ports()  # replica i serves metrics_port + i
+    port_file = tmp_path / "port"
+    data = tmp_path / "data"
+    server = ServerProcess(data, "--workers", "2", "--auth-tokens-file", str(tokens),
+                           "--port-file", str(port_file), port=free_port(), wait=False,
+                           metrics_port=metrics_port, image_interval_seconds=0)
+    try:
+        server.wait_for(lambda: port_file.exists() and port_file.read_text().strip(), 600,
+                        "SERVING on both replicas")
+        # One connection lands on one replica (SO_REUSEPORT); its decision ids name it.
+        channels: dict[str, grpc.Channel] = {}
+        for _ in range(200):
+            if len(channels) == 2:
+                break
+            ch = grpc.insecure_channel(f"127.0.0.1:{server.port}",
+                                       options=[("grpc.use_local_subchannel_pool", 1)])
+            stub = pb_grpc.DecisionServiceStub(ch)
+            with pytest.raises(grpc.RpcError) as anonymous:
+                stub.SelectArm(pb.SelectArmRequest(experiment_id="fw"), timeout=30)
+            assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            if not channels:  # the one administrative change, by the ops token
+                stub.CreateExperiment(pb.CreateExperimentRequest(
+                    experiment=make_experiment("fw", arms=("a", "b"))),
+                    metadata=bearer("t-ops"), timeout=60)
+            reply = _eventually(lambda s=stub: s.SelectArm(pb.SelectArmRequest(
+                experiment_id="fw"), metadata=bearer("t-bid"), timeout=30))
+            replica = reply.decision_id.split(".")[0]
+            if replica in channels:
+                ch.close()
+                continue
+            channels[replica] = ch
+        assert sorted(channels) == ["w0", "w1"]
+        for ch in channels.values():  # every replica checks roles: neither may delete
+            stub = pb_grpc.DecisionServiceStub(ch)
+            for token in ("t-read", "t-bid"):
+                with pytest.raises(grpc.RpcError) as denied:
+                    stub.DeleteExperiment(pb.DeleteExperimentRequest(experiment_id="fw"),
+                                          metadata=bearer(token), timeout=30)
+                assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            with pytest.raises(grpc.RpcError) as unknown:
+                stub.GetExperiment(pb.GetExperimentRequest(experiment_id="fw"),
+                                   metadata=bearer("t-guess"), timeout=30)
+            assert unknown.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            experiment = stub.GetExperiment(pb.GetExperimentRequest(experiment_id="fw"),
+                                            metadata=bearer("t-read"), timeout=30)
+            assert [a.arm_id for a in experiment.arms] == ["a", "b"]
+        # SIGHUP to the supervisor: every replica re-reads the tokens file
+        write_tokens(tokens, {"ops": ("t-ops", "admin"), "bidder": ("t-bid", "decide"),
+                              "reader": ("t-read-2", "read")})
+        server.proc.send_signal(signal.SIGHUP)
+        for ch in channels.values():
+            stub = pb_grpc.DecisionServiceStub(ch)
+            _eventually(lambda s=stub: s.GetExperiment(pb.GetExperimentRequest(
+                experiment_id="fw"), metadata=bearer("t-read-2"), timeout=30))
+            with pytest.raises(grpc.RpcError) as revoked:
+                stub.GetExperiment(pb.GetExperimentRequest(experiment_id="fw"),
+                                   metadata=bearer("t-read"), timeout=30)
+            assert revoked.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            ch.close()
+        dashboard = json.loads((ROOT / "deploy" / "grafana" / "banditd.json").read_text())
+        wanted = {m for p in dashboard["panels"] for t in p["targets"]
+                  for m in re.findall(r"\b(banditd_replica_[a-z_]+)\b", t["expr"])}
+        assert wanted == {"banditd_replica_lag_entries", "banditd_replica_lag_seconds"}
+
+        def lag(i: int) -> dict[str, float]:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port + i}/metrics",
+                                          timeout=10).read().decode()
+            return {name: float(value) for name, value in re.findall(
+                r"^(banditd_replica_lag_\w+) (\S+)$", text, re.M)}
+
+        for i in range(2):  # idle: each has applied the whole log, and measured that
+            assert _eventually(lambda i=i: lag(i) == {"banditd_replica_lag_entries": 0.0,
+                                                      "banditd_replica_lag_seconds": 0.0})
+    finally:
+        assert server.stop() == 0, server.text()[-3000:]
+    audit = subprocess.run([str(BIN / "banditd"), "audit", "--data-dir", str(data)],
+                           capture_output=True, text=True, timeout=300)
+    assert audit.returncode == 0, audit.stderr
+    (entry,) = [json.loads(line) for line in audit.stdout.splitlines()]
+    assert entry["rpc"] == "CreateExperiment" and entry["token_name"] == "ops"
+    assert entry["ids"] == ["fw", "a", "b"]
+    assert entry["peer"].startswith("ipv4:127.0.0.1:")
+
+
+def test_the_engine_password_goes_to_the_replicas_on_stdin_not_on_their_command_line():
+    """With BANDITD_REDIS_URL and ``--workers N`` the supervisor takes the password out of the
+    URL it puts on each replica's command line (readable by every user of the host) and
+    hands it over on stdin; the two together log in as the URL would."""
+    from banditd.server.cluster.resp import parse_url
+    from banditd.server.cluster.supervisor import split_password
+
+    for url, public, password in [
+            ("redis://:s%40cret@engine:6379/0", "redis://engine:6379/0", "s@cret"),
+            ("rediss://ops:pw@engine/2", "rediss://ops@engine/2", "pw"),
+            ("redis://engine:6379/0", "redis://engine:6379/0", "")]:
+        assert split_password(url) == (public, password)
+        assert "cret" not in public and ":pw" not in public
+        assert parse_url(public, password or None) == parse_url(url)

@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from banditd.decision.v1 import decision_pb2 as pb
+from banditd.server.api.auth import Authenticator
 from helpers import (
     BIN,
     RunningServer,
@@ -143,9 +144,15 @@ CASES = [
 async def main():
     app, port = await create_server(Settings(host="127.0.0.1", port=0, data_dir=sys.argv[1]))
     await app.wait_ready()
-    before = signatures()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
         stub = pb_grpc.DecisionServiceStub(ch)
+        # what may compile: a policy's first CreateExperiment, the first allocation request
+        for i, (policy, rtype, dim) in enumerate(CASES):
+            await stub.CreateExperiment(pb.CreateExperimentRequest(experiment=pb.Experiment(
+                experiment_id=f"first{i}", arms=[pb.Arm(arm_id="a")], policy=policy,
+                reward_type=rtype, context_dim=dim)))
+        await stub.GetArmStats(pb.GetArmStatsRequest(experiment_id="first0"))
+        before = signatures()
         n = 0
         for policy, rtype, dim in CASES:
             for floor, burn, discount in ((0.0, 0, None), (0.05, 2, 0.99 if dim == 0 else None)):
@@ -179,7 +186,8 @@ asyncio.run(main())
 
 
 def test_no_compilation_on_the_request_path(tmp_path):
-    """In a fresh process: after SERVING, requests of every policy and shape compile nothing."""
+    """In a fresh process: once each policy's first experiment and the first allocation request
+    compiled what they need, requests of every policy and shape compile nothing."""
     proc = subprocess.run([sys.executable, "-c", _NO_JIT_SCRIPT, str(tmp_path)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
@@ -313,9 +321,15 @@ def test_prometheus_metrics_count_requests_by_code(tmp_path):
         cpu_after, gc_after = time.process_time(), gc.get_stats()[2]["collections"]
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for f in text_string_to_metric_families(text) for s in f.samples}
-    assert samples[("banditd_requests_total", (("code", "OK"), ("method", "SelectArm")))] == 3
-    assert samples[("banditd_requests_total", (("code", "NOT_FOUND"), ("method", "SelectArm")))] == 1
-    assert samples[("banditd_handler_seconds_count", (("method", "SelectArm"),))] == 4
+    unary = (("grpc_service", "decision.v1.DecisionService"), ("grpc_type", "unary"))
+
+    def labels(method: str, *more) -> tuple:
+        return tuple(sorted((*unary, ("grpc_method", method), *more)))
+
+    assert samples[("grpc_server_handled_total", labels("SelectArm", ("grpc_code", "OK")))] == 3
+    assert samples[("grpc_server_handled_total",
+                    labels("SelectArm", ("grpc_code", "NOT_FOUND")))] == 1
+    assert samples[("grpc_server_handling_seconds_count", labels("SelectArm"))] == 4
     assert samples[("banditd_experiments", ())] == 1
     assert samples[("banditd_decisions_stored", ())] == 3
     # the client library's process and garbage-collector families, of this process (the
@@ -338,6 +352,12 @@ class _AbortRecorder:
     def set_trailing_metadata(self, metadata):
         pass
 
+    def trailing_metadata(self):
+        return ()
+
+    def peer(self):
+        return "ipv4:127.0.0.1:1"
+
     async def abort(self, code, details, trailing_metadata=()):
         self.counts_at_abort = dict(self._metrics._stats.counts)
         raise grpc.aio.AbortError(code, details)
@@ -358,7 +378,7 @@ def test_a_failed_call_is_counted_before_its_status_is_sent():
         raise NotFound(f"experiment {request.experiment_id!r} not found")
 
     context = _AbortRecorder(metrics)
-    handler = bytes_handler(select, method, metrics, SimpleNamespace(ready=True))
+    handler = bytes_handler(select, method, metrics, SimpleNamespace(ready=True, auth=Authenticator(None)))
     with pytest.raises(grpc.aio.AbortError):
         asyncio.run(handler(pb.SelectArmRequest(experiment_id="x").SerializeToString(), context))
     assert context.counts_at_abort == {("SelectArm", "NOT_FOUND"): 1}
@@ -377,7 +397,7 @@ def test_a_cancelled_call_is_counted_once_as_cancelled():
     async def allocate(request, context):
         raise asyncio.CancelledError
 
-    handler = bytes_handler(allocate, method, metrics, SimpleNamespace(ready=True))
+    handler = bytes_handler(allocate, method, metrics, SimpleNamespace(ready=True, auth=Authenticator(None)))
     with pytest.raises(asyncio.CancelledError):
         asyncio.run(handler(pb.GetAllocationRequest(experiment_id="x").SerializeToString(),
                             _AbortRecorder(metrics)))

@@ -49,6 +49,13 @@ def test_live_state_equals_the_replay_of_its_log(tmp_path):
     message, pieces = replayed.image(report.last_lsn)
     again = comparable_image(message, memoryview(b"".join(pieces)))
     assert again["experiments"].keys() == live["experiments"].keys() == {"ts", "val", "lin"}
+    # every administrative change carries its audit entry, replayed with it
+    audited = [st.Audit.FromString(a) for a in live["audit"]]
+    assert [a.rpc for a in audited] == ["CreateExperiment"] * 4 + ["IngestMetrics"] * 2 + [
+        "UpdateArms", "ResetExperiment", "DeleteExperiment", "CreateCampaign"] + [
+        "UpdateCampaign"] * 2
+    assert audited[6].ids == ["ts", "a9", "a0"] and audited[-1].ids == ["c"]
+    assert all(a.peer.startswith("ipv4:127.0.0.1:") and a.time > 0 for a in audited)
     for eid in live["experiments"]:
         assert again["experiments"][eid] == live["experiments"][eid], eid
     assert again == live

@@ -86,22 +86,33 @@ def _money(value: float, field: str, allow_zero: bool = False) -> int:
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero) \
             or value > MAX_MONEY:
         bound = "[0" if allow_zero else "(0"
-        raise InvalidArgument(f"{field} must be in {bound}, {MAX_MONEY:g}], got {value}")
+        raise InvalidArgument(f"{field} must be in {bound}, {MAX_MONEY:g}], got {value}",
+                              field=field)
     return int(value * MICROS)
 
 
 def _zone(name: str) -> ZoneInfo:
     if len(name) > MAX_ZONE_NAME:
         raise InvalidArgument(f"time_zone {shown(name)} is not an IANA time zone (names are "
-                              f"at most {MAX_ZONE_NAME} characters)")
+                              f"at most {MAX_ZONE_NAME} characters)", field="time_zone")
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name the OS rejects
-        raise InvalidArgument(f"time_zone {shown(name)} is not an IANA time zone") from None
+        raise InvalidArgument(f"time_zone {shown(name)} is not an IANA time zone",
+                              field="time_zone") from None
 
 
 def normalize(config: pb.Campaign, ttl_default: float) -> pb.Campaign:
-    """Validate a campaign and fill in defaults; raises InvalidArgument naming the field."""
+    """Validate a campaign and fill in defaults; raises InvalidArgument naming the field (its
+    path in the request: ``campaign.<field>``)."""
+    try:
+        return _normalize(config, ttl_default)
+    except InvalidArgument as exc:
+        exc.field = f"campaign.{exc.field}"
+        raise
+
+
+def _normalize(config: pb.Campaign, ttl_default: float) -> pb.Campaign:
     check_experiment_id(config.campaign_id, "campaign_id")
     _money(config.daily_budget, "daily_budget")
     _money(config.max_bid, "max_bid")
@@ -110,18 +121,20 @@ def normalize(config: pb.Campaign, ttl_default: float) -> pb.Campaign:
     if not config.HasField("bid_cap_fraction"):
         out.bid_cap_fraction = DEFAULT_CAP_FRACTION
     elif not (0 < config.bid_cap_fraction <= 1):
-        raise InvalidArgument(f"bid_cap_fraction must be in (0, 1], got {config.bid_cap_fraction}")
+        raise InvalidArgument(f"bid_cap_fraction must be in (0, 1], got {config.bid_cap_fraction}",
+                              field="bid_cap_fraction")
     out.time_zone = config.time_zone or "UTC"
     _zone(out.time_zone)
     if config.pacing_mode not in pb.PacingMode.values():
-        raise InvalidArgument(f"pacing_mode {config.pacing_mode} is not a PacingMode value")
+        raise InvalidArgument(f"pacing_mode {config.pacing_mode} is not a PacingMode value",
+                              field="pacing_mode")
     if config.pacing_mode == pb.PACING_MODE_UNSPECIFIED:
         out.pacing_mode = pb.PACING_MODE_SMOOTH
     if not config.HasField("reservation_ttl_seconds"):
         out.reservation_ttl_seconds = ttl_default
     elif not (0 < config.reservation_ttl_seconds <= 86_400):
         raise InvalidArgument("reservation_ttl_seconds must be in (0, 86400], got "
-                              f"{config.reservation_ttl_seconds}")
+                              f"{config.reservation_ttl_seconds}", field="reservation_ttl_seconds")
     return out
 
 
@@ -344,7 +357,8 @@ class Campaign:
         """One auction at event time t: its record (applied by :meth:`apply_pace`) and the
         answer. The current day must cover t (see :meth:`day_change`). Changes nothing."""
         if not math.isfinite(base_bid) or base_bid < 0 or base_bid > MAX_MONEY:
-            raise InvalidArgument(f"base_bid must be in [0, {MAX_MONEY:g}], got {base_bid}")
+            raise InvalidArgument(f"base_bid must be in [0, {MAX_MONEY:g}], got {base_bid}",
+                                  field="base_bid")
         t = self._in_day(t)
         day = self.day
         assert day is not None
@@ -418,10 +432,11 @@ class Campaign:
         the answer to a retry of a settled bid. The current day must cover t. Changes
         nothing."""
         if not bid_id:
-            raise InvalidArgument("bid_id is required")
+            raise InvalidArgument("bid_id is required", field="bid_id")
         cost_micros = _money(cost, "cost", allow_zero=True) if won else 0
         if not math.isfinite(conversions) or conversions < 0 or conversions > MAX_MONEY:
-            raise InvalidArgument(f"conversions must be in [0, {MAX_MONEY:g}], got {conversions}")
+            raise InvalidArgument(f"conversions must be in [0, {MAX_MONEY:g}], got {conversions}",
+                                  field="conversions")
         reservation = self.reservations.get(bid_id)
         if reservation is None:
             expired = self.closed.get(bid_id)
@@ -592,13 +607,15 @@ class CampaignRegistry:
             merged.CopyFrom(config)
         else:
             if not paths:
-                raise InvalidArgument("update_mask has no paths")
+                raise InvalidArgument("update_mask has no paths", field="update_mask")
             for path in paths:
                 if path == "campaign_id":
-                    raise InvalidArgument("update_mask: campaign_id cannot change")
+                    raise InvalidArgument("update_mask: campaign_id cannot change",
+                                          field="update_mask")
                 if path not in _MUTABLE:
                     raise InvalidArgument(
-                        f"update_mask: unknown field {path!r} (one of {', '.join(_MUTABLE)})")
+                        f"update_mask: unknown field {path!r} (one of {', '.join(_MUTABLE)})",
+                        field="update_mask")
                 if config.HasField(path) if path in ("bid_cap_fraction",
                                                      "reservation_ttl_seconds") else True:
                     setattr(merged, path, getattr(config, path))

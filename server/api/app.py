@@ -1,7 +1,7 @@
-"""``create_server``: the one factory used by the CLI, the workers, the tests and the benchmarks.
+"""``create_server``: the one factory used by the CLI, the replicas, the tests and the benchmarks.
 
-It takes its collaborators (:class:`Parts`: the state machine, durability, and for one of
-several workers, how its RPCs are routed) instead of building and patching them, binds the
+It takes its collaborators (:class:`Parts`: the state machine and durability, a replica's the
+engine's shared log) instead of building and patching them, binds the
 port, registers health and reflection, and starts warming up: kernels compiled, state
 restored, then health turns SERVING and requests are let in (the one readiness check is in
 :func:`handlers.bytes_handler`).
@@ -12,14 +12,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
+from banditd.server.api import telemetry
 from banditd.server.api.core import Core
 from banditd.server.api.handlers import (
     SERVICE,
@@ -32,6 +31,7 @@ from banditd.server.api.handlers import (
 )
 from banditd.server.api.metrics import Metrics
 from banditd.server.api.service import DecisionService
+from banditd.server.api.tls import ServerCertificates
 from banditd.server.scheduling import batch_helper_threads
 from banditd.server.settings import Settings
 from banditd.server.state.decisions import PendingDecisions
@@ -42,17 +42,6 @@ from banditd.server.storage.recovery import RestoreReport
 log = logging.getLogger("banditd")
 
 
-class Companion(Protocol):
-    """Something that starts and stops with the server (a worker's private server)."""
-
-    async def start(self) -> None: ...
-
-    async def stop(self, grace: float | None) -> None: ...
-
-
-Routes = Callable[[DecisionService], dict[str, Handler]]
-
-
 @dataclass
 class Parts:
     """A server's collaborators, built by its caller."""
@@ -60,9 +49,11 @@ class Parts:
     state: StateMachine
     storage: Durability
     pending: PendingDecisions
-    routes: Routes | None = None  # None: every RPC served here (:func:`local_routes`)
-    companion: Companion | None = None
     reuse_port: bool = False  # several processes share the port (SO_REUSEPORT)
+    # Compile every policy's kernels at start, not only those of the restored state (a
+    # replica: experiments also arrive from the shared log, made by other replicas, and its
+    # next SelectArm must not wait for a compilation).
+    all_kernels: bool = False
 
 
 def standalone_parts(settings: Settings) -> Parts:
@@ -79,7 +70,9 @@ def build_service(settings: Settings, parts: Parts | None = None) -> DecisionSer
         parts = standalone_parts(settings)
     metrics = Metrics()
     metrics.track(lambda: len(parts.state.experiments), lambda: len(parts.state.store))
-    return DecisionService(Core(settings, parts.state, parts.storage, parts.pending, metrics))
+    core = Core(settings, parts.state, parts.storage, parts.pending, metrics)
+    telemetry.register(core)
+    return DecisionService(core)
 
 
 def local_routes(service: DecisionService) -> dict[str, Handler]:
@@ -104,25 +97,26 @@ class BanditServer:
         self.core = service.core
         self.state = parts.state
         self.storage = parts.storage
-        self.companion = parts.companion
+        self.all_kernels = parts.all_kernels
         self.port = port
         self.metrics_port: int | None = None
         self.health = health.aio.HealthServicer()
         self._warmup: asyncio.Task | None = None
         self.restore_report: RestoreReport | None = None
+        self.certificates: ServerCertificates | None = None  # with TLS
+
+    def reload(self) -> None:
+        """SIGHUP: read the tokens file and the TLS files again (each kept as it was when its
+        new files cannot be used)."""
+        self.core.auth.reload()
+        if self.certificates is not None:
+            self.certificates.reload()
 
     async def _set_health(self, status: int) -> None:
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status)
 
     async def _warm_up(self) -> None:
-        from banditd.server.api.warmup import warm_up
-
-        # Compile (or load from numba's on-disk cache) and run every kernel before
-        # reporting SERVING, so no request pays JIT time. Runs in a thread so the
-        # health service keeps answering NOT_SERVING meanwhile.
-        seconds = await asyncio.to_thread(warm_up)
-        log.info("kernels ready in %.2f s", seconds)
         # Restore before serving: nothing else touches the state until `ready`.
         report = await self.storage.load()
         for problem in report.problems:
@@ -134,6 +128,15 @@ class BanditServer:
             len(self.state.store),
         )
         self.restore_report = report
+        # Compile (or load from numba's on-disk cache) and run the shared kernels and those
+        # of the policies in use before reporting SERVING, so no request pays JIT time (other
+        # policies: on first use, see api.warmup). In a thread, so the health service keeps
+        # answering NOT_SERVING meanwhile.
+        policies = None if self.all_kernels else {
+            e.spec.kernel.NAME for e in self.state.experiments.experiments()}
+        seconds = await asyncio.to_thread(self.core.kernels.start, policies)
+        log.info("kernels ready in %.2f s (policies: %s)", seconds,
+                 ", ".join(sorted(self.core.kernels.ready)) or "none yet")
         await self.storage.start()
         # Collect what start-up left (compilation, restore) now, while not serving: left
         # for later, the first full collection came a few seconds into the traffic and
@@ -182,8 +185,6 @@ class BanditServer:
         if self._warmup is not None and not self._warmup.done():
             self._warmup.cancel()
         await self.grpc_server.stop(grace)
-        if self.companion is not None:
-            await self.companion.stop(grace)
         if started:
             self.core.ready = False
             await self.storage.close()
@@ -235,14 +236,20 @@ def _raise_open_files_limit() -> None:
 
 
 async def _start(settings: Settings, options: list, parts: Parts) -> BanditServer:
-    server = grpc.aio.server(options=options)
+    # Past max_concurrent_rpcs calls in progress, gRPC itself answers RESOURCE_EXHAUSTED at
+    # once (before any handler runs): load is shed instead of queued without limit.
+    server = grpc.aio.server(options=options,
+                             maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
     service = build_service(settings, parts)
     metrics = service.metrics
-    routes = parts.routes or local_routes
-    register_decision_handlers(server, routes(service))
+    register_decision_handlers(server, local_routes(service))
     address = f"{settings.host}:{settings.port}"
+    certificates = ServerCertificates(settings) if settings.tls else None
     try:
-        port = server.add_insecure_port(address)
+        if certificates is not None:
+            port = server.add_secure_port(address, certificates.credentials())
+        else:
+            port = server.add_insecure_port(address)
     except RuntimeError as exc:  # grpc reports a failed bind this way
         raise OSError(f"could not listen on {address}: {exc}") from None
     if port == 0:
@@ -250,6 +257,7 @@ async def _start(settings: Settings, options: list, parts: Parts) -> BanditServe
     app = BanditServer(server, service, parts, port)
     parts.storage.on_writable = app._writable
     metrics.track_log(lambda: parts.storage.writable, lambda: parts.storage.failures)
+    app.certificates = certificates
     generic_only = GenericHandlersOnly(server)
     health_pb2_grpc.add_HealthServicer_to_server(app.health, generic_only)
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
@@ -260,6 +268,4 @@ async def _start(settings: Settings, options: list, parts: Parts) -> BanditServe
         app.metrics_port = metrics.serve(settings.host, settings.metrics_port)
         log.info("metrics on http://%s:%d/metrics", settings.host, app.metrics_port)
     await server.start()
-    if parts.companion is not None:
-        await parts.companion.start()
     return app

@@ -12,9 +12,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
+from banditd.server.api.auth import Authenticator, current_caller
 from banditd.server.api.metrics import Metrics
+from banditd.server.api.warmup import Kernels
 from banditd.server.errors import InvalidArgument, ResourceExhausted
 from banditd.server.settings import Settings
+from banditd.server.state.audit import log_entry
 from banditd.server.state.decisions import PendingDecisions
 from banditd.server.state.machine import StateMachine
 from banditd.server.storage.durability import Durability
@@ -22,8 +25,9 @@ from banditd.storage.v1 import storage_pb2 as st
 
 
 class Core:
-    """What every handler works with: settings, the state machine, durability, metrics, and
-    whether the server is ready (the one readiness check is in :func:`handlers.bytes_handler`)."""
+    """What every handler works with: settings, the state machine, durability, metrics,
+    whether the server is ready and who may call what (both checked in one place,
+    :func:`handlers.bytes_handler`)."""
 
     def __init__(self, settings: Settings, state: StateMachine, storage: Durability,
                  pending: PendingDecisions, metrics: Metrics) -> None:
@@ -33,6 +37,8 @@ class Core:
         self.pending = pending  # decision records until the log takes them
         self.metrics = metrics
         self.ready = False  # set once kernels are warm and the state is restored
+        self.auth = Authenticator(settings.auth_tokens_file)
+        self.kernels = Kernels()  # compiled policies (the rest are compiled on first use)
 
     @property
     def logging(self) -> bool:
@@ -82,6 +88,17 @@ class Core:
         if self.logging:
             self.storage.append_lazily(record.SerializeToString())
 
+    async def write_audited(self, record: st.WalRecord, context, rpc: str,
+                            ids: Iterable[str]) -> object:
+        """:meth:`write` for an administrative change: the record carries its
+        audit entry (the caller's token name and address, ``rpc``, the ``ids`` it concerns,
+        the time), and the entry is logged once the change is durable."""
+        record.audit.CopyFrom(st.Audit(time=time.time(), token_name=current_caller.get().name,
+                                       peer=_peer(context), rpc=rpc, ids=list(ids)))
+        result = await self.write(record)
+        log_entry(record.audit)
+        return result
+
     async def synced(self) -> None:
         """Wait until everything logged so far is durable: an answer that reports an earlier
         change (a duplicate) must not go out before that change's record is on disk."""
@@ -111,20 +128,25 @@ class Core:
         ts = request.event_time
         if not (ts.seconds >= 0 and 0 <= ts.nanos < 1_000_000_000):
             raise InvalidArgument(f"event_time must be a time after 1970, got {ts.seconds} s "
-                                  f"{ts.nanos} ns")
+                                  f"{ts.nanos} ns", field="event_time")
         t = ts.seconds + ts.nanos * 1e-9
         skew = self.settings.max_event_time_skew_seconds
         if t > now + skew:
             raise InvalidArgument(
                 f"event_time is {t - now:.0f} s ahead of the server clock; at most "
-                f"{skew:g} s ahead is accepted (max_event_time_skew_seconds)")
+                f"{skew:g} s ahead is accepted (max_event_time_skew_seconds)", field="event_time")
         return t
 
     def check_batch(self, size: int) -> None:
         if size == 0:
-            raise InvalidArgument("requests is empty")
+            raise InvalidArgument("requests is empty", field="requests")
         if size > self.settings.max_batch_size:
             raise ResourceExhausted(
                 f"requests has {size} items, the limit is {self.settings.max_batch_size}")
 
 
+def _peer(context) -> str:
+    """The client's address (empty when called in-process, without gRPC)."""
+    if context is None:
+        return ""
+    return context.peer() or ""

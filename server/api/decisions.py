@@ -99,7 +99,10 @@ def _copies_of(request) -> bool:
 
 
 def _in_batch(index: int, exc: DomainError) -> DomainError:
-    """The same error, its message prefixed with the batch index it came from."""
+    """The same error, its message (and field) prefixed with the batch index it came from."""
+    if isinstance(exc, InvalidArgument):
+        field = f"requests[{index}].{exc.field}" if exc.field else f"requests[{index}]"
+        return InvalidArgument(f"requests[{index}]: {exc}", field=field)
     return type(exc)(f"requests[{index}]: {exc}")
 
 
@@ -150,8 +153,8 @@ class DecisionHandlers:
 
         A request seen before, byte for byte, is not parsed and checked again while the
         registry is unchanged: an ad server sends the same few requests (an experiment, an
-        eligible subset) over and over, and parsing and checking them cost ≈ 12k of the
-        ≈ 65k instructions of banditd's own work per call (callgrind). Requests with a context
+        eligible subset) over and over, and parsing and checking them is about a fifth of
+        banditd's own work per call. Requests with a context
         (different every time) or longer than ``PLAN_BYTES`` are not kept, nor more than
         ``PLAN_LIMIT`` (the set is emptied when full)."""
         self._fresh()
@@ -168,7 +171,7 @@ class DecisionHandlers:
     def _select(self, p: _PreparedSelect) -> bytes:
         """The answer to a checked request, serialised: its decision drawn, applied and
         logged. The response's bytes are joined from pieces (:func:`api.wire.select_response`),
-        not built through protobuf's API (≈ 1k instead of ≈ 4.5k instructions)."""
+        not built through protobuf's API (a quarter of the cost)."""
         experiment = p.experiment
         ranked, propensity = experiment.decide(p.eligible, p.context, p.n)
         first = ranked[0]
@@ -305,7 +308,7 @@ class DecisionHandlers:
             if arm_id not in slate:
                 raise InvalidArgument(
                     f"arm_id {shown(arm_id)} is not part of decision '{decision_id}' "
-                    f"(it returned {', '.join(slate)})"
+                    f"(it returned {', '.join(slate)})", field="arm_id"
                 )
             arm = experiment.arm_index.get(arm_id)
             if arm is None:  # the arm was removed since the decision
@@ -322,7 +325,8 @@ class DecisionHandlers:
                     f"'{experiment.experiment_id}' (unknown or expired); send arm_id (and "
                     "context) to record the reward without it"
                 )
-            raise InvalidArgument("set decision_id, or arm_id (and context) for an explicit arm")
+            raise InvalidArgument("set decision_id, or arm_id (and context) for an explicit arm",
+                                  field="decision_id")
         arm = experiment.arm_index.get(request.arm_id)
         if arm is None:
             raise NotFound(

@@ -25,17 +25,19 @@ class PacingHandlers:
 
     async def CreateCampaign(self, request: pb.CreateCampaignRequest, context) -> pb.Campaign:
         if not request.HasField("campaign"):
-            raise InvalidArgument("campaign is required")
+            raise InvalidArgument("campaign is required", field="campaign")
         config = self.campaigns.check_create(request.campaign)
-        await self.core.write(st.WalRecord(create_campaign=config))
+        await self.core.write_audited(st.WalRecord(create_campaign=config), context,
+                                      "CreateCampaign", [config.campaign_id])
         return config
 
     async def UpdateCampaign(self, request: pb.UpdateCampaignRequest, context) -> pb.Campaign:
         if not request.HasField("campaign"):
-            raise InvalidArgument("campaign is required")
+            raise InvalidArgument("campaign is required", field="campaign")
         paths = list(request.update_mask.paths) if request.HasField("update_mask") else None
         config = self.campaigns.check_update(request.campaign, paths)
-        await self.core.write(st.WalRecord(campaign=config))
+        await self.core.write_audited(st.WalRecord(campaign=config), context, "UpdateCampaign",
+                                      [config.campaign_id])
         return config
 
     async def _begin_day(self, campaign: Campaign, t: float) -> None:
@@ -61,8 +63,10 @@ class PacingHandlers:
         record = st.WalRecord(pace=event)
         if not event.amount_micros:  # bid 0 spends nothing: nobody waits for its record
             core.write_lazily(record)
+            core.metrics.paced(request.campaign_id, False)
             return response
         reserved = await core.write(record, lambda: campaign.apply_pace(event))
+        core.metrics.paced(request.campaign_id, bool(reserved))
         if reserved != event.amount_micros:
             # Replicas: other replicas' bids, applied before this one in the shared log's
             # order, left less of the budget than this replica saw: the bid is cut to it.

@@ -34,7 +34,7 @@ def replica_parts(settings: Settings, password: str | None = None,
     state.experiments.stream = secrets.randbelow(1 << 31) + 1
     pending = PendingDecisions()
     return Parts(state, SharedLog(settings, state, pending, origin, password), pending,
-                 reuse_port=reuse_port)
+                 reuse_port=reuse_port, all_kernels=True)
 
 
 def _tell(*words: object) -> None:
@@ -56,6 +56,7 @@ async def _replica(settings: Settings, index: int) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: None)  # not fatal before the server exists
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     first = await reader.readline()
@@ -74,6 +75,9 @@ async def _replica(settings: Settings, index: int) -> int:
     control_task = loop.create_task(control())
     app, port = await create_server(settings, replica_parts(settings, password or None,
                                                             reuse_port=True))
+    # SIGHUP (passed on by the supervisor): re-read the tokens and TLS files. Until here it
+    # is ignored: create_server has just read them.
+    loop.add_signal_handler(signal.SIGHUP, app.reload)
     try:
         if await app.wait_ready_or(stop):
             _tell("serving", port)

@@ -62,7 +62,7 @@ from typing import Any
 import numpy as np
 
 from banditd.kernels.rng import jump_state
-from banditd.server.cluster.resp import Engine, parse_url
+from banditd.server.cluster.resp import Engine, EngineError, parse_url
 from banditd.server.errors import DomainError, Unavailable
 from banditd.server.settings import Settings
 from banditd.server.state.decision_store import split_decision_id
@@ -71,6 +71,7 @@ from banditd.server.state.machine import StateMachine
 from banditd.server.storage import snapshot
 from banditd.server.storage.durability import Durability
 from banditd.server.storage.recovery import RestoreReport
+from banditd.storage.v1 import storage_pb2 as st
 
 log = logging.getLogger("banditd")
 
@@ -180,7 +181,13 @@ class SharedLog(Durability):
         self.skip: dict[str, float] = {origin: math.inf}
         self.reachable = True
         self.why = ""
-        self.lag_seconds = 0.0  # of the newest entry applied: now minus its id's time
+        # How far this replica's applying is behind the stream's head (the engine's newest
+        # entry), measured with each position report (:meth:`_measure_lag`): entries not
+        # applied yet (None until known) and the stream time between the head and here.
+        self.lag_entries: int | None = None
+        self.lag_seconds = 0.0
+        self._read = 0  # stream entries read since start (retried flushes included)
+        self._read_base: int | None = None  # the stream's entries-added at _read == 0
         self._redis: Any = None  # the flusher's connection (resp.Engine)
         self._reader: Any = None  # the consumer's (XREAD BLOCK holds its connection)
         self._seq = 0
@@ -270,6 +277,7 @@ class SharedLog(Durability):
                 report.snapshot = loaded
             first = self.entries
             await self._catch_up()
+            await self._measure_lag()
         except Exception as exc:
             raise ConnectionError(f"could not restore from the engine at {self.where}: "
                                   f"{exc}") from exc
@@ -298,6 +306,7 @@ class SharedLog(Durability):
         self.state.adopt(fresh)
         self.position = meta["position"]
         self.entries = int(meta["entries"])
+        self._read_base = None  # the entries skipped are not counted: measure again
         self.origins = {o: list(v) for o, v in meta["origins"].items()}
         self.skip = {self.origin: math.inf}
         if meta["uploader"] != self.origin:
@@ -376,7 +385,7 @@ class SharedLog(Durability):
         counter = int(fields.get(b"c", 0))
         seen = self.origins.get(origin)
         self.position = entry_id
-        self.lag_seconds = max(time.time() - _id_tuple(entry_id)[0] / 1000, 0.0)
+        self._read += 1
         if seen is not None and seq <= seen[0]:
             return  # a retried flush that had made it the first time
         if seen is None:
@@ -608,10 +617,33 @@ class SharedLog(Durability):
             await asyncio.sleep(every)
             with contextlib.suppress(Exception):
                 await self._report()
+                await self._measure_lag()
 
     async def _report(self) -> None:
         await self._redis.call("HSET", self.replicas_key, self.origin,
                                f"{self.position} {time.time():.3f}")
+
+    async def _measure_lag(self) -> None:
+        """Measure how far behind the stream's head this replica has applied (what
+        ``banditd_replica_lag_entries`` / ``_seconds`` export). The engine counts every entry
+        ever added (XINFO STREAM ``entries-added``, trimming aside); this replica counts those
+        it read. Their offset is taken when this replica stands at the head, so the entries
+        behind are known from the first time it does (at the latest when idle)."""
+        try:
+            info = _pairs(await self._redis.call("XINFO", "STREAM", self.log_key))
+        except EngineError:  # no stream yet: nothing to be behind
+            self._read_base, self.lag_entries, self.lag_seconds = -self._read, 0, 0.0
+            return
+        head = info[b"last-generated-id"].decode()
+        added = int(info[b"entries-added"])
+        if head == self.position:
+            self._read_base = added - self._read
+        if self._read_base is not None:
+            behind = added - self._read_base - self._read
+            if behind < 0:  # the engine lost entries (a restart without fsync): again
+                self._read_base, behind = added - self._read, 0
+            self.lag_entries = behind
+        self.lag_seconds = max(_id_tuple(head)[0] - _id_tuple(self.position)[0], 0) / 1000
 
     async def _images(self) -> None:
         interval = self.settings.image_interval_seconds
@@ -709,3 +741,50 @@ def replica_origin(settings: Settings) -> str:
     prefix of its decision ids (so a decision id names the replica that made it)."""
     name = settings.replica_id or socket.gethostname().split(".")[0][:32] or f"pid{os.getpid()}"
     return f"{name}.{secrets.token_hex(3)}"
+
+
+async def read_trail(settings: Settings, password: str | None = None) -> list[st.Audit]:
+    """The audit trail of the replicas sharing the log at ``settings.redis_url`` (``banditd
+    audit``), read without changing anything there: the engine image's entries, then those
+    of the administrative changes after it in the stream that applied. Only administrative
+    changes carry an entry, and whether one applies depends only on earlier ones, so they
+    are replayed alone, on a state machine of their own, in stream order (retried flushes
+    once)."""
+    assert settings.redis_url is not None
+    client = Engine(parse_url(settings.redis_url, password), settings.engine_timeout_seconds)
+    prefix = settings.redis_key_prefix
+    machine = StateMachine(settings)
+    try:
+        for _ in range(600):  # an engine still loading its append-only file answers LOADING
+            try:
+                await client.call("PING")
+                break
+            except EngineError as exc:
+                if not str(exc).startswith("LOADING"):
+                    raise
+                await asyncio.sleep(0.1)
+        position, seen = "0-0", {}
+        image = _pairs(await client.call("HGETALL", f"{prefix}image"))
+        if image:
+            meta = json.loads(image[b"meta"])
+            message, section = snapshot.decode(image[b"data"], "engine image")
+            machine.load_image(message, section, "engine image")
+            position = meta["position"]
+            seen = {origin: int(v[0]) for origin, v in meta["origins"].items()}
+        while entries := await client.call("XRANGE", f"{prefix}log", f"({position}", "+",
+                                           "COUNT", READ_COUNT):
+            for entry_id, flat in entries:
+                position = entry_id.decode()
+                fields = _pairs(flat)
+                origin, seq = fields[b"o"].decode(), int(fields[b"s"])
+                if seq <= seen.get(origin, 0):
+                    continue
+                seen[origin] = seq
+                for payload in unframe(fields.get(b"w", b"")):
+                    record = st.WalRecord.FromString(payload)
+                    if record.HasField("audit"):
+                        with contextlib.suppress(DomainError):
+                            machine.apply(record)
+    finally:
+        client.close()
+    return machine.audit.entries()

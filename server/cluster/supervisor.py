@@ -7,8 +7,8 @@ password made anew each start; its append-only file there too). Then it checks t
 :mod:`cluster.replica`) that all bind it with SO_REUSEPORT (the kernel spreads connections
 over them), each with its own data directory ``<data_dir>/replica-<i>``. It writes
 ``--port-file`` once every replica is SERVING, forwards SIGTERM / SIGINT to the replicas (the
-engine is stopped after them), and exits non-zero, stopping the rest, when a replica or the
-engine dies unexpectedly.
+engine is stopped after them) and SIGHUP (every replica re-reads its tokens and TLS files),
+and exits non-zero, stopping the rest, when a replica or the engine dies unexpectedly.
 
 Control lines: supervisor -> replica on its stdin (``password <engine password>`` first; end
 of input = the supervisor is gone, the replica stops); replica -> supervisor on its stdout
@@ -25,6 +25,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from banditd.server.cluster.engine import EmbeddedEngine, find_binary
 from banditd.server.settings import Settings
@@ -66,12 +67,27 @@ def supervise(settings: Settings, port_file: Path | None) -> int:
         engine.start()
         log.info("supervisor: engine %s on %s", engine.binary, engine.socket)
         settings = settings.model_copy(update={"redis_url": engine.url})
+    else:  # the URL's password goes to the replicas on stdin, like the embedded one's
+        url, password = split_password(settings.redis_url)
+        settings = settings.model_copy(update={"redis_url": url})
     try:
         return asyncio.run(_supervise(settings, port_file, password, engine))
     finally:
         if engine is not None:
             code = engine.stop()
             log.info("supervisor: engine stopped (%s)", code)
+
+
+def split_password(url: str) -> tuple[str, str]:
+    """``url`` without its password, and the password ("" if it has none): a replica's
+    command line (``--settings``) is readable by every user of the host, its stdin is not."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url, ""
+    user, _, _ = parts.netloc.rpartition("@")[0].partition(":")
+    host = parts.netloc.rpartition("@")[2]
+    netloc = f"{user}@{host}" if user else host
+    return urlunsplit(parts._replace(netloc=netloc)), unquote(parts.password)
 
 
 async def _supervise(settings: Settings, port_file: Path | None, password: str,
@@ -95,7 +111,7 @@ async def _supervise(settings: Settings, port_file: Path | None, password: str,
         ))
         assert procs[-1].stdin is not None
         # The engine's password on stdin (not in argv or the environment, which other
-        # processes can read).
+        # processes can read; "" for an engine without one).
         procs[-1].stdin.write(f"password {password}\n".encode())
 
     async def watch(index: int, proc: asyncio.subprocess.Process) -> None:
@@ -114,6 +130,13 @@ async def _supervise(settings: Settings, port_file: Path | None, password: str,
             await asyncio.sleep(0.5)
         events.put_nowait(("engine", -1, str(engine.proc.returncode)))
 
+    def reload() -> None:  # SIGHUP: every replica re-reads its tokens and TLS files
+        for proc in procs:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGHUP)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     watchers = [loop.create_task(watch(i, p)) for i, p in enumerate(procs)]
     if engine is not None:
         watchers.append(loop.create_task(watch_engine()))

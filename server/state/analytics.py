@@ -49,9 +49,10 @@ def check_ingest(experiment: Experiment, request: pb.IngestMetricsRequest,
         )
     period = request.period
     if not period or len(period) > MAX_PERIOD_LENGTH:
-        raise InvalidArgument(f"period must be 1-{MAX_PERIOD_LENGTH} characters, got {period!r}")
+        raise InvalidArgument(f"period must be 1-{MAX_PERIOD_LENGTH} characters, got {period!r}",
+                              field="period")
     if not request.metrics:
-        raise InvalidArgument("metrics is empty")
+        raise InvalidArgument("metrics is empty", field="metrics")
     seen: set[str] = set()
     for i, m in enumerate(request.metrics):
         field = f"metrics[{i}]"
@@ -62,17 +63,20 @@ def check_ingest(experiment: Experiment, request: pb.IngestMetricsRequest,
                 f"'{experiment.experiment_id}'"
             )
         if m.arm_id in seen:
-            raise InvalidArgument(f"{field}: duplicate arm id '{m.arm_id}'")
+            raise InvalidArgument(f"{field}: duplicate arm id '{m.arm_id}'",
+                                  field=f"{field}.arm_id")
         seen.add(m.arm_id)
         for name in ("trials", "successes", "value"):
             value = getattr(m, name)
             if not math.isfinite(value) or value < 0 or value > experiment.max_abs:
                 raise InvalidArgument(
-                    f"{field}.{name} must be in [0, {experiment.max_abs:g}], got {value}"
+                    f"{field}.{name} must be in [0, {experiment.max_abs:g}], got {value}",
+                    field=f"{field}.{name}"
                 )
         if m.successes > m.trials:
             raise InvalidArgument(
-                f"{field}: successes ({m.successes}) exceed trials ({m.trials})"
+                f"{field}: successes ({m.successes}) exceed trials ({m.trials})",
+                field=f"{field}.successes"
             )
         held = experiment.period_counts.get(m.arm_id, 0)
         if held >= max_periods and m.arm_id not in experiment.periods.get(period, ()):
@@ -127,7 +131,8 @@ def allocation_job(
     """Validate now; the returned job computes the allocation (safe off the event loop)."""
     draws = request.num_draws if request.HasField("num_draws") else DEFAULT_DRAWS
     if not 1 <= draws <= MAX_DRAWS:
-        raise InvalidArgument(f"num_draws must be in [1, {MAX_DRAWS}], got {draws}")
+        raise InvalidArgument(f"num_draws must be in [1, {MAX_DRAWS}], got {draws}",
+                              field="num_draws")
     k = experiment.num_arms
     if draws * k > max_samples:
         raise ResourceExhausted(
@@ -137,7 +142,8 @@ def allocation_job(
     floor = request.min_percentage
     if not math.isfinite(floor) or floor < 0 or floor * k > 100.0 + 1e-9:
         raise InvalidArgument(
-            f"min_percentage is {floor}: it must be >= 0 and min_percentage x arms ({k}) <= 100"
+            f"min_percentage is {floor}: it must be >= 0 and min_percentage x arms ({k}) <= 100",
+            field="min_percentage"
         )
     seed = request.seed if request.HasField("seed") else int(experiment.config.seed)
     probs_job = probability_best_job(posterior_copy(experiment), draws, seed)

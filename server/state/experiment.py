@@ -150,11 +150,11 @@ class Experiment:
             if self.context_dim == 0:
                 raise InvalidArgument(
                     f"{field} has {n} values, experiment '{self.experiment_id}' is not "
-                    "contextual (expects none)"
+                    "contextual (expects none)", field=field
                 )
             raise InvalidArgument(
                 f"{field} has {n} values, experiment '{self.experiment_id}' expects "
-                f"{self.context_dim}"
+                f"{self.context_dim}", field=field
             )
         if n == 0:
             return _EMPTY_CONTEXT
@@ -163,7 +163,7 @@ class Experiment:
         if bad >= 0:
             raise InvalidArgument(
                 f"{field}[{bad}] is {ctx[bad]}, context values must be finite with "
-                f"|value| <= {self.max_abs:g}"
+                f"|value| <= {self.max_abs:g}", field=f"{field}[{bad}]"
             )
         return ctx
 
@@ -177,36 +177,39 @@ class Experiment:
             pos = index.get(arm_id)
             if pos is None:
                 if not arm_id:
-                    raise InvalidArgument(f"{field}[{i}] is empty")
+                    raise InvalidArgument(f"{field}[{i}] is empty", field=f"{field}[{i}]")
                 raise NotFound(
                     f"{field}[{i}]: arm {shown(arm_id)} not found in experiment "
                     f"'{self.experiment_id}'"
                 )
             out.append(pos)
         if len(set(out)) != len(out):
-            raise InvalidArgument(f"{field} contains duplicate arm ids")
+            raise InvalidArgument(f"{field} contains duplicate arm ids", field=field)
         return np.array(out, dtype=np.int64)
 
     def check_reward(self, reward: float, field: str = "reward") -> float:
         if not math.isfinite(reward):
-            raise InvalidArgument(f"{field} is {reward}, rewards must be finite")
+            raise InvalidArgument(f"{field} is {reward}, rewards must be finite", field=field)
         if abs(reward) > self.max_abs:
-            raise InvalidArgument(f"{field} is {reward}, |reward| must be <= {self.max_abs:g}")
+            raise InvalidArgument(f"{field} is {reward}, |reward| must be <= {self.max_abs:g}",
+                                  field=field)
         if self.reward_type == pb.REWARD_TYPE_BINARY and reward not in (0.0, 1.0):
             raise InvalidArgument(
                 f"{field} is {reward}, experiment '{self.experiment_id}' has binary rewards "
-                "(exactly 0 or 1)"
+                "(exactly 0 or 1)", field=field
             )
         if self.reward_type == pb.REWARD_TYPE_VALUE and reward < 0:
             raise InvalidArgument(
-                f"{field} is {reward}, experiment '{self.experiment_id}' has value rewards (>= 0)"
+                f"{field} is {reward}, experiment '{self.experiment_id}' has value rewards (>= 0)",
+                field=field
             )
         return reward
 
     def slate_size(self, num_arms: int, eligible: int) -> int:
         n = num_arms if num_arms > 0 else 1
         if n > eligible:
-            raise InvalidArgument(f"num_arms is {num_arms}, but only {eligible} arms are eligible")
+            raise InvalidArgument(f"num_arms is {num_arms}, but only {eligible} arms are eligible",
+                                  field="num_arms")
         return n
 
     # -- operations ------------------------------------------------------------

@@ -71,6 +71,7 @@ class Capture:
     experiments: list[_ExperimentImage] = field(default_factory=list)
     decisions: DecisionColumns | None = None
     campaigns: list[Campaign] = field(default_factory=list)
+    audit: list[st.Audit] = field(default_factory=list)
 
 
 _COUNTERS = ("selections", "rewards", "reward_sum", "positives", "ingested", "rng")
@@ -93,6 +94,7 @@ def capture(state: StateMachine) -> Capture:
                                                 periods))
     cap.decisions = state.store.columns()
     cap.campaigns = state.campaigns.campaigns()
+    cap.audit = state.audit.entries()
     return cap
 
 
@@ -117,6 +119,7 @@ def encode(cap: Capture, lsn: int) -> tuple[bytes, list[memoryview]]:
     if cap.decisions is not None and len(cap.decisions):
         snap.decisions.CopyFrom(columns_table(cap.decisions))
     snap.campaigns.extend(c.to_proto() for c in cap.campaigns)
+    snap.audit.extend(cap.audit)
     return snap.SerializeToString(), [part.data.cast("B") if part.nbytes else memoryview(b"")
                                       for part in arrays.parts]
 
@@ -154,6 +157,7 @@ def load(state: StateMachine, snap: st.Snapshot, section: memoryview) -> None:
     state.campaigns.clear()
     for campaign in snap.campaigns:
         state.campaigns.load(campaign)
+    state.audit.load(snap.audit)
 
 
 def describe(snap: st.Snapshot, section: memoryview) -> list[str]:
@@ -182,4 +186,5 @@ def describe(snap: st.Snapshot, section: memoryview) -> list[str]:
                      f"{len(cs.reservations)} open reservations, {cs.days_learned} days learned")
     rewarded = sum(snap.decisions.rewarded)
     lines.append(f"  decisions: {len(snap.decisions.decision_ids)} ({rewarded} rewarded)")
+    lines.append(f"  audit entries: {len(snap.audit)}")
     return lines

@@ -97,7 +97,8 @@ class ExperimentRegistry:
             )
         arm_ids = [arm.arm_id for arm in config.arms]
         if not arm_ids:
-            raise InvalidArgument("experiment.arms is empty: give at least one arm")
+            raise InvalidArgument("experiment.arms is empty: give at least one arm",
+                                  field="experiment.arms")
         if len(arm_ids) > self.settings.max_arms:
             raise ResourceExhausted(
                 f"experiment.arms has {len(arm_ids)} arms, the limit is {self.settings.max_arms}"
@@ -110,22 +111,24 @@ class ExperimentRegistry:
         ):
             raise InvalidArgument(
                 "experiment.reward_type must be REWARD_TYPE_BINARY, REWARD_TYPE_VALUE or "
-                f"REWARD_TYPE_CONTINUOUS, got {config.reward_type}"
+                f"REWARD_TYPE_CONTINUOUS, got {config.reward_type}", field="experiment.reward_type"
             )
         if config.context_dim > self.settings.max_context_dim:
             raise InvalidArgument(
                 f"experiment.context_dim is {config.context_dim}, the limit is "
-                f"{self.settings.max_context_dim}"
+                f"{self.settings.max_context_dim}", field="experiment.context_dim"
             )
         spec = resolve_policy(config.policy, config.reward_type, config.context_dim)  # fills in
         self._check_floor(config.exploration_floor, len(arm_ids), "experiment.exploration_floor")
         if config.HasField("discount"):
             d = config.discount
             if not (0.0 < d <= 1.0):
-                raise InvalidArgument(f"experiment.discount must be in (0, 1], got {d}")
+                raise InvalidArgument(f"experiment.discount must be in (0, 1], got {d}",
+                                      field="experiment.discount")
             if spec.contextual and d != 1.0:
                 raise InvalidArgument(
-                    "experiment.discount is supported for non-contextual policies only"
+                    "experiment.discount is supported for non-contextual policies only",
+                    field="experiment.discount"
                 )
         else:
             config.discount = 1.0
@@ -148,7 +151,8 @@ class ExperimentRegistry:
     def _check_floor(floor: float, num_arms: int, field: str) -> None:
         if not (floor >= 0.0) or floor * num_arms > 1.0 + 1e-12:
             raise InvalidArgument(
-                f"{field} is {floor}: it must be >= 0 and floor x arms ({num_arms}) <= 1"
+                f"{field} is {floor}: it must be >= 0 and floor x arms ({num_arms}) <= 1",
+                field=field
             )
 
     def apply_delete(self, record: st.DeleteExperiment) -> None:
@@ -190,7 +194,8 @@ class ExperimentRegistry:
         add, remove = list(request.add_arm_ids), list(request.remove_arm_ids)
         experiment = self.get(experiment_id)
         if not add and not remove:
-            raise InvalidArgument("add_arm_ids and remove_arm_ids are both empty")
+            raise InvalidArgument("add_arm_ids and remove_arm_ids are both empty",
+                                  field="add_arm_ids")
         check_new_arm_ids(add, "add_arm_ids")
         check_new_arm_ids(remove, "remove_arm_ids")
         for i, arm_id in enumerate(remove):
@@ -208,7 +213,8 @@ class ExperimentRegistry:
                 )
         remaining = experiment.num_arms - len(remove) + len(add)
         if remaining < 1:
-            raise InvalidArgument("an experiment must keep at least one arm")
+            raise InvalidArgument("an experiment must keep at least one arm",
+                                  field="remove_arm_ids")
         if remaining > self.settings.max_arms:
             raise ResourceExhausted(
                 f"experiment would have {remaining} arms, the limit is {self.settings.max_arms}"

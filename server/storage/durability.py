@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Protocol
@@ -41,6 +42,7 @@ from banditd.server.storage.lock import DataDirLock
 from banditd.server.storage.recovery import Machine, RestoreReport, recover
 from banditd.server.storage.snapshotter import Snapshotter
 from banditd.server.storage.wal import LogFailed, WriteAheadLog
+from banditd.server.timings import Timings
 
 log = logging.getLogger("banditd")
 
@@ -72,6 +74,9 @@ class Durability:
         self.last_lsn = 0  # lsn of the last record applied (restored or appended)
         self.snapshots = Snapshotter(self.directory, machine, settings.snapshot_write_mb_per_s)
         self.snapshot_lsn = -1  # lsn of the newest snapshot written by this process
+        self.snapshot_seconds = Timings()  # from the fork to the file in place
+        self.last_snapshot_time = 0.0  # when the newest snapshot was in place (epoch s)
+        self.snapshot_failures = 0
         self._snapshot_lock = asyncio.Lock()
         self._periodic_task: asyncio.Task | None = None
         self._lazy_timer: TimerHandle | None = None
@@ -244,14 +249,21 @@ class Durability:
         write rate; the final snapshot of a shutdown is not): forked at the log rotation
         instant (see :mod:`storage.snapshotter`)."""
         async with self._snapshot_lock:
-            if self.wal is not None:
-                lsn, pid = await self.wal.rotate(
-                    lambda last: (last, self.snapshots.fork_writer(last, paced)))
-            else:
-                self.last_lsn += 1  # snapshot-only mode: lsn just numbers the snapshots
-                lsn, pid = self.last_lsn, self.snapshots.fork_writer(self.last_lsn, paced)
-            path = await self.snapshots.finish(pid, lsn)
+            started = time.perf_counter()
+            try:
+                if self.wal is not None:
+                    lsn, pid = await self.wal.rotate(
+                        lambda last: (last, self.snapshots.fork_writer(last, paced)))
+                else:
+                    self.last_lsn += 1  # snapshot-only mode: lsn just numbers the snapshots
+                    lsn, pid = self.last_lsn, self.snapshots.fork_writer(self.last_lsn, paced)
+                path = await self.snapshots.finish(pid, lsn)
+            except Exception:
+                self.snapshot_failures += 1
+                raise
             self.snapshot_lsn = lsn
+            self.snapshot_seconds.observe(time.perf_counter() - started)
+            self.last_snapshot_time = time.time()
             log.info("snapshot %s: %.1f MB (fork %.1f ms)", path.name,
                      path.stat().st_size / 1e6, self.snapshots.last_fork_seconds * 1000)
             return path

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import os
 import struct
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from banditd.server.errors import Unavailable
+from banditd.server.timings import Timings
 
 log = logging.getLogger("banditd")
 T = TypeVar("T")
@@ -131,6 +133,8 @@ class WriteAheadLog:
         self.on_failure: Callable[[str], None] | None = None
         self.bytes_written = 0
         self.flushes = 0
+        self.write_seconds = Timings()  # per write(2) of a group of records
+        self.fsync_seconds = Timings()  # per fsync (fsync mode, rotation, close)
         # Called (on the loop thread) before every write: lets the owner append records it
         # has been collecting lazily (decision records), so they are written in order.
         self.collect: Callable[[], None] | None = None
@@ -217,9 +221,9 @@ class WriteAheadLog:
         data, count, waiters = self._take()
         try:
             if data:
-                _write_all(self._fd, data)
+                self._write_all(self._fd, data)
             if sync:
-                os.fsync(self._fd)
+                self._fsync(self._fd)
         except OSError as exc:
             self._fail(exc, waiters)
             return
@@ -286,13 +290,31 @@ class WriteAheadLog:
         data, count, waiters = self._take()
         try:
             if self.mode == "fsync":
-                await asyncio.to_thread(_write_and_sync, self._fd, data)
+                await asyncio.to_thread(self._write_and_sync, self._fd, data)
             elif data:
-                _write_all(self._fd, data)  # to the OS page cache: microseconds
+                self._write_all(self._fd, data)  # to the OS page cache: microseconds
         except OSError as exc:  # disk full, I/O error: fail-stop
             self._fail(exc, waiters)
             return
         self._written(data, count, waiters)
+
+    def _write_all(self, fd: int, data: bytes) -> None:
+        started = time.perf_counter()
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        self.write_seconds.observe(time.perf_counter() - started)
+
+    def _fsync(self, fd: int) -> None:
+        started = time.perf_counter()
+        os.fsync(fd)
+        self.fsync_seconds.observe(time.perf_counter() - started)
+
+    def _write_and_sync(self, fd: int, data: bytes) -> None:
+        if data:
+            self._write_all(fd, data)
+        self._fsync(fd)
 
     async def close(self) -> None:
         self._closed = True
@@ -304,15 +326,3 @@ class WriteAheadLog:
         os.close(self._fd)
         self._fd = -1
 
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
-def _write_and_sync(fd: int, data: bytes) -> None:
-    if data:
-        _write_all(fd, data)
-    os.fsync(fd)
