@@ -598,3 +598,22 @@ def test_the_engine_password_goes_to_the_replicas_on_stdin_not_on_their_command_
         assert split_password(url) == (public, password)
         assert "cret" not in public and ":pw" not in public
         assert parse_url(public, password or None) == parse_url(url)
+
+
+def test_the_embedded_engine_starts_in_a_relative_data_directory(tmp_path, monkeypatch):
+    """``banditd serve --workers N`` with the default ``--data-dir data``: the engine changes
+    to its directory before it opens its log file and socket, so it is given absolute
+    paths."""
+    from pathlib import Path
+
+    from banditd.server.cluster.engine import EmbeddedEngine
+    from helpers import engine_binary
+
+    monkeypatch.chdir(tmp_path)
+    engine = EmbeddedEngine(engine_binary(), Path("data") / "engine", "pw", "os")
+    engine.start()
+    try:
+        assert engine.socket == tmp_path / "data" / "engine" / "engine.sock"
+        assert engine.socket.is_socket() and (tmp_path / "data/engine/engine.log").exists()
+    finally:
+        assert engine.stop() == 0

@@ -60,10 +60,11 @@ class EmbeddedEngine:
 
     def __init__(self, binary: str, directory: Path, password: str, durability: str) -> None:
         self.binary = binary
-        self.directory = directory
+        # absolute: the engine changes to ``dir`` before it opens its log file and socket
+        self.directory = directory.absolute()
         self.password = password
         self.durability = durability
-        self.socket = directory / "engine.sock"
+        self.socket = self.directory / "engine.sock"
         self.proc: subprocess.Popen | None = None
 
     @property
