@@ -16,6 +16,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     BANDITD_METRICS_PORT=9090 \
     BANDITD_DATA_DIR=/data
 
+# The engine for `banditd serve --workers N` (an embedded redis-server 7): Debian ships the
+# server binary in redis-tools as redis-check-rdb, which is the server when started under a
+# name containing "redis-server" (the redis-server package would add a system service too).
+# Not pinned: bookworm's security updates replace the version; the image takes the current.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends redis-tools \
+    && ln -s redis-check-rdb /usr/bin/redis-server \
+    && rm -rf /var/lib/apt/lists/*
+
 RUN groupadd --system --gid 10001 banditd \
     && useradd --system --uid 10001 --gid banditd --home-dir /data --no-create-home banditd \
     && mkdir -p /data /opt/banditd/numba-cache \

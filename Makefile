@@ -15,7 +15,33 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[dev]'
+	$(MAKE) --no-print-directory engine
 	touch $(STAMP)
+
+## The engine replicas share (--workers N, the replica tests): redis-server 7 from Debian's
+## packages, unpacked under .venv/engine (nothing installed system-wide, no daemon started).
+## Debian ships the server binary in redis-tools as redis-check-rdb, which is the server when
+## started under a name containing "redis-server"; the redis-server package would only add
+## that symlink and a system service. Skipped when redis-server or valkey-server is on PATH.
+ENGINE_DEBS := redis-tools liblzf1 libjemalloc2
+ENGINE_DIR  := $(VENV)/engine
+.PHONY: engine
+engine:
+	@if command -v redis-server >/dev/null || command -v valkey-server >/dev/null \
+		|| test -x $(BIN)/redis-server; then exit 0; fi; \
+	set -e; rm -rf $(ENGINE_DIR); mkdir -p $(ENGINE_DIR)/debs $(ENGINE_DIR)/root; \
+	cd $(ENGINE_DIR)/debs; \
+	apt-get download $(ENGINE_DEBS) 2>/dev/null \
+		|| { apt-get update -qq && apt-get download $(ENGINE_DEBS); }; \
+	for deb in *.deb; do dpkg -x $$deb ../root; done; \
+	ln -sf redis-check-rdb ../root/usr/bin/redis-server; \
+	libs=$$(cd ../root && ls -d $$PWD/usr/lib/*-linux-gnu | head -1); \
+	printf '%s\n' '#!/bin/sh' \
+		'# redis-server from .venv/engine (see the Makefile target engine)' \
+		"LD_LIBRARY_PATH=\"$$libs\$${LD_LIBRARY_PATH:+:\$$LD_LIBRARY_PATH}\" exec \"$$(cd ../root && pwd)/usr/bin/redis-server\" \"\$$@\"" \
+		> ../../bin/redis-server; \
+	chmod +x ../../bin/redis-server; \
+	../../bin/redis-server --version
 
 ## Re-pin $(CONSTRAINTS) to the newest versions pyproject.toml allows (in a scratch venv).
 constraints:
@@ -81,6 +107,9 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.settlement_bench --out benchmarks/results/settlement.json
 	$(BIN)/python -m benchmarks.conversions_only --out benchmarks/results/conversions_only.json
 	$(BIN)/python -m benchmarks.ope_accuracy --out benchmarks/results/ope_accuracy.json
+	$(BIN)/python -m benchmarks.replica_bench --out benchmarks/results/replicas.json
+	$(BIN)/python -m benchmarks.replica_bench --parts footprint \
+		--out benchmarks/results/replicas_footprint.json
 
 ## Locust load test: a local server, a headless run of LOAD_TIME with LOAD_USERS users;
 ## CSV + HTML reports in benchmarks/results/locust/ (e.g. make load LOAD_TIME=5m LOAD_USERS=64).

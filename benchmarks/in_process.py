@@ -48,7 +48,12 @@ class InProcessServer:
 
     async def _main(self) -> None:
         self._stop = asyncio.Event()
-        self.app, self.port = await create_server(self.settings)
+        parts = None
+        if self.settings.redis_url is not None:  # a replica of the engine's shared log
+            from banditd.server.cluster.replica import replica_parts
+
+            parts = replica_parts(self.settings)
+        self.app, self.port = await create_server(self.settings, parts)
         try:
             await self.app.wait_ready()
             self._started.set()

@@ -1,27 +1,30 @@
-"""Multi-worker benchmark: decisions/s of ``banditd serve --workers 2`` against 1 worker.
+"""Multi-replica benchmark: decisions/s of ``banditd serve --workers 2`` against 1 worker.
+
+``--workers 2`` is two replicas sharing one log in an embedded engine (redis-server, started
+and owned by the supervisor); ``--workers 1`` is a single server with its own log.
 
 Load: ``BatchSelectArms`` of ``--batch`` requests (Thompson sampling, K = 10 arms, no context)
 from ``--clients`` client processes (grpc.aio), closed loop, ``--concurrency`` calls in
-flight per client process. Each client process opens one connection to every worker (it
-opens connections until the ``banditd-worker`` metadata has named each worker: SO_REUSEPORT
+flight per client process. Each client process opens one connection to every replica (it
+opens connections until the decision ids it gets back have named each replica: SO_REUSEPORT
 balances connections, and a real fleet of clients has many) and binds its closed loops to
-them evenly (loop k uses connection k mod workers), like independent callers. The request is
+them evenly (loop k uses connection k mod replicas), like independent callers. The request is
 serialised once and replies are counted, not decoded (one is checked first): the client
 shares the 2 cores with the servers, so it should take as little as it can. Warm-up
 ``--warmup`` s, then ``--seconds`` s measured; decisions/s = decisions returned in the
-window / window. CPU seconds of the clients and of every server process in the window are
-reported too: on a 2-core machine the clients compete with the servers.
+window / window. CPU seconds of the clients, of every replica and of the engine in the window
+are reported too: on a 2-core machine the clients compete with the servers.
 
 The development machine is shared: before each run the benchmark waits (``--max-wait``) until
 other processes use less than ``--quiet-cores``, and it reports the CPU other processes used
 during each run (``other_processes_cpu_cores``). 1 and 2 workers alternate, and the ratio is
 the median over the pairs in which neither run competed with other work (all pairs if none).
 
-Propagation (``--workers 2`` only): with the same load running, a probe records a reward at
-the leader (explicit arm, a separate 2-arm experiment, every 50 ms) and polls the follower
+Propagation (``--workers 2`` only): with the same load running, a probe records a reward on
+replica 0 (explicit arm, a separate 2-arm experiment, every 50 ms) and polls replica 1
 (``SelectArm`` on that experiment, 1 ms apart) until its ``model_version`` shows the reward:
-the time from the leader's answer to the follower's is an upper bound of the stream's
-latency (it includes one poll call).
+the time from replica 0's answer to replica 1's is an upper bound of the propagation delay
+(it includes one poll call).
 
     python -m benchmarks.workers_bench [--out benchmarks/results/workers.json] [--quick]
 """
@@ -72,15 +75,22 @@ class Workers:
         self.port = int(port_file.read_text())
         wait_serving(f"127.0.0.1:{self.port}", self.proc, deadline, self.log)
         self.pids = [self.proc.pid]
-        if n > 1:
+        self.engine_pids: list[int] = []
+        if n > 1:  # the replicas, and the engine the supervisor started (its CPU apart)
             children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
-            self.pids = [int(p) for p in children.split()]
+            self.pids, self.engine_pids = [], []
+            for pid in (int(p) for p in children.split()):
+                # (the engine rewrites its command line: "<binary> unixsocket:<path>")
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+                engine = command.split(b" ")[0].endswith((b"redis-server", b"valkey-server"))
+                (self.engine_pids if engine else self.pids).append(pid)
+            self.pids.sort(key=_replica_index)
 
-    def cpu_seconds(self) -> list[float]:
-        """user + system CPU seconds of each serving process so far."""
+    def cpu_seconds(self, pids: list[int] | None = None) -> list[float]:
+        """user + system CPU seconds of each serving process (or of ``pids``) so far."""
         tick = os.sysconf("SC_CLK_TCK")
         out = []
-        for pid in self.pids:
+        for pid in self.pids if pids is None else pids:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             out.append((int(fields[11]) + int(fields[12])) / tick)
         return out
@@ -95,19 +105,30 @@ class Workers:
                 self.proc.wait()
 
 
-def worker_of(call_metadata) -> int:
-    return int(dict(call_metadata).get("banditd-worker", 0))
+def _replica_index(pid: int) -> int:
+    """The replica index in a replica process's command line (``replica --index i``)."""
+    args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    return int(args[args.index(b"--index") + 1]) if b"--index" in args else 0
+
+
+def worker_of(decision_id: str) -> int:
+    """The replica that made a decision: its id starts with ``w<index>.`` under the
+    supervisor (a single server's ids have a random prefix: 0)."""
+    name = decision_id.split(".", 1)[0]
+    return int(name[1:]) if name[:1] == "w" and name[1:].isdigit() else 0
+
+
+WHO = pb.SelectArmRequest(experiment_id="probe")  # a cheap call naming its replica
 
 
 def connect(port: int, n: int) -> dict[int, grpc.Channel]:
-    """One sync channel per worker (new connections until each worker has answered)."""
+    """One sync channel per replica (new connections until each replica has answered)."""
     channels: dict[int, grpc.Channel] = {}
     for attempt in range(500):
         ch = grpc.insecure_channel(f"127.0.0.1:{port}", options=[
             ("banditd.bench.attempt", attempt), ("grpc.use_local_subchannel_pool", 1)])
-        _, call = pb_grpc.DecisionServiceStub(ch).ListExperiments.with_call(
-            pb.ListExperimentsRequest(), timeout=10)
-        index = worker_of(call.trailing_metadata())
+        index = worker_of(_answered(lambda ch=ch: pb_grpc.DecisionServiceStub(ch).SelectArm(
+            WHO, timeout=10)).decision_id)
         if index in channels:
             ch.close()
         else:
@@ -115,6 +136,19 @@ def connect(port: int, n: int) -> dict[int, grpc.Channel]:
         if len(channels) == n:
             return channels
     raise RuntimeError(f"reached workers {sorted(channels)} of {n}")
+
+
+def _answered(call, seconds: float = 30.0):
+    """``call()``'s reply, retried while it is NOT_FOUND: an experiment created on one
+    replica reaches the others within the propagation delay."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return call()
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def machine_busy_seconds() -> float:
@@ -149,9 +183,8 @@ async def _client(port: int, workers: int, batch: int, concurrency: int, start: 
         ch = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[
             ("banditd.bench.client", f"{os.getpid()}-{attempt}"),
             ("grpc.use_local_subchannel_pool", 1), ("grpc.max_receive_message_length", -1)])
-        call = pb_grpc.DecisionServiceStub(ch).ListExperiments(pb.ListExperimentsRequest())
-        await call
-        index = worker_of(await call.trailing_metadata())
+        reply = await pb_grpc.DecisionServiceStub(ch).SelectArm(WHO, timeout=10)
+        index = worker_of(reply.decision_id)
         if index in channels:
             await ch.close()
         else:
@@ -202,18 +235,18 @@ def _client_main(args: tuple, out: mp.Queue) -> None:
 
 def _probe(port: int, stop: threading.Event, out: list[float]) -> None:
     channels = connect(port, 2)
-    leader = pb_grpc.DecisionServiceStub(channels[0])
-    follower = pb_grpc.DecisionServiceStub(channels[1])
+    writer = pb_grpc.DecisionServiceStub(channels[0])
+    reader = pb_grpc.DecisionServiceStub(channels[1])
     # A decision's model_version counts the rewards applied to its experiment: a cheap,
-    # local call on the follower that shows when the leader's reward has arrived there.
+    # local call on replica 1 that shows when replica 0's reward has arrived there.
     # Only the probe rewards this experiment: after the n-th reward its version is n.
     request = pb.SelectArmRequest(experiment_id="probe")
-    target = leader.SelectArm(request).model_version
+    target = writer.SelectArm(request).model_version
     while not stop.is_set():
-        leader.RecordReward(pb.RecordRewardRequest(experiment_id="probe", arm_id="x", reward=1))
+        writer.RecordReward(pb.RecordRewardRequest(experiment_id="probe", arm_id="x", reward=1))
         acked = time.perf_counter()
         target += 1
-        while follower.SelectArm(request).model_version < target:
+        while reader.SelectArm(request).model_version < target:
             time.sleep(0.001)
         out.append(time.perf_counter() - acked)
         stop.wait(0.05)
@@ -229,8 +262,8 @@ def run(workers: int, batch: int, clients: int, concurrency: int, warmup: float,
     with tempfile.TemporaryDirectory(prefix="banditd-workers-") as tmp:
         server = Workers(Path(tmp) / "data", workers)
         try:
-            setup = connect(server.port, workers)
-            stub = pb_grpc.DecisionServiceStub(setup[0])
+            setup = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+            stub = pb_grpc.DecisionServiceStub(setup)
             stub.CreateExperiment(pb.CreateExperimentRequest(experiment=pb.Experiment(
                 experiment_id=EXPERIMENT, arms=[pb.Arm(arm_id=f"a{i}") for i in range(ARMS)],
                 policy=pb.Policy(thompson=pb.Policy.Thompson()),
@@ -239,8 +272,9 @@ def run(workers: int, batch: int, clients: int, concurrency: int, warmup: float,
                 experiment_id="probe", arms=[pb.Arm(arm_id="x"), pb.Arm(arm_id="y")],
                 policy=pb.Policy(thompson=pb.Policy.Thompson()),
                 reward_type=pb.REWARD_TYPE_BINARY, seed=2)))
-            for ch in setup.values():
+            for ch in connect(server.port, workers).values():  # every replica has both
                 ch.close()
+            setup.close()
             ctx = mp.get_context("spawn")
             results: mp.Queue = ctx.Queue()
             start = time.time() + 3.0  # clients connect first, then start together
@@ -254,11 +288,13 @@ def run(workers: int, batch: int, clients: int, concurrency: int, warmup: float,
             prober = threading.Thread(target=_probe, args=(server.port, stop, latencies))
             time.sleep(max(0.0, start + warmup - time.time()))
             cpu0 = server.cpu_seconds()
+            engine0 = sum(server.cpu_seconds(server.engine_pids))
             busy0 = machine_busy_seconds()
             if probe:
                 prober.start()
             time.sleep(max(0.0, start + warmup + seconds - time.time()))
             cpu1 = server.cpu_seconds()
+            engine1 = sum(server.cpu_seconds(server.engine_pids))
             busy1 = machine_busy_seconds()
             stop.set()
             if probe:
@@ -276,15 +312,17 @@ def run(workers: int, batch: int, clients: int, concurrency: int, warmup: float,
         "decisions_per_worker": [sum(o["per_worker"][i] for o in out) for i in range(workers)],
         "client_cpu_cores": round(sum(o["cpu_seconds"] for o in out) / seconds, 2),
         "server_cpu_cores": [round((b - a) / seconds, 2) for a, b in zip(cpu0, cpu1, strict=True)],
-        # CPU the servers spent per decision (all workers together): unlike decisions/s, it
-        # does not depend on how much of the machine the other processes left over
+        "engine_cpu_cores": round((engine1 - engine0) / seconds, 2),
+        # CPU the servers (every replica and the engine) spent per decision: unlike
+        # decisions/s, it does not depend on how much of the machine the others left over
         "server_cpu_us_per_decision": round(
-            sum(b - a for a, b in zip(cpu0, cpu1, strict=True)) / max(decisions, 1) * 1e6, 2),
+            (sum(b - a for a, b in zip(cpu0, cpu1, strict=True)) + engine1 - engine0)
+            / max(decisions, 1) * 1e6, 2),
     }
     # The machine is shared: CPU used in the window by processes other than this benchmark
     # (its servers, its clients, and this process's probe, which is small) tells whether a
     # run competed with someone else's work.
-    ours = sum(b - a for a, b in zip(cpu0, cpu1, strict=True)) + \
+    ours = sum(b - a for a, b in zip(cpu0, cpu1, strict=True)) + engine1 - engine0 + \
         sum(o["cpu_seconds"] for o in out)
     result["other_processes_cpu_cores"] = round(max(0.0, (busy1 - busy0 - ours) / seconds), 2)
     if probe:

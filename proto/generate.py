@@ -16,8 +16,7 @@ import sys
 from pathlib import Path
 
 PROTO = Path(__file__).resolve().parent
-SOURCES = ("decision/v1/decision.proto", "banditd/storage/v1/storage.proto",
-           "banditd/replication/v1/replication.proto")
+SOURCES = ("decision/v1/decision.proto", "banditd/storage/v1/storage.proto")
 # proto packages whose Python modules are not under banditd by their path
 _REWRITE = re.compile(r"^(from|import) decision\.v1\b", re.M)
 

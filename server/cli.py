@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from banditd.server import logs
+from banditd.server.cluster.engine import EngineError
 from banditd.server.settings import Settings, effective, unknown_variables
 from banditd.server.storage.recovery import RecoveryRefused
 
@@ -69,7 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--workers", type=int,
-        help="server processes sharing the port, 1 = a single process (BANDITD_WORKERS)",
+        help="replicas sharing the port (and an engine: an embedded one unless "
+        "BANDITD_REDIS_URL is set), 1 = a single process (BANDITD_WORKERS)",
     )
     serve.add_argument(
         "--start-from-remains", action="store_true", default=None,
@@ -79,11 +81,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--port-file", type=Path,
         help="write the bound port to this file once listening (with --workers N > 1: once "
-        "every worker is SERVING)",
+        "every replica is SERVING)",
     )
-    worker = sub.add_parser("worker", help="(internal) one worker process of serve --workers N")
-    worker.add_argument("--index", type=int, required=True)
-    worker.add_argument("--settings", required=True, help="the supervisor's settings, JSON")
+    replica = sub.add_parser("replica", help="(internal) one replica of serve --workers N")
+    replica.add_argument("--index", type=int, required=True)
+    replica.add_argument("--settings", required=True, help="the supervisor's settings, JSON")
     health = sub.add_parser("check-health", help="exit 0 if the local server reports SERVING")
     _add_tls_arguments(health)
     audit = sub.add_parser("audit", help="print the audit trail of a data directory (JSON lines)")
@@ -141,7 +143,12 @@ def load_settings(args: argparse.Namespace) -> Settings:
 async def _serve(settings: Settings, port_file: Path | None) -> None:
     from banditd.server.api.app import create_server
 
-    app, port = await create_server(settings)
+    parts = None
+    if settings.redis_url is not None:  # one replica of several sharing the engine's log
+        from banditd.server.cluster.replica import replica_parts
+
+        parts = replica_parts(settings)
+    app, port = await create_server(settings, parts)
     log.info("listening on %s:%d (%s, NOT_SERVING until kernels are warm)", settings.host,
              port, "TLS" if settings.tls else "plaintext")
     if port_file is not None:
@@ -277,22 +284,62 @@ def _inspect_snapshot(path: Path) -> int:
 
 
 def _print_audit(settings: Settings, since: float) -> int:
-    """``banditd audit``: the data directory's audit trail as JSON lines, oldest first."""
+    """``banditd audit``: the audit trail as JSON lines, oldest first: of the replicas'
+    shared log with BANDITD_REDIS_URL, of the embedded engine of ``serve --workers N``'s
+    data directory, else of the data directory's snapshot and log."""
     import json
 
+    from banditd.server.cluster import resp
     from banditd.server.state.audit import as_fields, read_trail
 
     directory = Path(settings.data_dir)
-    if not directory.is_dir():
-        print(f"banditd: no data directory {directory}", file=sys.stderr)
+    entries: list = []
+    problems: list[str] = []
+    try:
+        if settings.redis_url is not None:
+            from banditd.server.cluster.stream import read_trail as read_engine_trail
+
+            entries = asyncio.run(read_engine_trail(settings))
+        elif (directory / "engine").is_dir():
+            entries = _embedded_engine_trail(settings, directory / "engine")
+        elif directory.is_dir():
+            entries, problems = read_trail(directory)
+        else:
+            print(f"banditd: no data directory {directory}", file=sys.stderr)
+            return 1
+    except (OSError, EngineError, resp.EngineError) as exc:  # also Connection-/TimeoutError
+        print(f"banditd: the audit trail could not be read: {exc}", file=sys.stderr)
         return 1
-    entries, problems = read_trail(directory)
     for problem in problems:
         print(f"banditd: {problem}", file=sys.stderr)
     for entry in entries:
         if entry.time >= since:
             print(json.dumps(as_fields(entry)))
     return 0
+
+
+def _embedded_engine_trail(settings: Settings, directory: Path) -> list:
+    """The audit trail in the append-only file of ``serve --workers N``'s embedded engine,
+    read through an engine of its own started on it (the server must be stopped: its engine
+    takes only its replicas)."""
+    import secrets
+    import socket
+
+    from banditd.server.cluster.engine import EmbeddedEngine, find_binary
+    from banditd.server.cluster.stream import read_trail as read_engine_trail
+
+    engine = EmbeddedEngine(find_binary(settings.engine_binary), directory,
+                            secrets.token_hex(32), settings.durability)
+    with socket.socket(socket.AF_UNIX) as probe:
+        if probe.connect_ex(str(engine.socket)) == 0:
+            raise EngineError(f"the server of {directory.parent} is running; its embedded "
+                              "engine takes only its replicas: stop it, then run banditd audit")
+    engine.start()
+    try:
+        return asyncio.run(read_engine_trail(
+            settings.model_copy(update={"redis_url": engine.url}), engine.password))
+    finally:
+        engine.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -307,10 +354,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     tag = ""
     try:
-        if args.command == "worker":
-            from banditd.server.cluster.workers import worker_settings
+        if args.command == "replica":
+            from banditd.server.cluster.replica import replica_settings
 
-            settings = worker_settings(args.settings)
+            settings = replica_settings(args.settings)
             tag = f"[{args.index}]"
         else:
             settings = load_settings(args)
@@ -322,10 +369,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve" and settings.workers > 1:
         tag = "[supervisor]"
     logs.configure(settings.log_level, settings.log_format, tag)
-    if args.command == "worker":
-        from banditd.server.cluster.workers import run_worker
+    if args.command == "replica":
+        from banditd.server.cluster.replica import run_replica
 
-        return run_worker(settings, args.index)
+        return run_replica(settings, args.index)
     if args.command == "check-health":
         return _check_health(settings, args)
     if args.command == "export":
@@ -346,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return supervise(settings, args.port_file)
         asyncio.run(_serve(settings, args.port_file))
-    except (OSError, RecoveryRefused) as exc:
+    except (OSError, RecoveryRefused, EngineError) as exc:
         print(f"banditd: {exc}", file=sys.stderr)
         return 1
     except ValueError as exc:  # TLS or tokens files that cannot be used

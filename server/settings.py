@@ -73,15 +73,54 @@ class Settings(BaseSettings):
     )
     workers: int = Field(
         1, ge=1, le=64,
-        description="Server processes sharing the port (SO_REUSEPORT); 1 = a single process.",
+        description="Replicas on this host sharing the port (SO_REUSEPORT), each a process "
+        "sharing the engine's log (an embedded engine unless redis_url is set); 1 = a single "
+        "process.",
     )
-    replication_flush_seconds: float = Field(
-        0.01, gt=0, le=0.1, description="With several workers: how long a follower gathers "
-        "its decisions into one message to the leader, and the leader its log records into "
-        "one message to each follower (sent at once to a follower waiting for them: a "
-        "configuration change, a write it forwarded). Each message costs both processes a "
-        "gRPC call's CPU, so gathering longer costs less per decision; the time adds to the "
-        "propagation delay and to what a follower's crash can lose of its decisions.",
+    redis_url: str | None = Field(
+        None, description="The engine replicas share: redis:// or rediss:// (TLS) for Redis "
+        ">= 7 or Valkey, unix:///path for a Unix socket; a password may be given in the URL "
+        "(redis://:password@host:6379/0). Every replica configured with it serves the same "
+        "experiments and campaigns. Unset: a single server with its own log.",
+    )
+    redis_key_prefix: str = Field(
+        "banditd:", min_length=1, max_length=64,
+        description="Prefix of every engine key (<prefix>log, <prefix>image, ...): several "
+        "fleets may share one engine under different prefixes.",
+    )
+    replica_id: str = Field(
+        "", max_length=32, pattern=r"^[A-Za-z0-9_.:]*$",
+        description="This replica's name in the engine and in its decision ids (<replica_id>."
+        "<6 hex digits per start>-<counter>); empty = the host name (a pod's name).",
+    )
+    replica_flush_seconds: float = Field(
+        0.02, gt=0, le=0.1,
+        description="Replicas: longest wait before decision records go to the engine in one "
+        "entry (changes that are waited for go at once; the next entry takes whatever "
+        "gathered meanwhile). Each entry costs the replica an XADD and every replica its "
+        "read; the wait adds to the time a reward on another replica may wait for its "
+        "decision, and bounds what a replica's crash can lose of its decisions.",
+    )
+    image_interval_seconds: float = Field(
+        60.0, ge=0,
+        description="Replicas: seconds between images of the state uploaded to the engine "
+        "by one of them (a lease), after which the stream is trimmed; the stream holds "
+        "about write rate x this many entries. 0 = never (the stream grows).",
+    )
+    engine_timeout_seconds: float = Field(
+        5.0, gt=0, le=60,
+        description="Replicas: longest wait for the engine to confirm a write; past it the "
+        "engine counts as unreachable (changes refused, health NOT_SERVING) until it answers "
+        "again.",
+    )
+    engine_apply_timeout_seconds: float = Field(
+        10.0, gt=0, le=300,
+        description="Replicas: longest wait of a change, confirmed by the engine, to be read "
+        "back and applied here before its caller gets UNAVAILABLE (it is still applied).",
+    )
+    engine_binary: str | None = Field(
+        None, description="The engine server binary --workers N starts when redis_url is "
+        "unset; default: valkey-server or redis-server on PATH, else next to this Python.",
     )
 
     # Limits: requests beyond them get RESOURCE_EXHAUSTED / INVALID_ARGUMENT.
@@ -113,6 +152,10 @@ class Settings(BaseSettings):
     decision_capacity: int = Field(1_000_000, ge=1, description="Decisions kept (oldest go).")
     decision_ttl_seconds: float = Field(
         7 * 24 * 3600.0, gt=0, description="Seconds a decision accepts its reward."
+    )
+    reward_sweeper: bool = Field(
+        True, description="Whether this server settles decisions whose reward window passed. "
+        "Of several replicas sharing one log exactly one must (--workers N: the first).",
     )
     reward_sweep_interval_seconds: float = Field(
         0.1, gt=0, le=60, description="Seconds between two looks for decisions whose reward "
@@ -210,6 +253,14 @@ class Settings(BaseSettings):
         100_000, ge=0, description="Audit-trail entries kept in the state (and snapshots), "
         "newest; older ones go.",
     )
+
+    @model_validator(mode="after")
+    def _check_redis_url(self) -> Settings:
+        if self.redis_url is not None and not self.redis_url.startswith(
+                ("redis://", "rediss://", "unix://")):
+            raise ValueError(f"redis_url must start with redis://, rediss:// or unix://, got "
+                             f"{self.redis_url.split('@')[-1][:80]!r}")
+        return self
 
     @model_validator(mode="after")
     def _check_log_level(self) -> Settings:

@@ -21,11 +21,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+import numpy as np
+from google.protobuf import field_mask_pb2, timestamp_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from banditd.decision.v1 import decision_pb2 as pb
 from banditd.decision.v1 import decision_pb2_grpc as pb_grpc
 from banditd.server.settings import Settings
+from banditd.storage.v1 import storage_pb2 as st
 from benchmarks.in_process import InProcessServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -298,6 +301,296 @@ def fill(directory: Path) -> Path:
     return filler
 
 
+# -- the engine replicas share (Redis / Valkey) ---------------------------------------------------
+
+
+def engine_binary() -> str:
+    """The engine server binary the replica tests start (``make`` puts one in .venv/bin)."""
+    from banditd.server.cluster.engine import find_binary
+
+    return find_binary(os.environ.get("BANDITD_ENGINE_BINARY"))
+
+
+class Engine:
+    """A real ``redis-server`` (or ``valkey-server``) on a 127.0.0.1 TCP port, with its
+    append-only file in ``directory``; killed with -9 and restarted on the same port and
+    file by its owner."""
+
+    def __init__(self, directory: Path, appendfsync: str = "no", port: int | None = None
+                 ) -> None:
+        self.directory = directory
+        self.appendfsync = appendfsync
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+        directory.mkdir(parents=True, exist_ok=True)
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> Engine:
+        config = "\n".join([
+            f"port {self.port}", "bind 127.0.0.1", f"dir {self.directory}", "appendonly yes",
+            f"appendfsync {self.appendfsync}", "save ''", "daemonize no",
+            f"logfile {self.directory / 'engine.log'}", ""])
+        self.proc = subprocess.Popen([engine_binary(), "-"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(config.encode())
+        self.proc.stdin.close()
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(64).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                pass
+            assert self.proc.poll() is None, (self.directory / "engine.log").read_text()
+            assert time.monotonic() < deadline, "the engine did not answer in 60 s"
+            time.sleep(0.05)
+
+    def client(self):
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.port)
+
+    def kill(self) -> None:
+        """kill -9 (what the engine had not written to its append-only file is lost)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=60)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class TcpProxy:
+    """A TCP proxy on 127.0.0.1 in front of ``port`` (a network element between a replica
+    and the engine): :meth:`cut` closes every connection and refuses new ones until
+    :meth:`restore`."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = int(self.listener.getsockname()[1])
+        self.open = True
+        self._lock = threading.Lock()
+        self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        threading.Thread(target=self._accept, daemon=True, name="tcp-proxy").start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.open:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._pairs.append((client, upstream))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        for s in (a, b):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        self.open = False
+        with self._lock:
+            pairs, self._pairs = self._pairs, []
+        for pair in pairs:
+            for s in pair:
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+
+    def restore(self) -> None:
+        self.open = True
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()
+
+
+def replica_process(data_dir: Path, redis_url: str, **settings: Any) -> ServerProcess:
+    """``banditd serve`` as a replica of the log in the engine at ``redis_url``."""
+    settings.setdefault("image_interval_seconds", 0)
+    return ServerProcess(data_dir, port=free_port(), redis_url=redis_url, **settings)
+
+
+def start_replica(data_dir: Path, redis_url: str, **overrides: Any) -> RunningServer:
+    """An in-process replica (its own event loop thread) of the engine at ``redis_url``."""
+    overrides.setdefault("image_interval_seconds", 0)
+    return RunningServer(Settings(host="127.0.0.1", port=0, data_dir=data_dir,
+                                  redis_url=redis_url, **overrides)).start()
+
+
+# -- traffic touching every record type ---------------------------------------------------------
+
+DAY = 86_400.0
+T0 = 1_767_225_600.0  # 2026-01-01 00:00 UTC
+
+
+def at_time(t: float) -> timestamp_pb2.Timestamp:
+    return timestamp_pb2.Timestamp(seconds=int(t), nanos=int((t % 1) * 1e9))
+
+
+def mixed_traffic(stub) -> None:
+    """Mixed traffic touching every record type (seeded, no clock assumptions): what
+    tests/test_state_machine.py replays and tests/test_replicas.py spreads over replicas."""
+    rng = np.random.default_rng(7)
+    arms = [f"a{i}" for i in range(5)]
+    stub.CreateExperiment(pb.CreateExperimentRequest(experiment=make_experiment(
+        "ts", arms=arms, seed=1, min_selections=2)))
+    stub.CreateExperiment(pb.CreateExperimentRequest(experiment=make_experiment(
+        "val", arms=arms, seed=2, reward_type=pb.REWARD_TYPE_VALUE)))
+    stub.CreateExperiment(pb.CreateExperimentRequest(experiment=make_experiment(
+        "lin", arms=arms, seed=3, context_dim=3, reward_type=pb.REWARD_TYPE_CONTINUOUS,
+        policy=pb.Policy(lin_ucb=pb.Policy.LinUcb(alpha=0.5)))))
+    stub.CreateExperiment(pb.CreateExperimentRequest(experiment=make_experiment(
+        "gone", arms=arms, seed=4, policy=pb.Policy(ucb1=pb.Policy.Ucb1()))))
+    decisions = []
+    for i in range(60):
+        decisions.append(("ts", stub.SelectArm(pb.SelectArmRequest(
+            experiment_id="ts", num_arms=1 + i % 3))))
+        decisions.append(("lin", stub.SelectArm(pb.SelectArmRequest(
+            experiment_id="lin", context=rng.uniform(-1, 1, 3).tolist()))))
+        decisions.append(("gone", stub.SelectArm(pb.SelectArmRequest(experiment_id="gone"))))
+    batch = stub.BatchSelectArms(pb.BatchSelectArmsRequest(requests=[
+        pb.SelectArmRequest(experiment_id="val", eligible_arm_ids=arms[:3])] * 40 + [
+        pb.SelectArmRequest(experiment_id="lin", context=rng.uniform(-1, 1, 3).tolist(),
+                            num_arms=2) for _ in range(20)]))
+    decisions += [("val", r) for r in batch.responses[:40]]
+    decisions += [("lin", r) for r in batch.responses[40:]]
+    rewards = []
+    for eid, d in decisions[::2]:
+        value = {"ts": float(rng.integers(0, 2)), "val": float(rng.uniform(0, 5)),
+                 "lin": float(rng.normal()), "gone": float(rng.integers(0, 2))}[eid]
+        rewards.append(pb.RecordRewardRequest(experiment_id=eid, decision_id=d.decision_id,
+                                              reward=value))
+    for r in rewards[:30]:
+        stub.RecordReward(r)
+    assert stub.RecordReward(rewards[0]).duplicate
+    reply = stub.BatchRecordRewards(pb.BatchRecordRewardsRequest(
+        requests=rewards[30:] + rewards[30:32]))
+    assert [r.duplicate for r in reply.responses[-2:]] == [True, True]
+    # by explicit arm, for a decision the server never made: a tombstone
+    stub.RecordReward(pb.RecordRewardRequest(experiment_id="ts", decision_id="elsewhere-1",
+                                             arm_id="a2", reward=1.0))
+    stub.RecordReward(pb.RecordRewardRequest(experiment_id="lin", arm_id="a1", reward=2.0,
+                                             context=[0.1, 0.2, 0.3]))
+    stub.IngestMetrics(pb.IngestMetricsRequest(experiment_id="ts", period="2026-01-01",
+                                               metrics=[pb.ArmMetrics(arm_id="a1", trials=50,
+                                                                      successes=7)]))
+    stub.IngestMetrics(pb.IngestMetricsRequest(experiment_id="ts", period="2026-01-01",
+                                               metrics=[pb.ArmMetrics(arm_id="a1", trials=60,
+                                                                      successes=9)]))
+    stub.UpdateArms(pb.UpdateArmsRequest(experiment_id="ts", add_arm_ids=["a9"],
+                                         remove_arm_ids=["a0"]))
+    stub.ResetExperiment(pb.ResetExperimentRequest(experiment_id="val"))
+    stub.SelectArm(pb.SelectArmRequest(experiment_id="val"))
+    stub.DeleteExperiment(pb.DeleteExperimentRequest(experiment_id="gone"))
+    # pacing over two days, with settlements, a pause and an expiry
+    stub.CreateCampaign(pb.CreateCampaignRequest(campaign=pb.Campaign(
+        campaign_id="c", daily_budget=50.0, max_bid=2.0, reservation_ttl_seconds=300)))
+    t = T0
+    for i in range(400):
+        t += 300.0 * (1 + rng.random())
+        if i == 150:
+            stub.UpdateCampaign(pb.UpdateCampaignRequest(
+                campaign=pb.Campaign(campaign_id="c", paused=True),
+                update_mask=field_mask_pb2.FieldMask(paths=["paused"])))
+        if i == 170:
+            stub.UpdateCampaign(pb.UpdateCampaignRequest(
+                campaign=pb.Campaign(campaign_id="c", paused=False),
+                update_mask=field_mask_pb2.FieldMask(paths=["paused"])))
+        bid = stub.PaceBid(pb.PaceBidRequest(campaign_id="c", base_bid=float(rng.uniform(0, 3)),
+                                             event_time=at_time(t)))
+        if bid.bid_id and i % 7:  # every 7th reservation is left to expire
+            won = bool(rng.random() < 0.6)
+            stub.RecordSpend(pb.RecordSpendRequest(
+                campaign_id="c", bid_id=bid.bid_id, won=won, cost=bid.bid * 0.7,
+                conversions=float(won and rng.random() < 0.2), event_time=at_time(t + 20)))
+    stub.GetPacingStatus(pb.GetPacingStatusRequest(campaign_id="c", event_time=at_time(t + DAY)))
+
+
+def windowed_traffic(stub) -> None:
+    """Reward windows: decisions settled with the default reward by the server's sweep, then
+    late rewards correcting some (one for another arm of a slate). A single server's sweep
+    settles them (of several replicas only one sweeps)."""
+    rng = np.random.default_rng(11)
+    stub.CreateExperiment(pb.CreateExperimentRequest(experiment=make_experiment(
+        "win", arms=["x", "y", "z"], seed=5, reward_wait_seconds=0.2)))
+    stub.CreateExperiment(pb.CreateExperimentRequest(experiment=make_experiment(
+        "winlin", arms=["x", "y"], seed=6, context_dim=2, reward_wait_seconds=0.2,
+        reward_type=pb.REWARD_TYPE_CONTINUOUS, default_reward=-1.0,
+        policy=pb.Policy(lin_thompson=pb.Policy.LinThompson()))))
+    made = [stub.SelectArm(pb.SelectArmRequest(experiment_id="win", num_arms=1 + i % 2))
+            for i in range(20)]
+    lin = stub.BatchSelectArms(pb.BatchSelectArmsRequest(requests=[pb.SelectArmRequest(
+        experiment_id="winlin", context=rng.uniform(-1, 1, 2).tolist()) for _ in range(10)]))
+    for d in made[:3]:
+        stub.RecordReward(pb.RecordRewardRequest(experiment_id="win",
+                                                 decision_id=d.decision_id, reward=1.0))
+    deadline = time.monotonic() + 30
+    while stub.GetArmStats(pb.GetArmStatsRequest(experiment_id="win")).model_version < 20 or \
+            stub.GetArmStats(pb.GetArmStatsRequest(experiment_id="winlin")).model_version < 10:
+        assert time.monotonic() < deadline, "the sweep did not settle the decisions"
+        time.sleep(0.05)
+    late = [pb.RecordRewardRequest(experiment_id="win", decision_id=made[4].decision_id,
+                                   reward=1.0),
+            pb.RecordRewardRequest(experiment_id="win", decision_id=made[5].decision_id,
+                                   reward=1.0, arm_id=made[5].ranked_arm_ids[1]),
+            pb.RecordRewardRequest(experiment_id="winlin",
+                                   decision_id=lin.responses[0].decision_id, reward=2.5)]
+    assert all(r.late for r in stub.BatchRecordRewards(
+        pb.BatchRecordRewardsRequest(requests=late)).responses)
+
+
+def comparable_image(message: bytes, section: memoryview) -> dict:
+    """An image as plain values, without what the log does not replay (random streams, the
+    policies' cache arrays) or cannot (the time the image was taken)."""
+    from banditd.server.state.image import _from_array
+
+    snap = st.Snapshot.FromString(message)
+    out: dict = {"next_uid": snap.next_uid, "experiments": {}}
+    for es in snap.experiments:
+        arrays = {name: _from_array(getattr(es, name), section).tolist()
+                  for name in ("selections", "rewards", "reward_sum", "positives", "ingested")}
+        state = [_from_array(a, section).tolist() for a in es.state if a.dtype]
+        out["experiments"][es.config.experiment_id] = (
+            es.config.SerializeToString(deterministic=True), es.uid, es.version, arrays, state,
+            sorted((p.period, p.SerializeToString(deterministic=True)) for p in es.periods))
+    out["decisions"] = snap.decisions.SerializeToString(deterministic=True)
+    out["campaigns"] = [c.SerializeToString(deterministic=True) for c in snap.campaigns]
+    out["audit"] = [a.SerializeToString(deterministic=True) for a in snap.audit]
+    return out
 # -- TLS and tokens ---------------------------------------------------------------------------
 
 

@@ -527,7 +527,7 @@ def test_select_arm_shares_one_slate_tuple_per_arm(tmp_path):
 def test_select_follows_replaced_arrays(tmp_path):
     """Experiment.select binds its kernel to the state, selection counts and random state
     once; when one of them is replaced (arms changed, reset, a restore's counters,
-    replication's random stream) the next decision uses the new array, never the old one."""
+    a replica's random stream) the next decision uses the new array, never the old one."""
     sv, exp = _servicer_with_thompson(tmp_path)
     every = pb.SelectArmRequest(experiment_id="e")
     for _ in range(5):
@@ -542,7 +542,7 @@ def test_select_follows_replaced_arrays(tmp_path):
     exp.selections = exp.selections.copy()  # as a snapshot's restore replaces the counters
     sv.SelectArm(only_new, None)
     assert exp.selections[2] == 5
-    exp.rng = seed_state(99)  # as replication gives a worker its own stream
+    exp.rng = seed_state(99)  # as a replica's own stream of the seed
     drawn = exp.rng.copy()
     sv.SelectArm(every, None)
     assert not np.array_equal(exp.rng, drawn)
@@ -600,23 +600,23 @@ def test_decision_store_keeps_batches_without_their_id_strings():
     assert store.columns().ids == expected[3:] + ["n0", "n1", "n2"]
 
 
+class _Logged:
+    """The decision records a servicer made, as its log takes them: its pending records."""
+
+    def __init__(self, source: InProcess) -> None:
+        self.source = source
+        self.records: list[bytes] = []
+
+    def take(self) -> None:
+        self.records += self.source.service.core.pending.encode()
+
+
 def _block_servicers(tmp_path):
-    """A servicer whose logged records are captured (as a leader's stream would send them),
-    and a second one with the same experiments to replay them."""
-    class Recorder:
-        def __init__(self):
-            self.records: list[bytes] = []
-
-        def publish(self, payload: bytes, origin: int) -> None:
-            self.records.append(payload)
-
-        async def wait_applied(self) -> None:
-            pass
-
-    source = InProcess(Settings(data_dir=tmp_path / "a", durability="snapshot", workers=2))
-    source.storage.replication = recorder = Recorder()
+    """A servicer whose logged records are captured (what a replica applies), and a second
+    one with the same experiments to replay them."""
+    source = InProcess(Settings(data_dir=tmp_path / "a"))  # logs (no log started: held)
     replica = InProcess(Settings(data_dir=tmp_path / "b", durability="snapshot"))
-    return source, recorder, replica
+    return source, _Logged(source), replica
 
 
 async def _create_in_both(source, replica, recorder, *experiments) -> None:
@@ -650,7 +650,7 @@ def test_batch_groups_are_logged_as_blocks_that_replay_to_the_same_records(tmp_p
         for items in batches:
             reply = source.BatchSelectArms(pb.BatchSelectArmsRequest(requests=items), None)
             ids += [r.decision_id for r in reply.responses]
-            source.storage.hand_over_pending()
+            recorder.take()
         return ids
 
     ids = asyncio.run(main())
@@ -724,7 +724,7 @@ def test_single_and_batch_decisions_are_logged_in_the_order_they_were_made(tmp_p
                 for _ in range(2):
                     ids.append(source.SelectArm(pb.SelectArmRequest(experiment_id="t"),
                                                 None).decision_id)
-        source.storage.hand_over_pending()  # one log write for all of them
+        recorder.take()  # one log write for all of them
         return ids
 
     ids = asyncio.run(main())
@@ -768,7 +768,7 @@ def test_a_reward_that_came_before_its_decision_stays_counted_once_after_replay(
         else:
             decisions = [source.SelectArm(pb.SelectArmRequest(experiment_id="t"), None)
                          for _ in range(4)]
-        source.storage.hand_over_pending()
+        recorder.take()
         if between == "reset":
             await replica.ResetExperiment(pb.ResetExperimentRequest(experiment_id="t"), None)
         rewarded = "u" if between == "other experiment" else "t"

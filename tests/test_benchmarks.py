@@ -290,9 +290,10 @@ def test_make_load_writes_reports_of_a_real_run(tmp_path):
 
 @pytest.mark.slow
 def test_workers_bench_compares_one_and_two_workers(tmp_path):
-    """workers_bench.py's smoke run: one and two workers serve the same batches (every
-    decision counted, both workers of the pair used), the pair's ratio is the ratio of its
-    rates, and the propagation probe measured rewards crossing from leader to follower."""
+    """workers_bench.py's smoke run: one worker and two replicas of an embedded engine serve
+    the same batches (every decision counted, both replicas used, the engine's CPU
+    measured), the pair's ratio is the ratio of its rates, and the propagation probe measured
+    rewards crossing from one replica to the other."""
     out = tmp_path / "workers.json"
     _run("-m", "benchmarks.workers_bench", "--quick", "--batches", "100", "--max-wait", "1",
          "--out", str(out))
@@ -304,6 +305,7 @@ def test_workers_bench_compares_one_and_two_workers(tmp_path):
         assert row["decisions"] > 0 and row["decisions"] % 100 == 0
         assert sum(row["decisions_per_worker"]) == row["decisions"]
     assert len(two["decisions_per_worker"]) == 2 and min(two["decisions_per_worker"]) > 0
+    assert len(two["server_cpu_cores"]) == 2 and two["engine_cpu_cores"] >= 0
     (pair,) = [r for r in report["throughput"] if "ratio_2_vs_1" in r]
     assert pair["ratio_of_each_pair"] == [
         round(two["decisions_per_s"] / one["decisions_per_s"], 2)]
@@ -383,3 +385,30 @@ def test_ab_compare_pairs_points_and_bounds_the_ratio():
         assert c["after_over_before"] == pytest.approx(9.0 / 11.0)
         assert c["ci95"][0] <= 9.0 / 11.0 <= c["ci95"][1]
         assert q["ci95"][0] < q["after_over_before"] < q["ci95"][1]
+
+
+@pytest.mark.slow
+def test_replica_bench_measures_cost_propagation_scaling_and_footprint(tmp_path):
+    """replica_bench.py's smoke run: a replica's CPU per call against a standalone server's
+    (the engine's CPU counted with the replica's), rewards crossing between two replicas
+    under load, 1-3 replicas, and the log's bytes per decision and reward."""
+    out = tmp_path / "replicas.json"
+    _run("-m", "benchmarks.replica_bench", "--quick", "--out", str(out))
+    report = json.loads(out.read_text())
+    rows = {r["scenario"]: r for r in report["cost"]}
+    assert set(rows) == {"select_thompson_k10", "record_reward"}
+    for row in rows.values():
+        replica, standalone = row["replica"], row["standalone"]
+        assert replica["calls"] > 0 and standalone["calls"] > 0
+        assert replica["errors"] == standalone["errors"] == 0
+        assert row["cpu_per_call_ratio"] == round(
+            replica["server_cpu_us_per_call"] / standalone["server_cpu_us_per_call"], 3)
+        assert 0 < replica["engine_cpu_us_per_call"] < replica["server_cpu_us_per_call"]
+    for row in report["propagation"]:
+        assert row["load_errors"] == 0 and row["rewards_per_s_on_a"] > 0
+        assert 0 < row["propagation_ms"]["p50"] <= row["propagation_ms"]["p99"]
+    assert [r["replicas"] for r in report["scaling"]] == [1, 2, 3]
+    assert all(r["calls"] > 0 and r["errors"] == 0 for r in report["scaling"])
+    fp = report["footprint"]
+    assert fp["decision_bytes_per_decision"] > 20 and fp["reward_bytes_per_reward"] > 20
+    assert fp["log_entries"] == fp["decision_entries"] + fp["reward_entries"]

@@ -23,12 +23,9 @@ from hypothesis import strategies as hs
 
 from banditd.decision.v1 import decision_pb2 as pb
 from banditd.decision.v1 import decision_pb2_grpc as pb_grpc
-from banditd.replication.v1 import replication_pb2 as rpb
-from banditd.replication.v1 import replication_pb2_grpc as rpb_grpc
 from banditd.server.ads.budget import allocate_budget
 from banditd.server.storage.snapshot import list_snapshots
 from banditd.server.storage.wal import list_segments, read_segment
-from banditd.storage.v1 import storage_pb2 as st
 from helpers import (
     ServerProcess,
     create,
@@ -268,12 +265,16 @@ def test_a_far_future_event_time_is_refused_and_moves_no_day(tmp_path):
         channel.close()
 
 
-# -- the internal port of --workers N ------------------------------------------------------------
+# -- the embedded engine of --workers N ------------------------------------------------------------
 
-def test_a_stranger_on_the_internal_port_is_refused_and_internal_headers_are_ignored(tmp_path):
-    import re
+def test_a_stranger_on_the_embedded_engine_is_refused(tmp_path):
+    """The engine that ``--workers N`` starts listens on a Unix socket only (0600, in a 0700
+    directory) and answers nothing without the supervisor's per-start password."""
+    import stat
     import subprocess
     import sys
+
+    import redis
 
     data = tmp_path / "data"
     log = tmp_path / "workers.log"
@@ -288,36 +289,22 @@ def test_a_stranger_on_the_internal_port_is_refused_and_internal_headers_are_ign
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
         public = int(port_file.read_text())
-        private = int(re.search(r"internal port 127\.0\.0\.1:(\d+)", log.read_text()).group(1))
-        with grpc.insecure_channel(f"127.0.0.1:{private}") as channel:
-            replication = rpb_grpc.ReplicationServiceStub(channel)
-            poison = st.WalRecord(reward_table=st.RewardTable(
-                experiment_ids=["e"], arm_ids=["a"], rewards=[math.nan], context_sizes=[0],
-                decision_ids=[""], tombstones=[False])).SerializeToString()
-            for metadata in ((), (("banditd-internal-token", "guess"),)):
-                code = _code(lambda md=metadata: replication.PublishDecisions(
-                    rpb.PublishDecisionsRequest(worker_index=1, records=[poison]),
-                    metadata=md, timeout=10))
-                assert code == grpc.StatusCode.UNAUTHENTICATED
-                code = _code(lambda md=metadata: next(iter(replication.Subscribe(
-                    rpb.SubscribeRequest(worker_index=1, decision_id_prefix="x"),
-                    metadata=md, timeout=10))))
-                assert code == grpc.StatusCode.UNAUTHENTICATED
-                code = _code(lambda md=metadata: pb_grpc.DecisionServiceStub(channel)
-                             .DeleteExperiment(pb.DeleteExperimentRequest(experiment_id="e"),
-                                               metadata=md, timeout=10))
-                assert code == grpc.StatusCode.UNAUTHENTICATED
+        sock = data / "engine" / "engine.sock"
+        assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+        assert stat.S_IMODE(sock.parent.stat().st_mode) == 0o700
+        for password in (None, "guess"):
+            stranger = redis.Redis(unix_socket_path=str(sock), password=password)
+            with pytest.raises(redis.exceptions.AuthenticationError):
+                stranger.xadd("banditd:log", {"o": "x", "s": "1", "w": b"poison"})
+            stranger.close()
         with grpc.insecure_channel(f"127.0.0.1:{public}") as channel:
             stub = pb_grpc.DecisionServiceStub(channel)
             create(stub, "e", arms=("a", "b"))
-            for _ in range(20):  # whichever worker answers, the header changes nothing
+            for _ in range(20):
                 reply = stub.RecordReward(
-                    pb.RecordRewardRequest(experiment_id="e", arm_id="a", reward=1),
-                    metadata=(("banditd-forwarded-by", "1"),
-                              ("banditd-internal-token", "guess")), timeout=30)
+                    pb.RecordRewardRequest(experiment_id="e", arm_id="a", reward=1), timeout=30)
                 assert not reply.duplicate
-            time.sleep(0.5)  # the followers' stream
-            assert _stats(stub, "e")["a"] == (20, 20.0)
+            assert _stats(stub, "e")["a"] == (20, 20.0)  # read-your-writes on its replica
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)

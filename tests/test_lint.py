@@ -31,7 +31,7 @@ def test_mypy_tree_mirrors_the_package_dir_mapping():
     for name, folder in mapping.items():
         package = tree.joinpath(*name.split("."))
         assert (package / "__init__.py").resolve() == (folder / "__init__.py").resolve(), name
-    # subpackages of the root's own folder come along: banditd.storage, banditd.replication
+    # subpackages of the root's own folder come along: banditd.storage
     assert (tree / "banditd" / "storage" / "v1" / "storage_pb2.pyi").resolve() == \
         ROOT / "proto" / "banditd" / "storage" / "v1" / "storage_pb2.pyi"
 

@@ -107,11 +107,11 @@ def test_every_metric_the_dashboard_queries_is_exported(tmp_path):
     wanted = dashboard_metrics()
     assert {"grpc_server_handled_total", "grpc_server_handling_seconds_bucket",
             "banditd_log_fsync_seconds_bucket", "banditd_campaign_spent",
-            "banditd_replication_lag_seconds"} <= wanted
+            "banditd_replica_lag_seconds"} <= wanted
     with running_server(tmp_path, metrics_port=0) as server, \
             grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         _traffic(pb_grpc.DecisionServiceStub(channel))
         names = {name for name, _ in scrape(server.app.metrics_port)}
-    # replication metrics come from workers of `--workers N` (tests/test_workers.py)
-    missing = {m for m in wanted - names if not m.startswith("banditd_replication_")}
+    # replica metrics come from replicas sharing an engine's log (tests/test_replicas.py)
+    missing = {m for m in wanted - names if not m.startswith("banditd_replica_")}
     assert not missing, missing

@@ -16,12 +16,8 @@ GENERATED = (
     "banditd/storage/v1/storage_pb2.py",
     "banditd/storage/v1/storage_pb2.pyi",
     "banditd/storage/v1/storage_pb2_grpc.py",
-    "banditd/replication/v1/replication_pb2.py",
-    "banditd/replication/v1/replication_pb2.pyi",
-    "banditd/replication/v1/replication_pb2_grpc.py",
 )
-SOURCES = ("proto/decision/v1/decision.proto", "proto/banditd/storage/v1/storage.proto",
-           "proto/banditd/replication/v1/replication.proto")
+SOURCES = ("proto/decision/v1/decision.proto", "proto/banditd/storage/v1/storage.proto")
 
 
 def test_generated_code_is_current(tmp_path):

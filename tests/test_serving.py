@@ -401,22 +401,6 @@ def test_a_failed_call_is_counted_before_its_status_is_sent():
     assert context.counts_at_abort == {("SelectArm", "NOT_FOUND"): 1}
 
 
-def test_a_follower_counts_a_refused_call_before_its_status_is_sent():
-    import asyncio
-    from types import SimpleNamespace
-
-    from banditd.server.api.metrics import Metrics
-    from banditd.server.cluster.workers import _Forwarder
-
-    metrics = Metrics()
-    forwarder = _Forwarder(durability=None, leader_address=None, metadata=(), index=1)
-    forwarder.core = SimpleNamespace(ready=False, metrics=metrics)
-    context = _AbortRecorder(metrics)
-    with pytest.raises(grpc.aio.AbortError):
-        asyncio.run(forwarder.forward("SelectArm", b"", context))
-    assert context.counts_at_abort == {("SelectArm", "UNAVAILABLE"): 1}
-
-
 def test_a_cancelled_call_is_counted_once_as_cancelled():
     # gRPC cancels the handler's task when the client cancels or its deadline passes.
     import asyncio
@@ -435,52 +419,6 @@ def test_a_cancelled_call_is_counted_once_as_cancelled():
         asyncio.run(handler(pb.GetAllocationRequest(experiment_id="x").SerializeToString(),
                             _AbortRecorder(metrics)))
     assert metrics._stats.counts == {("GetAllocation", "CANCELLED"): 1}
-
-
-def test_a_follower_counts_a_leader_refusal_once_even_if_sending_it_fails():
-    # The client's deadline can pass while the leader's error comes back: abort then raises
-    # something other than AbortError, which must not be counted a second time.
-    import asyncio
-    from types import SimpleNamespace
-
-    from banditd.server.api.metrics import Metrics
-    from banditd.server.cluster.workers import FORWARDED_BY_KEY, _Forwarder
-
-    metrics = Metrics()
-
-    class SendFails(_AbortRecorder):
-        def time_remaining(self):
-            return 1.0
-
-        def invocation_metadata(self):
-            return ()
-
-        async def abort(self, code, details, trailing_metadata=()):
-            self.counts_at_abort = dict(self._metrics._stats.counts)
-            raise RuntimeError("the call is already over")
-
-    sent = []
-
-    async def refused(request, timeout, metadata):
-        sent.append(metadata)
-        raise grpc.aio.AioRpcError(grpc.StatusCode.NOT_FOUND, grpc.aio.Metadata(),
-                                   grpc.aio.Metadata(), "experiment 'x' not found")
-
-    forwarder = _Forwarder(durability=SimpleNamespace(publisher=None), leader_address=None,
-                           metadata=(), index=1)
-    forwarder.core = SimpleNamespace(ready=True, metrics=metrics)
-
-    async def leader_call(name):
-        return refused
-
-    forwarder._call = leader_call
-    context = SendFails(metrics)
-    with pytest.raises(RuntimeError):
-        asyncio.run(forwarder.forward("GetExperiment", b"", context))
-    assert context.counts_at_abort == {("GetExperiment", "NOT_FOUND"): 1}
-    assert metrics._stats.counts == {("GetExperiment", "NOT_FOUND"): 1}
-    # the leader learns which follower forwarded the call (it hurries that follower's stream)
-    assert (FORWARDED_BY_KEY, "1") in sent[0]
 
 
 def test_select_from_bytes_decides_as_the_typed_path(tmp_path, monkeypatch):

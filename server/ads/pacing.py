@@ -207,7 +207,7 @@ class Campaign:
     def __init__(self, config: pb.Campaign, settings: Settings, id_prefix: str) -> None:
         self.settings = settings
         self._prefix = id_prefix
-        self._counter = 0
+        self._issued = 0  # bid ids handed out by this process (see decide_bid)
         self.plan = np.full(HOURS, 1.0 / HOURS)
         self.history = np.zeros((HOURS, 3))  # decayed past days: traffic, spend µ, conversions
         self.today = np.zeros((HOURS, 3))
@@ -255,7 +255,10 @@ class Campaign:
 
     def apply_day(self, record: st.CampaignDay) -> None:
         """Apply a ``campaign_day`` record: learn from the day that ended (if any) and start
-        ``record.day``."""
+        ``record.day``. A day that has begun already is not begun again (replicas: several
+        may see the same new day and log it; the first in the shared log's order counts)."""
+        if self.day_key and record.day <= self.day_key:  # ISO dates sort as days do
+            return
         if self._current_day() is not None:
             self._rollover()
         self.day_key = record.day
@@ -380,21 +383,30 @@ class Campaign:
         amount = min(wanted, self.max_bid, hour_cap, available)
         if amount <= 0:
             return event, pb.PaceBidResponse(bid=0.0, pacing_multiplier=m, reason="capped")
-        event.bid_id = f"{self._prefix}-{self._counter + 1:x}"
+        # A bid id is unique when it is made, before its record is applied (replicas apply
+        # it later, in the shared log's order): this process's prefix and its own counter.
+        self._issued += 1
+        event.bid_id = f"{self._prefix}-{self._issued:x}"
         event.amount_micros = amount
         event.expires = t + self.config.reservation_ttl_seconds
         reason = "capped" if amount < wanted else ("slowing_down" if slowing else "paced")
         return event, pb.PaceBidResponse(bid=amount / MICROS, pacing_multiplier=m,
                                          bid_id=event.bid_id, reason=reason)
 
-    def apply_pace(self, event: st.PaceEvent) -> None:
+    def apply_pace(self, event: st.PaceEvent) -> int:
         """Apply a ``pace`` record: the reservations expired by its time released, the bid
-        counted as the hour's traffic, the controller's step taken and the bid reserved."""
+        counted as the hour's traffic, the controller's step taken and the bid reserved.
+
+        The reservation is checked again here against ``budget - spent - reserved`` and cut
+        to what is left (nothing, when nothing is: the bid is then 0), and a campaign paused
+        by then reserves nothing. On a single server the bid was decided in the same step
+        and is never cut; replicas apply every replica's bids in one order, so this check is
+        what keeps their sum within the budget. Returns the micros reserved."""
         t = event.event_time
         self._expire(t)
         self.today[event.slot, 0] += 1
         if self.config.paused:
-            return
+            return 0
         if event.control:
             spent, reserved = self.ledgers[self.day_key]
             self.control_time, self.control_spent, self.control_bids = t, spent + reserved, 0
@@ -403,11 +415,16 @@ class Campaign:
         self.multiplier = event.multiplier
         self.multiplier_sum += event.multiplier
         self.multiplier_count += 1
-        if event.amount_micros:
-            self._counter += 1
-            self.reservations[event.bid_id] = Reservation(
-                self.day_key, event.amount_micros, event.expires, event.slot)
-            self.ledgers[self.day_key][1] += event.amount_micros
+        amount = 0
+        if event.amount_micros and event.bid_id not in self.reservations \
+                and event.bid_id not in self.closed:
+            ledger = self._ledger(self.day_key)
+            amount = min(event.amount_micros, max(self.budget - ledger[0] - ledger[1], 0))
+        if amount:
+            self.reservations[event.bid_id] = Reservation(self.day_key, amount, event.expires,
+                                                          event.slot)
+            self.ledgers[self.day_key][1] += amount
+        return amount
 
     def check_settlement(self, bid_id: str, won: bool, cost: float, conversions: float,
                          t: float) -> st.SpendSettlement | pb.RecordSpendResponse:
@@ -442,20 +459,28 @@ class Campaign:
             f"{self.config.reservation_ttl_seconds:g} s (reservation_ttl_seconds); "
             "its spend was not recorded")
 
-    def apply_settlement(self, s: st.SpendSettlement) -> None:
+    def apply_settlement(self, s: st.SpendSettlement) -> bool:
         """Apply a ``spend`` record: the reservations expired by its time released, then its
-        bid's reservation settled (charged, or released for a loss)."""
+        bid's reservation settled (charged at most what it reserved, or released for a
+        loss). Returns False when there was nothing to settle any more: the bid was settled
+        already (replicas: a retry of the same bid checked on two replicas at once; the
+        first in the shared log's order counts), or (older logs) its reservation is gone;
+        :class:`FailedPrecondition` when it expired by then."""
         self._expire(s.event_time)
         r = self.reservations.pop(s.bid_id, None)
-        if r is None:  # expired (older logs) or settled already
-            return
+        if r is None:
+            if self.closed.get(s.bid_id):
+                raise self._expired(s.bid_id)
+            return False
+        charged = min(s.charged_micros, r.amount)
         ledger = self.ledgers[r.day]
         ledger[1] -= r.amount
-        ledger[0] += s.charged_micros
+        ledger[0] += charged
         if r.day == self.day_key:
-            self.today[r.slot, 1] += s.charged_micros
+            self.today[r.slot, 1] += charged
             self.today[r.slot, 2] += s.conversions
         self._close(s.bid_id, expired=False)
+        return True
 
     def status(self, t: float) -> pb.PacingStatus:
         """The pacing status as of event time t. For a t in the current day or later, the
@@ -598,9 +623,17 @@ class CampaignRegistry:
                     merged.ClearField(path)
         return normalize(merged, self.settings.pacing_reservation_ttl_seconds)
 
+    def apply_create(self, config: pb.Campaign) -> Campaign:
+        """Apply a ``create_campaign`` record (a configuration from :meth:`check_create`):
+        :class:`AlreadyExists`, changing nothing, if the campaign exists by then."""
+        if config.campaign_id in self._campaigns:
+            raise AlreadyExists(f"campaign '{config.campaign_id}' already exists")
+        return self.apply_config(config)
+
     def apply_config(self, config: pb.Campaign) -> Campaign:
-        """Apply a ``campaign`` record: create the campaign, or reconfigure it (a normalised
-        configuration from :meth:`check_create` / :meth:`check_update`)."""
+        """Apply a ``campaign`` record: reconfigure the campaign (a normalised configuration
+        from :meth:`check_update`), or create it (older logs, which created campaigns with
+        this record too)."""
         campaign = self._campaigns.get(config.campaign_id)
         if campaign is None:
             campaign = self._campaigns[config.campaign_id] = Campaign(

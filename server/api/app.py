@@ -1,7 +1,7 @@
-"""``create_server``: the one factory used by the CLI, the workers, the tests and the benchmarks.
+"""``create_server``: the one factory used by the CLI, the replicas, the tests and the benchmarks.
 
-It takes its collaborators (:class:`Parts`: the state machine, durability, and for one of
-several workers, how its RPCs are routed) instead of building and patching them, binds the
+It takes its collaborators (:class:`Parts`: the state machine and durability, a replica's the
+engine's shared log) instead of building and patching them, binds the
 port, registers health and reflection, and starts warming up: kernels compiled, state
 restored, then health turns SERVING and requests are let in (the one readiness check is in
 :func:`handlers.bytes_handler`).
@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -47,17 +45,6 @@ from banditd.server.storage.recovery import RestoreReport
 log = logging.getLogger("banditd")
 
 
-class Companion(Protocol):
-    """Something that starts and stops with the server (a worker's private server)."""
-
-    async def start(self) -> None: ...
-
-    async def stop(self, grace: float | None) -> None: ...
-
-
-Routes = Callable[[DecisionService], dict[str, Handler | StreamHandler]]
-
-
 @dataclass
 class Parts:
     """A server's collaborators, built by its caller."""
@@ -65,12 +52,10 @@ class Parts:
     state: StateMachine
     storage: Durability
     pending: PendingDecisions
-    routes: Routes | None = None  # None: every RPC served here (:func:`local_routes`)
-    companion: Companion | None = None
     reuse_port: bool = False  # several processes share the port (SO_REUSEPORT)
     # Compile every policy's kernels at start, not only those of the restored state (a
-    # worker of several: experiments also arrive from the leader's stream, where a follower
-    # could not wait for a compilation before its next SelectArm).
+    # replica: experiments also arrive from the shared log, made by other replicas, and its
+    # next SelectArm must not wait for a compilation).
     all_kernels: bool = False
 
 
@@ -117,7 +102,6 @@ class BanditServer:
         self.core = service.core
         self.state = parts.state
         self.storage = parts.storage
-        self.companion = parts.companion
         self.all_kernels = parts.all_kernels
         self.port = port
         self.metrics_port: int | None = None
@@ -159,7 +143,7 @@ class BanditServer:
         log.info("kernels ready in %.2f s (policies: %s)", seconds,
                  ", ".join(sorted(self.core.kernels.ready)) or "none yet")
         await self.storage.start()
-        if self.state.store.keeps_records:  # a follower keeps none: the leader settles
+        if self.state.store.keeps_records and self.core.settings.reward_sweeper:
             settled = await self.service.reward_windows.sweep()
             if settled:
                 log.info("settled %d decisions whose reward window passed with the default "
@@ -213,8 +197,6 @@ class BanditServer:
             self._warmup.cancel()
         await self.grpc_server.stop(grace)
         await self.service.reward_windows.stop()
-        if self.companion is not None:
-            await self.companion.stop(grace)
         if started:
             self.core.ready = False
             await self.storage.close()
@@ -272,8 +254,7 @@ async def _start(settings: Settings, options: list, parts: Parts) -> BanditServe
                              maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
     service = build_service(settings, parts)
     metrics = service.metrics
-    routes = parts.routes or local_routes
-    register_decision_handlers(server, routes(service))
+    register_decision_handlers(server, local_routes(service))
     address = f"{settings.host}:{settings.port}"
     certificates = ServerCertificates(settings) if settings.tls else None
     try:
@@ -299,6 +280,4 @@ async def _start(settings: Settings, options: list, parts: Parts) -> BanditServe
         app.metrics_port = metrics.serve(settings.host, settings.metrics_port)
         log.info("metrics on http://%s:%d/metrics", settings.host, app.metrics_port)
     await server.start()
-    if parts.companion is not None:
-        await parts.companion.start()
     return app

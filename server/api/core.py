@@ -10,7 +10,7 @@ check-then-apply is atomic without locks.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from banditd.server.api.auth import Authenticator, current_caller
 from banditd.server.api.metrics import Metrics
@@ -22,10 +22,6 @@ from banditd.server.state.decisions import PendingDecisions
 from banditd.server.state.machine import StateMachine
 from banditd.server.storage.durability import Durability
 from banditd.storage.v1 import storage_pb2 as st
-
-# Set by a worker that forwards a call to the leader: the address of the client that made it
-# (what the leader's audit trail records).
-FORWARDED_PEER_KEY = "banditd-forwarded-peer"
 
 
 class Core:
@@ -46,33 +42,60 @@ class Core:
 
     @property
     def logging(self) -> bool:
-        """Whether records are written at all (a log, or other workers to send them to)."""
+        """Whether records are written at all (a log, or the engine's shared log)."""
         return self.storage.logging
+
+    @property
+    def shared(self) -> bool:
+        """Whether this server is one replica of several sharing a log in the engine: changes
+        are then applied in the shared log's order, when read back from it (see
+        :mod:`cluster.stream`), and not at once."""
+        return self.storage.shared
 
     def check_writable(self) -> None:
         """Before a change is applied: UNAVAILABLE while the log refuses records (fail-stop,
-        see :mod:`storage.durability`); the change is then not made at all."""
+        see :mod:`storage.durability`; or the engine is unreachable); the change is then not
+        made at all."""
         self.storage.check_writable()
 
-    async def write(self, record: st.WalRecord, replicated: bool = False) -> object:
-        """Apply a checked change's record, log it and wait until it is durable (and with
-        ``replicated``, applied by every other worker: configuration changes). Returns what
-        the record's applier returned."""
+    async def write(self, record: st.WalRecord,
+                    apply: Callable[[], object] | None = None) -> object:
+        """Apply a checked change's record and log it; return once it is durable, with what
+        the record's applier returned (its outcome: it may raise the request's error).
+
+        A single server applies it at once (``apply``: the same applier called on what the
+        check already looked up, default :meth:`StateMachine.apply`), appends it and waits
+        for the log. A replica appends it to the shared log and waits until its own reading
+        of the log has applied it, in the log's order (read-your-writes)."""
         self.check_writable()
-        result = self.state.apply(record)
+        if self.storage.shared:
+            return await self.storage.submit(record.SerializeToString())
+        result = apply() if apply is not None else self.state.apply(record)
         if self.logging:
             self.storage.append(record.SerializeToString())
-            await self.storage.commit(replicated)
+            await self.storage.commit()
         return result
+
+    def write_lazily(self, record: st.WalRecord) -> None:
+        """Apply and log a checked change that nobody waits for (a bid of 0): on a single
+        server applied now and written with the next write; on a replica applied when the
+        shared log brings it back."""
+        self.check_writable()
+        if self.storage.shared:
+            self.storage.append_lazily(record.SerializeToString())
+            return
+        self.state.apply(record)
+        if self.logging:
+            self.storage.append_lazily(record.SerializeToString())
 
     async def write_audited(self, record: st.WalRecord, context, rpc: str,
                             ids: Iterable[str]) -> object:
-        """:meth:`write` for an administrative change (replicated): the record carries its
+        """:meth:`write` for an administrative change: the record carries its
         audit entry (the caller's token name and address, ``rpc``, the ``ids`` it concerns,
         the time), and the entry is logged once the change is durable."""
         record.audit.CopyFrom(st.Audit(time=time.time(), token_name=current_caller.get().name,
                                        peer=_peer(context), rpc=rpc, ids=list(ids)))
-        result = await self.write(record, replicated=True)
+        result = await self.write(record)
         log_entry(record.audit)
         return result
 
@@ -80,6 +103,20 @@ class Core:
         """Wait until everything logged so far is durable: an answer that reports an earlier
         change (a duplicate) must not go out before that change's record is on disk."""
         await self.storage.commit()
+
+    async def caught_up(self) -> None:
+        """Replicas: wait (bounded) until every change any replica acknowledged so far is
+        applied here too (before answering NOT_FOUND for something another replica may have
+        just made). At once on a single server."""
+        if self.storage.shared:
+            await self.storage.caught_up()
+
+    async def await_decisions(self, decision_ids: Iterable[str]) -> None:
+        """Replicas: wait (bounded) until the decisions among ``decision_ids`` made by other
+        replicas moments ago have arrived through the shared log (a reward may reach any
+        replica). At once on a single server."""
+        if self.storage.shared:
+            await self.storage.await_decisions(decision_ids)
 
     def event_time(self, request) -> float:
         """The request's event_time in seconds since the epoch, or the server clock. A time
@@ -109,11 +146,7 @@ class Core:
 
 
 def _peer(context) -> str:
-    """The client's address; for a call a worker forwarded, the address it came from."""
-    if context is None:  # called in-process, without gRPC
+    """The client's address (empty when called in-process, without gRPC)."""
+    if context is None:
         return ""
-    peer = context.peer() or ""
-    for key, value in context.invocation_metadata() or ():
-        if key == FORWARDED_PEER_KEY and isinstance(value, str):
-            return f"{value} (via {peer})"
-    return peer
+    return context.peer() or ""

@@ -384,18 +384,22 @@ class DecisionHandlers:
         return True
 
     async def RecordReward(self, request, context):
+        if request.decision_id:
+            await self.core.await_decisions((request.decision_id,))
         now = time.time()
         rows = RewardRows(now)
         p = self._prepare_reward(request, now)
         if not self._row(p, rows, now, None):
             await self.core.synced()  # the original may still be on its way to the disk
             return pb.RecordRewardResponse(duplicate=True)
-        await self._learn(rows)
-        return pb.RecordRewardResponse(late=p.corrects is not None)
+        duplicates = await self._learn(rows)
+        return pb.RecordRewardResponse(duplicate=duplicates[0],
+                                       late=p.corrects is not None and not duplicates[0])
 
     async def BatchRecordRewards(self, request, context):
         items = request.requests
         self.core.check_batch(len(items))
+        await self.core.await_decisions(item.decision_id for item in items if item.decision_id)
         now = time.time()
         prepared = []
         for i, item in enumerate(items):
@@ -407,24 +411,28 @@ class DecisionHandlers:
         add = response.responses.add
         rows = RewardRows(now)
         seen: set[tuple[int, str]] = set()
+        learned = []  # the response item of each row
         for p in prepared:
             if self._row(p, rows, now, seen):
-                add(late=p.corrects is not None)
+                learned.append(add(late=p.corrects is not None))
             else:
                 add(duplicate=True)
         if len(rows):
-            await self._learn(rows)
+            for item, duplicate in zip(learned, await self._learn(rows), strict=True):
+                if duplicate:
+                    item.duplicate, item.late = True, False
         else:
             await self.core.synced()  # the originals may still be on their way to the disk
         return response
 
-    async def _learn(self, rows: RewardRows) -> None:
-        """Apply the rewards' record and log it; return once it is durable."""
-        self.core.check_writable()
-        self.learning.apply(rows)
-        core = self.core
+    async def _learn(self, rows: RewardRows) -> list[bool]:
+        """Apply the rewards' record and log it; return once it is durable, with whether each
+        row was a duplicate (:meth:`Learning.apply`: never on a single server, whose checks
+        left them out; among replicas, when a retry of the same reward was learned through
+        another replica first)."""
+        learning = self.learning
+        duplicates: list[bool] = await self.core.write(  # type: ignore[assignment]
+            rows.encode(), lambda: learning.apply(rows))
         if rows.corrections:
-            core.metrics.late_rewards.inc(len(rows.corrections))
-        if core.logging:
-            core.storage.append(rows.encode().SerializeToString())
-        await core.synced()
+            self.core.metrics.late_rewards.inc(len(rows.corrections))
+        return duplicates

@@ -2,8 +2,9 @@
 their experiment's default reward, as records (``default_rewards``) applied and logged like any
 other change.
 
-It runs where the decision records are kept (a single server, or the leader of several workers,
-whose log stream gives every follower the same records): once at start, after restore and
+It runs on a single server, or on one of several replicas (``reward_sweeper``; with
+``--workers N`` the first), whose records reach the others through the shared log: once at
+start, after restore and
 before serving, so decisions whose window passed while the server was down are settled first,
 then every ``reward_sweep_interval_seconds``. Each settlement is applied, appended to the log and
 committed before the next sweep; a crash before the write loses only the record, and the sweep
@@ -43,10 +44,13 @@ class RewardWindows:
         while True:
             found = self.settlement.due(time.time() if now is None else now, SWEEP_ROWS)
             count = 0
-            for record, seqs in found:  # check, apply, log: no await in between
-                learning.apply_defaults(record.default_rewards, seqs)
-                if core.logging:
-                    core.storage.append(record.SerializeToString())
+            for record, seqs in found:
+                if core.storage.shared:  # applied here when the shared log brings it back
+                    await core.write(record)
+                else:  # check, apply, log: no await in between
+                    learning.apply_defaults(record.default_rewards, seqs)
+                    if core.logging:
+                        core.storage.append(record.SerializeToString())
                 count += record.default_rewards.count
             if not found:
                 return total

@@ -21,8 +21,16 @@ state and storage (nothing on the hot path):
 ========================================= =================================================
 
 Campaign metrics have a ``campaign_id`` label. Counters count since the process started
-(restore included for evictions). A worker of several adds ``banditd_replication_*``
-(:mod:`cluster.workers`).
+(restore included for evictions). A replica sharing the engine's log (:mod:`cluster.stream`)
+adds how far behind the stream's head it has applied, measured with each report of its
+position to the engine (every 0.5-5 s):
+
+========================================= =================================================
+``banditd_replica_lag_entries``           stream entries not applied here yet (absent until
+                                          this replica has once stood at the head)
+``banditd_replica_lag_seconds``           the stream's time (entry ids) from the newest
+                                          entry applied here to the head; 0 when caught up
+========================================= =================================================
 """
 
 from __future__ import annotations
@@ -76,6 +84,8 @@ def register(core: Core) -> None:
         yield from _storage(core)
         yield from _decisions(core)
         yield from _campaigns(core)
+        if core.shared:
+            yield from _replica(core)
 
     core.metrics.add_families(families)
 
@@ -138,3 +148,18 @@ def _campaigns(core: Core) -> Iterator[Metric]:
         requests.add_metric([campaign_id], float(calls))
         bids.add_metric([campaign_id], float(placed))
     yield from (requests, bids)
+
+
+def _replica(core: Core) -> Iterator[Metric]:
+    storage = core.storage
+    behind = getattr(storage, "lag_entries", None)
+    if behind is not None:
+        entries = GaugeMetricFamily("banditd_replica_lag_entries", "Entries of the engine's "
+                                    "shared log not applied by this replica yet.")
+        entries.add_metric([], float(behind))
+        yield entries
+    seconds = GaugeMetricFamily("banditd_replica_lag_seconds", "Time between the newest entry "
+                                "of the engine's shared log and the newest one this replica has "
+                                "applied, seconds (0: caught up).")
+    seconds.add_metric([], float(getattr(storage, "lag_seconds", 0.0)))
+    yield seconds

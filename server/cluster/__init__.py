@@ -1,1 +1,2 @@
-"""More than one process: ``serve --workers N``'s supervisor, workers and replication."""
+"""More than one process: replicas sharing a log in Redis/Valkey, and ``serve --workers N``'s
+supervisor of them and of an embedded engine."""

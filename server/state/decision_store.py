@@ -15,7 +15,7 @@ records on every full collection). Rows are found by id in one of two ways:
 
 * ids this store issued for a batch (``new_counters`` + ``put_many(..., first_counter=...)``),
   and batches of consecutive ids of another registered issuer (``register_prefix``: the other
-  workers of ``serve --workers N``, whose decisions the leader keeps): the id's counter
+  replicas sharing a log in the engine, whose decisions every replica keeps): the id's counter
   locates the row through a second ring per issuer (``counter % capacity -> row``), so a
   batch is stored with slice assignments only — no per-decision dict insert or delete, which
   in a million-entry dict cost more than the decisions themselves. Such a batch need not
@@ -135,7 +135,7 @@ class DecisionColumns:
 class DecisionStore:
     """decision_id -> decision, insertion ordered, with capacity and TTL."""
 
-    keeps_records = True  # a follower's store keeps none (cluster.replication)
+    keeps_records = True  # a store that keeps none only counts selections (decisions.py)
 
     def __init__(self, capacity: int, ttl_seconds: float, id_prefix: str | None = None) -> None:
         self.capacity = capacity
@@ -317,7 +317,7 @@ class DecisionStore:
         ``seq`` being stored under the same id: a rewarded row (a tombstone, stored when a
         reward by explicit arm came before its decision) is not displaced by an unrewarded
         one (that decision, turning up later). The live store does the same by reading its id
-        dict, which holds the tombstone, before the rings that hold a follower's decision; a
+        dict, which holds the tombstone, before the rings that hold another replica's decision; a
         replay, where such ids go through the dict too, would otherwise lose the reward."""
         c = self.capacity
         return earlier is not None and bool(self._rewarded[earlier % c]) and \
@@ -485,6 +485,11 @@ class DecisionStore:
     def uid_of(self, seq: int) -> int:
         """The experiment incarnation of row ``seq`` (a live row: from :meth:`find`)."""
         return int(self._uids[seq % self.capacity])
+
+    def is_rewarded_row(self, seq: int) -> bool:
+        """Whether the decision in row ``seq`` has had its reward (False for a row evicted
+        since it was found)."""
+        return seq >= self._head and bool(self._rewarded[seq % self.capacity])
 
     def mark_rewarded_row(self, seq: int, reward: float = np.nan, slot: int = -1) -> None:
         """Remember that the decision in row ``seq`` has had its reward, ``reward`` for the arm

@@ -91,7 +91,7 @@ class Decisions:
         if self.store.keeps_records:
             self.apply_columns(table_columns(t), list(t.experiment_ids))
             return
-        # a store that keeps nothing (a follower's): only the selections are counted
+        # a store that keeps nothing: only the selections are counted
         slates: list[tuple[str, ...]] | None = (
             [(a,) for a in t.arm_ids] if len(t.arm_ids) == len(t.decision_ids) else None)
         if slates is None:
@@ -104,7 +104,7 @@ class Decisions:
     def apply_block(self, b: st.DecisionBlock) -> None:
         """Apply a ``decision_block`` record (a batch group of one experiment)."""
         positions = block_positions(b)
-        if not self.store.keeps_records:  # a follower's: only the selections are counted
+        if not self.store.keeps_records:  # only the selections are counted
             self._count([b.experiment_id], np.full(b.count, b.experiment_uid, dtype=np.int64),
                         [()] * b.count, (b.arm_ids, positions))
             return

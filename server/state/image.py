@@ -1,6 +1,6 @@
 """The state's image: everything the state machine holds, as a ``banditd.storage.v1.Snapshot``
-message plus an array section (what a snapshot file holds, and what a leader sends a new
-follower). The file format around it is :mod:`storage.snapshot`'s.
+message plus an array section (what a snapshot file holds, and the image replicas keep in
+the engine). The file format around it is :mod:`storage.snapshot`'s.
 
 The message's arrays (``Array``) name their place (offset, length) in the array section instead
 of holding their bytes, so the arrays are written straight from the state, never copied into the

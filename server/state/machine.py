@@ -6,6 +6,13 @@ builds the record, applies it and logs it), the restore of a data directory (sna
 tail, :mod:`storage.recovery`) and a replica consuming the log, as in Raft's replicated state
 machine or Redis' AOF replay. The log itself never looks inside a record.
 
+An applier decides deterministically from the state and the record alone: a record that no
+longer applies (checked valid when it was made, but another replica's change came first in the
+shared log's order) changes nothing and raises the domain error its request gets; what a
+record's request answers (a duplicate reward, a bid cut to the budget left) is what the apply
+returns. Replicas that apply the same records in the same order reach the same state
+(:mod:`cluster.stream`).
+
 Record types and who applies them:
 
 ================== ================================================ ======================
@@ -20,6 +27,7 @@ decision_table     :meth:`Decisions.apply_table`                    state/decisi
 decision_block     :meth:`Decisions.apply_block`                    state/decisions.py
 reward_table       :meth:`Learning.apply`                           state/rewards.py
 default_rewards    :meth:`Learning.apply_defaults`                  state/rewards.py
+create_campaign    :meth:`CampaignRegistry.apply_create`            ads/pacing.py
 campaign           :meth:`CampaignRegistry.apply_config`            ads/pacing.py
 campaign_day       :meth:`Campaign.apply_day`                       ads/pacing.py
 pace               :meth:`Campaign.apply_pace`                      ads/pacing.py
@@ -73,6 +81,7 @@ class StateMachine:
             "decision_block": self.decisions.apply_block,
             "reward_table": lambda t: self.learning.apply(RewardRows.decode(t)),
             "default_rewards": self.learning.apply_defaults,
+            "create_campaign": self.campaigns.apply_create,
             "campaign": self.campaigns.apply_config,
             "campaign_day": lambda r: campaign(r).apply_day(r),
             "pace": lambda r: campaign(r).apply_pace(r),
@@ -97,6 +106,7 @@ class StateMachine:
         self.experiments.adopt(other.experiments)
         self.store.adopt(other.store)
         self.campaigns.adopt(other.campaigns)
+        self.audit.load(other.audit.entries())
 
     def apply(self, record: st.WalRecord) -> object:
         """Apply one record; returns what its applier returns."""

@@ -148,7 +148,11 @@ class ExperimentRegistry:
         return config
 
     def apply_create(self, config: pb.Experiment) -> Experiment:
-        """Apply a ``create_experiment`` record (a configuration from :meth:`check_create`)."""
+        """Apply a ``create_experiment`` record (a configuration from :meth:`check_create`).
+        :class:`AlreadyExists`, changing nothing, if the experiment exists by then (replicas:
+        another one created it first in the shared log's order)."""
+        if config.experiment_id in self._experiments:
+            raise AlreadyExists(f"experiment '{config.experiment_id}' already exists")
         return self.restore(config, self._uid())
 
     def _check_window(self, config: pb.Experiment) -> None:
@@ -184,8 +188,8 @@ class ExperimentRegistry:
             )
 
     def apply_delete(self, record: st.DeleteExperiment) -> None:
-        """Apply a ``delete_experiment`` record (the experiment exists: checked by the caller
-        with :meth:`get`)."""
+        """Apply a ``delete_experiment`` record (:class:`NotFound` if it is gone by then)."""
+        self.get(record.experiment_id)
         del self._experiments[record.experiment_id]
         self.windowed.pop(record.experiment_id, None)
         self.generation += 1
@@ -195,6 +199,10 @@ class ExperimentRegistry:
         was made): replace the period's aggregates of its arms. (replaced, new) arm counts."""
         experiment = self.get(record.experiment_id)
         index = experiment.arm_index
+        for i, m in enumerate(record.metrics):
+            if m.arm_id not in index:  # removed since the request was checked
+                raise NotFound(f"metrics[{i}]: arm {shown(m.arm_id)} not found in experiment "
+                               f"'{record.experiment_id}'")
         return experiment.ingest(record.period, [
             (index[m.arm_id], m.trials, m.successes, m.value) for m in record.metrics])
 
@@ -280,7 +288,21 @@ class ExperimentRegistry:
         """Apply an ``update_arms`` record (checked by :meth:`check_update_arms` when it was
         made; no limit checks here: a lowered limit must not lose data on restart)."""
         experiment = self.get(record.experiment_id)
-        experiment.update_arms(list(record.add_arm_ids), list(record.remove_arm_ids))
+        add, remove = list(record.add_arm_ids), list(record.remove_arm_ids)
+        # What may have changed since the check (replicas: another arm change applied first
+        # in the shared log's order): refused here, changing nothing.
+        for i, arm_id in enumerate(remove):
+            if arm_id not in experiment.arm_index:
+                raise NotFound(f"remove_arm_ids[{i}]: arm {shown(arm_id)} not found in "
+                               f"experiment '{record.experiment_id}'")
+        removing = set(remove)
+        for i, arm_id in enumerate(add):
+            if arm_id in experiment.arm_index and arm_id not in removing:
+                raise AlreadyExists(f"add_arm_ids[{i}]: arm '{arm_id}' already exists in "
+                                    f"experiment '{record.experiment_id}'")
+        if experiment.num_arms - len(remove) + len(add) < 1:
+            raise InvalidArgument("an experiment must keep at least one arm")
+        experiment.update_arms(add, remove)
         self._measure(experiment)
         self.generation += 1
         return experiment

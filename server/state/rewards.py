@@ -3,9 +3,13 @@
 A reward is applied in one way, live and on replay (:meth:`Learning.apply`): its decision is
 marked rewarded in the decision store — or, for a reward by explicit arm whose decision is
 unknown, a rewarded *tombstone* is stored under the decision id, so that a retry is recognised —
-and the experiment learns it (one kernel call per experiment and record). Deciding whether a
-reward is a duplicate is the request's check, made before its record exists: a duplicate makes
-no record.
+and the experiment learns it (one kernel call per experiment and record). A request's check
+leaves out the rewards it already knows to be duplicates (they make no record), and the apply
+decides again, row by row: a row whose decision (same experiment incarnation) is rewarded by the
+time the record is applied, or whose tombstone exists by then, is skipped and reported a
+duplicate. On a single server the check has excluded them all; among replicas, where the same
+decision's reward may be checked on two replicas at once, the order of the shared log decides
+which one counts: exactly once, on every replica alike.
 
 The record is a ``RewardTable`` (``banditd.storage.v1``): the rewards of one request as columns,
 with the time they were recorded (which decides, on replay as live, whether a decision had
@@ -170,14 +174,16 @@ class Learning:
         self.experiments = experiments
         self.store = store
 
-    def apply(self, rows: RewardRows) -> None:
+    def apply(self, rows: RewardRows) -> list[bool]:
         """Apply a ``reward_table`` record: per row, its decision's bookkeeping; then each
         experiment learns its rows in order (the same state as one by one), then the
-        corrections of default rewards, in order."""
+        corrections of default rewards, in order. Returns, per row, whether it was a duplicate
+        (skipped: its decision had its reward already)."""
         groups: dict[int, _Group] = {}
         corrected = (dict(zip(rows.corrections, rows.corrected_arm_ids, strict=True))
                      if rows.corrections else None)
         late: list[tuple[Experiment, int, float, np.ndarray, str]] = []
+        duplicates = [False] * len(rows.rewards)
         # a record of older logs has no time: decisions are then found whatever their age
         now = rows.created if rows.created else -np.inf
         for i in range(len(rows.rewards)):
@@ -191,9 +197,11 @@ class Learning:
             if group is None:
                 group = groups[e.uid] = _Group(e)
             decision_id = rows.decision_ids[i]
-            if decision_id:
-                self._settle(e, arm, decision_id, rows.tombstones[i], rows.seqs[i], now,
-                             e.version + len(group.arms), rows.created, rows.rewards[i])
+            if decision_id and not self._settle(e, arm, decision_id, rows.tombstones[i],
+                                                rows.seqs[i], now, e.version + len(group.arms),
+                                                rows.created, rows.rewards[i]):
+                duplicates[i] = True
+                continue
             if corrected is not None and i in corrected:
                 late.append((e, arm, rows.rewards[i], rows.contexts[i], corrected[i]))
                 continue
@@ -205,13 +213,15 @@ class Learning:
                 group.learn()
         for e, arm, reward, context, defaulted_arm_id in late:
             e.correct(e.arm_index.get(defaulted_arm_id, -1), arm, reward, context)
+        return duplicates
 
     def _settle(self, e: Experiment, arm: int, decision_id: str, tombstone: bool, seq: int,
-                now: float, version: int, created: float, reward: float) -> None:
+                now: float, version: int, created: float, reward: float) -> bool:
         """The decision store's side of one reward: its decision marked rewarded (when it
         belongs to this incarnation) with the reward and the slot it was for, or a rewarded
         tombstone stored for an unknown one. ``version``: the experiment's model version just
-        before this reward is learned."""
+        before this reward is learned. False if the reward is a duplicate: its decision (or
+        tombstone) is rewarded already."""
         store = self.store
         arm_id = e.arm_ids[arm]
         if seq < 0:
@@ -221,11 +231,14 @@ class Learning:
                     store.put(decision_id, DecisionRecord(
                         e.uid, (arm_id,), None, 0.0, version,
                         created if created else 0.0, rewarded=True), expire=False)
-                return
+                return True
             if store.uid_of(found) != e.uid:
-                return  # made before a reset, or for another experiment
+                return True  # made before a reset, or for another experiment
             seq = found
+        if store.is_rewarded_row(seq):
+            return False
         store.mark_rewarded_row(seq, reward, store.slot_of(seq, arm_id))
+        return True
 
     def apply_defaults(self, record: st.DefaultRewards, seqs: np.ndarray | None = None) -> None:
         """Apply a ``default_rewards`` record: its decisions marked defaulted in the decision

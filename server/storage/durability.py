@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Protocol
 
@@ -59,16 +59,10 @@ class PendingRecords(Protocol):
     def clear(self) -> None: ...
 
 
-class ReplicationLog(Protocol):
-    """Where a leader of several workers sends every record it logs (cluster.replication)."""
-
-    def publish(self, payload: bytes, origin: int) -> None: ...
-
-    async def wait_applied(self) -> None: ...
-
-
 class Durability:
     """Owns the data directory: log, snapshots, restore."""
+
+    shared = False  # a replica sharing the engine's log instead (cluster.stream.SharedLog)
 
     def __init__(self, settings: Settings, machine: Machine, pending: PendingRecords) -> None:
         self.settings = settings
@@ -87,9 +81,6 @@ class Durability:
         self._periodic_task: asyncio.Task | None = None
         self._lazy_timer: TimerHandle | None = None
         self._timers: ThreadTimers | None = None  # see timers()
-        # Multi-worker leader only: every appended record also goes to the followers, in
-        # every durability mode (set by cluster.workers).
-        self.replication: ReplicationLog | None = None
         self._lock = DataDirLock(self.directory)
         self._repair: asyncio.Task | None = None
         self.failures = 0  # log write failures since start
@@ -122,8 +113,8 @@ class Durability:
 
     @property
     def logging(self) -> bool:
-        """Whether records are kept at all (a log, or other workers to send them to)."""
-        return self.mode != "snapshot" or self.settings.workers > 1
+        """Whether records are kept at all (a log)."""
+        return self.mode != "snapshot"
 
     def timers(self) -> ThreadTimers:
         """This process's timers, kept off the event loop (made on first use, on the loop)."""
@@ -145,12 +136,11 @@ class Durability:
         if self.wal is not None and self.wal.failure is not None:
             raise LogFailed(self.wal.failure)
 
-    def append(self, payload: bytes, origin: int = 0) -> None:
-        """Append an encoded record that was just applied, after the pending records: to the
-        log, and to the other workers' stream when leading several (``origin``: the worker
-        whose decisions these are, which already has them). No wait: see :meth:`commit`."""
+    def append(self, payload: bytes) -> None:
+        """Append an encoded record that was just applied, after the pending records. No
+        wait: see :meth:`commit`."""
         self.hand_over_pending()
-        self._append(payload, origin)
+        self._append(payload)
 
     def append_lazily(self, payload: bytes) -> None:
         """Append an encoded record that nobody waits for: written with the next write, at
@@ -158,24 +148,30 @@ class Durability:
         self.append(payload)
         self.written_lazily()
 
-    def _append(self, payload: bytes, origin: int = 0) -> None:
+    def _append(self, payload: bytes) -> None:
         if self.wal is not None:
             self.last_lsn = self.wal.append(payload)
-        if self.replication is not None:
-            self.replication.publish(payload, origin)
 
-    async def commit(self, replicated: bool = False) -> None:
-        """Return once everything appended so far is as durable as the mode promises, and with
-        ``replicated`` also applied by every other worker (configuration changes)."""
+    async def commit(self) -> None:
+        """Return once everything appended so far is as durable as the mode promises."""
         if self.wal is not None:
             await self.wal.commit()
-        if replicated and self.replication is not None:
-            await self.replication.wait_applied()
+
+    # -- what only a replica does (cluster.stream.SharedLog; ``shared`` is True there) -------
+    async def submit(self, payload: bytes) -> object:
+        """A replica's change: appended to the shared log, answered once applied here."""
+        raise NotImplementedError("a single server applies and appends (Core.write)")
+
+    async def caught_up(self) -> None:
+        """A replica waits until it has applied what others acknowledged; nothing here."""
+
+    async def await_decisions(self, decision_ids: Iterable[str]) -> None:
+        """A replica waits for other replicas' recent decisions; nothing here."""
 
     def written_lazily(self) -> None:
         """Records were added to :attr:`pending` (or appended lazily): have them written (and
         sent to the other workers) soon, never waited for."""
-        if self.wal is None and self.replication is None:
+        if not self.logging:
             self.pending.clear()
         elif self.wal is not None and self.pending.rows >= LAZY_FLUSH_ROWS:
             self.wal.nudge()
@@ -191,14 +187,14 @@ class Durability:
             self.hand_over_pending()
 
     def hand_over_pending(self) -> None:
-        """Hand the pending records to the log (and the followers), in order (called by the
-        log before every write, and before any other record is appended). While the log
-        refuses records they are dropped (decisions may be lost; the state is rebuilt)."""
+        """Hand the pending records to the log, in order (called by the log before every
+        write, and before any other record is appended). While the log refuses records they
+        are dropped (decisions may be lost; the state is rebuilt)."""
         if not self.pending.rows:
             return
         if not self.writable:
             self.pending.clear()
-        elif self.wal is not None or self.replication is not None:
+        elif self.wal is not None:
             for payload in self.pending.encode():
                 self._append(payload)
 

@@ -101,7 +101,7 @@ def read(path: Path) -> tuple[bytes, memoryview]:
 
 
 def decode(data: bytes, name: str) -> tuple[bytes, memoryview]:
-    """Verify a snapshot's bytes (a file's, or an :func:`image` sent to a follower) and split
+    """Verify a snapshot's bytes (a file's, or an :func:`image` in the engine) and split
     them into message and array section; errors name it ``name``."""
     if len(data) < HEADER.size:
         raise SnapshotError(f"{name}: {len(data)} bytes, shorter than the header")
