@@ -107,6 +107,27 @@ def _traffic(stub) -> None:
                 campaign_id="c", bid_id=bid.bid_id, won=won, cost=bid.bid * 0.7,
                 conversions=float(won and rng.random() < 0.2), event_time=_at(t + 20)))
     stub.GetPacingStatus(pb.GetPacingStatusRequest(campaign_id="c", event_time=_at(t + DAY)))
+    # a campaign whose bids are far above the clearing costs: shading to the floor, then
+    # throttling (the coins, the participation rate and the win thresholds replay); its
+    # traffic shape changes half way
+    stub.CreateCampaign(pb.CreateCampaignRequest(campaign=pb.Campaign(
+        campaign_id="thr", daily_budget=20.0, max_bid=50.0, seed=5,
+        hourly_weights=[1.0 + (h >= 12) for h in range(24)])))
+    t, reasons = T0 + 3600, set()
+    for i in range(900):
+        t += 4.0 * rng.random()
+        if i == 600:
+            stub.UpdateCampaign(pb.UpdateCampaignRequest(
+                campaign=pb.Campaign(campaign_id="thr", hourly_weights=[1.0] * 24),
+                update_mask=field_mask_pb2.FieldMask(paths=["hourly_weights"])))
+        bid = stub.PaceBid(pb.PaceBidRequest(campaign_id="thr", base_bid=10.0,
+                                             event_time=_at(t)))
+        reasons.add(bid.reason_code)
+        if bid.bid_id:
+            stub.RecordSpend(pb.RecordSpendRequest(
+                campaign_id="thr", bid_id=bid.bid_id, won=True,
+                cost=float(rng.uniform(0.01, 0.3)), event_time=_at(t + 1)))
+    assert {pb.PACE_REASON_THROTTLED, pb.PACE_REASON_CAPPED} <= reasons
 
 
 def _comparable(message: bytes, section: memoryview) -> dict:
