@@ -39,9 +39,9 @@ the same bids, live and on replay.
 Every ``pacing_control_interval_seconds`` of event time (and at least ``MIN_CONTROL_BIDS``
 bids, or 4 intervals when traffic is thin) -- and sooner when spending fast: once the spend
 since the last update passes ``RUSH`` intervals' worth of the plan while cumulative spend is
-ahead of the plan for an interval from now (after ``RUSH_BIDS`` bids at least) -- with S the
-committed spend (spent + reserved), r the spend rate observed since the last update and w
-the highest clearing cost / base bid of the wins settled since then::
+ahead of the plan for the end of the next interval (after ``RUSH_BIDS`` bids at least) --
+with S the committed spend (spent + reserved), r the spend rate observed since the last
+update and w the highest clearing cost / base bid of the wins settled since then::
 
     H        = min(pacing_horizon_seconds, time left in the day)
     desired  = max(budget x P'(t) + (budget x P(t) - S) / H, 0)  # plan rate + way back
@@ -300,6 +300,7 @@ class Campaign:
         self.control_spent = 0
         self.control_bids = 0
         self.control_win = 0.0  # highest clearing cost / base bid of wins since the update
+        self._rush: tuple[float, float] | None = None  # (control_time, early-update limit)
         self.day: _Day | None = None
         self.day_key = ""  # current local day, "" before the first request
         self.configure(config)
@@ -317,6 +318,7 @@ class Campaign:
         self.zone = ZoneInfo(config.time_zone)
         self.seed = config.seed
         self.day = None  # bounds recomputed (zone or plan may change) for day_key
+        self._rush = None
         if (config.pacing_mode != pb.PACING_MODE_SMOOTH
                 or list(before.hourly_weights) != list(config.hourly_weights)):
             self.plan = initial_plan(config)
@@ -345,6 +347,7 @@ class Campaign:
         self.day_key = record.day
         ledger = self._ledger(self.day_key)
         day = self.day = _Day(date.fromisoformat(record.day), self.zone, self.plan)
+        self._rush = None
         self.control_time = max(record.event_time, day.start)
         self.control_spent = ledger[0] + ledger[1]
         self.control_bids = 0
@@ -415,11 +418,7 @@ class Campaign:
         interval = s.pacing_control_interval_seconds
         due = dt >= interval and (self.control_bids + 1 >= MIN_CONTROL_BIDS or dt >= 4 * interval)
         if not due and dt > 0 and self.control_bids + 1 >= RUSH_BIDS:
-            # spending fast: more than RUSH intervals' worth of the plan since the last update,
-            # and ahead of the plan even an interval from now
-            due = (committed - self.control_spent
-                   > RUSH * self.budget * (day.fraction(t + interval) - day.fraction(t))
-                   and committed > self.budget * day.fraction(t + interval))
+            due = committed > self._rush_limit(day, interval)
         if not due:
             return self.multiplier, self.participation, False, False
         rate = (committed - self.control_spent) / dt
@@ -438,6 +437,17 @@ class Campaign:
         ahead = committed > self.budget * day.fraction(t)
         slowing = bool(ahead and rate > 0 and t + (self.budget - committed) / rate < day.end)
         return m, min(level / m, 1.0), True, slowing
+
+    def _rush_limit(self, day: _Day, interval: float) -> float:
+        """Committed spend above which the controller updates early: more than RUSH
+        intervals' worth of the plan spent since the last update, and ahead of the plan for
+        the end of the next interval. A function of the last update, cached (not state)."""
+        t = self.control_time
+        if self._rush is None or self._rush[0] != t:
+            end = self.budget * day.fraction(t + interval)
+            burst = self.control_spent + RUSH * (end - self.budget * day.fraction(t))
+            self._rush = (t, max(burst, self.budget * day.fraction(t + 2 * interval)))
+        return self._rush[1]
 
     def _committed(self, t: float) -> int:
         """spent + reserved of the current day once the reservations expired by t are gone."""
@@ -462,11 +472,15 @@ class Campaign:
         event = st.PaceEvent(campaign_id=self.campaign_id, event_time=t,
                              slot=day.slots[segment])
         if self.config.paused:
-            event.multiplier, event.participation = self.multiplier, self.participation
+            event.multiplier = self.multiplier
+            if self.participation < 1.0:
+                event.participation = self.participation
             return event, _answer(0, 0.0, self.participation, PAUSED)
         committed = self._committed(t)
         m, p, control, slowing = self._control(t, committed)
-        event.multiplier, event.participation, event.control = m, p, control
+        event.multiplier, event.control = m, control
+        if p < 1.0:  # unset (0) reads as 1
+            event.participation = p
         if base_bid == 0:
             return event, _answer(0, m, p, ZERO_BASE)
         available = self.budget - committed
