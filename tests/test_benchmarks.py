@@ -257,3 +257,56 @@ def test_workers_bench_compares_one_and_two_workers(tmp_path):
     (probe,) = report["propagation_under_load"]
     assert probe["propagation_ms"]["probes"] > 0
     assert 0 < probe["propagation_ms"]["p50"] <= probe["propagation_ms"]["p99"]
+
+
+def test_pacing_simulator_days_against_baselines(tmp_path):
+    """pacing_sim.py's days against a real server for a few days: never overspends,
+    delivers the budget on days whose traffic allows it, writes its JSON and plot."""
+    out = tmp_path / "pacing.json"
+    _run("-m", "benchmarks.pacing_sim", "--days", "4", "--auctions", "1500",
+         "--learned-after", "2", "--out", str(out))
+    report = json.loads(out.read_text())
+    banditd = report["all_days"]["banditd"]
+    assert banditd["overspend_total"] == 0 and banditd["days_with_overspend"] == 0
+    assert banditd["days_allowing_full_delivery"] >= 2
+    assert banditd["min_utilization_allowed_days"] >= 0.95
+    for day in report["per_day"]:
+        assert day["banditd"]["spent"] <= report["setup"]["daily_budget"] + 1e-6
+    assert (tmp_path / "pacing.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pacing_market_grid_quick_run(tmp_path):
+    """The market grid's smoke run (two bid/price ratios x two traffic levels, days 1 and 2,
+    against a real server): every cell is measured and classified, nothing is overspent,
+    thin markets spend what they can, the heat map is written and the table is rebuilt from
+    the results file."""
+    out = tmp_path / "grid.json"
+    proc = _run("-m", "benchmarks.pacing_sim", "--grid", "--quick", "--out", str(out))
+    report = json.loads(out.read_text())
+    assert report["machine"]["commit"] == machine()["commit"]
+    cells = report["cells"]
+    assert sorted((c["ratio"], c["traffic"], c["day"]) for c in cells) == sorted(
+        (r, t, d) for r in (3.0, 40.0) for t in (0.3, 2.0) for d in (1, 2))
+    for c in cells:
+        assert c["overspend"] == 0 and c["spent"] <= c["budget"] + 1e-6
+        assert c["auctions"] == sum(c["reasons"].values())
+        assert c["deliverable"] == (c["possible_spend"] >= c["budget"])
+        if c["traffic"] == 0.3:  # half the forecast's potential at most: cannot deliver
+            assert not c["deliverable"] and c["spent_of_possible"] >= 0.95
+            assert set(c["targets"]) == {"no_overspend", "spent_possible_98"}
+        else:
+            assert c["deliverable"] and c["utilization"] >= 0.9
+            assert set(c["targets"]) == {"no_overspend", "utilization_98", "max_deviation_5",
+                                         "no_early_exhaustion"}
+        trajectory = c["trajectory"]
+        assert len(trajectory["hour"]) == len(trajectory["spent"]) == 144
+        assert trajectory["spent"][-1] == pytest.approx(c["spent"], abs=1e-3)
+    summary = report["summary"]
+    assert summary["cells"] == 8 and summary["overspend_total"] == 0
+    assert summary["deliverable_cells"] == sum(c["deliverable"] for c in cells) == 4
+    assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = _run("-m", "benchmarks.pacing_sim", "--table", str(out)).stdout
+    assert table.strip() in proc.stdout
+    rows = [line for line in table.splitlines() if line.startswith("| 3 |")
+            or line.startswith("| 40 |")]
+    assert len(rows) == 4 and all(line.count("|") == 5 for line in rows)

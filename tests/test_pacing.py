@@ -334,29 +334,6 @@ def test_python_client_pacing_methods(server, new_id):
         assert (s.spent, s.utilization) == (pytest.approx(0.4), pytest.approx(0.4 / 240))
 
 
-def test_pacing_simulator_smoke(tmp_path):
-    """benchmarks/pacing_sim.py against a real server for a few days: never overspends,
-    delivers the budget on days whose traffic allows it, writes its JSON and plot."""
-    import json
-    import subprocess
-    import sys
-
-    from conftest import ROOT
-
-    out = tmp_path / "pacing.json"
-    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pacing_sim.py"), "--days", "4",
-                    "--auctions", "1500", "--learned-after", "2", "--out", str(out)],
-                   check=True, timeout=600, capture_output=True)
-    report = json.loads(out.read_text())
-    banditd = report["all_days"]["banditd"]
-    assert banditd["overspend_total"] == 0 and banditd["days_with_overspend"] == 0
-    assert banditd["days_allowing_full_delivery"] >= 2
-    assert banditd["min_utilization_allowed_days"] >= 0.95
-    for day in report["per_day"]:
-        assert day["banditd"]["spent"] <= report["setup"]["daily_budget"] + 1e-6
-    assert (tmp_path / "pacing.png").stat().st_size > 10_000
-
-
 # -- hourly weights, seeds, reason codes ---------------------------------------------------
 EVENING = [0.2 + math.exp(-0.5 * ((h - 20) / 2.5) ** 2) for h in range(HOURS)]
 
