@@ -6,31 +6,52 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 
-.PHONY: run test proto proto-check lint bench load docker-lint clean
+.PHONY: run test test-fast proto proto-check lint bench load docker-lint clean constraints
 
-$(STAMP): pyproject.toml
+# Every version is pinned by $(CONSTRAINTS), the same file the Dockerfile installs with.
+CONSTRAINTS := constraints.txt
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[dev]'
 	touch $(STAMP)
+
+## Re-pin $(CONSTRAINTS) to the newest versions pyproject.toml allows (in a scratch venv).
+constraints:
+	rm -rf .venv-pin && $(PYTHON) -m venv .venv-pin
+	.venv-pin/bin/python -m pip install --quiet '.[dev]'
+	{ sed -n '1,3p' $(CONSTRAINTS); .venv-pin/bin/python -m pip freeze --exclude-editable \
+		| grep -v '^banditd'; } > $(CONSTRAINTS).new && mv $(CONSTRAINTS).new $(CONSTRAINTS)
+	rm -rf .venv-pin
 
 ## Start the server on its embedded default (127.0.0.1:50051, ./data).
 run: $(STAMP)
 	$(BIN)/banditd serve
 
-## Whole test suite (includes the proto drift check, buf lint and hadolint).
+## Whole test suite, what CI runs (.ci/run): also ruff, mypy, buf lint, hadolint and the
+## proto drift check (tests/test_lint.py, test_proto.py, test_docker.py).
+## Extra pytest arguments: make test ARGS='-k pacing -x'
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(ARGS)
+
+## The quick loop: every test not marked slow (about 40 s of CPU with a warm Numba cache);
+## it still starts a real server and calls every RPC through it.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
 
 ## Regenerate the checked-in Python code (+ .pyi) from proto/.
 proto: $(STAMP)
 	$(BIN)/python proto/generate.py
 
+## The linters alone (make test runs them too). mypy checks the installed banditd package
+## through a symlink tree of the package-dir mapping (tests/typecheck.py builds it).
 lint: $(STAMP)
 	cd proto && ../$(BIN)/buf lint
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/ruff check server kernels clients benchmarks tests proto/generate.py
-	$(BIN)/mypy server kernels clients
+	$(BIN)/python tests/typecheck.py
+	$(BIN)/python tests/typecheck.py tests/helpers.py tests/conftest.py tests/typecheck.py
 
 ## Benchmarks (bounded, loopback only); results go to benchmarks/results/*.json (+ PNG plots).
 bench: $(STAMP)
@@ -43,6 +64,12 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.grpc_throughput --only select_thompson_k10 --duration 30 --rounds 20 \
 		--echo-sched-batch --no-plots \
 		--out benchmarks/results/grpc_throughput_select_long_echo_sched_batch.json
+	$(BIN)/python -m benchmarks.grpc_throughput --only select_thompson_k10 --rounds 4 --duration 6 \
+		--no-plots --out benchmarks/results/grpc_throughput_select_plain.json
+	$(BIN)/python -m benchmarks.grpc_throughput --only select_thompson_k10 --rounds 4 --duration 6 \
+		--tls --no-plots --out benchmarks/results/grpc_throughput_select_tls.json
+	$(BIN)/python -m benchmarks.auth_check --out benchmarks/results/auth_check.json
+	$(BIN)/python -m benchmarks.cold_start --out benchmarks/results/cold_start.json
 	$(BIN)/python -m benchmarks.instructions --out benchmarks/results/instructions.json; \
 		rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 2 ]  # 2: no valgrind on this machine, skipped
 	$(BIN)/python -m benchmarks.first_request --out benchmarks/results/first_request.json

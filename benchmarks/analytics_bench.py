@@ -43,7 +43,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     results = []
     with tempfile.TemporaryDirectory(prefix="banditd-analytics-") as data, \
-            InProcessServer(Path(data), max_arms=1000) as srv, \
+            InProcessServer.on_loopback(Path(data), max_arms=1000) as srv, \
             grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
         stub = pb_grpc.DecisionServiceStub(ch)
         behaviors = srv.app.service.behaviors()

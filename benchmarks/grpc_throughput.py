@@ -2,7 +2,7 @@
 
     python -m benchmarks.grpc_throughput [--out benchmarks/results/grpc_throughput.json]
                                          [--duration 3] [--quick] [--only SCENARIO ...]
-                                         [--echo-work-us N] [--echo-sched-batch]
+                                         [--echo-work-us N] [--echo-sched-batch] [--tls]
 
 Two servers run side by side on 127.0.0.1, each a single process:
 
@@ -17,6 +17,11 @@ Two servers run side by side on 127.0.0.1, each a single process:
   threads under ``SCHED_BATCH`` by default (``BANDITD_BATCH_SCHEDULE_IO_THREADS``), which makes
   any grpc.aio server faster on a busy host; ``--echo-sched-batch`` gives the echo the same
   scheduling, the like-for-like reference for banditd's own per-call cost.
+
+With ``--tls`` both servers speak TLS (a certificate of a CA made for the run) and banditd also
+checks a bearer token on every call (``BANDITD_AUTH_TOKENS_FILE``; the client sends the same
+``authorization`` metadata to both): the ratio then measures banditd's per-call cost with TLS
+and authentication against an echo paying the same TLS.
 
 One closed-loop client drives both: ``--processes`` spawned processes, each with its share of
 ``concurrency`` in-flight loops over one ``grpc.aio`` channel, sending pre-serialised requests
@@ -54,10 +59,12 @@ from banditd.decision.v1 import decision_pb2_grpc as pb_grpc
 from benchmarks.local_server import (
     ROOT,
     LocalServer,
+    channel,
     machine,
     process_cpu_seconds,
     stop_process,
 )
+from benchmarks.tls import ADMIN_TOKEN, TlsFiles, make_tls
 
 SERVICE = "decision.v1.DecisionService"
 CONTROL = "/bench.Echo/SetResponse"  # echo server: payload = method + b"\n" + response bytes
@@ -66,10 +73,12 @@ QUANTILES = np.linspace(0.0, 1.0, 201)  # stored latency CDF of the headline sce
 
 
 # ----------------------------------------------------------------------------- echo server
-def serve_echo(port_file: Path, work_us: float = 0.0, sched_batch: bool = False) -> None:
+def serve_echo(port_file: Path, work_us: float = 0.0, sched_batch: bool = False,
+               tls: Path | None = None) -> None:
     """Run the echo server until SIGTERM; write its port to ``port_file`` once listening.
     ``work_us`` > 0: every handler first spins that long on the CPU (a "working echo").
-    ``sched_batch``: gRPC's threads under SCHED_BATCH, as banditd runs them by default."""
+    ``sched_batch``: gRPC's threads under SCHED_BATCH, as banditd runs them by default.
+    ``tls``: a directory of :func:`benchmarks.tls.make_tls` files: serve TLS with them."""
     import signal
 
     responses: dict[str, bytes] = {}
@@ -115,7 +124,12 @@ def serve_echo(port_file: Path, work_us: float = 0.0, sched_batch: bool = False)
             server = grpc.aio.server(options=[("grpc.max_send_message_length", -1),
                                               ("grpc.so_reuseport", 0)])
             server.add_generic_rpc_handlers((Generic(),))
-            port = server.add_insecure_port("127.0.0.1:0")
+            if tls is None:
+                port = server.add_insecure_port("127.0.0.1:0")
+            else:
+                pair = ((tls / "server.key").read_bytes(), (tls / "server.pem").read_bytes())
+                port = server.add_secure_port("127.0.0.1:0",
+                                              grpc.ssl_server_credentials([pair]))
             await server.start()
         port_file.write_text(f"{port}\n")
         stop = asyncio.Event()
@@ -131,12 +145,15 @@ def serve_echo(port_file: Path, work_us: float = 0.0, sched_batch: bool = False)
 class EchoServer:
     """The echo server in its own process (``--serve-echo``)."""
 
-    def __init__(self, directory: Path, work_us: float = 0.0, sched_batch: bool = False) -> None:
+    def __init__(self, directory: Path, work_us: float = 0.0, sched_batch: bool = False,
+                 tls: TlsFiles | None = None) -> None:
         port_file = directory / "echo.port"
+        self.tls_ca = tls.ca.read_bytes() if tls is not None else None
         self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.grpc_throughput",
                                       "--serve-echo", str(port_file),
                                       "--echo-work-us", str(work_us)]
-                                     + (["--echo-sched-batch"] if sched_batch else []),
+                                     + (["--echo-sched-batch"] if sched_batch else [])
+                                     + (["--echo-tls", str(tls.ca.parent)] if tls else []),
                                      cwd=ROOT)
         deadline = time.monotonic() + 60
         while not port_file.exists() or not port_file.read_text().endswith("\n"):
@@ -148,7 +165,7 @@ class EchoServer:
         self.pid = self.proc.pid
 
     def set_response(self, method: str, response: bytes) -> None:
-        with grpc.insecure_channel(self.target, options=CHANNEL_OPTIONS) as ch:
+        with channel(self.target, self.tls_ca, CHANNEL_OPTIONS) as ch:
             ch.unary_unary(CONTROL)(method.encode() + b"\n" + response, timeout=10)
 
     def stop(self) -> None:
@@ -166,9 +183,13 @@ async def _closed_loop(cmd: dict) -> dict:
     completed = 0
     errors: list[str] = []
     clock = time.monotonic
-    async with grpc.aio.insecure_channel(cmd["target"], options=CHANNEL_OPTIONS) as channel:
-        call = channel.unary_unary(cmd["method"])
-        await channel.channel_ready()
+    tls_ca, metadata = cmd.get("tls_ca"), cmd.get("metadata")
+    aio_channel = grpc.aio.insecure_channel(cmd["target"], options=CHANNEL_OPTIONS) \
+        if tls_ca is None else grpc.aio.secure_channel(
+            cmd["target"], grpc.ssl_channel_credentials(tls_ca), options=CHANNEL_OPTIONS)
+    async with aio_channel as ch:
+        call = ch.unary_unary(cmd["method"])
+        await ch.channel_ready()
         await asyncio.sleep(max(0.0, cmd["start"] - clock()))
 
         async def loop(i: int) -> None:
@@ -179,7 +200,7 @@ async def _closed_loop(cmd: dict) -> dict:
                 if t0 >= t_end:
                     return
                 try:
-                    await call(payloads[k % count], timeout=cmd["timeout"])
+                    await call(payloads[k % count], timeout=cmd["timeout"], metadata=metadata)
                 except grpc.RpcError as exc:
                     if len(errors) < 5:
                         errors.append(f"{exc.code().name}: {exc.details()}")
@@ -259,6 +280,17 @@ def _experiment(eid: str, k: int, policy: pb.Policy, dim: int = 0) -> pb.CreateE
     return pb.CreateExperimentRequest(experiment=pb.Experiment(
         experiment_id=eid, arms=[pb.Arm(arm_id=f"arm-{i}") for i in range(k)], policy=policy,
         reward_type=pb.REWARD_TYPE_BINARY, context_dim=dim, seed=7))
+
+
+class _WithMetadata:
+    """A stub whose calls all carry ``metadata``."""
+
+    def __init__(self, stub, metadata) -> None:
+        self._stub, self._metadata = stub, metadata
+
+    def __getattr__(self, name: str):
+        method = getattr(self._stub, name)
+        return lambda request, **kw: method(request, metadata=self._metadata, **kw)
 
 
 def build_scenarios(stub, quick: bool) -> list[Scenario]:
@@ -347,13 +379,17 @@ def _summary(results: list[dict], duration: float, items: int, cpu: float) -> di
 
 
 def measure(pool: ClientPool, target: str, pid: int, scenario: Scenario, concurrency: int,
-            processes: int, warmup: float, duration: float) -> tuple[list[dict], float]:
+            processes: int, warmup: float, duration: float,
+            tls: TlsFiles | None = None) -> tuple[list[dict], float]:
     """One measurement slice (``warmup`` s of calls not counted, then ``duration`` s): the
-    client processes' raw results and the server's CPU seconds over the ``duration``."""
+    client processes' raw results and the server's CPU seconds over the ``duration``.
+    ``tls``: TLS to the server, and the decide token sent with every call."""
     start = time.monotonic() + 0.3  # every client process is connected and waiting by then
     base = {"target": target, "method": f"/{SERVICE}/{scenario.method}",
             "payloads": scenario.payloads, "start": start, "warmup": warmup,
-            "duration": duration, "timeout": 60.0}
+            "duration": duration, "timeout": 60.0,
+            "tls_ca": tls.ca.read_bytes() if tls else None,
+            "metadata": tls.metadata() if tls else None}
     box: dict = {}
 
     def sample_cpu() -> None:  # server CPU over exactly the measurement window
@@ -371,9 +407,11 @@ def measure(pool: ClientPool, target: str, pid: int, scenario: Scenario, concurr
     return results, box["cpu"]
 
 
-def capture_response(target: str, method: str, payload: bytes) -> bytes:
-    with grpc.insecure_channel(target, options=CHANNEL_OPTIONS) as ch:
-        return ch.unary_unary(f"/{SERVICE}/{method}")(payload, timeout=60)
+def capture_response(target: str, method: str, payload: bytes,
+                     tls: TlsFiles | None = None) -> bytes:
+    with channel(target, tls.ca.read_bytes() if tls else None, CHANNEL_OPTIONS) as ch:
+        return ch.unary_unary(f"/{SERVICE}/{method}")(
+            payload, timeout=60, metadata=tls.metadata() if tls else None)
 
 
 def _paired_resamples(rounds: int, resamples: int, seed: int) -> np.ndarray:
@@ -431,11 +469,18 @@ def run(args) -> dict:
     echo = banditd = pool = None
     report: dict = {}
     try:
+        tls = make_tls(data / "tls") if args.tls else None
+        secured: dict = {} if tls is None else {
+            "tls_ca": tls.ca.read_bytes(), "tls_cert_file": tls.cert,
+            "tls_key_file": tls.key, "auth_tokens_file": tls.tokens}
         banditd = LocalServer(data / "banditd", snapshot_interval_seconds=0,
-                              log_level="WARNING")
-        echo = EchoServer(data, args.echo_work_us, args.echo_sched_batch)
-        with grpc.insecure_channel(banditd.target) as ch:
-            scenarios = build_scenarios(pb_grpc.DecisionServiceStub(ch), args.quick)
+                              log_level="WARNING", **secured)
+        echo = EchoServer(data, args.echo_work_us, args.echo_sched_batch, tls)
+        with channel(banditd.target, secured.get("tls_ca")) as ch:
+            stub = pb_grpc.DecisionServiceStub(ch)
+            if tls is not None:  # setup calls are an administrator's
+                stub = _WithMetadata(stub, tls.metadata(ADMIN_TOKEN))
+            scenarios = build_scenarios(stub, args.quick)
         if args.only:
             scenarios = [s for s in scenarios if s.name in args.only]
         pool = ClientPool(max(p for s in scenarios for _, p in s.points))
@@ -443,7 +488,8 @@ def run(args) -> dict:
         total = sum(len(s.points) for s in scenarios)
         n = 0
         for scenario in scenarios:
-            response = capture_response(banditd.target, scenario.method, scenario.payloads[0])
+            response = capture_response(banditd.target, scenario.method, scenario.payloads[0],
+                                        tls)
             echo.set_response(f"/{SERVICE}/{scenario.method}", response)
             for concurrency, processes in scenario.points:
                 n += 1
@@ -459,7 +505,7 @@ def run(args) -> dict:
                     for name in order:
                         server = echo if name == "echo" else banditd
                         results, cpu = measure(pool, server.target, server.pid, scenario,
-                                               concurrency, processes, args.warmup, part)
+                                               concurrency, processes, args.warmup, part, tls)
                         slices[name] = (slices[name][0] + results, slices[name][1] + cpu)
                         round_calls[name].append(sum(r["completed"] for r in results))
                         round_latencies[name].append(
@@ -489,7 +535,7 @@ def run(args) -> dict:
             "machine": machine(),
             "settings": {"duration_s": args.duration, "warmup_s": args.warmup,
                          "rounds": args.rounds, "echo_work_us": args.echo_work_us,
-                         "echo_sched_batch": args.echo_sched_batch,
+                         "echo_sched_batch": args.echo_sched_batch, "tls": args.tls,
                          "quick": args.quick, "banditd": "durability=os, snapshots off, "
                          "single process", "client": "grpc.aio closed loop, pre-serialised "
                          "requests, replies not decoded; concurrency = total in-flight calls "
@@ -605,10 +651,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="run the echo's gRPC threads under SCHED_BATCH as banditd does by "
                     "default (BANDITD_BATCH_SCHEDULE_IO_THREADS): the like-for-like reference; "
                     "default: a bare echo with default scheduling")
+    ap.add_argument("--tls", action="store_true",
+                    help="both servers speak TLS and banditd checks a bearer token on every "
+                    "call (the client sends it to both)")
     ap.add_argument("--serve-echo", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--echo-tls", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.serve_echo:
-        serve_echo(args.serve_echo, args.echo_work_us, args.echo_sched_batch)
+        serve_echo(args.serve_echo, args.echo_work_us, args.echo_sched_batch, args.echo_tls)
         return 0
     if args.quick and args.duration == 3.0:
         args.duration, args.warmup, args.rounds = 1.0, 0.2, 1

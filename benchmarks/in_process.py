@@ -11,17 +11,21 @@ from __future__ import annotations
 import asyncio
 import threading
 from pathlib import Path
+from typing import Any
+
+from typing_extensions import Self
 
 from banditd.server.api.app import BanditServer, create_server
 from banditd.server.settings import Settings
 
 
 class InProcessServer:
-    """``with InProcessServer(data_dir, max_arms=1000) as srv:`` — ``srv.port``, ``srv.loop``
-    (the server's event loop) and ``srv.app.service`` are valid inside the block."""
+    """``with InProcessServer(settings) as srv:`` — ``srv.port``, ``srv.loop`` (the server's
+    event loop) and ``srv.app.service`` are valid inside the block (the tests' harness extends
+    it)."""
 
-    def __init__(self, data_dir: Path, start_timeout: float = 600.0, **settings: object) -> None:
-        self.settings = Settings(host="127.0.0.1", port=0, data_dir=data_dir, **settings)
+    def __init__(self, settings: Settings, start_timeout: float = 600.0) -> None:
+        self.settings = settings
         self.start_timeout = start_timeout
         self.loop = asyncio.new_event_loop()
         self.app: BanditServer | None = None
@@ -29,6 +33,9 @@ class InProcessServer:
         self._started = threading.Event()
         self._stop: asyncio.Event | None = None
         self._error: BaseException | None = None
+        # Set by a harness that kills the server's loop (a simulated crash): the abandoned
+        # coroutine must then not run the graceful stop when it is garbage-collected.
+        self._crashed = False
         self._thread = threading.Thread(target=self._run, name="banditd-bench", daemon=True)
 
     def _run(self) -> None:
@@ -47,9 +54,15 @@ class InProcessServer:
             self._started.set()
             await self._stop.wait()
         finally:
-            await self.app.stop(None)
+            if not self._crashed:
+                await self.app.stop(None)
 
-    def start(self) -> InProcessServer:
+    @classmethod
+    def on_loopback(cls, data_dir: Path, **settings: Any) -> InProcessServer:
+        """One on 127.0.0.1, port 0, with ``data_dir`` and the other settings given."""
+        return cls(Settings(host="127.0.0.1", port=0, data_dir=data_dir, **settings))
+
+    def start(self) -> Self:
         self._thread.start()
         if not self._started.wait(timeout=self.start_timeout):
             self.stop()
@@ -63,7 +76,7 @@ class InProcessServer:
             self.loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(timeout=60)
 
-    def __enter__(self) -> InProcessServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

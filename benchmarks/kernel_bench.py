@@ -63,14 +63,14 @@ def time_us(fn, iters: int, repeats: int) -> float:
 
 
 def trained_state(module, k: int, d: int, params: np.ndarray, gen: np.random.Generator):
-    state = module.new_state(k, d, params, DRAWS)
+    state = module.new_state(num_arms=k, dim=d, params=params, draws=DRAWS)
     for _ in range(PRE_UPDATES):
         arm = int(gen.integers(k))
         x = gen.standard_normal(d)
         reward = float(gen.random() < 0.3)
         if module.NAME == "thompson_value":
             reward *= float(gen.exponential(10.0))
-        module.update(state, params, arm, reward, x, 1.0)
+        module.update(state=state, params=params, arm=arm, reward=reward, context=x, discount=1.0)
     return state
 
 
@@ -78,7 +78,7 @@ def bench_case(module, k: int, d: int, iters: int, repeats: int) -> dict:
     gen = np.random.default_rng(1)
     params = np.array(PARAMS[module.NAME], dtype=np.float64)
     state = trained_state(module, k, d, params, gen)
-    ref_state = tuple(a.copy() for a in state)
+    ref_state = state._make(a.copy() for a in state)
     eligible = np.arange(k, dtype=np.int64)
     selections = np.full(k, 1000, dtype=np.int64)
     # Prebuilt per-call inputs, as the server has them when it calls a kernel: a float64
@@ -95,19 +95,22 @@ def bench_case(module, k: int, d: int, iters: int, repeats: int) -> dict:
     arms = [int(a) for a in gen.integers(k, size=256)]
 
     def k_select(i):
-        sel(state, params, eligible, contexts[i & 255], t, selections, 0.0, 0, DRAWS, rng, out)
+        sel(state=state, params=params, eligible=eligible, context=contexts[i & 255], t=t,
+            selections=selections, floor=0.0, burn_in=0, draws=DRAWS, rng=rng, out=out)
 
     def r_select(i):
         sel_ref(
-            ref_state, params, eligible, contexts[i & 255], t, selections, 0.0, 0, DRAWS, source,
-            out,
+            state=ref_state, params=params, eligible=eligible, context=contexts[i & 255], t=t,
+            selections=selections, floor=0.0, burn_in=0, draws=DRAWS, source=source, out=out,
         )
 
     def k_update(i):
-        upd(state, params, arms[i & 255], rewards[i & 255], contexts[i & 255], 1.0)
+        upd(state=state, params=params, arm=arms[i & 255], reward=rewards[i & 255],
+            context=contexts[i & 255], discount=1.0)
 
     def r_update(i):
-        upd_ref(ref_state, params, arms[i & 255], rewards[i & 255], contexts[i & 255], 1.0)
+        upd_ref(state=ref_state, params=params, arm=arms[i & 255], reward=rewards[i & 255],
+                context=contexts[i & 255], discount=1.0)
 
     def k_pair(i):
         k_update(i)
@@ -123,8 +126,10 @@ def bench_case(module, k: int, d: int, iters: int, repeats: int) -> dict:
     batch_sel = selections.copy()
 
     def k_batch(i):
-        module.select_batch(state, params, eligible, batch_contexts, t, batch_sel, 0.0, 0,
-                            DRAWS, rng, batch_out, batch_prop)
+        module.select_batch(state=state, params=params, eligible=eligible,
+                            contexts=batch_contexts, t=t, selections=batch_sel, floor=0.0,
+                            burn_in=0, draws=DRAWS, rng=rng, out=batch_out,
+                            propensity=batch_prop)
 
     ref_iters = max(iters // 10, 20)
     row = {

@@ -62,13 +62,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def channel(target: str, tls_ca: bytes | None = None, options=None) -> grpc.Channel:
+    """A blocking channel to ``target``: plaintext, or TLS trusting the CA ``tls_ca`` (PEM)."""
+    if tls_ca is None:
+        return grpc.insecure_channel(target, options=options)
+    return grpc.secure_channel(target, grpc.ssl_channel_credentials(tls_ca), options=options)
+
+
 def wait_serving(target: str, proc: subprocess.Popen, deadline: float,
-                 log_path: Path | None = None) -> None:
+                 log_path: Path | None = None, tls_ca: bytes | None = None) -> None:
     """Poll the health service on ``target`` until it answers SERVING. RuntimeError if
     ``proc`` exits first, TimeoutError once ``time.monotonic()`` passes ``deadline``; both
-    name ``log_path`` (the server's output) when given."""
+    name ``log_path`` (the server's output) when given. ``tls_ca``: the server speaks TLS with
+    a certificate of this CA."""
     see = f"; see {log_path}" if log_path is not None else ""
-    with grpc.insecure_channel(target) as ch:
+    with channel(target, tls_ca) as ch:
         health = health_pb2_grpc.HealthStub(ch)
         while True:
             if proc.poll() is not None:
@@ -103,13 +111,16 @@ def process_cpu_seconds(pid: int) -> float:
 
 
 class LocalServer:
-    """``banditd serve --host 127.0.0.1`` with the given settings (``--set name=value``)."""
+    """``banditd serve --host 127.0.0.1`` with the given settings (``--set name=value``);
+    ``tls_ca``: the CA of its TLS certificate, when the settings turn TLS on."""
 
-    def __init__(self, data_dir: Path, start_timeout: float = 600.0, **settings: object) -> None:
+    def __init__(self, data_dir: Path, start_timeout: float = 600.0,
+                 tls_ca: bytes | None = None, **settings: object) -> None:
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
         args = [sys.executable, "-m", "banditd", "serve", "--host", "127.0.0.1",
                 "--port", str(self.port), "--data-dir", str(data_dir)]
+        settings.setdefault("drain_seconds", 0)  # nothing to drain: stop at once
         for name, value in settings.items():
             args += ["--set", f"{name}={value}"]
         started = time.perf_counter()
@@ -117,7 +128,8 @@ class LocalServer:
         with open(self.log_path, "a") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=log)
         try:
-            wait_serving(self.target, self.proc, time.monotonic() + start_timeout, self.log_path)
+            wait_serving(self.target, self.proc, time.monotonic() + start_timeout, self.log_path,
+                         tls_ca)
         except BaseException:
             self.stop(kill=True)
             raise

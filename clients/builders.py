@@ -134,6 +134,13 @@ def get_allocation(
     return request
 
 
+def _ad_group(fields: Mapping[str, float | str]) -> pb.AdGroup:
+    group = pb.AdGroup()
+    for name, value in fields.items():
+        setattr(group, name, value)  # an unknown name raises AttributeError, as AdGroup(**g)
+    return group
+
+
 def allocate_budget(
     total_budget: float,
     ad_groups: Sequence[Mapping[str, float | str]],
@@ -150,7 +157,7 @@ def allocate_budget(
         raise ValueError(f"unknown strategy {strategy!r}; one of {', '.join(STRATEGIES)}")
     request = pb.AllocateBudgetRequest(
         total_budget=total_budget,
-        ad_groups=[pb.AdGroup(**g) for g in ad_groups],
+        ad_groups=[_ad_group(g) for g in ad_groups],
         strategy=STRATEGIES[strategy],
     )
     for name, value in (("min_allocation", min_allocation), ("max_allocation", max_allocation),

@@ -11,6 +11,12 @@ Example::
         bandit.create_experiment("homepage-hero", ["a", "b", "c"], "thompson", seed=7)
         decision = bandit.select_arm("homepage-hero")
         bandit.record_reward("homepage-hero", 1.0, decision_id=decision.decision_id)
+
+Against a server with TLS and tokens::
+
+    BanditClient("banditd.internal:50051", token=os.environ["BANDITD_TOKEN"],
+                 root_certificates="ca.pem")            # + client_certificate / client_key
+                                                        #   for mutual TLS
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -182,15 +189,51 @@ class _Methods:
                                   conversions=conversions), event_time))
 
 
-def _channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
-    return [
+def _channel_options(max_message_bytes: int, server_name: str | None = None
+                     ) -> list[tuple[str, Any]]:
+    options: list[tuple[str, Any]] = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
     ]
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    return options
+
+
+PEM = bytes | str | Path  # PEM bytes, or the path of a PEM file
+
+
+def _pem(value: PEM | None) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    return Path(value).read_bytes()
+
+
+class Security:
+    """How a client reaches a server with TLS and tokens (see :class:`BanditClient`)."""
+
+    def __init__(self, token: str | None, tls: bool, root_certificates: PEM | None,
+                 client_certificate: PEM | None, client_key: PEM | None,
+                 server_name: str | None) -> None:
+        if (client_certificate is None) != (client_key is None):
+            raise ValueError("client_certificate and client_key go together")
+        self.tls = tls or any(v is not None for v in (root_certificates, client_certificate))
+        self.server_name = server_name
+        self.credentials = grpc.ssl_channel_credentials(
+            _pem(root_certificates), _pem(client_key), _pem(client_certificate)
+        ) if self.tls else None
+        # Sent with every call (on plaintext loopback too, where call credentials are refused).
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else None
 
 
 class BanditClient(_Methods):
-    """Blocking client. ``timeout`` is the per-call deadline in seconds."""
+    """Blocking client. ``timeout`` is the per-call deadline in seconds.
+
+    ``token``: the bearer token sent with every call (``authorization`` metadata). TLS is on
+    with ``tls=True`` or any certificate: ``root_certificates`` (PEM bytes or a file; default:
+    the system's roots) verifies the server, ``client_certificate`` + ``client_key`` are
+    presented for mutual TLS, ``server_name`` overrides the name the server's certificate is
+    checked for (e.g. when connecting by IP address)."""
 
     def __init__(
         self,
@@ -200,11 +243,24 @@ class BanditClient(_Methods):
         retry: RetryPolicy | None = None,
         channel: grpc.Channel | None = None,
         max_message_bytes: int = 16 * 1024 * 1024,
+        token: str | None = None,
+        tls: bool = False,
+        root_certificates: PEM | None = None,
+        client_certificate: PEM | None = None,
+        client_key: PEM | None = None,
+        server_name: str | None = None,
     ) -> None:
+        self.security = Security(token, tls, root_certificates, client_certificate,
+                                 client_key, server_name)
         self._own_channel = channel is None
-        self.channel = channel or grpc.insecure_channel(
-            target, options=_channel_options(max_message_bytes)
-        )
+        options = _channel_options(max_message_bytes, server_name)
+        if channel is not None:
+            self.channel = channel
+        elif self.security.credentials is not None:
+            self.channel = grpc.secure_channel(target, self.security.credentials,
+                                                 options=options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=options)
         self.stub = pb_grpc.DecisionServiceStub(self.channel)
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
@@ -214,7 +270,7 @@ class BanditClient(_Methods):
         attempts = self.retry.attempts if _safe_to_retry(method, request) else 1
         for attempt in range(attempts):
             try:
-                return call(request, timeout=self.timeout)
+                return call(request, timeout=self.timeout, metadata=self.security.metadata)
             except grpc.RpcError as exc:
                 if attempt + 1 >= attempts or exc.code() not in RETRYABLE:
                     raise
@@ -233,7 +289,8 @@ class BanditClient(_Methods):
 
 
 class AsyncBanditClient(_Methods):
-    """asyncio client (grpc.aio); every method returns an awaitable of the same type."""
+    """asyncio client (grpc.aio); every method returns an awaitable of the same type. Security
+    options as for :class:`BanditClient`."""
 
     def __init__(
         self,
@@ -243,11 +300,24 @@ class AsyncBanditClient(_Methods):
         retry: RetryPolicy | None = None,
         channel: grpc.aio.Channel | None = None,
         max_message_bytes: int = 16 * 1024 * 1024,
+        token: str | None = None,
+        tls: bool = False,
+        root_certificates: PEM | None = None,
+        client_certificate: PEM | None = None,
+        client_key: PEM | None = None,
+        server_name: str | None = None,
     ) -> None:
+        self.security = Security(token, tls, root_certificates, client_certificate,
+                                 client_key, server_name)
         self._own_channel = channel is None
-        self.channel = channel or grpc.aio.insecure_channel(
-            target, options=_channel_options(max_message_bytes)
-        )
+        options = _channel_options(max_message_bytes, server_name)
+        if channel is not None:
+            self.channel = channel
+        elif self.security.credentials is not None:
+            self.channel = grpc.aio.secure_channel(target, self.security.credentials,
+                                                 options=options)
+        else:
+            self.channel = grpc.aio.insecure_channel(target, options=options)
         self.stub = pb_grpc.DecisionServiceStub(self.channel)
         self.timeout = timeout
         self.retry = retry or RetryPolicy()
@@ -257,7 +327,8 @@ class AsyncBanditClient(_Methods):
         attempts = self.retry.attempts if _safe_to_retry(method, request) else 1
         for attempt in range(attempts):
             try:
-                return await call(request, timeout=self.timeout)
+                return await call(request, timeout=self.timeout,
+                                  metadata=self.security.metadata)
             except grpc.aio.AioRpcError as exc:
                 if attempt + 1 >= attempts or exc.code() not in RETRYABLE:
                     raise

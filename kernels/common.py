@@ -30,15 +30,59 @@ expected inverse-propensity weight is ``1 - (1-p)^(R+1)`` rather than 1: small f
 large, noticeable for rarely chosen arms with small ``R``.)
 
 The helpers are inlined (``inline="always"``) into each policy's ``_select``: a real call that
-passes arrays updates their reference counts, which measured 0.1–0.2 µs per decision.
+passes arrays updates their reference counts (0.1–0.2 µs per decision).
+
+The policy API, written once
+----------------------------
+A policy module declares ``State`` (a NamedTuple of its arrays, first axis = arm), two jitted
+kernels ``_select`` and ``_update``, and their references; :func:`policy_api` writes the rest
+for it: ``select``, ``update``, ``select_batch``, ``update_batch``, ``bind_select``,
+``bind_update``, the batch references, and the jitted ``_select_bound``, ``_select_batch`` and
+``_update_batch``.
+
+A kernel's parameter names say what it is given: the name of a ``State`` field is that array;
+any other name is one of :data:`SELECT_ARGS` / :data:`UPDATE_ARGS`, the public functions'
+argument of that name (in the batch forms ``context``, ``out``, ``arm`` and ``reward`` are row
+``i`` of ``contexts``, ``out``, ``arms``, ``rewards``). The generated functions pass exactly
+those, positionally: a Python call to a dispatcher types every argument, ~30–150 ns each, and a
+NamedTuple goes through Numba's slow path (~0.8 µs), so the fields are passed, never the
+``State``, and a kernel takes no argument it does not read. For Thompson sampling::
+
+    def select(*, state, params, eligible, context, t, selections, floor, burn_in, draws, rng, out):
+        return _select(state[0], state[1], state[2], state[3], params, eligible, selections,
+                       floor, burn_in, rng, out)
+
+    def _select_bound(bound, eligible, out):   # @njit: the server's per-decision kernel
+        state = bound.state
+        return _select(state[0], state[1], state[2], state[3], bound.params, eligible,
+                       bound.selections, bound.floor, bound.burn_in, bound.rng, out)
+
+(all of it is in :data:`GENERATED`). A public function's keyword arguments and the
+NamedTuple's indexing cost ~0.1 µs per Python call (CPython specialises neither); the server's
+per-request calls go through ``bind_select`` / ``bind_update``, whose calls pay neither.
+
+Why source text rather than closures over the kernel:
+Numba's on-disk cache keys a closure on its pickled cells, and a dispatcher pickles
+differently in every process, so a jitted closure is compiled again at every start (a new
+cache entry per run). Generated source is cached like hand-written code: it is compiled
+with the kernel's file as its file name and the kernel's first line as its line (Numba names a
+cache entry after module, function and line, and drops it when that file changes), in a
+namespace named after the kernel's module (which Numba imports to load it). As for every
+kernel, editing this module (or :mod:`kernels.rng`) needs the cache cleared (``make clean``).
 """
 
 from __future__ import annotations
 
-import numpy as np
-from numba import njit
+import ast
+import inspect
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
-from .config import JIT
+import numpy as np
+from numba import njit, types
+from numba.experimental import structref
+
+from .config import JIT, JIT_GIL
 from .rng import _randint, _uniform
 
 
@@ -239,35 +283,6 @@ def finalize_reference(scores, probs, eligible, selections, floor, burn_in, sour
     return floor + keep * float(probs[perm[0]])
 
 
-def compiled(kernel, *args):
-    """``kernel``'s machine code for arguments of exactly ``args``' types: the entry point its
-    dispatcher calls once it has typed every argument, found among the compiled
-    specialisations, loaded from the cache or compiled. The policies' ``bind_select`` take it
-    for a kernel of one structure (the state's arrays and scalars, typed in Python: slow) and
-    the per-call arrays. Nothing checks the types on the entry point's calls: only arguments
-    of these same types (dtype, dimensions, layout; a C-contiguous 1-D int64 array for an
-    int64 array given here) may be passed to it."""
-    return kernel.compile(tuple(kernel.typeof_pyval(a) for a in args))  # a known one if any
-
-
-def batch_select_reference(select_reference, state, params, eligible, contexts, t, selections,
-                           floor, burn_in, draws, source, out, propensity) -> None:
-    """Twin of every policy's ``select_batch``: row ``i`` of ``out`` / ``propensity`` is what
-    ``select_reference`` gives for ``contexts[i]`` after the decisions of rows ``< i`` were
-    counted in ``selections`` (so a batch equals the same decisions made one by one)."""
-    for i in range(out.shape[0]):
-        propensity[i] = select_reference(state, params, eligible, contexts[i], t, selections,
-                                         floor, burn_in, draws, source, out[i])
-        np.add.at(selections, out[i], 1)
-
-
-def batch_update_reference(update_reference, state, params, arms, rewards, contexts,
-                           discount) -> None:
-    """Twin of every policy's ``update_batch``: the updates applied in row order."""
-    for i in range(arms.shape[0]):
-        update_reference(state, params, int(arms[i]), float(rewards[i]), contexts[i], discount)
-
-
 def max_tie_probs_reference(scores: np.ndarray) -> np.ndarray:
     is_max = scores == scores.max()
     return is_max / is_max.sum()
@@ -278,3 +293,299 @@ def round_probs_reference(rounds: np.ndarray, scores: np.ndarray) -> np.ndarray:
     m = len(scores)
     wins = np.bincount(np.argmax(rounds, axis=1), minlength=m)
     return (wins + max_tie_probs_reference(scores)) / (len(rounds) + 1)
+
+
+# ------------------------------------------------------------------------------ the policy API
+
+SELECT_ARGS = ("params", "eligible", "context", "t", "selections", "floor", "burn_in", "draws",
+               "rng", "out")
+UPDATE_ARGS = ("params", "arm", "reward", "context", "discount")
+# select's arguments that change from one decision to the next: bind_select's ``call`` passes
+# them to the bound kernel, the other arguments are bound with the state
+_PER_CALL = ("eligible", "context", "t", "out")
+# the batch forms' arrays (one row per decision or reward) and the row a kernel gets from each
+_BATCH_NAMES = {"context": "contexts", "arm": "arms", "reward": "rewards"}
+_ROWS = {"context": "contexts[i]", "out": "out[i]", "arm": "arms[i]", "reward": "rewards[i]"}
+
+# names of the generated functions' arguments and locals: no State field may take one
+_RESERVED = {*SELECT_ARGS, *UPDATE_ARGS, *_BATCH_NAMES.values(), "propensity", "state", "bound",
+             "kernel", "call", "i"}
+
+GENERATED: dict[str, str] = {}  # "module.function" -> the source policy_api generated for it
+
+
+@structref.register
+class BoundSelectType(types.StructRef):
+    """Numba type of :class:`BoundSelect`."""
+
+
+class BoundSelect(structref.StructRefProxy):
+    """``bind_select``'s state arrays and scalars as one kernel argument: ``state`` (a tuple of
+    the arrays the policy's ``_select`` reads, in its parameter order), ``params``,
+    ``selections``, ``floor``, ``burn_in``, ``draws`` and ``rng``."""
+
+    def __new__(cls, state, params, selections, floor, burn_in, draws, rng):
+        return _new_bound(state, params, selections, floor, burn_in, draws, rng)
+
+
+structref.define_proxy(BoundSelect, BoundSelectType,
+                       ["state", "params", "selections", "floor", "burn_in", "draws", "rng"])
+
+
+@njit(**JIT)
+def _new_bound(state, params, selections, floor, burn_in, draws, rng):
+    return BoundSelect(state, params, selections, floor, burn_in, draws, rng)
+
+
+def compiled(kernel, *args):
+    """``kernel``'s machine code for arguments of exactly ``args``' types: the entry point its
+    dispatcher calls once it has typed every argument, found among the compiled
+    specialisations, loaded from the cache or compiled. ``bind_select`` takes it for the
+    bound kernel (a :class:`BoundSelect`, typed in Python: slow) and the per-call arrays.
+    Nothing checks the types on the entry point's calls: only arguments of these same types
+    (dtype, dimensions, layout; a C-contiguous 1-D int64 array for an int64 array given here)
+    may be passed to it."""
+    return kernel.compile(tuple(kernel.typeof_pyval(a) for a in args))  # a known one if any
+
+
+class PolicyAPI(NamedTuple):
+    """What :func:`policy_api` writes for a policy (its module binds each to the same name,
+    the three jitted kernels with a leading underscore)."""
+
+    select: Callable[..., float]
+    update: Callable[..., None]
+    select_batch: Callable[..., None]
+    update_batch: Callable[..., None]
+    bind_select: Callable[..., Callable[..., float]]
+    bind_update: Callable[..., Callable[..., None]]
+    select_batch_reference: Callable[..., None]
+    update_batch_reference: Callable[..., None]
+    select_bound_kernel: Any
+    select_batch_kernel: Any
+    update_batch_kernel: Any
+
+
+def policy_api(state_type: type, select_kernel: Any, update_kernel: Any,
+               select_reference: Callable[..., float],
+               update_reference: Callable[..., None]) -> PolicyAPI:
+    """The API of the policy whose state is ``state_type`` (a NamedTuple of arrays) and whose
+    jitted kernels are ``select_kernel`` and ``update_kernel`` (see the module docstring:
+    their parameter names say what each is given)."""
+    fields = state_type._fields  # type: ignore[attr-defined]
+    clash = set(fields) & _RESERVED
+    if clash:
+        raise TypeError(f"{state_type.__qualname__} fields {sorted(clash)} are names the "
+                        "generated functions use")
+    select_names = _parameters(select_kernel, fields, SELECT_ARGS,
+                               ("eligible", "selections", "out"))
+    update_names = _parameters(update_kernel, fields, UPDATE_ARGS, ("arm",))
+    select_bound, select_batch_kernel = _select_kernels(select_kernel, select_names, fields)
+    update_batch_kernel = _update_kernels(update_kernel, update_names)
+    module = select_kernel.py_func.__module__
+
+    def state_arg(name: str) -> str:  # the Python functions take the whole State
+        return f"state[{fields.index(name)}]" if name in fields else name
+
+    bound_state = [state_arg(n) for n in select_names if n in fields]
+    bound_tuple = ", ".join(bound_state) + ("," if len(bound_state) == 1 else "")
+    per_call = ", ".join(n for n in select_names if n in _PER_CALL)
+    batch_select = [_BATCH_NAMES.get(n, n) for n in select_names] + ["propensity"]
+    batch_update = [_BATCH_NAMES.get(n, n) for n in update_names]
+    update_fields = [n for n in update_names if n in fields]
+    sources = {
+        "select": (select_kernel, f"""\
+def select(*, state, params, eligible, context, t, selections, floor, burn_in, draws, rng, out):
+    return _select({_call(select_names, state_arg)})
+"""),
+        "update": (update_kernel, f"""\
+def update(*, state, params, arm, reward, context, discount):
+    _update({_call(update_names, state_arg)})
+"""),
+        "select_batch": (select_kernel, f"""\
+def select_batch(*, state, params, eligible, contexts, t, selections, floor, burn_in, draws, rng,
+                 out, propensity):
+    _select_batch({_call(batch_select, state_arg)})
+"""),
+        "update_batch": (update_kernel, f"""\
+def update_batch(*, state, params, arms, rewards, contexts, discount):
+    _update_batch({_call(batch_update, state_arg)})
+"""),
+        "bind_update": (update_kernel, f"""\
+def bind_update(*, state, params, discount):
+{"".join(f"    {n} = {state_arg(n)}{chr(10)}" for n in update_fields)}
+    def call(arm, reward, context):
+        _update({_call(update_names, lambda n: n)})
+
+    return call
+"""),
+        "bind_select": (select_kernel, f"""\
+def bind_select(*, state, params, selections, floor, burn_in, draws, rng, eligible, context, t,
+                out):
+    bound = BoundSelect(({bound_tuple}), params, selections, floor, burn_in, draws, rng)
+    kernel = compiled(_select_bound, bound, {per_call})
+
+    def call(eligible, context, t, out):
+        return kernel(bound, {per_call})
+
+    return call
+"""),
+    }
+    namespace = {"_select": select_kernel, "_update": update_kernel, "_select_bound": select_bound,
+                 "_select_batch": select_batch_kernel, "_update_batch": update_batch_kernel,
+                 "BoundSelect": BoundSelect, "compiled": compiled}
+    functions = {}
+    for name, (kernel, source) in sources.items():
+        fn = _define(name, source, kernel, namespace, module)
+        fn.__doc__ = _DOCS[name]
+        functions[name] = fn
+    select_batch_reference, update_batch_reference = _batch_references(
+        select_reference, update_reference, module)
+    return PolicyAPI(functions["select"], functions["update"], functions["select_batch"],
+                     functions["update_batch"], functions["bind_select"],
+                     functions["bind_update"], select_batch_reference, update_batch_reference,
+                     select_bound, select_batch_kernel, update_batch_kernel)
+
+
+def _parameters(kernel: Any, fields: tuple[str, ...], allowed: tuple[str, ...],
+                required: tuple[str, ...]) -> tuple[str, ...]:
+    """``kernel``'s parameter names, checked: each a state field or one of ``allowed``."""
+    names = tuple(inspect.signature(kernel.py_func).parameters)
+    unknown = [n for n in names if n not in fields and n not in allowed]
+    missing = [n for n in required if n not in names]
+    if unknown or missing:
+        raise TypeError(
+            f"{kernel.py_func.__module__}.{kernel.py_func.__qualname__}: parameters {unknown} are "
+            f"neither state fields {fields} nor among {allowed}; missing {missing}")
+    return names
+
+
+def _call(names, arg: Callable[[str], str]) -> str:
+    return ", ".join(arg(n) for n in names)
+
+
+# the jitted functions generated for a select / update kernel (policies sharing a kernel share them)
+_SELECT_KERNELS: dict[Any, tuple[Any, Any]] = {}
+_UPDATE_KERNELS: dict[Any, Any] = {}
+
+
+def _select_kernels(kernel: Any, names: tuple[str, ...], fields: tuple[str, ...]) -> tuple:
+    """The jitted ``_select_bound`` and ``_select_batch`` of a select kernel (once per kernel:
+    their source depends only on its parameter names)."""
+    if kernel not in _SELECT_KERNELS:
+        bound_fields = [n for n in names if n in fields]
+
+        def bound_arg(name: str) -> str:
+            if name in fields:
+                return f"state[{bound_fields.index(name)}]"
+            return name if name in _PER_CALL else f"bound.{name}"
+
+        per_call = ", ".join(n for n in names if n in _PER_CALL)
+        batch = ", ".join([_BATCH_NAMES.get(n, n) for n in names] + ["propensity"])
+        bound = f"""\
+def _select_bound(bound, {per_call}):
+    state = bound.state
+    return _select({_call(names, bound_arg)})
+"""
+        loop = f"""\
+def _select_batch({batch}):
+    for i in range(out.shape[0]):
+        propensity[i] = _select({_call(names, lambda n: _ROWS.get(n, n))})
+        _count_selections(selections, out[i])
+"""
+        module = kernel.py_func.__module__
+        namespace = {"_select": kernel, "_count_selections": _count_selections}
+        _SELECT_KERNELS[kernel] = (
+            njit(**JIT_GIL)(_define("_select_bound", bound, kernel, namespace, module)),
+            njit(**JIT)(_define("_select_batch", loop, kernel, namespace, module)))
+    return _SELECT_KERNELS[kernel]
+
+
+def _update_kernels(kernel: Any, names: tuple[str, ...]) -> Any:
+    """The jitted ``_update_batch`` of an update kernel (once per kernel)."""
+    if kernel not in _UPDATE_KERNELS:
+        batch = ", ".join(_BATCH_NAMES.get(n, n) for n in names)
+        loop = f"""\
+def _update_batch({batch}):
+    for i in range(arms.shape[0]):
+        _update({_call(names, lambda n: _ROWS.get(n, n))})
+"""
+        module = kernel.py_func.__module__
+        namespace = {"_update": kernel}
+        _UPDATE_KERNELS[kernel] = njit(**JIT)(_define("_update_batch", loop, kernel, namespace,
+                                                      module))
+    return _UPDATE_KERNELS[kernel]
+
+
+def _define(name: str, source: str, kernel: Any, namespace: dict, module: str) -> Any:
+    """Compile ``source`` (defining ``name``) as if written at ``kernel``'s first line, in its
+    file, in a namespace named ``module`` (see the module docstring: what Numba's cache needs)."""
+    code = kernel.py_func.__code__
+    tree = ast.parse(source)
+    ast.increment_lineno(tree, code.co_firstlineno - 1)
+    scope = {"__name__": module, **namespace}
+    exec(compile(tree, code.co_filename, "exec"), scope)
+    GENERATED[f"{module}.{name}"] = source
+    return scope[name]
+
+
+def _batch_references(select_reference: Callable[..., float],
+                      update_reference: Callable[..., None], module: str) -> tuple:
+    """The batch references: ``select_reference`` / ``update_reference`` row by row."""
+
+    def select_batch_reference(*, state, params, eligible, contexts, t, selections, floor,
+                               burn_in, draws, source, out, propensity) -> None:
+        for i in range(out.shape[0]):
+            propensity[i] = select_reference(
+                state=state, params=params, eligible=eligible, context=contexts[i], t=t,
+                selections=selections, floor=floor, burn_in=burn_in, draws=draws, source=source,
+                out=out[i])
+            np.add.at(selections, out[i], 1)
+
+    def update_batch_reference(*, state, params, arms, rewards, contexts, discount) -> None:
+        for i in range(arms.shape[0]):
+            update_reference(state=state, params=params, arm=int(arms[i]),
+                             reward=float(rewards[i]), context=contexts[i], discount=discount)
+
+    for fn in (select_batch_reference, update_batch_reference):
+        fn.__module__ = module
+        fn.__qualname__ = fn.__name__
+        fn.__doc__ = _DOCS[fn.__name__]
+    return select_batch_reference, update_batch_reference
+
+
+_DOCS = {
+    "select": """Fill ``out`` (arm positions, best first) and return the propensity of ``out[0]``.
+
+    ``state`` is the policy's ``State``, ``params`` float64 in ``PARAM_NAMES`` order,
+    ``eligible`` int64 arm positions, ``context`` float64[d] (empty when not contextual), ``t``
+    the updates so far, ``selections`` int64 decisions per arm (burn-in), ``floor`` the
+    exploration floor (a probability per eligible arm), ``burn_in`` the decisions each arm
+    gets first, ``draws`` the Monte-Carlo rounds of an estimated propensity, ``rng`` the
+    uint64[4] random state (advanced in place). Scalars are passed through as given (the
+    server's types: ``floor`` float, ``t``, ``burn_in`` and ``draws`` int); other types compile
+    another specialisation. Only what the policy's ``_select`` names is passed to it.""",
+    "update": """Learn one ``reward`` of arm position ``arm`` (with ``context`` when
+    contextual); ``discount`` < 1 first shrinks every arm's statistics (non-contextual
+    policies only).""",
+    "select_batch": """Decide ``out.shape[0]`` times in one call: row ``i`` of ``out`` (arm
+    positions, best first) and ``propensity[i]`` for ``contexts[i]`` (``(rows, d)`` float64),
+    each slate counted in ``selections`` before the next decision: the same decisions, draw
+    for draw, as :func:`select` row by row with the slate counted in between.""",
+    "update_batch": """Apply :func:`update` for each row (``arms[i]``, ``rewards[i]``,
+    ``contexts[i]``) in order, in one call.""",
+    "bind_select": """:func:`select` for this state, these scalars and per-call arguments of
+    the types of the ``eligible``, ``context``, ``t`` and ``out`` given: ``call(eligible,
+    context, t, out)`` returns what ``select`` would, the state's arrays and scalars passed
+    as one :class:`kernels.common.BoundSelect` to a kernel typed once
+    (:func:`kernels.common.compiled`; the server's per-decision call). The arrays are bound,
+    not copied: updates in place are seen; a replaced array needs a new binding.""",
+    "bind_update": """:func:`update` for this state, ``params`` and ``discount``:
+    ``call(arm, reward, context)`` does what ``update`` would, with the state's arrays taken
+    once here (the server's per-reward call: positional, no argument matching). The arrays
+    are bound, not copied: a replaced array needs a new binding.""",
+    "select_batch_reference": """Twin of ``select_batch``: row ``i`` of ``out`` /
+    ``propensity`` is what ``select_reference`` gives for ``contexts[i]`` after the decisions
+    of rows ``< i`` were counted in ``selections``.""",
+    "update_batch_reference": """Twin of ``update_batch``: ``update_reference`` row by
+    row.""",
+}

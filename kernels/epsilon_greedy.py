@@ -5,42 +5,41 @@ scores are ``m`` uniform draws (eligible order), i.e. a uniformly random ranking
 scores are the empirical means (0 for untried arms). Then ``_finalize``.
 
 The propensity is exact: ``eps_t/m + (1 - eps_t) * [arm is a greedy argmax] / (greedy ties)``.
+State, update, aggregates and rewards are those of :mod:`kernels.ucb1`.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, types
-from numba.experimental import structref
+from numba import njit
 
 from .common import (
-    _count_selections,
     _finalize,
     _max_tie_probs,
-    batch_select_reference,
-    batch_update_reference,
-    compiled,
     finalize_reference,
     max_tie_probs_reference,
+    policy_api,
 )
-from .config import JIT, JIT_GIL
+from .config import JIT
 from .rng import _uniform
-from .ucb1 import _count_summary, _update, _update_batch
-from .ucb1 import add_aggregate as add_aggregate  # same state layout (n, reward_sum)
-from .ucb1 import update_reference as _ucb1_update_reference
+from .ucb1 import (  # same state layout (n, reward_sum), update and aggregates as UCB1
+    CACHE_FIELDS,
+    REWARDS,
+    State,
+    _count_summary,
+    _update,
+    add_aggregate,
+    new_state,
+    update_reference,
+)
 
 NAME = "epsilon_greedy"
-PARAM_NAMES = ("epsilon", "decay")
+PARAM_NAMES = ("epsilon", "decay")  # exploration probability at t = 0, its decay per update
+EXAMPLE_PARAMS = (0.2, 0.01)
 CONTEXTUAL = False
 ESTIMATED_PROPENSITY = False
-CACHE_ARRAYS: tuple[int, ...] = ()  # no derived caches in the state
 
-
-def new_state(
-    num_arms: int, dim: int, params: np.ndarray, draws: int = 32
-) -> tuple[np.ndarray, ...]:
-    """Zero counts and reward sums (``dim`` and ``draws`` are unused)."""
-    return (np.zeros(num_arms), np.zeros(num_arms))
+__all__ = ["CACHE_FIELDS", "REWARDS", "State", "add_aggregate", "new_state", "update_reference"]
 
 
 @njit(**JIT)
@@ -63,90 +62,9 @@ def _select(counts, reward_sum, params, eligible, t, selections, floor, burn_in,
     return _finalize(scores, probs, eligible, selections, floor, burn_in, rng, out)
 
 
-@njit(**JIT)
-def _select_batch(counts, reward_sum, params, eligible, t, selections, floor, burn_in, rng, out,
-                  propensity):
-    for i in range(out.shape[0]):
-        propensity[i] = _select(counts, reward_sum, params, eligible, t, selections, floor,
-                                burn_in, rng, out[i])
-        _count_selections(selections, out[i])
-
-
-@structref.register
-class _BoundType(types.StructRef):
-    """:func:`bind_select`'s arrays and scalars as one kernel argument."""
-
-
-class _Bound(structref.StructRefProxy):
-    def __new__(cls, *fields):
-        return _new_bound(*fields)  # compiled once, then loaded from the cache
-
-
-structref.define_proxy(_Bound, _BoundType, ["counts", "reward_sum", "params", "selections", "floor",
-                                            "burn_in", "rng"])
-
-
-@njit(**JIT)
-def _new_bound(counts, reward_sum, params, selections, floor, burn_in, rng):
-    return _Bound(counts, reward_sum, params, selections, floor, burn_in, rng)
-
-
-@njit(**JIT_GIL)
-def _select_bound(b, eligible, t, out):
-    return _select(b.counts, b.reward_sum, b.params, eligible, t, b.selections, b.floor, b.burn_in,
-                   b.rng, out)
-
-
-def bind_select(state, params, selections, floor, burn_in, draws, rng, eligible, context, t, out):
-    """:func:`select` for this state, these scalars and per-call arguments of the types of
-    the ``eligible``, ``context``, ``t`` and ``out`` given: ``call(eligible, context, t, out)``
-    returns what ``select`` would, the state's arrays and scalars passed as one structure
-    and the kernel typed once (:func:`kernels.common.compiled`; the server's hot path)."""
-    bound = _Bound(state[0], state[1], params, selections, floor, burn_in, rng)
-    kernel = compiled(_select_bound, bound, eligible, t, out)
-
-    def call(eligible, context, t, out):
-        return kernel(bound, eligible, t, out)
-
-    return call
-
-
-def select(state, params, eligible, context, t, selections, floor, burn_in, draws, rng, out):
-    """Fill ``out`` (arm positions, best first) and return the propensity of ``out[0]``.
-
-    Scalars are passed through as given (the server's types: ``t`` and ``burn_in`` int,
-    ``floor`` float).
-    """
-    return _select(state[0], state[1], params, eligible, t, selections, floor, burn_in, rng, out)
-
-
-def update(state, params, arm, reward, context, discount) -> None:
-    _update(state[0], state[1], arm, reward, discount)
-
-
-def select_batch(state, params, eligible, contexts, t, selections, floor, burn_in, draws, rng,
-                 out, propensity) -> None:
-    """Decide ``out.shape[0]`` times in one call: row ``i`` of ``out`` (arm positions, best first)
-    and ``propensity[i]`` for ``contexts[i]``, each decision counted in ``selections`` before the
-    next: the same decisions, draw for draw, as :func:`select` row by row with the slate counted
-    in between (see :mod:`kernels.thompson`)."""
-    _select_batch(state[0], state[1], params, eligible, t, selections, floor, burn_in, rng, out,
-                  propensity)
-
-
-def update_batch(state, params, arms, rewards, contexts, discount) -> None:
-    """Apply :func:`update` for each row (``arms[i]``, ``rewards[i]``, ``contexts[i]``) in order."""
-    _update_batch(state[0], state[1], arms, rewards, discount)
-
-
-def update_reference(state, params, arm, reward, context, discount) -> None:
-    _ucb1_update_reference(state, params, arm, reward, context, discount)
-
-
-def select_reference(
-    state, params, eligible, context, t, selections, floor, burn_in, draws, source, out
-) -> float:
-    counts, reward_sum = state
+def select_reference(*, state: State, params, eligible, context, t, selections, floor, burn_in,
+                     draws, source, out) -> float:
+    counts, reward_sum = state.counts, state.reward_sum
     m = len(eligible)
     eps = params[0] / (1.0 + params[1] * t)
     explore = source.uniform() < eps
@@ -157,21 +75,19 @@ def select_reference(
     return finalize_reference(scores, probs, eligible, selections, floor, burn_in, source, out)
 
 
-def select_batch_reference(state, params, eligible, contexts, t, selections, floor, burn_in,
-                           draws, source, out, propensity) -> None:
-    batch_select_reference(select_reference, state, params, eligible, contexts, t, selections,
-                           floor, burn_in, draws, source, out, propensity)
-
-
-def update_batch_reference(state, params, arms, rewards, contexts, discount) -> None:
-    batch_update_reference(update_reference, state, params, arms, rewards, contexts, discount)
-
-
-def summary(state, params, binary: bool) -> dict[str, np.ndarray]:
+def summary(*, state: State, params, binary: bool) -> dict[str, np.ndarray]:
     """Greedy score (empirical mean) per arm, plus the binary posterior of :mod:`kernels.ucb1`."""
-    n, total = state
+    n, total = state.counts, state.reward_sum
     return _count_summary(n, total, _scores_reference(n, total, params), binary)
+
 
 def _scores_reference(n: np.ndarray, total: np.ndarray, params: np.ndarray) -> np.ndarray:
     """Empirical mean reward (0 for untried arms), the greedy score."""
     return np.divide(total, n, out=np.zeros_like(total), where=n > 0)
+
+
+# select, update, their batch and bound forms and the batch references: the same for every
+# policy, written once in kernels.common and generated from State and the functions above.
+(select, update, select_batch, update_batch, bind_select, bind_update, select_batch_reference,
+ update_batch_reference, _select_bound, _select_batch, _update_batch) = policy_api(
+    State, _select, _update, select_reference, update_reference)

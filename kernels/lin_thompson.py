@@ -16,48 +16,36 @@ reusing each arm's mean and standard deviation. The rounds depend on the context
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, types
-from numba.experimental import structref
+from numba import njit
 
-from .common import (
-    _count_selections,
-    _finalize,
-    _round_probs,
-    batch_select_reference,
-    compiled,
-    finalize_reference,
-    round_probs_reference,
-)
-from .config import JIT, JIT_GIL
-from .lin_ucb import (  # same state, update and (absent) aggregates as LinUCB
+from .common import _finalize, _round_probs, finalize_reference, policy_api, round_probs_reference
+from .config import JIT
+from .lin_ucb import (  # same state, update and (absent) aggregates and summary as LinUCB
+    CACHE_FIELDS,
+    REWARDS,
+    State,
     _means_widths,
     _update,
+    add_aggregate,
     mean_width_reference,
     new_state,
-    update_batch,
-    update_batch_reference,
+    summary,
     update_reference,
-)
-from .lin_ucb import (
-    add_aggregate as add_aggregate,
-)
-from .lin_ucb import (
-    summary as summary,
 )
 from .rng import _normal, _normals_into
 
 NAME = "lin_thompson"
-PARAM_NAMES = ("v", "ridge")
+PARAM_NAMES = ("v", "ridge")  # posterior scale; ridge (prior precision) of A
+EXAMPLE_PARAMS = (0.5, 1.5)
 CONTEXTUAL = True
 ESTIMATED_PROPENSITY = True
-CACHE_ARRAYS: tuple[int, ...] = ()  # no derived caches in the state (contexts differ)
 
-__all__ = ["new_state", "select", "update", "select_reference", "update_reference",
-           "select_batch", "update_batch", "select_batch_reference", "update_batch_reference"]
+__all__ = ["CACHE_FIELDS", "REWARDS", "State", "add_aggregate", "new_state", "summary",
+           "update_reference"]
 
 
 @njit(**JIT)
-def _select(a_inv, theta, params, eligible, x, selections, floor, burn_in, draws, rng, out):
+def _select(a_inv, theta, params, eligible, context, selections, floor, burn_in, draws, rng, out):
     m = eligible.shape[0]
     v = params[0]
     rounds = draws if m > 1 else 0
@@ -66,7 +54,7 @@ def _select(a_inv, theta, params, eligible, x, selections, floor, burn_in, draws
     sd = buf[m:2 * m]
     scores = buf[2 * m:3 * m]
     probs = buf[3 * m:4 * m]
-    _means_widths(a_inv, theta, eligible, x, mean, sd)
+    _means_widths(a_inv, theta, eligible, context, mean, sd)
     for j in range(m):
         sd[j] *= v
         scores[j] = mean[j] + sd[j] * _normal(rng)
@@ -89,82 +77,8 @@ def _select(a_inv, theta, params, eligible, x, selections, floor, burn_in, draws
     return _finalize(scores, probs, eligible, selections, floor, burn_in, rng, out)
 
 
-@njit(**JIT)
-def _select_batch(a_inv, theta, params, eligible, contexts, selections, floor, burn_in, draws, rng,
-                  out, propensity):
-    for i in range(out.shape[0]):
-        propensity[i] = _select(a_inv, theta, params, eligible, contexts[i], selections, floor,
-                                burn_in, draws, rng, out[i])
-        _count_selections(selections, out[i])
-
-
-@structref.register
-class _BoundType(types.StructRef):
-    """:func:`bind_select`'s arrays and scalars as one kernel argument."""
-
-
-class _Bound(structref.StructRefProxy):
-    def __new__(cls, *fields):
-        return _new_bound(*fields)  # compiled once, then loaded from the cache
-
-
-structref.define_proxy(_Bound, _BoundType, ["a_inv", "theta", "params", "selections", "floor",
-                                            "burn_in", "draws", "rng"])
-
-
-@njit(**JIT)
-def _new_bound(a_inv, theta, params, selections, floor, burn_in, draws, rng):
-    return _Bound(a_inv, theta, params, selections, floor, burn_in, draws, rng)
-
-
-@njit(**JIT_GIL)
-def _select_bound(b, eligible, x, out):
-    return _select(b.a_inv, b.theta, b.params, eligible, x, b.selections, b.floor, b.burn_in,
-                   b.draws, b.rng, out)
-
-
-def bind_select(state, params, selections, floor, burn_in, draws, rng, eligible, context, t, out):
-    """:func:`select` for this state, these scalars and per-call arguments of the types of
-    the ``eligible``, ``context``, ``t`` and ``out`` given: ``call(eligible, context, t, out)``
-    returns what ``select`` would, the state's arrays and scalars passed as one structure
-    and the kernel typed once (:func:`kernels.common.compiled`; the server's hot path)."""
-    bound = _Bound(state[0], state[2], params, selections, floor, burn_in, draws, rng)
-    kernel = compiled(_select_bound, bound, eligible, context, out)
-
-    def call(eligible, context, t, out):
-        return kernel(bound, eligible, context, out)
-
-    return call
-
-
-def select(state, params, eligible, context, t, selections, floor, burn_in, draws, rng, out):
-    """Fill ``out`` (arm positions, best first) and return the propensity of ``out[0]``.
-
-    Scalars are passed through as given (the server's types: ``floor`` float, ``burn_in`` and
-    ``draws`` int).
-    """
-    return _select(state[0], state[2], params, eligible, context, selections, floor, burn_in,
-                   draws, rng, out)
-
-
-def update(state, params, arm, reward, context, discount) -> None:
-    """Add one (context, reward) observation to ``arm``; ``discount`` is ignored."""
-    _update(state[0], state[1], state[2], arm, reward, context)
-
-
-def select_batch(state, params, eligible, contexts, t, selections, floor, burn_in, draws, rng,
-                 out, propensity) -> None:
-    """Decide ``out.shape[0]`` times in one call: row ``i`` of ``out`` (arm positions, best first)
-    and ``propensity[i]`` for ``contexts[i]``, each decision counted in ``selections`` before the
-    next: the same decisions, draw for draw, as :func:`select` row by row with the slate counted
-    in between (see :mod:`kernels.thompson`)."""
-    _select_batch(state[0], state[2], params, eligible, contexts, selections, floor, burn_in,
-                  draws, rng, out, propensity)
-
-
-def select_reference(
-    state, params, eligible, context, t, selections, floor, burn_in, draws, source, out
-) -> float:
+def select_reference(*, state: State, params, eligible, context, t, selections, floor, burn_in,
+                     draws, source, out) -> float:
     mu, width = mean_width_reference(state, eligible, context)
     sd = params[0] * width
     m = len(eligible)
@@ -177,7 +91,8 @@ def select_reference(
     return finalize_reference(scores, probs, eligible, selections, floor, burn_in, source, out)
 
 
-def select_batch_reference(state, params, eligible, contexts, t, selections, floor, burn_in,
-                           draws, source, out, propensity) -> None:
-    batch_select_reference(select_reference, state, params, eligible, contexts, t, selections,
-                           floor, burn_in, draws, source, out, propensity)
+# select, update, their batch and bound forms and the batch references: the same for every
+# policy, written once in kernels.common and generated from State and the functions above.
+(select, update, select_batch, update_batch, bind_select, bind_update, select_batch_reference,
+ update_batch_reference, _select_bound, _select_batch, _update_batch) = policy_api(
+    State, _select, _update, select_reference, update_reference)

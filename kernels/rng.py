@@ -1,10 +1,29 @@
 """Per-experiment reproducible random numbers: xoshiro256** with state in ``uint64[4]``.
 
-The jitted helpers (``_next_u64``, ``_uniform``, ``_normal``, ``_normals_into``, ``_gamma``,
-``_beta``, ``_randint``) mutate the state array in place. :class:`Xoshiro` is a pure-Python port
-that produces the identical stream (the NumPy references use it to reproduce kernel decisions
-exactly); :class:`NumpyDraws` wraps ``np.random.Generator`` with the same method names for the
-fast, vectorised references used by the benchmark and distribution tests.
+Why a hand-written generator rather than NumPy's or Numba's:
+
+* **Kernels and references draw the same numbers.** The kernel tests compare every decision of a
+  kernel with its plain-Python/NumPy reference draw for draw, and the propensity to 1e-9, so the
+  reference needs the kernel's exact stream and sampling formulas. :class:`Xoshiro` below is
+  that stream in pure Python. Numba's ``np.random`` inside a kernel is its own per-thread
+  Mersenne Twister, and NumPy's ``Generator`` distributions may change between NumPy versions
+  (NEP 19): neither can be reproduced outside the kernel.
+* **One stream per experiment, seedable and saved with it.** The state is a plain
+  ``uint64[4]`` array seeded from the experiment's ``seed`` (:func:`seed_state`): the server
+  keeps it beside the other state arrays, snapshots it as an array, and the same seed gives the
+  same decisions. Numba's global generator has one state per thread, not per experiment.
+* **Jumpable.** :func:`jump_state` advances a stream by 2**128 draws, so worker processes
+  serving the same experiment draw from non-overlapping streams of one seed.
+* **Usable inside ``nogil`` jitted code.** The helpers take the state array and mutate it in
+  place: no Python object (a ``Generator`` or its BitGenerator) crosses into the kernel, they are
+  inlined into each kernel, and :func:`_normals_into` keeps the state in registers.
+
+Hence only: seeding and jumping (Python), the jitted draws the kernels use (``_next_u64``,
+``_uniform``, ``_randint``, ``_normal``, ``_normals_into``, ``_gamma``, ``_beta``, each mutating
+the state in place), :class:`Xoshiro` (the identical stream in pure Python, for the references
+and the tests) and :class:`NumpyDraws` (``np.random.Generator`` behind the method names the
+references call: fast and vectorised but not the same stream, for the benchmark's reference
+timings and the distribution tests).
 
 Exact formulas (both implementations):
 
@@ -408,10 +427,6 @@ class Xoshiro:
             flat[i] = self.normal()
         return out
 
-    def gammas(self, shape: np.ndarray) -> np.ndarray:
-        shape = np.asarray(shape, dtype=np.float64)
-        return np.array([self.gamma(k) for k in shape.ravel()]).reshape(shape.shape)
-
     def betas(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         a, b = np.broadcast_arrays(np.asarray(a, np.float64), np.asarray(b, np.float64))
         vals = [self.beta(x, y) for x, y in zip(a.ravel(), b.ravel(), strict=True)]
@@ -434,8 +449,9 @@ class Xoshiro:
 
 
 class NumpyDraws:
-    """``np.random.Generator`` behind the same method names as :class:`Xoshiro` (fast, not
-    stream-identical: for distribution tests and the benchmark's reference timings)."""
+    """``np.random.Generator`` behind the method names the references call on a source, as
+    :class:`Xoshiro` has them (fast, not stream-identical: for distribution tests and the
+    benchmark's reference timings; the allocation references use ``gen`` directly)."""
 
     def __init__(self, seed: int | None = None) -> None:
         self.gen = np.random.default_rng(seed)
@@ -446,23 +462,11 @@ class NumpyDraws:
     def randint(self, n: int) -> int:
         return int(self.gen.random() * n)
 
-    def normal(self) -> float:
-        return float(self.gen.standard_normal())
-
-    def gamma(self, shape: float) -> float:
-        return float(self.gen.standard_gamma(shape))
-
-    def beta(self, a: float, b: float) -> float:
-        return float(self.gen.beta(a, b))
-
     def uniforms(self, n: int | tuple[int, ...]) -> np.ndarray:
         return self.gen.random(n)
 
     def normals(self, n: int | tuple[int, ...]) -> np.ndarray:
         return self.gen.standard_normal(n)
-
-    def gammas(self, shape: np.ndarray) -> np.ndarray:
-        return self.gen.standard_gamma(shape)
 
     def betas(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return self.gen.beta(a, b)

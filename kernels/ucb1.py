@@ -3,40 +3,45 @@
 Untried arms (``n == 0``) score +inf, so ``_finalize`` tries them first in random order. When
 discounting makes ``N < 1``, ``ln N`` is clamped at 0. The policy is deterministic given the
 state, so probs = ``1 / ties`` for the arms sharing the maximum score and 0 otherwise (exact).
+Rewards are any real numbers (their sum per arm is kept).
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
-from numba import njit, types
-from numba.experimental import structref
+from numba import njit
 
 from .common import (
-    _count_selections,
     _finalize,
     _max_tie_probs,
-    batch_select_reference,
-    batch_update_reference,
-    compiled,
     finalize_reference,
     max_tie_probs_reference,
+    policy_api,
 )
-from .config import JIT, JIT_GIL
+from .config import JIT
 
 NAME = "ucb1"
-PARAM_NAMES = ("c",)
+PARAM_NAMES = ("c",)  # exploration weight of the confidence width
+EXAMPLE_PARAMS = (0.7,)
 CONTEXTUAL = False
 ESTIMATED_PROPENSITY = False
-CACHE_ARRAYS: tuple[int, ...] = ()  # no derived caches in the state
+REWARDS = "real"
 
 
-def new_state(
-    num_arms: int, dim: int, params: np.ndarray, draws: int = 32
-) -> tuple[np.ndarray, ...]:
+class State(NamedTuple):
+    counts: np.ndarray  # [K] rewards learned (discounted)
+    reward_sum: np.ndarray  # [K] their sum
+
+
+CACHE_FIELDS: tuple[str, ...] = ()  # no derived caches in the state
+
+
+def new_state(*, num_arms: int, dim: int, params: np.ndarray, draws: int = 32) -> State:
     """Zero counts and reward sums (``dim`` and ``draws`` are unused)."""
-    return (np.zeros(num_arms), np.zeros(num_arms))
+    return State(np.zeros(num_arms), np.zeros(num_arms))
 
 
 @njit(**JIT)
@@ -61,15 +66,6 @@ def _select(counts, reward_sum, params, eligible, selections, floor, burn_in, rn
 
 
 @njit(**JIT)
-def _select_batch(counts, reward_sum, params, eligible, selections, floor, burn_in, rng, out,
-                  propensity):
-    for i in range(out.shape[0]):
-        propensity[i] = _select(counts, reward_sum, params, eligible, selections, floor, burn_in,
-                                rng, out[i])
-        _count_selections(selections, out[i])
-
-
-@njit(**JIT)
 def _update(counts, reward_sum, arm, reward, discount):
     if discount < 1.0:
         for i in range(counts.shape[0]):
@@ -79,82 +75,9 @@ def _update(counts, reward_sum, arm, reward, discount):
     reward_sum[arm] += reward
 
 
-@njit(**JIT)
-def _update_batch(counts, reward_sum, arms, rewards, discount):
-    for i in range(arms.shape[0]):
-        _update(counts, reward_sum, arms[i], rewards[i], discount)
-
-
-@structref.register
-class _BoundType(types.StructRef):
-    """:func:`bind_select`'s arrays and scalars as one kernel argument."""
-
-
-class _Bound(structref.StructRefProxy):
-    def __new__(cls, *fields):
-        return _new_bound(*fields)  # compiled once, then loaded from the cache
-
-
-structref.define_proxy(_Bound, _BoundType, ["counts", "reward_sum", "params", "selections", "floor",
-                                            "burn_in", "rng"])
-
-
-@njit(**JIT)
-def _new_bound(counts, reward_sum, params, selections, floor, burn_in, rng):
-    return _Bound(counts, reward_sum, params, selections, floor, burn_in, rng)
-
-
-@njit(**JIT_GIL)
-def _select_bound(b, eligible, out):
-    return _select(b.counts, b.reward_sum, b.params, eligible, b.selections, b.floor, b.burn_in,
-                   b.rng, out)
-
-
-def bind_select(state, params, selections, floor, burn_in, draws, rng, eligible, context, t, out):
-    """:func:`select` for this state, these scalars and per-call arguments of the types of
-    the ``eligible``, ``context``, ``t`` and ``out`` given: ``call(eligible, context, t, out)``
-    returns what ``select`` would, the state's arrays and scalars passed as one structure
-    and the kernel typed once (:func:`kernels.common.compiled`; the server's hot path)."""
-    bound = _Bound(state[0], state[1], params, selections, floor, burn_in, rng)
-    kernel = compiled(_select_bound, bound, eligible, out)
-
-    def call(eligible, context, t, out):
-        return kernel(bound, eligible, out)
-
-    return call
-
-
-def select(state, params, eligible, context, t, selections, floor, burn_in, draws, rng, out):
-    """Fill ``out`` (arm positions, best first) and return the propensity of ``out[0]``.
-
-    Scalars are passed through as given (the server's types: ``floor`` float, ``burn_in`` int).
-    """
-    return _select(state[0], state[1], params, eligible, selections, floor, burn_in, rng, out)
-
-
-def update(state, params, arm, reward, context, discount) -> None:
-    _update(state[0], state[1], arm, reward, discount)
-
-
-def select_batch(state, params, eligible, contexts, t, selections, floor, burn_in, draws, rng,
-                 out, propensity) -> None:
-    """Decide ``out.shape[0]`` times in one call: row ``i`` of ``out`` (arm positions, best first)
-    and ``propensity[i]`` for ``contexts[i]``, each decision counted in ``selections`` before the
-    next: the same decisions, draw for draw, as :func:`select` row by row with the slate counted
-    in between (see :mod:`kernels.thompson`)."""
-    _select_batch(state[0], state[1], params, eligible, selections, floor, burn_in, rng, out,
-                  propensity)
-
-
-def update_batch(state, params, arms, rewards, contexts, discount) -> None:
-    """Apply :func:`update` for each row (``arms[i]``, ``rewards[i]``, ``contexts[i]``) in order."""
-    _update_batch(state[0], state[1], arms, rewards, discount)
-
-
-def select_reference(
-    state, params, eligible, context, t, selections, floor, burn_in, draws, source, out
-) -> float:
-    counts, reward_sum = state
+def select_reference(*, state: State, params, eligible, context, t, selections, floor, burn_in,
+                     draws, source, out) -> float:
+    counts, reward_sum = state.counts, state.reward_sum
     total = counts.sum()
     log_total = math.log(total) if total > 1.0 else 0.0
     n = counts[eligible]
@@ -166,8 +89,8 @@ def select_reference(
     return finalize_reference(scores, probs, eligible, selections, floor, burn_in, source, out)
 
 
-def update_reference(state, params, arm, reward, context, discount) -> None:
-    counts, reward_sum = state
+def update_reference(*, state: State, params, arm, reward, context, discount) -> None:
+    counts, reward_sum = state.counts, state.reward_sum
     if discount < 1.0:
         counts *= discount
         reward_sum *= discount
@@ -175,26 +98,17 @@ def update_reference(state, params, arm, reward, context, discount) -> None:
     reward_sum[arm] += reward
 
 
-def select_batch_reference(state, params, eligible, contexts, t, selections, floor, burn_in,
-                           draws, source, out, propensity) -> None:
-    batch_select_reference(select_reference, state, params, eligible, contexts, t, selections,
-                           floor, burn_in, draws, source, out, propensity)
-
-
-def update_batch_reference(state, params, arms, rewards, contexts, discount) -> None:
-    batch_update_reference(update_reference, state, params, arms, rewards, contexts, discount)
-
-
-def add_aggregate(state, arm: int, trials: float, successes: float, total: float) -> None:
+def add_aggregate(*, state: State, arm: int, trials: float, successes: float,
+                  total: float) -> None:
     """Add (or remove, negative) ``trials`` events whose rewards sum to ``total``."""
-    state[0][arm] += trials
-    state[1][arm] += total
+    state.counts[arm] += trials
+    state.reward_sum[arm] += total
 
 
-def summary(state, params, binary: bool) -> dict[str, np.ndarray]:
+def summary(*, state: State, params, binary: bool) -> dict[str, np.ndarray]:
     """The policy's score per arm; with binary rewards also a Beta(1 + sum, 1 + n - sum)
     posterior (uniform prior) so that allocation and probability-best are defined."""
-    n, total = state
+    n, total = state.counts, state.reward_sum
     return _count_summary(n, total, _scores_reference(n, total, params), binary)
 
 
@@ -213,3 +127,10 @@ def _scores_reference(n: np.ndarray, total: np.ndarray, params: np.ndarray) -> n
     with np.errstate(divide="ignore", invalid="ignore"):
         score = total / n + params[0] * np.sqrt(log_total / n)
     return np.where(n > 0, score, np.inf)
+
+
+# select, update, their batch and bound forms and the batch references: the same for every
+# policy, written once in kernels.common and generated from State and the functions above.
+(select, update, select_batch, update_batch, bind_select, bind_update, select_batch_reference,
+ update_batch_reference, _select_bound, _select_batch, _update_batch) = policy_api(
+    State, _select, _update, select_reference, update_reference)

@@ -5,9 +5,9 @@ A grpc.aio server runs its Python handlers on the event-loop thread, while gRPC'
 threads (the completion-queue poller, the EventEngine I/O threads, timers) wake up several
 times per RPC. Under the default policy a thread that wakes up preempts the running one, so
 on a busy host the event loop — the one thread whose CPU time bounds the server's
-throughput — is interrupted (and its caches disturbed) several times per request: measured on
-the 2-core development VM, ~4 involuntary context switches of the loop thread per SelectArm at
-32 calls in flight. ``SCHED_BATCH`` threads do not preempt on wake-up (the scheduler tick
+throughput — is interrupted (and its caches disturbed) several times per request (about four
+involuntary context switches of the loop thread per SelectArm on a busy 2-core host).
+``SCHED_BATCH`` threads do not preempt on wake-up (the scheduler tick
 does); they still run at once on an idle core, with the same CPU share.
 
 :func:`batch_helper_threads` runs the threads created while its context is open under
@@ -102,9 +102,8 @@ class ThreadTimers:
 
     A timer in the loop's own heap costs every turn of the loop: with one scheduled,
     asyncio reads the clock and works out a select timeout on each of the few turns a
-    request takes. A grpc.aio echo server with one far-off timer scheduled ran
-    6.7k more instructions per call (437k → 443k, callgrind, 8 calls in flight), and
-    banditd always had one (the decision log's next write, the next periodic snapshot).
+    request takes (about 1.5% more instructions per call of an echo server), and banditd
+    always has one (the decision log's next write, the next periodic snapshot).
     Here the thread waits, and the due callback reaches the loop through
     ``call_soon_threadsafe``: one wake-up of the loop per timer, nothing per turn.
     """

@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "BANDITD_"
+
+
+def _physical_memory() -> int:
+    """Bytes of physical memory (8 GiB where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
 
 
 class Settings(BaseSettings):
     """Server configuration. Every field can be set as ``BANDITD_<NAME>``."""
 
-    model_config = SettingsConfigDict(env_prefix="BANDITD_", extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
 
     host: str = Field("127.0.0.1", description="Address to listen on (0.0.0.0 in the container).")
     port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 = pick a free one.")
@@ -25,17 +40,27 @@ class Settings(BaseSettings):
     decision_log_delay_seconds: float = Field(
         0.025, gt=0, le=1.0, description="Longest wait before SelectArm's decision records are "
         "written to the log (without waiting for them; a crash loses at most this much of "
-        "them). Each write costs the event loop a few hundred µs on ext4: 0.025 s instead of "
-        "0.005 measured +4.7% SelectArm QPS at 32 in flight.",
+        "them). Each write costs the event loop a few hundred µs: fewer, larger writes leave "
+        "more of it to requests.",
     )
     snapshot_interval_seconds: float = Field(
         300.0, ge=0, description="Seconds between snapshots; 0 = only on graceful shutdown."
     )
     snapshot_write_mb_per_s: float = Field(
         10.0, ge=0, description="Write-rate cap of periodic snapshots, MB/s: the disk I/O of a "
-        "faster writer delays the serving process (measured SelectArm p99 during a snapshot: "
-        "1.2-1.7x at 10 MB/s, 2.3x at 20, 2-4x at 100); a snapshot takes size / rate, keep it "
-        "well under the interval. 0 = unlimited (the shutdown snapshot always is).",
+        "faster writer delays the serving process (its p99 grows with the rate); a snapshot "
+        "takes size / rate, keep it well under the interval. 0 = unlimited (the shutdown "
+        "snapshot always is).",
+    )
+    start_from_remains: bool = Field(
+        False, description="Start even when the data directory cannot give the whole state "
+        "back (no readable snapshot and the log does not reach back to its start): rebuild "
+        "from the records that can still be applied. Without it such a server refuses to "
+        "start, and deletes nothing.",
+    )
+    log_retry_seconds: float = Field(
+        1.0, gt=0, le=60, description="After a failed log write (disk full, I/O error): how "
+        "often the log checks whether it can write again. Changes are refused meanwhile.",
     )
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="Prometheus metrics port; unset = no endpoint."
@@ -43,8 +68,8 @@ class Settings(BaseSettings):
     batch_schedule_io_threads: bool = Field(
         True, description="Linux: run the threads gRPC creates at start (I/O, poller, "
         "timers) under SCHED_BATCH, so their wake-ups do not preempt the "
-        "event loop; measured +8-11% SelectArm QPS and -15% server CPU per call on a busy "
-        "2-core host. No effect elsewhere.",
+        "event loop (more throughput and less CPU per call on a busy host). No effect "
+        "elsewhere.",
     )
     workers: int = Field(
         1, ge=1, le=64,
@@ -55,8 +80,7 @@ class Settings(BaseSettings):
         "its decisions into one message to the leader, and the leader its log records into "
         "one message to each follower (sent at once to a follower waiting for them: a "
         "configuration change, a write it forwarded). Each message costs both processes a "
-        "gRPC call's CPU: 0.01 instead of 0.002 cut 2 workers' server CPU per decision from "
-        "1.14-1.15x to 1.03-1.08x one worker's (batch 1,000). The time adds to the "
+        "gRPC call's CPU, so gathering longer costs less per decision; the time adds to the "
         "propagation delay and to what a follower's crash can lose of its decisions.",
     )
 
@@ -70,6 +94,16 @@ class Settings(BaseSettings):
     )
     max_monte_carlo_samples: int = Field(
         20_000_000, ge=1, description="num_draws x arms allowed per GetAllocation/AllocateBudget."
+    )
+    max_ingest_periods: int = Field(
+        3660, ge=1, description="Ingested periods (IngestMetrics) an arm may hold, e.g. ten "
+        "years of days.",
+    )
+    memory_budget_bytes: int = Field(
+        default_factory=lambda: _physical_memory() // 2, ge=1,
+        description="Memory the experiments' arms and the decision store may take, bytes "
+        "(estimated; checked when experiments are created and arms added). Default: half "
+        "of this machine's memory.",
     )
     max_message_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="Largest gRPC request accepted, in bytes."
@@ -118,8 +152,64 @@ class Settings(BaseSettings):
     pacing_history_decay: float = Field(
         0.7, ge=0, lt=1, description="Weight of older days in the hourly history (per day).",
     )
-    grace_seconds: float = Field(5.0, ge=0, description="Graceful-shutdown grace period, s.")
+    max_event_time_skew_seconds: float = Field(
+        3600.0, ge=0, description="How far ahead of the server clock a request's event_time "
+        "may be, seconds (pacing's clock: a later time is INVALID_ARGUMENT).",
+    )
+    drain_seconds: float = Field(
+        5.0, ge=0, description="On SIGTERM: seconds the server keeps serving with health "
+        "NOT_SERVING, so load balancers stop sending it calls, before it stops accepting "
+        "new ones.",
+    )
+    grace_seconds: float = Field(
+        5.0, ge=0, description="After the drain: seconds in-flight calls get to finish.",
+    )
+    # Connections (closed when idle, so idle clients cannot use up the fd limit).
+    max_connection_idle_seconds: float = Field(
+        300.0, gt=0, description="A connection with no call for this long is closed (GOAWAY).",
+    )
+    handshake_timeout_seconds: float = Field(
+        10.0, gt=0, description="A connection that has not completed its handshake (HTTP/2 "
+        "preface, TLS) within this is closed.",
+    )
+    keepalive_time_seconds: float = Field(
+        60.0, gt=0, description="Seconds between the server's keepalive pings on a connection.",
+    )
+    keepalive_timeout_seconds: float = Field(
+        20.0, gt=0, description="A connection whose keepalive ping is not answered within "
+        "this is closed.",
+    )
     log_level: str = Field("INFO", description="Python logging level.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text: one readable line per event; json: one JSON object per "
+        "line (time, level, logger, message and the event's fields).",
+    )
+
+    # Security (see the README's Security section).
+    tls_cert_file: Path | None = Field(
+        None, description="PEM certificate chain the server presents; with tls_key_file, the "
+        "gRPC port speaks TLS only. Re-read on SIGHUP.",
+    )
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")
+    tls_client_ca_file: Path | None = Field(
+        None, description="PEM CA certificates: when set, every client must present a "
+        "certificate signed by one of them (mutual TLS).",
+    )
+    allow_insecure: bool = Field(
+        False, description="Allow plaintext gRPC on an address other than loopback.",
+    )
+    auth_tokens_file: Path | None = Field(
+        None, description="Bearer tokens with roles: lines `<sha256 of token> <role> <name>` "
+        "(or TOML); unset = no authentication. Re-read on SIGHUP.",
+    )
+    max_concurrent_rpcs: int = Field(
+        1000, ge=1, description="RPCs in progress at once (health checks included); past it "
+        "gRPC answers RESOURCE_EXHAUSTED at once instead of queueing.",
+    )
+    audit_entries: int = Field(
+        100_000, ge=0, description="Audit-trail entries kept in the state (and snapshots), "
+        "newest; older ones go.",
+    )
 
     @model_validator(mode="after")
     def _check_log_level(self) -> Settings:
@@ -128,3 +218,82 @@ class Settings(BaseSettings):
                 f"log_level must be DEBUG/INFO/WARNING/ERROR/CRITICAL, got {self.log_level!r}"
             )
         return self
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together: set both or neither")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file (mutual TLS) needs tls_cert_file and "
+                             "tls_key_file")
+        for name in ("tls_cert_file", "tls_key_file", "tls_client_ca_file", "auth_tokens_file"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name}: {path} is not a readable file")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        """Whether the gRPC port speaks TLS."""
+        return self.tls_cert_file is not None
+
+    def check_listen(self) -> None:
+        """Refuse plaintext on any address but loopback unless ``allow_insecure`` (called by
+        ``banditd serve``; other commands read the same settings without listening).
+        ValueError naming the settings."""
+        if not self.tls and not self.allow_insecure and not is_loopback(self.host):
+            raise ValueError(
+                f"host {self.host!r} is not a loopback address and TLS is off: set "
+                f"{ENV_PREFIX}TLS_CERT_FILE and {ENV_PREFIX}TLS_KEY_FILE, or "
+                f"{ENV_PREFIX}ALLOW_INSECURE=true to serve plaintext there anyway")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) is a loopback address."""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One message per ``BANDITD_*`` variable of ``environ`` that is not a setting, naming
+    the closest setting (pydantic-settings ignores them: a typo would go unnoticed)."""
+    known = sorted(name.upper() for name in Settings.model_fields)
+    problems = []
+    for variable in sorted(environ):
+        name = variable.upper()
+        if name.startswith(ENV_PREFIX) and name[len(ENV_PREFIX):] not in known:
+            close = difflib.get_close_matches(name[len(ENV_PREFIX):], known, n=1, cutoff=0.6)
+            hint = f"; did you mean {ENV_PREFIX}{close[0]}?" if close else ""
+            problems.append(f"{variable} is not a setting{hint}")
+    return problems
+
+
+_URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@/\s]+(?=@)", re.I)
+REDACTED = "<redacted>"
+
+
+def effective(settings: Settings) -> dict[str, Any]:
+    """The settings as printed at start: every value, secrets redacted (fields marked
+    ``secret`` in their ``json_schema_extra``; a password in any URL-valued string)."""
+    out: dict[str, Any] = {}
+    for name, info in Settings.model_fields.items():
+        value = getattr(settings, name)
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        if extra.get("secret") and value is not None:
+            out[name] = REDACTED
+        elif isinstance(value, Path):
+            out[name] = str(value)
+        elif isinstance(value, str):
+            out[name] = redact_url(value)
+        else:
+            out[name] = value
+    return out
+
+
+def redact_url(text: str) -> str:
+    """``text`` with the password of any ``scheme://user:password@host`` replaced."""
+    return _URL_PASSWORD.sub(lambda m: m.group("head") + REDACTED, text)

@@ -1,130 +1,43 @@
-"""Shared fixtures: real banditd servers on 127.0.0.1 port 0, talked to via generated stubs."""
+"""Shared fixtures: a real banditd server on 127.0.0.1 port 0 for the session, talked to via
+generated stubs. Helpers (servers, stubs, experiment builders) live in helpers.py.
+
+Tiers: ``make test`` runs everything; ``make test-fast`` (``-m "not slow"``) leaves out the
+tests marked ``slow`` (subprocess servers, kill -9 trials, benchmark smoke runs, convergence
+simulations, the container's commands, mypy).
+"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import itertools
-import os
-import threading
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
+from hypothesis import settings
 
-from banditd.decision.v1 import decision_pb2 as pb
 from banditd.decision.v1 import decision_pb2_grpc as pb_grpc
-from banditd.server.api.app import BanditServer, create_server
-from banditd.server.settings import Settings
+from helpers import RunningServer, running_server
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-class RunningServer:
-    """A banditd server running on its own event loop in a background thread."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.loop = asyncio.new_event_loop()
-        self.app: BanditServer | None = None
-        self.port = 0
-        self._started = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="banditd-test", daemon=True)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        try:
-            self.loop.run_until_complete(self._main())
-        except BaseException as exc:  # surfaced to the test in start()
-            self._error = exc
-            self._started.set()
-
-    async def _main(self) -> None:
-        self._stop = asyncio.Event()
-        self.app, self.port = await create_server(self.settings)
-        await self.app.wait_ready()
-        self._started.set()
-        await self._stop.wait()
-        await self.app.stop(None)
-
-    def start(self) -> RunningServer:
-        self._thread.start()
-        if not self._started.wait(timeout=600):
-            raise TimeoutError("banditd did not become ready in 600 s")
-        if self._error is not None:
-            raise self._error
-        return self
-
-    def stop(self) -> None:
-        if self._stop is not None and not self._stop.is_set():
-            self.loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(timeout=30)
-
-    def crash(self) -> None:
-        """Stop like a killed process: no final snapshot, the log left as it is on disk."""
-        assert self.app is not None
-        app = self.app
-
-        async def die() -> None:
-            await app.grpc_server.stop(0)
-            durability = app.storage
-            if durability._periodic_task is not None:
-                durability._periodic_task.cancel()
-            if durability._timers is not None:
-                durability._timers.close()
-            if durability.wal is not None and durability.wal._fd >= 0:
-                os.close(durability.wal._fd)  # buffered, unflushed records are lost
-                durability.wal._fd = -1
-                durability.wal._closed = True
-            app.core.metrics.close()
-
-        asyncio.run_coroutine_threadsafe(die(), self.loop).result(timeout=30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=30)
-
-    def call(self, fn):
-        """Run ``fn()`` on the server's loop thread (to inspect state safely)."""
-        done = threading.Event()
-        box: dict = {}
-
-        def run() -> None:
-            try:
-                box["value"] = fn()
-            finally:
-                done.set()
-
-        self.loop.call_soon_threadsafe(run)
-        done.wait(timeout=30)
-        return box["value"]
-
-
-@contextlib.contextmanager
-def running_server(tmp_path: Path, **overrides) -> Iterator[RunningServer]:
-    settings = Settings(host="127.0.0.1", port=0, data_dir=tmp_path, **overrides)
-    server = RunningServer(settings).start()
-    try:
-        yield server
-    finally:
-        server.stop()
+# Property tests draw the same examples on every run (seeded from each test's own code),
+# and no example database makes one machine's run differ from another's.
+settings.register_profile("banditd", derandomize=True, database=None, print_blob=True)
+settings.load_profile("banditd")
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory) -> Iterator[RunningServer]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     with running_server(tmp_path_factory.mktemp("banditd"), max_batch_size=1000) as s:
         yield s
 
 
 @pytest.fixture(scope="session")
-def channel(server) -> Iterator[grpc.Channel]:
+def channel(server: RunningServer) -> Iterator[grpc.Channel]:
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
         yield ch
 
 
 @pytest.fixture(scope="session")
-def stub(channel) -> pb_grpc.DecisionServiceStub:
+def stub(channel: grpc.Channel) -> pb_grpc.DecisionServiceStub:
     return pb_grpc.DecisionServiceStub(channel)
 
 
@@ -132,7 +45,7 @@ _ids = itertools.count()
 
 
 @pytest.fixture
-def new_id(request) -> callable:
+def new_id(request: pytest.FixtureRequest) -> Callable[..., str]:
     """Unique experiment ids per test (the session server is shared)."""
 
     def make(prefix: str = "") -> str:
@@ -140,60 +53,3 @@ def new_id(request) -> callable:
         return f"{prefix or name}-{next(_ids)}"
 
     return make
-
-
-def make_experiment(
-    experiment_id: str,
-    arms=("a", "b", "c"),
-    policy: pb.Policy | None = None,
-    reward_type=pb.REWARD_TYPE_BINARY,
-    context_dim: int = 0,
-    seed: int | None = 1,
-    **fields,
-) -> pb.Experiment:
-    experiment = pb.Experiment(
-        experiment_id=experiment_id,
-        arms=[pb.Arm(arm_id=a) for a in arms],
-        policy=policy or pb.Policy(thompson=pb.Policy.Thompson()),
-        reward_type=reward_type,
-        context_dim=context_dim,
-        **fields,
-    )
-    if seed is not None:
-        experiment.seed = seed
-    return experiment
-
-
-def create(stub, experiment_id: str, **kw) -> pb.Experiment:
-    return stub.CreateExperiment(
-        pb.CreateExperimentRequest(experiment=make_experiment(experiment_id, **kw))
-    )
-
-
-class InProcess:
-    """The DecisionService without a gRPC server, ready at once (nothing restored): its RPC
-    behaviours as methods (``SelectArm(request, None)``), its state machine and durability."""
-
-    def __init__(self, settings: Settings) -> None:
-        from banditd.server.api.app import build_service
-
-        self.service = build_service(settings)
-        self.service.core.ready = True
-        self.state = self.service.core.state
-        self.storage = self.service.core.storage
-        self.decisions_api = self.service.decisions
-        for name, behavior in self.service.behaviors().items():
-            setattr(self, name, behavior)
-
-    @property
-    def registry(self):
-        return self.state.experiments
-
-    @property
-    def decisions(self):
-        return self.state.store
-
-    def create_experiment(self, config: pb.Experiment):
-        """Create an experiment through its record, as CreateExperiment does."""
-        experiments = self.state.experiments
-        return experiments.apply_create(experiments.check_create(config))

@@ -17,7 +17,7 @@ from banditd.kernels.allocation import (
     prob_best_value_reference,
 )
 from banditd.kernels.rng import NumpyDraws, Xoshiro, seed_state
-from conftest import create
+from helpers import create
 
 
 def exact_p_b_beats_a(a1, b1, a2, b2) -> float:

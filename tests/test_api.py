@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from banditd.decision.v1 import decision_pb2 as pb
-from conftest import create
+from helpers import create
 
 
 def stats(stub, experiment_id):
@@ -20,10 +20,23 @@ def test_create_fills_defaults_and_get_returns_it(stub, new_id):
     assert created.experiment_id == eid
     assert [a.arm_id for a in created.arms] == ["a", "b", "c"]
     assert created.policy.thompson.alpha == 1.0 and created.policy.thompson.beta == 1.0
-    assert created.HasField("seed")  # a random seed is chosen and reported
     assert created.discount == 1.0
     fetched = stub.GetExperiment(pb.GetExperimentRequest(experiment_id=eid))
     assert fetched == created
+    # A random seed is chosen and reported: created again with it, the experiment decides
+    # exactly as the first one did.
+    assert created.HasField("seed")
+    twin = create(stub, new_id(), seed=created.seed)
+    assert twin.seed == created.seed
+
+    def slates(experiment_id):
+        return [tuple(stub.SelectArm(pb.SelectArmRequest(experiment_id=experiment_id,
+                                                         num_arms=3)).ranked_arm_ids)
+                for _ in range(20)]
+
+    first = slates(eid)
+    assert slates(twin.experiment_id) == first
+    assert len(set(first)) > 1  # the draws vary: the equality is not a fixed order
 
 
 def test_explicit_zero_parameter_is_not_swallowed(stub, new_id):

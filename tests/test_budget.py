@@ -55,6 +55,7 @@ def cents(x: float) -> int:
     return round(x * 100)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(feasible_request())
 def test_amounts_respect_bounds_and_sum_to_total(request):
@@ -77,6 +78,7 @@ def _score_key(strategy, g: pb.AdGroup):
     raise AssertionError
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(st.tuples(st.floats(1, 1000), st.floats(0, 5000), st.integers(0, 300)),
@@ -203,6 +205,7 @@ def test_monte_carlo_budget_is_enforced(stub):
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.integers(1, 10_000), st.integers(0, 500), st.floats(0, 1e4)),
                 min_size=2, max_size=8),
@@ -266,6 +269,7 @@ def _assert_in_box_summing_to(amounts, total, lo, hi):
     assert abs(amounts.sum() - total) <= 1e-9 * scale
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(box_problem())
 def test_projection_matches_bisection_and_stays_in_the_box(problem):
@@ -296,6 +300,7 @@ def extreme_box_problem(draw):
     return shares, total, lo, hi
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(extreme_box_problem())
 def test_projection_sums_to_the_total_whatever_the_magnitudes(problem):

@@ -6,9 +6,9 @@ import asyncio
 
 import grpc
 import pytest
-from test_serving import _free_port
 
 from banditd.clients import AsyncBanditClient, BanditClient, RetryPolicy
+from helpers import free_port
 
 
 def test_sync_client_full_cycle(server, new_id):
@@ -70,7 +70,7 @@ class _Counter(grpc.UnaryUnaryClientInterceptor):
 )
 def test_retries_only_where_safe(call, attempts):
     counter = _Counter()
-    raw = grpc.insecure_channel(f"127.0.0.1:{_free_port()}")  # nothing listens: UNAVAILABLE
+    raw = grpc.insecure_channel(f"127.0.0.1:{free_port()}")  # nothing listens: UNAVAILABLE
     client = BanditClient(channel=grpc.intercept_channel(raw, counter), timeout=2,
                           retry=RetryPolicy(attempts=3, backoff=0.001))
     with pytest.raises(grpc.RpcError) as err:
@@ -81,7 +81,7 @@ def test_retries_only_where_safe(call, attempts):
 
 
 def test_unknown_policy_or_reward_type_fails_before_sending():
-    client = BanditClient(f"127.0.0.1:{_free_port()}")
+    client = BanditClient(f"127.0.0.1:{free_port()}")
     with pytest.raises(ValueError, match="unknown policy"):
         client.create_experiment("e", ["a"], "softmax")
     with pytest.raises(ValueError, match="unknown reward_type"):

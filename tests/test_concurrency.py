@@ -6,15 +6,17 @@ import asyncio
 import random
 
 import grpc
+import pytest
 
 from banditd.decision.v1 import decision_pb2 as pb
 from banditd.decision.v1 import decision_pb2_grpc as pb_grpc
-from conftest import create
+from helpers import create
 
 CLIENTS = 50
 PER_CLIENT = 60
 
 
+@pytest.mark.slow
 def test_fifty_concurrent_clients_exact_counts(server, stub, new_id):
     eid = new_id()
     arms = [f"arm{i}" for i in range(7)]

@@ -18,6 +18,8 @@ import pytest
 from banditd.kernels import POLICIES
 from banditd.kernels.rng import seed_state
 
+pytestmark = pytest.mark.slow  # hundreds of thousands of simulated decisions per policy
+
 CTR_MEANS = np.linspace(0.01, 0.10, 10)  # best 0.10, runner-up 0.09: a CTR-like, narrow gap
 HORIZON = 150_000
 FINAL = 10_000
@@ -31,7 +33,7 @@ def simulate_bernoulli(name: str, params: list[float], means: np.ndarray, seed: 
     mod = POLICIES[name]
     k = len(means)
     p = np.array(params, dtype=np.float64)
-    state = mod.new_state(k, 0, p, DRAWS)
+    state = mod.new_state(num_arms=k, dim=0, params=p, draws=DRAWS)
     rng = seed_state(seed)
     gen = np.random.default_rng(seed + 1000)
     eligible = np.arange(k, dtype=np.int64)
@@ -41,10 +43,12 @@ def simulate_bernoulli(name: str, params: list[float], means: np.ndarray, seed: 
     u = gen.random(HORIZON)
     picks = np.empty(HORIZON, dtype=np.int64)
     for t in range(HORIZON):
-        mod.select(state, p, eligible, context, t, selections, 0.0, 0, DRAWS, rng, out)
+        mod.select(state=state, params=p, eligible=eligible, context=context, t=t,
+                   selections=selections, floor=0.0, burn_in=0, draws=DRAWS, rng=rng, out=out)
         arm = int(out[0])
         picks[t] = arm
-        mod.update(state, p, arm, 1.0 if u[t] < means[arm] else 0.0, context, 1.0)
+        mod.update(state=state, params=p, arm=arm, reward=1.0 if u[t] < means[arm] else 0.0,
+                   context=context, discount=1.0)
     return picks
 
 
@@ -77,7 +81,7 @@ def test_thompson_value_maximises_cr_times_rpc_not_cr():
     horizon = 20_000
     for seed in range(3):
         gen = np.random.default_rng(seed)
-        state = mod.new_state(3, 0, p, DRAWS)
+        state = mod.new_state(num_arms=3, dim=0, params=p, draws=DRAWS)
         rng = seed_state(seed)
         eligible = np.arange(3, dtype=np.int64)
         selections = np.zeros(3, dtype=np.int64)
@@ -85,11 +89,12 @@ def test_thompson_value_maximises_cr_times_rpc_not_cr():
         ctx = np.empty(0)
         picks = np.empty(horizon, dtype=np.int64)
         for t in range(horizon):
-            mod.select(state, p, eligible, ctx, t, selections, 0.0, 0, DRAWS, rng, out)
+            mod.select(state=state, params=p, eligible=eligible, context=ctx, t=t,
+                       selections=selections, floor=0.0, burn_in=0, draws=DRAWS, rng=rng, out=out)
             arm = int(out[0])
             picks[t] = arm
             revenue = gen.exponential(rpc[arm]) if gen.random() < cr[arm] else 0.0
-            mod.update(state, p, arm, revenue, ctx, 1.0)
+            mod.update(state=state, params=p, arm=arm, reward=revenue, context=ctx, discount=1.0)
         share = float(np.mean(picks[-FINAL:] == 1))
         assert share >= 0.90, f"seed {seed}: value-best arm in {share:.3f} of last {FINAL}"
 
@@ -104,7 +109,7 @@ def simulate_contextual(name: str, params: list[float], seed: int, horizon: int 
     xs = gen.standard_normal((horizon, d))
     us = gen.random(horizon)
     dim = d if mod.CONTEXTUAL else 0
-    state = mod.new_state(k, dim, p, DRAWS)
+    state = mod.new_state(num_arms=k, dim=dim, params=p, draws=DRAWS)
     rng = seed_state(seed)
     eligible = np.arange(k, dtype=np.int64)
     selections = np.zeros(k, dtype=np.int64)
@@ -113,11 +118,13 @@ def simulate_contextual(name: str, params: list[float], seed: int, horizon: int 
     for t in range(horizon):
         x = xs[t]
         ctx = x if mod.CONTEXTUAL else np.empty(0)
-        mod.select(state, p, eligible, ctx, t, selections, 0.0, 0, DRAWS, rng, out)
+        mod.select(state=state, params=p, eligible=eligible, context=ctx, t=t,
+                   selections=selections, floor=0.0, burn_in=0, draws=DRAWS, rng=rng, out=out)
         prob = 1.0 / (1.0 + np.exp(-(theta[out[0]] @ x)))
         reward = 1.0 if us[t] < prob else 0.0
         total += reward
-        mod.update(state, p, int(out[0]), reward, ctx, 1.0)
+        mod.update(state=state, params=p, arm=int(out[0]), reward=reward, context=ctx,
+                   discount=1.0)
     return total
 
 

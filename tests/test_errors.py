@@ -6,9 +6,11 @@ import math
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from banditd.decision.v1 import decision_pb2 as pb
-from conftest import create, make_experiment
+from helpers import create, make_experiment, running_server
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
@@ -27,7 +29,48 @@ def expect(code, call, *args, contains=""):
         call(*args)
     assert err.value.code() == code, err.value.details()
     assert contains in err.value.details(), err.value.details()
+    if code == INVALID:  # every one names its field in a google.rpc.BadRequest too
+        bad_field(err.value)
     return err.value.details()
+
+
+def bad_field(error: grpc.RpcError) -> str:
+    """The field of the one BadRequest field violation an INVALID_ARGUMENT carries."""
+    status = rpc_status.from_call(error)
+    assert status is not None, f"no rich status: {error.details()}"
+    assert status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert status.message == error.details()
+    (detail,) = status.details
+    request = error_details_pb2.BadRequest()
+    assert detail.Unpack(request)
+    (violation,) = request.field_violations
+    assert violation.field and violation.description == error.details()
+    return violation.field
+
+
+@pytest.mark.parametrize("call, request_, field", [
+    ("CreateExperiment", pb.CreateExperimentRequest(experiment=make_experiment("f", arms=())),
+     "experiment.arms"),
+    ("CreateExperiment", pb.CreateExperimentRequest(experiment=make_experiment(
+        "f", policy=pb.Policy(ucb1=pb.Policy.Ucb1(c=-1.0)))), "experiment.policy.ucb1.c"),
+    ("CreateCampaign", pb.CreateCampaignRequest(campaign=pb.Campaign(
+        campaign_id="f", daily_budget=-1.0, max_bid=1.0)), "campaign.daily_budget"),
+    ("AllocateBudget", pb.AllocateBudgetRequest(total_budget=100.0, ad_groups=[
+        pb.AdGroup(id="a"), pb.AdGroup(id="a")]), "ad_groups[1].id"),
+])
+def test_invalid_argument_names_its_field_in_bad_request(stub, call, request_, field):
+    with pytest.raises(grpc.RpcError) as err:
+        getattr(stub, call)(request_)
+    assert err.value.code() == INVALID
+    assert bad_field(err.value) == field
+
+
+def test_a_batch_items_field_is_prefixed_with_its_index(stub, contextual):
+    items = [pb.SelectArmRequest(experiment_id=contextual, context=[0.0] * 4)] * 2 + [
+        pb.SelectArmRequest(experiment_id=contextual, context=[0.0] * 3)]
+    with pytest.raises(grpc.RpcError) as err:
+        stub.BatchSelectArms(pb.BatchSelectArmsRequest(requests=items))
+    assert bad_field(err.value) == "requests[2].context"
 
 
 @pytest.fixture
@@ -249,7 +292,6 @@ def test_oversize_and_empty_batch(stub, binary):
 
 def test_limits(tmp_path):
     from banditd.decision.v1 import decision_pb2_grpc as pb_grpc
-    from conftest import running_server
 
     with running_server(tmp_path, max_experiments=2, max_arms=3, max_message_bytes=4096) as srv, \
             grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
@@ -285,8 +327,14 @@ def test_huge_finite_values_are_rejected_not_learned(stub, contextual, new_id, v
            pb.RecordRewardRequest(experiment_id=eid, arm_id="a", context=[1, 0, 0, 0], reward=value),
            contains="|reward|")
     assert snapshot(stub, eid) == before
+    # still a healthy model: it decides, and learns from a sane reward
     d = stub.SelectArm(pb.SelectArmRequest(experiment_id=eid, context=[1, 0, 0, 0]))
-    assert d.propensity > 0  # still a healthy model
+    assert d.arm_id in ("a", "b") and 0 < d.propensity <= 1
+    stub.RecordReward(pb.RecordRewardRequest(experiment_id=eid, decision_id=d.decision_id,
+                                             reward=2.5))
+    learned = {a.arm_id: (a.rewards, a.reward_sum) for a in stub.GetArmStats(
+        pb.GetArmStatsRequest(experiment_id=eid)).arms}
+    assert learned[d.arm_id] == (1, 2.5)
 
 
 def test_malformed_ids_are_invalid_argument(stub, binary):

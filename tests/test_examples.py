@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 EXAMPLES = sorted((ROOT / "clients" / "examples").glob("*.py"))
 
@@ -19,6 +19,7 @@ def test_examples_exist():
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_example_runs_and_succeeds(server, script):
     proc = subprocess.run([sys.executable, str(script), "--target", f"127.0.0.1:{server.port}"],

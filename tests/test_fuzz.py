@@ -4,11 +4,12 @@ status (never INTERNAL / UNKNOWN), the server stays up, and failed requests chan
 from __future__ import annotations
 
 import grpc
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from banditd.decision.v1 import decision_pb2 as pb
-from conftest import create
+from helpers import create
 
 CLIENT_ERRORS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
                  grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -43,6 +44,7 @@ def _state(stub):
     return [stub.GetArmStats(pb.GetArmStatsRequest(experiment_id=e)) for e in ("fz-bin", "fz-ctx", "fz-val")]
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(selects | rewards | ingests, min_size=1, max_size=5))
 def test_random_requests_never_break_the_server(stub, requests):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 # package -> folder, as pyproject.toml maps them
 FOLDERS = {"banditd.server": ROOT / "server", "banditd.kernels": ROOT / "kernels",

@@ -16,7 +16,7 @@ from google.protobuf import field_mask_pb2, timestamp_pb2
 from banditd.decision.v1 import decision_pb2 as pb
 from banditd.decision.v1 import decision_pb2_grpc as pb_grpc
 from banditd.server.ads.pacing import HOURS, _Day, learn_plan
-from conftest import running_server
+from helpers import ROOT, running_server
 
 DAY0 = datetime(2026, 6, 1, tzinfo=timezone.utc).timestamp()  # a UTC midnight
 
@@ -581,3 +581,31 @@ def test_reacts_within_minutes_to_a_5x_traffic_jump(stub, new_id):
     dev = deviation(times, r["charged"], plan, budget, DAY0 + 9 * 3600, DAY0 + 13 * 3600)
     assert np.abs(dev).max() < 0.03
     assert r["charged"].sum() >= 0.98 * budget
+
+
+@pytest.mark.slow
+def test_pacing_simulator_smoke(tmp_path):
+    """benchmarks/pacing_sim.py against a real server for a few days: never overspends,
+    delivers the budget on days whose traffic allows it, writes its JSON and plot."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "pacing.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.pacing_sim", "--days", "4",
+                           "--auctions", "1500", "--learned-after", "2", "--out", str(out)],
+                          cwd=ROOT, timeout=600, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    banditd = report["all_days"]["banditd"]
+    assert banditd["overspend_total"] == 0 and banditd["days_with_overspend"] == 0
+    assert banditd["days_allowing_full_delivery"] >= 2
+    assert banditd["min_utilization_allowed_days"] >= 0.95
+    for day in report["per_day"]:
+        assert day["banditd"]["spent"] <= report["setup"]["daily_budget"] + 1e-6
+    # the plot: a PNG of the 9 x 5 in figure at 110 dpi, where the report says it is
+    assert report["plot"] == str(tmp_path / "pacing.png")
+    png = (tmp_path / "pacing.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR"
+    size = (int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big"))
+    assert size == (990, 550)

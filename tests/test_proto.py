@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ROOT
+from helpers import ROOT
 
 GENERATED = (
     "decision/v1/decision_pb2.py",
@@ -57,3 +57,58 @@ def _undocumented(lines: list[str]) -> list[str]:
         if declares and not lines[i - 1].strip().startswith("//"):
             undocumented.append(f"{i + 1}: {s}")
     return undocumented
+
+
+def _plugins(template: str) -> list[dict[str, str]]:
+    """The ``plugins`` of a buf.gen.yaml (block style: ``- key: value`` then ``key: value``)."""
+    plugins: list[dict[str, str]] = []
+    inside = False
+    for line in template.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if not line.startswith(" "):
+            inside = line.startswith("plugins:")
+            continue
+        if inside:
+            item = line.strip()
+            if item.startswith("- "):
+                plugins.append({})
+                item = item[2:]
+            key, _, value = item.partition(":")
+            plugins[-1][key.strip()] = value.strip()
+    return plugins
+
+
+def test_buf_generates_stubs_for_other_languages_with_their_package_options(tmp_path):
+    """buf.gen.yaml's protoc built-in generators (Java, C#, C++) run through `buf generate`
+    with the protoc of the dev extra; the contract's options name the packages."""
+    import json
+
+    from banditd.decision.v1 import decision_pb2 as pb
+
+    bin_dir = Path(sys.executable).parent
+    plugins = _plugins((ROOT / "proto" / "buf.gen.yaml").read_text())
+    assert {p.get("local") for p in plugins} >= {"protoc-gen-go", "protoc-gen-go-grpc"}
+    builtin = [p for p in plugins if "protoc_builtin" in p]
+    assert {p["protoc_builtin"] for p in builtin} == {"java", "csharp", "cpp"}
+    template = {"version": "v2",
+                "inputs": [{"directory": ".", "paths": ["decision/v1/decision.proto"]}],
+                "plugins": [{"protoc_builtin": p["protoc_builtin"],
+                             "protoc_path": str(bin_dir / "protoc"),
+                             "out": str(tmp_path / p["out"])} for p in builtin]}
+    proc = subprocess.run([str(bin_dir / "buf"), "generate", "--template", json.dumps(template)],
+                          cwd=ROOT / "proto", capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    java = tmp_path / "gen/java/io/banditd/decision/v1"
+    assert (java / "SelectArmRequest.java").is_file()  # java_multiple_files
+    assert (java / "DecisionProto.java").is_file()
+    assert "package io.banditd.decision.v1;" in (java / "SelectArmRequest.java").read_text()
+    csharp = (tmp_path / "gen/csharp/Decision.cs").read_text()
+    assert "namespace Banditd.Decision.V1 {" in csharp
+    header = (tmp_path / "gen/cpp/decision/v1/decision.pb.h").read_text()
+    assert "namespace decision {" in header and "class SelectArmRequest" in header
+    assert (tmp_path / "gen/cpp/decision/v1/decision.pb.cc").is_file()
+    options = pb.DESCRIPTOR.GetOptions()
+    assert options.go_package == "banditd/gen/go/decision/v1;decisionv1"
+    assert options.java_package == "io.banditd.decision.v1" and options.java_multiple_files
+    assert options.csharp_namespace == "Banditd.Decision.V1"

@@ -23,7 +23,7 @@ from banditd.server.state.decisions import PendingDecisions
 from banditd.server.state.machine import StateMachine
 from banditd.server.storage import snapshot
 from banditd.storage.v1 import storage_pb2 as st
-from conftest import InProcess, make_experiment
+from helpers import InProcess, make_experiment
 
 
 class Context:
@@ -32,12 +32,18 @@ class Context:
     async def abort(self, code, details="", trailing_metadata=()):
         raise AssertionError(f"{code.name}: {details}")
 
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:1"
+
+    def invocation_metadata(self) -> tuple:
+        return ()
+
 
 CTX = Context()
 
 
 def leader_for(tmp_path) -> tuple[InProcess, ReplicationLeader]:
-    settings = Settings(host="127.0.0.1", port=0, data_dir=tmp_path, workers=2,
+    settings = Settings(host="127.0.0.1", port=0, data_dir=tmp_path, workers=3,
                         durability="snapshot")  # no log on disk: the stream only
     servicer = InProcess(settings)
     servicer.settings = settings
@@ -49,10 +55,13 @@ def leader_for(tmp_path) -> tuple[InProcess, ReplicationLeader]:
 
 def follower_decisions(prefix: str, counters, experiment: str = "e", uid: int = 1,
                        arm: str = "a") -> bytes:
-    return st.WalRecord(decisions=st.Decisions(items=[
-        st.Decision(decision_id=f"{prefix}-{c:x}", experiment_id=experiment, experiment_uid=uid,
-                    arm_ids=[arm], propensity=0.5, created=time.time()) for c in counters
-    ])).SerializeToString()
+    counters = list(counters)
+    n = len(counters)
+    return st.WalRecord(decision_table=st.DecisionTable(
+        decision_ids=[f"{prefix}-{c:x}" for c in counters], experiment_ids=[experiment] * n,
+        experiment_uids=[uid] * n, slate_sizes=[1] * n, arm_ids=[arm] * n,
+        propensities=[0.5] * n, model_versions=[0] * n, created=[time.time()] * n,
+        context_sizes=[0] * n)).SerializeToString()
 
 
 async def subscribe(leader: ReplicationLeader, index: int = 1, prefix: str = "f-1"):
@@ -87,7 +96,8 @@ def test_stream_is_an_image_then_the_log_without_the_followers_own_decisions(tmp
         table = st.WalRecord.FromString(only).decision_table
         assert table.decision_ids[0] == mine.decision_id
         # the leader knows and counts the follower's decision like its own
-        assert servicer.decisions.get("f-1-1") is not None
+        record = servicer.decisions.get("f-1-1", time.time())
+        assert (record.arm_ids, record.propensity, record.rewarded) == (("a",), 0.5, False)
         assert servicer.registry.get("e").selections.sum() == 2
         await stream.aclose()
         assert not leader.has_followers
@@ -95,37 +105,48 @@ def test_stream_is_an_image_then_the_log_without_the_followers_own_decisions(tmp
     asyncio.run(main())
 
 
+def _finishes_without_waiting(coroutine) -> bool:
+    """Whether ``coroutine`` runs to its end without once suspending (no wait of any
+    length); it is closed either way."""
+    try:
+        coroutine.send(None)
+    except StopIteration:
+        return True
+    coroutine.close()
+    return False
+
+
 def test_reward_waits_for_a_followers_decision_until_it_is_published(tmp_path, monkeypatch):
-    monkeypatch.setattr(replication, "DECISION_WAIT_SECONDS", 0.2)
+    # No clock is read: an hour's bound can only end by the publication; calls that must not
+    # wait are checked to finish without suspending at all.
+    monkeypatch.setattr(replication, "DECISION_WAIT_SECONDS", 3600.0)
 
     async def main():
         servicer, leader = leader_for(tmp_path)
         await create(servicer)
         stream, _ = await subscribe(leader, prefix="f-1")
         waiting = asyncio.ensure_future(leader.await_decisions(["f-1-2"]))
-        await asyncio.sleep(0.05)
+        for _ in range(10):
+            await asyncio.sleep(0)
         assert not waiting.done()
         await leader.PublishDecisions(rpb.PublishDecisionsRequest(
             worker_index=1, records=[follower_decisions("f-1", [1, 2])], last_decision_counter=2),
             CTX)
-        await asyncio.wait_for(waiting, 0.05)  # released by the publication, not the timeout
+        await asyncio.wait_for(waiting, 30)  # released by the publication
         reply = await servicer.RecordReward(
             pb.RecordRewardRequest(experiment_id="e", decision_id="f-1-2", reward=1), CTX)
         assert not reply.duplicate
         # Published already, unknown prefixes, the leader's own and malformed ids: no wait.
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        await leader.await_decisions(["f-1-1", "other-3", "", "f-1-zz", "nodash"])
-        assert loop.time() - started < 0.1
-        # Never published: bounded wait, then the reward is NOT_FOUND as in one process.
-        started = loop.time()
-        await leader.await_decisions(["f-1-9"])
-        assert 0.19 < loop.time() - started < 1.0
+        assert _finishes_without_waiting(leader.await_decisions(
+            ["f-1-1", "other-3", "", "f-1-zz", "nodash", servicer.decisions.new_id()]))
+        # Never published: a wait, bounded by DECISION_WAIT_SECONDS; then the reward is
+        # NOT_FOUND as in one process.
+        assert not _finishes_without_waiting(leader.await_decisions(["f-1-9"]))
+        monkeypatch.setattr(replication, "DECISION_WAIT_SECONDS", 0.01)
+        await asyncio.wait_for(leader.await_decisions(["f-1-9"]), 30)
         await stream.aclose()
         # A follower that left is not waited for.
-        started = loop.time()
-        await leader.await_decisions(["f-1-a"])
-        assert loop.time() - started < 0.1
+        assert _finishes_without_waiting(leader.await_decisions(["f-1-a"]))
 
     asyncio.run(main())
 
@@ -195,7 +216,7 @@ def test_follower_replays_the_stream_to_the_leaders_state_with_its_own_random_st
         state.experiments.stream = 1
         registry = state.experiments
         follower = ReplicaDurability(servicer.settings, state, PendingDecisions(), decisions,
-                                     1, asyncio.get_running_loop().create_future(), print)
+                                     1, asyncio.get_running_loop().create_future(), print, "t")
         follower._load_image(image.image)
         for payload in message.records:
             state.apply_bytes(payload)
@@ -205,8 +226,8 @@ def test_follower_replays_the_stream_to_the_leaders_state_with_its_own_random_st
             assert mine.version == theirs.version
             for counter in ("selections", "rewards", "reward_sum", "positives", "ingested"):
                 assert np.array_equal(getattr(mine, counter), getattr(theirs, counter)), counter
-            for i in set(range(len(mine.state))) - set(mine.spec.kernel.CACHE_ARRAYS):
-                assert np.array_equal(mine.state[i], theirs.state[i]), (name, i)
+            for field in set(mine.state._fields) - set(mine.spec.kernel.CACHE_FIELDS):
+                assert np.array_equal(getattr(mine.state, field), getattr(theirs.state, field)), (name, field)
             assert not np.array_equal(mine.rng, theirs.rng)  # jumped: different draws
         await stream.aclose()
 

@@ -19,9 +19,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from banditd.decision.v1 import decision_pb2 as pb
-from conftest import create
-
-BIN = Path(sys.executable).parent
+from banditd.server.api.auth import Authenticator
+from helpers import (
+    BIN,
+    RunningServer,
+    create,
+    free_port,
+    make_experiment,
+    running_server,
+    wait_serving,
+)
 
 
 def test_health_serving_for_both_names(channel):
@@ -57,7 +64,6 @@ def test_no_registered_method_handlers_on_the_server(tmp_path, monkeypatch):
     """Generated add_*_to_server functions also call add_registered_method_handlers, which
     makes every call on the server dearer; the server gets generic handlers only
     (api.app.GenericHandlersOnly) and still answers health checks."""
-    from conftest import running_server
 
     real = grpc.aio.server
     registered = []
@@ -89,7 +95,6 @@ def test_start_up_collects_garbage_before_serving(tmp_path, monkeypatch):
 
     import banditd.server.api.app as app_module
     from banditd.server.settings import Settings
-    from conftest import RunningServer
 
     srv = RunningServer(Settings(host="127.0.0.1", port=0, data_dir=tmp_path))
     calls = []
@@ -139,9 +144,15 @@ CASES = [
 async def main():
     app, port = await create_server(Settings(host="127.0.0.1", port=0, data_dir=sys.argv[1]))
     await app.wait_ready()
-    before = signatures()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
         stub = pb_grpc.DecisionServiceStub(ch)
+        # what may compile: a policy's first CreateExperiment, the first allocation request
+        for i, (policy, rtype, dim) in enumerate(CASES):
+            await stub.CreateExperiment(pb.CreateExperimentRequest(experiment=pb.Experiment(
+                experiment_id=f"first{i}", arms=[pb.Arm(arm_id="a")], policy=policy,
+                reward_type=rtype, context_dim=dim)))
+        await stub.GetArmStats(pb.GetArmStatsRequest(experiment_id="first0"))
+        before = signatures()
         n = 0
         for policy, rtype, dim in CASES:
             for floor, burn, discount in ((0.0, 0, None), (0.05, 2, 0.99 if dim == 0 else None)):
@@ -175,7 +186,8 @@ asyncio.run(main())
 
 
 def test_no_compilation_on_the_request_path(tmp_path):
-    """In a fresh process: after SERVING, requests of every policy and shape compile nothing."""
+    """In a fresh process: once each policy's first experiment and the first allocation request
+    compiled what they need, requests of every policy and shape compile nothing."""
     proc = subprocess.run([sys.executable, "-c", _NO_JIT_SCRIPT, str(tmp_path)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
@@ -187,38 +199,17 @@ def test_no_compilation_on_the_request_path(tmp_path):
     assert result["after"] == result["before"]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_serving(port: int, proc: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-        health = health_pb2_grpc.HealthStub(ch)
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else "exited"
-            try:
-                if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.1)
-    raise TimeoutError("server did not become SERVING")
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("entry", [["banditd"], ["python", "-m", "banditd"]])
 def test_cli_serves_checks_health_and_stops_gracefully_on_sigterm(tmp_path, entry):
-    port = _free_port()
+    port = free_port()
     cmd = [str(BIN / "banditd")] if entry == ["banditd"] else [sys.executable, "-m", "banditd"]
     env = dict(os.environ, BANDITD_HOST="127.0.0.1", BANDITD_DATA_DIR=str(tmp_path))
-    proc = subprocess.Popen(cmd + ["serve", "--port", str(port), "--set", "grace_seconds=2"],
+    proc = subprocess.Popen(cmd + ["serve", "--port", str(port), "--set", "grace_seconds=2",
+                                   "--set", "drain_seconds=0"],
                             env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_serving(port, proc)
+        wait_serving(port, proc)
         check = subprocess.run([str(BIN / "banditd"), "check-health"],
                                env=dict(env, BANDITD_PORT=str(port)), capture_output=True, text=True,
                                timeout=30)
@@ -236,18 +227,19 @@ def test_cli_serves_checks_health_and_stops_gracefully_on_sigterm(tmp_path, entr
             proc.wait()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policy")
 @pytest.mark.parametrize("enabled", [True, False])
 def test_grpc_helper_threads_run_under_sched_batch(tmp_path, enabled):
     """gRPC's threads (I/O, poller, timers) must not preempt the event loop: SCHED_BATCH for
     every thread but the loop's (the main thread of ``serve``), unless switched off."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "banditd", "serve", "--host", "127.0.0.1",
                              "--port", str(port), "--data-dir", str(tmp_path),
                              "--set", f"batch_schedule_io_threads={str(enabled).lower()}"],
                             cwd=tmp_path, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_serving(port, proc)
+        wait_serving(port, proc)
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:  # let gRPC start every thread
             from banditd.decision.v1 import decision_pb2_grpc as pb_grpc
 
@@ -271,13 +263,15 @@ def test_grpc_helper_threads_run_under_sched_batch(tmp_path, enabled):
     assert set(grpc_threads) == {expected}, policy
 
 
+@pytest.mark.slow
 def test_check_health_fails_when_nothing_listens():
     check = subprocess.run([str(BIN / "banditd"), "check-health"],
-                           env=dict(os.environ, BANDITD_PORT=str(_free_port())),
+                           env=dict(os.environ, BANDITD_PORT=str(free_port())),
                            capture_output=True, text=True, timeout=30)
     assert check.returncode == 1 and "UNAVAILABLE" in check.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args,env,contains",
     [
@@ -295,6 +289,7 @@ def test_invalid_settings_fail_at_start_with_clear_message(args, env, contains):
     assert "invalid settings" in proc.stderr and contains in proc.stderr
 
 
+@pytest.mark.slow
 def test_port_in_use_is_reported_not_a_traceback(server, tmp_path):
     proc = subprocess.run([str(BIN / "banditd"), "serve", "--port", str(server.port)],
                           env=dict(os.environ, BANDITD_DATA_DIR=str(tmp_path)),
@@ -305,12 +300,12 @@ def test_port_in_use_is_reported_not_a_traceback(server, tmp_path):
 
 
 def test_prometheus_metrics_count_requests_by_code(tmp_path):
+    import gc
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
 
     from banditd.decision.v1 import decision_pb2_grpc as pb_grpc
-    from conftest import running_server
 
     with running_server(tmp_path, metrics_port=0) as srv, \
             grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
@@ -321,17 +316,29 @@ def test_prometheus_metrics_count_requests_by_code(tmp_path):
         with pytest.raises(grpc.RpcError):
             stub.SelectArm(pb.SelectArmRequest(experiment_id="missing"))
         url = f"http://127.0.0.1:{srv.app.metrics_port}/metrics"
+        cpu_before, gc_before = time.process_time(), gc.get_stats()[2]["collections"]
         text = urllib.request.urlopen(url, timeout=10).read().decode()
+        cpu_after, gc_after = time.process_time(), gc.get_stats()[2]["collections"]
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for f in text_string_to_metric_families(text) for s in f.samples}
-    assert samples[("banditd_requests_total", (("code", "OK"), ("method", "SelectArm")))] == 3
-    assert samples[("banditd_requests_total", (("code", "NOT_FOUND"), ("method", "SelectArm")))] == 1
-    assert samples[("banditd_handler_seconds_count", (("method", "SelectArm"),))] == 4
+    unary = (("grpc_service", "decision.v1.DecisionService"), ("grpc_type", "unary"))
+
+    def labels(method: str, *more) -> tuple:
+        return tuple(sorted((*unary, ("grpc_method", method), *more)))
+
+    assert samples[("grpc_server_handled_total", labels("SelectArm", ("grpc_code", "OK")))] == 3
+    assert samples[("grpc_server_handled_total",
+                    labels("SelectArm", ("grpc_code", "NOT_FOUND")))] == 1
+    assert samples[("grpc_server_handling_seconds_count", labels("SelectArm"))] == 4
     assert samples[("banditd_experiments", ())] == 1
     assert samples[("banditd_decisions_stored", ())] == 3
-    # the client library's process and garbage-collector families
-    assert samples[("process_cpu_seconds_total", ())] > 0
-    assert samples[("python_gc_collections_total", (("generation", "2"),))] >= 1
+    # the client library's process and garbage-collector families, of this process (the
+    # server runs in it): CPU time as /proc counts it (whole clock ticks, <= the exact
+    # figure) and the full collections so far (start-up runs one before SERVING)
+    cpu = samples[("process_cpu_seconds_total", ())]
+    assert cpu_before - 0.05 <= cpu <= cpu_after
+    full = samples[("python_gc_collections_total", (("generation", "2"),))]
+    assert 1 <= gc_before <= full <= gc_after
 
 
 class _AbortRecorder:
@@ -344,6 +351,12 @@ class _AbortRecorder:
 
     def set_trailing_metadata(self, metadata):
         pass
+
+    def trailing_metadata(self):
+        return ()
+
+    def peer(self):
+        return "ipv4:127.0.0.1:1"
 
     async def abort(self, code, details, trailing_metadata=()):
         self.counts_at_abort = dict(self._metrics._stats.counts)
@@ -365,7 +378,7 @@ def test_a_failed_call_is_counted_before_its_status_is_sent():
         raise NotFound(f"experiment {request.experiment_id!r} not found")
 
     context = _AbortRecorder(metrics)
-    handler = bytes_handler(select, method, metrics, SimpleNamespace(ready=True))
+    handler = bytes_handler(select, method, metrics, SimpleNamespace(ready=True, auth=Authenticator(None)))
     with pytest.raises(grpc.aio.AbortError):
         asyncio.run(handler(pb.SelectArmRequest(experiment_id="x").SerializeToString(), context))
     assert context.counts_at_abort == {("SelectArm", "NOT_FOUND"): 1}
@@ -400,7 +413,7 @@ def test_a_cancelled_call_is_counted_once_as_cancelled():
     async def allocate(request, context):
         raise asyncio.CancelledError
 
-    handler = bytes_handler(allocate, method, metrics, SimpleNamespace(ready=True))
+    handler = bytes_handler(allocate, method, metrics, SimpleNamespace(ready=True, auth=Authenticator(None)))
     with pytest.raises(asyncio.CancelledError):
         asyncio.run(handler(pb.GetAllocationRequest(experiment_id="x").SerializeToString(),
                             _AbortRecorder(metrics)))
@@ -464,7 +477,6 @@ def test_select_from_bytes_decides_as_the_typed_path(tmp_path, monkeypatch):
     from banditd.server.api.app import build_service
     from banditd.server.api.service import DecisionService
     from banditd.server.settings import Settings
-    from conftest import make_experiment
 
     monkeypatch.setattr(decisions_module, "PLAN_LIMIT", 3)
 

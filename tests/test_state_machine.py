@@ -21,7 +21,7 @@ from banditd.server.storage import snapshot
 from banditd.server.storage.recovery import recover
 from banditd.server.storage.wal import list_segments, read_segment
 from banditd.storage.v1 import storage_pb2 as st
-from conftest import make_experiment, running_server
+from helpers import make_experiment, running_server
 
 DAY = 86_400.0
 T0 = 1_767_225_600.0  # 2026-01-01 00:00 UTC
@@ -146,6 +146,7 @@ def _comparable(message: bytes, section: memoryview) -> dict:
             sorted((p.period, p.SerializeToString(deterministic=True)) for p in es.periods))
     out["decisions"] = snap.decisions.SerializeToString(deterministic=True)
     out["campaigns"] = [c.SerializeToString(deterministic=True) for c in snap.campaigns]
+    out["audit"] = [a.SerializeToString(deterministic=True) for a in snap.audit]
     return out
 
 
@@ -176,6 +177,14 @@ def test_live_state_equals_the_replay_of_its_log(tmp_path):
     message, pieces = replayed.image(report.last_lsn)
     again = _comparable(message, memoryview(b"".join(pieces)))
     assert again["experiments"].keys() == live["experiments"].keys() == {"ts", "val", "lin"}
+    # every administrative change carries its audit entry, replayed with it
+    audited = [st.Audit.FromString(a) for a in live["audit"]]
+    assert [a.rpc for a in audited] == ["CreateExperiment"] * 4 + ["IngestMetrics"] * 2 + [
+        "UpdateArms", "ResetExperiment", "DeleteExperiment", "CreateCampaign"] + [
+        "UpdateCampaign"] * 2 + ["CreateCampaign", "UpdateCampaign"]
+    assert audited[6].ids == ["ts", "a9", "a0"] and audited[11].ids == ["c"]
+    assert audited[-1].ids == ["thr"]
+    assert all(a.peer.startswith("ipv4:127.0.0.1:") and a.time > 0 for a in audited)
     for eid in live["experiments"]:
         assert again["experiments"][eid] == live["experiments"][eid], eid
     assert again == live

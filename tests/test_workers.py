@@ -13,7 +13,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -30,24 +29,24 @@ from banditd.server.api.app import SERVICE
 from banditd.server.cluster.replication import ReplicationLeader, _Follower
 from banditd.server.cluster.workers import FORWARDED_BY_KEY, LOCAL_RPCS, _forwardable, _forwarded_by
 from banditd.server.state.decision_store import split_decision_id
-from conftest import make_experiment
+from helpers import BIN, make_experiment
 
-BIN = Path(sys.executable).parent
 START_TIMEOUT = 300  # a cold Numba cache compiles every kernel first
 
 
 class Workers:
     """A ``banditd serve --workers N`` subprocess and one stub per worker."""
 
-    def __init__(self, data_dir: Path, n: int, *args: str) -> None:
+    def __init__(self, data_dir: Path, n: int, *args: str, metadata=None) -> None:
         self.n = n
+        self.metadata = metadata  # sent with the calls that find the workers
         port_file = data_dir.parent / f"{data_dir.name}.port"
         port_file.unlink(missing_ok=True)
         self.log = data_dir.parent / f"{data_dir.name}.log"
         self.proc = subprocess.Popen(
             [str(BIN / "banditd"), "serve", "--workers", str(n), "--port", "0",
              "--port-file", str(port_file), "--data-dir", str(data_dir),
-             "--set", "grace_seconds=2", *args],
+             "--set", "grace_seconds=2", "--set", "drain_seconds=0", *args],
             stderr=open(self.log, "a"), start_new_session=True)  # noqa: SIM115 (the child writes it)
         deadline = time.monotonic() + START_TIMEOUT
         while not port_file.exists() or not port_file.read_text().strip():
@@ -66,7 +65,8 @@ class Workers:
                 # distinct arguments and no shared subchannel: a new connection each time
                 options=[("banditd.test.attempt", attempt), ("grpc.use_local_subchannel_pool", 1)])
             stub = pb_grpc.DecisionServiceStub(ch)
-            _, call = stub.ListExperiments.with_call(pb.ListExperimentsRequest(), timeout=10)
+            _, call = stub.ListExperiments.with_call(pb.ListExperimentsRequest(), timeout=10,
+                                                     metadata=self.metadata)
             index = worker_of(call)
             if index in self.channels:
                 ch.close()
@@ -125,8 +125,8 @@ def wait_for_stats(w: Workers, experiment_id: str, expected: dict) -> None:
 def workers(tmp_path):
     started: list[Workers] = []
 
-    def start(n: int = 2, data: str = "data", *args: str) -> Workers:
-        w = Workers(tmp_path / data, n, *args)
+    def start(n: int = 2, data: str = "data", *args: str, metadata=None) -> Workers:
+        w = Workers(tmp_path / data, n, *args, metadata=metadata)
         started.append(w)
         return w
 
@@ -136,6 +136,7 @@ def workers(tmp_path):
             w.kill()
 
 
+@pytest.mark.slow
 def test_rewards_through_every_worker_add_up_exactly_and_survive_a_restart(workers):
     w = workers(2)
     leader, follower = w.stubs[0], w.stubs[1]
@@ -239,6 +240,7 @@ def test_rewards_through_every_worker_add_up_exactly_and_survive_a_restart(worke
     assert w2.stop() == 0
 
 
+@pytest.mark.slow
 def test_three_workers_share_the_port_and_a_dead_worker_stops_all(workers):
     """Also with messages between workers gathered for 50 ms instead of 10 (the setting is
     used on both sides): configuration is still acknowledged at once, and every worker counts
@@ -269,6 +271,7 @@ def test_three_workers_share_the_port_and_a_dead_worker_stops_all(workers):
             Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
 
 
+@pytest.mark.slow
 def test_workers_stop_when_their_supervisor_is_killed(workers):
     w = workers(2, "orphans")
     pids = w.pids()
@@ -282,6 +285,7 @@ def test_workers_stop_when_their_supervisor_is_killed(workers):
             Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
 
 
+@pytest.mark.slow
 def test_port_in_use_is_refused(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -319,3 +323,63 @@ def test_a_forwarded_write_hurries_the_stream_to_its_follower():
     assert _forwarded_by([(FORWARDED_BY_KEY, "one")]) is None
     assert _forwarded_by([("x-trace", "a")]) is None
     assert _forwardable([("x-trace", "a"), (FORWARDED_BY_KEY, "3")]) == (("x-trace", "a"),)
+
+
+def test_tokens_pass_through_forwarding_and_every_worker_exports_replication_metrics(
+        workers, tmp_path):
+    import json
+    import re
+    import urllib.request
+
+    from helpers import ROOT, bearer, write_tokens
+
+    tokens = write_tokens(tmp_path / "tokens", {"ops": ("t-ops", "admin"),
+                                                "reader": ("t-read", "read")})
+    metrics_port = _two_free_ports()  # worker i serves port + i
+    w = workers(2, "data", "--auth-tokens-file", str(tokens), "--set",
+                f"metrics_port={metrics_port}", metadata=bearer("t-read"))
+    follower = w.stubs[1]
+    # CreateExperiment reaches the leader through the follower, with the caller's token
+    with pytest.raises(grpc.RpcError) as denied:
+        follower.CreateExperiment(pb.CreateExperimentRequest(
+            experiment=make_experiment("fw", arms=("a",))), metadata=bearer("t-read"))
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.RpcError) as anonymous:
+        follower.CreateExperiment(pb.CreateExperimentRequest(
+            experiment=make_experiment("fw", arms=("a",))))
+    assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    _, call = follower.CreateExperiment.with_call(pb.CreateExperimentRequest(
+        experiment=make_experiment("fw", arms=("a",))), metadata=bearer("t-ops"))
+    assert worker_of(call) == 1
+    assert follower.GetExperiment(pb.GetExperimentRequest(experiment_id="fw"),
+                                  metadata=bearer("t-read")).experiment_id == "fw"
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "banditd.json").read_text())
+    wanted = {m for p in dashboard["panels"] for t in p["targets"]
+              for m in re.findall(r"\b(banditd_replication_[a-z_]+)\b", t["expr"])}
+    assert wanted == {"banditd_replication_lag_records", "banditd_replication_lag_seconds"}
+    texts = [urllib.request.urlopen(f"http://127.0.0.1:{metrics_port + i}/metrics",
+                                    timeout=10).read().decode() for i in range(2)]
+    assert re.search(r'^banditd_replication_lag_records\{follower="1"\} \d', texts[0], re.M)
+    assert re.search(r"^banditd_replication_lag_seconds \S+$", texts[1], re.M)
+    assert w.stop() == 0
+    # the leader's audit entry names the client behind the follower
+    audit = subprocess.run([str(BIN / "banditd"), "audit", "--data-dir",
+                            str(tmp_path / "data")], capture_output=True, text=True, timeout=60)
+    (entry,) = [json.loads(line) for line in audit.stdout.splitlines()]
+    assert entry["rpc"] == "CreateExperiment" and entry["token_name"] == "ops"
+    assert entry["peer"].startswith("ipv4:127.0.0.1:") and "(via ipv4:127.0.0.1:" in entry["peer"]
+
+
+def _two_free_ports() -> int:
+    """A port p of 127.0.0.1 such that p and p + 1 were both free a moment ago."""
+    for _ in range(100):
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+            with socket.socket() as second:
+                try:
+                    second.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+                return port
+    raise AssertionError("no two consecutive free ports")

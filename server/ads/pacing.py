@@ -96,6 +96,7 @@ from banditd.server.errors import (
     InvalidArgument,
     NotFound,
     ResourceExhausted,
+    shown,
 )
 from banditd.server.ids import check_experiment_id
 from banditd.server.settings import Settings
@@ -112,6 +113,7 @@ PRIOR_CONVERSIONS = 5.0  # shrinkage of an hour's conversions per cost to the ov
 CLOSED_BIDS_KEPT = 20_000  # closed bid ids remembered per campaign (answers retries)
 LEDGER_DAYS_KEPT = 8
 DEFAULT_CAP_FRACTION = 0.10
+MAX_ZONE_NAME = 64
 _MUTABLE = ("daily_budget", "max_bid", "bid_cap_fraction", "time_zone", "paused",
             "pacing_mode", "reservation_ttl_seconds", "hourly_weights", "seed")
 _OPTIONAL = ("bid_cap_fraction", "reservation_ttl_seconds", "seed")  # unset != 0
@@ -143,15 +145,20 @@ def _money(value: float, field: str, allow_zero: bool = False) -> int:
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero) \
             or value > MAX_MONEY:
         bound = "[0" if allow_zero else "(0"
-        raise InvalidArgument(f"{field} must be in {bound}, {MAX_MONEY:g}], got {value}")
+        raise InvalidArgument(f"{field} must be in {bound}, {MAX_MONEY:g}], got {value}",
+                              field=field)
     return int(value * MICROS)
 
 
 def _zone(name: str) -> ZoneInfo:
+    if len(name) > MAX_ZONE_NAME:
+        raise InvalidArgument(f"time_zone {shown(name)} is not an IANA time zone (names are "
+                              f"at most {MAX_ZONE_NAME} characters)", field="time_zone")
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise InvalidArgument(f"time_zone {name!r} is not an IANA time zone") from None
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name the OS rejects
+        raise InvalidArgument(f"time_zone {shown(name)} is not an IANA time zone",
+                              field="time_zone") from None
 
 
 def _check_weights(weights: Sequence[float]) -> None:
@@ -160,12 +167,14 @@ def _check_weights(weights: Sequence[float]) -> None:
     if len(weights) != HOURS:
         raise InvalidArgument(
             f"hourly_weights has {len(weights)} values, expected {HOURS} (one per local "
-            "hour) or none")
+            "hour) or none", field="hourly_weights")
     for hour, w in enumerate(weights):
         if not math.isfinite(w) or w < 0:
-            raise InvalidArgument(f"hourly_weights[{hour}] must be finite and >= 0, got {w}")
+            raise InvalidArgument(f"hourly_weights[{hour}] must be finite and >= 0, got {w}",
+                                  field=f"hourly_weights[{hour}]")
     if sum(weights) <= 0:
-        raise InvalidArgument("hourly_weights are all 0: at least one hour needs a weight")
+        raise InvalidArgument("hourly_weights are all 0: at least one hour needs a weight",
+                              field="hourly_weights")
 
 
 def initial_plan(config: pb.Campaign) -> np.ndarray:
@@ -177,7 +186,16 @@ def initial_plan(config: pb.Campaign) -> np.ndarray:
 
 
 def normalize(config: pb.Campaign, ttl_default: float) -> pb.Campaign:
-    """Validate a campaign and fill in defaults; raises InvalidArgument naming the field."""
+    """Validate a campaign and fill in defaults; raises InvalidArgument naming the field (its
+    path in the request: ``campaign.<field>``)."""
+    try:
+        return _normalize(config, ttl_default)
+    except InvalidArgument as exc:
+        exc.field = f"campaign.{exc.field}"
+        raise
+
+
+def _normalize(config: pb.Campaign, ttl_default: float) -> pb.Campaign:
     check_experiment_id(config.campaign_id, "campaign_id")
     _money(config.daily_budget, "daily_budget")
     _money(config.max_bid, "max_bid")
@@ -186,18 +204,20 @@ def normalize(config: pb.Campaign, ttl_default: float) -> pb.Campaign:
     if not config.HasField("bid_cap_fraction"):
         out.bid_cap_fraction = DEFAULT_CAP_FRACTION
     elif not (0 < config.bid_cap_fraction <= 1):
-        raise InvalidArgument(f"bid_cap_fraction must be in (0, 1], got {config.bid_cap_fraction}")
+        raise InvalidArgument(f"bid_cap_fraction must be in (0, 1], got {config.bid_cap_fraction}",
+                              field="bid_cap_fraction")
     out.time_zone = config.time_zone or "UTC"
     _zone(out.time_zone)
     if config.pacing_mode not in pb.PacingMode.values():
-        raise InvalidArgument(f"pacing_mode {config.pacing_mode} is not a PacingMode value")
+        raise InvalidArgument(f"pacing_mode {config.pacing_mode} is not a PacingMode value",
+                              field="pacing_mode")
     if config.pacing_mode == pb.PACING_MODE_UNSPECIFIED:
         out.pacing_mode = pb.PACING_MODE_SMOOTH
     if not config.HasField("reservation_ttl_seconds"):
         out.reservation_ttl_seconds = ttl_default
     elif not (0 < config.reservation_ttl_seconds <= 86_400):
         raise InvalidArgument("reservation_ttl_seconds must be in (0, 86400], got "
-                              f"{config.reservation_ttl_seconds}")
+                              f"{config.reservation_ttl_seconds}", field="reservation_ttl_seconds")
     _check_weights(config.hourly_weights)
     if not config.HasField("seed"):
         out.seed = secrets.randbits(63)
@@ -464,7 +484,8 @@ class Campaign:
         """One auction at event time t: its record (applied by :meth:`apply_pace`) and the
         answer. The current day must cover t (see :meth:`day_change`). Changes nothing."""
         if not math.isfinite(base_bid) or base_bid < 0 or base_bid > MAX_MONEY:
-            raise InvalidArgument(f"base_bid must be in [0, {MAX_MONEY:g}], got {base_bid}")
+            raise InvalidArgument(f"base_bid must be in [0, {MAX_MONEY:g}], got {base_bid}",
+                                  field="base_bid")
         t = self._in_day(t)
         day = self.day
         assert day is not None
@@ -535,10 +556,11 @@ class Campaign:
         the answer to a retry of a settled bid. The current day must cover t. Changes
         nothing."""
         if not bid_id:
-            raise InvalidArgument("bid_id is required")
+            raise InvalidArgument("bid_id is required", field="bid_id")
         cost_micros = _money(cost, "cost", allow_zero=True) if won else 0
         if not math.isfinite(conversions) or conversions < 0 or conversions > MAX_MONEY:
-            raise InvalidArgument(f"conversions must be in [0, {MAX_MONEY:g}], got {conversions}")
+            raise InvalidArgument(f"conversions must be in [0, {MAX_MONEY:g}], got {conversions}",
+                                  field="conversions")
         reservation = self.reservations.get(bid_id)
         if reservation is None:
             expired = self.closed.get(bid_id)
@@ -546,7 +568,7 @@ class Campaign:
                 return pb.RecordSpendResponse(duplicate=True)
             if expired:
                 raise self._expired(bid_id)
-            raise NotFound(f"bid '{bid_id}' not found in campaign '{self.campaign_id}'")
+            raise NotFound(f"bid {shown(bid_id)} not found in campaign '{self.campaign_id}'")
         t = self._in_day(t)
         if reservation.expires <= t:  # expired by this very event time
             raise self._expired(bid_id)
@@ -658,7 +680,8 @@ class Campaign:
         self.bids, self.control_win = state.bids, state.control_win_threshold
 
 
-def _answer(amount: int, multiplier: float, participation: float, reason: tuple[str, int],
+def _answer(amount: int, multiplier: float, participation: float,
+            reason: tuple[str, pb.PaceReason],
             bid_id: str = "") -> pb.PaceBidResponse:
     return pb.PaceBidResponse(bid=amount / MICROS, pacing_multiplier=multiplier, bid_id=bid_id,
                               reason=reason[0], reason_code=reason[1],
@@ -683,10 +706,14 @@ class CampaignRegistry:
     def clear(self) -> None:
         self._campaigns.clear()
 
+    def adopt(self, other: CampaignRegistry) -> None:
+        """Take over ``other``'s campaigns (see :meth:`StateMachine.adopt`)."""
+        self._campaigns = other._campaigns
+
     def get(self, campaign_id: str) -> Campaign:
         campaign = self._campaigns.get(campaign_id)
         if campaign is None:
-            raise NotFound(f"campaign '{campaign_id}' not found")
+            raise NotFound(f"campaign {shown(campaign_id)} not found")
         return campaign
 
     def check_create(self, config: pb.Campaign) -> pb.Campaign:
@@ -711,13 +738,15 @@ class CampaignRegistry:
             merged.CopyFrom(config)
         else:
             if not paths:
-                raise InvalidArgument("update_mask has no paths")
+                raise InvalidArgument("update_mask has no paths", field="update_mask")
             for path in paths:
                 if path == "campaign_id":
-                    raise InvalidArgument("update_mask: campaign_id cannot change")
+                    raise InvalidArgument("update_mask: campaign_id cannot change",
+                                          field="update_mask")
                 if path not in _MUTABLE:
                     raise InvalidArgument(
-                        f"update_mask: unknown field {path!r} (one of {', '.join(_MUTABLE)})")
+                        f"update_mask: unknown field {path!r} (one of {', '.join(_MUTABLE)})",
+                        field="update_mask")
                 if path == "hourly_weights":
                     del merged.hourly_weights[:]
                     merged.hourly_weights.extend(config.hourly_weights)

@@ -20,6 +20,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
+from banditd.server.api import telemetry
 from banditd.server.api.core import Core
 from banditd.server.api.handlers import (
     SERVICE,
@@ -32,6 +33,7 @@ from banditd.server.api.handlers import (
 )
 from banditd.server.api.metrics import Metrics
 from banditd.server.api.service import DecisionService
+from banditd.server.api.tls import ServerCertificates
 from banditd.server.scheduling import batch_helper_threads
 from banditd.server.settings import Settings
 from banditd.server.state.decisions import PendingDecisions
@@ -63,6 +65,10 @@ class Parts:
     routes: Routes | None = None  # None: every RPC served here (:func:`local_routes`)
     companion: Companion | None = None
     reuse_port: bool = False  # several processes share the port (SO_REUSEPORT)
+    # Compile every policy's kernels at start, not only those of the restored state (a
+    # worker of several: experiments also arrive from the leader's stream, where a follower
+    # could not wait for a compilation before its next SelectArm).
+    all_kernels: bool = False
 
 
 def standalone_parts(settings: Settings) -> Parts:
@@ -79,7 +85,9 @@ def build_service(settings: Settings, parts: Parts | None = None) -> DecisionSer
         parts = standalone_parts(settings)
     metrics = Metrics()
     metrics.track(lambda: len(parts.state.experiments), lambda: len(parts.state.store))
-    return DecisionService(Core(settings, parts.state, parts.storage, parts.pending, metrics))
+    core = Core(settings, parts.state, parts.storage, parts.pending, metrics)
+    telemetry.register(core)
+    return DecisionService(core)
 
 
 def local_routes(service: DecisionService) -> dict[str, Handler]:
@@ -105,24 +113,26 @@ class BanditServer:
         self.state = parts.state
         self.storage = parts.storage
         self.companion = parts.companion
+        self.all_kernels = parts.all_kernels
         self.port = port
         self.metrics_port: int | None = None
         self.health = health.aio.HealthServicer()
         self._warmup: asyncio.Task | None = None
         self.restore_report: RestoreReport | None = None
+        self.certificates: ServerCertificates | None = None  # with TLS
+
+    def reload(self) -> None:
+        """SIGHUP: read the tokens file and the TLS files again (each kept as it was when its
+        new files cannot be used)."""
+        self.core.auth.reload()
+        if self.certificates is not None:
+            self.certificates.reload()
 
     async def _set_health(self, status: int) -> None:
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status)
 
     async def _warm_up(self) -> None:
-        from banditd.server.api.warmup import warm_up
-
-        # Compile (or load from numba's on-disk cache) and run every kernel before
-        # reporting SERVING, so no request pays JIT time. Runs in a thread so the
-        # health service keeps answering NOT_SERVING meanwhile.
-        seconds = await asyncio.to_thread(warm_up)
-        log.info("kernels ready in %.2f s", seconds)
         # Restore before serving: nothing else touches the state until `ready`.
         report = await self.storage.load()
         for problem in report.problems:
@@ -134,6 +144,15 @@ class BanditServer:
             len(self.state.store),
         )
         self.restore_report = report
+        # Compile (or load from numba's on-disk cache) and run the shared kernels and those
+        # of the policies in use before reporting SERVING, so no request pays JIT time (other
+        # policies: on first use, see api.warmup). In a thread, so the health service keeps
+        # answering NOT_SERVING meanwhile.
+        policies = None if self.all_kernels else {
+            e.spec.kernel.NAME for e in self.state.experiments.experiments()}
+        seconds = await asyncio.to_thread(self.core.kernels.start, policies)
+        log.info("kernels ready in %.2f s (policies: %s)", seconds,
+                 ", ".join(sorted(self.core.kernels.ready)) or "none yet")
         await self.storage.start()
         # Collect what start-up left (compilation, restore) now, while not serving: left
         # for later, the first full collection came a few seconds into the traffic and
@@ -142,6 +161,14 @@ class BanditServer:
         self.core.ready = True
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("SERVING on port %d (durability: %s)", self.port, self.storage.mode)
+
+    def _writable(self, writable: bool, why: str) -> None:
+        """The log stopped or resumed taking records: health follows (a load balancer
+        takes the server out of rotation meanwhile; reads and SelectArm still answer)."""
+        if self.core.ready:
+            status = (health_pb2.HealthCheckResponse.SERVING if writable
+                      else health_pb2.HealthCheckResponse.NOT_SERVING)
+            asyncio.get_running_loop().create_task(self._set_health(status))
 
     async def wait_ready(self) -> None:
         """Wait until health is SERVING (re-raises a warm-up failure)."""
@@ -161,9 +188,14 @@ class BanditServer:
             raise ready.exception()  # type: ignore[misc]
         return True
 
-    async def stop(self, grace: float | None) -> None:
-        """Graceful stop: drain in-flight RPCs, then a final snapshot and close the log."""
+    async def stop(self, grace: float | None, drain: float = 0.0) -> None:
+        """Graceful stop: health NOT_SERVING at once, serving on for ``drain`` seconds (load
+        balancers move traffic away), then no new calls and in-flight ones get ``grace``
+        seconds; then a final snapshot and the log closed."""
         await self.health.enter_graceful_shutdown()
+        if drain > 0 and self.core.ready:
+            log.info("draining for %.1f s (health NOT_SERVING, still serving)", drain)
+            await asyncio.sleep(drain)
         started = self._warmup is not None and self._warmup.done() and \
             self._warmup.exception() is None
         if self._warmup is not None and not self._warmup.done():
@@ -190,33 +222,61 @@ async def create_server(settings: Settings, parts: Parts | None = None
     """
     if parts is None:
         parts = standalone_parts(settings)
+    parts.storage.lock()  # one server per data directory, before anything in it is read
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         # Only requests are bounded: a response is built after state changed, so it
         # must never be refused for size (the batch-size limit bounds it instead).
         ("grpc.max_send_message_length", -1),
         ("grpc.so_reuseport", 1 if parts.reuse_port else 0),
+        ("grpc.max_connection_idle_ms", int(settings.max_connection_idle_seconds * 1000)),
+        ("grpc.server_handshake_timeout_ms", int(settings.handshake_timeout_seconds * 1000)),
+        ("grpc.keepalive_time_ms", int(settings.keepalive_time_seconds * 1000)),
+        ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout_seconds * 1000)),
     ]
+    _raise_open_files_limit()
     with batch_helper_threads(settings.batch_schedule_io_threads):
         app = await _start(settings, options, parts)
     app._warmup = asyncio.create_task(app._warm_up())
     return app, app.port
 
 
+def _raise_open_files_limit() -> None:
+    """Every connection is a file descriptor: take the hard limit as the soft one."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, OSError, ValueError):  # not on this OS, or not allowed
+        pass
+
+
 async def _start(settings: Settings, options: list, parts: Parts) -> BanditServer:
-    server = grpc.aio.server(options=options)
+    # Past max_concurrent_rpcs calls in progress, gRPC itself answers RESOURCE_EXHAUSTED at
+    # once (before any handler runs): load is shed instead of queued without limit.
+    server = grpc.aio.server(options=options,
+                             maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
     service = build_service(settings, parts)
     metrics = service.metrics
     routes = parts.routes or local_routes
     register_decision_handlers(server, routes(service))
     address = f"{settings.host}:{settings.port}"
+    certificates = ServerCertificates(settings) if settings.tls else None
     try:
-        port = server.add_insecure_port(address)
+        if certificates is not None:
+            port = server.add_secure_port(address, certificates.credentials())
+        else:
+            port = server.add_insecure_port(address)
     except RuntimeError as exc:  # grpc reports a failed bind this way
         raise OSError(f"could not listen on {address}: {exc}") from None
     if port == 0:
         raise OSError(f"could not listen on {address}")
     app = BanditServer(server, service, parts, port)
+    parts.storage.on_writable = app._writable
+    metrics.track_log(lambda: parts.storage.writable, lambda: parts.storage.failures)
+    app.certificates = certificates
     generic_only = GenericHandlersOnly(server)
     health_pb2_grpc.add_HealthServicer_to_server(app.health, generic_only)
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from banditd.decision.v1 import decision_pb2 as pb
 from banditd.server.ads.pacing import MICROS, Campaign
-from banditd.server.api.core import Core, event_time
+from banditd.server.api.core import Core
 from banditd.server.errors import InvalidArgument
 from banditd.storage.v1 import storage_pb2 as st
 
@@ -24,17 +24,19 @@ class PacingHandlers:
 
     async def CreateCampaign(self, request: pb.CreateCampaignRequest, context) -> pb.Campaign:
         if not request.HasField("campaign"):
-            raise InvalidArgument("campaign is required")
+            raise InvalidArgument("campaign is required", field="campaign")
         config = self.campaigns.check_create(request.campaign)
-        await self.core.write(st.WalRecord(campaign=config), replicated=True)
+        await self.core.write_audited(st.WalRecord(campaign=config), context, "CreateCampaign",
+                                      [config.campaign_id])
         return config
 
     async def UpdateCampaign(self, request: pb.UpdateCampaignRequest, context) -> pb.Campaign:
         if not request.HasField("campaign"):
-            raise InvalidArgument("campaign is required")
+            raise InvalidArgument("campaign is required", field="campaign")
         paths = list(request.update_mask.paths) if request.HasField("update_mask") else None
         config = self.campaigns.check_update(request.campaign, paths)
-        await self.core.write(st.WalRecord(campaign=config), replicated=True)
+        await self.core.write_audited(st.WalRecord(campaign=config), context, "UpdateCampaign",
+                                      [config.campaign_id])
         return config
 
     def _begin_day(self, campaign: Campaign, t: float) -> bool:
@@ -43,6 +45,7 @@ class PacingHandlers:
         record = campaign.day_change(t)
         if record is None:
             return False
+        self.core.check_writable()
         wal = st.WalRecord(campaign_day=record)
         self.core.state.apply(wal)
         if self.core.logging:
@@ -52,19 +55,21 @@ class PacingHandlers:
     async def GetPacingStatus(self, request: pb.GetPacingStatusRequest, context
                               ) -> pb.PacingStatus:
         campaign = self.campaigns.get(request.campaign_id)
-        t = event_time(request)
+        t = self.core.event_time(request)
         if self._begin_day(campaign, t):
             await self.core.synced()
         return campaign.status(t)
 
     async def PaceBid(self, request: pb.PaceBidRequest, context) -> pb.PaceBidResponse:
         campaign = self.campaigns.get(request.campaign_id)
-        t = event_time(request)
+        t = self.core.event_time(request)
+        self.core.check_writable()  # a bid spends money: never one the log would not have
         new_day = self._begin_day(campaign, t)
         event, response = campaign.decide_bid(request.base_bid, t)
         record = st.WalRecord(pace=event)
         campaign.apply_pace(event)
         core = self.core
+        core.metrics.paced(request.campaign_id, event.amount_micros > 0)
         if core.logging:
             if event.amount_micros or new_day:
                 core.storage.append(record.SerializeToString())
@@ -76,7 +81,7 @@ class PacingHandlers:
     async def RecordSpend(self, request: pb.RecordSpendRequest, context
                           ) -> pb.RecordSpendResponse:
         campaign = self.campaigns.get(request.campaign_id)
-        t = event_time(request)
+        t = self.core.event_time(request)
         self._begin_day(campaign, t)  # written with the settlement, or waited for below
         checked = campaign.check_settlement(request.bid_id, request.won, request.cost,
                                             request.conversions, t)

@@ -139,9 +139,10 @@ def select_responses_reference(prefix: str, first_counter: int, arms: np.ndarray
 
 
 # -- one SelectArmResponse, in Python ----------------------------------------------------------
-# SelectArm's response costs ~4.5k instructions through protobuf's API (a message built from
-# keyword arguments, serialised, freed) and ~1k as a join of pieces kept ready: each arm's
-# ``arm_id`` field (:func:`arm_field`, kept by the experiment), the model version's field
+# SelectArm's response through protobuf's API (a message built from keyword arguments,
+# serialised, freed) costs about four times a join of pieces kept ready: each arm's
+# ``arm_id`` field (:func:`arm_field`, kept per experiment in :class:`ArmWire`), the model
+# version's field
 # (cached), the propensity's 9 bytes. Reference: protobuf's own serialisation (the tests
 # compare the bytes).
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import hmac
 import logging
 import math
 import time
@@ -53,8 +54,9 @@ from banditd.server.state.decision_store import DecisionRecord, DecisionStore, s
 from banditd.server.state.decisions import PendingDecisions
 from banditd.server.state.machine import StateMachine
 from banditd.server.storage import snapshot
-from banditd.server.storage.durability import Durability
+from banditd.server.storage.durability import Durability, PendingRecords
 from banditd.server.storage.recovery import RestoreReport
+from banditd.storage.v1 import storage_pb2 as st
 
 if TYPE_CHECKING:
     from banditd.server.api.handlers import Readiness
@@ -71,6 +73,66 @@ PRIVATE_CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", -1),
     ("grpc.use_local_subchannel_pool", 1),  # its own connection, not shared with others
 ]
+
+
+TOKEN_KEY = "banditd-internal-token"  # the per-start secret the supervisor gives its workers
+FOLLOWER_RECORDS = frozenset({"decision_table", "decision_block"})  # all a follower may send
+
+
+class InternalAuth(grpc.aio.ServerInterceptor):
+    """The private port answers only the workers of this start: every call must carry the
+    supervisor's secret (compared in constant time), else UNAUTHENTICATED."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token.encode()
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        given = next((v for k, v in details.invocation_metadata or () if k == TOKEN_KEY), "")
+        if hmac.compare_digest(str(given).encode(), self._token) or handler is None:
+            return handler
+
+        async def refuse(request, context):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                "the internal port answers this server's workers only")
+
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                refuse, handler.request_deserializer, handler.response_serializer)
+
+        async def refuse_stream(request, context):
+            await refuse(request, context)
+            yield  # pragma: no cover (abort raised)
+
+        return grpc.unary_stream_rpc_method_handler(
+            refuse_stream, handler.request_deserializer, handler.response_serializer)
+
+
+class _WithToken:
+    """Adds the internal secret to the metadata of a worker's private calls."""
+
+    def __init__(self, token: str) -> None:
+        self._pair = (TOKEN_KEY, token)
+
+    def _details(self, details):
+        return details._replace(metadata=grpc.aio.Metadata(*(details.metadata or ()),
+                                                           self._pair))
+
+
+class _UnaryToken(_WithToken, grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation, details, request):
+        return await continuation(self._details(details), request)
+
+
+class _StreamToken(_WithToken, grpc.aio.UnaryStreamClientInterceptor):
+    async def intercept_unary_stream(self, continuation, details, request):
+        return await continuation(self._details(details), request)
+
+
+def private_channel(address: str, token: str) -> grpc.aio.Channel:
+    """A channel to the leader's private port, every call carrying the secret."""
+    return grpc.aio.insecure_channel(address, options=PRIVATE_CHANNEL_OPTIONS,
+                                     interceptors=[_UnaryToken(token), _StreamToken(token)])
 
 
 class _Waiters:
@@ -134,6 +196,10 @@ class ReplicationLeader(rpb_grpc.ReplicationServiceServicer):
         self._by_prefix: dict[str, _Follower] = {}
         self._ack_waiters = _Waiters()  # configuration changes awaiting followers, by seq
 
+    def lag_records(self) -> dict[int, int]:
+        """Per follower: the records published that it has not reported applied."""
+        return {f.index: self.seq - f.acked for f in list(self._followers.values())}
+
     # -- the durability hook (storage.durability.ReplicationLog) --------------------------------
     def publish(self, payload: bytes, origin: int) -> None:
         """Number one appended record and queue it for every follower but ``origin``."""
@@ -196,9 +262,19 @@ class ReplicationLeader(rpb_grpc.ReplicationServiceServicer):
 
     # -- RPCs ------------------------------------------------------------------------------------
     async def Subscribe(self, request, context):
+        index = int(request.worker_index)
+        if not 0 < index < self.settings.workers:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"worker_index {index} is not a follower of this server "
+                                f"(1-{self.settings.workers - 1})")
+        if index in self._followers:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS,
+                                f"worker {index} is subscribed already")
         while self.gate is None or not self.gate.ready:  # the image is the restored state
             await asyncio.sleep(0.05)
-        index = int(request.worker_index)
+        if index in self._followers:  # taken while waiting
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS,
+                                f"worker {index} is subscribed already")
         # The image and the follower's place in the stream are taken at one instant (no
         # await in between). Followers keep no decision records: none in the image.
         self.durability.hand_over_pending()  # counted in the image: not sent to it again
@@ -240,6 +316,20 @@ class ReplicationLeader(rpb_grpc.ReplicationServiceServicer):
 
     async def PublishDecisions(self, request, context):
         origin = int(request.worker_index)
+        f = self._followers.get(origin)
+        if f is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"worker {origin} is not subscribed")
+            raise AssertionError("abort returned")
+        for i, payload in enumerate(request.records):
+            try:
+                kind = st.WalRecord.FromString(payload).WhichOneof("op")
+            except Exception:
+                kind = None
+            if kind not in FOLLOWER_RECORDS:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                    f"records[{i}] is a {kind or 'undecodable'} record; a "
+                                    "follower sends decision records only")
         durability = self.durability
         for payload in request.records:
             try:
@@ -249,8 +339,7 @@ class ReplicationLeader(rpb_grpc.ReplicationServiceServicer):
                 continue
             durability.append(payload, origin=origin)
         durability.written_lazily()
-        f = self._followers.get(origin)
-        if f is not None:
+        if f.live:
             if request.last_decision_counter > f.published_counter:
                 f.published_counter = request.last_decision_counter
                 f.counter_waiters.release(f.published_counter)
@@ -272,6 +361,9 @@ class ReplicaDecisions(DecisionStore):
     def __init__(self, prefix: str) -> None:
         super().__init__(1, 1.0, id_prefix=prefix)
         self.prefix = prefix
+
+    def fresh(self) -> ReplicaDecisions:
+        return ReplicaDecisions(self.prefix)
 
     @property
     def counter(self) -> int:
@@ -299,8 +391,9 @@ class ReplicaDurability(Durability):
 
     def __init__(self, settings: Settings, state: StateMachine, pending: PendingDecisions,
                  decisions: ReplicaDecisions, index: int, leader_address: Awaitable[str],
-                 on_lost: Callable[[str], None]) -> None:
+                 on_lost: Callable[[str], None], token: str) -> None:
         super().__init__(settings, state, pending)
+        self._token = token
         self.state = state
         self.replica_decisions = decisions
         self.index = index
@@ -317,11 +410,14 @@ class ReplicaDurability(Durability):
         self.publisher: DecisionPublisher | None = None
         self.lag_seconds = 0.0  # of the newest stream message: applied minus sent
 
+    def lock(self) -> None:
+        """A follower owns no data directory (the leader does)."""
+
     # -- image ---------------------------------------------------------------------------------
     async def load(self) -> RestoreReport:
         started = time.perf_counter()
         address = await self._leader_address
-        self._channel = grpc.aio.insecure_channel(address, options=PRIVATE_CHANNEL_OPTIONS)
+        self._channel = private_channel(address, self._token)
         self._stub = rpb_grpc.ReplicationServiceStub(self._channel)
         self._stream = self._stub.Subscribe(rpb.SubscribeRequest(
             worker_index=self.index, decision_id_prefix=self.replica_decisions.prefix))
@@ -428,7 +524,7 @@ class DecisionPublisher:
     it encodes them in (as the leader's own do per log write)."""
 
     def __init__(self, stub: rpb_grpc.ReplicationServiceStub, index: int,
-                 decisions: ReplicaDecisions, rows: PendingDecisions,
+                 decisions: ReplicaDecisions, rows: PendingRecords,
                  on_error: Callable[[str], None], flush_seconds: float) -> None:
         self._stub = stub
         self._flush_seconds = flush_seconds

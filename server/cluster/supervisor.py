@@ -5,9 +5,11 @@ worker``, :mod:`cluster.workers`) that all bind it with SO_REUSEPORT (the kernel
 connections over them), passes the leader's private address to the followers, writes
 ``--port-file`` once every worker is SERVING, forwards SIGTERM / SIGINT (followers first,
 then the leader, so that the followers' last decisions reach the leader before its final
-snapshot), and exits non-zero, stopping the rest, when a worker dies unexpectedly.
+snapshot) and SIGHUP (every worker re-reads its tokens and TLS files), and exits non-zero,
+stopping the rest, when a worker dies unexpectedly.
 
-Control lines: supervisor -> worker on the worker's stdin (``leader <host:port>``; end of
+Control lines: supervisor -> worker on the worker's stdin (``secret <hex>`` first: the private
+port's per-start credential; ``leader <host:port>``; end of
 input = the supervisor is gone, the worker stops); worker -> supervisor on its stdout
 (``leader <host:port>`` from worker 0, ``serving <port>`` from each). The supervisor imports
 no kernels: it starts in a fraction of a second.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import signal
 import socket
 import sys
@@ -59,6 +62,9 @@ async def _supervise(settings: Settings, port_file: Path | None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, events.put_nowait, ("stop", -1, sig.name))
     config = settings.model_dump_json()
+    # The private port's credential, new each start, given to the workers on their stdin (not
+    # in argv or the environment, which other processes can read).
+    secret = secrets.token_hex(32)
     procs: list[asyncio.subprocess.Process] = []
     for index in range(settings.workers):
         procs.append(await asyncio.create_subprocess_exec(
@@ -69,6 +75,8 @@ async def _supervise(settings: Settings, port_file: Path | None) -> int:
             # workers in order. A worker whose supervisor vanishes sees its stdin close.
             start_new_session=True,
         ))
+        assert procs[-1].stdin is not None
+        procs[-1].stdin.write(f"secret {secret}\n".encode())
 
     async def watch(index: int, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
@@ -78,6 +86,13 @@ async def _supervise(settings: Settings, port_file: Path | None) -> int:
                 events.put_nowait((kind, index, argument))
         events.put_nowait(("exit", index, str(await proc.wait())))
 
+    def reload() -> None:  # SIGHUP: every worker re-reads its tokens and TLS files
+        for proc in procs:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGHUP)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     watchers = [loop.create_task(watch(i, p)) for i, p in enumerate(procs)]
     log.info("supervisor: %d workers on %s:%d", settings.workers, settings.host, settings.port)
     serving: set[int] = set()
@@ -102,7 +117,7 @@ async def _supervise(settings: Settings, port_file: Path | None) -> int:
                 if port_file is not None:
                     port_file.write_text(f"{settings.port}\n")
                 log.info("SERVING on port %d with %d workers", settings.port, len(procs))
-    codes = await _stop_workers(procs, settings.grace_seconds)
+    codes = await _stop_workers(procs, settings.grace_seconds + settings.drain_seconds)
     for task in watchers:
         task.cancel()
     clean = requested and all(code == 0 for code in codes)

@@ -21,15 +21,16 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from banditd.replication.v1 import replication_pb2_grpc as rpb_grpc
 from banditd.server.api.app import Parts, create_server
-from banditd.server.api.core import Core
+from banditd.server.api.core import FORWARDED_PEER_KEY, Core
 from banditd.server.api.handlers import (
     SERVICE_NAME,
     Handler,
@@ -40,12 +41,16 @@ from banditd.server.api.handlers import (
 from banditd.server.api.service import DecisionService
 from banditd.server.cluster.replication import (
     PRIVATE_CHANNEL_OPTIONS,
+    TOKEN_KEY,
+    InternalAuth,
     ReplicaDecisions,
     ReplicaDurability,
     ReplicationLeader,
     leader_seq,
     metadata_value,
+    private_channel,
 )
+from banditd.server.errors import STATUS_DETAILS_KEY
 from banditd.server.settings import Settings
 from banditd.server.state.decision_store import DecisionStore
 from banditd.server.state.decisions import PendingDecisions
@@ -73,8 +78,8 @@ DECISION_IDS: dict[str, Callable[[Any], Iterable[str]]] = {
 WORKER_KEY = "banditd-worker"
 FORWARDED_BY_KEY = "banditd-forwarded-by"  # a follower's index, on the calls it forwards
 SEQ_KEY = "banditd-seq"
-_NOT_FORWARDED = frozenset({"user-agent", "content-type", "te", "host", WORKER_KEY,
-                            FORWARDED_BY_KEY})
+_NOT_FORWARDED = frozenset({"user-agent", "content-type", "te", "host", WORKER_KEY, TOKEN_KEY,
+                            FORWARDED_BY_KEY, FORWARDED_PEER_KEY})
 
 
 @dataclass
@@ -83,6 +88,7 @@ class WorkerRole:
 
     index: int  # 0 = leader
     count: int
+    secret: str  # the supervisor's per-start secret: the private port's credential
     leader_address: asyncio.Future[str] | None = None  # followers: host:port of the leader
     on_lost: Callable[[str], None] = field(default=lambda why: None)  # follower lost leader
 
@@ -100,7 +106,8 @@ class WorkerRuntime:
         self.private: grpc.aio.Server | None = None
         self.private_port = 0
         if leader is not None:
-            self.private = grpc.aio.server(options=PRIVATE_CHANNEL_OPTIONS)
+            self.private = grpc.aio.server(options=PRIVATE_CHANNEL_OPTIONS,
+                                           interceptors=[InternalAuth(role.secret)])
             rpb_grpc.add_ReplicationServiceServicer_to_server(leader, self.private)
             self.private_port = self.private.add_insecure_port("127.0.0.1:0")
             if self.private_port == 0:
@@ -110,19 +117,42 @@ class WorkerRuntime:
         """The worker's DecisionService handlers (for :func:`api.app.create_server`)."""
         core = service.core
         behaviors = service.behaviors()
+        service.metrics.add_families(self._replication_metrics)
         if self.leader is not None:
             self.leader.gate = core
-            handlers = {m.name: _leader_handler(m, behaviors[m.name], core, self.leader,
-                                                self.metadata)
-                        for m in unary_methods()}
             assert self.private is not None
-            register_decision_handlers(self.private, handlers)
-            return handlers
+            # the private port's calls come from followers (authenticated): only there is a
+            # follower's banditd-forwarded-by honoured
+            register_decision_handlers(self.private, {
+                m.name: _leader_handler(m, behaviors[m.name], core, self.leader, self.metadata,
+                                        private=True) for m in unary_methods()})
+            return {m.name: _leader_handler(m, behaviors[m.name], core, self.leader,
+                                            self.metadata, private=False)
+                    for m in unary_methods()}
         assert self.forwarder is not None
         self.forwarder.core = core
         return {m.name: (_with_metadata(behaviors[m.name], m, self.metadata, core)
                          if m.name in LOCAL_RPCS else self.forwarder.handler(m.name))
                 for m in unary_methods()}
+
+    def _replication_metrics(self) -> Iterator[Metric]:
+        """The leader: ``banditd_replication_lag_records{follower}`` (records it published
+        that the follower has not reported applied); a follower:
+        ``banditd_replication_lag_seconds`` (from the leader sending its newest message to
+        this worker applying it)."""
+        if self.leader is not None:
+            lag = GaugeMetricFamily("banditd_replication_lag_records", "Log records published "
+                                    "to a follower that it has not reported applied yet.",
+                                    labels=["follower"])
+            for index, behind in self.leader.lag_records().items():
+                lag.add_metric([str(index)], float(behind))
+            yield lag
+        if self.forwarder is not None:
+            seconds = GaugeMetricFamily("banditd_replication_lag_seconds", "Time from the "
+                                        "leader sending its newest stream message to this "
+                                        "follower applying it, seconds.")
+            seconds.add_metric([], self.forwarder.durability.lag_seconds)
+            yield seconds
 
     async def start(self) -> None:
         if self.private is not None:
@@ -156,12 +186,12 @@ def worker_parts(role: WorkerRole, settings: Settings) -> tuple[Parts, WorkerRun
         state = StateMachine(settings, decisions)
         state.experiments.stream = role.index
         storage = ReplicaDurability(settings, state, pending, decisions, role.index,
-                                    role.leader_address, role.on_lost)
+                                    role.leader_address, role.on_lost, role.secret)
         runtime = WorkerRuntime(role, metadata,
                                 forwarder=_Forwarder(storage, role.leader_address, metadata,
-                                                     role.index))
+                                                     role.index, role.secret))
     return Parts(state, storage, pending, routes=runtime.routes, companion=runtime,
-                 reuse_port=True), runtime
+                 reuse_port=True, all_kernels=True), runtime
 
 
 def _with_metadata(behavior, method, metadata, core: Core) -> Handler:
@@ -175,10 +205,10 @@ def _with_metadata(behavior, method, metadata, core: Core) -> Handler:
 
 
 def _leader_handler(method, behavior, core: Core, leader: ReplicationLeader,
-                    metadata) -> Handler:
+                    metadata, private: bool) -> Handler:
     waits = inspect.iscoroutinefunction(behavior)
     decision_ids = DECISION_IDS.get(method.name)
-    forwarded = method.name not in LOCAL_RPCS  # followers send these here
+    forwarded = private and method.name not in LOCAL_RPCS  # followers send these here
 
     async def call(request, context):
         if decision_ids is not None and leader.has_followers:
@@ -204,10 +234,11 @@ class _Forwarder:
     the leader's status) out, then read-your-writes."""
 
     def __init__(self, durability: ReplicaDurability, leader_address: Awaitable[str], metadata,
-                 index: int) -> None:
+                 index: int, token: str = "") -> None:
+        self._token = token
         self.core: Core | None = None  # the server's (set when it is built)
         self._forwarded_by = ((FORWARDED_BY_KEY, str(index)),)
-        self._durability = durability
+        self.durability = durability
         self._leader_address = leader_address
         self._metadata = metadata
         self._channel: grpc.aio.Channel | None = None
@@ -224,8 +255,7 @@ class _Forwarder:
         if call is None:
             if self._channel is None:
                 # A channel of its own: forwarded calls do not queue behind the stream.
-                self._channel = grpc.aio.insecure_channel(
-                    await self._leader_address, options=PRIVATE_CHANNEL_OPTIONS)
+                self._channel = private_channel(await self._leader_address, self._token)
             call = self._calls[name] = self._channel.unary_unary(f"/{SERVICE_NAME}/{name}")
         return call
 
@@ -244,12 +274,13 @@ class _Forwarder:
             await context.abort(grpc.StatusCode.UNAVAILABLE,
                                 "server is starting (loading the leader's state); retry")
         try:
-            publisher = self._durability.publisher
+            publisher = self.durability.publisher
             if name in DECISION_IDS and publisher is not None and publisher.pending:
                 publisher.send_now()  # the leader would wait for these decisions
             call = (await self._call(name))(
                 request, timeout=context.time_remaining(),
-                metadata=(*_forwardable(context.invocation_metadata()), *self._forwarded_by))
+                metadata=(*_forwardable(context.invocation_metadata()), *self._forwarded_by,
+                          (FORWARDED_PEER_KEY, context.peer() or "")))
             try:
                 response = await call
             except grpc.aio.AioRpcError as exc:
@@ -258,7 +289,7 @@ class _Forwarder:
                 refused = None
                 trailing = await call.trailing_metadata()
                 seq = leader_seq(trailing)
-                if seq and not await self._durability.wait_applied_seq(seq):
+                if seq and not await self.durability.wait_applied_seq(seq):
                     log.warning("%s: answered before applying the leader's log up to %d",
                                 name, seq)
                 context.set_trailing_metadata((*self._metadata, *_forwardable(trailing)))
@@ -290,9 +321,10 @@ def _forwarded_by(metadata) -> int | None:
 
 def _forwardable(metadata) -> tuple[tuple[str, Any], ...]:
     """Metadata worth passing on between client, follower and leader (not the transport's
-    own keys, nor the worker keys, which each worker sets itself)."""
+    own keys but a rich error status, nor the worker keys, which each worker sets itself)."""
     return tuple((k, v) for k, v in (metadata or ())
-                 if not k.startswith((":", "grpc-")) and k not in _NOT_FORWARDED)
+                 if (k == STATUS_DETAILS_KEY or not k.startswith((":", "grpc-")))
+                 and k not in _NOT_FORWARDED)
 
 
 # -- one worker process ------------------------------------------------------------------------
@@ -321,7 +353,7 @@ async def _worker(settings: Settings, index: int) -> int:
         stop.set()
 
     leader = loop.create_future()
-    role = WorkerRole(index, settings.workers, leader, lost)
+    secret = loop.create_future()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     reader = asyncio.StreamReader()
@@ -333,14 +365,25 @@ async def _worker(settings: Settings, index: int) -> int:
             command, _, argument = line.decode().strip().partition(" ")
             if command == "leader" and not leader.done():
                 leader.set_result(argument)
+            elif command == "secret" and not secret.done():
+                secret.set_result(argument)
         if not stop.is_set():
             log.warning("supervisor gone; stopping")
         stop.set()
 
     control_task = loop.create_task(control())
+    try:
+        token = await asyncio.wait_for(secret, 60)  # the supervisor's first line
+    except TimeoutError:
+        log.error("worker %d: no secret from the supervisor", index)
+        return 1
+    role = WorkerRole(index, settings.workers, token, leader, lost)
     parts, runtime = worker_parts(role, settings)
     app, port = await create_server(settings, parts)
+    loop.add_signal_handler(signal.SIGHUP, app.reload)
     if index == 0:
+        log.info("internal port 127.0.0.1:%d (this server's workers only)",
+                 runtime.private_port)
         _tell("leader", f"127.0.0.1:{runtime.private_port}")
     try:
         if await app.wait_ready_or(stop):
@@ -350,7 +393,7 @@ async def _worker(settings: Settings, index: int) -> int:
         return 1
     await stop.wait()
     log.info("worker %d shutting down (grace %.1f s)", index, settings.grace_seconds)
-    await app.stop(settings.grace_seconds)
+    await app.stop(settings.grace_seconds, settings.drain_seconds)
     control_task.cancel()
     if failures:
         log.error("worker %d stopped: %s", index, failures[0])

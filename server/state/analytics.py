@@ -17,7 +17,13 @@ from banditd.decision.v1 import decision_pb2 as pb
 from banditd.kernels.allocation import prob_best_beta, prob_best_value
 from banditd.kernels.rng import seed_state
 from banditd.server.ads.budget import project_to_box, round_to_units
-from banditd.server.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from banditd.server.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    shown,
+)
 from banditd.server.state.experiment import Experiment
 
 DEFAULT_DRAWS = 10_000
@@ -26,9 +32,11 @@ STATS_DRAW_BUDGET = 1_000_000  # GetArmStats: draws x arms at most (10,000 draws
 MAX_PERIOD_LENGTH = 64
 
 
-def check_ingest(experiment: Experiment, request: pb.IngestMetricsRequest) -> None:
+def check_ingest(experiment: Experiment, request: pb.IngestMetricsRequest,
+                 max_periods: int) -> None:
     """Validate an IngestMetrics request (its record is the request itself; applied by
-    :meth:`ExperimentRegistry.apply_ingest`). Changes nothing."""
+    :meth:`ExperimentRegistry.apply_ingest`); ``max_periods``: periods an arm may hold.
+    Changes nothing."""
     if experiment.spec.contextual:
         raise FailedPrecondition(
             f"experiment '{experiment.experiment_id}' is contextual ({experiment.spec.kind}): "
@@ -41,30 +49,40 @@ def check_ingest(experiment: Experiment, request: pb.IngestMetricsRequest) -> No
         )
     period = request.period
     if not period or len(period) > MAX_PERIOD_LENGTH:
-        raise InvalidArgument(f"period must be 1-{MAX_PERIOD_LENGTH} characters, got {period!r}")
+        raise InvalidArgument(f"period must be 1-{MAX_PERIOD_LENGTH} characters, got {period!r}",
+                              field="period")
     if not request.metrics:
-        raise InvalidArgument("metrics is empty")
+        raise InvalidArgument("metrics is empty", field="metrics")
     seen: set[str] = set()
     for i, m in enumerate(request.metrics):
         field = f"metrics[{i}]"
         arm = experiment.arm_index.get(m.arm_id)
         if arm is None:
             raise NotFound(
-                f"{field}: arm '{m.arm_id}' not found in experiment '{experiment.experiment_id}'"
+                f"{field}: arm {shown(m.arm_id)} not found in experiment "
+                f"'{experiment.experiment_id}'"
             )
         if m.arm_id in seen:
-            raise InvalidArgument(f"{field}: duplicate arm id '{m.arm_id}'")
+            raise InvalidArgument(f"{field}: duplicate arm id '{m.arm_id}'",
+                                  field=f"{field}.arm_id")
         seen.add(m.arm_id)
         for name in ("trials", "successes", "value"):
             value = getattr(m, name)
             if not math.isfinite(value) or value < 0 or value > experiment.max_abs:
                 raise InvalidArgument(
-                    f"{field}.{name} must be in [0, {experiment.max_abs:g}], got {value}"
+                    f"{field}.{name} must be in [0, {experiment.max_abs:g}], got {value}",
+                    field=f"{field}.{name}"
                 )
         if m.successes > m.trials:
             raise InvalidArgument(
-                f"{field}: successes ({m.successes}) exceed trials ({m.trials})"
+                f"{field}: successes ({m.successes}) exceed trials ({m.trials})",
+                field=f"{field}.successes"
             )
+        held = experiment.period_counts.get(m.arm_id, 0)
+        if held >= max_periods and m.arm_id not in experiment.periods.get(period, ()):
+            raise ResourceExhausted(
+                f"{field}: arm {shown(m.arm_id)} holds {held} ingested periods, the limit is "
+                f"{max_periods} (max_ingest_periods); re-send an existing period to replace it")
 
 
 def next_period(periods) -> str:
@@ -83,7 +101,8 @@ def next_period(periods) -> str:
 def posterior_copy(experiment: Experiment) -> dict[str, np.ndarray]:
     """The policy's per-arm posterior figures (``kernel.summary``), as fresh arrays."""
     binary = experiment.reward_type == pb.REWARD_TYPE_BINARY
-    post = experiment.spec.kernel.summary(experiment.state, experiment.spec.params, binary)
+    post = experiment.spec.kernel.summary(state=experiment.state, params=experiment.spec.params,
+                                          binary=binary)
     return {name: np.array(values, dtype=np.float64) for name, values in post.items()}
 
 
@@ -112,7 +131,8 @@ def allocation_job(
     """Validate now; the returned job computes the allocation (safe off the event loop)."""
     draws = request.num_draws if request.HasField("num_draws") else DEFAULT_DRAWS
     if not 1 <= draws <= MAX_DRAWS:
-        raise InvalidArgument(f"num_draws must be in [1, {MAX_DRAWS}], got {draws}")
+        raise InvalidArgument(f"num_draws must be in [1, {MAX_DRAWS}], got {draws}",
+                              field="num_draws")
     k = experiment.num_arms
     if draws * k > max_samples:
         raise ResourceExhausted(
@@ -122,7 +142,8 @@ def allocation_job(
     floor = request.min_percentage
     if not math.isfinite(floor) or floor < 0 or floor * k > 100.0 + 1e-9:
         raise InvalidArgument(
-            f"min_percentage is {floor}: it must be >= 0 and min_percentage x arms ({k}) <= 100"
+            f"min_percentage is {floor}: it must be >= 0 and min_percentage x arms ({k}) <= 100",
+            field="min_percentage"
         )
     seed = request.seed if request.HasField("seed") else int(experiment.config.seed)
     probs_job = probability_best_job(posterior_copy(experiment), draws, seed)
@@ -185,7 +206,10 @@ def arm_stats_job(experiment: Experiment) -> Callable[[], pb.GetArmStatsResponse
                 probability_best=float(p_best[i]),
             )
             for name, values in post.items():
-                setattr(stats, name, float(values[i]))
+                value = float(values[i])
+                # every number sent is finite: an untried ucb1 arm has no bound yet (it is
+                # chosen first) and reports 0
+                setattr(stats, name, value if math.isfinite(value) else 0.0)
             arms.append(stats)
         return pb.GetArmStatsResponse(arms=arms, model_version=version)
 

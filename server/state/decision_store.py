@@ -124,7 +124,25 @@ class DecisionStore:
         self._counter = 0
         self._puts = 0
         self._issuers = {self._prefix: 0}  # id prefix -> its ring (0: this store's own ids)
+        # Decisions dropped since the process started (restore included), for the metrics:
+        # the oldest when the store is full, and those past their TTL.
+        self.evicted = 0
+        self.expired = 0
         self.clear()
+
+    def fresh(self) -> DecisionStore:
+        """An empty store of the same capacity, TTL, id prefix and registered issuers."""
+        other = type(self)(self.capacity, self.ttl_seconds, id_prefix=self._prefix)
+        for prefix in self._issuers:
+            other.register_prefix(prefix)
+        return other
+
+    def adopt(self, other: DecisionStore) -> None:
+        """Take over ``other``'s records (a store rebuilt from the disk); ids issued here
+        before are never issued again."""
+        counter = max(self._counter, other._counter)
+        self.__dict__.update(other.__dict__)
+        self._counter = counter
 
     # -- ids -------------------------------------------------------------------------------
     @property
@@ -291,6 +309,7 @@ class DecisionStore:
         if seq - self._head >= self.capacity:
             self._forget(self._head, self._head + 1)
             self._head += 1
+            self.evicted += 1
         pos = seq % self.capacity
         self._ids[pos] = decision_id
         self._slates[pos] = record.arm_ids
@@ -325,6 +344,7 @@ class DecisionStore:
             if own[pos] < 0:  # a dict-indexed row (the rest is overwritten below)
                 self._unindex(pos, self._head)
             self._head += 1
+            self.evicted += 1
         self._ids[pos] = None  # the id is the ring's: nothing kept per decision for it
         self._slates[pos] = slate
         self._contexts[pos] = context
@@ -378,6 +398,7 @@ class DecisionStore:
         if overflow > 0:
             self._forget(self._head, self._head + overflow)
             self._head += overflow
+            self.evicted += overflow
         done = 0
         while done < n:  # at most two contiguous pieces of the ring
             pos = (start + done) % c
@@ -467,6 +488,7 @@ class DecisionStore:
                 break
         self._forget(head, stop)
         self._head = stop
+        self.expired += stop - head
 
     def discard(self, decision_id: str) -> None:
         seq = self._seq(decision_id)

@@ -92,7 +92,8 @@ class Decisions:
             self.apply_columns(table_columns(t), list(t.experiment_ids))
             return
         # a store that keeps nothing (a follower's): only the selections are counted
-        slates = [(a,) for a in t.arm_ids] if len(t.arm_ids) == len(t.decision_ids) else None
+        slates: list[tuple[str, ...]] | None = (
+            [(a,) for a in t.arm_ids] if len(t.arm_ids) == len(t.decision_ids) else None)
         if slates is None:
             arm_ids = list(t.arm_ids)
             offsets = np.cumsum([0, *t.slate_sizes]).tolist()

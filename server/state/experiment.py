@@ -15,7 +15,7 @@ import numpy as np
 
 from banditd.decision.v1 import decision_pb2 as pb
 from banditd.kernels.rng import seed_state
-from banditd.server.errors import InvalidArgument, NotFound
+from banditd.server.errors import InvalidArgument, NotFound, shown
 from banditd.server.state.checks import first_out_of_range
 from banditd.server.state.policies import PolicySpec
 
@@ -51,10 +51,12 @@ class Experiment:
         self.discount = float(config.discount) if config.HasField("discount") else 1.0
         self.arm_ids: list[str] = [arm.arm_id for arm in config.arms]
         self.arms_version = 0  # goes up whenever the arm list changes
+        self.footprint = 0  # estimated bytes (state.footprint), kept by the registry
         self._slate_buffers: dict[int, np.ndarray] = {}  # slate size -> decide()'s output
         # decide()'s kernel: the (state, selections, rng) it was bound to, and the call
         self._bound: tuple = (None, None, None, None)
-        self._counts = memoryview(np.zeros(0, dtype=np.int64))  # item view of selections
+        self._bound_update: tuple = (None, None)  # reward()'s kernel: state bound to, call
+        self._counts = np.zeros(0, dtype=np.int64).data  # item view of selections
         self._reindex()
         self._reset_state()
 
@@ -68,17 +70,32 @@ class Experiment:
 
     def _reset_state(self) -> None:
         k = len(self.arm_ids)
-        self.state = self.spec.kernel.new_state(k, self.context_dim, self.spec.params, self.draws)
+        self.state = self.spec.kernel.new_state(num_arms=k, dim=self.context_dim,
+                                                params=self.spec.params, draws=self.draws)
         self.selections = np.zeros(k, dtype=np.int64)
         self.rewards = np.zeros(k, dtype=np.int64)
         self.reward_sum = np.zeros(k, dtype=np.float64)
         self.positives = np.zeros(k, dtype=np.int64)  # live rewards > 0 (conversions)
         # Ingested aggregates: period -> arm_id -> (trials, successes, value), and their
-        # per-arm totals (trials, successes, value), re-summed exactly on every ingest.
+        # per-arm totals (trials, successes, value), kept exact (see _add_exact).
         self.periods: dict[str, dict[str, tuple[float, float, float]]] = {}
         self.ingested = np.zeros((k, 3), dtype=np.float64)
+        self._sums: dict[str, list[list[float]]] = {}  # arm_id -> 3 exact partial sums
+        self.period_counts: dict[str, int] = {}  # arm_id -> periods holding it
         self.rng = seed_state(int(self.config.seed))
         self.version = 0
+
+    def load_periods(self, periods: dict[str, dict[str, tuple[float, float, float]]]) -> None:
+        """Take restored ingest periods (a snapshot's), with their exact per-arm sums."""
+        self.periods = periods
+        self._sums = {}
+        self.period_counts = {}
+        for book in periods.values():
+            for arm_id, numbers in book.items():
+                sums = self._sums.setdefault(arm_id, [[], [], []])
+                for column in range(3):
+                    _add_exact(sums[column], numbers[column])
+                self.period_counts[arm_id] = self.period_counts.get(arm_id, 0) + 1
 
     def reset(self, uid: int) -> None:
         self.uid = uid
@@ -92,7 +109,8 @@ class Experiment:
         """Remove then add arms; the remaining arms keep their state. Validated by the caller."""
         if remove:
             drop = np.array([self.arm_index[a] for a in remove], dtype=np.int64)
-            self.state = tuple(np.ascontiguousarray(np.delete(a, drop, axis=0)) for a in self.state)
+            self.state = self.state._make(np.ascontiguousarray(np.delete(a, drop, axis=0))
+                                          for a in self.state)
             self.selections = np.delete(self.selections, drop)
             self.rewards = np.delete(self.rewards, drop)
             self.reward_sum = np.delete(self.reward_sum, drop)
@@ -102,12 +120,15 @@ class Experiment:
             for period in self.periods.values():  # a re-added arm starts from the prior
                 for arm_id in gone:
                     period.pop(arm_id, None)
+            for arm_id in gone:
+                self._sums.pop(arm_id, None)
+                self.period_counts.pop(arm_id, None)
             self.arm_ids = [a for a in self.arm_ids if a not in gone]
         if add:
             fresh = self.spec.kernel.new_state(
-                len(add), self.context_dim, self.spec.params, self.draws
+                num_arms=len(add), dim=self.context_dim, params=self.spec.params, draws=self.draws
             )
-            self.state = tuple(
+            self.state = self.state._make(
                 np.ascontiguousarray(np.concatenate([old, new], axis=0))
                 for old, new in zip(self.state, fresh, strict=True)
             )
@@ -129,11 +150,11 @@ class Experiment:
             if self.context_dim == 0:
                 raise InvalidArgument(
                     f"{field} has {n} values, experiment '{self.experiment_id}' is not "
-                    "contextual (expects none)"
+                    "contextual (expects none)", field=field
                 )
             raise InvalidArgument(
                 f"{field} has {n} values, experiment '{self.experiment_id}' expects "
-                f"{self.context_dim}"
+                f"{self.context_dim}", field=field
             )
         if n == 0:
             return _EMPTY_CONTEXT
@@ -142,7 +163,7 @@ class Experiment:
         if bad >= 0:
             raise InvalidArgument(
                 f"{field}[{bad}] is {ctx[bad]}, context values must be finite with "
-                f"|value| <= {self.max_abs:g}"
+                f"|value| <= {self.max_abs:g}", field=f"{field}[{bad}]"
             )
         return ctx
 
@@ -156,35 +177,39 @@ class Experiment:
             pos = index.get(arm_id)
             if pos is None:
                 if not arm_id:
-                    raise InvalidArgument(f"{field}[{i}] is empty")
+                    raise InvalidArgument(f"{field}[{i}] is empty", field=f"{field}[{i}]")
                 raise NotFound(
-                    f"{field}[{i}]: arm '{arm_id}' not found in experiment '{self.experiment_id}'"
+                    f"{field}[{i}]: arm {shown(arm_id)} not found in experiment "
+                    f"'{self.experiment_id}'"
                 )
             out.append(pos)
         if len(set(out)) != len(out):
-            raise InvalidArgument(f"{field} contains duplicate arm ids")
+            raise InvalidArgument(f"{field} contains duplicate arm ids", field=field)
         return np.array(out, dtype=np.int64)
 
     def check_reward(self, reward: float, field: str = "reward") -> float:
         if not math.isfinite(reward):
-            raise InvalidArgument(f"{field} is {reward}, rewards must be finite")
+            raise InvalidArgument(f"{field} is {reward}, rewards must be finite", field=field)
         if abs(reward) > self.max_abs:
-            raise InvalidArgument(f"{field} is {reward}, |reward| must be <= {self.max_abs:g}")
+            raise InvalidArgument(f"{field} is {reward}, |reward| must be <= {self.max_abs:g}",
+                                  field=field)
         if self.reward_type == pb.REWARD_TYPE_BINARY and reward not in (0.0, 1.0):
             raise InvalidArgument(
                 f"{field} is {reward}, experiment '{self.experiment_id}' has binary rewards "
-                "(exactly 0 or 1)"
+                "(exactly 0 or 1)", field=field
             )
         if self.reward_type == pb.REWARD_TYPE_VALUE and reward < 0:
             raise InvalidArgument(
-                f"{field} is {reward}, experiment '{self.experiment_id}' has value rewards (>= 0)"
+                f"{field} is {reward}, experiment '{self.experiment_id}' has value rewards (>= 0)",
+                field=field
             )
         return reward
 
     def slate_size(self, num_arms: int, eligible: int) -> int:
         n = num_arms if num_arms > 0 else 1
         if n > eligible:
-            raise InvalidArgument(f"num_arms is {num_arms}, but only {eligible} arms are eligible")
+            raise InvalidArgument(f"num_arms is {num_arms}, but only {eligible} arms are eligible",
+                                  field="num_arms")
         return n
 
     # -- operations ------------------------------------------------------------
@@ -212,8 +237,9 @@ class Experiment:
     def _bind(self, eligible: np.ndarray, context: np.ndarray, out: np.ndarray):
         """:meth:`decide`'s kernel bound to the current arrays."""
         call = self.spec.kernel.bind_select(
-            self.state, self.spec.params, self.selections, self.floor, self.burn_in, self.draws,
-            self.rng, eligible, context, self.version, out)
+            state=self.state, params=self.spec.params, selections=self.selections,
+            floor=self.floor, burn_in=self.burn_in, draws=self.draws, rng=self.rng,
+            eligible=eligible, context=context, t=self.version, out=out)
         self._bound = (self.state, self.selections, self.rng, call)
         return call
 
@@ -241,18 +267,18 @@ class Experiment:
         kernel counts them in a copy of the selection counts (burn-in sees them), the copy is
         dropped, and applying the decisions counts them for real."""
         self.spec.kernel.select_batch(
-            self.state,
-            self.spec.params,
-            eligible,
-            contexts,
-            self.version,
-            self.selections.copy(),
-            self.floor,
-            self.burn_in,
-            self.draws,
-            self.rng,
-            out,
-            propensity,
+            state=self.state,
+            params=self.spec.params,
+            eligible=eligible,
+            contexts=contexts,
+            t=self.version,
+            selections=self.selections.copy(),
+            floor=self.floor,
+            burn_in=self.burn_in,
+            draws=self.draws,
+            rng=self.rng,
+            out=out,
+            propensity=propensity,
         )
 
     def context_rows(self, rows: list, field: str = "context") -> np.ndarray:
@@ -280,19 +306,29 @@ class Experiment:
         return ctx
 
     def reward(self, arm: int, reward: float, context: np.ndarray) -> None:
-        """Learn from one reward of the arm at position ``arm`` (validated by the caller)."""
-        self.spec.kernel.update(self.state, self.spec.params, arm, reward, context, self.discount)
+        """Learn from one reward of the arm at position ``arm`` (validated by the caller),
+        through the kernel module's ``bind_update`` (bound again when the state was replaced)."""
+        state, update = self._bound_update
+        if state is not self.state:
+            state, update = self._bind_update()
+        update(arm, reward, context)
         self.rewards[arm] += 1
         self.reward_sum[arm] += reward
         if reward > 0:
             self.positives[arm] += 1
         self.version += 1
 
+    def _bind_update(self) -> tuple:
+        call = self.spec.kernel.bind_update(state=self.state, params=self.spec.params,
+                                            discount=self.discount)
+        self._bound_update = (self.state, call)
+        return self._bound_update
+
     def reward_many(self, arms: np.ndarray, rewards: np.ndarray, contexts: np.ndarray) -> None:
         """Learn from rewards ``rewards[i]`` of arm positions ``arms[i]`` (contexts: ``(rows,
         context_dim)``) in one kernel call: the same state as :meth:`reward` row by row."""
-        self.spec.kernel.update_batch(self.state, self.spec.params, arms, rewards, contexts,
-                                      self.discount)
+        self.spec.kernel.update_batch(state=self.state, params=self.spec.params, arms=arms,
+                                      rewards=rewards, contexts=contexts, discount=self.discount)
         np.add.at(self.rewards, arms, 1)
         np.add.at(self.reward_sum, arms, rewards)  # in row order, as one by one
         np.add.at(self.positives, arms[rewards > 0], 1)
@@ -303,6 +339,8 @@ class Experiment:
 
         ``rows``: (arm position, trials, successes, value). Returns (replaced, new) arm counts.
         Re-sending identical numbers changes nothing at all, so repeats are exact no-ops.
+        The per-arm totals are exact sums of the periods' numbers (the same as summing every
+        period again with ``math.fsum``), kept in O(1) per ingest.
         """
         book = self.periods.setdefault(period, {})
         value_rewards = self.reward_type != pb.REWARD_TYPE_BINARY
@@ -319,15 +357,36 @@ class Experiment:
             fresh = (trials, successes, value)
             if fresh == old:
                 continue
+            if arm_id not in book:
+                self.period_counts[arm_id] = self.period_counts.get(arm_id, 0) + 1
             book[arm_id] = fresh
             changed = True
             d_trials, d_successes, d_value = (f - o for f, o in zip(fresh, old, strict=True))
             total = d_value if value_rewards else d_successes
-            self.spec.kernel.add_aggregate(self.state, arm, d_trials, d_successes, total)
-            for column in range(3):  # exact totals, independent of the ingest history
-                self.ingested[arm, column] = math.fsum(
-                    p[arm_id][column] for p in self.periods.values() if arm_id in p
-                )
+            self.spec.kernel.add_aggregate(state=self.state, arm=arm, trials=d_trials,
+                                           successes=d_successes, total=total)
+            sums = self._sums.setdefault(arm_id, [[], [], []])
+            for column in range(3):
+                _add_exact(sums[column], fresh[column])
+                _add_exact(sums[column], -old[column])
+                self.ingested[arm, column] = math.fsum(sums[column])
         if changed:
             self.version += 1
         return replaced, new
+
+
+def _add_exact(partials: list[float], x: float) -> None:
+    """Add ``x`` to the exact sum held as non-overlapping ``partials`` (Shewchuk's algorithm,
+    the one behind ``math.fsum``): ``math.fsum(partials)`` is then the correctly rounded sum of
+    everything added, whatever the order, and adding ``-x`` removes ``x`` exactly."""
+    i = 0
+    for y in partials:
+        if abs(x) < abs(y):
+            x, y = y, x
+        hi = x + y
+        lo = y - (hi - x)
+        if lo:
+            partials[i] = lo
+            i += 1
+        x = hi
+    partials[i:] = [x]

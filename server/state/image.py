@@ -71,6 +71,7 @@ class Capture:
     experiments: list[_ExperimentImage] = field(default_factory=list)
     decisions: DecisionColumns | None = None
     campaigns: list[Campaign] = field(default_factory=list)
+    audit: list[st.Audit] = field(default_factory=list)
 
 
 _COUNTERS = ("selections", "rewards", "reward_sum", "positives", "ingested", "rng")
@@ -85,14 +86,15 @@ def capture(state: StateMachine) -> Capture:
     for e in registry.experiments():
         config = pb.Experiment()
         config.CopyFrom(e.config)
-        cache = set(e.spec.kernel.CACHE_ARRAYS)
-        arrays = [None if i in cache else a for i, a in enumerate(e.state)]
+        cache = set(e.spec.kernel.CACHE_FIELDS)
+        arrays = [None if name in cache else a for name, a in e.state._asdict().items()]
         counters = {name: getattr(e, name) for name in _COUNTERS}
         periods = {p: dict(arms) for p, arms in e.periods.items()}
         cap.experiments.append(_ExperimentImage(config, e.uid, e.version, arrays, counters,
                                                 periods))
     cap.decisions = state.store.columns()
     cap.campaigns = state.campaigns.campaigns()
+    cap.audit = state.audit.entries()
     return cap
 
 
@@ -117,6 +119,7 @@ def encode(cap: Capture, lsn: int) -> tuple[bytes, list[memoryview]]:
     if cap.decisions is not None and len(cap.decisions):
         snap.decisions.CopyFrom(columns_table(cap.decisions))
     snap.campaigns.extend(c.to_proto() for c in cap.campaigns)
+    snap.audit.extend(cap.audit)
     return snap.SerializeToString(), [part.data.cast("B") if part.nbytes else memoryview(b"")
                                       for part in arrays.parts]
 
@@ -137,20 +140,24 @@ def load(state: StateMachine, snap: st.Snapshot, section: memoryview) -> None:
     registry.clear()
     for es in snap.experiments:
         e = registry.restore(es.config, es.uid)
-        for i, msg in enumerate(es.state):
+        if len(es.state) != len(e.state):
+            raise ImageError(f"experiment '{es.config.experiment_id}': {len(es.state)} state "
+                             f"arrays, its policy has {len(e.state)}")
+        for name, msg in zip(e.state._fields, es.state, strict=True):  # in State order
             if msg.dtype:  # cache arrays were left out: keep new_state's (invalid) ones
-                e.state[i][...] = _from_array(msg, section)
+                getattr(e.state, name)[...] = _from_array(msg, section)
         for name in _COUNTERS:
             setattr(e, name, _from_array(getattr(es, name), section))
         registry.own_stream(e)  # the image holds the stream it was taken from
         e.version = es.version
-        e.periods = {pm.period: {m.arm_id: (m.trials, m.successes, m.value) for m in pm.metrics}
-                     for pm in es.periods}
+        e.load_periods({pm.period: {m.arm_id: (m.trials, m.successes, m.value)
+                                    for m in pm.metrics} for pm in es.periods})
     registry.next_uid = max(registry.next_uid, snap.next_uid)
     state.store.load_columns(table_columns(snap.decisions))
     state.campaigns.clear()
     for campaign in snap.campaigns:
         state.campaigns.load(campaign)
+    state.audit.load(snap.audit)
 
 
 def describe(snap: st.Snapshot, section: memoryview) -> list[str]:
@@ -179,4 +186,5 @@ def describe(snap: st.Snapshot, section: memoryview) -> list[str]:
                      f"{len(cs.reservations)} open reservations, {cs.days_learned} days learned")
     rewarded = sum(snap.decisions.rewarded)
     lines.append(f"  decisions: {len(snap.decisions.decision_ids)} ({rewarded} rewarded)")
+    lines.append(f"  audit entries: {len(snap.audit)}")
     return lines

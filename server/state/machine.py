@@ -27,6 +27,9 @@ spend              :meth:`Campaign.apply_settlement`                ads/pacing.p
 
 Older logs also hold ``rewards``, ``decisions``, ``reservation`` and ``campaign_state``
 records; they are still applied (the same owners, converted forms).
+
+A record of an administrative change also carries its ``audit`` entry, applied after the change
+by :meth:`AuditTrail.apply` (state/audit.py).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from typing import Any
 from banditd.server.ads.pacing import CampaignRegistry
 from banditd.server.settings import Settings
 from banditd.server.state import image
+from banditd.server.state.audit import AuditTrail
 from banditd.server.state.decision_store import DecisionStore
 from banditd.server.state.decisions import Decisions
 from banditd.server.state.registry import ExperimentRegistry
@@ -56,6 +60,7 @@ class StateMachine:
         self.campaigns = CampaignRegistry(settings)
         self.decisions = Decisions(self.experiments, self.store)
         self.learning = Learning(self.experiments, self.store)
+        self.audit = AuditTrail(settings.audit_entries)
         campaign = self.campaigns.campaign_of
         self._appliers: dict[str, Callable[[Any], object]] = {
             "create_experiment": self.experiments.apply_create,
@@ -77,13 +82,30 @@ class StateMachine:
             "campaign_state": self.campaigns.load,
         }
 
+    def fresh(self) -> StateMachine:
+        """An empty state machine of the same configuration: same settings, same random
+        stream per experiment, a decision store issuing the same ids (to rebuild into)."""
+        other = StateMachine(self.settings, self.store.fresh())
+        other.experiments.stream = self.experiments.stream
+        return other
+
+    def adopt(self, other: StateMachine) -> None:
+        """Take over ``other``'s contents in place (a state rebuilt from the disk): the
+        objects handlers hold stay the same, what they hold is ``other``'s."""
+        self.experiments.adopt(other.experiments)
+        self.store.adopt(other.store)
+        self.campaigns.adopt(other.campaigns)
+
     def apply(self, record: st.WalRecord) -> object:
         """Apply one record; returns what its applier returns."""
         op = record.WhichOneof("op")
         applier = self._appliers.get(op) if op is not None else None
         if applier is None:
             raise ValueError(f"unknown log record {op!r}")
-        return applier(getattr(record, op))
+        result = applier(getattr(record, op))
+        if record.HasField("audit"):
+            self.audit.apply(record.audit)
+        return result
 
     def apply_bytes(self, payload: bytes) -> object:
         """Apply one encoded record (as the log holds it)."""

@@ -59,14 +59,15 @@ def resolve_policy(policy: pb.Policy, reward_type: int, context_dim: int) -> Pol
     if kind is None:
         raise InvalidArgument(
             "experiment.policy: set exactly one of thompson, ucb1, epsilon_greedy, "
-            "lin_ucb, lin_thompson"
+            "lin_ucb, lin_thompson", field="experiment.policy"
         )
     message = getattr(policy, kind)
     values: dict[str, float] = {}
     for name, default, (check, rule) in PARAMETERS[kind]:
         value = getattr(message, name) if message.HasField(name) else default
         if not math.isfinite(value) or not check(value):
-            raise InvalidArgument(f"experiment.policy.{kind}.{name} must be {rule}, got {value}")
+            raise InvalidArgument(f"experiment.policy.{kind}.{name} must be {rule}, got {value}",
+                                  field=f"experiment.policy.{kind}.{name}")
         setattr(message, name, value)  # report the effective value back
         values[name] = value
 
@@ -77,14 +78,17 @@ def resolve_policy(policy: pb.Policy, reward_type: int, context_dim: int) -> Pol
         elif reward_type != pb.REWARD_TYPE_BINARY:
             raise InvalidArgument(
                 "experiment.policy.thompson supports reward_type REWARD_TYPE_BINARY or "
-                "REWARD_TYPE_VALUE; use ucb1 or epsilon_greedy for continuous rewards"
+                "REWARD_TYPE_VALUE; use ucb1 or epsilon_greedy for continuous rewards",
+                field="experiment.reward_type"
             )
     kernel = POLICIES[kernel_name]
     if kernel.CONTEXTUAL and context_dim == 0:
-        raise InvalidArgument(f"experiment.context_dim must be > 0 for policy {kind}")
+        raise InvalidArgument(f"experiment.context_dim must be > 0 for policy {kind}",
+                              field="experiment.context_dim")
     if not kernel.CONTEXTUAL and context_dim != 0:
         raise InvalidArgument(
-            f"experiment.context_dim must be 0 for non-contextual policy {kind}, got {context_dim}"
+            f"experiment.context_dim must be 0 for non-contextual policy {kind}, got {context_dim}",
+            field="experiment.context_dim"
         )
     params = np.array([values[name] for name in kernel.PARAM_NAMES], dtype=np.float64)
     return PolicySpec(kind=kind, kernel=kernel, params=params)

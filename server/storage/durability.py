@@ -16,20 +16,33 @@ Lazily logged records (decisions, bids that reserve nothing) are not waited for:
 ``BANDITD_DECISION_LOG_DELAY_SECONDS`` later, or earlier with other records; every record
 appended after them is written after them, so an acknowledged reward's decision always
 survives.
+
+Fail-stop: a change is applied when its record is appended and acknowledged once the log has
+written it. When a write or fsync fails (disk full, I/O error), the log cuts its torn tail and
+refuses records (:class:`wal.LogFailed`: UNAVAILABLE, nothing changed); the state, which holds
+the changes of the failed write, is rebuilt from the disk (recovered into an empty machine off
+the event loop, then taken over in place); health reports NOT_SERVING; reads and SelectArm go
+on. Every ``BANDITD_LOG_RETRY_SECONDS`` the log checks that it can write again; once it can and
+the state is rebuilt, it takes records again and health turns SERVING. Nothing acknowledged is
+lost, and nothing the log does not have is ever reported as done.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 from banditd.server.scheduling import ThreadTimers, TimerHandle
 from banditd.server.settings import Settings
+from banditd.server.storage.lock import DataDirLock
 from banditd.server.storage.recovery import Machine, RestoreReport, recover
 from banditd.server.storage.snapshotter import Snapshotter
-from banditd.server.storage.wal import WriteAheadLog
+from banditd.server.storage.wal import LogFailed, WriteAheadLog
+from banditd.server.timings import Timings
 
 log = logging.getLogger("banditd")
 
@@ -67,6 +80,9 @@ class Durability:
         self.last_lsn = 0  # lsn of the last record applied (restored or appended)
         self.snapshots = Snapshotter(self.directory, machine, settings.snapshot_write_mb_per_s)
         self.snapshot_lsn = -1  # lsn of the newest snapshot written by this process
+        self.snapshot_seconds = Timings()  # from the fork to the file in place
+        self.last_snapshot_time = 0.0  # when the newest snapshot was in place (epoch s)
+        self.snapshot_failures = 0
         self._snapshot_lock = asyncio.Lock()
         self._periodic_task: asyncio.Task | None = None
         self._lazy_timer: TimerHandle | None = None
@@ -74,11 +90,23 @@ class Durability:
         # Multi-worker leader only: every appended record also goes to the followers, in
         # every durability mode (set by cluster.workers).
         self.replication: ReplicationLog | None = None
+        self._lock = DataDirLock(self.directory)
+        self._repair: asyncio.Task | None = None
+        self.failures = 0  # log write failures since start
+        # told whether the log takes records (health, metrics): (writable, why)
+        self.on_writable: Callable[[bool, str], None] | None = None
+
+    def lock(self) -> None:
+        """Own the data directory (before anything in it is read): :class:`DataDirBusy`
+        naming the holder if another server does."""
+        self._lock.acquire()
 
     # -- restore (before serving; nothing else touches the state meanwhile) --------------------
     async def load(self) -> RestoreReport:
-        """Bring the state up from the data directory, off the event loop."""
-        report = await asyncio.to_thread(recover, self.directory, self.machine)
+        """Bring the state up from the data directory, off the event loop
+        (:class:`recovery.RecoveryRefused` if it cannot be brought up whole)."""
+        report = await asyncio.to_thread(recover, self.directory, self.machine,
+                                         self.settings.start_from_remains)
         self.last_lsn = report.last_lsn
         return report
 
@@ -87,6 +115,7 @@ class Durability:
         if self.mode != "snapshot":
             self.wal = WriteAheadLog(self.directory, self.last_lsn + 1, self.mode)
             self.wal.collect = self.hand_over_pending  # pending records go first, in order
+            self.wal.on_failure = self._failed
             self.wal.start()
         if self.settings.snapshot_interval_seconds > 0:
             self._periodic_task = asyncio.get_running_loop().create_task(self._periodic())
@@ -105,6 +134,16 @@ class Durability:
                 self._lazy_timer = None
             self._timers = ThreadTimers(loop)
         return self._timers
+
+    @property
+    def writable(self) -> bool:
+        """Whether changes may be made (the log takes records)."""
+        return self.wal is None or self.wal.failure is None
+
+    def check_writable(self) -> None:
+        """Before a change is applied: :class:`LogFailed` while the log refuses records."""
+        if self.wal is not None and self.wal.failure is not None:
+            raise LogFailed(self.wal.failure)
 
     def append(self, payload: bytes, origin: int = 0) -> None:
         """Append an encoded record that was just applied, after the pending records: to the
@@ -153,10 +192,60 @@ class Durability:
 
     def hand_over_pending(self) -> None:
         """Hand the pending records to the log (and the followers), in order (called by the
-        log before every write, and before any other record is appended)."""
-        if self.pending.rows and (self.wal is not None or self.replication is not None):
+        log before every write, and before any other record is appended). While the log
+        refuses records they are dropped (decisions may be lost; the state is rebuilt)."""
+        if not self.pending.rows:
+            return
+        if not self.writable:
+            self.pending.clear()
+        elif self.wal is not None or self.replication is not None:
             for payload in self.pending.encode():
                 self._append(payload)
+
+    # -- fail-stop ----------------------------------------------------------------------------
+    def _failed(self, why: str) -> None:
+        """The log failed a write (on the loop): report it, rebuild the state, wait for the
+        disk (see the module)."""
+        self.failures += 1
+        self.pending.clear()
+        if self.on_writable is not None:
+            self.on_writable(False, why)
+        if self._repair is None or self._repair.done():
+            self._repair = asyncio.get_running_loop().create_task(self._recover_from_failure())
+
+    async def _recover_from_failure(self) -> None:
+        wal = self.wal
+        assert wal is not None
+        retry = self.settings.log_retry_seconds
+        while True:  # the state back to what the log has
+            fresh = self.machine.fresh()
+            try:
+                report = await asyncio.to_thread(recover, self.directory, fresh,
+                                                 self.settings.start_from_remains, False)
+            except Exception:
+                log.exception("rebuilding the state from the log failed; retrying")
+                await self.timers().sleep(retry)
+                continue
+            if report.last_lsn == wal.durable_lsn:
+                break
+            # the rebuilt state is not the log's end (the disk changed under us): again
+            log.error("rebuilt state ends at record %d, the log at %d; rebuilding again",
+                      report.last_lsn, wal.durable_lsn)
+            await self.timers().sleep(retry)
+        self.machine.adopt(fresh)
+        log.warning("state rebuilt from the log (record %d); waiting for the disk",
+                    report.last_lsn)
+        while True:  # until the log could write again
+            try:
+                await asyncio.to_thread(wal.probe)
+                break
+            except OSError as exc:
+                log.debug("the log still cannot write: %s", exc)
+                await self.timers().sleep(retry)
+        wal.resume()
+        log.warning("the log writes again; taking changes")
+        if self.on_writable is not None:
+            self.on_writable(True, "")
 
     # -- snapshots ---------------------------------------------------------------------------
     async def take_snapshot(self, paced: bool = True) -> Path:
@@ -164,14 +253,21 @@ class Durability:
         write rate; the final snapshot of a shutdown is not): forked at the log rotation
         instant (see :mod:`storage.snapshotter`)."""
         async with self._snapshot_lock:
-            if self.wal is not None:
-                lsn, pid = await self.wal.rotate(
-                    lambda last: (last, self.snapshots.fork_writer(last, paced)))
-            else:
-                self.last_lsn += 1  # snapshot-only mode: lsn just numbers the snapshots
-                lsn, pid = self.last_lsn, self.snapshots.fork_writer(self.last_lsn, paced)
-            path = await self.snapshots.finish(pid, lsn)
+            started = time.perf_counter()
+            try:
+                if self.wal is not None:
+                    lsn, pid = await self.wal.rotate(
+                        lambda last: (last, self.snapshots.fork_writer(last, paced)))
+                else:
+                    self.last_lsn += 1  # snapshot-only mode: lsn just numbers the snapshots
+                    lsn, pid = self.last_lsn, self.snapshots.fork_writer(self.last_lsn, paced)
+                path = await self.snapshots.finish(pid, lsn)
+            except Exception:
+                self.snapshot_failures += 1
+                raise
             self.snapshot_lsn = lsn
+            self.snapshot_seconds.observe(time.perf_counter() - started)
+            self.last_snapshot_time = time.time()
             log.info("snapshot %s: %.1f MB (fork %.1f ms)", path.name,
                      path.stat().st_size / 1e6, self.snapshots.last_fork_seconds * 1000)
             return path
@@ -197,7 +293,10 @@ class Durability:
             await self.take_snapshot(paced=False)
         except Exception:
             log.exception("final snapshot failed; the log keeps everything")
+        if self._repair is not None:
+            self._repair.cancel()
         if self.wal is not None:
             await self.wal.close()
         if self._timers is not None:
             self._timers.close()
+        self._lock.release()

@@ -79,7 +79,7 @@ class Snapshotter:
         if code != 0:
             raise RuntimeError(f"snapshot writer exited with {code}")
         self.taken += 1
-        self.prune()
+        self.prune(lsn)
         return self.directory / snapshot.snapshot_name(lsn)
 
     def _reap(self, pid: int, lsn: int) -> int:
@@ -89,9 +89,12 @@ class Snapshotter:
             snapshot.temp_path(self.directory, lsn).unlink(missing_ok=True)
         return status
 
-    def prune(self) -> None:
-        """Keep the newest two snapshots and the log back to the older one of them."""
-        snaps = snapshot.list_snapshots(self.directory)
+    def prune(self, newest: int) -> None:
+        """Keep snapshot ``newest`` (just written), the one before it and the log back to
+        that one. Files named after a later position are not this server's doing (it wrote
+        ``newest`` last): they are left alone and never the reason anything is pruned."""
+        snaps = [(lsn, path) for lsn, path in snapshot.list_snapshots(self.directory)
+                 if lsn <= newest]
         keep = snaps[:2]
         for _, path in snaps[2:]:
             path.unlink(missing_ok=True)

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class WalRecord(_message.Message):
-    __slots__ = ("create_experiment", "delete_experiment", "update_arms", "reset_experiment", "ingest_metrics", "rewards", "decisions", "campaign", "campaign_state", "reservation", "spend", "decision_table", "reward_table", "decision_block", "campaign_day", "pace")
+    __slots__ = ("create_experiment", "delete_experiment", "update_arms", "reset_experiment", "ingest_metrics", "rewards", "decisions", "campaign", "campaign_state", "reservation", "spend", "decision_table", "reward_table", "decision_block", "campaign_day", "pace", "audit")
     CREATE_EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
     DELETE_EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
     UPDATE_ARMS_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +25,7 @@ class WalRecord(_message.Message):
     DECISION_BLOCK_FIELD_NUMBER: _ClassVar[int]
     CAMPAIGN_DAY_FIELD_NUMBER: _ClassVar[int]
     PACE_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_FIELD_NUMBER: _ClassVar[int]
     create_experiment: _decision_pb2.Experiment
     delete_experiment: DeleteExperiment
     update_arms: _decision_pb2.UpdateArmsRequest
@@ -41,7 +42,22 @@ class WalRecord(_message.Message):
     decision_block: DecisionBlock
     campaign_day: CampaignDay
     pace: PaceEvent
-    def __init__(self, create_experiment: _Optional[_Union[_decision_pb2.Experiment, _Mapping]] = ..., delete_experiment: _Optional[_Union[DeleteExperiment, _Mapping]] = ..., update_arms: _Optional[_Union[_decision_pb2.UpdateArmsRequest, _Mapping]] = ..., reset_experiment: _Optional[_Union[ResetExperiment, _Mapping]] = ..., ingest_metrics: _Optional[_Union[_decision_pb2.IngestMetricsRequest, _Mapping]] = ..., rewards: _Optional[_Union[Rewards, _Mapping]] = ..., decisions: _Optional[_Union[Decisions, _Mapping]] = ..., campaign: _Optional[_Union[_decision_pb2.Campaign, _Mapping]] = ..., campaign_state: _Optional[_Union[CampaignState, _Mapping]] = ..., reservation: _Optional[_Union[BidReservation, _Mapping]] = ..., spend: _Optional[_Union[SpendSettlement, _Mapping]] = ..., decision_table: _Optional[_Union[DecisionTable, _Mapping]] = ..., reward_table: _Optional[_Union[RewardTable, _Mapping]] = ..., decision_block: _Optional[_Union[DecisionBlock, _Mapping]] = ..., campaign_day: _Optional[_Union[CampaignDay, _Mapping]] = ..., pace: _Optional[_Union[PaceEvent, _Mapping]] = ...) -> None: ...
+    audit: Audit
+    def __init__(self, create_experiment: _Optional[_Union[_decision_pb2.Experiment, _Mapping]] = ..., delete_experiment: _Optional[_Union[DeleteExperiment, _Mapping]] = ..., update_arms: _Optional[_Union[_decision_pb2.UpdateArmsRequest, _Mapping]] = ..., reset_experiment: _Optional[_Union[ResetExperiment, _Mapping]] = ..., ingest_metrics: _Optional[_Union[_decision_pb2.IngestMetricsRequest, _Mapping]] = ..., rewards: _Optional[_Union[Rewards, _Mapping]] = ..., decisions: _Optional[_Union[Decisions, _Mapping]] = ..., campaign: _Optional[_Union[_decision_pb2.Campaign, _Mapping]] = ..., campaign_state: _Optional[_Union[CampaignState, _Mapping]] = ..., reservation: _Optional[_Union[BidReservation, _Mapping]] = ..., spend: _Optional[_Union[SpendSettlement, _Mapping]] = ..., decision_table: _Optional[_Union[DecisionTable, _Mapping]] = ..., reward_table: _Optional[_Union[RewardTable, _Mapping]] = ..., decision_block: _Optional[_Union[DecisionBlock, _Mapping]] = ..., campaign_day: _Optional[_Union[CampaignDay, _Mapping]] = ..., pace: _Optional[_Union[PaceEvent, _Mapping]] = ..., audit: _Optional[_Union[Audit, _Mapping]] = ...) -> None: ...
+
+class Audit(_message.Message):
+    __slots__ = ("time", "token_name", "peer", "rpc", "ids")
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_NAME_FIELD_NUMBER: _ClassVar[int]
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    RPC_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    time: float
+    token_name: str
+    peer: str
+    rpc: str
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, time: _Optional[float] = ..., token_name: _Optional[str] = ..., peer: _Optional[str] = ..., rpc: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DeleteExperiment(_message.Message):
     __slots__ = ("experiment_id",)
@@ -176,7 +192,7 @@ class ExperimentState(_message.Message):
     def __init__(self, config: _Optional[_Union[_decision_pb2.Experiment, _Mapping]] = ..., uid: _Optional[int] = ..., version: _Optional[int] = ..., state: _Optional[_Iterable[_Union[Array, _Mapping]]] = ..., selections: _Optional[_Union[Array, _Mapping]] = ..., rewards: _Optional[_Union[Array, _Mapping]] = ..., reward_sum: _Optional[_Union[Array, _Mapping]] = ..., positives: _Optional[_Union[Array, _Mapping]] = ..., ingested: _Optional[_Union[Array, _Mapping]] = ..., rng: _Optional[_Union[Array, _Mapping]] = ..., periods: _Optional[_Iterable[_Union[PeriodMetrics, _Mapping]]] = ...) -> None: ...
 
 class Snapshot(_message.Message):
-    __slots__ = ("format_version", "lsn", "created", "next_uid", "experiments", "decisions", "campaigns")
+    __slots__ = ("format_version", "lsn", "created", "next_uid", "experiments", "decisions", "campaigns", "audit")
     FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
     LSN_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
@@ -184,6 +200,7 @@ class Snapshot(_message.Message):
     EXPERIMENTS_FIELD_NUMBER: _ClassVar[int]
     DECISIONS_FIELD_NUMBER: _ClassVar[int]
     CAMPAIGNS_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_FIELD_NUMBER: _ClassVar[int]
     format_version: int
     lsn: int
     created: float
@@ -191,7 +208,8 @@ class Snapshot(_message.Message):
     experiments: _containers.RepeatedCompositeFieldContainer[ExperimentState]
     decisions: DecisionTable
     campaigns: _containers.RepeatedCompositeFieldContainer[CampaignState]
-    def __init__(self, format_version: _Optional[int] = ..., lsn: _Optional[int] = ..., created: _Optional[float] = ..., next_uid: _Optional[int] = ..., experiments: _Optional[_Iterable[_Union[ExperimentState, _Mapping]]] = ..., decisions: _Optional[_Union[DecisionTable, _Mapping]] = ..., campaigns: _Optional[_Iterable[_Union[CampaignState, _Mapping]]] = ...) -> None: ...
+    audit: _containers.RepeatedCompositeFieldContainer[Audit]
+    def __init__(self, format_version: _Optional[int] = ..., lsn: _Optional[int] = ..., created: _Optional[float] = ..., next_uid: _Optional[int] = ..., experiments: _Optional[_Iterable[_Union[ExperimentState, _Mapping]]] = ..., decisions: _Optional[_Union[DecisionTable, _Mapping]] = ..., campaigns: _Optional[_Iterable[_Union[CampaignState, _Mapping]]] = ..., audit: _Optional[_Iterable[_Union[Audit, _Mapping]]] = ...) -> None: ...
 
 class CampaignState(_message.Message):
     __slots__ = ("config", "day", "plan", "history", "today", "multiplier", "control_time", "control_spent", "ledgers", "reservations", "closed", "days_learned", "multiplier_sum", "multiplier_count", "control_bids", "participation", "bids", "control_win_threshold")
