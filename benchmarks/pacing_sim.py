@@ -49,10 +49,12 @@ import asyncio
 import itertools
 import json
 import math
+import multiprocessing
 import shutil
 import tempfile
 import time
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -469,6 +471,7 @@ class Market:
                 cell.update(ratio=self.ratio, traffic=self.traffic, shape=self.shape,
                             day=number, budget=self.budget)
                 cell["targets"] = targets(cell)
+                cell["market"] = self.index
                 cells.append(cell)
             progress(self, number, cell)
         return cells
@@ -531,7 +534,8 @@ class Market:
         return cell
 
 
-async def run_grid(args: argparse.Namespace) -> dict:
+def grid_markets(args: argparse.Namespace) -> tuple[list[Market], tuple[int, ...]]:
+    """The markets of the grid (or of the part of it asked for) and the days measured."""
     ratios, traffics, shapes = args.ratios, args.traffic, args.shapes
     keep = tuple(args.grid_days)
     if args.quick:
@@ -541,16 +545,60 @@ async def run_grid(args: argparse.Namespace) -> dict:
     markets = [Market(i, r, tr, sh, args.forecast, args.seed) for i, (r, tr, sh) in enumerate(
         itertools.product(GRID_RATIOS, GRID_TRAFFIC, GRID_SHAPES))
         if r in ratios and tr in traffics and sh in shapes]
+    return markets, keep
+
+
+def split_markets(markets: list[Market], parts: int) -> list[list[Market]]:
+    """The markets in ``parts`` groups of about the same number of auctions (greedy: the
+    busiest market to the least loaded group)."""
+    groups: list[list[Market]] = [[] for _ in range(max(1, min(parts, len(markets))))]
+    load = [0.0] * len(groups)
+    for m in sorted(markets, key=lambda m: (-m.traffic, m.index)):
+        k = load.index(min(load))
+        groups[k].append(m)
+        load[k] += m.traffic
+    return groups
+
+
+def cells_path(out: Path) -> Path:
+    """Where a grid run appends each measured cell as it completes (a JSON line), so an
+    interrupted run keeps what it measured and ``--resume`` runs only the markets missing."""
+    return out.with_suffix(".cells.jsonl")
+
+
+def read_cells(out: Path) -> list[dict]:
+    path = cells_path(out)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_part(args: argparse.Namespace, indices: list[int], part: str) -> list[dict]:
+    """One process's share of the grid: its own banditd and the markets ``indices`` (each
+    market is a campaign of its own and markets never share state, so a cell does not depend
+    on which server ran it)."""
+    markets, keep = grid_markets(args)
+    mine = [m for m in markets if m.index in indices]
+    return asyncio.run(_run_markets(args, mine, keep, part))
+
+
+async def _run_markets(args: argparse.Namespace, markets: list[Market], keep: tuple[int, ...],
+                       part: str) -> list[dict]:
     days = max(keep)
     total = sum(m.traffic for m in markets) * days
     done = {"traffic": 0.0, "cells": 0}
     started = time.perf_counter()
 
+    sink = cells_path(Path(args.out)) if args.out else None
+
     def progress(market: Market, number: int, cell: dict) -> None:
         done["traffic"] += market.traffic
         if number in keep:
             done["cells"] += 1
-            print(f"  [{done['traffic'] / total:5.1%} of auctions, "
+            if sink is not None:
+                with open(sink, "a") as f:  # one line per write: parts may append at once
+                    f.write(json.dumps(cell) + "\n")
+            print(f"  {part}[{done['traffic'] / total:5.1%} of auctions, "
                   f"{time.perf_counter() - started:5.0f} s] ratio {market.ratio:g} traffic "
                   f"{market.traffic:g}x {market.shape} day {number}: util "
                   f"{cell['utilization']:.4f} max dev {cell['max_deviation']:.4f} exhausted "
@@ -574,10 +622,13 @@ async def run_grid(args: argparse.Namespace) -> dict:
     finally:
         server.stop()
         shutil.rmtree(data, ignore_errors=True)
-    cells = sorted((c for r in results for c in r),
-                   key=lambda c: (c["day"], c["shape"], c["ratio"], c["traffic"]))
+    return [c for r in results for c in r]
+
+
+def summarize(cells: list[dict]) -> dict:
+    """The grid's summary: cells, deliverable cells, overspend, the targets met."""
     deliverable = [c for c in cells if c["deliverable"]]
-    summary = {
+    return {
         "cells": len(cells), "deliverable_cells": len(deliverable),
         "overspend_total": round(sum(c["overspend"] for c in cells), 6),
         "cells_meeting_all_targets": sum(all(c["targets"].values()) for c in cells),
@@ -595,6 +646,46 @@ async def run_grid(args: argparse.Namespace) -> dict:
         "min_spent_of_possible_undeliverable": min(
             (c["spent_of_possible"] for c in cells if not c["deliverable"]), default=None),
     }
+
+
+def run_grid(args: argparse.Namespace) -> dict:
+    markets, keep = grid_markets(args)
+    started = time.perf_counter()
+    earlier: list[dict] = []
+    if args.resume:  # the cells of the markets an interrupted run finished
+        earlier = read_cells(Path(args.out))
+        finished = {c["market"] for c in earlier
+                    if sum(e["market"] == c["market"] for e in earlier) == len(keep)}
+        earlier = [c for c in earlier if c["market"] in finished]
+        markets = [m for m in markets if m.index not in finished]
+        print(f"resuming: {len(finished)} markets measured, {len(markets)} to run", flush=True)
+    cells_path(Path(args.out)).write_text("".join(json.dumps(c) + "\n" for c in earlier))
+    groups = split_markets(markets, args.processes)
+    if not markets:
+        results = []
+    elif len(groups) == 1:
+        results = [asyncio.run(_run_markets(args, markets, keep, ""))]
+    else:  # a banditd and a driver per process: the servers' work spreads over the cores
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(len(groups), mp_context=context) as pool:
+            futures = [pool.submit(run_part, args, [m.index for m in g],
+                                   f"part {k + 1}/{len(groups)} ")
+                       for k, g in enumerate(groups)]
+            results = [f.result() for f in futures]
+    return grid_report(args, earlier + [c for r in results for c in r], keep,
+                       time.perf_counter() - started, len(groups))
+
+
+def grid_report(args: argparse.Namespace, cells: list[dict], keep: tuple[int, ...],
+                seconds: float, processes: int) -> dict:
+    """The results file of a grid run from its cells."""
+    cells = sorted(cells, key=lambda c: (c["day"], c["shape"], c["ratio"], c["traffic"]))
+    planned, _ = grid_markets(args)  # the grid asked for (a partial run lacks some cells)
+    ratios = sorted({m.ratio for m in planned})
+    traffics = sorted({m.traffic for m in planned})
+    shapes = [sh for sh in GRID_SHAPES if any(m.shape == sh for m in planned)]
+    summary = summarize(cells)
+    settings = dict(kv.split("=", 1) for kv in args.set)
     return {
         "machine": machine(),
         "setup": {"ratios": list(ratios), "traffic": list(traffics), "shapes": list(shapes),
@@ -615,11 +706,37 @@ async def run_grid(args: argparse.Namespace) -> dict:
                                f"{STEP:g} s", "conversion_rate_by_hour":
                   [round(float(c), 4) for c in CVR],
                   "in_flight": IN_FLIGHT, "in_flight_seconds": IN_FLIGHT_SECONDS,
-                  "concurrent_markets": args.markets, "seed": args.seed,
+                  "concurrent_markets": args.markets, "processes": processes,
+                  "seed": args.seed,
                   "server_settings": settings},
-        "summary": summary, "seconds": round(time.perf_counter() - started, 1),
-        "cells": cells,
+        "summary": summary, "seconds": round(seconds, 1), "cells": cells,
     }
+
+
+def merge_reports(reports: list[dict]) -> dict:
+    """One grid results file from files of parts of the grid (run with --ratios, --traffic,
+    --shapes on the same commit and settings): their cells together, the summary again."""
+    first = reports[0]
+    setup = dict(first["setup"])
+    for key in ("days", "forecast_auctions_per_day", "seed", "server_settings"):
+        if any(r["setup"][key] != setup[key] for r in reports):
+            raise SystemExit(f"cannot merge parts with different {key}")
+    cells = sorted((c for r in reports for c in r["cells"]),
+                   key=lambda c: (c["day"], c["shape"], c["ratio"], c["traffic"]))
+    keys = [(c["ratio"], c["traffic"], c["shape"], c["day"]) for c in cells]
+    if len(set(keys)) != len(keys):
+        raise SystemExit("the parts overlap")
+    setup["ratios"] = sorted({c["ratio"] for c in cells})
+    setup["traffic"] = sorted({c["traffic"] for c in cells})
+    setup["shapes"] = [sh for sh in GRID_SHAPES if any(c["shape"] == sh for c in cells)]
+    setup["budgets"] = {k: v for r in reports for k, v in r["setup"]["budgets"].items()}
+    setup["shape_weights"] = {k: v for r in reports
+                              for k, v in r["setup"]["shape_weights"].items()}
+    setup["parts"] = [{"ratios": r["setup"]["ratios"], "traffic": r["setup"]["traffic"],
+                       "shapes": r["setup"]["shapes"], "seconds": r["seconds"],
+                       "commit": r["machine"].get("commit")} for r in reports]
+    return {"machine": first["machine"], "setup": setup, "summary": summarize(cells),
+            "seconds": round(sum(r["seconds"] for r in reports), 1), "cells": cells}
 
 
 def grid_table(report: dict) -> str:
@@ -636,7 +753,10 @@ def grid_table(report: dict) -> str:
         for traffic in setup["traffic"]:
             row = [f"{ratio:g}", f"{traffic:g}x"]
             for sh, d in columns:
-                c = cells[(ratio, traffic, sh, d)]
+                c = cells.get((ratio, traffic, sh, d))
+                if c is None:
+                    row.append("not run")
+                    continue
                 miss = "" if all(c["targets"].values()) else " ✗"
                 if c["deliverable"]:
                     exhausted = "" if c["exhaustion_hour"] is None or c["exhaustion_hour"] >= 23 \
@@ -671,7 +791,10 @@ def plot_grid(report: dict, path: Path) -> None:
             grid = np.full((len(ratios), len(traffics)), np.nan)
             for i, r in enumerate(ratios):
                 for j, tr in enumerate(traffics):
-                    c = cells[(r, tr, sh, d)]
+                    c = cells.get((r, tr, sh, d))
+                    if c is None:
+                        ax.text(j, i, "not run", ha="center", va="center", fontsize=8)
+                        continue
                     if c["deliverable"]:
                         grid[i, j] = 100 * c["max_deviation"]
                         text = f"{100 * c['utilization']:.1f}\n{100 * c['max_deviation']:.1f}"
@@ -712,7 +835,10 @@ def main() -> None:
     ap.add_argument("--grid", action="store_true", help="the market grid (see above)")
     ap.add_argument("--forecast", type=int, default=3000,
                     help="grid: forecast auctions per day")
-    ap.add_argument("--markets", type=int, default=24, help="grid: markets run at once")
+    ap.add_argument("--markets", type=int, default=24,
+                    help="grid: markets run at once per process")
+    ap.add_argument("--processes", type=int, default=2,
+                    help="grid: processes, each with its own banditd and a share of the markets")
     ap.add_argument("--ratios", type=float, nargs="+", default=list(GRID_RATIOS),
                     help="grid: a part of its bid/price ratios")
     ap.add_argument("--traffic", type=float, nargs="+", default=list(GRID_TRAFFIC),
@@ -725,6 +851,13 @@ def main() -> None:
                     help="grid: a server setting (banditd serve --set), e.g. "
                          "pacing_min_participation=1 for shading alone")
     ap.add_argument("--table", metavar="JSON", help="print a grid results file's table")
+    ap.add_argument("--merge", metavar="JSON", nargs="+",
+                    help="grid: merge results files of parts of the grid into --out")
+    ap.add_argument("--resume", action="store_true",
+                    help="grid: keep the markets an interrupted run into --out finished "
+                         "(its .cells.jsonl) and run the others")
+    ap.add_argument("--partial", action="store_true",
+                    help="grid: write --out from the cells an interrupted run measured")
     ap.add_argument("--replot", metavar="JSON",
                     help="redraw a grid results file's heat map (the PNG beside it)")
     args = ap.parse_args()
@@ -738,7 +871,15 @@ def main() -> None:
         if args.quick:
             args.forecast = 2000
         out = Path(args.out if args.out != DEFAULT_OUT else GRID_OUT)
-        report = asyncio.run(run_grid(args))
+        args.out = str(out)
+        if args.merge:
+            report = merge_reports([json.loads(Path(p).read_text()) for p in args.merge])
+        elif args.partial:  # the cells an interrupted run measured
+            report = grid_report(args, read_cells(out), grid_markets(args)[1], 0.0,
+                                 args.processes)
+            report["partial"] = True
+        else:
+            report = run_grid(args)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=1))
         plot_grid(report, out.with_suffix(".png"))
