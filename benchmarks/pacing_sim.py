@@ -831,7 +831,7 @@ def main() -> None:
     ap.add_argument("--out", default=DEFAULT_OUT,
                     help=f"default {DEFAULT_OUT}, with --grid {GRID_OUT}")
     ap.add_argument("--quick", action="store_true", help="10 days of 1500 auctions (smoke); "
-                    "with --grid: 8 cells of 2000 forecast auctions, day 2 for day 8")
+                    "with --grid: 8 cells of 1000 forecast auctions, day 2 for day 8")
     ap.add_argument("--grid", action="store_true", help="the market grid (see above)")
     ap.add_argument("--forecast", type=int, default=3000,
                     help="grid: forecast auctions per day")
@@ -869,7 +869,7 @@ def main() -> None:
         return
     if args.grid:
         if args.quick:
-            args.forecast = 2000
+            args.forecast = 1000
         out = Path(args.out if args.out != DEFAULT_OUT else GRID_OUT)
         args.out = str(out)
         if args.merge:
