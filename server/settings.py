@@ -172,7 +172,7 @@ class Settings(BaseSettings):
     budget_max_allocation: float = Field(
         1000.0, ge=0, description="AllocateBudget maximum per ad group when the request has none."
     )
-    # Pacing (see server/pacing.py for the control law).
+    # Pacing (see server/ads/pacing.py for the control law).
     max_campaigns: int = Field(10_000, ge=1, description="Paced campaigns held at once.")
     pacing_reservation_ttl_seconds: float = Field(
         60.0, gt=0, le=86_400, description="Default seconds before an unsettled bid's "
@@ -186,7 +186,12 @@ class Settings(BaseSettings):
         "seconds ahead.",
     )
     pacing_min_multiplier: float = Field(
-        0.02, gt=0, le=1, description="Lowest pacing multiplier.",
+        0.02, gt=0, le=1, description="Lowest pacing multiplier; below it the controller "
+        "throttles (bids in a fraction of auctions) instead of shading further.",
+    )
+    pacing_min_participation: float = Field(
+        0.001, gt=0, le=1, description="Lowest participation rate (fraction of auctions "
+        "a throttled campaign bids in).",
     )
     pacing_plan_max_shift: float = Field(
         0.25, ge=0, le=1, description="Largest relative change of one hour's plan share "

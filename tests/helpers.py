@@ -573,6 +573,31 @@ def windowed_traffic(stub) -> None:
         pb.BatchRecordRewardsRequest(requests=late)).responses)
 
 
+def throttled_traffic(stub) -> None:
+    """A campaign whose bids are far above the clearing costs: shading to the floor, then
+    throttling (the coins, the participation rate and the win thresholds replay); its
+    traffic shape changes half way."""
+    rng = np.random.default_rng(13)
+    stub.CreateCampaign(pb.CreateCampaignRequest(campaign=pb.Campaign(
+        campaign_id="thr", daily_budget=20.0, max_bid=50.0, seed=5,
+        hourly_weights=[1.0 + (h >= 12) for h in range(24)])))
+    t, reasons = T0 + 3600, set()
+    for i in range(900):
+        t += 4.0 * rng.random()
+        if i == 600:
+            stub.UpdateCampaign(pb.UpdateCampaignRequest(
+                campaign=pb.Campaign(campaign_id="thr", hourly_weights=[1.0] * 24),
+                update_mask=field_mask_pb2.FieldMask(paths=["hourly_weights"])))
+        bid = stub.PaceBid(pb.PaceBidRequest(campaign_id="thr", base_bid=10.0,
+                                             event_time=at_time(t)))
+        reasons.add(bid.reason_code)
+        if bid.bid_id:
+            stub.RecordSpend(pb.RecordSpendRequest(
+                campaign_id="thr", bid_id=bid.bid_id, won=True,
+                cost=float(rng.uniform(0.01, 0.3)), event_time=at_time(t + 1)))
+    assert {pb.PACE_REASON_THROTTLED, pb.PACE_REASON_CAPPED} <= reasons
+
+
 def comparable_image(message: bytes, section: memoryview) -> dict:
     """An image as plain values, without what the log does not replay (random streams, the
     policies' cache arrays) or cannot (the time the image was taken)."""

@@ -412,3 +412,41 @@ def test_replica_bench_measures_cost_propagation_scaling_and_footprint(tmp_path)
     fp = report["footprint"]
     assert fp["decision_bytes_per_decision"] > 20 and fp["reward_bytes_per_reward"] > 20
     assert fp["log_entries"] == fp["decision_entries"] + fp["reward_entries"]
+
+
+@pytest.mark.slow
+def test_pacing_market_grid_quick_run(tmp_path):
+    """The market grid's smoke run (two bid/price ratios x two traffic levels, days 1 and 2,
+    against a real server): every cell is measured and classified, nothing is overspent,
+    thin markets spend what they can, the heat map is written and the table is rebuilt from
+    the results file."""
+    out = tmp_path / "grid.json"
+    proc = _run("-m", "benchmarks.pacing_sim", "--grid", "--quick", "--out", str(out))
+    report = json.loads(out.read_text())
+    assert report["machine"]["commit"] == machine()["commit"]
+    cells = report["cells"]
+    assert sorted((c["ratio"], c["traffic"], c["day"]) for c in cells) == sorted(
+        (r, t, d) for r in (3.0, 40.0) for t in (0.3, 2.0) for d in (1, 2))
+    for c in cells:
+        assert c["overspend"] == 0 and c["spent"] <= c["budget"] + 1e-6
+        assert c["auctions"] == sum(c["reasons"].values())
+        assert c["deliverable"] == (c["possible_spend"] >= c["budget"])
+        if c["traffic"] == 0.3:  # half the forecast's potential at most: cannot deliver
+            assert not c["deliverable"] and c["spent_of_possible"] >= 0.95
+            assert set(c["targets"]) == {"no_overspend", "spent_possible_98"}
+        else:
+            assert c["deliverable"] and c["utilization"] >= 0.9
+            assert set(c["targets"]) == {"no_overspend", "utilization_98", "max_deviation_5",
+                                         "no_early_exhaustion"}
+        trajectory = c["trajectory"]
+        assert len(trajectory["hour"]) == len(trajectory["spent"]) == 144
+        assert trajectory["spent"][-1] == pytest.approx(c["spent"], abs=1e-3)
+    summary = report["summary"]
+    assert summary["cells"] == 8 and summary["overspend_total"] == 0
+    assert summary["deliverable_cells"] == sum(c["deliverable"] for c in cells) == 4
+    assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = _run("-m", "benchmarks.pacing_sim", "--table", str(out)).stdout
+    assert table.strip() in proc.stdout
+    rows = [line for line in table.splitlines() if line.startswith("| 3 |")
+            or line.startswith("| 40 |")]
+    assert len(rows) == 4 and all(line.count("|") == 5 for line in rows)

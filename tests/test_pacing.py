@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from datetime import date, datetime, timezone
 from zoneinfo import ZoneInfo
@@ -331,6 +332,258 @@ def test_python_client_pacing_methods(server, new_id):
         assert client.pace_bid(cid, 1.0, event_time=t).reason == "paused"
         s = client.get_pacing_status(cid, event_time=t)
         assert (s.spent, s.utilization) == (pytest.approx(0.4), pytest.approx(0.4 / 240))
+
+
+# -- hourly weights, seeds, reason codes ---------------------------------------------------
+EVENING = [0.2 + math.exp(-0.5 * ((h - 20) / 2.5) ** 2) for h in range(HOURS)]
+
+
+@pytest.mark.parametrize("weights, message", [
+    ([1.0] * 23, "hourly_weights has 23 values, expected 24"),
+    ([1.0] * 25, "hourly_weights has 25 values"),
+    ([1.0] * 23 + [float("nan")], "hourly_weights[23] must be finite"),
+    ([1.0] * 5 + [float("inf")] + [1.0] * 18, "hourly_weights[5] must be finite"),
+    ([1.0] * 3 + [-0.5] + [1.0] * 20, "hourly_weights[3] must be finite and >= 0"),
+    ([0.0] * 24, "hourly_weights are all 0"),
+])
+def test_bad_hourly_weights_are_rejected(stub, new_id, weights, message):
+    cid = new_id()
+    code, details = code_of(lambda: campaign(stub, cid, hourly_weights=weights))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and message in details
+    code, _ = code_of(lambda: stub.GetPacingStatus(pb.GetPacingStatusRequest(campaign_id=cid)))
+    assert code == grpc.StatusCode.NOT_FOUND
+    good = new_id()
+    campaign(stub, good)
+    code, details = code_of(lambda: stub.UpdateCampaign(pb.UpdateCampaignRequest(
+        campaign=pb.Campaign(campaign_id=good, hourly_weights=weights),
+        update_mask=field_mask_pb2.FieldMask(paths=["hourly_weights"]))))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and message in details
+    assert status(stub, good, DAY0 + 60).hourly_plan == pytest.approx([1 / 24] * 24)
+
+
+def test_hourly_weights_are_the_first_plan(stub, new_id):
+    """Day one follows the given traffic shape (SMOOTH learns from there, EVEN keeps it);
+    without weights the plan is even; new weights restart the plan from them."""
+    shares = np.array(EVENING) / sum(EVENING)
+    for mode in (pb.PACING_MODE_SMOOTH, pb.PACING_MODE_EVEN):
+        cid = new_id()
+        c = campaign(stub, cid, daily_budget=240.0, hourly_weights=EVENING, pacing_mode=mode)
+        assert list(c.hourly_weights) == pytest.approx(EVENING)
+        s = status(stub, cid, DAY0 + 3600 * 10.5)
+        assert s.hourly_plan == pytest.approx(shares.tolist())
+        assert s.planned_spend == pytest.approx(240 * (shares[:10].sum() + shares[10] / 2))
+        # the per-bid cap follows the hour's planned spend: 10% of it
+        r = pace(stub, cid, 100.0, DAY0 + 3600 * 3)
+        assert (r.reason, r.bid) == ("capped", pytest.approx(0.1 * 240 * shares[3], abs=1e-6))
+    stub.UpdateCampaign(pb.UpdateCampaignRequest(
+        campaign=pb.Campaign(campaign_id=cid, hourly_weights=[1.0] * 12 + [3.0] * 12),
+        update_mask=field_mask_pb2.FieldMask(paths=["hourly_weights"])))
+    assert status(stub, cid, DAY0 + 3600 * 11).hourly_plan == pytest.approx(
+        [1 / 48] * 12 + [3 / 48] * 12)
+    stub.UpdateCampaign(pb.UpdateCampaignRequest(
+        campaign=pb.Campaign(campaign_id=cid),
+        update_mask=field_mask_pb2.FieldMask(paths=["hourly_weights"])))  # cleared: even
+    assert status(stub, cid, DAY0 + 3600 * 12).hourly_plan == pytest.approx([1 / 24] * 24)
+
+
+def test_campaign_seed_is_random_when_unset_and_reported(stub, new_id):
+    seeds = {campaign(stub, new_id()).seed for _ in range(3)}
+    assert len(seeds) == 3 and 0 not in seeds
+    assert campaign(stub, new_id(), seed=0).seed == 0  # explicit 0 is a seed, not "unset"
+    cid = new_id()
+    campaign(stub, cid, seed=42)
+    updated = stub.UpdateCampaign(pb.UpdateCampaignRequest(
+        campaign=pb.Campaign(campaign_id=cid, paused=True),
+        update_mask=field_mask_pb2.FieldMask(paths=["paused"])))
+    assert updated.seed == 42
+
+
+REASONS = {"paced": pb.PACE_REASON_PACED, "throttled": pb.PACE_REASON_THROTTLED,
+           "paused": pb.PACE_REASON_PAUSED, "budget_exhausted": pb.PACE_REASON_BUDGET_EXHAUSTED,
+           "budget_reserved": pb.PACE_REASON_BUDGET_RESERVED, "capped": pb.PACE_REASON_CAPPED,
+           "zero_base_bid": pb.PACE_REASON_ZERO_BASE_BID,
+           "slowing_down": pb.PACE_REASON_SLOWING_DOWN}
+
+
+def test_reason_code_says_what_reason_says(stub, new_id):
+    cid = new_id()
+    campaign(stub, cid, daily_budget=2.4, max_bid=1.0, bid_cap_fraction=1.0,
+             pacing_mode=pb.PACING_MODE_ASAP, reservation_ttl_seconds=30)
+    t = DAY0 + 3600
+    answers = [pace(stub, cid, 0.05, t), pace(stub, cid, 0.0, t)]
+    answers += [pace(stub, cid, 1.0, t) for _ in range(25)]  # capped at 0.1, then reserved
+    spend(stub, cid, answers[3].bid_id, True, 0.1, t)
+    answers.append(pace(stub, cid, 1.0, t + 31))  # the rest expired: bids again
+    stub.UpdateCampaign(pb.UpdateCampaignRequest(
+        campaign=pb.Campaign(campaign_id=cid, paused=True),
+        update_mask=field_mask_pb2.FieldMask(paths=["paused"])))
+    answers.append(pace(stub, cid, 1.0, t + 32))
+    seen = {a.reason for a in answers}
+    assert seen == {"paced", "zero_base_bid", "capped", "budget_reserved", "paused"}
+    for a in answers:
+        assert a.reason_code == REASONS[a.reason], a
+        assert a.participation_rate == 1.0
+
+
+# -- throttling and reaction time (seeded markets, event time) ------------------------------
+def market(rng: np.random.Generator, start: float, end: float, per_minute: float,
+           ratio: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Auctions of a Poisson stream between start and end: times, base bids (ratio x the
+    median clearing price, +-20%) and lognormal clearing prices (median 1)."""
+    n = rng.poisson(per_minute * (end - start) / 60)
+    times = np.sort(rng.uniform(start, end, n))
+    return times, ratio * rng.uniform(0.8, 1.2, n), rng.lognormal(0.0, 0.5, n)
+
+
+def drive(stub, cid: str, times, base, price) -> dict:
+    """Per auction: PaceBid at its time, RecordSpend of the outcome half a second later (second
+    price: a win costs the clearing price). The answers and the charged spend, per auction."""
+    out = {"multiplier": [], "participation": [], "reason": [], "bid": [], "charged": []}
+    for t, b, p in zip(times, base, price, strict=True):
+        r = pace(stub, cid, float(b), float(t))
+        charged = 0.0
+        if r.bid > 0:
+            charged = spend(stub, cid, r.bid_id, bool(p <= r.bid), float(p), t + 0.5).charged
+        out["multiplier"].append(r.pacing_multiplier)
+        out["participation"].append(r.participation_rate)
+        out["reason"].append(r.reason_code)
+        out["bid"].append(r.bid)
+        out["charged"].append(charged)
+    return {k: np.array(v) for k, v in out.items()}
+
+
+def deviation(times, charged, plan, budget: float, start: float, end: float,
+              step: float = 60.0) -> np.ndarray:
+    """(cumulative spend - planned spend) / budget every ``step`` seconds from start to end."""
+    grid = np.arange(start, end + 1, step)
+    cum = np.concatenate([[0.0], np.cumsum(charged)])[np.searchsorted(times, grid, "right")]
+    hours = (grid - DAY0) / 3600
+    h = np.minimum(hours.astype(int), 23)
+    fraction = np.concatenate([[0.0], np.cumsum(plan)])[h] + np.asarray(plan)[h] * (hours - h)
+    return (cum - budget * fraction) / budget
+
+
+def test_throttles_when_bids_are_far_above_prices(stub, new_id):
+    """Base bids 40x the clearing prices and 20x the traffic the budget needs: the multiplier
+    goes to its floor and the campaign then bids in a fraction of auctions (reason
+    throttled), bringing spend to the plan; the same seed and requests give the same bids."""
+    rng = np.random.default_rng(31)
+    times, base, price = market(rng, DAY0 + 6 * 3600, DAY0 + 9 * 3600, 40, 40.0)
+    # at the base bid every auction is won: 40 a minute x ~1.13 = ~2,700 an hour; the plan
+    # spends a 20th of that from 6:00 to 9:00 (at the multiplier's floor, 0.8 x the median
+    # price, bids still spend about a 6th)
+    weights = [0.0] * 6 + [1.0] * 3 + [0.0] * 15
+    budget = round(3 * 40 * 60 * 1.13 / 20, 2)
+    seed = 20260601
+    cid, twin, other = new_id(), new_id(), new_id()
+    for c, s in ((cid, seed), (twin, seed), (other, seed + 1)):
+        campaign(stub, c, daily_budget=budget, max_bid=100.0, seed=s, hourly_weights=weights)
+    a = drive(stub, cid, times, base, price)
+    floor = 0.02
+    throttled = a["reason"] == pb.PACE_REASON_THROTTLED
+    assert throttled.sum() > len(times) / 2  # most auctions are skipped
+    assert np.all(a["bid"][throttled] == 0)
+    assert np.all(a["participation"] > 0) and np.all(a["participation"] <= 1)
+    assert np.all(a["multiplier"][a["participation"] < 1] == pytest.approx(floor))
+    assert 0.1 < a["participation"][-1000:].mean() < 0.5
+    plan = np.array(weights) / sum(weights)
+    dev = deviation(times, a["charged"], plan, budget, DAY0 + 6 * 3600, DAY0 + 9 * 3600)
+    # the first minutes at multiplier 1 (a first day) spend ~20x the plan; then the plan
+    assert np.abs(dev).max() < 0.08 and np.abs(dev[60:]).max() < 0.04
+    assert a["charged"].sum() >= 0.98 * budget
+    # the same seed and requests: the same coins; another seed: other auctions skipped (the
+    # first hour of the same auctions, throttled after its first minutes, shows both)
+    n = int(np.searchsorted(times, DAY0 + 7 * 3600))
+    b = drive(stub, twin, times[:n], base[:n], price[:n])
+    for key in ("bid", "reason", "multiplier", "participation"):
+        assert np.array_equal(a[key][:n], b[key]), key
+    c = drive(stub, other, times[:n], base[:n], price[:n])
+    assert (c["reason"] == pb.PACE_REASON_THROTTLED).sum() > n / 2
+    assert not np.array_equal(c["reason"] == pb.PACE_REASON_THROTTLED, throttled[:n])
+
+
+def test_throttling_coins_replay_after_a_crash(tmp_path):
+    """A campaign that throttles, interrupted by a crash half way (restored from its log),
+    answers exactly as the same campaign run without interruption."""
+    rng = np.random.default_rng(7)
+    times, base, price = market(rng, DAY0 + 3600, DAY0 + 2 * 3600, 30, 40.0)
+    config = dict(daily_budget=400.0, max_bid=100.0, seed=99)
+    with running_server(tmp_path / "whole") as srv, \
+            grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+        stub = pb_grpc.DecisionServiceStub(ch)
+        campaign(stub, "c", **config)
+        whole = drive(stub, "c", times, base, price)
+    assert (whole["reason"] == pb.PACE_REASON_THROTTLED).sum() > 100
+    half = len(times) // 2
+    while whole["bid"][half - 1] <= 0:  # end the first run on a settlement (waited for)
+        half += 1
+    parts = []
+    with running_server(tmp_path / "crashed", snapshot_interval_seconds=0) as srv:
+        with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+            stub = pb_grpc.DecisionServiceStub(ch)
+            campaign(stub, "c", **config)
+            parts.append(drive(stub, "c", times[:half], base[:half], price[:half]))
+        srv.crash()
+    with running_server(tmp_path / "crashed", snapshot_interval_seconds=0) as srv, \
+            grpc.insecure_channel(f"127.0.0.1:{srv.port}") as ch:
+        parts.append(drive(pb_grpc.DecisionServiceStub(ch), "c", times[half:], base[half:],
+                           price[half:]))
+    for key in ("bid", "reason", "multiplier", "participation", "charged"):
+        assert np.array_equal(np.concatenate([p[key] for p in parts]), whole[key]), key
+
+
+def test_reacts_within_minutes_to_thin_night_traffic(stub, new_id):
+    """A few bids a minute at night, bid far above the prices, from midnight of the first
+    day (no history): the controller's first step comes within 3 minutes of event time, the
+    pace level is down to a third within 10 minutes, and spend stays within 1% of the budget
+    of the plan all night."""
+    rng = np.random.default_rng(5)
+    start, end = DAY0, DAY0 + 6 * 3600
+    times, base, price = market(rng, start, end, 3, 10.0)
+    shares = np.array(EVENING) / sum(EVENING)
+    # at the base bid the night would spend ~4x its plan
+    night_potential = 3 * 60 * 6 * 1.13
+    budget = round(night_potential / (4 * shares[:6].sum()), 2)
+    cid = new_id()
+    campaign(stub, cid, daily_budget=budget, max_bid=100.0, seed=3, hourly_weights=EVENING)
+    r = drive(stub, cid, times, base, price)
+    level = r["multiplier"] * r["participation"]
+    first_step = times[np.argmax(level < 1)]
+    assert first_step - start <= 3 * 60
+    assert level[np.searchsorted(times, start + 10 * 60)] < 1 / 3
+    dev = deviation(times, r["charged"], shares, budget, start, end)
+    assert np.abs(dev).max() < 0.01
+    assert abs(dev[-1]) < 0.005  # by 6:00 on the plan: the night's share spent
+    assert 0.95 < r["charged"].sum() / (budget * shares[:6].sum()) < 1.05
+
+
+def test_reacts_within_minutes_to_a_5x_traffic_jump(stub, new_id):
+    """Traffic jumps 5x at 10:30 and falls back at 12:00. Within 10 minutes of each change
+    the pace level has moved the right way (its median over the next 10 minutes by at least
+    1.5x), cumulative spend never strays from the plan by more than 3% of the budget and the
+    budget is spent by 13:00."""
+    rng = np.random.default_rng(11)
+    pieces = [market(rng, DAY0 + a * 3600, DAY0 + b * 3600, rate, 3.0)
+              for a, b, rate in ((9, 10.5, 10), (10.5, 12, 50), (12, 13, 10))]
+    times, base, price = (np.concatenate(x) for x in zip(*pieces, strict=True))
+    weights = [0.0] * 9 + [1.0] * 4 + [0.0] * 11  # the plan: 25% an hour from 9:00 to 13:00
+    budget = 1000.0  # ~40% of the 10-a-minute traffic at the base bid
+    cid = new_id()
+    campaign(stub, cid, daily_budget=budget, max_bid=100.0, seed=4, hourly_weights=weights)
+    r = drive(stub, cid, times, base, price)
+    level = r["multiplier"] * r["participation"]
+
+    def median_level(hour: float, minutes: float) -> float:
+        """The median pace level over ``minutes`` from ``hour`` (negative: up to it)."""
+        a, b = sorted((DAY0 + hour * 3600, DAY0 + hour * 3600 + minutes * 60))
+        return float(np.median(level[(times >= a) & (times < b)]))
+
+    assert median_level(10.5 + 10 / 60, 10) < median_level(10.5, -10) / 1.5  # slowed down
+    assert median_level(12 + 10 / 60, 10) > 1.5 * median_level(12, -10)  # sped up again
+    plan = np.array(weights) / sum(weights)
+    dev = deviation(times, r["charged"], plan, budget, DAY0 + 9 * 3600, DAY0 + 13 * 3600)
+    assert np.abs(dev).max() < 0.03
+    assert r["charged"].sum() >= 0.98 * budget
 
 
 @pytest.mark.slow

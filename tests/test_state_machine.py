@@ -19,7 +19,8 @@ from banditd.server.storage import snapshot
 from banditd.server.storage.recovery import recover
 from banditd.server.storage.wal import list_segments, read_segment
 from banditd.storage.v1 import storage_pb2 as st
-from helpers import comparable_image, mixed_traffic, running_server, windowed_traffic
+from helpers import comparable_image, mixed_traffic, running_server, throttled_traffic,
+                     windowed_traffic
 
 
 def test_live_state_equals_the_replay_of_its_log(tmp_path):
@@ -29,6 +30,7 @@ def test_live_state_equals_the_replay_of_its_log(tmp_path):
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             mixed_traffic(pb_grpc.DecisionServiceStub(channel))
             windowed_traffic(pb_grpc.DecisionServiceStub(channel))
+            throttled_traffic(pb_grpc.DecisionServiceStub(channel))
         storage = server.app.storage
 
         async def settle() -> tuple[bytes, list]:
@@ -55,10 +57,11 @@ def test_live_state_equals_the_replay_of_its_log(tmp_path):
         "ts", "val", "lin", "win", "winlin"}
     # every administrative change carries its audit entry, replayed with it
     audited = [st.Audit.FromString(a) for a in live["audit"]]
-    assert [a.rpc for a in audited] == ["CreateExperiment"] * 6 + ["IngestMetrics"] * 2 + [
+    assert [a.rpc for a in audited] == ["CreateExperiment"] * 4 + ["IngestMetrics"] * 2 + [
         "UpdateArms", "ResetExperiment", "DeleteExperiment", "CreateCampaign"] + [
-        "UpdateCampaign"] * 2
-    assert audited[8].ids == ["ts", "a9", "a0"] and audited[-1].ids == ["c"]
+        "UpdateCampaign"] * 2 + ["CreateExperiment"] * 2 + ["CreateCampaign", "UpdateCampaign"]
+    assert audited[6].ids == ["ts", "a9", "a0"] and audited[11].ids == ["c"]
+    assert audited[-1].ids == ["thr"]
     assert all(a.peer.startswith("ipv4:127.0.0.1:") and a.time > 0 for a in audited)
     for eid in live["experiments"]:
         assert again["experiments"][eid] == live["experiments"][eid], eid
@@ -74,6 +77,7 @@ def test_an_image_loads_back_to_the_same_state(tmp_path):
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             mixed_traffic(pb_grpc.DecisionServiceStub(channel))
             windowed_traffic(pb_grpc.DecisionServiceStub(channel))
+            throttled_traffic(pb_grpc.DecisionServiceStub(channel))
         message, pieces = server.call(lambda: server.app.state.image(7))
     copy = StateMachine(Settings(data_dir=tmp_path / "other"))
     body, section = snapshot.decode(snapshot.image(message, pieces), "image")

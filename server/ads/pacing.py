@@ -1,16 +1,17 @@
 """Budget pacing: campaigns, the hourly plan, the pacing controller and bid reservations.
 
 A bidder calls ``PaceBid`` per auction with its base bid; banditd answers the paced bid
-``min(base_bid x multiplier, max_bid, per-bid cap, remaining budget)`` or 0, and reserves
-it. ``RecordSpend`` settles the reservation (a loss releases it, a win charges the clearing
-cost, at most the reserved bid). Money is kept in integer micro-units per local day, and
-every reservation is checked against ``budget - spent - reserved`` in the same event-loop
-step that makes it, so spent + reserved never exceeds the daily budget, however many
-auctions are in flight.
+``min(base_bid x multiplier, max_bid, per-bid cap, remaining budget)`` or 0 (for a
+throttled auction, among others), and reserves it. ``RecordSpend`` settles the reservation
+(a loss releases it, a win charges the clearing cost, at most the reserved bid). Money is
+kept in integer micro-units per local day, and every reservation is checked against
+``budget - spent - reserved`` in the same event-loop step that makes it, so spent +
+reserved never exceeds the daily budget, however many auctions are in flight.
 
 **Hourly plan.** The day's budget is spread over local hours 0-23 by a plan of 24 shares:
-even by default; in ``PACING_MODE_SMOOTH`` it is re-learned at every day rollover from a
-decayed history of past days (``pacing_history_decay`` per day) as
+the campaign's ``hourly_weights`` (its expected traffic shape) when given, else even; in
+``PACING_MODE_SMOOTH`` it is re-learned from there at every day rollover from a decayed
+history of past days (``pacing_history_decay`` per day) as
 
     target_h  ~  traffic_share_h x (conversions_per_cost_h / overall conversions_per_cost)
 
@@ -20,21 +21,54 @@ conversions) so that a quiet hour cannot swing the plan, and every share may mov
 over its real hours. The planned cumulative spend at time t is ``budget x P(t)``, P the
 plan's cumulative fraction of the day, linear within an hour.
 
-**Controller.** Every ``pacing_control_interval_seconds`` of event time (and at least
-``MIN_CONTROL_BIDS`` bids), with S the committed spend (spent + reserved) and r the spend
-rate observed since the last update::
+**Controller: shading, then throttling.** One control variable, the pace level L in
+(0, 1], sets both the multiplier m and the participation rate p (the fraction of auctions
+the campaign bids in), with f = ``pacing_min_multiplier``::
+
+    m = max(L, f)        p = L / m
+
+Above the floor the controller shades bids (m = L, p = 1); once the level would take the
+multiplier below its floor it throttles instead (m = f, p = L / f < 1). Shading comes first
+because in a second-price auction a lower bid gives up the most expensive impressions first,
+where throttling gives up impressions at random; throttling takes over where lower bids have
+stopped mattering (far above the clearing prices, a bid of f x base still wins). A throttled
+auction answers bid 0 (reason ``throttled``); which auctions are skipped is a coin drawn from
+the campaign's seed and the bid's sequence number (:func:`coin`), so the same requests give
+the same bids, live and on replay.
+
+Every ``pacing_control_interval_seconds`` of event time (and at least ``MIN_CONTROL_BIDS``
+bids, or 4 intervals when traffic is thin) -- and sooner when spending fast: once the spend
+since the last update passes ``RUSH`` intervals' worth of the plan while cumulative spend is
+ahead of the plan for the end of the next interval (after ``RUSH_BIDS`` bids at least) --
+with S the committed spend (spent + reserved), r the spend rate observed since the last
+update and w the highest clearing cost / base bid of the wins settled since then::
 
     H        = min(pacing_horizon_seconds, time left in the day)
-    desired  = max(budget x P(t + H) - S, 0) / H        # back on the plan in H seconds
+    desired  = max(budget x P'(t) + (budget x P(t) - S) / H, 0)  # plan rate + way back
     ratio    = clip(desired / r, 1/2, 2)                # 2 when nothing was spent
-    m        = clip(m x ratio^GAIN, pacing_min_multiplier, 1)
+    L0       = min(L, max(w, f))   if ratio < 1, p = 1 and a win was settled, else L
+    L        = clip(L0 x ratio^GAIN, f x pacing_min_participation, 1)
 
-so the multiplier moves smoothly (at most x2 or /2 per update, damped by GAIN) and is never
-above 1. (Spreading a deficit over the rest of the day instead of chasing the plan was tried:
-on the simulator the mean deviation from the plan grew from 0.5% to 3.0% of the budget, and
-no more budget was delivered.) When the observed rate would exhaust the budget before the end
-of the day while spend is ahead of the plan, the bid's reason says ``slowing_down``. A new day
-starts from the previous day's mean multiplier. ``PACING_MODE_ASAP`` keeps m = 1.
+so the level moves smoothly (at most x1.37 or /1.37 per update: ratio^GAIN) and never above
+1. The desired rate is the plan's own rate at t (P' is the plan's share per second) plus the
+deviation spread over H: on the plan, the controller follows the plan's rate as it changes
+from hour to hour, where aiming at the plan H seconds ahead would lag behind every change of
+the plan by about H/2 (and be short by the end of a plan that stops before midnight). GAIN
+trades noise against speed: on the market grid a larger gain (0.6) let the level swing with
+the noise of a minute's spend, a smaller one (0.25) reacted too slowly to a change of traffic.
+The early update bounds what a burst can spend before the controller reacts (about RUSH
+intervals of the plan per step) however fast the money goes, e.g. on a first day that starts
+at multiplier 1 far above the prices or when traffic jumps; it waits for being ahead of the
+plan so that the noise of an interval's spend alone does not set it off.
+L0 is where the win rate starts to respond to the multiplier: every win of the interval
+cleared at or below w x its base bid, so any multiplier above w bids above all those
+clearing prices and changes no outcome; when bids are far above prices the step starts
+there instead of walking down through multipliers that change nothing. (Spreading a deficit
+over the rest of the day instead of chasing the plan was tried: on the simulator the mean
+deviation from the plan grew from 0.5% to 3.0% of the budget, and no more budget was
+delivered.) When the observed rate would exhaust the budget before the end of the day while
+spend is ahead of the plan, the bid's reason says ``slowing_down``. A new day starts from the
+previous day's mean level. ``PACING_MODE_ASAP`` keeps m = p = 1.
 
 **Time.** ``event_time`` (or the server clock) drives days, hours, the controller and
 reservation expiry, so a simulator can run a day in seconds. A PaceBid whose event_time is
@@ -48,6 +82,7 @@ import bisect
 import math
 import secrets
 from collections import OrderedDict
+from collections.abc import Sequence
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -70,15 +105,39 @@ from banditd.storage.v1 import storage_pb2 as st
 MICROS = 1_000_000
 MAX_MONEY = 1e12  # currency units; in micros still far inside int64
 HOURS = 24
-GAIN = 0.6  # damping of the multiplicative multiplier update
+GAIN = 0.45  # damping of the multiplicative pace-level update
 MIN_CONTROL_BIDS = 20  # bids between multiplier updates (unless 4 intervals passed)
+RUSH = 2.0  # an early update once an interval's spend passes RUSH x its plan ...
+RUSH_BIDS = 5  # ... over at least this many bids
 PRIOR_CONVERSIONS = 5.0  # shrinkage of an hour's conversions per cost to the overall rate
 CLOSED_BIDS_KEPT = 20_000  # closed bid ids remembered per campaign (answers retries)
 LEDGER_DAYS_KEPT = 8
 DEFAULT_CAP_FRACTION = 0.10
 MAX_ZONE_NAME = 64
 _MUTABLE = ("daily_budget", "max_bid", "bid_cap_fraction", "time_zone", "paused",
-            "pacing_mode", "reservation_ttl_seconds")
+            "pacing_mode", "reservation_ttl_seconds", "hourly_weights", "seed")
+_OPTIONAL = ("bid_cap_fraction", "reservation_ttl_seconds", "seed")  # unset != 0
+_MASK64 = (1 << 64) - 1
+
+# reason text and code of each PaceBid answer
+PACED = ("paced", pb.PACE_REASON_PACED)
+THROTTLED = ("throttled", pb.PACE_REASON_THROTTLED)
+PAUSED = ("paused", pb.PACE_REASON_PAUSED)
+EXHAUSTED = ("budget_exhausted", pb.PACE_REASON_BUDGET_EXHAUSTED)
+RESERVED = ("budget_reserved", pb.PACE_REASON_BUDGET_RESERVED)
+CAPPED = ("capped", pb.PACE_REASON_CAPPED)
+ZERO_BASE = ("zero_base_bid", pb.PACE_REASON_ZERO_BASE_BID)
+SLOWING = ("slowing_down", pb.PACE_REASON_SLOWING_DOWN)
+
+
+def coin(seed: int, sequence: int) -> float:
+    """The throttling coin of a campaign's bid number ``sequence``: uniform in [0, 1), a
+    function of (seed, sequence) only (SplitMix64's output function of seed + (sequence + 1)
+    x the golden ratio, a counter-based generator), so a replay draws the same coins."""
+    z = (seed + (sequence + 1) * 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return (z ^ (z >> 31)) / 18446744073709551616.0  # 2**64
 
 
 def _money(value: float, field: str, allow_zero: bool = False) -> int:
@@ -100,6 +159,30 @@ def _zone(name: str) -> ZoneInfo:
     except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name the OS rejects
         raise InvalidArgument(f"time_zone {shown(name)} is not an IANA time zone",
                               field="time_zone") from None
+
+
+def _check_weights(weights: Sequence[float]) -> None:
+    if not weights:
+        return
+    if len(weights) != HOURS:
+        raise InvalidArgument(
+            f"hourly_weights has {len(weights)} values, expected {HOURS} (one per local "
+            "hour) or none", field="hourly_weights")
+    for hour, w in enumerate(weights):
+        if not math.isfinite(w) or w < 0:
+            raise InvalidArgument(f"hourly_weights[{hour}] must be finite and >= 0, got {w}",
+                                  field=f"hourly_weights[{hour}]")
+    if sum(weights) <= 0:
+        raise InvalidArgument("hourly_weights are all 0: at least one hour needs a weight",
+                              field="hourly_weights")
+
+
+def initial_plan(config: pb.Campaign) -> np.ndarray:
+    """The plan a campaign starts from: its hourly_weights' shares, else 1/24 per hour."""
+    if config.hourly_weights:
+        weights = np.array(config.hourly_weights, dtype=np.float64)
+        return weights / weights.sum()
+    return np.full(HOURS, 1.0 / HOURS)
 
 
 def normalize(config: pb.Campaign, ttl_default: float) -> pb.Campaign:
@@ -135,6 +218,9 @@ def _normalize(config: pb.Campaign, ttl_default: float) -> pb.Campaign:
     elif not (0 < config.reservation_ttl_seconds <= 86_400):
         raise InvalidArgument("reservation_ttl_seconds must be in (0, 86400], got "
                               f"{config.reservation_ttl_seconds}", field="reservation_ttl_seconds")
+    _check_weights(config.hourly_weights)
+    if not config.HasField("seed"):
+        out.seed = secrets.randbits(63)
     return out
 
 
@@ -175,6 +261,14 @@ class _Day:
         within = (t - self.starts[i]) / (seg_end - self.starts[i])
         return float(self.cum[i] + self.weights[i] * within)
 
+    def rate(self, t: float) -> float:
+        """Planned fraction of the day's budget per second at time t."""
+        if t < self.start or t >= self.end:
+            return 0.0
+        i = self.segment(t)
+        seg_end = self.starts[i + 1] if i + 1 < len(self.starts) else self.end
+        return float(self.weights[i] / (seg_end - self.starts[i]))
+
 
 def learn_plan(plan: np.ndarray, history: np.ndarray, max_shift: float) -> np.ndarray:
     """Next day's plan from the decayed history (24 x [traffic, spend, conversions]).
@@ -194,10 +288,11 @@ def learn_plan(plan: np.ndarray, history: np.ndarray, max_shift: float) -> np.nd
 
 
 class Reservation:
-    __slots__ = ("day", "amount", "expires", "slot")
+    __slots__ = ("day", "amount", "expires", "slot", "base")
 
-    def __init__(self, day: str, amount: int, expires: float, slot: int) -> None:
+    def __init__(self, day: str, amount: int, expires: float, slot: int, base: int) -> None:
         self.day, self.amount, self.expires, self.slot = day, amount, expires, slot
+        self.base = base  # the bid's base_bid, micros (0: unknown, older records)
 
 
 class Campaign:
@@ -208,7 +303,8 @@ class Campaign:
         self.settings = settings
         self._prefix = id_prefix
         self._issued = 0  # bid ids handed out by this process (see decide_bid)
-        self.plan = np.full(HOURS, 1.0 / HOURS)
+        self.config = config
+        self.plan = initial_plan(config)
         self.history = np.zeros((HOURS, 3))  # decayed past days: traffic, spend µ, conversions
         self.today = np.zeros((HOURS, 3))
         self.days_learned = 0
@@ -216,26 +312,36 @@ class Campaign:
         self.reservations: OrderedDict[str, Reservation] = OrderedDict()
         self.closed: OrderedDict[str, bool] = OrderedDict()  # bid_id -> expired?
         self.multiplier = 1.0
-        self.multiplier_sum = 0.0
+        self.participation = 1.0
+        self.multiplier_sum = 0.0  # of levels (multiplier x participation), one per bid
         self.multiplier_count = 0
+        self.bids = 0  # PaceBids applied: the throttling coin's sequence number
         self.control_time = 0.0
         self.control_spent = 0
         self.control_bids = 0
+        self.control_win = 0.0  # highest clearing cost / base bid of wins since the update
+        self._rush: tuple[float, float] | None = None  # (control_time, early-update limit)
         self.day: _Day | None = None
         self.day_key = ""  # current local day, "" before the first request
         self.configure(config)
 
     # -- configuration ---------------------------------------------------------------------
     def configure(self, config: pb.Campaign) -> None:
-        """Apply a normalised configuration (the day is recomputed on the next request)."""
+        """Apply a normalised configuration (the day is recomputed on the next request). The
+        plan restarts from the campaign's initial plan when it is not learned (EVEN, ASAP)
+        or the hourly_weights changed."""
+        before = self.config
         self.config = config
         self.campaign_id = config.campaign_id
         self.budget = int(config.daily_budget * MICROS)
         self.max_bid = int(config.max_bid * MICROS)
         self.zone = ZoneInfo(config.time_zone)
+        self.seed = config.seed
         self.day = None  # bounds recomputed (zone or plan may change) for day_key
-        if config.pacing_mode != pb.PACING_MODE_SMOOTH:
-            self.plan = np.full(HOURS, 1.0 / HOURS)
+        self._rush = None
+        if (config.pacing_mode != pb.PACING_MODE_SMOOTH
+                or list(before.hourly_weights) != list(config.hourly_weights)):
+            self.plan = initial_plan(config)
 
     # -- time ------------------------------------------------------------------------------
     def _current_day(self) -> _Day | None:
@@ -264,9 +370,11 @@ class Campaign:
         self.day_key = record.day
         ledger = self._ledger(self.day_key)
         day = self.day = _Day(date.fromisoformat(record.day), self.zone, self.plan)
+        self._rush = None
         self.control_time = max(record.event_time, day.start)
         self.control_spent = ledger[0] + ledger[1]
         self.control_bids = 0
+        self.control_win = 0.0
         self._expire(self.control_time)
 
     def _in_day(self, t: float) -> float:
@@ -284,7 +392,10 @@ class Campaign:
         if self.config.pacing_mode == pb.PACING_MODE_SMOOTH:
             self.plan = learn_plan(self.plan, self.history, self.settings.pacing_plan_max_shift)
         if self.multiplier_count:
-            self.multiplier = self.multiplier_sum / self.multiplier_count
+            level = self.multiplier_sum / self.multiplier_count
+            floor = self.settings.pacing_min_multiplier
+            self.multiplier = max(level, floor)
+            self.participation = min(level / floor, 1.0)
         self.multiplier_sum = 0.0
         self.multiplier_count = 0
         while len(self.ledgers) > LEDGER_DAYS_KEPT:
@@ -316,31 +427,50 @@ class Campaign:
             self.closed.popitem(last=False)
 
     # -- controller ------------------------------------------------------------------------
-    def _control(self, t: float, committed: int) -> tuple[float, bool, bool]:
+    def _control(self, t: float, committed: int) -> tuple[float, float, bool, bool]:
         """The controller's step for a bid at t with ``committed`` = spent + reserved (the
-        reservations expired by t released): (multiplier, whether it updated now, whether the
-        budget is projected to run out before the end of the day while spend is ahead of the
-        plan). Changes nothing."""
+        reservations expired by t released): (multiplier, participation rate, whether it
+        updated now, whether the budget is projected to run out before the end of the day
+        while spend is ahead of the plan). Changes nothing."""
         day = self.day
         assert day is not None
         if self.config.pacing_mode == pb.PACING_MODE_ASAP:
-            return 1.0, False, False
+            return 1.0, 1.0, False, False
         s = self.settings
         dt = t - self.control_time
-        due = dt >= s.pacing_control_interval_seconds and (
-            self.control_bids + 1 >= MIN_CONTROL_BIDS
-            or dt >= 4 * s.pacing_control_interval_seconds)
+        interval = s.pacing_control_interval_seconds
+        due = dt >= interval and (self.control_bids + 1 >= MIN_CONTROL_BIDS or dt >= 4 * interval)
+        if not due and dt > 0 and self.control_bids + 1 >= RUSH_BIDS:
+            due = committed > self._rush_limit(day, interval)
         if not due:
-            return self.multiplier, False, False
+            return self.multiplier, self.participation, False, False
         rate = (committed - self.control_spent) / dt
         horizon = max(min(s.pacing_horizon_seconds, day.end - t), 1.0)
-        desired = max(self.budget * day.fraction(t + horizon) - committed, 0.0) / horizon
+        # the plan's rate now, plus the way back to the plan within the horizon
+        desired = max(self.budget * day.rate(t)
+                      + (self.budget * day.fraction(t) - committed) / horizon, 0.0)
         ratio = (2.0 if desired > 0 else 0.5) if rate <= 0 else desired / rate
         ratio = min(max(ratio, 0.5), 2.0)
-        m = min(max(self.multiplier * ratio**GAIN, s.pacing_min_multiplier), 1.0)
+        floor = s.pacing_min_multiplier
+        level = self.multiplier * self.participation
+        if ratio < 1 and self.participation >= 1 and self.control_win > 0:
+            level = min(level, max(self.control_win, floor))  # multipliers that change nothing
+        level = min(max(level * ratio**GAIN, floor * s.pacing_min_participation), 1.0)
+        m = max(level, floor)
         ahead = committed > self.budget * day.fraction(t)
         slowing = bool(ahead and rate > 0 and t + (self.budget - committed) / rate < day.end)
-        return m, True, slowing
+        return m, min(level / m, 1.0), True, slowing
+
+    def _rush_limit(self, day: _Day, interval: float) -> float:
+        """Committed spend above which the controller updates early: more than RUSH
+        intervals' worth of the plan spent since the last update, and ahead of the plan for
+        the end of the next interval. A function of the last update, cached (not state)."""
+        t = self.control_time
+        if self._rush is None or self._rush[0] != t:
+            end = self.budget * day.fraction(t + interval)
+            burst = self.control_spent + RUSH * (end - self.budget * day.fraction(t))
+            self._rush = (t, max(burst, self.budget * day.fraction(t + 2 * interval)))
+        return self._rush[1]
 
     def _committed(self, t: float) -> int:
         """spent + reserved of the current day once the reservations expired by t are gone."""
@@ -367,35 +497,42 @@ class Campaign:
                              slot=day.slots[segment])
         if self.config.paused:
             event.multiplier = self.multiplier
-            return event, pb.PaceBidResponse(bid=0.0, pacing_multiplier=0.0, reason="paused")
+            if self.participation < 1.0:
+                event.participation = self.participation
+            return event, _answer(0, 0.0, self.participation, PAUSED)
         committed = self._committed(t)
-        m, control, slowing = self._control(t, committed)
+        m, p, control, slowing = self._control(t, committed)
         event.multiplier, event.control = m, control
+        if p < 1.0:  # unset (0) reads as 1
+            event.participation = p
         if base_bid == 0:
-            return event, pb.PaceBidResponse(bid=0.0, pacing_multiplier=m, reason="zero_base_bid")
+            return event, _answer(0, m, p, ZERO_BASE)
         available = self.budget - committed
         if available <= 0:
             spent = self.ledgers[self.day_key][0]
-            reason = "budget_exhausted" if spent >= self.budget else "budget_reserved"
-            return event, pb.PaceBidResponse(bid=0.0, pacing_multiplier=m, reason=reason)
+            return event, _answer(0, m, p, EXHAUSTED if spent >= self.budget else RESERVED)
+        if p < 1.0 and coin(self.seed, self.bids) >= p:
+            event.throttled = True
+            return event, _answer(0, m, p, THROTTLED)
         wanted = int(base_bid * m * MICROS)
         hour_cap = int(self.config.bid_cap_fraction * self.budget * day.weights[segment])
         amount = min(wanted, self.max_bid, hour_cap, available)
         if amount <= 0:
-            return event, pb.PaceBidResponse(bid=0.0, pacing_multiplier=m, reason="capped")
+            return event, _answer(0, m, p, CAPPED)
         # A bid id is unique when it is made, before its record is applied (replicas apply
         # it later, in the shared log's order): this process's prefix and its own counter.
         self._issued += 1
         event.bid_id = f"{self._prefix}-{self._issued:x}"
         event.amount_micros = amount
+        event.base_micros = int(base_bid * MICROS)
         event.expires = t + self.config.reservation_ttl_seconds
-        reason = "capped" if amount < wanted else ("slowing_down" if slowing else "paced")
-        return event, pb.PaceBidResponse(bid=amount / MICROS, pacing_multiplier=m,
-                                         bid_id=event.bid_id, reason=reason)
+        reason = CAPPED if amount < wanted else (SLOWING if slowing else PACED)
+        return event, _answer(amount, m, p, reason, event.bid_id)
 
     def apply_pace(self, event: st.PaceEvent) -> int:
         """Apply a ``pace`` record: the reservations expired by its time released, the bid
-        counted as the hour's traffic, the controller's step taken and the bid reserved.
+        counted as the hour's traffic (and in the coin's sequence), the controller's step
+        taken and the bid reserved.
 
         The reservation is checked again here against ``budget - spent - reserved`` and cut
         to what is left (nothing, when nothing is: the bid is then 0), and a campaign paused
@@ -405,15 +542,18 @@ class Campaign:
         t = event.event_time
         self._expire(t)
         self.today[event.slot, 0] += 1
+        self.bids += 1
         if self.config.paused:
             return 0
         if event.control:
             spent, reserved = self.ledgers[self.day_key]
             self.control_time, self.control_spent, self.control_bids = t, spent + reserved, 0
+            self.control_win = 0.0
         else:
             self.control_bids += 1
         self.multiplier = event.multiplier
-        self.multiplier_sum += event.multiplier
+        self.participation = event.participation or 1.0  # 0: an older record, no throttling
+        self.multiplier_sum += self.multiplier * self.participation
         self.multiplier_count += 1
         amount = 0
         if event.amount_micros and event.bid_id not in self.reservations \
@@ -422,7 +562,7 @@ class Campaign:
             amount = min(event.amount_micros, max(self.budget - ledger[0] - ledger[1], 0))
         if amount:
             self.reservations[event.bid_id] = Reservation(self.day_key, amount, event.expires,
-                                                          event.slot)
+                                                          event.slot, event.base_micros)
             self.ledgers[self.day_key][1] += amount
         return amount
 
@@ -479,6 +619,8 @@ class Campaign:
         if r.day == self.day_key:
             self.today[r.slot, 1] += charged
             self.today[r.slot, 2] += s.conversions
+            if s.won and r.base > 0:
+                self.control_win = max(self.control_win, s.charged_micros / r.base)
         self._close(s.bid_id, expired=False)
         return True
 
@@ -503,6 +645,7 @@ class Campaign:
             campaign_id=self.campaign_id, spent=spent / MICROS, reserved=reserved / MICROS,
             remaining=max(self.budget - spent - reserved, 0) / MICROS,
             utilization=spent / self.budget, pacing_multiplier=self.multiplier, day=day_key,
+            participation_rate=self.participation,
             hourly_plan=self.plan.tolist(), planned_spend=planned,
             open_reservations=len(open_) - sum(1 for r in expiring if r.day == day_key),
             campaign=self.config, days_learned=self.days_learned)
@@ -514,7 +657,8 @@ class Campaign:
         if day is not None:
             self.apply_day(day)
         self._expire(r.event_time)
-        self.reservations[r.bid_id] = Reservation(r.day, r.amount_micros, r.expires, r.slot)
+        self.reservations[r.bid_id] = Reservation(r.day, r.amount_micros, r.expires, r.slot,
+                                                  r.base_micros)
         self._ledger(r.day)[1] += r.amount_micros
         if r.day == self.day_key:
             self.today[r.slot, 0] += 1
@@ -531,11 +675,12 @@ class Campaign:
                      for d, (s, r) in self.ledgers.items()],
             reservations=[st.BidReservation(campaign_id=self.campaign_id, bid_id=b, day=r.day,
                                             amount_micros=r.amount, expires=r.expires,
-                                            slot=r.slot)
+                                            slot=r.slot, base_micros=r.base)
                           for b, r in self.reservations.items()],
             closed=[st.ClosedBid(bid_id=b, expired=e) for b, e in self.closed.items()],
             days_learned=self.days_learned, multiplier_sum=self.multiplier_sum,
-            multiplier_count=self.multiplier_count)
+            multiplier_count=self.multiplier_count, participation=self.participation,
+            bids=self.bids, control_win_threshold=self.control_win)
 
     def load(self, state: st.CampaignState) -> None:
         self.configure(state.config)
@@ -550,11 +695,21 @@ class Campaign:
         self.ledgers = OrderedDict((x.day, [x.spent_micros, x.reserved_micros])
                                    for x in state.ledgers)
         self.reservations = OrderedDict(
-            (r.bid_id, Reservation(r.day, r.amount_micros, r.expires, r.slot))
+            (r.bid_id, Reservation(r.day, r.amount_micros, r.expires, r.slot, r.base_micros))
             for r in state.reservations)
         self.closed = OrderedDict((c.bid_id, c.expired) for c in state.closed)
         self.days_learned = state.days_learned
         self.multiplier_sum, self.multiplier_count = state.multiplier_sum, state.multiplier_count
+        self.participation = state.participation or 1.0  # 0: an older snapshot
+        self.bids, self.control_win = state.bids, state.control_win_threshold
+
+
+def _answer(amount: int, multiplier: float, participation: float,
+            reason: tuple[str, pb.PaceReason],
+            bid_id: str = "") -> pb.PaceBidResponse:
+    return pb.PaceBidResponse(bid=amount / MICROS, pacing_multiplier=multiplier, bid_id=bid_id,
+                              reason=reason[0], reason_code=reason[1],
+                              participation_rate=participation)
 
 
 class CampaignRegistry:
@@ -616,8 +771,10 @@ class CampaignRegistry:
                     raise InvalidArgument(
                         f"update_mask: unknown field {path!r} (one of {', '.join(_MUTABLE)})",
                         field="update_mask")
-                if config.HasField(path) if path in ("bid_cap_fraction",
-                                                     "reservation_ttl_seconds") else True:
+                if path == "hourly_weights":
+                    del merged.hourly_weights[:]
+                    merged.hourly_weights.extend(config.hourly_weights)
+                elif config.HasField(path) if path in _OPTIONAL else True:
                     setattr(merged, path, getattr(config, path))
                 else:
                     merged.ClearField(path)

@@ -34,6 +34,18 @@ class PacingMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PACING_MODE_EVEN: _ClassVar[PacingMode]
     PACING_MODE_ASAP: _ClassVar[PacingMode]
 
+class PaceReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PACE_REASON_UNSPECIFIED: _ClassVar[PaceReason]
+    PACE_REASON_PACED: _ClassVar[PaceReason]
+    PACE_REASON_THROTTLED: _ClassVar[PaceReason]
+    PACE_REASON_PAUSED: _ClassVar[PaceReason]
+    PACE_REASON_BUDGET_EXHAUSTED: _ClassVar[PaceReason]
+    PACE_REASON_BUDGET_RESERVED: _ClassVar[PaceReason]
+    PACE_REASON_CAPPED: _ClassVar[PaceReason]
+    PACE_REASON_ZERO_BASE_BID: _ClassVar[PaceReason]
+    PACE_REASON_SLOWING_DOWN: _ClassVar[PaceReason]
+
 class RewardStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     REWARD_STATUS_UNSPECIFIED: _ClassVar[RewardStatus]
@@ -55,6 +67,15 @@ PACING_MODE_UNSPECIFIED: PacingMode
 PACING_MODE_SMOOTH: PacingMode
 PACING_MODE_EVEN: PacingMode
 PACING_MODE_ASAP: PacingMode
+PACE_REASON_UNSPECIFIED: PaceReason
+PACE_REASON_PACED: PaceReason
+PACE_REASON_THROTTLED: PaceReason
+PACE_REASON_PAUSED: PaceReason
+PACE_REASON_BUDGET_EXHAUSTED: PaceReason
+PACE_REASON_BUDGET_RESERVED: PaceReason
+PACE_REASON_CAPPED: PaceReason
+PACE_REASON_ZERO_BASE_BID: PaceReason
+PACE_REASON_SLOWING_DOWN: PaceReason
 REWARD_STATUS_UNSPECIFIED: RewardStatus
 REWARD_STATUS_PENDING: RewardStatus
 REWARD_STATUS_REWARDED: RewardStatus
@@ -445,7 +466,7 @@ class AllocateBudgetResponse(_message.Message):
     def __init__(self, allocations: _Optional[_Iterable[_Union[GroupAllocation, _Mapping]]] = ...) -> None: ...
 
 class Campaign(_message.Message):
-    __slots__ = ("campaign_id", "daily_budget", "max_bid", "bid_cap_fraction", "time_zone", "paused", "pacing_mode", "reservation_ttl_seconds")
+    __slots__ = ("campaign_id", "daily_budget", "max_bid", "bid_cap_fraction", "time_zone", "paused", "pacing_mode", "reservation_ttl_seconds", "hourly_weights", "seed")
     CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
     DAILY_BUDGET_FIELD_NUMBER: _ClassVar[int]
     MAX_BID_FIELD_NUMBER: _ClassVar[int]
@@ -454,6 +475,8 @@ class Campaign(_message.Message):
     PAUSED_FIELD_NUMBER: _ClassVar[int]
     PACING_MODE_FIELD_NUMBER: _ClassVar[int]
     RESERVATION_TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    HOURLY_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
     campaign_id: str
     daily_budget: float
     max_bid: float
@@ -462,7 +485,9 @@ class Campaign(_message.Message):
     paused: bool
     pacing_mode: PacingMode
     reservation_ttl_seconds: float
-    def __init__(self, campaign_id: _Optional[str] = ..., daily_budget: _Optional[float] = ..., max_bid: _Optional[float] = ..., bid_cap_fraction: _Optional[float] = ..., time_zone: _Optional[str] = ..., paused: _Optional[bool] = ..., pacing_mode: _Optional[_Union[PacingMode, str]] = ..., reservation_ttl_seconds: _Optional[float] = ...) -> None: ...
+    hourly_weights: _containers.RepeatedScalarFieldContainer[float]
+    seed: int
+    def __init__(self, campaign_id: _Optional[str] = ..., daily_budget: _Optional[float] = ..., max_bid: _Optional[float] = ..., bid_cap_fraction: _Optional[float] = ..., time_zone: _Optional[str] = ..., paused: _Optional[bool] = ..., pacing_mode: _Optional[_Union[PacingMode, str]] = ..., reservation_ttl_seconds: _Optional[float] = ..., hourly_weights: _Optional[_Iterable[float]] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class CreateCampaignRequest(_message.Message):
     __slots__ = ("campaign",)
@@ -487,7 +512,7 @@ class GetPacingStatusRequest(_message.Message):
     def __init__(self, campaign_id: _Optional[str] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class PacingStatus(_message.Message):
-    __slots__ = ("campaign_id", "spent", "reserved", "remaining", "utilization", "pacing_multiplier", "day", "hourly_plan", "planned_spend", "open_reservations", "campaign", "days_learned")
+    __slots__ = ("campaign_id", "spent", "reserved", "remaining", "utilization", "pacing_multiplier", "day", "hourly_plan", "planned_spend", "open_reservations", "campaign", "days_learned", "participation_rate")
     CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
     SPENT_FIELD_NUMBER: _ClassVar[int]
     RESERVED_FIELD_NUMBER: _ClassVar[int]
@@ -500,6 +525,7 @@ class PacingStatus(_message.Message):
     OPEN_RESERVATIONS_FIELD_NUMBER: _ClassVar[int]
     CAMPAIGN_FIELD_NUMBER: _ClassVar[int]
     DAYS_LEARNED_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPATION_RATE_FIELD_NUMBER: _ClassVar[int]
     campaign_id: str
     spent: float
     reserved: float
@@ -512,7 +538,8 @@ class PacingStatus(_message.Message):
     open_reservations: int
     campaign: Campaign
     days_learned: int
-    def __init__(self, campaign_id: _Optional[str] = ..., spent: _Optional[float] = ..., reserved: _Optional[float] = ..., remaining: _Optional[float] = ..., utilization: _Optional[float] = ..., pacing_multiplier: _Optional[float] = ..., day: _Optional[str] = ..., hourly_plan: _Optional[_Iterable[float]] = ..., planned_spend: _Optional[float] = ..., open_reservations: _Optional[int] = ..., campaign: _Optional[_Union[Campaign, _Mapping]] = ..., days_learned: _Optional[int] = ...) -> None: ...
+    participation_rate: float
+    def __init__(self, campaign_id: _Optional[str] = ..., spent: _Optional[float] = ..., reserved: _Optional[float] = ..., remaining: _Optional[float] = ..., utilization: _Optional[float] = ..., pacing_multiplier: _Optional[float] = ..., day: _Optional[str] = ..., hourly_plan: _Optional[_Iterable[float]] = ..., planned_spend: _Optional[float] = ..., open_reservations: _Optional[int] = ..., campaign: _Optional[_Union[Campaign, _Mapping]] = ..., days_learned: _Optional[int] = ..., participation_rate: _Optional[float] = ...) -> None: ...
 
 class PaceBidRequest(_message.Message):
     __slots__ = ("campaign_id", "base_bid", "event_time")
@@ -525,16 +552,20 @@ class PaceBidRequest(_message.Message):
     def __init__(self, campaign_id: _Optional[str] = ..., base_bid: _Optional[float] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class PaceBidResponse(_message.Message):
-    __slots__ = ("bid", "pacing_multiplier", "bid_id", "reason")
+    __slots__ = ("bid", "pacing_multiplier", "bid_id", "reason", "reason_code", "participation_rate")
     BID_FIELD_NUMBER: _ClassVar[int]
     PACING_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
     BID_ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    REASON_CODE_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPATION_RATE_FIELD_NUMBER: _ClassVar[int]
     bid: float
     pacing_multiplier: float
     bid_id: str
     reason: str
-    def __init__(self, bid: _Optional[float] = ..., pacing_multiplier: _Optional[float] = ..., bid_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    reason_code: PaceReason
+    participation_rate: float
+    def __init__(self, bid: _Optional[float] = ..., pacing_multiplier: _Optional[float] = ..., bid_id: _Optional[str] = ..., reason: _Optional[str] = ..., reason_code: _Optional[_Union[PaceReason, str]] = ..., participation_rate: _Optional[float] = ...) -> None: ...
 
 class RecordSpendRequest(_message.Message):
     __slots__ = ("campaign_id", "bid_id", "won", "cost", "event_time", "conversions")

@@ -292,8 +292,8 @@ class DecisionServiceServicer:
     def PaceBid(self, request, context):
         """The paced bid for one auction (hot path). A non-zero bid reserves its amount
         (the worst-case cost) until RecordSpend settles it or the reservation expires,
-        so spent + reserved never exceeds the daily budget. A paused or exhausted
-        campaign is not an error: bid = 0 with the reason. Errors: NOT_FOUND,
+        so spent + reserved never exceeds the daily budget. A paused, throttled or
+        exhausted campaign is not an error: bid = 0 with the reason. Errors: NOT_FOUND,
         INVALID_ARGUMENT.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -220,7 +220,7 @@ class Snapshot(_message.Message):
     def __init__(self, format_version: _Optional[int] = ..., lsn: _Optional[int] = ..., created: _Optional[float] = ..., next_uid: _Optional[int] = ..., experiments: _Optional[_Iterable[_Union[ExperimentState, _Mapping]]] = ..., decisions: _Optional[_Union[DecisionTable, _Mapping]] = ..., campaigns: _Optional[_Iterable[_Union[CampaignState, _Mapping]]] = ..., audit: _Optional[_Iterable[_Union[Audit, _Mapping]]] = ...) -> None: ...
 
 class CampaignState(_message.Message):
-    __slots__ = ("config", "day", "plan", "history", "today", "multiplier", "control_time", "control_spent", "ledgers", "reservations", "closed", "days_learned", "multiplier_sum", "multiplier_count", "control_bids")
+    __slots__ = ("config", "day", "plan", "history", "today", "multiplier", "control_time", "control_spent", "ledgers", "reservations", "closed", "days_learned", "multiplier_sum", "multiplier_count", "control_bids", "participation", "bids", "control_win_threshold")
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     DAY_FIELD_NUMBER: _ClassVar[int]
     PLAN_FIELD_NUMBER: _ClassVar[int]
@@ -236,6 +236,9 @@ class CampaignState(_message.Message):
     MULTIPLIER_SUM_FIELD_NUMBER: _ClassVar[int]
     MULTIPLIER_COUNT_FIELD_NUMBER: _ClassVar[int]
     CONTROL_BIDS_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPATION_FIELD_NUMBER: _ClassVar[int]
+    BIDS_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_WIN_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     config: _decision_pb2.Campaign
     day: str
     plan: _containers.RepeatedScalarFieldContainer[float]
@@ -251,7 +254,10 @@ class CampaignState(_message.Message):
     multiplier_sum: float
     multiplier_count: int
     control_bids: int
-    def __init__(self, config: _Optional[_Union[_decision_pb2.Campaign, _Mapping]] = ..., day: _Optional[str] = ..., plan: _Optional[_Iterable[float]] = ..., history: _Optional[_Iterable[float]] = ..., today: _Optional[_Iterable[float]] = ..., multiplier: _Optional[float] = ..., control_time: _Optional[float] = ..., control_spent: _Optional[int] = ..., ledgers: _Optional[_Iterable[_Union[DayLedger, _Mapping]]] = ..., reservations: _Optional[_Iterable[_Union[BidReservation, _Mapping]]] = ..., closed: _Optional[_Iterable[_Union[ClosedBid, _Mapping]]] = ..., days_learned: _Optional[int] = ..., multiplier_sum: _Optional[float] = ..., multiplier_count: _Optional[int] = ..., control_bids: _Optional[int] = ...) -> None: ...
+    participation: float
+    bids: int
+    control_win_threshold: float
+    def __init__(self, config: _Optional[_Union[_decision_pb2.Campaign, _Mapping]] = ..., day: _Optional[str] = ..., plan: _Optional[_Iterable[float]] = ..., history: _Optional[_Iterable[float]] = ..., today: _Optional[_Iterable[float]] = ..., multiplier: _Optional[float] = ..., control_time: _Optional[float] = ..., control_spent: _Optional[int] = ..., ledgers: _Optional[_Iterable[_Union[DayLedger, _Mapping]]] = ..., reservations: _Optional[_Iterable[_Union[BidReservation, _Mapping]]] = ..., closed: _Optional[_Iterable[_Union[ClosedBid, _Mapping]]] = ..., days_learned: _Optional[int] = ..., multiplier_sum: _Optional[float] = ..., multiplier_count: _Optional[int] = ..., control_bids: _Optional[int] = ..., participation: _Optional[float] = ..., bids: _Optional[int] = ..., control_win_threshold: _Optional[float] = ...) -> None: ...
 
 class DayLedger(_message.Message):
     __slots__ = ("day", "spent_micros", "reserved_micros")
@@ -264,7 +270,7 @@ class DayLedger(_message.Message):
     def __init__(self, day: _Optional[str] = ..., spent_micros: _Optional[int] = ..., reserved_micros: _Optional[int] = ...) -> None: ...
 
 class BidReservation(_message.Message):
-    __slots__ = ("campaign_id", "bid_id", "day", "amount_micros", "expires", "slot", "event_time", "multiplier")
+    __slots__ = ("campaign_id", "bid_id", "day", "amount_micros", "expires", "slot", "event_time", "multiplier", "base_micros")
     CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
     BID_ID_FIELD_NUMBER: _ClassVar[int]
     DAY_FIELD_NUMBER: _ClassVar[int]
@@ -273,6 +279,7 @@ class BidReservation(_message.Message):
     SLOT_FIELD_NUMBER: _ClassVar[int]
     EVENT_TIME_FIELD_NUMBER: _ClassVar[int]
     MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    BASE_MICROS_FIELD_NUMBER: _ClassVar[int]
     campaign_id: str
     bid_id: str
     day: str
@@ -281,7 +288,8 @@ class BidReservation(_message.Message):
     slot: int
     event_time: float
     multiplier: float
-    def __init__(self, campaign_id: _Optional[str] = ..., bid_id: _Optional[str] = ..., day: _Optional[str] = ..., amount_micros: _Optional[int] = ..., expires: _Optional[float] = ..., slot: _Optional[int] = ..., event_time: _Optional[float] = ..., multiplier: _Optional[float] = ...) -> None: ...
+    base_micros: int
+    def __init__(self, campaign_id: _Optional[str] = ..., bid_id: _Optional[str] = ..., day: _Optional[str] = ..., amount_micros: _Optional[int] = ..., expires: _Optional[float] = ..., slot: _Optional[int] = ..., event_time: _Optional[float] = ..., multiplier: _Optional[float] = ..., base_micros: _Optional[int] = ...) -> None: ...
 
 class SpendSettlement(_message.Message):
     __slots__ = ("campaign_id", "bid_id", "won", "charged_micros", "conversions", "event_time")
@@ -380,7 +388,7 @@ class CampaignDay(_message.Message):
     def __init__(self, campaign_id: _Optional[str] = ..., day: _Optional[str] = ..., event_time: _Optional[float] = ...) -> None: ...
 
 class PaceEvent(_message.Message):
-    __slots__ = ("campaign_id", "event_time", "slot", "multiplier", "control", "bid_id", "amount_micros", "expires")
+    __slots__ = ("campaign_id", "event_time", "slot", "multiplier", "control", "bid_id", "amount_micros", "expires", "participation", "throttled", "base_micros")
     CAMPAIGN_ID_FIELD_NUMBER: _ClassVar[int]
     EVENT_TIME_FIELD_NUMBER: _ClassVar[int]
     SLOT_FIELD_NUMBER: _ClassVar[int]
@@ -389,6 +397,9 @@ class PaceEvent(_message.Message):
     BID_ID_FIELD_NUMBER: _ClassVar[int]
     AMOUNT_MICROS_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPATION_FIELD_NUMBER: _ClassVar[int]
+    THROTTLED_FIELD_NUMBER: _ClassVar[int]
+    BASE_MICROS_FIELD_NUMBER: _ClassVar[int]
     campaign_id: str
     event_time: float
     slot: int
@@ -397,7 +408,10 @@ class PaceEvent(_message.Message):
     bid_id: str
     amount_micros: int
     expires: float
-    def __init__(self, campaign_id: _Optional[str] = ..., event_time: _Optional[float] = ..., slot: _Optional[int] = ..., multiplier: _Optional[float] = ..., control: _Optional[bool] = ..., bid_id: _Optional[str] = ..., amount_micros: _Optional[int] = ..., expires: _Optional[float] = ...) -> None: ...
+    participation: float
+    throttled: bool
+    base_micros: int
+    def __init__(self, campaign_id: _Optional[str] = ..., event_time: _Optional[float] = ..., slot: _Optional[int] = ..., multiplier: _Optional[float] = ..., control: _Optional[bool] = ..., bid_id: _Optional[str] = ..., amount_micros: _Optional[int] = ..., expires: _Optional[float] = ..., participation: _Optional[float] = ..., throttled: _Optional[bool] = ..., base_micros: _Optional[int] = ...) -> None: ...
 
 class DefaultRewards(_message.Message):
     __slots__ = ("experiment_id", "experiment_uid", "reward", "created", "count", "arm_ids", "arm_positions", "context_dim", "contexts", "id_prefixes", "id_issuers", "id_counters")
