@@ -8,7 +8,6 @@ replay), for every record type."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import grpc
 
@@ -19,8 +18,13 @@ from banditd.server.storage import snapshot
 from banditd.server.storage.recovery import recover
 from banditd.server.storage.wal import list_segments, read_segment
 from banditd.storage.v1 import storage_pb2 as st
-from helpers import comparable_image, mixed_traffic, running_server, throttled_traffic,
-                     windowed_traffic
+from helpers import (
+    comparable_image,
+    mixed_traffic,
+    running_server,
+    throttled_traffic,
+    windowed_traffic,
+)
 
 
 def test_live_state_equals_the_replay_of_its_log(tmp_path):
