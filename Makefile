@@ -59,12 +59,12 @@ run: $(STAMP)
 ## proto drift check (tests/test_lint.py, test_proto.py, test_docker.py).
 ## Extra pytest arguments: make test ARGS='-k pacing -x'
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal --durations=30 $(ARGS)
 
 ## The quick loop: every test not marked slow (about 40 s of CPU with a warm Numba cache);
 ## it still starts a real server and calls every RPC through it.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m "not slow" $(ARGS)
 
 ## Regenerate the checked-in Python code (+ .pyi) from proto/.
 proto: $(STAMP)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 # Numba, before anything imports it: the whole suite compiles for a generic x86-64 CPU into
 # one cache directory, as the container image does. test_docker.py runs the image's build
-# step (every kernel compiled into that directory, emptied first) before any other test, so
-# a fresh clone compiles each kernel once, and every later test and server loads it.
+# step (every kernel compiled into that directory) first, so a fresh clone compiles each
+# kernel about once, and later tests and servers load it.
 os.environ["NUMBA_CPU_NAME"] = os.environ.get("NUMBA_CPU_NAME", "generic")
 os.environ["NUMBA_CACHE_DIR"] = os.environ.get(
     "NUMBA_CACHE_DIR", str(Path(__file__).resolve().parents[1] / "build" / "numba-cache"))

@@ -403,7 +403,8 @@ def test_replica_bench_measures_cost_propagation_scaling_and_footprint(tmp_path)
         assert replica["errors"] == standalone["errors"] == 0
         assert row["cpu_per_call_ratio"] == round(
             replica["server_cpu_us_per_call"] / standalone["server_cpu_us_per_call"], 3)
-        assert 0 < replica["engine_cpu_us_per_call"] < replica["server_cpu_us_per_call"]
+        # (a smoke run is short: the engine's CPU may round to 0 clock ticks)
+        assert 0 <= replica["engine_cpu_us_per_call"] < replica["server_cpu_us_per_call"]
     for row in report["propagation"]:
         assert row["load_errors"] == 0 and row["rewards_per_s_on_a"] > 0
         assert 0 < row["propagation_ms"]["p50"] <= row["propagation_ms"]["p99"]
