@@ -619,3 +619,35 @@ def test_the_embedded_engine_starts_in_a_relative_data_directory(tmp_path, monke
         assert engine.socket.is_socket() and (tmp_path / "data/engine/engine.log").exists()
     finally:
         assert engine.stop() == 0
+
+
+def test_reward_windows_are_settled_once_across_replicas(engine, tmp_path):
+    """Decisions made on two replicas whose window passes are settled once, by the one
+    replica that sweeps, through the shared log; a late reward through the other replica
+    corrects the default on both."""
+    a = start_replica(tmp_path / "a", engine.url, replica_id="a",
+                      reward_sweep_interval_seconds=0.05)
+    b = start_replica(tmp_path / "b", engine.url, replica_id="b", reward_sweeper=False)
+    try:
+        stubs = [_stub(a.port)[1], _stub(b.port)[1]]
+        create(stubs[1], "win", arms=("x", "y", "z"), seed=3, reward_wait_seconds=0.3)
+        _eventually(lambda: stubs[0].GetExperiment(pb.GetExperimentRequest(experiment_id="win")))
+        made = [stubs[i % 2].SelectArm(pb.SelectArmRequest(experiment_id="win"))
+                for i in range(30)]
+        assert not stubs[1].RecordReward(pb.RecordRewardRequest(
+            experiment_id="win", decision_id=made[1].decision_id, reward=1.0)).late
+        arms = [d.arm_id for d in made]
+        want = {x: (arms.count(x), 1.0 if x == made[1].arm_id else 0.0) for x in "xyz"}
+        for s in stubs:  # every decision learned once: 29 defaults and one reward
+            _eventually(lambda s=s: _stats(s, "win") == want)
+        late = stubs[1].RecordReward(pb.RecordRewardRequest(
+            experiment_id="win", decision_id=made[2].decision_id, reward=1.0))
+        assert late.late and not late.duplicate
+        corrected = {x: (n, total + (1.0 if x == made[2].arm_id else 0.0))
+                     for x, (n, total) in want.items()}
+        for s in stubs:
+            _eventually(lambda s=s: _stats(s, "win") == corrected)
+            assert s.GetArmStats(pb.GetArmStatsRequest(experiment_id="win")).model_version == 30
+    finally:
+        a.stop()
+        b.stop()

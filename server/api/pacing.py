@@ -10,7 +10,7 @@ what applying it reserved (replicas apply every replica's bids in one order and 
 from __future__ import annotations
 
 from banditd.decision.v1 import decision_pb2 as pb
-from banditd.server.ads.pacing import MICROS, Campaign
+from banditd.server.ads.pacing import CAPPED, MICROS, PAUSED, RESERVED, Campaign
 from banditd.server.api.core import Core
 from banditd.server.errors import InvalidArgument, NotFound
 from banditd.storage.v1 import storage_pb2 as st
@@ -73,9 +73,10 @@ class PacingHandlers:
             response.bid = reserved / MICROS  # type: ignore[operator]
             if not reserved:
                 response.bid_id = ""
-                response.reason = ("paused" if campaign.config.paused else "budget_reserved")
+                reason = PAUSED if campaign.config.paused else RESERVED
             else:
-                response.reason = "capped"
+                reason = CAPPED
+            response.reason, response.reason_code = reason
         return response
 
     async def RecordSpend(self, request: pb.RecordSpendRequest, context
