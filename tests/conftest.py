@@ -1,5 +1,5 @@
-"""Shared fixtures: a real banditd server on 127.0.0.1 port 0 for the session, talked to via
-generated stubs. Helpers (servers, stubs, experiment builders) live in helpers.py.
+"""Shared fixtures: a real banditd server on 127.0.0.1 port 0 shared by the whole test run,
+talked to via generated stubs. Helpers (servers, stubs, experiment builders) live in helpers.py.
 
 Tiers: ``make test`` runs everything; ``make test-fast`` (``-m "not slow"``) leaves out the
 tests marked ``slow`` (subprocess servers, kill -9 trials, benchmark smoke runs, convergence
@@ -56,7 +56,7 @@ _ids = itertools.count()
 
 @pytest.fixture
 def new_id(request: pytest.FixtureRequest) -> Callable[..., str]:
-    """Unique experiment ids per test (the session server is shared)."""
+    """Unique experiment ids per test (the one server is shared by every test)."""
 
     def make(prefix: str = "") -> str:
         name = request.node.name.replace("[", "-").replace("]", "").replace(" ", "")[:60]

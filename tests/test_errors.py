@@ -283,7 +283,7 @@ def test_batch_with_one_bad_item_applies_nothing(stub, binary):
 def test_oversize_and_empty_batch(stub, binary):
     eid, _ = binary
     before = snapshot(stub, eid)
-    items = [pb.SelectArmRequest(experiment_id=eid)] * 1001  # session server limit: 1000
+    items = [pb.SelectArmRequest(experiment_id=eid)] * 1001  # the shared server's limit: 1000
     expect(grpc.StatusCode.RESOURCE_EXHAUSTED, stub.BatchSelectArms,
            pb.BatchSelectArmsRequest(requests=items), contains="limit is 1000")
     expect(INVALID, stub.BatchRecordRewards, pb.BatchRecordRewardsRequest(), contains="empty")

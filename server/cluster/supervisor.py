@@ -105,8 +105,9 @@ async def _supervise(settings: Settings, port_file: Path | None, password: str,
             sys.executable, "-m", "banditd", "replica", "--index", str(index),
             "--settings", own.model_dump_json(),
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            # Own session: a terminal's Ctrl-C reaches the supervisor only, which stops the
-            # replicas. A replica whose supervisor vanishes sees its stdin close.
+            # A process group of its own (setsid): a terminal's Ctrl-C reaches the supervisor
+            # only, which stops the replicas. A replica whose supervisor vanishes sees its
+            # stdin close.
             start_new_session=True,
         ))
         assert procs[-1].stdin is not None
