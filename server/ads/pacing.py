@@ -84,6 +84,7 @@ import secrets
 from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import date, datetime, timedelta
+from typing import NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
@@ -227,7 +228,8 @@ def _normalize(config: pb.Campaign, ttl_default: float) -> pb.Campaign:
 class _Day:
     """One local day of a campaign: its bounds and the plan spread over its real hours."""
 
-    __slots__ = ("key", "start", "end", "starts", "slots", "cum", "weights")
+    __slots__ = ("key", "start", "end", "starts", "ends", "slots", "cum", "weights", "shares",
+                 "_last")
 
     def __init__(self, local: date, zone: ZoneInfo, plan: np.ndarray) -> None:
         self.key = local.isoformat()
@@ -241,14 +243,22 @@ class _Day:
             slots.append(datetime.fromtimestamp(t + 1, zone).hour)
             t += 3600.0
         self.starts, self.slots = starts, slots
+        self.ends = [*starts[1:], self.end]
+        self._last = 0  # the segment of the last lookup: most lookups are in the same hour
         counts = np.bincount(slots, minlength=HOURS)
         w = np.array([plan[s] / counts[s] for s in slots])
         total = w.sum()
         self.weights = w / total if total > 0 else np.full(len(w), 1.0 / len(w))
         self.cum = np.concatenate([[0.0], np.cumsum(self.weights)])
+        self.shares = self.weights.tolist()  # the same values as Python floats
 
     def segment(self, t: float) -> int:
-        return min(max(bisect.bisect_right(self.starts, t) - 1, 0), len(self.starts) - 1)
+        i = self._last
+        if self.starts[i] <= t < self.ends[i]:
+            return i
+        i = self._last = min(max(bisect.bisect_right(self.starts, t) - 1, 0),
+                             len(self.starts) - 1)
+        return i
 
     def fraction(self, t: float) -> float:
         """Planned cumulative fraction of the day's budget at time t."""
@@ -287,12 +297,12 @@ def learn_plan(plan: np.ndarray, history: np.ndarray, max_shift: float) -> np.nd
     return project_to_box(target, 1.0, plan * (1 - max_shift), plan * (1 + max_shift))
 
 
-class Reservation:
-    __slots__ = ("day", "amount", "expires", "slot", "base")
-
-    def __init__(self, day: str, amount: int, expires: float, slot: int, base: int) -> None:
-        self.day, self.amount, self.expires, self.slot = day, amount, expires, slot
-        self.base = base  # the bid's base_bid, micros (0: unknown, older records)
+class Reservation(NamedTuple):
+    day: str
+    amount: int
+    expires: float
+    slot: int
+    base: int  # the bid's base_bid, micros (0: unknown, older records)
 
 
 class Campaign:
@@ -321,6 +331,7 @@ class Campaign:
         self.control_bids = 0
         self.control_win = 0.0  # highest clearing cost / base bid of wins since the update
         self._rush: tuple[float, float] | None = None  # (control_time, early-update limit)
+        self.interval = settings.pacing_control_interval_seconds
         self.day: _Day | None = None
         self.day_key = ""  # current local day, "" before the first request
         self.configure(config)
@@ -337,6 +348,11 @@ class Campaign:
         self.max_bid = int(config.max_bid * MICROS)
         self.zone = ZoneInfo(config.time_zone)
         self.seed = config.seed
+        # read per bid: kept as plain attributes (a protobuf field read costs more)
+        self.paused = config.paused
+        self.asap = config.pacing_mode == pb.PACING_MODE_ASAP
+        self.cap_fraction = config.bid_cap_fraction
+        self.ttl = config.reservation_ttl_seconds
         self.day = None  # bounds recomputed (zone or plan may change) for day_key
         self._rush = None
         if (config.pacing_mode != pb.PACING_MODE_SMOOTH
@@ -380,7 +396,7 @@ class Campaign:
     def _in_day(self, t: float) -> float:
         """t moved up to the current day's start if it is earlier (a late event counts in the
         current day); the current day must cover t (see :meth:`day_change`)."""
-        day = self._current_day()
+        day = self.day or self._current_day()
         assert day is not None and t < day.end, "apply the day_change record first"
         return max(t, day.start)
 
@@ -434,16 +450,19 @@ class Campaign:
         while spend is ahead of the plan). Changes nothing."""
         day = self.day
         assert day is not None
-        if self.config.pacing_mode == pb.PACING_MODE_ASAP:
+        if self.asap:
             return 1.0, 1.0, False, False
-        s = self.settings
         dt = t - self.control_time
-        interval = s.pacing_control_interval_seconds
+        interval = self.interval
         due = dt >= interval and (self.control_bids + 1 >= MIN_CONTROL_BIDS or dt >= 4 * interval)
         if not due and dt > 0 and self.control_bids + 1 >= RUSH_BIDS:
-            due = committed > self._rush_limit(day, interval)
+            rush = self._rush
+            limit = rush[1] if rush is not None and rush[0] == self.control_time \
+                else self._rush_limit(day, interval)
+            due = committed > limit
         if not due:
             return self.multiplier, self.participation, False, False
+        s = self.settings
         rate = (committed - self.control_spent) / dt
         horizon = max(min(s.pacing_horizon_seconds, day.end - t), 1.0)
         # the plan's rate now, plus the way back to the plan within the horizon
@@ -483,51 +502,58 @@ class Campaign:
         return spent + reserved
 
     # -- requests --------------------------------------------------------------------------
-    def decide_bid(self, base_bid: float, t: float) -> tuple[st.PaceEvent, pb.PaceBidResponse]:
-        """One auction at event time t: its record (applied by :meth:`apply_pace`) and the
-        answer. The current day must cover t (see :meth:`day_change`). Changes nothing."""
-        if not math.isfinite(base_bid) or base_bid < 0 or base_bid > MAX_MONEY:
+    def decide_bid(self, base_bid: float, t: float) -> tuple[st.WalRecord, pb.PaceBidResponse]:
+        """One auction at event time t: its ``pace`` record (applied by :meth:`apply_pace`)
+        and the answer. The current day must cover t (see :meth:`day_change`). Changes
+        nothing."""
+        if not 0.0 <= base_bid <= MAX_MONEY:  # NaN compares false
             raise InvalidArgument(f"base_bid must be in [0, {MAX_MONEY:g}], got {base_bid}",
                                   field="base_bid")
         t = self._in_day(t)
         day = self.day
         assert day is not None
         segment = day.segment(t)
-        event = st.PaceEvent(campaign_id=self.campaign_id, event_time=t,
-                             slot=day.slots[segment])
-        if self.config.paused:
+        record = st.WalRecord()
+        event = record.pace  # filled in place: building it apart and copying it in costs more
+        event.campaign_id = self.campaign_id
+        event.event_time = t
+        event.slot = day.slots[segment]
+        if self.paused:
             event.multiplier = self.multiplier
             if self.participation < 1.0:
                 event.participation = self.participation
-            return event, _answer(0, 0.0, self.participation, PAUSED)
+            return record, _answer(0, 0.0, self.participation, PAUSED)
         committed = self._committed(t)
         m, p, control, slowing = self._control(t, committed)
-        event.multiplier, event.control = m, control
+        event.multiplier = m
+        if control:
+            event.control = True
         if p < 1.0:  # unset (0) reads as 1
             event.participation = p
         if base_bid == 0:
-            return event, _answer(0, m, p, ZERO_BASE)
+            return record, _answer(0, m, p, ZERO_BASE)
         available = self.budget - committed
         if available <= 0:
             spent = self.ledgers[self.day_key][0]
-            return event, _answer(0, m, p, EXHAUSTED if spent >= self.budget else RESERVED)
+            return record, _answer(0, m, p, EXHAUSTED if spent >= self.budget else RESERVED)
         if p < 1.0 and coin(self.seed, self.bids) >= p:
             event.throttled = True
-            return event, _answer(0, m, p, THROTTLED)
+            return record, _answer(0, m, p, THROTTLED)
         wanted = int(base_bid * m * MICROS)
-        hour_cap = int(self.config.bid_cap_fraction * self.budget * day.weights[segment])
+        hour_cap = int(self.cap_fraction * self.budget * day.shares[segment])
         amount = min(wanted, self.max_bid, hour_cap, available)
         if amount <= 0:
-            return event, _answer(0, m, p, CAPPED)
+            return record, _answer(0, m, p, CAPPED)
         # A bid id is unique when it is made, before its record is applied (replicas apply
         # it later, in the shared log's order): this process's prefix and its own counter.
         self._issued += 1
-        event.bid_id = f"{self._prefix}-{self._issued:x}"
+        bid_id = f"{self._prefix}-{self._issued:x}"
+        event.bid_id = bid_id
         event.amount_micros = amount
         event.base_micros = int(base_bid * MICROS)
-        event.expires = t + self.config.reservation_ttl_seconds
+        event.expires = t + self.ttl
         reason = CAPPED if amount < wanted else (SLOWING if slowing else PACED)
-        return event, _answer(amount, m, p, reason, event.bid_id)
+        return record, _answer(amount, m, p, reason, bid_id)
 
     def apply_pace(self, event: st.PaceEvent) -> int:
         """Apply a ``pace`` record: the reservations expired by its time released, the bid
@@ -540,30 +566,33 @@ class Campaign:
         and is never cut; replicas apply every replica's bids in one order, so this check is
         what keeps their sum within the budget. Returns the micros reserved."""
         t = event.event_time
+        slot = event.slot
         self._expire(t)
-        self.today[event.slot, 0] += 1
+        self.today[slot, 0] += 1
         self.bids += 1
-        if self.config.paused:
+        if self.paused:
             return 0
+        ledger = self.ledgers.get(self.day_key) or self._ledger(self.day_key)
         if event.control:
-            spent, reserved = self.ledgers[self.day_key]
-            self.control_time, self.control_spent, self.control_bids = t, spent + reserved, 0
+            self.control_time, self.control_spent, self.control_bids = t, sum(ledger), 0
             self.control_win = 0.0
         else:
             self.control_bids += 1
-        self.multiplier = event.multiplier
-        self.participation = event.participation or 1.0  # 0: an older record, no throttling
-        self.multiplier_sum += self.multiplier * self.participation
+        m = self.multiplier = event.multiplier
+        p = self.participation = event.participation or 1.0  # 0: older record, no throttling
+        self.multiplier_sum += m * p
         self.multiplier_count += 1
-        amount = 0
-        if event.amount_micros and event.bid_id not in self.reservations \
-                and event.bid_id not in self.closed:
-            ledger = self._ledger(self.day_key)
-            amount = min(event.amount_micros, max(self.budget - ledger[0] - ledger[1], 0))
+        amount = event.amount_micros
+        if not amount:
+            return 0
+        bid_id = event.bid_id
+        if bid_id in self.reservations or bid_id in self.closed:
+            return 0
+        amount = min(amount, max(self.budget - ledger[0] - ledger[1], 0))
         if amount:
-            self.reservations[event.bid_id] = Reservation(self.day_key, amount, event.expires,
-                                                          event.slot, event.base_micros)
-            self.ledgers[self.day_key][1] += amount
+            self.reservations[bid_id] = Reservation(self.day_key, amount, event.expires, slot,
+                                                    event.base_micros)
+            ledger[1] += amount
         return amount
 
     def check_settlement(self, bid_id: str, won: bool, cost: float, conversions: float,
