@@ -495,6 +495,9 @@ class SharedLog(Durability):
 
     async def _flush_loop(self) -> None:
         delay = self.settings.replica_flush_seconds
+        linger = self.settings.replica_linger_seconds
+        loop = asyncio.get_running_loop()
+        sent = -math.inf  # when the last entry was sent (the loop's clock)
         while True:
             if self._retry is not None:
                 flush = self._retry
@@ -504,18 +507,25 @@ class SharedLog(Durability):
                 await self._wakeup.wait()
                 if not self._urgent:
                     await asyncio.sleep(delay)  # gather a few ms of decisions into one entry
-                elif self._inflight:
-                    # An own entry is still on its way back: gather what arrives meanwhile
-                    # into the next entry (one XADD, and one read by every replica, for
-                    # all of them), but wait no longer than READ_BACK_WAIT_SECONDS.
-                    self._read_back.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._read_back.wait(), READ_BACK_WAIT_SECONDS)
+                else:
+                    # Changes gather into one entry (one XADD, and one read by every
+                    # replica, for all of them): while an own entry is on its way back
+                    # (at most READ_BACK_WAIT_SECONDS), and for at least `linger` after the
+                    # last entry went (under light load that has passed: no wait).
+                    if self._inflight:
+                        self._read_back.clear()
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._read_back.wait(),
+                                                   READ_BACK_WAIT_SECONDS)
+                    pause = sent + linger - loop.time()
+                    if pause > 0:
+                        await asyncio.sleep(pause)
                 self._wakeup.clear()
                 self._urgent = False
                 if self._queued or not (self.pending.rows or self._writes):
                     continue
                 flush = self._cut()
+            sent = loop.time()
             await self._send(flush)
 
     async def _send(self, flush: _Flush) -> None:
