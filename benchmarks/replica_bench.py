@@ -53,6 +53,7 @@ from benchmarks.grpc_throughput import (
 from benchmarks.local_server import LocalServer, free_port, machine, process_cpu_seconds
 
 LAST_CPU: list[float] = []  # CPU seconds of each pid in the last measure() window
+LAST_ENTRIES: list[int] = []  # log entries added in the last measure() window (if counted)
 
 
 class EngineProcess:
@@ -85,26 +86,35 @@ class EngineProcess:
     def pid(self) -> int:
         return self.proc.pid
 
+    def log_entries(self) -> int:
+        """Entries in the replicas' log (the default key prefix; never trimmed here)."""
+        import redis
+
+        return int(redis.Redis(port=self.port).xlen("banditd:log"))
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=60)
 
 
 def measure(pool: ClientPool, targets: list[str], pids: list[int], scenario: Scenario,
-            concurrency: int, processes: int, warmup: float, duration: float
-            ) -> tuple[list[dict], float]:
+            concurrency: int, processes: int, warmup: float, duration: float,
+            entries: EngineProcess | None = None) -> tuple[list[dict], float]:
     """One slice: ``processes`` client processes (process i on ``targets[i % len]``), and the
-    CPU seconds of ``pids`` (servers and engine) over the measured ``duration``."""
+    CPU seconds of ``pids`` (servers and engine) over the measured ``duration`` (and the log
+    entries ``entries``' engine took meanwhile, in ``LAST_ENTRIES``)."""
     start = time.monotonic() + 0.3
     box: dict = {}
 
     def sample_cpu() -> None:
         time.sleep(max(0.0, start + warmup - time.monotonic()))
         c0 = [process_cpu_seconds(p) for p in pids]
+        e0 = entries.log_entries() if entries is not None else 0
         time.sleep(max(0.0, start + warmup + duration - time.monotonic()))
         box["each"] = [process_cpu_seconds(p) - c for p, c in zip(pids, c0, strict=True)]
         box["cpu"] = sum(box["each"])
         LAST_CPU[:] = box["each"]
+        LAST_ENTRIES[:] = [entries.log_entries() - e0] if entries is not None else []
 
     sampler = threading.Thread(target=sample_cpu)
     sampler.start()
@@ -147,16 +157,19 @@ def cost(args, data: Path, pool: ClientPool) -> list[dict]:
                 cpu_rounds: dict[str, list[float]] = {k: [] for k in sides}
                 part = args.duration / args.rounds
                 engine_cpu = 0.0
+                entries = 0
                 for r in range(args.rounds):
                     order = list(sides) if r % 2 == 0 else list(sides)[::-1]
                     for side in order:
                         target, pids = sides[side]
                         results, cpu = measure(pool, [target], pids, scenario, concurrency, 1,
-                                               args.warmup, part)
+                                               args.warmup, part,
+                                               engine if side == "replica" else None)
                         slices[side] = (slices[side][0] + results, slices[side][1] + cpu)
                         n = sum(x["completed"] for x in results)
                         if side == "replica":
                             engine_cpu += LAST_CPU[-1]
+                            entries += LAST_ENTRIES[0]
                         calls[side].append(n)
                         cpu_rounds[side].append(cpu / max(n, 1) * 1e6)
                 row = {"scenario": name, "concurrency": concurrency, "rounds": args.rounds}
@@ -167,6 +180,9 @@ def cost(args, data: Path, pool: ClientPool) -> list[dict]:
                     row[side] = summary
                 s, r_ = row["standalone"], row["replica"]
                 r_["engine_cpu_us_per_call"] = round(engine_cpu / max(r_["calls"], 1) * 1e6, 2)
+                # calls per log entry over the measured windows (decisions: one entry per
+                # replica_flush_seconds; changes: one per replica_linger_seconds under load)
+                r_["calls_per_log_entry"] = round(r_["calls"] / max(entries, 1), 2)
                 row["cpu_per_call_ratio"] = round(
                     r_["server_cpu_us_per_call"] / s["server_cpu_us_per_call"], 3)
                 # per round pair: the ratio of the replica's CPU per call to the standalone's
@@ -180,8 +196,9 @@ def cost(args, data: Path, pool: ClientPool) -> list[dict]:
                 print(json.dumps({k: v for k, v in row.items()
                                   if k not in ("standalone", "replica")}), flush=True)
                 print(f"    standalone {s['qps']:.0f} qps {s['server_cpu_us_per_call']} µs/call"
-                      f" | replica {r_['qps']:.0f} qps {r_['server_cpu_us_per_call']} µs/call",
-                      flush=True)
+                      f" | replica {r_['qps']:.0f} qps {r_['server_cpu_us_per_call']} µs/call"
+                      f" ({r_['engine_cpu_us_per_call']} in the engine, "
+                      f"{r_['calls_per_log_entry']} calls per log entry)", flush=True)
                 rows.append(row)
         return rows
     finally:
