@@ -219,6 +219,42 @@ def test_rewards_count_exactly_once_with_retries_reaching_two_replicas_at_once(r
         _eventually(lambda s=s: _stats(s, "exact") == want)
 
 
+def test_changes_under_load_gather_into_entries_a_linger_apart(engine, tmp_path):
+    """Group commit: with replica_linger_seconds = 0.05, 32 clients each recording 4 rewards
+    in turn on one replica (a new one as soon as the last is answered) reach the engine in
+    entries at least the linger apart, several rewards each, and every reward counts once."""
+    linger = 0.05
+    replica = start_replica(tmp_path / "r", engine.url, replica_linger_seconds=linger)
+    try:
+        _, stub = _stub(replica.port)
+        create(stub, "gathered", arms=("a", "b"), reward_type=pb.REWARD_TYPE_VALUE)
+        with engine.client() as client:
+            start = client.xrevrange("banditd:log", count=1)[0][0].decode()
+
+        async def clients() -> list[bool]:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{replica.port}") as ch:
+                aio = pb_grpc.DecisionServiceStub(ch)
+
+                async def one(i: int) -> list[bool]:
+                    return [(await aio.RecordReward(pb.RecordRewardRequest(
+                        experiment_id="gathered", arm_id="ab"[i % 2], reward=float(k + 1)),
+                        timeout=60)).duplicate for k in range(4)]
+
+                return [d for ds in await asyncio.gather(*(one(i) for i in range(32)))
+                        for d in ds]
+
+        assert asyncio.run(clients()) == [False] * 128
+        with engine.client() as client:
+            entries = [(_id(i.decode()), f) for i, f in client.xrange("banditd:log", f"({start}")
+                       if b"w" in f]
+        times = [ms / 1000 for (ms, _), _ in entries]
+        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        assert len(entries) < 128 and min(gaps) >= linger - 0.005, (len(entries), gaps)
+        assert _stats(stub, "gathered") == {"a": (64, 160.0), "b": (64, 160.0)}
+    finally:
+        replica.stop()
+
+
 def test_no_overspend_with_three_replicas_and_64_concurrent_bidders(replicas):
     """64 bidders (threads, spread over 3 replicas) bid and win as fast as they can on a
     budget far smaller than their demand: spend + reservations never pass the budget on any
