@@ -396,7 +396,7 @@ class Campaign:
     def _in_day(self, t: float) -> float:
         """t moved up to the current day's start if it is earlier (a late event counts in the
         current day); the current day must cover t (see :meth:`day_change`)."""
-        day = self.day or self._current_day()
+        day = self._current_day()
         assert day is not None and t < day.end, "apply the day_change record first"
         return max(t, day.start)
 
@@ -456,10 +456,7 @@ class Campaign:
         interval = self.interval
         due = dt >= interval and (self.control_bids + 1 >= MIN_CONTROL_BIDS or dt >= 4 * interval)
         if not due and dt > 0 and self.control_bids + 1 >= RUSH_BIDS:
-            rush = self._rush
-            limit = rush[1] if rush is not None and rush[0] == self.control_time \
-                else self._rush_limit(day, interval)
-            due = committed > limit
+            due = committed > self._rush_limit(day, interval)
         if not due:
             return self.multiplier, self.participation, False, False
         s = self.settings

@@ -58,9 +58,8 @@ class PacingHandlers:
         t = self.core.event_time(request)
         core = self.core
         core.check_writable()  # a bid spends money: never one the log would not have
-        day = campaign.day_change(t)
-        if day is not None:  # (inline: an awaited coroutine per bid costs more than this)
-            await core.write(st.WalRecord(campaign_day=day))
+        if campaign.day_change(t) is not None:  # (checked first: an awaited coroutine per
+            await self._begin_day(campaign, t)  # bid costs more than the check)
         record, response = campaign.decide_bid(request.base_bid, t)
         event = record.pace
         if not event.amount_micros:  # bid 0 spends nothing: nobody waits for its record
