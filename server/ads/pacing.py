@@ -228,8 +228,7 @@ def _normalize(config: pb.Campaign, ttl_default: float) -> pb.Campaign:
 class _Day:
     """One local day of a campaign: its bounds and the plan spread over its real hours."""
 
-    __slots__ = ("key", "start", "end", "starts", "ends", "slots", "cum", "weights", "shares",
-                 "_last")
+    __slots__ = ("key", "start", "end", "starts", "ends", "slots", "cum", "weights", "_last")
 
     def __init__(self, local: date, zone: ZoneInfo, plan: np.ndarray) -> None:
         self.key = local.isoformat()
@@ -248,9 +247,9 @@ class _Day:
         counts = np.bincount(slots, minlength=HOURS)
         w = np.array([plan[s] / counts[s] for s in slots])
         total = w.sum()
-        self.weights = w / total if total > 0 else np.full(len(w), 1.0 / len(w))
-        self.cum = np.concatenate([[0.0], np.cumsum(self.weights)])
-        self.shares = self.weights.tolist()  # the same values as Python floats
+        weights = w / total if total > 0 else np.full(len(w), 1.0 / len(w))
+        self.cum = np.concatenate([[0.0], np.cumsum(weights)])
+        self.weights = weights.tolist()  # Python floats: read per bid (the hour cap)
 
     def segment(self, t: float) -> int:
         i = self._last
@@ -267,8 +266,7 @@ class _Day:
         if t >= self.end:
             return 1.0
         i = self.segment(t)
-        seg_end = self.starts[i + 1] if i + 1 < len(self.starts) else self.end
-        within = (t - self.starts[i]) / (seg_end - self.starts[i])
+        within = (t - self.starts[i]) / (self.ends[i] - self.starts[i])
         return float(self.cum[i] + self.weights[i] * within)
 
     def rate(self, t: float) -> float:
@@ -276,8 +274,7 @@ class _Day:
         if t < self.start or t >= self.end:
             return 0.0
         i = self.segment(t)
-        seg_end = self.starts[i + 1] if i + 1 < len(self.starts) else self.end
-        return float(self.weights[i] / (seg_end - self.starts[i]))
+        return self.weights[i] / (self.ends[i] - self.starts[i])
 
 
 def learn_plan(plan: np.ndarray, history: np.ndarray, max_shift: float) -> np.ndarray:
@@ -537,7 +534,7 @@ class Campaign:
             event.throttled = True
             return record, _answer(0, m, p, THROTTLED)
         wanted = int(base_bid * m * MICROS)
-        hour_cap = int(self.cap_fraction * self.budget * day.shares[segment])
+        hour_cap = int(self.cap_fraction * self.budget * day.weights[segment])
         amount = min(wanted, self.max_bid, hour_cap, available)
         if amount <= 0:
             return record, _answer(0, m, p, CAPPED)
@@ -569,7 +566,7 @@ class Campaign:
         self.bids += 1
         if self.paused:
             return 0
-        ledger = self.ledgers.get(self.day_key) or self._ledger(self.day_key)
+        ledger = self._ledger(self.day_key)
         if event.control:
             self.control_time, self.control_spent, self.control_bids = t, sum(ledger), 0
             self.control_win = 0.0
